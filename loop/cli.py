@@ -1,0 +1,104 @@
+"""The `alignloop` command line. Subcommands import their heavy modules lazily,
+so `alignloop --help` never imports torch."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from alignloop import __version__
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", type=Path, help="YAML config file (see configs/)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.beta=0.2 (repeatable)")
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the resolved config (every default written out), or the documented schema."""
+    import yaml
+
+    from alignloop.config import field_docs, load_config, to_dict
+
+    if args.docs:
+        for key, doc in field_docs().items():
+            print(f"{key}: {doc}")
+        return 0
+    cfg = load_config(args.config, args.sets)
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """One DPO training run on a pairs file: OUT/policy, OUT/train_log.jsonl, OUT/reference_logps.parquet."""
+    from dataclasses import replace
+
+    from alignloop.config import dump_config, load_config
+    from alignloop.data import read_pairs_from_config
+    from alignloop.training.trainer import train_dpo
+
+    cfg = load_config(args.config, args.sets)
+    data_path = args.pairs or cfg.data.path
+    if not data_path:
+        raise SystemExit("error: no pairs given: pass --pairs FILE or set data.path in the config")
+    cfg = replace(cfg, data=replace(cfg.data, path=str(data_path)))
+    if args.reference:
+        cfg = replace(cfg, reference=replace(cfg.reference, model=args.reference))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    pairs, report = read_pairs_from_config(cfg.data)
+    logging.getLogger("alignloop").info("read %d pairs (%d rows) from %s; skipped: %s",
+                                        report.n_valid, report.n_read, data_path,
+                                        report.skipped or "none")
+    result = train_dpo(pairs, out_dir=out, policy=cfg.model.name, reference=cfg.reference.model,
+                       model_cfg=cfg.model, data_cfg=cfg.data, train_cfg=cfg.train)
+    m = result.metrics
+    print(f"trained {result.steps} steps on {result.n_pairs} pairs -> {result.policy_dir}")
+    if m:
+        print(f"final loss {m['loss']:.4f}  accuracy {m['rewards/accuracy']:.2f}  "
+              f"margin {m['rewards/margin']:.4f}  tokens/s {m['tokens_per_s']:.0f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alignloop", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"alignloop {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="DPO on a pairs file (JSONL, parquet, hf:...)",
+                       description=cmd_train.__doc__)
+    _add_config_args(p)
+    p.add_argument("--pairs", help="pairs source; overrides data.path")
+    p.add_argument("--reference", help="reference model; overrides reference.model")
+    p.add_argument("--out", default="alignloop-train", help="output directory (default: %(default)s)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("config", help="print the resolved config or the documented schema",
+                       description=cmd_config.__doc__)
+    p.add_argument("config", type=Path, nargs="?", help="YAML config file (default: only defaults)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--docs", action="store_true", help="list every key with its documentation")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from alignloop.errors import AlignloopError
+
+    try:
+        return args.func(args)
+    except (AlignloopError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Records shared by every stage: `Pair` (one preference comparison) and `Message`.
+
+A `Pair` is the row of `pairs.parquet` described in DESIGN.md. Prompts are
+either plain text or a list of chat messages (`{"role", "content"}`); responses
+are plain text (the final assistant turn).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Union
+
+Message = dict[str, str]
+Prompt = Union[str, list[Message]]
+
+SOURCES = ("static", "judge", "human", "mixed")
+
+# Column order of pairs.parquet: the artifact contract.
+PAIR_COLUMNS = (
+    "pair_id", "prompt", "chosen", "rejected", "p_chosen", "weight",
+    "n_votes", "source", "slice", "round",
+)
+
+
+def pair_id_for(prompt: Prompt, chosen: str, rejected: str) -> str:
+    """A stable id from the content, so the same comparison gets the same id everywhere."""
+    blob = json.dumps([prompt, chosen, rejected], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One preference comparison.
+
+    `p_chosen` is the probability that `chosen` is preferred to `rejected`
+    (1.0 for a hard label, in (0.5, 1) for a soft majority). `weight` scales
+    the pair's loss. `origin` says where the row came from (file and row
+    number) for error messages; it is not written to parquet.
+    """
+
+    prompt: Prompt
+    chosen: str
+    rejected: str
+    p_chosen: float = 1.0
+    weight: float = 1.0
+    n_votes: int = 1
+    source: str = "static"
+    slice: str = ""
+    round: int = 0
+    pair_id: str = ""
+    origin: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.pair_id:
+            object.__setattr__(self, "pair_id", pair_id_for(self.prompt, self.chosen, self.rejected))
+
+    @property
+    def is_chat(self) -> bool:
+        return isinstance(self.prompt, list)
+
+    def to_row(self) -> dict[str, Any]:
+        """The parquet row: prompts that are chat messages are stored as JSON text."""
+        row = asdict(self)
+        row.pop("origin")
+        if isinstance(row["prompt"], list):
+            row["prompt"] = json.dumps(row["prompt"], ensure_ascii=False)
+        return {k: row[k] for k in PAIR_COLUMNS}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], origin: str = "") -> Pair:
+        prompt = row["prompt"]
+        if isinstance(prompt, str) and prompt.startswith("[{"):
+            try:
+                prompt = json.loads(prompt)
+            except json.JSONDecodeError:
+                pass
+        fields = {k: row[k] for k in PAIR_COLUMNS if k in row and row[k] is not None}
+        fields["prompt"] = prompt
+        return cls(**fields, origin=origin)

@@ -1,0 +1,99 @@
+"""The config schema: errors name the key, overrides parse, the resolved config round-trips."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alignloop.config import Config, ConfigError, dump_config, field_docs, load_config, to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_bundled_configs_load(name):
+    cfg = load_config(ROOT / "configs" / name)
+    assert isinstance(cfg, Config)
+
+
+def test_overrides_parse_types():
+    cfg = load_config(ROOT / "configs/tiny.yaml", ["train.beta=0.25", "train.learning_rate=1e-5",
+                                                    "model.lora.enabled=true",
+                                                    "model.lora.target_modules=[q_proj, v_proj]",
+                                                    "data.columns={prompt: question}"])
+    assert cfg.train.beta == 0.25
+    assert cfg.train.learning_rate == 1e-5
+    assert cfg.model.lora.enabled is True
+    assert cfg.model.lora.target_modules == ("q_proj", "v_proj")
+    assert cfg.data.columns == {"prompt": "question"}
+    assert cfg.model.name == "builtin:tiny-random"  # from the file, untouched
+
+
+@pytest.mark.parametrize("override, key, fragment", [
+    ("train.bogus=1", "train.bogus", "unknown key"),
+    ("bogus.x=1", "bogus", "unknown key"),
+    ("train.beta=-1", "train.beta", "> 0"),
+    ("train.batch_size=two", "train.batch_size", "integer"),
+    ("train.batch_size=2.5", "train.batch_size", "integer"),
+    ("train.loss=dpo", "train.loss", "one of"),
+    ("model.lora.enabled=maybe", "model.lora.enabled", "true/false"),
+    ("model.lora.r=0", "model.lora.r", ">= 1"),
+    ("data.max_prompt_length=600", "data.max_prompt_length", "max_length"),
+    ("data.columns={answer: x}", "data.columns.answer", "unknown field"),
+    ("train.flip_rate=0.5", "train.flip_rate", "[0, 0.5)"),
+    ("train=3", "train", "mapping"),
+])
+def test_errors_name_the_key(override, key, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert err.value.key == key
+    assert fragment in str(err.value)
+    assert f"'{key}'" in str(err.value)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(None, ["train.beta"])
+
+
+def test_yaml_file_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: 0\n")
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config(bad)
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(ROOT / "configs/demo.yaml", ["train.beta=0.3"])
+    path = dump_config(cfg, tmp_path / "config.yaml")
+    written = yaml.safe_load(path.read_text())
+    assert written["train"]["warmup_steps"] == cfg.train.warmup_steps   # defaults written out
+    assert "max_grad_norm" in written["train"]
+    assert load_config(path) == cfg
+
+
+def test_every_field_is_documented():
+    docs = field_docs()
+    flat = set()
+
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            flat.add(prefix + k)
+            if isinstance(v, dict) and k != "columns":
+                walk(v, prefix + k + ".")
+
+    walk(to_dict(Config()))
+    assert flat <= set(docs)
+    missing = [k for k in flat if not docs[k]]
+    assert not missing, f"fields without documentation: {missing}"
+
+
+def test_import_alignloop_does_not_import_torch():
+    import subprocess
+
+    code = "import alignloop, alignloop.config, alignloop.cli, sys; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

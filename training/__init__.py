@@ -1,0 +1,7 @@
+"""DPO training: tokenisation and prefix-shared batching, losses, the reference
+log-prob cache, the trainer and its checkpoints.
+
+Modules: `batching` (pairs -> packed micro-batches), `logps` (per-response
+log-probs), `losses` (one function per objective), `reference` (cached
+reference log-probs), `trainer` (`train_dpo`), `checkpoints` (resume).
+"""
