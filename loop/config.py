@@ -83,7 +83,7 @@ class ReferenceConfig:
 @dataclass(frozen=True)
 class DataConfig:
     path: str = ""
-    """Pairs source: a .jsonl/.json or .parquet file, or `hf:NAME` for any
+    """Pairs source: `builtin:demo-pairs` (bundled), a .jsonl/.json or .parquet file, or `hf:NAME` for any
     `datasets.load_dataset` source (a hub id, or a local dataset directory)."""
     format: Literal["auto", "plain", "conversational", "hh"] = "auto"
     """Row format: `plain` prompt/chosen/rejected strings; `conversational`

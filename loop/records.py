@@ -61,21 +61,16 @@ class Pair:
         return isinstance(self.prompt, list)
 
     def to_row(self) -> dict[str, Any]:
-        """The parquet row: prompts that are chat messages are stored as JSON text."""
+        """The parquet row. `prompt` is always JSON text (a JSON string or a JSON list of
+        messages), so plain and chat prompts round-trip without guessing."""
         row = asdict(self)
         row.pop("origin")
-        if isinstance(row["prompt"], list):
-            row["prompt"] = json.dumps(row["prompt"], ensure_ascii=False)
+        row["prompt"] = json.dumps(row["prompt"], ensure_ascii=False)
         return {k: row[k] for k in PAIR_COLUMNS}
 
     @classmethod
     def from_row(cls, row: dict[str, Any], origin: str = "") -> Pair:
-        prompt = row["prompt"]
-        if isinstance(prompt, str) and prompt.startswith("[{"):
-            try:
-                prompt = json.loads(prompt)
-            except json.JSONDecodeError:
-                pass
+        prompt = json.loads(row["prompt"]) if isinstance(row["prompt"], str) else row["prompt"]
         fields = {k: row[k] for k in PAIR_COLUMNS if k in row and row[k] is not None}
         fields["prompt"] = prompt
         return cls(**fields, origin=origin)

