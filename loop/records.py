@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Union
 
 Message = dict[str, str]
-Prompt = Union[str, list[Message]]
+Prompt = Union[str, list[Message]]  # noqa: UP007 (a runtime alias; `|` needs 3.10 types)
 
 SOURCES = ("static", "judge", "human", "mixed")
 

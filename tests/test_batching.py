@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-
 from alignloop.training.batching import EncodedPair, collate, plan_steps
 from alignloop.training.logps import PairScorer, score_batch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +58,7 @@ def test_prefix_shared_gradients_match_unshared(model):
             P = len(p.prompt_ids)
             total = total + sign * sum(logp[P - 1 + t, tok] for t, tok in enumerate(resp))
     total.backward()
-    for a, b in zip(shared, (p.grad for p in model.parameters())):
+    for a, b in zip(shared, (p.grad for p in model.parameters()), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     model.zero_grad()
 

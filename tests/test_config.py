@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from alignloop.config import Config, ConfigError, dump_config, field_docs, load_config, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from alignloop.training import losses
 
 # chosen log-ratio 1, rejected log-ratio -1 -> h = 2; with beta = 0.5, beta*h = 1.

@@ -22,10 +22,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
-
 from alignloop.errors import AlignloopError
 from alignloop.records import Pair
+from tqdm.auto import tqdm
 
 log = logging.getLogger("alignloop.training")
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from alignloop.training.batching import PackedBatch
+from torch import nn
 
 
 class PairScorer(nn.Module):

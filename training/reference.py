@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import torch
-from tqdm.auto import tqdm
-
 from alignloop.artifacts import read_parquet, write_parquet
 from alignloop.training.batching import EncodedPair, collate
 from alignloop.training.logps import PairScorer, score_batch
+from tqdm.auto import tqdm
 
 log = logging.getLogger("alignloop.training")
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
 from alignloop.config import DataConfig, ModelConfig, TrainConfig, to_dict
 from alignloop.records import Pair
 from alignloop.training.batching import EncodedPair, PackedBatch, collate, encode_pairs, plan_steps
@@ -121,9 +120,8 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-
     from alignloop.models import apply_lora, load_model, load_tokenizer, save_policy, weights_hash
+    from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -246,7 +244,9 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
     accelerator.wait_for_everyone()
     policy_dir = out_dir / "policy"
     if main:
-        save_policy(accelerator.unwrap_model(scorer).model, tokenizer, policy_dir)
+        trained = accelerator.unwrap_model(scorer).model
+        trained.config.use_cache = True  # for generation from the saved policy
+        save_policy(trained, tokenizer, policy_dir)
     remove_checkpoint(accelerator, out_dir)
     return TrainResult(policy_dir=policy_dir, steps=total, metrics=metrics,
                        reference_hash=ref.reference_hash, reference_reused=ref.reused,
