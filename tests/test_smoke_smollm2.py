@@ -4,11 +4,10 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from alignloop.config import config_from_dict
 from alignloop.data import read_pairs
 from alignloop.training.trainer import train_dpo
+from safetensors.torch import load_file
 
 MODEL = "builtin:smollm2-135m-instruct"
 
