@@ -43,6 +43,8 @@ class TrainResult:
     reference_reused: bool = False
     skipped: dict = field(default_factory=dict)
     n_pairs: int = 0
+    reference_seconds: float = 0.0  # wall time of the reference pass (0 when the cache was reused)
+    train_seconds: float = 0.0      # wall time of the optimizer steps run by this call
 
 
 def dpo_objective(policy_chosen, policy_rejected, ref_chosen, ref_rejected, batch: PackedBatch,
@@ -145,6 +147,7 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
     ref_path = out_dir / "reference_logps.parquet"
     ref_kw = dict(path=ref_path, pad_id=pad_id, batch_size=max(2 * cfg.batch_size, 8),
                   device=accelerator.device, progress=show, write=main)
+    t_ref = time.perf_counter()
     with accelerator.main_process_first():
         if reference == policy:
             ref = reference_logps(model, encoded, reference_hash=start_hash, **ref_kw)
@@ -153,6 +156,7 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
             ref = reference_logps(ref_model, encoded, reference_hash=weights_hash(ref_model), **ref_kw)
             del ref_model
             gc.collect()
+    reference_seconds = time.perf_counter() - t_ref
 
     if model_cfg.lora.enabled:
         model = apply_lora(model, model_cfg.lora, seed=cfg.seed)
@@ -193,6 +197,7 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
 
     bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not show)
     metrics: dict = {}
+    t_train = time.perf_counter()
     for step in range(start, total):
         t0 = time.perf_counter()
         micro = steps[step][rank::world]
@@ -240,6 +245,7 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
         if fail_at and step + 1 == fail_at:
             raise RuntimeError(f"fault injection: {FAIL_AT_STEP_ENV}={fail_at}")
     bar.close()
+    train_seconds = time.perf_counter() - t_train
 
     accelerator.wait_for_everyone()
     policy_dir = out_dir / "policy"
@@ -250,7 +256,8 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
     remove_checkpoint(accelerator, out_dir)
     return TrainResult(policy_dir=policy_dir, steps=total, metrics=metrics,
                        reference_hash=ref.reference_hash, reference_reused=ref.reused,
-                       skipped=skipped, n_pairs=len(encoded))
+                       skipped=skipped, n_pairs=len(encoded),
+                       reference_seconds=reference_seconds, train_seconds=train_seconds)
 
 
 __all__ = ["train_dpo", "dpo_objective", "lr_factor", "TrainResult", "ReferenceLogps"]

@@ -1,0 +1,272 @@
+"""DPO training throughput: alignloop's trainer against TRL's DPOTrainer, side by side in one run.
+
+Same model (SmolLM2-135M-Instruct, float32 on CPU), same pairs (the bundled demo
+set: chat prompts longer than the responses, as in dialogue data), same batch size
+(8 pairs) and max length, full fine-tune and LoRA. Settings:
+
+  alignloop      our trainer (prefix sharing, response-only output projection,
+                 reference log-probs computed once and cached)
+  trl-default    TRL's DPOTrainer with its defaults (bf16 and gradient checkpointing
+                 on, the reference model run at every step)
+  trl-fastest    TRL with its fastest settings that run on a CPU (see TRL_FAST)
+
+Each setting runs in its own process (clean peak memory). For every setting we
+report: training tokens/s (useful tokens: prompt once + both responses, per
+second of optimizer steps), time per epoch (reference pass included; the steps
+part extrapolated from the measured tokens/s when fewer steps than an epoch
+were run), peak RSS, and model-FLOPs utilisation against a float32 matmul peak
+measured in the same run (useful FLOPs/token: 6N for a full fine-tune, 4N for
+LoRA, where frozen weights get no weight-gradient matmul; N = parameters).
+
+    python benchmarks/dpo_throughput.py --size quick   # 2 steps per setting
+    python benchmarks/dpo_throughput.py --size full    # a whole epoch where affordable
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+MODEL = os.environ.get("BENCH_MODEL", "builtin:smollm2-135m-instruct")
+BATCH = 8
+MAX_LENGTH = 512
+LORA = {"r": 16, "alpha": 32}
+# TRL's fastest CPU settings: no bf16 (no bf16 units on this CPU), no gradient
+# checkpointing, reference log-probs precomputed once, padding-free batches.
+TRL_FAST = {"bf16": False, "gradient_checkpointing": False, "precompute_ref_log_probs": True,
+            "padding_free": True}
+
+
+def rows(n: int) -> list[dict]:
+    """The benchmark pairs in TRL's conversational format (ours reads the same rows)."""
+    from alignloop.data import read_pairs
+
+    pairs = read_pairs("builtin:demo-pairs", limit=n)[0]
+    return [{"prompt": p.prompt, "chosen": [{"role": "assistant", "content": p.chosen}],
+             "rejected": [{"role": "assistant", "content": p.rejected}]} for p in pairs]
+
+
+def useful_tokens(n: int) -> list[int]:
+    """Prompt once + chosen + rejected per pair, as tokenised for training."""
+    from alignloop.data import read_pairs
+    from alignloop.models import load_tokenizer
+    from alignloop.training.batching import encode_pairs
+
+    pairs = read_pairs("builtin:demo-pairs", limit=n)[0]
+    enc, _ = encode_pairs(pairs, load_tokenizer(MODEL), max_length=MAX_LENGTH,
+                          max_prompt_length=MAX_LENGTH - 1, progress=False)
+    return [p.length for p in enc]
+
+
+def matmul_peak_gflops(seconds: float = 3.0, n: int = 2048) -> float:
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+# ------------------------------------------------------------------ workers (one process each)
+
+
+def work_alignloop(lora: bool, steps: int, n_pairs: int) -> dict:
+    from alignloop.config import config_from_dict
+    from alignloop.data import read_pairs
+    from alignloop.training.trainer import train_dpo
+
+    pairs = read_pairs("builtin:demo-pairs", limit=n_pairs)[0]
+    cfg = config_from_dict({
+        "model": {"name": MODEL, "lora": {"enabled": lora, **LORA}},
+        "data": {"max_length": MAX_LENGTH, "max_prompt_length": MAX_LENGTH - 1},
+        "train": {"batch_size": BATCH, "max_steps": steps, "learning_rate": 1e-5},
+    })
+    with tempfile.TemporaryDirectory() as out:
+        r = train_dpo(pairs, out_dir=out, policy=MODEL, model_cfg=cfg.model, data_cfg=cfg.data,
+                      train_cfg=cfg.train, progress=False)
+        log = [json.loads(x) for x in (Path(out) / "train_log.jsonl").read_text().splitlines()]
+    return {"steps": len(log), "train_s": sum(x["step_time_s"] for x in log),
+            "tokens": sum(x["tokens"] for x in log), "reference_s": r.reference_seconds}
+
+
+def work_trl(lora: bool, steps: int, n_pairs: int, fast: bool) -> dict:
+    import datasets
+    import torch
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from alignloop.models import load_model, load_tokenizer
+
+    datasets.disable_progress_bars()
+    model, tok = load_model(MODEL, dtype="float32"), load_tokenizer(MODEL)
+    times: list[float] = []
+    tokens: list[int] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t)
+
+    with tempfile.TemporaryDirectory() as out:
+        args = DPOConfig(output_dir=out, per_device_train_batch_size=BATCH, max_steps=steps,
+                         max_length=MAX_LENGTH, learning_rate=1e-5, report_to=[], use_cpu=True,
+                         save_strategy="no", logging_steps=1, seed=0, dataloader_num_workers=0,
+                         **(TRL_FAST if fast else {}))
+        peft = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], target_modules="all-linear",
+                          task_type="CAUSAL_LM") if lora else None
+        trainer = DPOTrainer(model=model, args=args, processing_class=tok, peft_config=peft,
+                             train_dataset=datasets.Dataset.from_list(rows(n_pairs)),
+                             callbacks=[Clock()])
+        inner = trainer.training_step
+
+        def counting_step(model, inputs, *a, **kw):
+            # TRL runs prompt+chosen and prompt+rejected: real = 2P + C + R tokens and
+            # completion = C + R, so useful (prompt once) = (real + completion) / 2.
+            mask, comp = inputs.get("attention_mask"), inputs["completion_mask"]
+            real = int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+            tokens.append((real + int(comp.sum())) // 2)
+            return inner(model, inputs, *a, **kw)
+
+        trainer.training_step = counting_step
+        t0 = time.perf_counter()
+        trainer.train()
+        total = time.perf_counter() - t0
+    del torch
+    return {"steps": len(times), "train_s": sum(times), "tokens": sum(tokens),
+            "reference_s": total - sum(times) if fast else 0.0}
+
+
+def worker(spec: dict) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    fn = {"alignloop": lambda: work_alignloop(spec["lora"], spec["steps"], spec["pairs"]),
+          "trl-default": lambda: work_trl(spec["lora"], spec["steps"], spec["pairs"], fast=False),
+          "trl-fastest": lambda: work_trl(spec["lora"], spec["steps"], spec["pairs"], fast=True)}
+    out = fn[spec["setting"]]()
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+# ------------------------------------------------------------------ driver
+
+
+def run_setting(spec: dict, timeout: float) -> dict:
+    cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    t = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**spec, "error": f"timed out after {timeout:.0f} s"}
+    if p.returncode != 0:
+        return {**spec, "error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "failed"}
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    return {**spec, **out, "wall_s": time.perf_counter() - t}
+
+
+def summarise(r: dict, epoch_tokens: int, steps_per_epoch: int, n_params: int, peak: float) -> dict:
+    if "error" in r or not r.get("steps"):
+        return r
+    tps = r["tokens"] / r["train_s"]
+    flops_per_token = (4 if r["lora"] else 6) * n_params
+    return {**r, "tokens_per_s": tps, "epoch_s": r["reference_s"] + epoch_tokens / tps,
+            "extrapolated": r["steps"] < steps_per_epoch,
+            "mfu": flops_per_token * tps / (peak * 1e9)}
+
+
+def table(results: list[dict], meta: dict) -> str:
+    lines = ["| mode | setting | tokens/s | epoch (s) | peak RSS (MB) | MFU | vs TRL default | vs TRL fastest |",
+             "|---|---|---|---|---|---|---|---|"]
+    by = {(r["lora"], r["setting"]): r for r in results}
+    for r in results:
+        mode = "LoRA" if r["lora"] else "full"
+        if "error" in r:
+            lines.append(f"| {mode} | {r['setting']} | error: {r['error'][:60]} | | | | | |")
+            continue
+
+        def ratio(other):
+            o = by.get((r["lora"], other))
+            return f"{r['tokens_per_s'] / o['tokens_per_s']:.1f}x" if o and "tokens_per_s" in o else "-"
+
+        ep = f"{r['epoch_s']:.0f}" + ("*" if r["extrapolated"] else "")
+        lines.append(f"| {mode} | {r['setting']} | {r['tokens_per_s']:.0f} | {ep} | "
+                     f"{r['peak_rss_mb']:.0f} | {100 * r['mfu']:.0f}% | {ratio('trl-default')} | "
+                     f"{ratio('trl-fastest')} |")
+    lines.append("")
+    lines.append(f"{meta['pairs']} pairs, batch {BATCH}, max length {MAX_LENGTH}, float32, "
+                 f"matmul peak {meta['matmul_peak_gflops']:.0f} GFLOP/s; {meta['machine']}; "
+                 f"{meta['date']}; `{meta['command']}`. * = epoch time extrapolated from the "
+                 f"measured steps' tokens/s.")
+    return "\n".join(lines)
+
+
+def update_readme(text: str, key: str = "dpo_throughput") -> None:
+    readme = HERE.parent / "README.md"
+    begin, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
+    s = readme.read_text()
+    if begin in s and end in s:
+        s = s[: s.index(begin) + len(begin)] + "\n" + text + "\n" + s[s.index(end):]
+        readme.write_text(s)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", choices=["quick", "full"], default="quick")
+    ap.add_argument("--only", help="comma-separated settings to run (default: all)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+
+    n_pairs = 64
+    lengths = useful_tokens(n_pairs)
+    steps_per_epoch = -(-n_pairs // BATCH)
+    # TRL's defaults run bf16 on a CPU without bf16 units: minutes per step, so 1-2 steps only.
+    steps = {"quick": {"alignloop": 2, "trl-fastest": 2, "trl-default": 1},
+             "full": {"alignloop": steps_per_epoch, "trl-fastest": steps_per_epoch, "trl-default": 2}}[args.size]
+    settings = args.only.split(",") if args.only else ["alignloop", "trl-fastest", "trl-default"]
+    peak = matmul_peak_gflops()
+    from alignloop.models import load_model
+
+    n_params = sum(p.numel() for p in load_model(MODEL).parameters())
+    results = []
+    for lora in (False, True):
+        for setting in settings:
+            spec = {"setting": setting, "lora": lora, "steps": steps[setting], "pairs": n_pairs}
+            print(f"running {setting} ({'LoRA' if lora else 'full'}, {spec['steps']} steps) ...", flush=True)
+            r = summarise(run_setting(spec, timeout=3600), sum(lengths), steps_per_epoch, n_params, peak)
+            print(json.dumps(r), flush=True)
+            results.append(r)
+    meta = {"pairs": n_pairs, "matmul_peak_gflops": peak, "n_params": n_params,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+            "date": date.today().isoformat(),
+            "command": f"python benchmarks/dpo_throughput.py --size {args.size}"}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "dpo_throughput.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    md = table(results, meta)
+    (RESULTS / "dpo_throughput.md").write_text(md + "\n")
+    update_readme(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
