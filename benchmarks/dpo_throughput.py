@@ -107,11 +107,10 @@ def work_alignloop(lora: bool, steps: int, n_pairs: int) -> dict:
 def work_trl(lora: bool, steps: int, n_pairs: int, fast: bool) -> dict:
     import datasets
     import torch
+    from alignloop.models import load_model, load_tokenizer
     from peft import LoraConfig
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
-
-    from alignloop.models import load_model, load_tokenizer
 
     datasets.disable_progress_bars()
     model, tok = load_model(MODEL, dtype="float32"), load_tokenizer(MODEL)

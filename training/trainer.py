@@ -128,7 +128,9 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = train_cfg
-    accelerator = Accelerator(mixed_precision=_mixed_precision(model_cfg))
+    # Several processes without CUDA (torchrun / `accelerate launch --cpu`): DDP over gloo.
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(mixed_precision=_mixed_precision(model_cfg), cpu=multi_cpu)
     set_seed(cfg.seed)
     main = accelerator.is_main_process
     show = progress and main
