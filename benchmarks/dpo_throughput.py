@@ -201,7 +201,7 @@ def table(results: list[dict], meta: dict) -> str:
             lines.append(f"| {mode} | {r['setting']} | error: {r['error'][:60]} | | | | | |")
             continue
 
-        def ratio(other):
+        def ratio(other, r=r):
             o = by.get((r["lora"], other))
             return f"{r['tokens_per_s'] / o['tokens_per_s']:.1f}x" if o and "tokens_per_s" in o else "-"
 
