@@ -59,6 +59,10 @@ class ModelNotAvailable(AlignloopError, RuntimeError):
     """A built-in model's files are missing; the message says how to install them."""
 
 
+class ModelReferenceError(AlignloopError, ValueError):
+    """A model reference that names nothing loadable (unknown built-in, a file, empty)."""
+
+
 def cache_dir() -> Path:
     """Where built-in models are cached: `$ALIGNLOOP_CACHE`, else `~/.cache/alignloop`."""
     env = os.environ.get("ALIGNLOOP_CACHE", "").strip()
@@ -105,7 +109,7 @@ def resolve_model_path(ref: str) -> Path | str:
     - `owner/name` (or a bare `name`) -> returned unchanged for transformers to fetch.
     """
     if not ref:
-        raise ValueError("empty model reference")
+        raise ModelReferenceError("empty model reference")
     if ref.startswith(BUILTIN_PREFIX):
         name = ref[len(BUILTIN_PREFIX):]
         if name == SMOLLM2:
@@ -113,12 +117,12 @@ def resolve_model_path(ref: str) -> Path | str:
         if name == TINY_RANDOM:
             return _cached_build(cache_dir() / "models" / TINY_RANDOM, _build_tiny_random)
         valid = ", ".join(BUILTIN_PREFIX + b for b in BUILTINS)
-        raise ValueError(f"unknown built-in model {ref!r}; valid built-ins: {valid}")
+        raise ModelReferenceError(f"unknown built-in model {ref!r}; valid built-ins: {valid}")
     path = Path(ref).expanduser()
     if path.is_dir():
         return path
     if path.exists():
-        raise ValueError(f"model reference {ref!r} is a file; expected a model directory")
+        raise ModelReferenceError(f"model reference {ref!r} is a file; expected a model directory")
     # `owner/name` is a hub id unless `owner` is a local directory (then it is
     # a missing path such as `runs/round_000`); anything else unmatched is a path.
     if not _HUB_ID.match(ref) or ("/" in ref and path.parent.is_dir()):

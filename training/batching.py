@@ -65,11 +65,16 @@ def encode_pair(pair: Pair, tokenizer, *, max_length: int, max_prompt_length: in
     """Token ids (prompt, chosen, rejected), or the reason the pair is invalid."""
     from alignloop.models import render_prompt, render_response
 
-    prompt_text = render_prompt(tokenizer, pair.prompt)
+    try:
+        prompt_text = render_prompt(tokenizer, pair.prompt)
+        chosen_text = render_response(tokenizer, pair.prompt, pair.chosen)
+        rejected_text = render_response(tokenizer, pair.prompt, pair.rejected)
+    except ValueError as e:  # no chat template, a response the template cannot separate, ...
+        return str(e)
     # A chat template writes its own BOS; a plain prompt gets the tokenizer's specials.
     prompt = _encode_text(tokenizer, prompt_text, special=not pair.is_chat)
-    chosen = _encode_text(tokenizer, render_response(tokenizer, pair.prompt, pair.chosen), False)
-    rejected = _encode_text(tokenizer, render_response(tokenizer, pair.prompt, pair.rejected), False)
+    chosen = _encode_text(tokenizer, chosen_text, False)
+    rejected = _encode_text(tokenizer, rejected_text, False)
     if len(prompt) > max_prompt_length:
         if truncation == "error":
             return f"prompt has {len(prompt)} tokens, over max_prompt_length={max_prompt_length}"
