@@ -8,6 +8,7 @@ set: chat prompts longer than the responses, as in dialogue data), same batch si
                  reference log-probs computed once and cached)
   trl-default    TRL's DPOTrainer with its defaults (bf16 and gradient checkpointing
                  on, the reference model run at every step)
+  trl-default-fp32  TRL's defaults except bf16 (the bf16 default costs most on a CPU)
   trl-fastest    TRL with its fastest settings that run on a CPU (see TRL_FAST)
 
 Each setting runs in its own process (clean peak memory). For every setting we
@@ -42,10 +43,14 @@ MODEL = os.environ.get("BENCH_MODEL", "builtin:smollm2-135m-instruct")
 BATCH = 8
 MAX_LENGTH = 512
 LORA = {"r": 16, "alpha": 32}
-# TRL's fastest CPU settings: no bf16 (no bf16 units on this CPU), no gradient
-# checkpointing, reference log-probs precomputed once, padding-free batches.
+# TRL's fastest CPU settings (benchmarks/TRL_NOTES.md): no bf16 (no bf16 units on this
+# CPU), no gradient checkpointing, reference log-probs precomputed once. `padding_free`
+# is a no-op in TRL 1.16 ("temporarily unavailable"), `use_logits_to_keep` and the Liger
+# kernel do not exist / do not install here, torch.compile gave no gain.
 TRL_FAST = {"bf16": False, "gradient_checkpointing": False, "precompute_ref_log_probs": True,
-            "padding_free": True}
+            "precompute_ref_batch_size": BATCH}
+# TRL's defaults with only bf16 turned off: isolates what the bf16 default costs on a CPU.
+TRL_DEFAULT_FP32 = {"bf16": False}
 
 
 def rows(n: int) -> list[dict]:
@@ -100,11 +105,11 @@ def work_alignloop(lora: bool, steps: int, n_pairs: int) -> dict:
         r = train_dpo(pairs, out_dir=out, policy=MODEL, model_cfg=cfg.model, data_cfg=cfg.data,
                       train_cfg=cfg.train, progress=False)
         log = [json.loads(x) for x in (Path(out) / "train_log.jsonl").read_text().splitlines()]
-    return {"steps": len(log), "train_s": sum(x["step_time_s"] for x in log),
-            "tokens": sum(x["tokens"] for x in log), "reference_s": r.reference_seconds}
+    return {"step_s": [x["step_time_s"] for x in log], "step_tokens": [x["tokens"] for x in log],
+            "reference_s": r.reference_seconds}
 
 
-def work_trl(lora: bool, steps: int, n_pairs: int, fast: bool) -> dict:
+def work_trl(lora: bool, steps: int, n_pairs: int, settings: dict) -> dict:
     import datasets
     import torch
     from alignloop.models import load_model, load_tokenizer
@@ -113,6 +118,7 @@ def work_trl(lora: bool, steps: int, n_pairs: int, fast: bool) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     datasets.disable_progress_bars()
+    datasets.disable_caching()  # else a rerun reads TRL's precomputed reference log-probs for free
     model, tok = load_model(MODEL, dtype="float32"), load_tokenizer(MODEL)
     times: list[float] = []
     tokens: list[int] = []
@@ -128,9 +134,10 @@ def work_trl(lora: bool, steps: int, n_pairs: int, fast: bool) -> dict:
         args = DPOConfig(output_dir=out, per_device_train_batch_size=BATCH, max_steps=steps,
                          max_length=MAX_LENGTH, learning_rate=1e-5, report_to=[], use_cpu=True,
                          save_strategy="no", logging_steps=1, seed=0, dataloader_num_workers=0,
-                         **(TRL_FAST if fast else {}))
+                         **settings)
         peft = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], target_modules="all-linear",
                           task_type="CAUSAL_LM") if lora else None
+        t0 = time.perf_counter()  # construction included: TRL may precompute the reference there
         trainer = DPOTrainer(model=model, args=args, processing_class=tok, peft_config=peft,
                              train_dataset=datasets.Dataset.from_list(rows(n_pairs)),
                              callbacks=[Clock()])
@@ -145,12 +152,11 @@ def work_trl(lora: bool, steps: int, n_pairs: int, fast: bool) -> dict:
             return inner(model, inputs, *a, **kw)
 
         trainer.training_step = counting_step
-        t0 = time.perf_counter()
         trainer.train()
         total = time.perf_counter() - t0
     del torch
-    return {"steps": len(times), "train_s": sum(times), "tokens": sum(tokens),
-            "reference_s": total - sum(times) if fast else 0.0}
+    return {"step_s": times, "step_tokens": tokens,
+            "reference_s": total - sum(times) if settings.get("precompute_ref_log_probs") else 0.0}
 
 
 def worker(spec: dict) -> dict:
@@ -158,8 +164,10 @@ def worker(spec: dict) -> dict:
 
     torch.manual_seed(0)
     fn = {"alignloop": lambda: work_alignloop(spec["lora"], spec["steps"], spec["pairs"]),
-          "trl-default": lambda: work_trl(spec["lora"], spec["steps"], spec["pairs"], fast=False),
-          "trl-fastest": lambda: work_trl(spec["lora"], spec["steps"], spec["pairs"], fast=True)}
+          "trl-default": lambda: work_trl(spec["lora"], spec["steps"], spec["pairs"], {}),
+          "trl-default-fp32": lambda: work_trl(spec["lora"], spec["steps"], spec["pairs"],
+                                               TRL_DEFAULT_FP32),
+          "trl-fastest": lambda: work_trl(spec["lora"], spec["steps"], spec["pairs"], TRL_FAST)}
     out = fn[spec["setting"]]()
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
@@ -174,7 +182,7 @@ def run_setting(spec: dict, timeout: float) -> dict:
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {**spec, "error": f"timed out after {timeout:.0f} s"}
+        return {**spec, "timed_out_s": timeout, "error": f"no step finished within {timeout:.0f} s"}
     if p.returncode != 0:
         return {**spec, "error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "failed"}
     out = json.loads(p.stdout.strip().splitlines()[-1])
@@ -182,8 +190,15 @@ def run_setting(spec: dict, timeout: float) -> dict:
 
 
 def summarise(r: dict, epoch_tokens: int, steps_per_epoch: int, n_params: int, peak: float) -> dict:
-    if "error" in r or not r.get("steps"):
+    if "timed_out_s" in r:
+        # Not one step within the limit: an upper bound on its speed (an average step's tokens).
+        return {**r, "tokens_per_s_below": epoch_tokens / steps_per_epoch / r["timed_out_s"]}
+    if "error" in r or not r.get("step_s"):
         return r
+    # The first step pays for allocator warm-up; every setting drops it when it ran more than one.
+    skip = 1 if len(r["step_s"]) > 1 else 0
+    r = {**r, "steps": len(r["step_s"]), "train_s": sum(r["step_s"][skip:]),
+         "tokens": sum(r["step_tokens"][skip:])}
     tps = r["tokens"] / r["train_s"]
     flops_per_token = (4 if r["lora"] else 6) * n_params
     return {**r, "tokens_per_s": tps, "epoch_s": r["reference_s"] + epoch_tokens / tps,
@@ -191,18 +206,28 @@ def summarise(r: dict, epoch_tokens: int, steps_per_epoch: int, n_params: int, p
             "mfu": flops_per_token * tps / (peak * 1e9)}
 
 
+def steps_per_epoch_of(meta: dict) -> int:
+    return -(-meta["pairs"] // BATCH)
+
+
 def table(results: list[dict], meta: dict) -> str:
-    lines = ["| mode | setting | tokens/s | epoch (s) | peak RSS (MB) | MFU | vs TRL default | vs TRL fastest |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| mode | setting | tokens/s | epoch (s) | peak RSS (MB) | MFU | vs TRL default "
+             "| vs TRL default fp32 | vs TRL fastest |", "|---|---|---|---|---|---|---|---|---|"]
     by = {(r["lora"], r["setting"]): r for r in results}
     for r in results:
         mode = "LoRA" if r["lora"] else "full"
+        if "tokens_per_s_below" in r:
+            lines.append(f"| {mode} | {r['setting']} | < {r['tokens_per_s_below']:.1f} | "
+                         f"> {r['timed_out_s'] * steps_per_epoch_of(meta):.0f} | | | | | |")
+            continue
         if "error" in r:
-            lines.append(f"| {mode} | {r['setting']} | error: {r['error'][:60]} | | | | | |")
+            lines.append(f"| {mode} | {r['setting']} | error: {r['error'][:60]} | | | | | | |")
             continue
 
         def ratio(other, r=r):
             o = by.get((r["lora"], other))
+            if o and "tokens_per_s_below" in o:
+                return f"> {r['tokens_per_s'] / o['tokens_per_s_below']:.0f}x"
             return f"{r['tokens_per_s'] / o['tokens_per_s']:.1f}x" if o and "tokens_per_s" in o else "-"
 
         ep = f"{r['epoch_s']:.0f}" + ("*" if r["extrapolated"] else "")
@@ -212,8 +237,8 @@ def table(results: list[dict], meta: dict) -> str:
     lines.append("")
     lines.append(f"{meta['pairs']} pairs, batch {BATCH}, max length {MAX_LENGTH}, float32, "
                  f"matmul peak {meta['matmul_peak_gflops']:.0f} GFLOP/s; {meta['machine']}; "
-                 f"{meta['date']}; `{meta['command']}`. * = epoch time extrapolated from the "
-                 f"measured steps' tokens/s.")
+                 f"{meta['date']}; `{meta['command']}`. tokens/s over the measured steps after the "
+                 f"first; * = epoch time extrapolated from it (plus the reference pass).")
     return "\n".join(lines)
 
 
@@ -230,6 +255,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=["quick", "full"], default="quick")
     ap.add_argument("--only", help="comma-separated settings to run (default: all)")
+    ap.add_argument("--bf16-limit", type=float, default=600,
+                    help="seconds allowed to TRL's bf16 default before reporting a bound (default: %(default)s)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -240,21 +267,32 @@ def main() -> None:
     lengths = useful_tokens(n_pairs)
     steps_per_epoch = -(-n_pairs // BATCH)
     # TRL's defaults run bf16 on a CPU without bf16 units: minutes per step, so 1-2 steps only.
-    steps = {"quick": {"alignloop": 2, "trl-fastest": 2, "trl-default": 1},
-             "full": {"alignloop": steps_per_epoch, "trl-fastest": steps_per_epoch, "trl-default": 2}}[args.size]
-    settings = args.only.split(",") if args.only else ["alignloop", "trl-fastest", "trl-default"]
+    steps = {"quick": {"alignloop": 2, "trl-fastest": 2, "trl-default-fp32": 1, "trl-default": 1},
+             "full": {"alignloop": steps_per_epoch, "trl-fastest": steps_per_epoch,
+                      "trl-default-fp32": 3, "trl-default": 3}}[args.size]
+    settings = (args.only.split(",") if args.only else
+                ["alignloop", "trl-fastest", "trl-default-fp32", "trl-default"])
     peak = matmul_peak_gflops()
     from alignloop.models import load_model
 
     n_params = sum(p.numel() for p in load_model(MODEL).parameters())
     results = []
+    previous = RESULTS / "dpo_throughput.json"
+    if args.only and previous.exists():  # rerun some settings, keep the others' last results
+        kept = json.loads(previous.read_text())["results"]
+        results = [r for r in kept if r["setting"] not in settings]
     for lora in (False, True):
         for setting in settings:
             spec = {"setting": setting, "lora": lora, "steps": steps[setting], "pairs": n_pairs}
             print(f"running {setting} ({'LoRA' if lora else 'full'}, {spec['steps']} steps) ...", flush=True)
-            r = summarise(run_setting(spec, timeout=3600), sum(lengths), steps_per_epoch, n_params, peak)
+            # TRL's true default runs bf16 autocast on the CPU, which can be very slow without bf16
+            # units (0.3 GFLOP/s measured for a bf16 matmul on one machine here): cap it, report a bound.
+            limit = args.bf16_limit if setting == "trl-default" else 3600
+            r = summarise(run_setting(spec, timeout=limit), sum(lengths), steps_per_epoch, n_params, peak)
             print(json.dumps(r), flush=True)
             results.append(r)
+    order = ["alignloop", "trl-fastest", "trl-default-fp32", "trl-default"]
+    results.sort(key=lambda r: (r["lora"], order.index(r["setting"])))
     meta = {"pairs": n_pairs, "matmul_peak_gflops": peak, "n_params": n_params,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
             "date": date.today().isoformat(),

@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("trl")
 
-from trl_oracle import load_smollm2_tokenizer, tiny_llama, trl_dpo_outputs  # noqa: E402
+from .trl_oracle import load_smollm2_tokenizer, tiny_llama, trl_dpo_outputs  # noqa: E402
 
 ROWS = [
     {"prompt": "What colour is the sky?", "chosen": " Blue.", "rejected": " Green, mostly."},

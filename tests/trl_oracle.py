@@ -18,7 +18,11 @@ benchmarks/TRL_NOTES.md):
   tokenizer's default call (add_special_tokens=True; SmolLM2 adds no BOS). The
   prompt length is the shortest common prefix of the prompt ids with both
   full sequences; completion ids are what follows. So a BPE merge across the
-  prompt/response boundary changes the ids (and can shorten the prompt).
+  prompt/response boundary moves tokens into the completion: prompt "Answer: " +
+  "yes" gives prompt [Answer, :] and chosen [Ġyes, EOS] (the trailing-space token
+  is gone); "Hello" + "world" merges into [H, ellow, orld] -> prompt_ids == []
+  for BOTH responses of the pair and the prompt text is scored as completion
+  (minus its first token, which has no predecessor).
   Conversational rows: `apply_chat_template(prompt, add_generation_prompt=True)`
   and `apply_chat_template(prompt + chosen)`, same prefix rule.
 * Log-probs: sum over completion tokens of log p(token | prefix) (no length
