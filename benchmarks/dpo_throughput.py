@@ -6,6 +6,7 @@ set: chat prompts longer than the responses, as in dialogue data), same batch si
 
   alignloop      our trainer (prefix sharing, response-only output projection,
                  reference log-probs computed once and cached)
+  alignloop-gc   the same with train.gradient_checkpointing (memory first)
   trl-default    TRL's DPOTrainer with its defaults (bf16 and gradient checkpointing
                  on, the reference model run at every step)
   trl-default-fp32  TRL's defaults except bf16 (the bf16 default costs most on a CPU)
@@ -90,7 +91,7 @@ def matmul_peak_gflops(seconds: float = 3.0, n: int = 2048) -> float:
 # ------------------------------------------------------------------ workers (one process each)
 
 
-def work_alignloop(lora: bool, steps: int, n_pairs: int) -> dict:
+def work_alignloop(lora: bool, steps: int, n_pairs: int, checkpointing: bool = False) -> dict:
     from alignloop.config import config_from_dict
     from alignloop.data import read_pairs
     from alignloop.training.trainer import train_dpo
@@ -99,7 +100,8 @@ def work_alignloop(lora: bool, steps: int, n_pairs: int) -> dict:
     cfg = config_from_dict({
         "model": {"name": MODEL, "lora": {"enabled": lora, **LORA}},
         "data": {"max_length": MAX_LENGTH, "max_prompt_length": MAX_LENGTH - 1},
-        "train": {"batch_size": BATCH, "max_steps": steps, "learning_rate": 1e-5},
+        "train": {"batch_size": BATCH, "max_steps": steps, "learning_rate": 1e-5,
+                  "gradient_checkpointing": checkpointing},
     })
     with tempfile.TemporaryDirectory() as out:
         r = train_dpo(pairs, out_dir=out, policy=MODEL, model_cfg=cfg.model, data_cfg=cfg.data,
@@ -164,6 +166,7 @@ def worker(spec: dict) -> dict:
 
     torch.manual_seed(0)
     fn = {"alignloop": lambda: work_alignloop(spec["lora"], spec["steps"], spec["pairs"]),
+          "alignloop-gc": lambda: work_alignloop(spec["lora"], spec["steps"], spec["pairs"], True),
           "trl-default": lambda: work_trl(spec["lora"], spec["steps"], spec["pairs"], {}),
           "trl-default-fp32": lambda: work_trl(spec["lora"], spec["steps"], spec["pairs"],
                                                TRL_DEFAULT_FP32),
@@ -233,10 +236,11 @@ def table(results: list[dict], meta: dict) -> str:
         ep = f"{r['epoch_s']:.0f}" + ("*" if r["extrapolated"] else "")
         lines.append(f"| {mode} | {r['setting']} | {r['tokens_per_s']:.0f} | {ep} | "
                      f"{r['peak_rss_mb']:.0f} | {100 * r['mfu']:.0f}% | {ratio('trl-default')} | "
-                     f"{ratio('trl-fastest')} |")
+                     f"{ratio('trl-default-fp32')} | {ratio('trl-fastest')} |")
     lines.append("")
-    lines.append(f"{meta['pairs']} pairs, batch {BATCH}, max length {MAX_LENGTH}, float32, "
-                 f"matmul peak {meta['matmul_peak_gflops']:.0f} GFLOP/s; {meta['machine']}; "
+    lines.append(f"{meta['pairs']} pairs, batch {BATCH}, max length {MAX_LENGTH}, float32 (trl-default: "
+                 f"bf16 autocast, TRL's own default), MFU against the float32 "
+                 f"matmul peak of {meta['matmul_peak_gflops']:.0f} GFLOP/s; {meta['machine']}; "
                  f"{meta['date']}; `{meta['command']}`. tokens/s over the measured steps after the "
                  f"first; * = epoch time extrapolated from it (plus the reference pass).")
     return "\n".join(lines)
@@ -267,11 +271,13 @@ def main() -> None:
     lengths = useful_tokens(n_pairs)
     steps_per_epoch = -(-n_pairs // BATCH)
     # TRL's defaults run bf16 on a CPU without bf16 units: minutes per step, so 1-2 steps only.
-    steps = {"quick": {"alignloop": 2, "trl-fastest": 2, "trl-default-fp32": 1, "trl-default": 1},
-             "full": {"alignloop": steps_per_epoch, "trl-fastest": steps_per_epoch,
+    steps = {"quick": {"alignloop": 2, "alignloop-gc": 2, "trl-fastest": 2, "trl-default-fp32": 1,
+                       "trl-default": 1},
+             "full": {"alignloop": steps_per_epoch, "alignloop-gc": steps_per_epoch,
+                      "trl-fastest": steps_per_epoch,
                       "trl-default-fp32": 3, "trl-default": 3}}[args.size]
     settings = (args.only.split(",") if args.only else
-                ["alignloop", "trl-fastest", "trl-default-fp32", "trl-default"])
+                ["alignloop", "alignloop-gc", "trl-fastest", "trl-default-fp32", "trl-default"])
     peak = matmul_peak_gflops()
     from alignloop.models import load_model
 
@@ -291,7 +297,7 @@ def main() -> None:
             r = summarise(run_setting(spec, timeout=limit), sum(lengths), steps_per_epoch, n_params, peak)
             print(json.dumps(r), flush=True)
             results.append(r)
-    order = ["alignloop", "trl-fastest", "trl-default-fp32", "trl-default"]
+    order = ["alignloop", "alignloop-gc", "trl-fastest", "trl-default-fp32", "trl-default"]
     results.sort(key=lambda r: (r["lora"], order.index(r["setting"])))
     meta = {"pairs": n_pairs, "matmul_peak_gflops": peak, "n_params": n_params,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",

@@ -151,3 +151,16 @@ def test_too_long_pair_names_file_and_row(pairs, tmp_path):
                             "train": {"max_steps": 1, "batch_size": 4}})
     result = _train([*pairs[:4], long], tmp_path / "y", cfg)
     assert result.n_pairs == 4 and sum(result.skipped.values()) == 1
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_gives_the_same_weights(pairs, tmp_path, lora):
+    def cfg(gc):
+        return config_from_dict({"model": {"name": TINY, "lora": {"enabled": lora, "r": 4}},
+                                 "train": {"max_steps": 1, "batch_size": 4, "learning_rate": 1e-2,
+                                           "gradient_checkpointing": gc}})
+    a = _train(pairs[:4], tmp_path / "plain", cfg(False))
+    b = _train(pairs[:4], tmp_path / "gc", cfg(True))
+    _assert_same_weights(_weights(a), _weights(b), atol=1e-6)
+    assert a.metrics["grad_norm"] > 0
+    assert b.metrics["grad_norm"] == pytest.approx(a.metrics["grad_norm"], rel=1e-5)

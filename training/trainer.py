@@ -163,6 +163,10 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
     if model_cfg.lora.enabled:
         model = apply_lora(model, model_cfg.lora, seed=cfg.seed)
     model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if model_cfg.lora.enabled:
+            model.enable_input_require_grads()  # frozen embeddings: checkpointed layers still need grads
     model.train()
     scorer = PairScorer(model)
     params = [p for p in scorer.parameters() if p.requires_grad]
