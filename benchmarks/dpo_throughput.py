@@ -240,7 +240,8 @@ def table(results: list[dict], meta: dict) -> str:
     lines.append("")
     lines.append(f"{meta['pairs']} pairs, batch {BATCH}, max length {MAX_LENGTH}, float32 (trl-default: "
                  f"bf16 autocast, TRL's own default), MFU against the float32 "
-                 f"matmul peak of {meta['matmul_peak_gflops']:.0f} GFLOP/s; {meta['machine']}; "
+                 f"matmul peak measured in the run that produced the row (latest "
+                 f"{meta['matmul_peak_gflops']:.0f} GFLOP/s); {meta['machine']}; "
                  f"{meta['date']}; `{meta['command']}`. tokens/s over the measured steps after the "
                  f"first; * = epoch time extrapolated from it (plus the reference pass).")
     return "\n".join(lines)
@@ -261,10 +262,19 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated settings to run (default: all)")
     ap.add_argument("--bf16-limit", type=float, default=600,
                     help="seconds allowed to TRL's bf16 default before reporting a bound (default: %(default)s)")
+    ap.add_argument("--table-only", action="store_true",
+                    help="re-render the table and README section from results/dpo_throughput.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if args.table_only:
+        saved = json.loads((RESULTS / "dpo_throughput.json").read_text())
+        md = table(saved["results"], saved["meta"])
+        (RESULTS / "dpo_throughput.md").write_text(md + "\n")
+        update_readme(md)
+        print(md)
         return
 
     n_pairs = 64
@@ -283,7 +293,7 @@ def main() -> None:
 
     n_params = sum(p.numel() for p in load_model(MODEL).parameters())
     results = []
-    previous = RESULTS / "dpo_throughput.json"
+    previous = RESULTS / ("dpo_throughput.json" if args.size == "full" else "dpo_throughput.quick.json")
     if args.only and previous.exists():  # rerun some settings, keep the others' last results
         kept = json.loads(previous.read_text())["results"]
         results = [r for r in kept if r["setting"] not in settings]
@@ -304,10 +314,13 @@ def main() -> None:
             "date": date.today().isoformat(),
             "command": f"python benchmarks/dpo_throughput.py --size {args.size}"}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "dpo_throughput.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    # Only a full pass is the record (and the README's table); a quick pass writes beside it.
+    stem = "dpo_throughput" if args.size == "full" else "dpo_throughput.quick"
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     md = table(results, meta)
-    (RESULTS / "dpo_throughput.md").write_text(md + "\n")
-    update_readme(md)
+    (RESULTS / f"{stem}.md").write_text(md + "\n")
+    if args.size == "full":
+        update_readme(md)
     print(md)
 
 
