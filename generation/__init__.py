@@ -1,1 +1,97 @@
-"""Generation backends (transformers, vLLM, OpenAI-compatible servers). Not built yet."""
+"""Generation: sample k completions per prompt from a policy checkpoint.
+
+Every backend returns the same `Completion` records, so the rest of the loop
+never knows which one ran. Backends are chosen by a short name through
+`BACKENDS`; each imports its heavy dependencies (torch, vLLM, HTTP clients)
+only when it is built, so importing this package stays light.
+
+Built so far: the protocol, the records and the `hf` (transformers) backend.
+The `vllm` and `openai` backends are listed but not built yet (issue 3).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from alignloop.errors import AlignloopError
+from alignloop.records import Prompt
+
+
+class GenerationError(AlignloopError, ValueError):
+    """Bad generation input (no prompts, n < 1, a prompt over the context, ...)."""
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    prompt_id: str
+    prompt: Prompt
+    slice: str = ""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 4
+    """Samples per prompt."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1: off)."""
+    top_k: int = 0
+    """Keep the k most likely tokens (0: off)."""
+    max_new_tokens: int = 64
+    """Most tokens generated per sample."""
+    stop: tuple[str, ...] = ()
+    """Strings that end a sample (not included in its text)."""
+    seed: int = 0
+    """Base seed; each sample's own seed is derived from it, the prompt id and the sample index."""
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise GenerationError(f"n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise GenerationError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0 or self.max_new_tokens < 1:
+            raise GenerationError("top_k must be >= 0 and max_new_tokens >= 1")
+
+
+@dataclass(frozen=True)
+class Completion:
+    prompt_id: str
+    sample_index: int
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str            # "stop" (EOS or a stop string) or "length"
+    logprob_sum: float            # sum of token_logprobs
+    token_logprobs: tuple[float, ...] = field(repr=False)
+    """log pi(token | prefix) of each sampled token under the policy itself (temperature 1,
+    no top-k/top-p filtering): what KL estimates need, whatever the sampling settings."""
+    seed: int = 0
+
+
+@runtime_checkable
+class Generator(Protocol):
+    name: str
+
+    def sample(self, prompts: list[PromptItem], params: SamplingParams) -> list[Completion]:
+        """One Completion per (prompt, sample index), in prompt order then sample order."""
+        ...
+
+
+BACKENDS = {"hf": "alignloop.generation.hf:HFGenerator"}
+PLANNED = ("vllm", "openai")
+
+
+def make_generator(backend: str, model: str, **options) -> Generator:
+    """Build a backend by name; heavy imports happen here, only for that backend."""
+    if backend not in BACKENDS:
+        if backend in PLANNED:
+            raise GenerationError(f"generation backend {backend!r} is not built yet; "
+                                  f"available: {sorted(BACKENDS)}")
+        raise GenerationError(f"unknown generation backend {backend!r}; valid: "
+                              f"{sorted(BACKENDS) + list(PLANNED)}")
+    module, cls = BACKENDS[backend].split(":")
+    return getattr(importlib.import_module(module), cls)(model, **options)

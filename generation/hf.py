@@ -1,0 +1,161 @@
+"""The `hf` backend: batched sampling with transformers, on CPU or GPU.
+
+Prompts are sorted by length and batched with left padding; each prompt is
+prefilled ONCE and its KV cache repeated for its n samples (the prompt is
+shared, not recomputed n times). The decode loop is ours, so every sampled
+token's log-prob under the policy is recorded exactly, and each sample draws
+from its own seeded generator: a sample depends on (seed, prompt id, sample
+index) only, not on which other prompts shared its batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from alignloop.generation import Completion, GenerationError, PromptItem, SamplingParams
+from tqdm.auto import tqdm
+
+
+def sample_seed(seed: int, prompt_id: str, index: int) -> int:
+    h = hashlib.sha256(f"{seed}:{prompt_id}:{index}".encode()).digest()
+    return int.from_bytes(h[:6], "little")
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Logits (B, V) of the sampling distribution: temperature, then top-k, then top-p."""
+    logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest set reaching top_p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logits
+
+
+class HFGenerator:
+    name = "hf"
+
+    def __init__(self, model: str, *, device: str = "cpu", dtype: str = "auto",
+                 max_batch_sequences: int = 64, truncation: str = "error", progress: bool = True):
+        from alignloop.models import load_model, load_tokenizer
+
+        self.model = load_model(model, dtype=dtype, device=device)
+        self.tokenizer = load_tokenizer(model)
+        self.device = device
+        self.max_batch_sequences = max_batch_sequences
+        self.truncation = truncation
+        self.progress = progress
+        self.context = getattr(self.model.config, "max_position_embeddings", 2048)
+        import inspect
+
+        # transformers renamed `past_key_values` to `cache` (the old name goes in 5.40).
+        params = inspect.signature(self.model.forward).parameters
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        self.stop_ids = {i for i in [*eos, self.tokenizer.eos_token_id] if i is not None}
+
+    def _encode(self, item: PromptItem, budget: int) -> list[int]:
+        from alignloop.models import render_prompt
+
+        ids = self.tokenizer(render_prompt(self.tokenizer, item.prompt),
+                             add_special_tokens=not isinstance(item.prompt, list))["input_ids"]
+        if not ids:
+            raise GenerationError(f"prompt {item.prompt_id!r} is empty")
+        if len(ids) > budget:
+            if self.truncation != "keep_end":
+                raise GenerationError(
+                    f"prompt {item.prompt_id!r} has {len(ids)} tokens; with max_new_tokens the "
+                    f"context of {self.context} leaves {budget} (set truncation to keep_end to cut it)")
+            ids = ids[-budget:]
+        return ids
+
+    def sample(self, prompts: list[PromptItem], params: SamplingParams) -> list[Completion]:
+        if not prompts:
+            raise GenerationError("no prompts to generate from")
+        budget = self.context - params.max_new_tokens
+        encoded = [self._encode(p, budget) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+        per_batch = max(1, self.max_batch_sequences // params.n)
+        results: dict[int, list[Completion]] = {}
+        bar = tqdm(total=len(prompts) * params.n, desc="generate", unit="sample",
+                   disable=not self.progress)
+        for s in range(0, len(order), per_batch):
+            idx = order[s:s + per_batch]
+            for i, comps in zip(idx, self._sample_batch([prompts[i] for i in idx],
+                                                        [encoded[i] for i in idx], params), strict=True):
+                results[i] = comps
+            bar.update(len(idx) * params.n)
+        bar.close()
+        return [c for i in range(len(prompts)) for c in results[i]]
+
+    @torch.inference_mode()
+    def _sample_batch(self, items, encoded, params: SamplingParams) -> list[list[Completion]]:
+        n, B = params.n, len(items)
+        P = max(len(e) for e in encoded)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((B, P), pad, dtype=torch.long)
+        mask = torch.zeros((B, P), dtype=torch.long)
+        for b, e in enumerate(encoded):  # left padding
+            ids[b, P - len(e):] = torch.tensor(e)
+            mask[b, P - len(e):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(n)                 # the prompt is shared by its n samples
+        logits = out.logits[:, -1].float().repeat_interleave(n, 0)   # (B*n, V)
+        mask = mask.repeat_interleave(n, 0)
+        seeds = [sample_seed(params.seed, it.prompt_id, k) for it in items for k in range(n)]
+        gens = [torch.Generator().manual_seed(sd) for sd in seeds]
+        tokens: list[list[int]] = [[] for _ in seeds]
+        logps: list[list[float]] = [[] for _ in seeds]
+        done = [False] * len(seeds)
+        reason = ["length"] * len(seeds)
+        for _ in range(params.max_new_tokens):
+            policy_logp = logits.log_softmax(-1)
+            if params.temperature == 0:
+                nxt = logits.argmax(-1).cpu()
+            else:
+                probs = filter_logits(logits, params.temperature, params.top_k, params.top_p).softmax(-1).cpu()
+                nxt = torch.stack([torch.multinomial(probs[r], 1, generator=gens[r])[0]
+                                   for r in range(len(seeds))])
+            lp = policy_logp.gather(1, nxt.to(logits.device)[:, None])[:, 0].cpu()
+            for r, tok in enumerate(nxt.tolist()):
+                if done[r]:
+                    continue
+                if tok in self.stop_ids:
+                    done[r], reason[r] = True, "stop"
+                    continue
+                tokens[r].append(tok)
+                logps[r].append(float(lp[r]))
+                if params.stop and self._hits_stop(tokens[r], params.stop):
+                    done[r], reason[r] = True, "stop"
+            if all(done):
+                break
+            mask = torch.cat([mask, torch.ones((len(seeds), 1), dtype=mask.dtype, device=mask.device)], 1)
+            out = self.model(input_ids=nxt.to(self.device)[:, None], attention_mask=mask,
+                             position_ids=(mask.sum(-1, keepdim=True) - 1), use_cache=True,
+                             **{self.cache_kw: cache})
+            cache, logits = out.past_key_values, out.logits[:, -1].float()
+        grouped = []
+        for b, it in enumerate(items):
+            row = []
+            for k in range(n):
+                r = b * n + k
+                text = self.tokenizer.decode(tokens[r], skip_special_tokens=True)
+                for s in params.stop:
+                    if s in text:
+                        text = text[: text.index(s)]
+                row.append(Completion(it.prompt_id, k, text, tuple(tokens[r]), reason[r],
+                                      float(sum(logps[r])), tuple(logps[r]), seeds[r]))
+            grouped.append(row)
+        return grouped
+
+    def _hits_stop(self, toks: list[int], stops: tuple[str, ...]) -> bool:
+        tail = self.tokenizer.decode(toks[-16:], skip_special_tokens=True)
+        return any(s in tail for s in stops)
