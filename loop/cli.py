@@ -63,6 +63,65 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_prompts(path: str):
+    """PromptItems from JSONL or parquet rows with `prompt` (text or messages), optional
+    `prompt_id` and `slice`. Errors name the file and row."""
+    import hashlib
+    import json
+
+    from alignloop.artifacts import read_parquet
+    from alignloop.generation import GenerationError, PromptItem
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"prompts file not found: {path}")
+    if p.suffix == ".parquet":
+        rows = read_parquet(p)
+    else:
+        rows = []
+        for n, line in enumerate(p.read_text().splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise GenerationError(f"{path} row {n}: invalid JSON ({e.msg})") from None
+    items = []
+    for n, row in enumerate(rows, start=1):
+        prompt = row.get("prompt") if isinstance(row, dict) else None
+        if not prompt or not isinstance(prompt, (str, list)):
+            raise GenerationError(f"{path} row {n}: missing or empty 'prompt' (text or messages)")
+        pid = str(row.get("prompt_id") or hashlib.sha256(
+            json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16])
+        items.append(PromptItem(pid, prompt, str(row.get("slice") or "")))
+    return items
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Sample completions for a prompts file; writes a parquet of Completion rows."""
+    from dataclasses import asdict
+
+    from alignloop.artifacts import write_parquet
+    from alignloop.config import load_config
+    from alignloop.generation import SamplingParams, make_generator
+
+    sets = [*args.sets, f"generation.n={args.n}"] if args.n is not None else args.sets
+    cfg = load_config(args.config, sets)
+    g = cfg.generation
+    prompts = read_prompts(args.prompts)
+    params = SamplingParams(n=g.n, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
+                            max_new_tokens=g.max_new_tokens, stop=g.stop, seed=g.seed)
+    options = {"max_batch_sequences": g.max_batch_sequences, "truncation": g.truncation} \
+        if g.backend == "hf" else {}
+    generator = make_generator(g.backend, args.model or cfg.model.name, **options)
+    completions = generator.sample(prompts, params)
+    slices = {p.prompt_id: p.slice for p in prompts}
+    rows = [{**asdict(c), "token_ids": list(c.token_ids), "token_logprobs": list(c.token_logprobs),
+             "slice": slices[c.prompt_id], "backend": g.backend} for c in completions]
+    write_parquet(Path(args.out), rows)
+    print(f"wrote {len(rows)} completions for {len(prompts)} prompts -> {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignloop", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"alignloop {__version__}")
@@ -76,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="reference model; overrides reference.model")
     p.add_argument("--out", default="alignloop-train", help="output directory (default: %(default)s)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="sample completions for a prompts file",
+                       description=cmd_generate.__doc__)
+    _add_config_args(p)
+    p.add_argument("--prompts", required=True, help="JSONL or parquet with a `prompt` field")
+    p.add_argument("--out", required=True, help="output parquet")
+    p.add_argument("--n", type=int, help="samples per prompt; overrides generation.n")
+    p.add_argument("--model", help="policy checkpoint; overrides model.name")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("config", help="print the resolved config or the documented schema",
                        description=cmd_config.__doc__)

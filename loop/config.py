@@ -182,6 +182,41 @@ class TrainConfig:
         _require(self.save_every >= 0, "save_every", "must be >= 0")
 
 
+# --------------------------------------------------------------------------- generation
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    backend: str = "hf"
+    """Backend: `hf` (transformers, CPU or GPU); `vllm` and `openai` are planned."""
+    n: int = 4
+    """Samples per prompt."""
+    temperature: float = 1.0
+    """Softmax temperature (0: greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1: off)."""
+    top_k: int = 0
+    """Keep only the k most likely tokens (0: off)."""
+    max_new_tokens: int = 64
+    """Most new tokens per sample."""
+    stop: tuple[str, ...] = ()
+    """Strings that end a sample."""
+    seed: int = 0
+    """Base seed; each sample's seed derives from it, its prompt id and its index."""
+    max_batch_sequences: int = 64
+    """`hf`: most sequences decoded together (prompts per batch = this // n)."""
+    truncation: Literal["error", "keep_end"] = "error"
+    """Prompts that leave no room for max_new_tokens in the context: error, or keep their end."""
+
+    def __post_init__(self) -> None:
+        _require(self.n >= 1, "n", "must be >= 1")
+        _require(self.temperature >= 0, "temperature", "must be >= 0")
+        _require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        _require(self.top_k >= 0, "top_k", "must be >= 0")
+        _require(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+        _require(self.max_batch_sequences >= 1, "max_batch_sequences", "must be >= 1")
+
+
 # --------------------------------------------------------------------------- top level
 
 
@@ -195,6 +230,8 @@ class Config:
     """Static preference pairs and tokenisation limits."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """The DPO trainer."""
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    """Sampling candidates from a policy."""
 
 
 # --------------------------------------------------------------------------- building

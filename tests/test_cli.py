@@ -50,3 +50,23 @@ def test_bad_row_names_file_and_row(tmp_path):
 def test_config_docs():
     out = run("config", "--docs")
     assert out.returncode == 0 and "train.beta:" in out.stdout
+
+
+def test_generate_writes_completions(tmp_path):
+    import pyarrow.parquet as pq
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Say hi", "prompt_id": "p1", "slice": "small_talk"}) + "\n"
+                       + json.dumps({"prompt": [{"role": "user", "content": "Late order."}]}) + "\n")
+    out = run("generate", "configs/tiny.yaml", "--prompts", str(prompts), "--out", str(tmp_path / "g.parquet"),
+              "--n", "3", "--set", "generation.max_new_tokens=5")
+    assert out.returncode == 0, out.stderr
+    rows = pq.read_table(tmp_path / "g.parquet").to_pylist()
+    assert len(rows) == 6 and rows[0]["prompt_id"] == "p1" and rows[0]["slice"] == "small_talk"
+    assert all(len(r["token_ids"]) == len(r["token_logprobs"]) for r in rows)
+    bad = run("generate", "configs/tiny.yaml", "--prompts", str(prompts), "--out", str(tmp_path / "x.parquet"),
+              "--n", "0")
+    assert bad.returncode == 2 and "generation.n" in bad.stderr
+    prompts.write_text(json.dumps({"prompt": ""}) + "\n")
+    bad = run("generate", "configs/tiny.yaml", "--prompts", str(prompts), "--out", str(tmp_path / "x.parquet"))
+    assert bad.returncode == 2 and "prompts.jsonl row 1" in bad.stderr
