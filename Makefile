@@ -30,6 +30,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/dpo_throughput.py --size $(SIZE)
+	$(BIN)/python benchmarks/generation_throughput.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check loop generation labeling training tests benchmarks
