@@ -5,12 +5,14 @@ never knows which one ran. Backends are chosen by a short name through
 `BACKENDS`; each imports its heavy dependencies (torch, vLLM, HTTP clients)
 only when it is built, so importing this package stays light.
 
-Built so far: the protocol, the records and the `hf` (transformers) backend.
-The `vllm` and `openai` backends are listed but not built yet (issue 3).
+Built so far: the protocol, the records, the `hf` (transformers) backend and
+the `vllm` offline-engine backend (our side tested on CPU; never run on a GPU
+here). The `openai` server backend is listed but not built yet (issue 3).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -72,6 +74,12 @@ class Completion:
     seed: int = 0
 
 
+def sample_seed(seed: int, prompt_id: str, index: int) -> int:
+    """The seed of one sample: a function of the run seed, the prompt id and the sample index only."""
+    h = hashlib.sha256(f"{seed}:{prompt_id}:{index}".encode()).digest()
+    return int.from_bytes(h[:6], "little")
+
+
 @runtime_checkable
 class Generator(Protocol):
     name: str
@@ -81,8 +89,9 @@ class Generator(Protocol):
         ...
 
 
-BACKENDS = {"hf": "alignloop.generation.hf:HFGenerator"}
-PLANNED = ("vllm", "openai")
+BACKENDS = {"hf": "alignloop.generation.hf:HFGenerator",
+            "vllm": "alignloop.generation.vllm:VLLMGenerator"}
+PLANNED = ("openai",)
 
 
 def make_generator(backend: str, model: str, **options) -> Generator:

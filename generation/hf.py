@@ -10,16 +10,15 @@ index) only, not on which other prompts shared its batch.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
-from alignloop.generation import Completion, GenerationError, PromptItem, SamplingParams
+from alignloop.generation import (
+    Completion,
+    GenerationError,
+    PromptItem,
+    SamplingParams,
+    sample_seed,
+)
 from tqdm.auto import tqdm
-
-
-def sample_seed(seed: int, prompt_id: str, index: int) -> int:
-    h = hashlib.sha256(f"{seed}:{prompt_id}:{index}".encode()).digest()
-    return int.from_bytes(h[:6], "little")
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:

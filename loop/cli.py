@@ -110,8 +110,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts)
     params = SamplingParams(n=g.n, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
                             max_new_tokens=g.max_new_tokens, stop=g.stop, seed=g.seed)
-    options = {"max_batch_sequences": g.max_batch_sequences, "truncation": g.truncation} \
-        if g.backend == "hf" else {}
+    options = {"truncation": g.truncation}
+    if g.backend == "hf":
+        options["max_batch_sequences"] = g.max_batch_sequences
     generator = make_generator(g.backend, args.model or cfg.model.name, **options)
     completions = generator.sample(prompts, params)
     slices = {p.prompt_id: p.slice for p in prompts}

@@ -188,7 +188,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class GenerationConfig:
     backend: str = "hf"
-    """Backend: `hf` (transformers, CPU or GPU); `vllm` and `openai` are planned."""
+    """Backend: `hf` (transformers, CPU or GPU), `vllm` (offline engine in a child
+    process; GPU); `openai` (a served model) is planned."""
     n: int = 4
     """Samples per prompt."""
     temperature: float = 1.0
