@@ -7,7 +7,7 @@ only when it is built, so importing this package stays light.
 
 Built so far: the protocol, the records, the `hf` (transformers) backend and
 the `vllm` offline-engine backend (our side tested on CPU; never run on a GPU
-here). The `openai` server backend is listed but not built yet (issue 3).
+here) and the `openai` backend for OpenAI-compatible servers.
 """
 
 from __future__ import annotations
@@ -90,8 +90,9 @@ class Generator(Protocol):
 
 
 BACKENDS = {"hf": "alignloop.generation.hf:HFGenerator",
-            "vllm": "alignloop.generation.vllm:VLLMGenerator"}
-PLANNED = ("openai",)
+            "vllm": "alignloop.generation.vllm:VLLMGenerator",
+            "openai": "alignloop.generation.openai:OpenAIGenerator"}
+PLANNED: tuple[str, ...] = ()
 
 
 def make_generator(backend: str, model: str, **options) -> Generator:

@@ -110,9 +110,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts)
     params = SamplingParams(n=g.n, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
                             max_new_tokens=g.max_new_tokens, stop=g.stop, seed=g.seed)
-    options = {"truncation": g.truncation}
-    if g.backend == "hf":
-        options["max_batch_sequences"] = g.max_batch_sequences
+    options = {
+        "hf": {"truncation": g.truncation, "max_batch_sequences": g.max_batch_sequences},
+        "vllm": {"truncation": g.truncation, "tensor_parallel_size": g.tensor_parallel_size,
+                 "gpu_memory_utilization": g.gpu_memory_utilization},
+        "openai": {"base_url": g.base_url, "served_model": g.served_model,
+                   "concurrency": g.concurrency, "timeout": g.timeout_s, "retries": g.retries,
+                   # a rerun after a failure asks only for what is missing
+                   "cache_path": str(Path(args.out).with_suffix(".received.jsonl"))},
+    }[g.backend]
     generator = make_generator(g.backend, args.model or cfg.model.name, **options)
     completions = generator.sample(prompts, params)
     slices = {p.prompt_id: p.slice for p in prompts}

@@ -187,9 +187,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    backend: str = "hf"
+    backend: Literal["hf", "vllm", "openai"] = "hf"
     """Backend: `hf` (transformers, CPU or GPU), `vllm` (offline engine in a child
-    process; GPU); `openai` (a served model) is planned."""
+    process; GPU), `openai` (an OpenAI-compatible server such as `vllm serve`)."""
     n: int = 4
     """Samples per prompt."""
     temperature: float = 1.0
@@ -208,6 +208,20 @@ class GenerationConfig:
     """`hf`: most sequences decoded together (prompts per batch = this // n)."""
     truncation: Literal["error", "keep_end"] = "error"
     """Prompts that leave no room for max_new_tokens in the context: error, or keep their end."""
+    tensor_parallel_size: int = 1
+    """`vllm`: GPUs per engine (tensor parallel)."""
+    gpu_memory_utilization: float = 0.85
+    """`vllm`: share of GPU memory the engine may take."""
+    base_url: str = ""
+    """`openai`: the server's API root, e.g. http://127.0.0.1:8000/v1."""
+    served_model: str = ""
+    """`openai`: the model name the server knows (empty: model.name)."""
+    concurrency: int = 8
+    """`openai`: requests in flight."""
+    timeout_s: float = 60.0
+    """`openai`: seconds per request before it counts as failed."""
+    retries: int = 4
+    """`openai`: retries (exponential backoff) after a 5xx, connection error or timeout."""
 
     def __post_init__(self) -> None:
         _require(self.n >= 1, "n", "must be >= 1")
@@ -216,6 +230,13 @@ class GenerationConfig:
         _require(self.top_k >= 0, "top_k", "must be >= 0")
         _require(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
         _require(self.max_batch_sequences >= 1, "max_batch_sequences", "must be >= 1")
+        _require(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be >= 1")
+        _require(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]")
+        _require(self.concurrency >= 1, "concurrency", "must be >= 1")
+        _require(self.timeout_s > 0, "timeout_s", "must be > 0")
+        _require(self.retries >= 0, "retries", "must be >= 0")
+        _require(self.backend != "openai" or bool(self.base_url), "base_url",
+                 "the openai backend needs the server's URL")
 
 
 # --------------------------------------------------------------------------- top level
