@@ -15,10 +15,13 @@ from __future__ import annotations
 import hashlib
 import importlib
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from alignloop.errors import AlignloopError
 from alignloop.records import Prompt
+
+if TYPE_CHECKING:
+    from alignloop.config import GenerationConfig
 
 
 class GenerationError(AlignloopError, ValueError):
@@ -34,20 +37,21 @@ class PromptItem:
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """Per-call sampling settings; the fields mean what `alignloop.config.GenerationConfig`
+    documents (the config is where their defaults for a run live)."""
+
     n: int = 4
-    """Samples per prompt."""
-    temperature: float = 1.0
-    """Softmax temperature; 0 means greedy."""
-    top_p: float = 1.0
-    """Nucleus sampling mass (1: off)."""
-    top_k: int = 0
-    """Keep the k most likely tokens (0: off)."""
+    temperature: float = 1.0      # 0: greedy
+    top_p: float = 1.0            # 1: off
+    top_k: int = 0                # 0: off
     max_new_tokens: int = 64
-    """Most tokens generated per sample."""
-    stop: tuple[str, ...] = ()
-    """Strings that end a sample (not included in its text)."""
-    seed: int = 0
-    """Base seed; each sample's own seed is derived from it, the prompt id and the sample index."""
+    stop: tuple[str, ...] = ()    # strings that end a sample (not kept in its text)
+    seed: int = 0                 # each sample's seed derives from it, its prompt id and index
+
+    @classmethod
+    def from_config(cls, g: GenerationConfig) -> SamplingParams:
+        return cls(n=g.n, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
+                   max_new_tokens=g.max_new_tokens, stop=g.stop, seed=g.seed)
 
     def __post_init__(self) -> None:
         if self.n < 1:

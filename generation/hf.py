@@ -18,6 +18,7 @@ from alignloop.generation import (
     SamplingParams,
     sample_seed,
 )
+from alignloop.generation.prompts import encode_prompt
 from tqdm.auto import tqdm
 
 
@@ -58,26 +59,11 @@ class HFGenerator:
         eos = eos if isinstance(eos, list) else [eos]
         self.stop_ids = {i for i in [*eos, self.tokenizer.eos_token_id] if i is not None}
 
-    def _encode(self, item: PromptItem, budget: int) -> list[int]:
-        from alignloop.models import render_prompt
-
-        ids = self.tokenizer(render_prompt(self.tokenizer, item.prompt),
-                             add_special_tokens=not isinstance(item.prompt, list))["input_ids"]
-        if not ids:
-            raise GenerationError(f"prompt {item.prompt_id!r} is empty")
-        if len(ids) > budget:
-            if self.truncation != "keep_end":
-                raise GenerationError(
-                    f"prompt {item.prompt_id!r} has {len(ids)} tokens; with max_new_tokens the "
-                    f"context of {self.context} leaves {budget} (set truncation to keep_end to cut it)")
-            ids = ids[-budget:]
-        return ids
-
     def sample(self, prompts: list[PromptItem], params: SamplingParams) -> list[Completion]:
         if not prompts:
             raise GenerationError("no prompts to generate from")
         budget = self.context - params.max_new_tokens
-        encoded = [self._encode(p, budget) for p in prompts]
+        encoded = [encode_prompt(self.tokenizer, p, budget, self.truncation) for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
         per_batch = max(1, self.max_batch_sequences // params.n)
         results: dict[int, list[Completion]] = {}
@@ -105,7 +91,7 @@ class HFGenerator:
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        cache = self._static_copy(out.past_key_values, n, P + params.max_new_tokens)
+        cache = self._static_copy(getattr(out, self.cache_kw), n, P + params.max_new_tokens)
         logits = out.logits[:, -1].float().repeat_interleave(n, 0)   # (B*n, V)
         mask = mask.repeat_interleave(n, 0)
         seeds = [sample_seed(params.seed, it.prompt_id, k) for it in items for k in range(n)]
@@ -139,7 +125,7 @@ class HFGenerator:
             out = self.model(input_ids=nxt.to(self.device)[:, None], attention_mask=mask,
                              position_ids=(mask.sum(-1, keepdim=True) - 1), use_cache=True,
                              **{self.cache_kw: cache})
-            cache, logits = out.past_key_values, out.logits[:, -1].float()
+            logits = out.logits[:, -1].float()  # the static cache was updated in place
         grouped = []
         for b, it in enumerate(items):
             row = []

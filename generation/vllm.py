@@ -27,6 +27,7 @@ from alignloop.generation import (
     SamplingParams,
     sample_seed,
 )
+from alignloop.generation.prompts import encode_prompt
 
 
 def build_requests(items: list[PromptItem], encoded: list[list[int]],
@@ -94,22 +95,8 @@ class VLLMGenerator:
                        "enable_prefix_caching": True, "max_model_len": max_model_len}
 
     def encode(self, items: list[PromptItem], params: SamplingParams) -> list[list[int]]:
-        from alignloop.models import render_prompt
-
         budget = self.context - params.max_new_tokens
-        encoded = []
-        for it in items:
-            ids = self.tokenizer(render_prompt(self.tokenizer, it.prompt),
-                                 add_special_tokens=not isinstance(it.prompt, list))["input_ids"]
-            if not ids:
-                raise GenerationError(f"prompt {it.prompt_id!r} is empty")
-            if len(ids) > budget:
-                if self.truncation != "keep_end":
-                    raise GenerationError(f"prompt {it.prompt_id!r} has {len(ids)} tokens; the "
-                                          f"context leaves {budget} (truncation: keep_end cuts it)")
-                ids = ids[-budget:]
-            encoded.append(ids)
-        return encoded
+        return [encode_prompt(self.tokenizer, it, budget, self.truncation) for it in items]
 
     def sample(self, prompts: list[PromptItem], params: SamplingParams) -> list[Completion]:
         if not prompts:

@@ -108,8 +108,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, sets)
     g = cfg.generation
     prompts = read_prompts(args.prompts)
-    params = SamplingParams(n=g.n, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                            max_new_tokens=g.max_new_tokens, stop=g.stop, seed=g.seed)
+    params = SamplingParams.from_config(g)
     options = {
         "hf": {"truncation": g.truncation, "max_batch_sequences": g.max_batch_sequences},
         "vllm": {"truncation": g.truncation, "tensor_parallel_size": g.tensor_parallel_size,
