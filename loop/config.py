@@ -17,20 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from alignloop.errors import AlignloopError
-
-
-class ConfigError(AlignloopError, ValueError):
-    """A config problem, always naming the dotted key it is about."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"config key '{key}': {message}")
-
-
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(key, message)
+from alignloop.config_base import ConfigError, _require  # noqa: F401 (re-exported)
+from alignloop.config_labeling import LabelingConfig
 
 
 # --------------------------------------------------------------------------- model
@@ -254,6 +242,8 @@ class Config:
     """The DPO trainer."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     """Sampling candidates from a policy."""
+    labeling: LabelingConfig = field(default_factory=LabelingConfig)
+    """Judges, pair selection, routing to people, soft labels."""
 
 
 # --------------------------------------------------------------------------- building
@@ -421,6 +411,9 @@ def field_docs(cls: type = Config) -> dict[str, str]:
                 out[prefix + name] = doc
                 if dataclasses.is_dataclass(hints[name]):
                     visit(hints[name], f"{prefix}{name}.")
+                args = typing.get_args(hints[name])
+                if typing.get_origin(hints[name]) is tuple and args and dataclasses.is_dataclass(args[0]):
+                    visit(args[0], f"{prefix}{name}[].")  # a list of sections, e.g. judges
 
     visit(cls, "")
     return out

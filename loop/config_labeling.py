@@ -1,0 +1,185 @@
+"""The `labeling:` section of the config schema: judges, pair selection, routing,
+people and vote aggregation. Kept beside config.py so each file stays readable;
+`Config.labeling` is a `LabelingConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from alignloop.config_base import _require
+
+DEFAULT_PAIRWISE_TEMPLATE = (
+    "You are comparing two assistant replies to the same user message.\n\n"
+    "User message:\n{prompt}\n\n"
+    "Reply A:\n{a}\n\n"
+    "Reply B:\n{b}\n\n"
+    "Which reply is better: kinder, more helpful and to the point? "
+    "Answer with a single letter, A or B."
+)
+"""The generative judge's question. `{prompt}`, `{a}` and `{b}` are filled in; the
+verdict is read from the log-probs of the next token after the chat turn."""
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    kind: Literal["reward_model", "llm_pairwise", "embedding_ensemble", "python"]
+    """`reward_model` (HF sequence-classification models, pointwise), `llm_pairwise`
+    (a generative model asked in both orders), `embedding_ensemble` (sentence embeddings +
+    bootstrap Bradley-Terry heads learned from the labels so far), `python` (a function)."""
+    name: str = ""
+    """Label in tables and reports (empty: the kind; must be unique among judges)."""
+    weight: float = 1.0
+    """Weight of this judge in the ensemble of all configured judges."""
+    models: tuple[str, ...] = ()
+    """`reward_model`: one or more reward models (several form an ensemble whose spread is
+    the uncertainty). `llm_pairwise`: exactly one generative model."""
+    template: str = DEFAULT_PAIRWISE_TEMPLATE
+    """`llm_pairwise`: the question, with `{prompt}`, `{a}` and `{b}` placeholders."""
+    verdicts: tuple[str, ...] = ("A", "B")
+    """`llm_pairwise`: the answers meaning "first reply" and "second reply"."""
+    min_verdict_mass: float = 0.05
+    """`llm_pairwise`: least next-token probability on the two verdicts for the answer to
+    count as parsed; below it the verdict is recorded as unparsable."""
+    function: str = ""
+    """`python`: `module:function`, called as f(prompt, response) -> score, or
+    f(prompt, a, b) -> P(a preferred) with `returns: preference`."""
+    returns: Literal["score", "preference"] = "score"
+    """`python`: what the function returns."""
+    embedding_model: str = "builtin:all-minilm-l6-v2"
+    """`embedding_ensemble`: the sentence encoder (frozen)."""
+    members: int = 8
+    """`embedding_ensemble`: bootstrap heads in the ensemble."""
+    l2: float = 1.0
+    """`embedding_ensemble`: L2 penalty of each logistic head (sklearn C = 1 / l2)."""
+    temperature: float = 1.0
+    """Divides the judge's log-odds; calibration replaces it when human labels exist."""
+    batch_size: int = 8
+    """Sequences per forward pass (model judges)."""
+    max_length: int = 1024
+    """Longest judge input in tokens; longer inputs keep their end."""
+
+    def __post_init__(self) -> None:
+        _require(self.weight > 0, "weight", "must be > 0")
+        _require(self.temperature > 0, "temperature", "must be > 0")
+        _require(self.members >= 2, "members", "must be >= 2 (the spread needs two heads)")
+        _require(self.l2 > 0, "l2", "must be > 0")
+        _require(0 <= self.min_verdict_mass < 1, "min_verdict_mass", "must be in [0, 1)")
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _require(self.max_length >= 16, "max_length", "must be >= 16")
+        if self.kind == "reward_model":
+            _require(len(self.models) >= 1, "models", "a reward_model judge needs at least one model")
+        if self.kind == "llm_pairwise":
+            _require(len(self.models) == 1, "models", "an llm_pairwise judge needs exactly one model")
+            _require(len(self.verdicts) == 2 and all(self.verdicts), "verdicts",
+                     "must be two non-empty answers")
+            for slot in ("{prompt}", "{a}", "{b}"):
+                _require(slot in self.template, "template", f"must contain {slot}")
+        if self.kind == "python":
+            _require(":" in self.function, "function", "must be `module:function`")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    strategy: Literal["max_min", "random", "uncertainty", "double_thompson", "apl"] = "uncertainty"
+    """How a pair is chosen among a prompt's k samples: `max_min` (best vs worst by the judge
+    mean), `random`, `uncertainty` (the pair the judges are least sure about),
+    `double_thompson` (two ensemble draws each pick their best), `apl` (high-entropy prompts,
+    then the largest implicit-reward gap)."""
+    budget: int = 0
+    """Most pairs selected per round (0: `pairs_per_prompt` for every prompt)."""
+    pairs_per_prompt: int = 1
+    """Most pairs taken from one prompt's samples."""
+    random_share: float = 0.1
+    """Share of the budget always filled with uniformly random pairs (unbiased estimates)."""
+    near_duplicate: float = 0.9
+    """Word-level similarity (0..1) at or above which two responses are never paired."""
+    thompson_redraws: int = 8
+    """`double_thompson`: redraws of the second member when both draws pick the same response."""
+    apl_prompt_share: float = 0.5
+    """`apl`: share of prompts kept by the policy's predictive entropy before the gap choice."""
+    seed: int = 0
+    """Seed of the random choices (random pairs, Thompson draws)."""
+
+    def __post_init__(self) -> None:
+        _require(self.budget >= 0, "budget", "must be >= 0")
+        _require(self.pairs_per_prompt >= 1, "pairs_per_prompt", "must be >= 1")
+        _require(0 <= self.random_share <= 1, "random_share", "must be in [0, 1]")
+        _require(0 < self.near_duplicate <= 1, "near_duplicate", "must be in (0, 1]")
+        _require(self.thompson_redraws >= 0, "thompson_redraws", "must be >= 0")
+        _require(0 < self.apl_prompt_share <= 1, "apl_prompt_share", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    auto_threshold: float = 0.25
+    """A pair is labeled by the judges when |p_a - 0.5| >= this (0.25: p >= 0.75 or <= 0.25)
+    and they are order-consistent and not too uncertain."""
+    max_auto_uncertainty: float = 0.15
+    """Judge spread (std of member probabilities) above which a pair is never auto-labeled."""
+    unparsable: Literal["human", "drop"] = "human"
+    """Where pairs go whose judge verdict could not be read."""
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.auto_threshold <= 0.5, "auto_threshold", "must be in [0, 0.5]")
+        _require(self.max_auto_uncertainty >= 0, "max_auto_uncertainty", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class HumanConfig:
+    budget: int = 0
+    """Most pairs sent to people per round, most informative first (0: no people)."""
+    votes_required: int = 1
+    """Votes each routed pair needs."""
+    max_votes: int = 3
+    """Cap on votes when the first ones disagree (adaptive redundancy)."""
+
+    def __post_init__(self) -> None:
+        _require(self.budget >= 0, "budget", "must be >= 0")
+        _require(self.votes_required >= 1, "votes_required", "must be >= 1")
+        _require(self.max_votes >= self.votes_required, "max_votes", "must be >= votes_required")
+
+
+@dataclass(frozen=True)
+class AggregationConfig:
+    prior_reliability: float = 0.75
+    """Prior mean of an annotator's chance of voting the true preference (Dawid-Skene)."""
+    prior_strength: float = 4.0
+    """Pseudo-votes behind that prior: one real vote never makes a label certain."""
+    judge_vote_weight: float = 0.0
+    """Weight of the judges' log-odds as a weak extra voter on human-labeled pairs (0: off)."""
+    iterations: int = 100
+    """Most EM iterations."""
+
+    def __post_init__(self) -> None:
+        _require(0.5 < self.prior_reliability < 1, "prior_reliability", "must be in (0.5, 1)")
+        _require(self.prior_strength > 0, "prior_strength", "must be > 0")
+        _require(self.judge_vote_weight >= 0, "judge_vote_weight", "must be >= 0")
+        _require(self.iterations >= 1, "iterations", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class LabelingConfig:
+    judges: tuple[JudgeSpec, ...] = ()
+    """Model judges; several form a weighted ensemble. Empty: every selected pair goes to
+    people (within `human.budget`)."""
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    """Which pairs of a prompt's samples are worth labeling."""
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    """Judge-labeled, sent to people, or dropped."""
+    human: HumanConfig = field(default_factory=HumanConfig)
+    """People in the loop."""
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    """Turning votes into soft labels."""
+    calibrate: bool = True
+    """Fit each judge's temperature on pairs people labeled (when there are any)."""
+
+    def __post_init__(self) -> None:
+        labels = [j.label for j in self.judges]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        _require(not dup, "judges", f"judge names must be unique; repeated: {dup} (set `name`)")
