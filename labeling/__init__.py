@@ -96,6 +96,13 @@ class Judge(Protocol):
     def judge(self, items: Sequence[Comparison]) -> list[Judgement]: ...
 
 
+def prompt_text(prompt: Prompt) -> str:
+    """A prompt as plain text: unchanged, or chat messages as `role: content` lines."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in prompt)
+
+
 def sigmoid(x: float) -> float:
     if x >= 0:
         return 1.0 / (1.0 + math.exp(-x))

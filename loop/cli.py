@@ -98,6 +98,7 @@ def read_prompts(path: str):
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Sample completions for a prompts file; writes a parquet of Completion rows."""
+    import json
     from dataclasses import asdict
 
     from alignloop.artifacts import write_parquet
@@ -120,12 +121,86 @@ def cmd_generate(args: argparse.Namespace) -> int:
     }[g.backend]
     generator = make_generator(g.backend, args.model or cfg.model.name, **options)
     completions = generator.sample(prompts, params)
-    slices = {p.prompt_id: p.slice for p in prompts}
+    by_id = {p.prompt_id: p for p in prompts}
     rows = [{**asdict(c), "token_ids": list(c.token_ids), "token_logprobs": list(c.token_logprobs),
-             "slice": slices[c.prompt_id], "backend": g.backend} for c in completions]
+             "prompt": json.dumps(by_id[c.prompt_id].prompt, ensure_ascii=False),
+             "slice": by_id[c.prompt_id].slice, "backend": g.backend} for c in completions]
     write_parquet(Path(args.out), rows)
     print(f"wrote {len(rows)} completions for {len(prompts)} prompts -> {args.out}")
     return 0
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    """Judge every pair of a completions file's samples, select the informative ones within
+    the budget and route them (auto / human / drop); writes the candidate table."""
+    import json
+    from collections import Counter
+
+    from alignloop.artifacts import read_parquet, write_jsonl, write_parquet
+    from alignloop.config import load_config
+    from alignloop.labeling import LabelingError
+    from alignloop.labeling.ensemble import Ensemble
+    from alignloop.labeling.labeler import (
+        groups_from_completions,
+        judge_candidates,
+        learn_from_labels,
+    )
+    from alignloop.labeling.labels import read_labels
+
+    cfg = load_config(args.config, args.sets)
+    lab = cfg.labeling
+    path = Path(args.candidates)
+    if not path.exists():
+        raise FileNotFoundError(f"candidates file not found: {path}")
+    if path.suffix == ".parquet":
+        rows = read_parquet(path)
+    else:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    groups = groups_from_completions(rows, source=str(path))
+    if lab.selection.strategy == "apl":
+        groups = _with_logprobs(groups, policy=args.policy or cfg.model.name,
+                                reference=args.reference or cfg.reference.model or cfg.model.name)
+    ensemble = Ensemble.from_specs(lab.judges) if lab.judges else None
+    if ensemble is not None and args.labels:
+        history = [x for f in args.labels for x in read_labels(Path(f))]
+        ensemble, report = learn_from_labels(ensemble, history, lab)
+        for name, c in report.items():
+            print(f"calibration {name}: T={c['temperature']:.2f}  ECE {c['ece_before']:.3f} -> "
+                  f"{c['ece_after']:.3f} on {c['n']} human-labeled pairs {c['note']}".rstrip())
+    if ensemble is None:
+        print("no judges configured (labeling.judges): every selected pair is routed to people")
+    table = judge_candidates(groups, ensemble, lab, round=args.round, beta=cfg.train.beta)
+    if not table.rows:
+        raise LabelingError(f"{path}: no prompt has two distinct responses to compare")
+    out = Path(args.out)
+    (write_parquet if out.suffix == ".parquet" else write_jsonl)(out, table.rows)
+    counts = Counter(r["decision"] for r in table.selected())
+    print(f"{len(groups)} prompts, {len(table.rows)} candidate pairs, {len(table.selected())} "
+          f"selected ({lab.selection.strategy}): {counts.get('auto', 0)} auto, "
+          f"{counts.get('human', 0)} human, {counts.get('drop', 0)} drop -> {out}")
+    return 0
+
+
+def _with_logprobs(groups, *, policy: str, reference: str):
+    """Groups with each response's sequence log-prob under the policy and the reference."""
+    import dataclasses
+    import logging
+
+    from alignloop.labeling.logprobs import sequence_logprobs
+
+    if policy == reference:
+        logging.getLogger(__name__).warning(
+            "apl: policy and reference are the same model (%s): every implicit reward is 0", policy)
+    prompts = [g.prompt for g in groups for _ in g.responses]
+    responses = [r for g in groups for r in g.responses]
+    lp = {m: sequence_logprobs(m, prompts, responses) for m in {policy, reference}}
+    out, at = [], 0
+    for g in groups:
+        k = len(g.responses)
+        out.append(dataclasses.replace(g, policy_logps=tuple(lp[policy][at:at + k]),
+                                       reference_logps=tuple(lp[reference][at:at + k])))
+        at += k
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, help="samples per prompt; overrides generation.n")
     p.add_argument("--model", help="policy checkpoint; overrides model.name")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("judge", help="judge, select and route pairs of sampled completions",
+                       description=cmd_judge.__doc__)
+    _add_config_args(p)
+    p.add_argument("--candidates", required=True,
+                   help="completions (parquet/JSONL from `alignloop generate`)")
+    p.add_argument("--out", required=True, help="candidate table (.parquet or .jsonl)")
+    p.add_argument("--round", type=int, default=0, help="round number recorded in the table")
+    p.add_argument("--labels", action="append", default=[], metavar="FILE",
+                   help="labels.parquet of earlier rounds: the learning judges refit on its human "
+                        "labels and every judge is calibrated on them (repeatable)")
+    p.add_argument("--policy", help="apl: policy model (default model.name)")
+    p.add_argument("--reference", help="apl: reference model (default reference.model)")
+    p.set_defaults(func=cmd_judge)
 
     p = sub.add_parser("config", help="print the resolved config or the documented schema",
                        description=cmd_config.__doc__)

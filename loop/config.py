@@ -20,7 +20,6 @@ import yaml
 from alignloop.config_base import ConfigError, _require  # noqa: F401 (re-exported)
 from alignloop.config_labeling import LabelingConfig
 
-
 # --------------------------------------------------------------------------- model
 
 

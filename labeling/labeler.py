@@ -1,0 +1,244 @@
+"""The labeler: judge every candidate pair, choose the informative ones, route them,
+and turn judge probabilities and human votes into soft-labeled `Pair`s.
+
+    groups  = groups_from_completions(rows)                  # k samples per prompt
+    table   = judge_candidates(groups, ensemble, cfg, round=k)   # candidates.parquet
+    queue.submit(queue_items(table, cfg.human))              # uncertain pairs -> people
+    result  = soft_labels(table, queue.votes(k), cfg, round=k)   # pairs + labels.parquet
+
+Each step is a plain function of its inputs, so a driver script can stop
+between them (for example while people label) and resume from the files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from alignloop.labeling import Comparison, Judgement, LabelingError, logit
+from alignloop.labeling.labels import Label, judge_label, vote_label
+from alignloop.labeling.route import route
+from alignloop.labeling.select import CandidateGroup, candidate_pairs, select_pairs
+from alignloop.records import Pair, pair_id_for
+
+# --------------------------------------------------------------------------- candidates
+
+
+def groups_from_completions(rows: list[dict], source: str = "completions") -> list[CandidateGroup]:
+    """Group completion rows (the output of `alignloop generate`) by prompt. Needs
+    `prompt_id`, `prompt` and `text`; uses `slice`, `logprob_sum`, `reference_logprob`."""
+    by_prompt: dict[str, list[tuple[int, dict]]] = defaultdict(list)
+    for n, row in enumerate(rows, start=1):
+        for col in ("prompt_id", "prompt", "text"):
+            if row.get(col) is None:
+                raise LabelingError(f"{source} row {n}: missing column '{col}'")
+        by_prompt[str(row["prompt_id"])].append((n, row))
+    groups = []
+    for pid, members in by_prompt.items():
+        members.sort(key=lambda t: t[1].get("sample_index", t[0]))
+        first = members[0][1]
+        prompt = first["prompt"]
+        if isinstance(prompt, str) and prompt[:1] in '"[':
+            prompt = json.loads(prompt)  # stored as JSON text, like pairs.parquet
+
+        def column(name, members=members):
+            values = [r.get(name) for _, r in members]
+            return None if any(v is None for v in values) else tuple(float(v) for v in values)
+
+        groups.append(CandidateGroup(pid, prompt, tuple(str(r["text"]) for _, r in members),
+                                     str(first.get("slice") or ""), column("logprob_sum"),
+                                     column("reference_logprob")))
+    return groups
+
+
+@dataclass
+class Candidates:
+    """Every judged candidate pair (`rows`, the columns of candidates.parquet) and each
+    judge's raw judgements aligned with the rows."""
+
+    rows: list[dict]
+    by_judge: dict[str, list[Judgement]] = field(default_factory=dict)
+
+    def selected(self, decision: str | None = None) -> list[dict]:
+        return [r for r in self.rows if r["selected"] and (decision is None or r["decision"] == decision)]
+
+
+def judge_candidates(groups: list[CandidateGroup], ensemble, cfg, *, round: int = 0,
+                     beta: float = 0.1) -> Candidates:
+    """Judge all candidate pairs, select within the budget, route. `cfg` is a LabelingConfig;
+    `ensemble` may be None (no judges: every selected pair goes to people)."""
+    pairs = [candidate_pairs(g, cfg.selection.near_duplicate) for g in groups]
+    keys = [(g, i, j) for g, gp in enumerate(pairs) for i, j in gp]
+    comparisons = [Comparison(groups[g].prompt, groups[g].responses[i], groups[g].responses[j])
+                   for g, i, j in keys]
+    by_judge = ensemble.judge_each(comparisons) if ensemble is not None and keys else {}
+    combined = ensemble.combine(by_judge) if by_judge else [None] * len(keys)
+    neutral = Judgement(0.5, (0.5,), 0.5, True, True, "no judges")
+    judged = {k: (j if j is not None else neutral) for k, j in zip(keys, combined, strict=True)}
+    picks = select_pairs(groups, pairs, judged, cfg.selection, beta=beta)
+    position = {k: n for n, k in enumerate(keys)}
+    routes = route([combined[position[(p.group, p.i, p.j)]] for p in picks], cfg.routing,
+                   human_budget=cfg.human.budget)
+    chosen = {(p.group, p.i, p.j): (p, r) for p, r in zip(picks, routes, strict=True)}
+
+    rows = []
+    for n, (g, i, j) in enumerate(keys):
+        group, jm = groups[g], combined[n]
+        pick, rt = chosen.get((g, i, j), (None, None))
+        row = {
+            "item_id": pair_id_for(group.prompt, group.responses[i], group.responses[j]),
+            "round": round, "prompt_id": group.prompt_id,
+            "prompt": json.dumps(group.prompt, ensure_ascii=False), "slice": group.slice,
+            "i": i, "j": j, "a": group.responses[i], "b": group.responses[j],
+            "p_a": jm.p_a if jm else math.nan,
+            "uncertainty": jm.uncertainty if jm else math.nan,
+            "order_consistent": jm.order_consistent if jm else False,
+            "valid": jm.valid if jm else False,
+            "judge_detail": jm.detail if jm else "no judges configured",
+            "selected": pick is not None,
+            "selection": pick.reason if pick else "",
+            "selection_score": pick.score if pick else math.nan,
+            "decision": rt.decision if rt else "drop",
+            "reason": rt.reason if rt else "not selected",
+            "informativeness": rt.informativeness if rt else math.nan,
+        }
+        for name, js in by_judge.items():
+            row[f"p_a:{name}"] = js[n].p_a
+        rows.append(row)
+    return Candidates(rows, by_judge)
+
+
+def queue_items(candidates: Candidates, human_cfg) -> list:
+    """The pairs routed to people, as queue items ordered by informativeness."""
+    from alignloop.labeling.handoff import QueueItem
+
+    rows = sorted(candidates.selected("human"), key=lambda r: -r["informativeness"])
+    return [QueueItem(r["item_id"], r["round"], json.loads(r["prompt"]), r["a"], r["b"],
+                      r["slice"], r["informativeness"], human_cfg.votes_required,
+                      human_cfg.max_votes) for r in rows]
+
+
+# --------------------------------------------------------------------------- soft labels
+
+
+@dataclass
+class LabelResult:
+    pairs: list[Pair]
+    labels: list[Label]
+    dropped: dict[str, str]                   # item_id -> why no pair came out of it
+    reliability: dict[str, float]
+    calibration: dict[str, dict] = field(default_factory=dict)
+
+
+def _oriented(row: dict, p_a: float, **fields) -> Pair:
+    """The pair with the preferred response as `chosen` and p_chosen = max(p, 1 - p)."""
+    prompt = json.loads(row["prompt"])
+    if p_a >= 0.5:
+        return Pair(prompt, row["a"], row["b"], p_chosen=p_a, slice=row["slice"], **fields)
+    return Pair(prompt, row["b"], row["a"], p_chosen=1.0 - p_a, slice=row["slice"], **fields)
+
+
+def soft_labels(candidates: Candidates, votes, cfg, *, round: int = 0,
+                temperatures: dict[str, float] | None = None, ensemble=None) -> LabelResult:
+    """Soft-labeled pairs from the judges (auto) and from people (human).
+
+    Human votes go through Dawid-Skene aggregation (`aggregate.aggregate_votes`).
+    With `cfg.calibrate` and human-labeled pairs that the judges also saw, each
+    judge's temperature is fitted on them and the auto labels are recomputed with
+    the calibrated ensemble (`ensemble` is needed for that).
+    """
+    from alignloop.labeling.aggregate import Vote, aggregate_votes
+
+    rows = {r["item_id"]: (n, r) for n, r in enumerate(candidates.rows) if r["selected"]}
+    labels: list[Label] = []
+    for n, row in rows.values():
+        for name, js in candidates.by_judge.items():
+            labels.append(judge_label(row, name, js[n].p_a, js[n].detail, round))
+    votes = [v for v in votes if v.item_id in rows]
+    labels += [vote_label(rows[v.item_id][1], v) for v in votes]
+
+    agg = cfg.aggregation
+    judge_lo = {i: logit(r["p_a"]) for i, (_, r) in rows.items() if r["valid"]}
+    result = aggregate_votes([Vote(v.item_id, v.annotator, v.choice) for v in votes],
+                             prior_reliability=agg.prior_reliability,
+                             prior_strength=agg.prior_strength, iterations=agg.iterations,
+                             judge_log_odds=judge_lo, judge_weight=agg.judge_vote_weight)
+
+    calibration, auto_p = {}, {i: r["p_a"] for i, (_, r) in rows.items()}
+    if cfg.calibrate and ensemble is not None and candidates.by_judge:
+        from alignloop.labeling.calibration import calibrate
+
+        human = {i: p.p_a for i, p in result.posteriors.items() if p.n_votes > 0}
+        idx = [rows[i][0] for i in human]
+        temps = dict(temperatures or {})
+        for name, js in candidates.by_judge.items():
+            c = calibrate([js[n].p_a for n in idx], [human[i] for i in human])
+            calibration[name] = {k: v for k, v in vars(c).items()}
+            temps[name] = c.temperature
+        recal = ensemble.with_temperatures(temps).combine(candidates.by_judge)
+        auto_p = {i: recal[n].p_a for i, (n, _) in rows.items()}
+
+    pairs, dropped = [], {}
+    mixed = agg.judge_vote_weight > 0
+    for item_id, (_, row) in rows.items():
+        if row["decision"] == "auto":
+            pairs.append(_oriented(row, auto_p[item_id], n_votes=0, source="judge", round=round))
+        elif row["decision"] == "human":
+            post = result.posteriors.get(item_id)
+            if post is None or post.n_votes == 0:
+                dropped[item_id] = ("both responses judged bad" if post and post.n_both_bad
+                                    else "no human vote yet")
+            elif post.p_a == 0.5:
+                dropped[item_id] = "votes balance exactly (no preference)"
+            else:
+                pairs.append(_oriented(row, post.p_a, n_votes=post.n_votes,
+                                       source="mixed" if mixed else "human", round=round))
+        else:
+            dropped[item_id] = row["reason"]
+    return LabelResult(pairs, labels, dropped, result.reliability, calibration)
+
+
+# --------------------------------------------------------------------------- learning from history
+
+
+def human_posteriors(labels: list[Label], agg_cfg) -> dict[str, float]:
+    """Dawid-Skene posterior P(a better) of every item people voted on (ties count, both-bad not)."""
+    from alignloop.labeling.aggregate import Vote, aggregate_votes
+
+    votes = [Vote(lab.item_id, lab.annotator, lab.choice) for lab in labels if lab.source == "human"]
+    result = aggregate_votes(votes, prior_reliability=agg_cfg.prior_reliability,
+                             prior_strength=agg_cfg.prior_strength, iterations=agg_cfg.iterations)
+    return {i: p.p_a for i, p in result.posteriors.items() if p.n_votes > 0}
+
+
+def learn_from_labels(ensemble, labels: list[Label], cfg):
+    """Refit the learning judges on every human label so far and, with `cfg.calibrate`,
+    fit each judge's temperature on the pairs people labeled. The judge probabilities
+    used for calibration are the ones recorded when the pair was judged, i.e. before the
+    learning judges saw its label (out of sample). Returns (ensemble, calibration report)."""
+    from alignloop.labeling.calibration import calibrate
+
+    human = human_posteriors(labels, cfg.aggregation)
+    if not human:
+        return ensemble, {}
+    first = {}
+    for lab in labels:
+        first.setdefault(lab.item_id, lab)
+    items = sorted(human)
+    ensemble.fit([Comparison(first[i].prompt, first[i].a, first[i].b) for i in items],
+                 [human[i] for i in items])
+    report = {}
+    if cfg.calibrate:
+        temps = {}
+        for name in ensemble.names:
+            seen = {lab.item_id: lab.p_a for lab in labels
+                    if lab.source == "judge" and lab.annotator == name and lab.item_id in human}
+            if not seen:
+                continue
+            c = calibrate([seen[i] for i in seen], [human[i] for i in seen])
+            report[name] = dict(vars(c))
+            temps[name] = c.temperature
+        ensemble = ensemble.with_temperatures(temps)
+    return ensemble, report

@@ -1,0 +1,53 @@
+"""Sequence log-probs of responses under a model, for the `apl` selection strategy
+(implicit reward beta * log pi/pi_ref needs the same tokens scored by both models).
+
+Responses are rendered exactly as the trainer renders them (chat template turn,
+end-of-turn token included), so policy and reference log-probs are comparable
+with each other and with the DPO objective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from alignloop.records import Prompt
+
+
+def sequence_logprobs(model_ref: str, prompts: Sequence[Prompt], responses: Sequence[str], *,
+                      batch_size: int = 8, progress: bool = True) -> np.ndarray:
+    """(N,) summed log-probs of each response given its prompt under `model_ref`."""
+    import torch
+    from alignloop.models import load_model, load_tokenizer, render_prompt, render_response
+    from tqdm import tqdm
+
+    tokenizer = load_tokenizer(model_ref)
+    model = load_model(model_ref)
+    seqs = []
+    for prompt, response in zip(prompts, responses, strict=True):
+        p_ids = tokenizer(render_prompt(tokenizer, prompt),
+                          add_special_tokens=isinstance(prompt, str))["input_ids"]
+        r_ids = tokenizer(render_response(tokenizer, prompt, response),
+                          add_special_tokens=False)["input_ids"]
+        seqs.append((p_ids, r_ids))
+    out = np.zeros(len(seqs))
+    order = sorted(range(len(seqs)), key=lambda n: -sum(map(len, seqs[n])))
+    pad = tokenizer.pad_token_id
+    with torch.inference_mode():
+        for s in tqdm(range(0, len(order), batch_size), desc=f"log-probs {model_ref}",
+                      disable=not progress or len(order) < 4 * batch_size):
+            idx = order[s:s + batch_size]
+            width = max(sum(map(len, seqs[n])) for n in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, n in enumerate(idx):
+                full = seqs[n][0] + seqs[n][1]
+                ids[row, :len(full)] = torch.tensor(full)
+                mask[row, :len(full)] = 1
+            logps = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)  # (B, T, V)
+            for row, n in enumerate(idx):
+                p_len, r_len = len(seqs[n][0]), len(seqs[n][1])
+                targets = ids[row, p_len:p_len + r_len]                                   # (R,)
+                out[n] = float(logps[row, p_len - 1:p_len + r_len - 1].gather(
+                    -1, targets[:, None]).sum())
+    return out
