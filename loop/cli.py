@@ -240,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="apl: reference model (default reference.model)")
     p.set_defaults(func=cmd_judge)
 
+    from alignloop.cli_queue import add_queue_commands
+
+    add_queue_commands(sub)
+
     p = sub.add_parser("config", help="print the resolved config or the documented schema",
                        description=cmd_config.__doc__)
     p.add_argument("config", type=Path, nargs="?", help="YAML config file (default: only defaults)")

@@ -208,7 +208,9 @@ def test_posteriors_are_calibrated_on_simulated_votes():
     n = 2000
     truth = rng.random(n) < 0.5
     votes = simulate([0.6, 0.7, 0.85, 0.95], truth, rng, lambda g: int(g.integers(1, 4)))
-    p = p_of(aggregate_votes(votes, iterations=500), n)
+    agg = aggregate_votes(votes, iterations=500)
+    assert agg.converged      # sparse votes: EM needs ~130 iterations here
+    p = p_of(agg, n)
     assert ece(p, truth.astype(float)) < 0.05
     # and the posteriors are sharp, not all near 1/2
     assert np.mean(np.abs(p - 0.5) > 0.3) > 0.5
@@ -225,7 +227,7 @@ def test_temperature_undoes_an_exact_overconfidence():
     # sigmoid(3 x / T) = sigmoid(x) for every item, i.e. T = 3 exactly. (|3x| <= 12 stays
     # inside the logit clip at 1e-6, |logit| <= 13.8, which would bend the answer.)
     x = np.random.default_rng(0).uniform(-4, 4, 500)
-    assert fit_temperature(sig(3 * x), sig(x)) == pytest.approx(3.0, abs=1e-3)
+    assert fit_temperature(sig(3 * x), sig(x)) == pytest.approx(3.0, abs=1e-4)
 
 
 def test_temperature_on_overconfident_and_on_calibrated_judges():
