@@ -161,16 +161,23 @@ def soft_labels(candidates: Candidates, votes, cfg, *, round: int = 0,
 
     agg = cfg.aggregation
     judge_lo = {i: logit(r["p_a"]) for i, (_, r) in rows.items() if r["valid"]}
-    result = aggregate_votes([Vote(v.item_id, v.annotator, v.choice) for v in votes],
-                             prior_reliability=agg.prior_reliability,
-                             prior_strength=agg.prior_strength, iterations=agg.iterations,
-                             judge_log_odds=judge_lo, judge_weight=agg.judge_vote_weight)
+    human_votes = [Vote(v.item_id, v.annotator, v.choice) for v in votes]
+
+    def posteriors(judge_weight: float):
+        return aggregate_votes(human_votes, prior_reliability=agg.prior_reliability,
+                               prior_strength=agg.prior_strength, iterations=agg.iterations,
+                               judge_log_odds=judge_lo, judge_weight=judge_weight)
+
+    result = posteriors(agg.judge_vote_weight)
+    # Judges are calibrated against what people alone said, never against posteriors
+    # that already contain the judges' own evidence.
+    votes_only = posteriors(0.0) if agg.judge_vote_weight > 0 else result
 
     calibration, auto_p = {}, {i: r["p_a"] for i, (_, r) in rows.items()}
     if cfg.calibrate and ensemble is not None and candidates.by_judge:
         from alignloop.labeling.calibration import calibrate
 
-        human = {i: p.p_a for i, p in result.posteriors.items() if p.n_votes > 0}
+        human = {i: p.p_a for i, p in votes_only.posteriors.items() if p.n_votes > 0}
         idx = [rows[i][0] for i in human]
         temps = dict(temperatures or {})
         for name, js in candidates.by_judge.items():
