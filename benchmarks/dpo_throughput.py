@@ -248,12 +248,9 @@ def table(results: list[dict], meta: dict) -> str:
 
 
 def update_readme(text: str, key: str = "dpo_throughput") -> None:
-    readme = HERE.parent / "README.md"
-    begin, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
-    s = readme.read_text()
-    if begin in s and end in s:
-        s = s[: s.index(begin) + len(begin)] + "\n" + text + "\n" + s[s.index(end):]
-        readme.write_text(s)
+    from common import update_readme as update
+
+    update(text, key)
 
 
 def main() -> None:
