@@ -285,6 +285,6 @@ def test_bundled_static_pairs_load_and_match_the_generator():
     assert len({p.pair_id for p in pairs}) == len(pairs)
     assert all(p.is_chat and p.slice for p in pairs)
     assert sum(p.slice in HARD_SLICES for p in pairs) < len(pairs) / 4
-    # The file is the generator's output: rerun `python -m alignloop.demo` after editing templates.
+    # The file is the generator's output: rerun `python -m alignloop.demo.pairs` after editing templates.
     assert [p.pair_id for p in pairs] == [p.pair_id for p in static_pairs()]
     assert static_pairs(n=10, seed=3) == static_pairs(n=10, seed=3)
