@@ -109,3 +109,17 @@ def make_generator(backend: str, model: str, **options) -> Generator:
                               f"{sorted(BACKENDS) + list(PLANNED)}")
     module, cls = BACKENDS[backend].split(":")
     return getattr(importlib.import_module(module), cls)(model, **options)
+
+
+def generator_for(cfg, model: str, *, cache_path: str = "") -> Generator:
+    """The backend a GenerationConfig names, with its options; `cache_path` keeps the
+    completions an `openai` server already returned (a rerun asks only for the rest)."""
+    options = {
+        "hf": {"truncation": cfg.truncation, "max_batch_sequences": cfg.max_batch_sequences},
+        "vllm": {"truncation": cfg.truncation, "tensor_parallel_size": cfg.tensor_parallel_size,
+                 "gpu_memory_utilization": cfg.gpu_memory_utilization},
+        "openai": {"base_url": cfg.base_url, "served_model": cfg.served_model,
+                   "concurrency": cfg.concurrency, "timeout": cfg.timeout_s,
+                   "retries": cfg.retries, "cache_path": cache_path},
+    }[cfg.backend]
+    return make_generator(cfg.backend, model, **options)

@@ -106,8 +106,30 @@ def judge_candidates(groups: list[CandidateGroup], ensemble, cfg, *, round: int 
         }
         for name, js in by_judge.items():
             row[f"p_a:{name}"] = js[n].p_a
+            row[f"members:{name}"] = [float(m) for m in js[n].members]
+            row[f"consistent:{name}"] = js[n].order_consistent
+            row[f"valid:{name}"] = js[n].valid
+            row[f"detail:{name}"] = js[n].detail
         rows.append(row)
     return Candidates(rows, by_judge)
+
+
+def candidates_from_rows(rows: list[dict]) -> Candidates:
+    """A candidate table read back from candidates.parquet, with every judge's judgements
+    rebuilt from its `members:<judge>` columns (so a resumed round can still calibrate)."""
+    names = [c.split(":", 1)[1] for c in (rows[0] if rows else {}) if c.startswith("members:")]
+    by_judge: dict[str, list[Judgement]] = {}
+    for name in names:
+        js = []
+        for r in rows:
+            members = [float(m) for m in r[f"members:{name}"]]
+            if not r[f"valid:{name}"]:
+                js.append(Judgement.invalid(len(members), r[f"detail:{name}"]))
+            else:
+                js.append(Judgement.from_members(members, order_consistent=bool(
+                    r[f"consistent:{name}"]), detail=r[f"detail:{name}"]))
+        by_judge[name] = js
+    return Candidates([dict(r) for r in rows], by_judge)
 
 
 def queue_items(candidates: Candidates, human_cfg) -> list:

@@ -63,39 +63,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_prompts(path: str):
-    """PromptItems from JSONL or parquet rows with `prompt` (text or messages), optional
-    `prompt_id` and `slice`. Errors name the file and row."""
-    import hashlib
-    import json
-
-    from alignloop.artifacts import read_parquet
-    from alignloop.generation import GenerationError, PromptItem
-
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"prompts file not found: {path}")
-    if p.suffix == ".parquet":
-        rows = read_parquet(p)
-    else:
-        rows = []
-        for n, line in enumerate(p.read_text().splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise GenerationError(f"{path} row {n}: invalid JSON ({e.msg})") from None
-    items = []
-    for n, row in enumerate(rows, start=1):
-        prompt = row.get("prompt") if isinstance(row, dict) else None
-        if not prompt or not isinstance(prompt, (str, list)):
-            raise GenerationError(f"{path} row {n}: missing or empty 'prompt' (text or messages)")
-        pid = str(row.get("prompt_id") or hashlib.sha256(
-            json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16])
-        items.append(PromptItem(pid, prompt, str(row.get("slice") or "")))
-    return items
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     """Sample completions for a prompts file; writes a parquet of Completion rows."""
     import json
@@ -103,23 +70,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from alignloop.artifacts import write_parquet
     from alignloop.config import load_config
-    from alignloop.generation import SamplingParams, make_generator
+    from alignloop.generation import SamplingParams, generator_for
+    from alignloop.prompt_pool import read_prompts
 
     sets = [*args.sets, f"generation.n={args.n}"] if args.n is not None else args.sets
     cfg = load_config(args.config, sets)
     g = cfg.generation
     prompts = read_prompts(args.prompts)
     params = SamplingParams.from_config(g)
-    options = {
-        "hf": {"truncation": g.truncation, "max_batch_sequences": g.max_batch_sequences},
-        "vllm": {"truncation": g.truncation, "tensor_parallel_size": g.tensor_parallel_size,
-                 "gpu_memory_utilization": g.gpu_memory_utilization},
-        "openai": {"base_url": g.base_url, "served_model": g.served_model,
-                   "concurrency": g.concurrency, "timeout": g.timeout_s, "retries": g.retries,
-                   # a rerun after a failure asks only for what is missing
-                   "cache_path": str(Path(args.out).with_suffix(".received.jsonl"))},
-    }[g.backend]
-    generator = make_generator(g.backend, args.model or cfg.model.name, **options)
+    # a rerun after a failure asks an openai server only for what is missing
+    generator = generator_for(g, args.model or cfg.model.name,
+                              cache_path=str(Path(args.out).with_suffix(".received.jsonl")))
     completions = generator.sample(prompts, params)
     by_id = {p.prompt_id: p for p in prompts}
     rows = [{**asdict(c), "token_ids": list(c.token_ids), "token_logprobs": list(c.token_logprobs),

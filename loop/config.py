@@ -19,6 +19,8 @@ from typing import Any, Literal
 import yaml
 from alignloop.config_base import ConfigError, _require  # noqa: F401 (re-exported)
 from alignloop.config_labeling import LabelingConfig
+from alignloop.config_loop import LoopConfig
+from alignloop.config_report import ReportConfig
 
 # --------------------------------------------------------------------------- model
 
@@ -60,7 +62,16 @@ class ModelConfig:
 @dataclass(frozen=True)
 class ReferenceConfig:
     model: str = ""
-    """Reference model for the DPO log-ratio. Empty: the starting policy (`model.name`)."""
+    """Reference model for the DPO log-ratio. Empty: the starting policy (`model.name`).
+    In a loop this is round 0's reference; later rounds follow `mode`."""
+    mode: Literal["previous", "base", "ema"] = "previous"
+    """Reference of round k >= 1: round k-1's policy (`previous`), always the starting model
+    (`base`), or an exponential moving average of the policies so far (`ema`)."""
+    ema_weight: float = 0.5
+    """`ema`: reference_k = ema_weight * reference_(k-1) + (1 - ema_weight) * policy_(k-1)."""
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.ema_weight < 1, "ema_weight", "must be in [0, 1)")
 
 
 # --------------------------------------------------------------------------- data
@@ -243,6 +254,10 @@ class Config:
     """Sampling candidates from a policy."""
     labeling: LabelingConfig = field(default_factory=LabelingConfig)
     """Judges, pair selection, routing to people, soft labels."""
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    """Rounds, prompts, failure slices, replay, evaluation, gates."""
+    report: ReportConfig = field(default_factory=ReportConfig)
+    """Drift reports: alert thresholds, bootstrap size, examples shown."""
 
 
 # --------------------------------------------------------------------------- building

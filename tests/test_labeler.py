@@ -148,3 +148,21 @@ def test_cli_judge_on_the_tiny_config(tmp_path, capsys):
     assert main(["judge", str(ROOT / "configs/tiny.yaml"), "--candidates",
                  str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_candidates_survive_a_round_trip_through_parquet(tmp_path):
+    from alignloop.artifacts import write_parquet
+    from alignloop.labeling.labeler import candidates_from_rows
+
+    cfg = labeling_cfg()
+    ensemble = Ensemble.from_specs(cfg.judges)
+    table = judge_candidates(groups_from_completions(completions()), ensemble, cfg)
+    back = candidates_from_rows(read_parquet(write_parquet(tmp_path / "c.parquet", table.rows)))
+    assert back.by_judge.keys() == table.by_judge.keys()
+    for name in table.by_judge:
+        assert [j.p_a for j in back.by_judge[name]] == pytest.approx(
+            [j.p_a for j in table.by_judge[name]])
+    votes = [HumanVote(r["item_id"], "ann", "a") for r in table.selected("human")]
+    a = soft_labels(table, votes, cfg, ensemble=ensemble)
+    b = soft_labels(back, votes, cfg, ensemble=ensemble)
+    assert [p.to_row() for p in a.pairs] == [p.to_row() for p in b.pairs]

@@ -1,0 +1,89 @@
+"""The `loop:` section of the config schema: rounds, prompts, failure slices,
+replay, evaluation and gates. `Config.loop` is a `LoopConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from alignloop.config_base import _require
+
+
+@dataclass(frozen=True)
+class SlicesConfig:
+    by: Literal["auto", "tag", "cluster"] = "auto"
+    """How prompts are grouped: their `slice` tag, KMeans clusters of their embeddings, or
+    `auto` (tags when the prompts carry them, clusters otherwise)."""
+    metric: Literal["win_rate_vs_base", "latent_reward"] = "win_rate_vs_base"
+    """What ranks slices, from the previous round's evaluation: the judges' win rate of the
+    policy against the base model, or the ground-truth utility (demo panel only)."""
+    select: Literal["count", "threshold"] = "count"
+    """Keep the `count` worst slices, or every slice whose metric is below `threshold`."""
+    count: int = 2
+    """Worst slices kept with `select: count`."""
+    threshold: float = 0.5
+    """Metric value below which a slice fails with `select: threshold`."""
+    min_size: int = 3
+    """Slices with fewer evaluated prompts than this are not ranked."""
+    n_clusters: int = 8
+    """Clusters when slicing by embeddings."""
+
+    def __post_init__(self) -> None:
+        _require(self.count >= 1, "count", "must be >= 1")
+        _require(self.min_size >= 1, "min_size", "must be >= 1")
+        _require(self.n_clusters >= 2, "n_clusters", "must be >= 2")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    kl_budget: float = 0.0
+    """Most KL(policy || base) per sequence (nats) a round may reach (0: no gate)."""
+    slice_regression: float = 0.0
+    """Largest drop of a slice's metric against the previous round (0: no gate)."""
+    action: Literal["flag", "stop", "rollback"] = "flag"
+    """When a gate trips: flag the round in its report, stop the loop after it, or roll
+    back (the next round starts from, and refers to, the previous policy)."""
+
+    def __post_init__(self) -> None:
+        _require(self.kl_budget >= 0, "kl_budget", "must be >= 0")
+        _require(self.slice_regression >= 0, "slice_regression", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    rounds: int = 3
+    """Rounds in the run, round 0 (offline DPO on the static pairs) included."""
+    prompts: str = "builtin:demo-prompts"
+    """Prompt pool (JSONL/parquet rows with `prompt`, optional `prompt_id`, `slice`, and
+    `split` = train | eval). Without `split`, `eval_share` of the prompts (by id) are held out."""
+    eval_share: float = 0.25
+    """Share held out for evaluation when the pool has no `split` column."""
+    eval_prompts: int = 0
+    """Most held-out prompts evaluated each round (0: all), chosen by id, the same every round."""
+    eval_samples: int = 1
+    """Samples per held-out prompt and model at evaluation (temperature 1: unbiased KL)."""
+    prompts_per_round: int = 32
+    """Training prompts chosen from the failure slices for generation in each online round."""
+    replay_share: float = 0.5
+    """Pairs from earlier rounds added to a round's new pairs, as a share of the new ones."""
+    panel: str = ""
+    """A simulated annotator panel (`demo`): its latent utility is reported as ground truth
+    and, with `simulate_labels`, it labels the human queue through the real API."""
+    simulate_labels: bool = False
+    """Let the panel's bots label the pairs routed to people (demo and tests)."""
+    slices: SlicesConfig = field(default_factory=SlicesConfig)
+    """Finding failure slices."""
+    gate: GateConfig = field(default_factory=GateConfig)
+    """Per-round gates on drift."""
+    seed: int = 0
+    """Seed of prompt choices."""
+
+    def __post_init__(self) -> None:
+        _require(self.rounds >= 1, "rounds", "must be >= 1")
+        _require(0 < self.eval_share < 1, "eval_share", "must be in (0, 1)")
+        _require(self.eval_prompts >= 0, "eval_prompts", "must be >= 0")
+        _require(self.eval_samples >= 1, "eval_samples", "must be >= 1")
+        _require(self.prompts_per_round >= 1, "prompts_per_round", "must be >= 1")
+        _require(self.replay_share >= 0, "replay_share", "must be >= 0")
+        _require(not self.simulate_labels or bool(self.panel), "simulate_labels",
+                 "needs loop.panel (the panel that labels)")

@@ -1,0 +1,98 @@
+"""Prompt files and the loop's prompt pool, split into training and held-out prompts.
+
+A prompt row has `prompt` (text or chat messages) and optionally `prompt_id`,
+`slice` and `split` (`train` | `eval`). Rows without a split are assigned by
+their id, so adding prompts never moves an existing one across the split.
+Held-out prompts are only ever evaluated on: the driver generates and trains on
+`train` prompts alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from alignloop.errors import AlignloopError
+
+BUILTIN_POOLS = {"builtin:demo-prompts": Path(__file__).parent / "data" / "demo_prompts.jsonl"}
+
+
+class PromptError(AlignloopError, ValueError):
+    """A prompt file that cannot be read, naming the file and row."""
+
+
+@dataclass(frozen=True)
+class PromptPool:
+    train: list  # PromptItem
+    eval: list   # PromptItem
+
+
+def _prompt_id(prompt) -> str:
+    return hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_prompt_rows(path: str | Path) -> list[dict]:
+    """Rows of a JSONL or parquet prompt file (or a built-in pool), each checked."""
+    from alignloop.artifacts import read_parquet
+
+    name = str(path)
+    p = BUILTIN_POOLS.get(name, Path(path))
+    if not p.exists():
+        raise FileNotFoundError(f"prompts file not found: {name}")
+    if p.suffix == ".parquet":
+        rows = read_parquet(p)
+    else:
+        rows = []
+        for n, line in enumerate(p.read_text().splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise PromptError(f"{name} row {n}: invalid JSON ({e.msg})") from None
+    for n, row in enumerate(rows, start=1):
+        prompt = row.get("prompt") if isinstance(row, dict) else None
+        if isinstance(prompt, str) and prompt[:1] == "[":
+            try:
+                prompt = json.loads(prompt)  # chat messages stored as JSON text (parquet)
+            except json.JSONDecodeError:
+                pass
+        if not prompt or not isinstance(prompt, (str, list)):
+            raise PromptError(f"{name} row {n}: missing or empty 'prompt' (text or messages)")
+        if isinstance(prompt, list) and not all(
+                isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
+            raise PromptError(f"{name} row {n}: 'prompt' messages need 'role' and 'content'")
+        split = row.get("split")
+        if split not in (None, "", "train", "eval"):
+            raise PromptError(f"{name} row {n}: 'split' must be train or eval, got {split!r}")
+        row["prompt"] = prompt
+    return rows
+
+
+def read_prompts(path: str | Path) -> list:
+    """PromptItems of a prompt file (every row, whatever its split)."""
+    from alignloop.generation import PromptItem
+
+    return [PromptItem(str(r.get("prompt_id") or _prompt_id(r["prompt"])), r["prompt"],
+                       str(r.get("slice") or "")) for r in read_prompt_rows(path)]
+
+
+def load_pool(path: str | Path, eval_share: float = 0.25) -> PromptPool:
+    """The pool split into training and held-out prompts (ids unique across both)."""
+    from alignloop.generation import PromptItem
+
+    train, held, seen = [], [], set()
+    for n, r in enumerate(read_prompt_rows(path), start=1):
+        pid = str(r.get("prompt_id") or _prompt_id(r["prompt"]))
+        if pid in seen:
+            raise PromptError(f"{path} row {n}: duplicate prompt_id {pid}")
+        seen.add(pid)
+        split = r.get("split") or ("eval" if int(hashlib.sha256(pid.encode()).hexdigest()[:8], 16)
+                                   / 0xFFFFFFFF < eval_share else "train")
+        item = PromptItem(pid, r["prompt"], str(r.get("slice") or ""))
+        (held if split == "eval" else train).append(item)
+    if not train or not held:
+        raise PromptError(f"{path}: the pool needs both training and held-out prompts "
+                          f"(got {len(train)} train, {len(held)} eval)")
+    return PromptPool(train, held)

@@ -1,0 +1,200 @@
+"""A run directory and its `state.json`: which stage of which round is done.
+
+Every stage writes its outputs under temporary names and renames them when
+complete (see `artifacts`), then `Run.stage` marks it done with the time it took
+and the size and hash of each output. A rerun skips done stages and redoes one
+that was interrupted (status `running`). Nothing is appended in place.
+
+The resolved config is written to RUN_DIR/config.yaml; its hash (without
+`loop.rounds`, so a run can be extended) is recorded per round. Rerunning a
+finished round with a different config is refused, naming the keys that
+changed, unless the user asks to redo from a named stage (`redo_from`).
+
+Fault injection for resume tests: `ALIGNLOOP_FAIL_AT=<stage>` (any round) or
+`<round>:<stage>` makes the process exit with status 3 inside that stage, after
+its work and before it is marked done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from alignloop.artifacts import atomic_write_json, file_sha256
+from alignloop.config import Config, ConfigError, dump_config, to_dict
+from alignloop.errors import AlignloopError
+
+ROUND0_STAGES = ("assemble", "reference", "train", "eval", "report")
+ONLINE_STAGES = ("slices", "generate", "judge", "label", "assemble", "reference", "train",
+                 "eval", "report")
+FAIL_AT_ENV = "ALIGNLOOP_FAIL_AT"
+STATE_VERSION = 1
+
+
+class RunError(AlignloopError, RuntimeError):
+    """A run directory that cannot be used as asked (config changed, unknown stage, ...)."""
+
+
+def stages_of(k: int) -> tuple[str, ...]:
+    return ROUND0_STAGES if k == 0 else ONLINE_STAGES
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def config_fingerprint(cfg: Config) -> tuple[str, dict[str, Any]]:
+    """(hash, flat dict) of the config without `loop.rounds`."""
+    flat = {k: v for k, v in _flat(to_dict(cfg)).items() if k != "loop.rounds"}
+    blob = json.dumps(flat, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16], flat
+
+
+def _output_info(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        h = hashlib.sha256()
+        for p in files:
+            h.update(str(p.relative_to(path)).encode())
+            h.update(file_sha256(p).encode())
+        return {"bytes": sum(p.stat().st_size for p in files), "sha256": h.hexdigest()[:16]}
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)[:16]}
+
+
+class Run:
+    """RUN_DIR and its state. `stage(k, name, fn, outputs)` runs `fn()` unless done."""
+
+    def __init__(self, run_dir: str | Path, cfg: Config):
+        self.dir = Path(run_dir)
+        self.cfg = cfg
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state_path = self.dir / "state.json"
+        self.state: dict[str, Any] = (json.loads(self.state_path.read_text())
+                                      if self.state_path.exists() else
+                                      {"version": STATE_VERSION, "rounds": {}})
+        self.config_hash, self._flat = config_fingerprint(cfg)
+
+    # ------------------------------------------------------------------ state
+
+    def save(self) -> None:
+        atomic_write_json(self.state_path, self.state)
+
+    def round_state(self, k: int) -> dict[str, Any]:
+        return self.state["rounds"].setdefault(str(k), {"stages": {}})
+
+    def round_dir(self, k: int) -> Path:
+        return self.dir / f"round_{k:03d}"
+
+    def is_done(self, k: int, name: str) -> bool:
+        return self.round_state(k)["stages"].get(name, {}).get("status") == "done"
+
+    def round_done(self, k: int) -> bool:
+        return all(self.is_done(k, s) for s in stages_of(k))
+
+    # ------------------------------------------------------------------ config
+
+    def check_config(self) -> None:
+        """Refuse a config that differs from the one a started round ran with."""
+        flat_path = self.dir / ".config_flat.json"
+        for k, rs in sorted(self.state["rounds"].items(), key=lambda t: int(t[0])):
+            recorded = rs.get("config_hash")
+            if recorded and recorded != self.config_hash and rs["stages"]:
+                old = json.loads(flat_path.read_text()) if flat_path.exists() else {}
+                changed = sorted(key for key in set(old) | set(self._flat)
+                                 if old.get(key) != self._flat.get(key))
+                shown = ", ".join(changed[:8]) + (" ..." if len(changed) > 8 else "")
+                raise RunError(
+                    f"{self.dir}: round {k} ran with a different config (changed: "
+                    f"{shown or 'unknown'}); rerun with --redo-from {k}:STAGE to redo from a "
+                    f"stage with the new config, or use a new run directory")
+        atomic_write_json(flat_path, self._flat)
+        dump_config(self.cfg, self.dir / "config.yaml")
+
+    def redo_from(self, k: int, stage: str) -> None:
+        """Forget `stage` of round k and everything after it (later rounds too)."""
+        if stage not in stages_of(k):
+            raise ConfigError("--redo-from", f"round {k} has no stage {stage!r}; its stages: "
+                              f"{list(stages_of(k))}")
+        order = stages_of(k)
+        rs = self.round_state(k)
+        for s in order[order.index(stage):]:
+            rs["stages"].pop(s, None)
+        rs.pop("gate", None)
+        rs["config_hash"] = self.config_hash
+        for later in [r for r in self.state["rounds"] if int(r) > k]:
+            del self.state["rounds"][later]
+        self.save()
+
+    # ------------------------------------------------------------------ stages
+
+    def stage(self, k: int, name: str, fn: Callable[[], Any], outputs: list[str]) -> bool:
+        """Run `fn` unless the stage is done (and its outputs exist); True if it ran."""
+        rs = self.round_state(k)
+        rdir = self.round_dir(k)
+        info = rs["stages"].get(name, {})
+        if info.get("status") == "done" and all((rdir / o).exists() for o in outputs):
+            return False
+        rs["config_hash"] = self.config_hash
+        rs["stages"][name] = {"status": "running", "started": time.time()}
+        self.save()
+        rdir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        fn()
+        _maybe_fail(k, name)
+        rs["stages"][name] = {
+            "status": "done", "started": rs["stages"][name]["started"], "finished": time.time(),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "outputs": {o: _output_info(rdir / o) for o in outputs if (rdir / o).exists()},
+        }
+        self.save()
+        return True
+
+
+def _maybe_fail(k: int, name: str) -> None:
+    target = os.environ.get(FAIL_AT_ENV, "")
+    if target and target in (name, f"{k}:{name}"):
+        sys.stderr.write(f"fault injection: {FAIL_AT_ENV}={target}: exiting inside stage "
+                         f"{name} of round {k}\n")
+        sys.stderr.flush()
+        os._exit(3)
+
+
+def status_table(run_dir: str | Path) -> str:
+    """Per round, each stage's state, time and output size (for `alignloop status`)."""
+    path = Path(run_dir) / "state.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no run here: {path} not found")
+    state = json.loads(path.read_text())
+    lines = [f"{'round':>5}  {'stage':10} {'status':8} {'seconds':>8} {'output':>10}"]
+    for k, rs in sorted(state["rounds"].items(), key=lambda t: int(t[0])):
+        for name in stages_of(int(k)):
+            info = rs["stages"].get(name)
+            if info is None:
+                lines.append(f"{k:>5}  {name:10} {'pending':8}")
+                continue
+            size = sum(o["bytes"] for o in info.get("outputs", {}).values())
+            secs = f"{info['seconds']:.1f}" if "seconds" in info else "-"
+            lines.append(f"{k:>5}  {name:10} {info['status']:8} {secs:>8} {_human(size):>10}")
+        gate = rs.get("gate")
+        if gate and gate.get("tripped"):
+            lines.append(f"{k:>5}  gate tripped: {gate.get('reason')} -> {gate.get('action')}")
+    return "\n".join(lines)
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
