@@ -17,12 +17,9 @@ from alignloop.records import Prompt
 def sequence_logprobs(model_ref: str, prompts: Sequence[Prompt], responses: Sequence[str], *,
                       batch_size: int = 8, progress: bool = True) -> np.ndarray:
     """(N,) summed log-probs of each response given its prompt under `model_ref`."""
-    import torch
     from alignloop.models import load_model, load_tokenizer, render_prompt, render_response
-    from tqdm import tqdm
 
     tokenizer = load_tokenizer(model_ref)
-    model = load_model(model_ref)
     seqs = []
     for prompt, response in zip(prompts, responses, strict=True):
         p_ids = tokenizer(render_prompt(tokenizer, prompt),
@@ -30,24 +27,37 @@ def sequence_logprobs(model_ref: str, prompts: Sequence[Prompt], responses: Sequ
         r_ids = tokenizer(render_response(tokenizer, prompt, response),
                           add_special_tokens=False)["input_ids"]
         seqs.append((p_ids, r_ids))
+    return score_token_sequences(load_model(model_ref), seqs, pad_id=tokenizer.pad_token_id,
+                                 batch_size=batch_size, progress=progress,
+                                 desc=f"log-probs {model_ref}")
+
+
+def score_token_sequences(model, seqs: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+                          pad_id: int, batch_size: int = 8, progress: bool = True,
+                          desc: str = "log-probs") -> np.ndarray:
+    """(N,) summed log-probs of each (prompt ids, response ids) pair's response tokens."""
+    import torch
+    from tqdm import tqdm
+
     out = np.zeros(len(seqs))
-    order = sorted(range(len(seqs)), key=lambda n: -sum(map(len, seqs[n])))
-    pad = tokenizer.pad_token_id
+    order = sorted(range(len(seqs)), key=lambda n: -(len(seqs[n][0]) + len(seqs[n][1])))
     with torch.inference_mode():
-        for s in tqdm(range(0, len(order), batch_size), desc=f"log-probs {model_ref}",
+        for s in tqdm(range(0, len(order), batch_size), desc=desc,
                       disable=not progress or len(order) < 4 * batch_size):
             idx = order[s:s + batch_size]
-            width = max(sum(map(len, seqs[n])) for n in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            width = max(len(seqs[n][0]) + len(seqs[n][1]) for n in idx)
+            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
             for row, n in enumerate(idx):
-                full = seqs[n][0] + seqs[n][1]
+                full = list(seqs[n][0]) + list(seqs[n][1])
                 ids[row, :len(full)] = torch.tensor(full)
                 mask[row, :len(full)] = 1
-            logps = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)  # (B, T, V)
+            logits = model(input_ids=ids, attention_mask=mask).logits                  # (B, T, V)
             for row, n in enumerate(idx):
                 p_len, r_len = len(seqs[n][0]), len(seqs[n][1])
-                targets = ids[row, p_len:p_len + r_len]                                   # (R,)
-                out[n] = float(logps[row, p_len - 1:p_len + r_len - 1].gather(
-                    -1, targets[:, None]).sum())
+                if r_len == 0:
+                    continue
+                lp = logits[row, p_len - 1:p_len + r_len - 1].float().log_softmax(-1)  # (R, V)
+                targets = ids[row, p_len:p_len + r_len]                                 # (R,)
+                out[n] = float(lp.gather(-1, targets[:, None]).sum())
     return out

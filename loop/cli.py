@@ -164,6 +164,31 @@ def _with_logprobs(groups, *, policy: str, reference: str):
     return out
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run, or resume, the hybrid loop: round 0 offline DPO, then online rounds on failure
+    slices, each with a drift report. Rerunning skips every finished stage."""
+    from alignloop.config import load_config
+    from alignloop.rounds import Loop
+
+    sets = [*args.sets, f"loop.rounds={args.rounds}"] if args.rounds is not None else args.sets
+    cfg = load_config(args.config, sets)
+    run_dir = args.run_dir or f"runs/{Path(args.config).stem}"
+    summary = Loop(cfg, run_dir).run(redo_from=args.redo_from)
+    if summary.get("stopped"):
+        print(f"stopped: {summary['stopped']}")
+    print(f"rounds finished: {summary['rounds']}")
+    print(f"report: {summary['report']}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Per round, each stage's state, time and output size."""
+    from alignloop.run import status_table
+
+    print(status_table(args.run_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignloop", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"alignloop {__version__}")
@@ -186,6 +211,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, help="samples per prompt; overrides generation.n")
     p.add_argument("--model", help="policy checkpoint; overrides model.name")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("run", help="run or resume the loop (round 0 DPO, online rounds, reports)",
+                       description=cmd_run.__doc__)
+    _add_config_args(p)
+    p.add_argument("--rounds", type=int, help="rounds in the run; overrides loop.rounds")
+    p.add_argument("--run-dir", help="run directory (default: runs/CONFIG_NAME)")
+    p.add_argument("--redo-from", metavar="ROUND:STAGE",
+                   help="forget that stage of that round and everything after it, e.g. 1:train "
+                        "(needed to rerun a finished round with a changed config)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="each stage's state, time and output size per round",
+                       description=cmd_status.__doc__)
+    p.add_argument("run_dir", help="run directory")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("judge", help="judge, select and route pairs of sampled completions",
                        description=cmd_judge.__doc__)

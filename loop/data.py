@@ -44,7 +44,8 @@ FORMATS = ("auto", "plain", "conversational", "hh")
 ROLES = ("system", "user", "assistant")
 # `hf:BUILDER:FILES` loads local files with one of the packaged `datasets` builders.
 # Pair sets shipped with the package, usable from any working directory.
-BUILTIN_SOURCES = {"builtin:demo-pairs": str(Path(__file__).parent / "data" / "static_pairs.jsonl")}
+BUILTIN_SOURCES = {"builtin:demo-pairs": str(Path(__file__).parent / "data" / "static_pairs.jsonl"),
+                   "builtin:demo-static": str(Path(__file__).parent / "data" / "demo_static_pairs.jsonl")}
 HF_BUILDERS = ("json", "csv", "parquet", "arrow")
 _HH_ANSWER = "\n\nAssistant:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")

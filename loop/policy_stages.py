@@ -1,0 +1,176 @@
+"""The model stages of a round: refresh the reference and cache its log-probs, train
+the policy with DPO, and evaluate it on the held-out prompts.
+
+    reference   the round's reference (previous policy / base / EMA) -> reference_logps.parquet
+    train       DPO from the previous round's policy -> policy/, train_log.jsonl
+    evaluate    held-out samples with log-probs under policy, reference and base, judge
+                comparisons against the previous round and the base, held-out pair
+                scores -> eval/*.parquet (schema: alignloop.evaluation)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from alignloop.records import Pair
+
+log = logging.getLogger(__name__)
+
+TIE_MARGIN = 0.02
+"""Judge probabilities within this of 0.5 count as a tie in the win rates."""
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def ema_reference(out: Path, *, previous_reference: str, policy: str, weight: float) -> str:
+    """Save weight * previous_reference + (1 - weight) * policy as a model directory."""
+    import torch
+    from alignloop.artifacts import atomic_dir
+    from alignloop.models import load_model, load_tokenizer
+
+    ref = load_model(previous_reference, dtype="float32")
+    pol = load_model(policy, dtype="float32")
+    pol_state = pol.state_dict()
+    with torch.no_grad():
+        for name, tensor in ref.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.mul_(weight).add_(pol_state[name], alpha=1.0 - weight)
+    with atomic_dir(out) as tmp:
+        ref.save_pretrained(tmp)
+        load_tokenizer(policy).save_pretrained(tmp)
+    return str(out)
+
+
+def reference(cfg, rdir: Path, *, pairs: list[Pair], policy: str, reference_model: str) -> None:
+    """Reference log-probs of this round's pairs -> reference_logps.parquet (the trainer
+    finds them there and does not recompute them)."""
+    from alignloop.models import load_model, load_tokenizer, weights_hash
+    from alignloop.training.batching import encode_pairs
+    from alignloop.training.reference import reference_logps
+
+    d = cfg.data
+    tokenizer = load_tokenizer(policy)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded, _ = encode_pairs(pairs, tokenizer, max_length=d.max_length,
+                              max_prompt_length=d.max_prompt_length, truncation=d.truncation,
+                              on_invalid=d.on_invalid)
+    # The same dtype the trainer loads it with, so the weights hash matches its cache key.
+    model = load_model(reference_model,
+                       dtype="float32" if reference_model == policy else cfg.model.dtype)
+    reference_logps(model, encoded, path=rdir / "reference_logps.parquet",
+                    reference_hash=weights_hash(model), pad_id=pad_id,
+                    batch_size=max(2 * cfg.train.batch_size, 8))
+
+
+def train(cfg, rdir: Path, *, pairs: list[Pair], policy: str, reference_model: str):
+    from alignloop.training.trainer import train_dpo
+
+    return train_dpo(pairs, out_dir=rdir, policy=policy, reference=reference_model,
+                     model_cfg=cfg.model, data_cfg=cfg.data, train_cfg=cfg.train)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _sample(cfg, model: str, items: list) -> list:
+    from alignloop.generation import SamplingParams, generator_for
+
+    g = cfg.generation
+    # Temperature 1, no top-k/top-p: the KL estimates need samples from the policy itself.
+    # The seed is the same every round, so rounds differ only by their policy.
+    params = SamplingParams(n=cfg.loop.eval_samples, temperature=1.0, top_p=1.0, top_k=0,
+                            max_new_tokens=g.max_new_tokens, stop=g.stop, seed=cfg.loop.seed + 1)
+    return generator_for(g, model).sample(items, params)
+
+
+def _score(models: dict[str, str], seqs: list) -> dict[str, list[float]]:
+    """Summed log-probs of the response tokens of `seqs` under each named model."""
+    from alignloop.labeling.logprobs import score_token_sequences
+    from alignloop.models import load_model, load_tokenizer
+
+    out, cache = {}, {}
+    for name, ref in models.items():
+        if ref not in cache:
+            pad = load_tokenizer(ref).pad_token_id
+            cache[ref] = list(score_token_sequences(load_model(ref, dtype="float32"), seqs,
+                                                    pad_id=pad, desc=f"log-probs ({name})"))
+        out[name] = cache[ref]
+    return out
+
+
+def eval_items(pool, n: int) -> list:
+    """The held-out prompts evaluated every round: all, or the first n by id."""
+    items = sorted(pool.eval, key=lambda it: it.prompt_id)
+    return items[:n] if n else items
+
+
+def evaluate(cfg, rdir: Path, *, items: list, policy: str, reference_model: str, base: str,
+             previous_samples: list[dict] | None, base_samples: list[dict] | None,
+             heldout: list[Pair], ensemble=None, panel=None) -> None:
+    import json
+
+    from alignloop.evaluation import EvalComparison, EvalSample, HeldoutPair, write_eval
+    from alignloop.generation.prompts import encode_prompt
+    from alignloop.labeling import Comparison
+    from alignloop.models import load_tokenizer, render_prompt, render_response
+
+    tokenizer = load_tokenizer(policy)
+    eos = tokenizer.eos_token_id
+    models = {"policy": policy, "reference": reference_model, "base": base}
+    by_id = {it.prompt_id: it for it in items}
+    runs = [("policy", policy)] + ([("base", base)] if base_samples is None else [])
+    samples: list[EvalSample] = []
+    for model_name, model_ref in runs:
+        completions = _sample(cfg, model_ref, items)
+        seqs = [(encode_prompt(tokenizer, by_id[c.prompt_id], 1 << 30, "error"),
+                 list(c.token_ids) + ([eos] if c.finish_reason == "stop" else []))
+                for c in completions]
+        scores = _score(models, seqs) if model_name == "policy" else {}
+        for n, c in enumerate(completions):
+            it = by_id[c.prompt_id]
+            samples.append(EvalSample(
+                c.prompt_id, it.prompt, it.slice, model_name, c.sample_index, c.text,
+                len(c.token_ids), c.finish_reason,
+                *(scores[m][n] if scores else math.nan for m in ("policy", "reference", "base")),
+                latent_reward=panel.latent_reward(it.prompt, c.text) if panel else math.nan))
+
+    own = [s for s in samples if s.model == "policy"]
+    if base_samples is None:
+        base_samples = [s.to_row() for s in samples if s.model == "base"]
+    comparisons: list[EvalComparison] = []
+    if ensemble is not None:
+        for opponent, rows in (("previous", previous_samples), ("base", base_samples)):
+            if not rows:
+                continue
+            theirs = {(r["prompt_id"], r["sample_index"]): r["text"] for r in rows}
+            pairs = [(s, theirs[(s.prompt_id, s.sample_index)]) for s in own
+                     if (s.prompt_id, s.sample_index) in theirs]
+            js = ensemble.judge([Comparison(s.prompt, s.text, t) for s, t in pairs])
+            for (s, t), j in zip(pairs, js, strict=True):
+                p = j.p_a if j.valid else 0.5
+                comparisons.append(EvalComparison(
+                    s.prompt_id, s.slice, s.sample_index, opponent, p,
+                    tie=(s.text == t) or abs(p - 0.5) < TIE_MARGIN, judge="ensemble"))
+
+    held_rows: list[HeldoutPair] = []
+    if heldout:
+        seqs = []
+        for p in heldout:
+            prompt_ids = tokenizer(render_prompt(tokenizer, p.prompt),
+                                   add_special_tokens=not p.is_chat)["input_ids"]
+            for resp in (p.chosen, p.rejected):
+                seqs.append((prompt_ids, tokenizer(render_response(tokenizer, p.prompt, resp),
+                                                   add_special_tokens=False)["input_ids"]))
+        sc = _score(models, seqs)
+        for n, p in enumerate(heldout):
+            held_rows.append(HeldoutPair(
+                p.pair_id, p.slice, p.p_chosen,
+                sc["policy"][2 * n], sc["policy"][2 * n + 1],
+                sc["reference"][2 * n], sc["reference"][2 * n + 1],
+                sc["base"][2 * n], sc["base"][2 * n + 1]))
+    write_eval(rdir, samples=samples, comparisons=comparisons, heldout=held_rows)
+    log.info("eval: %d samples, %d comparisons, %d held-out pairs (%s)", len(samples),
+             len(comparisons), len(held_rows), json.dumps(sorted({s.slice for s in own})))

@@ -1,0 +1,99 @@
+"""Run state, stage markers, config-change refusal; prompt pool; failure slices."""
+
+import json
+
+import pytest
+from alignloop.config import config_from_dict
+from alignloop.generation import PromptItem
+from alignloop.prompt_pool import PromptError, load_pool
+from alignloop.run import Run, RunError, status_table
+from alignloop.slices import choose_failures, pick_prompts, slice_stats
+
+
+def test_stage_runs_once_and_records_outputs(tmp_path):
+    run = Run(tmp_path, config_from_dict({}))
+    calls = []
+
+    def work():
+        calls.append(1)
+        (run.round_dir(0) / "out.txt").write_text("hello")
+
+    assert run.stage(0, "assemble", work, ["out.txt"]) is True
+    assert Run(tmp_path, config_from_dict({})).stage(0, "assemble", work, ["out.txt"]) is False
+    assert len(calls) == 1
+    state = json.loads((tmp_path / "state.json").read_text())
+    info = state["rounds"]["0"]["stages"]["assemble"]
+    assert info["status"] == "done" and info["outputs"]["out.txt"]["bytes"] == 5
+    # a missing output makes the stage run again
+    (run.round_dir(0) / "out.txt").unlink()
+    assert run.stage(0, "assemble", work, ["out.txt"]) is True
+    assert "assemble" in status_table(tmp_path)
+
+
+def test_interrupted_stage_is_redone(tmp_path):
+    run = Run(tmp_path, config_from_dict({}))
+
+    def boom():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run.stage(0, "train", boom, [])
+    assert Run(tmp_path, config_from_dict({})).round_state(0)["stages"]["train"]["status"] == "running"
+    assert run.stage(0, "train", lambda: None, []) is True
+
+
+def test_changed_config_is_refused_naming_the_key_unless_redone(tmp_path):
+    run = Run(tmp_path, config_from_dict({}))
+    run.check_config()
+    run.stage(0, "assemble", lambda: None, [])
+    more_rounds = Run(tmp_path, config_from_dict({"loop": {"rounds": 7}}))
+    more_rounds.check_config()  # extending a run is fine
+    changed = Run(tmp_path, config_from_dict({"train": {"beta": 0.3}}))
+    with pytest.raises(RunError, match="train.beta"):
+        changed.check_config()
+    changed.redo_from(0, "assemble")
+    changed.check_config()
+    assert "assemble" not in changed.round_state(0)["stages"]
+    with pytest.raises(Exception, match="no stage 'slices'"):
+        changed.redo_from(0, "slices")
+
+
+def _pool_file(tmp_path, rows):
+    path = tmp_path / "pool.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+def test_pool_split_and_bad_rows(tmp_path):
+    pool = load_pool("builtin:demo-prompts")
+    assert len(pool.train) > 200 and len(pool.eval) > 50
+    assert not {p.prompt_id for p in pool.train} & {p.prompt_id for p in pool.eval}
+    assert len({p.slice for p in pool.eval}) >= 6
+    with pytest.raises(PromptError, match="row 2: missing or empty 'prompt'"):
+        load_pool(_pool_file(tmp_path, [{"prompt": "hi"}, {"text": "x"}]))
+    with pytest.raises(PromptError, match="row 1: 'split' must be train or eval"):
+        load_pool(_pool_file(tmp_path, [{"prompt": "hi", "split": "dev"}]))
+    rows = [{"prompt": f"question {i}"} for i in range(200)]
+    split = load_pool(_pool_file(tmp_path, rows), eval_share=0.25)
+    assert 30 < len(split.eval) < 70     # by id, about a quarter
+
+
+def test_failure_slices_and_prompt_choice_never_touch_held_out_prompts():
+    values = {f"e{i}": (0.2 if i < 5 else 0.8 if i < 10 else 0.5) for i in range(12)}
+    slice_of = {f"e{i}": ("complaint" if i < 5 else "thanks" if i < 10 else "tiny") for i in range(12)}
+    stats = slice_stats(values, slice_of, min_size=3)
+    assert {s.name: s.n for s in stats} == {"complaint": 5, "thanks": 5, "tiny": 2}
+    fails = choose_failures(stats, select="count", count=1, threshold=0.5)
+    assert [s.name for s in fails] == ["complaint"]
+    assert "min_size" in next(s for s in stats if s.name == "tiny").why
+    fails2 = choose_failures(slice_stats(values, slice_of, min_size=1), select="threshold",
+                             count=1, threshold=0.6)
+    assert {s.name for s in fails2} == {"complaint", "tiny"}
+
+    train = [PromptItem(f"t{i}", f"p{i}", "complaint" if i % 2 else "thanks") for i in range(20)]
+    slice_of.update({it.prompt_id: it.slice for it in train})
+    chosen = pick_prompts(train, slice_of, fails, 6, used={"t1", "t3"}, seed=0)
+    assert len(chosen) == 6 and all(it.slice == "complaint" for it in chosen)
+    assert not {it.prompt_id for it in chosen} & {"t1", "t3"}        # unused ones first
+    assert not {it.prompt_id for it in chosen} & set(values)          # never a held-out prompt
+    assert pick_prompts(train, slice_of, [], 6, used=set(), seed=0) == []
