@@ -189,6 +189,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Render RUN_DIR/report.html (every headline metric across rounds, where the loop stopped
+    or was gated) and, with --round, that round's report (report.json, report.md, report.html)."""
+    from alignloop.report import write_round_report, write_run_report
+
+    if args.round is not None:
+        path = write_round_report(args.run_dir, args.round)
+        print(f"round {args.round}: {path.parent / 'report.html'} (report.json, report.md)")
+    print(f"run: {write_run_report(args.run_dir)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignloop", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"alignloop {__version__}")
@@ -226,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description=cmd_status.__doc__)
     p.add_argument("run_dir", help="run directory")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="drift reports: RUN_DIR/report.html across rounds",
+                       description=cmd_report.__doc__)
+    p.add_argument("run_dir", help="run directory")
+    p.add_argument("--round", type=int, help="also (re)write this round's report")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("judge", help="judge, select and route pairs of sampled completions",
                        description=cmd_judge.__doc__)

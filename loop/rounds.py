@@ -261,7 +261,7 @@ class Loop:
             return
         report = json.loads((self.rdir(k) / "report" / "report.json").read_text())
         reasons = []
-        kl = ((report.get("kl_to_base") or {}).get("sequence") or {}).get("mean")
+        kl = (((report.get("kl_to_base") or {}).get("k1") or {}).get("sequence") or {}).get("value")
         if g.kl_budget and kl is not None and kl > g.kl_budget:
             reasons.append(f"KL to base {kl:.2f} > budget {g.kl_budget}")
         if g.slice_regression:

@@ -40,8 +40,10 @@ def build(n_prompts: int = 120, seed: int = 0, max_new_tokens: int = 48, votes: 
     n_easy = round(EASY_SHARE * n_prompts)
     items = rng.sample(easy, n_easy) + rng.sample(hard, n_prompts - n_easy)
     gen = make_generator("hf", MODEL)
-    completions = gen.sample(items, SamplingParams(n=2, temperature=1.0, max_new_tokens=max_new_tokens,
-                                                   seed=seed))
+    # A 135M model sampled at temperature 1 over the full vocabulary drifts into nonsense
+    # within a sentence; 0.7 / top-p 0.9 gives the replies a user of the base model would see.
+    completions = gen.sample(items, SamplingParams(n=2, temperature=0.7, top_p=0.9,
+                                                   max_new_tokens=max_new_tokens, seed=seed))
     by_prompt: dict[str, list[str]] = {}
     for c in completions:
         by_prompt.setdefault(c.prompt_id, []).append(c.text.strip())

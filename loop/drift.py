@@ -1,0 +1,435 @@
+"""Drift metrics of a round: pure numpy functions over eval rows (no I/O, no torch).
+
+Every estimate is a dict `{"value", "lo", "hi", "n"}`: the point estimate and a
+bootstrap 95% percentile interval (Efron & Tibshirani 1993, ch. 13). Samples of
+the same prompt are correlated, so the bootstrap resamples *clusters* (prompts)
+when `groups` is given, and single rows otherwise. A ratio statistic
+sum(num) / sum(den) is resampled as a ratio (the per-token KL, a win rate over
+clusters of unequal size). NaN means undefined (no data, or fewer than two
+clusters for an interval); the report writes it as null.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from itertools import combinations
+
+import numpy as np
+
+KL_ESTIMATOR = (
+    "Monte Carlo over samples y ~ pi (temperature 1) of held-out prompts. "
+    "k1 = mean of log pi(y) - log q(y) (unbiased; single samples can be negative). "
+    "k3 = mean of (r - 1) - log r with r = q(y) / pi(y) per sequence (Schulman 2020, "
+    "'Approximating KL Divergence'; unbiased, never negative, heavy-tailed when q >> pi). "
+    "sequence: nats per response; per_token: sum over samples / sum of response tokens. "
+    "k1 is the headline: its interval covers at the nominal rate; k3's undercovers when r is "
+    "heavy-tailed (0.84 for a nominal 0.95 on a toy categorical policy)."
+)
+
+
+def _nan_estimate(n: int = 0) -> dict:
+    return {"value": math.nan, "lo": math.nan, "hi": math.nan, "n": n}
+
+
+def _cluster_index(n: int, groups: Sequence | None) -> np.ndarray:
+    if groups is None:
+        return np.arange(n)
+    return np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1]
+
+
+def estimate(num: Sequence[float], den: Sequence[float] | None = None, groups: Sequence | None = None,
+             *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """sum(num) / sum(den) (den = ones: the mean) with a cluster-bootstrap percentile interval.
+
+    Each replicate draws as many clusters as there are, with replacement: the cluster
+    multiplicities are one multinomial draw, so the replicate is (w @ S_num) / (w @ S_den)
+    over per-cluster sums S.
+    """
+    num = np.asarray(num, dtype=np.float64)
+    den = np.ones_like(num) if den is None else np.asarray(den, dtype=np.float64)
+    if num.size == 0 or den.sum() == 0:
+        return _nan_estimate(int(num.size))
+    value = float(num.sum() / den.sum())
+    inv = _cluster_index(num.size, groups)
+    n_clusters = int(inv.max()) + 1
+    if n_clusters < 2 or n_boot < 1:
+        return {"value": value, "lo": math.nan, "hi": math.nan, "n": int(num.size)}
+    s_num = np.bincount(inv, weights=num, minlength=n_clusters)
+    s_den = np.bincount(inv, weights=den, minlength=n_clusters)
+    rng = np.random.default_rng(seed)
+    reps = np.empty(n_boot)
+    uniform = np.full(n_clusters, 1.0 / n_clusters)
+    for start in range(0, n_boot, 256):               # (b, G) multiplicities, in chunks
+        w = rng.multinomial(n_clusters, uniform, size=min(256, n_boot - start)).astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            reps[start:start + len(w)] = (w @ s_num) / (w @ s_den)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.nanpercentile(reps, [tail, 100 - tail])
+    return {"value": value, "lo": float(lo), "hi": float(hi), "n": int(num.size)}
+
+
+# --------------------------------------------------------------------------- KL
+
+
+def kl_estimate(logp_p: Sequence[float], logp_q: Sequence[float], n_tokens: Sequence[float] | None = None,
+                *, groups: Sequence | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """KL(p || q) from samples y ~ p with their summed log-probs under p and q.
+
+    KL(p || q) = E_{y~p}[log p(y) - log q(y)], so with d_i = log p(y_i) - log q(y_i):
+    k1 = (1/n) sum_i d_i, and k3 = (1/n) sum_i (r_i - 1) - log r_i, r_i = q(y_i)/p(y_i)
+    = exp(-d_i), which is also unbiased (E_p[r] = 1) and non-negative (Schulman 2020).
+    Per token: sum_i d_i / sum_i T_i, the KL per generated token. Rows with a NaN are
+    dropped (`dropped` counts them). `groups` (prompt ids) clusters the bootstrap.
+    """
+    d = np.asarray(logp_p, dtype=np.float64) - np.asarray(logp_q, dtype=np.float64)
+    tokens = (np.ones_like(d) if n_tokens is None else np.asarray(n_tokens, dtype=np.float64))
+    keep = np.isfinite(d) & np.isfinite(tokens)
+    d, tokens = d[keep], tokens[keep]
+    g = None if groups is None else np.asarray(groups, dtype=object)[keep]
+    with np.errstate(over="ignore"):
+        k3 = np.expm1(-d) + d                        # (r - 1) - log r, r = exp(-d)
+    kw = dict(groups=g, n_boot=n_boot, seed=seed)
+    return {
+        "estimator": KL_ESTIMATOR,
+        "k1": {"sequence": estimate(d, **kw), "per_token": estimate(d, tokens, **kw)},
+        "k3": {"sequence": estimate(k3, **kw), "per_token": estimate(k3, tokens, **kw)},
+        "n_samples": int(d.size),
+        "n_prompts": int(len(set(g.tolist()))) if g is not None else int(d.size),
+        "dropped": int((~keep).sum()),
+    }
+
+
+# --------------------------------------------------------------------------- win rates
+
+
+def outcomes(p_a: Sequence[float], tie: Sequence[bool] | None = None) -> np.ndarray:
+    """1 when the judge prefers a (p_a > 0.5), 0 when it prefers b, 0.5 for a tie
+    (flagged, or p_a exactly 0.5); NaN when p_a is NaN and the pair is not a tie."""
+    p = np.asarray(p_a, dtype=np.float64)
+    t = np.zeros(p.shape, bool) if tie is None else np.asarray(tie, dtype=bool)
+    out = np.where(p > 0.5, 1.0, np.where(p < 0.5, 0.0, np.where(p == 0.5, 0.5, np.nan)))
+    return np.where(t, 0.5, out)
+
+
+def win_rate(p_a: Sequence[float], tie: Sequence[bool] | None = None, groups: Sequence | None = None,
+             *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Share of comparisons this side wins, ties counted as half, with a bootstrap interval.
+
+    Also `wins`, `ties`, `losses` and `mean_p`, the judge's mean probability (ties as 0.5):
+    the soft win rate. Comparisons without a judge verdict (NaN, no tie) are left out.
+    """
+    o = outcomes(p_a, tie)
+    keep = np.isfinite(o)
+    o = o[keep]
+    p = np.where(o == 0.5, 0.5, np.asarray(p_a, dtype=np.float64)[keep])
+    g = None if groups is None else np.asarray(groups, dtype=object)[keep]
+    est = estimate(o, groups=g, n_boot=n_boot, seed=seed)
+    est.update(wins=int((o == 1).sum()), ties=int((o == 0.5).sum()), losses=int((o == 0).sum()),
+               mean_p=float(p.mean()) if p.size else math.nan)
+    return est
+
+
+def win_rates_by_slice(rows: Iterable[dict], *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """{"overall": win_rate, "by_slice": {slice: win_rate}} over comparison rows (`p_a`,
+    `tie`, `slice`, and `prompt_id` to cluster the bootstrap when present)."""
+    rows = list(rows)
+
+    def one(sub: list[dict]) -> dict:
+        groups = [r["prompt_id"] for r in sub] if sub and "prompt_id" in sub[0] else None
+        return win_rate([r["p_a"] for r in sub], [bool(r.get("tie")) for r in sub], groups,
+                        n_boot=n_boot, seed=seed)
+
+    by: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by[str(r.get("slice") or "")].append(r)
+    return {"overall": one(rows), "by_slice": {s: one(by[s]) for s in sorted(by)}}
+
+
+# --------------------------------------------------------------------------- length, degeneration
+
+
+def histogram_edges(*lengths: Sequence[float], bins: int = 20) -> list[float]:
+    """Common bin edges for several models' lengths (so their histograms overlay)."""
+    values = np.concatenate([np.asarray(x, dtype=np.float64) for x in lengths] or [np.zeros(0)])
+    if values.size == 0:
+        return [0.0, 1.0]
+    top = max(float(values.max()), 1.0)
+    return np.linspace(0.0, top, bins + 1).tolist()
+
+
+def length_stats(n_tokens: Sequence[float], finish_reasons: Sequence[str], *,
+                 edges: Sequence[float] | None = None) -> dict:
+    """Mean and median tokens, share of responses ending by EOS / stop string ("stop")
+    and by the length limit ("length"), and histogram counts over `edges`."""
+    t = np.asarray(n_tokens, dtype=np.float64)
+    reasons = list(finish_reasons)
+    edges = list(edges) if edges is not None else histogram_edges(t)
+    counts = np.histogram(t, bins=edges)[0] if t.size else np.zeros(len(edges) - 1, int)
+    n = int(t.size)
+    return {"n": n, "mean_tokens": float(t.mean()) if n else math.nan,
+            "median_tokens": float(np.median(t)) if n else math.nan,
+            "share_stop": reasons.count("stop") / n if n else math.nan,
+            "share_length": reasons.count("length") / n if n else math.nan,
+            "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}}
+
+
+def _ngrams(words: list[str], k: int) -> list[tuple[str, ...]]:
+    return [tuple(words[i:i + k]) for i in range(len(words) - k + 1)]
+
+
+def degeneration(texts: Iterable[str]) -> dict:
+    """Diversity and repetition of one model's responses, over lower-cased whitespace words.
+
+    distinct_2 (Li et al. 2016, "A Diversity-Promoting Objective Function for Neural
+    Conversation Models"): distinct bigrams over all responses / all bigrams.
+    repeated_3gram_rate: share of 3-gram occurrences that repeat an earlier 3-gram of
+    the same response, sum_i (n_i - distinct_i) / sum_i n_i (loops and stutters).
+    """
+    bigrams: list[tuple[str, ...]] = []
+    total3 = repeated3 = n = 0
+    for text in texts:
+        n += 1
+        words = str(text).lower().split()
+        bigrams += _ngrams(words, 2)
+        tri = _ngrams(words, 3)
+        total3 += len(tri)
+        repeated3 += len(tri) - len(set(tri))
+    return {"n": n, "distinct_2": len(set(bigrams)) / len(bigrams) if bigrams else math.nan,
+            "repeated_3gram_rate": repeated3 / total3 if total3 else math.nan}
+
+
+# --------------------------------------------------------------------------- implicit reward
+
+
+def implicit_reward(rows: Sequence[dict], beta: float, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """DPO's implicit reward on held-out labeled pairs (columns of eval/heldout_pairs.parquet).
+
+    r(y) = beta * (log pi(y) - log pi_ref(y)) (Rafailov et al. 2023). accuracy: share of
+    pairs with r(chosen) > r(rejected), an exact tie counting half; margin: mean of
+    r(chosen) - r(rejected). Likelihood displacement (Razin et al. 2024, "Unintentional
+    Unalignment"; Pal et al. 2024, "Smaug"): DPO can widen the margin while the chosen
+    response's own log-prob falls; `logp_change_vs_base` gives the mean change of
+    log pi(chosen) and log pi(rejected) against the base model (and against the
+    reference), and `likelihood_displacement` is true when the chosen one fell.
+    """
+    def col(name: str) -> np.ndarray:
+        return np.asarray([r.get(name, math.nan) for r in rows], dtype=np.float64)
+
+    pc, pr = col("logp_policy_chosen"), col("logp_policy_rejected")
+    margin = beta * ((pc - col("logp_reference_chosen")) - (pr - col("logp_reference_rejected")))
+    keep = np.isfinite(margin)
+    slices = np.asarray([str(r.get("slice") or "") for r in rows], dtype=object)
+    acc = np.where(margin > 0, 1.0, np.where(margin < 0, 0.0, 0.5))
+    kw = dict(n_boot=n_boot, seed=seed)
+
+    def change(base: np.ndarray, ours: np.ndarray) -> dict:
+        d = ours - base
+        return estimate(d[np.isfinite(d)], **kw)
+
+    out = {"beta": float(beta), "n": int(keep.sum()),
+           "accuracy": estimate(acc[keep], **kw), "margin": estimate(margin[keep], **kw),
+           "logp_change_vs_base": {"chosen": change(col("logp_base_chosen"), pc),
+                                   "rejected": change(col("logp_base_rejected"), pr)},
+           "logp_change_vs_reference": {"chosen": change(col("logp_reference_chosen"), pc),
+                                        "rejected": change(col("logp_reference_rejected"), pr)}}
+    fell = out["logp_change_vs_base"]["chosen"]["value"]
+    out["likelihood_displacement"] = None if math.isnan(fell) else bool(fell < 0)
+    out["by_slice"] = {s: {"accuracy": float(acc[keep & (slices == s)].mean()),
+                           "margin": float(margin[keep & (slices == s)].mean()),
+                           "n": int((keep & (slices == s)).sum())}
+                       for s in sorted(set(slices[keep].tolist()))}
+    return out
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def intransitive_triples(prefs: Iterable[tuple]) -> dict:
+    """Cycles x > y > z > x among responses to the same prompt.
+
+    `prefs` are (group, x, y, p) with p = P(x preferred to y). Repeated comparisons of
+    the same two responses are averaged; p = 0.5 gives no edge. Among groups with >= 3
+    responses, a triple counts when all three of its pairs have an edge, and is
+    intransitive when the edges form a cycle (each response beats exactly one other).
+    """
+    sums: dict = defaultdict(lambda: defaultdict(list))
+    for group, x, y, p in prefs:
+        if x == y or p is None or not math.isfinite(p):
+            continue
+        key, p = ((x, y), p) if x < y else ((y, x), 1.0 - p)
+        sums[group][key].append(p)
+    prompts = triples = cyclic = 0
+    for edges in sums.values():
+        nodes = sorted({v for k in edges for v in k})
+        if len(nodes) < 3:
+            continue
+        prompts += 1
+        beats = {}
+        for (u, v), ps in edges.items():
+            m = sum(ps) / len(ps)
+            if m != 0.5:
+                beats[(u, v)] = m > 0.5              # True: u beats v
+        for a, b, c in combinations(nodes, 3):
+            if all(k in beats for k in ((a, b), (b, c), (a, c))):
+                triples += 1
+                wins = Counter()
+                for u, v in ((a, b), (b, c), (a, c)):
+                    wins[u if beats[(u, v)] else v] += 1
+                cyclic += all(wins[x] == 1 for x in (a, b, c))
+    return {"prompts": prompts, "triples": triples, "intransitive": cyclic,
+            "share": cyclic / triples if triples else math.nan}
+
+
+def _human_majority(labels: Sequence[dict]) -> dict[str, str]:
+    votes: dict[str, Counter] = defaultdict(Counter)
+    for lab in labels:
+        if lab.get("source") == "human" and lab.get("choice") in ("a", "b"):
+            votes[lab["item_id"]][lab["choice"]] += 1
+    return {i: ("a" if c["a"] > c["b"] else "b") for i, c in votes.items() if c["a"] != c["b"]}
+
+
+def label_stats(labels: Sequence[dict], candidates: Sequence[dict], pairs: Sequence[dict], *,
+                human_budget: int = 0) -> dict:
+    """Where this round's labels came from and how far to trust them.
+
+    - pairs_by_source / labels_by_source: pairs trained on, and raw label rows, by source.
+    - decisions, routed_share: of the selected candidates, how many went auto / human /
+      drop, and the share sent to people; budget_used = human-routed / `human_budget`.
+    - judge_human: on items with a human majority (more a than b votes or the reverse),
+      the share where the judge ensemble's p_a (candidates table; else the judges' mean
+      label) is on the same side, and Cohen's kappa of the two (a/b) codings.
+    - human_alpha: Krippendorff's alpha (nominal a/b/tie/both_bad) over human votes.
+    - gold_accuracy: share of human votes equal to the `gold` answer, when labels have
+      a `gold` column (NaN otherwise).
+    - intransitivity: `intransitive_triples` over the labeled pairs (chosen beats rejected
+      with p_chosen) and over the judge's view of every candidate pair.
+    """
+    from alignloop.labeling.agreement import cohen_kappa, krippendorff_alpha
+
+    selected = [c for c in candidates if c.get("selected")]
+    decisions = Counter(c.get("decision", "") for c in selected)
+    human_items = {lab["item_id"] for lab in labels if lab.get("source") == "human"}
+    judge_p = {c["item_id"]: c.get("p_a") for c in candidates}
+    if not judge_p:
+        per_item: dict[str, list[float]] = defaultdict(list)
+        for lab in labels:
+            if lab.get("source") == "judge" and lab.get("p_a") is not None:
+                per_item[lab["item_id"]].append(lab["p_a"])
+        judge_p = {i: float(np.mean(ps)) for i, ps in per_item.items()}
+    majority = _human_majority(labels)
+    judge_side = {i: ("a" if p > 0.5 else "b") for i, p in judge_p.items()
+                  if i in majority and p is not None and math.isfinite(p) and p != 0.5}
+    shared = [i for i in majority if i in judge_side]
+    units: dict[str, dict[str, str]] = defaultdict(dict)
+    for lab in labels:
+        if lab.get("source") == "human":
+            units[lab["item_id"]][lab.get("annotator", "")] = lab.get("choice")
+    gold = [lab for lab in labels if lab.get("source") == "human" and lab.get("gold") is not None]
+    routed = decisions.get("human", 0)
+    return {
+        "pairs_by_source": dict(Counter(p.get("source", "") for p in pairs)),
+        "labels_by_source": dict(Counter(lab.get("source", "") for lab in labels)),
+        "human_votes": sum(1 for lab in labels if lab.get("source") == "human"),
+        "human_items": len(human_items),
+        "annotators": len({lab.get("annotator") for lab in labels if lab.get("source") == "human"}),
+        "candidates": len(candidates), "selected": len(selected), "decisions": dict(decisions),
+        "routed_share": routed / len(selected) if selected else math.nan,
+        "human_budget": int(human_budget),
+        "budget_used": routed / human_budget if human_budget else math.nan,
+        "judge_human": {"items": len(shared),
+                        "agreement": (sum(majority[i] == judge_side[i] for i in shared) / len(shared)
+                                      if shared else math.nan),
+                        "kappa": cohen_kappa({i: judge_side[i] for i in shared},
+                                             {i: majority[i] for i in shared})},
+        "human_alpha": krippendorff_alpha(units),
+        "gold_accuracy": (sum(lab.get("choice") == lab["gold"] for lab in gold) / len(gold)
+                          if gold else math.nan),
+        "gold_votes": len(gold),
+        "intransitivity": {
+            "labels": intransitive_triples((p["prompt"], p["chosen"], p["rejected"], p["p_chosen"])
+                                           for p in pairs),
+            "judge": intransitive_triples((c.get("prompt_id", c.get("prompt")), c["a"], c["b"],
+                                           c.get("p_a")) for c in candidates),
+        },
+    }
+
+
+# --------------------------------------------------------------------------- alerts
+
+
+def _get(obj, *path):
+    for key in path:
+        if not isinstance(obj, dict) or obj.get(key) is None:
+            return None
+        obj = obj[key]
+    return obj
+
+
+def _bad(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _num(x) -> str:
+    return "?" if _bad(x) else f"{x:.2f}"
+
+
+def alerts(report: dict, thresholds) -> list[dict]:
+    """Alerts from a round report and a `ReportConfig` (each threshold 0 = off).
+
+    kl_budget: KL(policy || reference), k1 per sequence, above `kl_budget`.
+    length_blowup: mean policy length / the previous round's (or, with no previous
+    round, the base model's) above `length_blowup`.
+    slice_regression: a slice with >= `min_slice_samples` comparisons whose win rate
+    against the previous policy is below 0.5 - `slice_regression`, or whose mean latent
+    reward dropped by more than `slice_regression` from the previous round.
+    annotator_agreement / judge_agreement: human Krippendorff's alpha, or the judge-human
+    Cohen's kappa, below `agreement_floor`.
+    Each alert: {kind, message, value, threshold, slice, drop}; `drop` is how far a
+    regressed slice fell (0.5 - win rate, or the latent-reward decrease), else None.
+    """
+    out: list[dict] = []
+
+    def add(kind: str, message: str, value: float, threshold: float, slice: str | None = None,
+            drop: float | None = None):
+        out.append({"kind": kind, "message": message, "value": float(value),
+                    "threshold": float(threshold), "slice": slice,
+                    "drop": None if drop is None else float(drop)})
+
+    t = thresholds
+    kl = _get(report, "kl_to_reference", "k1", "sequence", "value")
+    if t.kl_budget > 0 and not _bad(kl) and kl > t.kl_budget:
+        add("kl_budget", f"KL(policy || reference) is {kl:.3g} nats per response, over the "
+            f"budget of {t.kl_budget:g}", kl, t.kl_budget)
+    length = report.get("length") or {}
+    ratio, against = length.get("ratio_vs_previous"), "the previous round"
+    if _bad(ratio):
+        ratio, against = length.get("ratio_vs_base"), "the base model"
+    if t.length_blowup > 0 and not _bad(ratio) and ratio > t.length_blowup:
+        add("length_blowup", f"mean response length is {ratio:.2f}x that of {against} "
+            f"(limit {t.length_blowup:g}x)", ratio, t.length_blowup)
+    if t.slice_regression > 0:
+        for s, w in (_get(report, "win_rate_vs_previous", "by_slice") or {}).items():
+            v = w.get("value")
+            if w.get("n", 0) >= t.min_slice_samples and not _bad(v) and v < 0.5 - t.slice_regression:
+                add("slice_regression", f"slice '{s}': win rate against the previous policy "
+                    f"{v:.2f} (95% CI {_num(w.get('lo'))}-{_num(w.get('hi'))}, n={w['n']})",
+                    v, 0.5 - t.slice_regression, s, drop=0.5 - v)
+        delta = _get(report, "latent_reward", "delta_vs_previous", "by_slice") or {}
+        counts = _get(report, "latent_reward", "models", "policy", "by_slice") or {}
+        for s, d in delta.items():
+            n = (counts.get(s) or {}).get("n", 0)
+            if n >= t.min_slice_samples and not _bad(d) and d < -t.slice_regression:
+                add("slice_regression", f"slice '{s}': mean latent reward fell by {-d:.3g} "
+                    f"from the previous round (n={n})", d, -t.slice_regression, s, drop=-d)
+    if t.agreement_floor > 0:
+        alpha = _get(report, "labels", "human_alpha")
+        if not _bad(alpha) and alpha < t.agreement_floor:
+            add("annotator_agreement", f"annotators' Krippendorff's alpha {alpha:.2f} is below "
+                f"the floor {t.agreement_floor:g}", alpha, t.agreement_floor)
+        kappa = _get(report, "labels", "judge_human", "kappa")
+        if not _bad(kappa) and kappa < t.agreement_floor:
+            add("judge_agreement", f"judge-human Cohen's kappa {kappa:.2f} is below the floor "
+                f"{t.agreement_floor:g}", kappa, t.agreement_floor)
+    return out

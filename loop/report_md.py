@@ -1,0 +1,202 @@
+"""report.md: the numbers of a round's report.json as Markdown tables (terminal, pull request).
+
+`headline_rows` and `slice_rows` are shared with the HTML report, so both show
+the same numbers in the same order.
+"""
+
+from __future__ import annotations
+
+from alignloop.drift import _get
+
+
+def fmt(x, digits: int = 3) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        return f"{x:.{digits}g}" if abs(x) < 1000 else f"{x:,.0f}"
+    return str(x)
+
+
+def pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.0f}%"
+
+
+def interval(e: dict | None) -> str:
+    if not e or e.get("lo") is None or e.get("hi") is None:
+        return "—"
+    return f"{fmt(e['lo'])} – {fmt(e['hi'])}"
+
+
+def headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
+    """(metric, value, 95% interval, n or why it is missing) for the headline table."""
+    rows = []
+
+    def add(label: str, section: str, *path: str):
+        sec = report.get(section) or {}
+        if not sec.get("available"):
+            rows.append((label, "—", "—", sec.get("reason", "not computed")))
+            return
+        e = _get(sec, *path)
+        rows.append((label, fmt((e or {}).get("value")), interval(e), fmt((e or {}).get("n"))))
+
+    add("KL(policy ‖ reference), nats/response [k1]", "kl_to_reference", "k1", "sequence")
+    add("KL(policy ‖ reference), nats/token [k1]", "kl_to_reference", "k1", "per_token")
+    add("KL(policy ‖ base), nats/response [k1]", "kl_to_base", "k1", "sequence")
+    add("KL(policy ‖ base), nats/token [k1]", "kl_to_base", "k1", "per_token")
+    add("Win rate vs previous policy (ties ½)", "win_rate_vs_previous", "overall")
+    add("Win rate vs base model (ties ½)", "win_rate_vs_base", "overall")
+    add("Latent reward, this policy", "latent_reward", "models", "policy", "overall")
+    add("Latent reward, previous policy", "latent_reward", "models", "previous", "overall")
+    add("Implicit-reward accuracy (held-out pairs)", "implicit_reward", "accuracy")
+    add("Implicit-reward margin", "implicit_reward", "margin")
+    return rows
+
+
+def slice_rows(report: dict) -> list[tuple[str, ...]]:
+    """Per slice: win rate vs previous, vs base, latent reward previous -> now, change."""
+    wp = _get(report, "win_rate_vs_previous", "by_slice") or {}
+    wb = _get(report, "win_rate_vs_base", "by_slice") or {}
+    lr_now = _get(report, "latent_reward", "models", "policy", "by_slice") or {}
+    lr_prev = _get(report, "latent_reward", "models", "previous", "by_slice") or {}
+    delta = _get(report, "latent_reward", "delta_vs_previous", "by_slice") or {}
+    out = []
+    for s in sorted(set(wp) | set(wb) | set(lr_now)):
+        def win(d, s=s):
+            e = d.get(s)
+            return f"{fmt(e['value'])} ({interval(e)}, n={e['n']})" if e else "—"
+        out.append((s or "(none)", win(wp), win(wb),
+                    fmt((lr_prev.get(s) or {}).get("value")), fmt((lr_now.get(s) or {}).get("value")),
+                    fmt(delta.get(s))))
+    return out
+
+
+KL_HEADER = ("KL(policy ‖ q)", "estimator", "nats/response", "95% interval", "nats/token",
+             "95% interval", "samples / prompts")
+LENGTH_HEADER = ("model", "responses", "mean tokens", "ends by EOS", "hits length limit",
+                 "distinct-2", "repeated 3-grams")
+IMPLICIT_HEADER = ("log-prob change of", "vs base", "95% interval", "vs reference", "95% interval")
+TRAIN_HEADER = ("steps", "final loss", "margin", "accuracy", "tokens/s", "step log")
+
+
+def kl_rows(report: dict) -> list[tuple[str, ...]]:
+    out = []
+    for key, name in (("kl_to_reference", "reference"), ("kl_to_base", "base")):
+        sec = report[key]
+        if sec.get("available"):
+            out += [(name, est, fmt(sec[est]["sequence"]["value"]), interval(sec[est]["sequence"]),
+                     fmt(sec[est]["per_token"]["value"]), interval(sec[est]["per_token"]),
+                     f"{sec['n_samples']} / {sec['n_prompts']}") for est in ("k1", "k3")]
+    return out
+
+
+def length_rows(report: dict) -> list[tuple[str, ...]]:
+    length, degen = report["length"], report["degeneration"]
+    if not length.get("available"):
+        return []
+    dm = degen.get("models", {}) if degen.get("available") else {}
+    return [(m, fmt(s["n"]), fmt(s["mean_tokens"]), pct(s["share_stop"]), pct(s["share_length"]),
+             fmt((dm.get(m) or {}).get("distinct_2")), pct((dm.get(m) or {}).get("repeated_3gram_rate")))
+            for m, s in length["models"].items()]
+
+
+def implicit_rows(ir: dict) -> list[tuple[str, ...]]:
+    return [(side, fmt(ir["logp_change_vs_base"][side]["value"]),
+             interval(ir["logp_change_vs_base"][side]),
+             fmt(ir["logp_change_vs_reference"][side]["value"]),
+             interval(ir["logp_change_vs_reference"][side])) for side in ("chosen", "rejected")]
+
+
+def train_row(tr: dict) -> tuple[str, ...]:
+    f = tr["final"]
+    return (fmt(tr["steps"]), fmt(f["loss"], 4), fmt(f["margin"], 4), fmt(f["accuracy"]),
+            fmt(tr["tokens_per_s"]))
+
+
+def _table(header: tuple[str, ...], rows) -> list[str]:
+    esc = [tuple(str(c).replace("|", "\\|").replace("\n", " ") for c in r) for r in rows]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(r) + " |" for r in esc]
+
+
+def render_markdown(report: dict, figures: dict | None = None) -> str:
+    k = report["round"]
+    md = [f"# Round {k} drift report", "",
+          f"Schema v{report['schema_version']}, generated {report['generated_at']}. "
+          "Intervals are bootstrap 95% percentile intervals over prompts. "
+          "Plots: [report.html](report.html).", ""]
+    md += ["## Alerts", ""]
+    md += [f"- **{a['kind']}**: {a['message']}" for a in report["alerts"]] or ["None."]
+    if report.get("notes"):
+        md += [""] + [f"> {n}" for n in report["notes"]]
+    md += ["", "## Headline", ""] + _table(("metric", "value", "95% interval", "n"),
+                                           headline_rows(report))
+    if kl_rows(report):
+        md += ["", "### KL by estimator", ""] + _table(KL_HEADER, kl_rows(report))
+        md += ["", next(report[k]["estimator"] for k in ("kl_to_reference", "kl_to_base")
+                        if report[k].get("available"))]
+    rows = slice_rows(report)
+    if rows:
+        md += ["", "## Per slice", ""] + _table(
+            ("slice", "win vs previous", "win vs base", "latent reward (previous)",
+             "latent reward (now)", "change"), rows)
+    length = report["length"]
+    if length.get("available"):
+        md += ["", "## Length and degeneration", ""]
+        md += _table(LENGTH_HEADER, length_rows(report))
+        md += ["", f"Mean length vs previous round: {fmt(length['ratio_vs_previous'])}x; "
+                   f"vs base: {fmt(length['ratio_vs_base'])}x."]
+    ir = report["implicit_reward"]
+    md += ["", "## Implicit reward (held-out pairs)", ""]
+    if ir.get("available"):
+        md += _table(IMPLICIT_HEADER, implicit_rows(ir))
+        md += ["", f"beta = {fmt(ir['beta'])}, {ir['n']} pairs. Likelihood displacement "
+                   f"(chosen log-prob below the base model's): {fmt(ir['likelihood_displacement'])}."]
+    else:
+        md += [ir["reason"]]
+    md += ["", "## Labels", ""] + label_lines(report["labels"])
+    tr = report["train"]
+    md += ["", "## Training", ""]
+    if tr.get("available"):
+        md += _table(TRAIN_HEADER, [train_row(tr) + (f"[train_log.jsonl]({tr['log']})",)])
+    else:
+        md += [tr["reason"]]
+    if figures:
+        md += ["", "## Figures", ""] + [f"![{name}]({name}.png)" for name in figures]
+    return "\n".join(md) + "\n"
+
+
+def label_rows(labels: dict) -> list[tuple[str, str]]:
+    """(statistic, value) rows of the labels section (shared with the HTML report)."""
+    jh = labels["judge_human"]
+    tri = labels["intransitivity"]
+    return [
+        ("pairs trained on, by source", ", ".join(f"{k}: {v}" for k, v in
+                                                  labels["pairs_by_source"].items()) or "—"),
+        ("label rows, by source", ", ".join(f"{k}: {v}" for k, v in
+                                            labels["labels_by_source"].items()) or "—"),
+        ("candidate pairs / selected", f"{labels['candidates']} / {labels['selected']}"),
+        ("routing", ", ".join(f"{k}: {v}" for k, v in labels["decisions"].items()) or "—"),
+        ("share routed to people", pct(labels["routed_share"])),
+        ("human budget used", f"{pct(labels['budget_used'])} of {labels['human_budget']}"),
+        ("human votes / items / annotators",
+         f"{labels['human_votes']} / {labels['human_items']} / {labels['annotators']}"),
+        ("judge agrees with human majority", f"{pct(jh['agreement'])} of {jh['items']} items"),
+        ("judge-human Cohen's kappa", fmt(jh["kappa"])),
+        ("annotators' Krippendorff's alpha", fmt(labels["human_alpha"])),
+        ("gold accuracy", f"{pct(labels['gold_accuracy'])} ({labels['gold_votes']} gold votes)"),
+        ("intransitive triples, labels", f"{tri['labels']['intransitive']} of "
+         f"{tri['labels']['triples']} ({pct(tri['labels']['share'])})"),
+        ("intransitive triples, judge", f"{tri['judge']['intransitive']} of "
+         f"{tri['judge']['triples']} ({pct(tri['judge']['share'])})"),
+    ]
+
+
+def label_lines(labels: dict) -> list[str]:
+    if not labels.get("available"):
+        return [labels["reason"]]
+    out = _table(("statistic", "value"), label_rows(labels))
+    return out + (["", labels["note"]] if labels.get("note") else [])

@@ -1,0 +1,212 @@
+"""Drift metrics against closed forms and hand-computed tables."""
+
+import math
+
+import numpy as np
+import pytest
+from alignloop.config_report import ReportConfig
+from alignloop.drift import (
+    alerts,
+    degeneration,
+    estimate,
+    implicit_reward,
+    intransitive_triples,
+    kl_estimate,
+    label_stats,
+    length_stats,
+    win_rate,
+    win_rates_by_slice,
+)
+
+P = np.array([0.5, 0.3, 0.15, 0.05])
+Q = np.array([0.25, 0.25, 0.3, 0.2])
+KL_TOKEN = float(np.sum(P * np.log(P / Q)))        # closed form, 0.1987 nats
+
+
+def _sequences(rng, n: int, length: int):
+    """n sequences of `length` iid tokens from P; summed log-probs under P and Q."""
+    tokens = rng.choice(len(P), size=(n, length), p=P)
+    return np.log(P)[tokens].sum(1), np.log(Q)[tokens].sum(1)
+
+
+def test_kl_matches_closed_form_on_categorical_policies():
+    rng = np.random.default_rng(0)
+    T = 5
+    lp, lq = _sequences(rng, 4000, T)
+    est = kl_estimate(lp, lq, np.full(4000, T), n_boot=500)
+    for k in ("k1", "k3"):
+        seq, tok = est[k]["sequence"], est[k]["per_token"]
+        assert seq["lo"] <= T * KL_TOKEN <= seq["hi"], (k, seq)
+        assert tok["lo"] <= KL_TOKEN <= tok["hi"], (k, tok)
+        assert seq["value"] == pytest.approx(T * KL_TOKEN, rel=0.1)
+        assert tok["value"] == pytest.approx(seq["value"] / T)      # fixed length: per token = / T
+    assert est["n_samples"] == 4000 and est["dropped"] == 0
+    assert "k3" in est["estimator"] and "Schulman" in est["estimator"]
+
+
+def test_kl_drops_nan_rows_and_clusters_by_prompt():
+    est = kl_estimate([-1.0, -2.0, math.nan, -3.0], [-1.5, -2.0, -1.0, -3.5], [2, 2, 2, 2],
+                      groups=["a", "a", "b", "c"], n_boot=200)
+    assert est["dropped"] == 1 and est["n_samples"] == 3 and est["n_prompts"] == 2
+    assert est["k1"]["sequence"]["value"] == pytest.approx((0.5 + 0 + 0.5) / 3)
+    assert est["k1"]["per_token"]["value"] == pytest.approx(1.0 / 6)
+
+
+def test_bootstrap_interval_covers_at_nominal_rate():
+    # 200 synthetic replications of 200 sequences each: the 95% interval of the k1 KL
+    # should contain the true KL in about 95% of them.
+    T, hits_seq, hits_tok, reps = 3, 0, 0, 200
+    for r in range(reps):
+        rng = np.random.default_rng(100 + r)
+        lp, lq = _sequences(rng, 200, T)
+        est = kl_estimate(lp, lq, np.full(200, T), n_boot=400, seed=r)
+        s, t = est["k1"]["sequence"], est["k1"]["per_token"]
+        hits_seq += s["lo"] <= T * KL_TOKEN <= s["hi"]
+        hits_tok += t["lo"] <= KL_TOKEN <= t["hi"]
+    assert 0.9 <= hits_seq / reps <= 0.99, hits_seq / reps
+    assert 0.9 <= hits_tok / reps <= 0.99, hits_tok / reps
+
+
+def test_estimate_edge_cases():
+    assert math.isnan(estimate([])["value"])
+    one = estimate([2.0, 4.0], groups=["x", "x"])          # one cluster: no interval
+    assert one["value"] == 3.0 and math.isnan(one["lo"]) and one["n"] == 2
+
+
+COMPARISONS = [
+    # slice a: win, loss, flagged tie            -> (1 + 0 + 0.5) / 3 = 0.5
+    {"prompt_id": "p1", "slice": "a", "p_a": 0.9, "tie": False},
+    {"prompt_id": "p2", "slice": "a", "p_a": 0.2, "tie": False},
+    {"prompt_id": "p3", "slice": "a", "p_a": 0.6, "tie": True},
+    # slice b: win, win, p exactly 0.5 (a tie), no verdict (left out) -> 2.5 / 3 = 0.8333
+    {"prompt_id": "p4", "slice": "b", "p_a": 0.7, "tie": False},
+    {"prompt_id": "p5", "slice": "b", "p_a": 0.8, "tie": False},
+    {"prompt_id": "p6", "slice": "b", "p_a": 0.5, "tie": False},
+    {"prompt_id": "p7", "slice": "b", "p_a": math.nan, "tie": False},
+]
+
+
+def test_win_rate_with_ties_and_slices():
+    out = win_rates_by_slice(COMPARISONS, n_boot=300)
+    overall = out["overall"]
+    assert overall["value"] == pytest.approx(4 / 6)            # (1+0+.5+1+1+.5) / 6
+    assert (overall["wins"], overall["ties"], overall["losses"], overall["n"]) == (3, 2, 1, 6)
+    assert overall["mean_p"] == pytest.approx(3.6 / 6)         # .9+.2+.5+.7+.8+.5 (ties as .5)
+    assert overall["lo"] <= overall["value"] <= overall["hi"]
+    assert out["by_slice"]["a"]["value"] == pytest.approx(0.5)
+    assert out["by_slice"]["b"]["value"] == pytest.approx(2.5 / 3)
+    assert out["by_slice"]["b"]["n"] == 3
+    # a sure winner has a degenerate interval at 1
+    sure = win_rate([0.9] * 10, groups=list("abcdefghij"), n_boot=200)
+    assert sure["value"] == sure["lo"] == sure["hi"] == 1.0
+
+
+def test_intransitive_triples_hand_made():
+    prefs = [
+        ("P1", "x", "y", 0.9), ("P1", "y", "z", 0.8), ("P1", "z", "x", 0.7),   # cycle
+        ("P2", "a", "b", 0.9), ("P2", "b", "c", 0.9), ("P2", "a", "c", 0.9),   # a > b > c
+        ("P3", "u", "v", 0.9),                                                 # 2 responses
+        # P4: (x, y) judged twice, mean 0.65 -> x > y; y > z; x ? z undecided (0.5): no triple
+        ("P4", "x", "y", 0.9), ("P4", "x", "y", 0.4), ("P4", "y", "z", 0.6), ("P4", "x", "z", 0.5),
+    ]
+    out = intransitive_triples(prefs)
+    assert out == {"prompts": 3, "triples": 2, "intransitive": 1, "share": 0.5}
+    # the same cycle written with p < 0.5 in the other direction
+    flipped = intransitive_triples([("Q", "y", "x", 0.1), ("Q", "z", "y", 0.2), ("Q", "x", "z", 0.3)])
+    assert flipped["intransitive"] == 1
+
+
+def test_degeneration_and_length_on_hand_made_texts():
+    d = degeneration(["a b c a b c", "x y z"])
+    # bigrams: ab bc ca ab bc | xy yz -> 5 distinct of 7
+    assert d["distinct_2"] == pytest.approx(5 / 7)
+    # 3-grams: abc bca cab abc (one repeat) | xyz -> 1 of 5 repeats
+    assert d["repeated_3gram_rate"] == pytest.approx(1 / 5)
+    assert math.isnan(degeneration(["one"])["distinct_2"])
+    s = length_stats([10, 20, 30, 40], ["stop", "stop", "length", "stop"], edges=[0, 25, 50])
+    assert s["mean_tokens"] == 25 and s["median_tokens"] == 25
+    assert (s["share_stop"], s["share_length"]) == (0.75, 0.25)
+    assert s["histogram"] == {"edges": [0.0, 25.0, 50.0], "counts": [2, 2]}
+
+
+def test_implicit_reward_and_likelihood_displacement():
+    rows = [
+        # margin = 0.1 * ((-10 + 11) - (-12 + 11)) = 0.2: right
+        {"slice": "s", "logp_policy_chosen": -10, "logp_policy_rejected": -12,
+         "logp_reference_chosen": -11, "logp_reference_rejected": -11,
+         "logp_base_chosen": -9, "logp_base_rejected": -11},
+        # margin = 0.1 * ((-15 + 14) - (-14 + 14)) = -0.1: wrong
+        {"slice": "t", "logp_policy_chosen": -15, "logp_policy_rejected": -14,
+         "logp_reference_chosen": -14, "logp_reference_rejected": -14,
+         "logp_base_chosen": -14, "logp_base_rejected": -13},
+    ]
+    out = implicit_reward(rows, beta=0.1, n_boot=200)
+    assert out["accuracy"]["value"] == pytest.approx(0.5)
+    assert out["margin"]["value"] == pytest.approx(0.05)
+    assert out["logp_change_vs_base"]["chosen"]["value"] == pytest.approx(-1.0)   # (-1 + -1) / 2
+    assert out["logp_change_vs_base"]["rejected"]["value"] == pytest.approx(-1.0)
+    assert out["likelihood_displacement"] is True
+    assert out["by_slice"]["s"] == {"accuracy": 1.0, "margin": pytest.approx(0.2), "n": 1}
+
+
+def test_label_stats_hand_made():
+    cands = [
+        {"item_id": "i1", "prompt_id": "p", "a": "A", "b": "B", "p_a": 0.9, "selected": True, "decision": "auto"},
+        {"item_id": "i2", "prompt_id": "p", "a": "A", "b": "C", "p_a": 0.8, "selected": True, "decision": "human"},
+        {"item_id": "i3", "prompt_id": "q", "a": "D", "b": "E", "p_a": 0.3, "selected": True, "decision": "human"},
+        {"item_id": "i4", "prompt_id": "q", "a": "D", "b": "F", "p_a": 0.5, "selected": True, "decision": "drop"},
+        {"item_id": "i5", "prompt_id": "q", "a": "E", "b": "F", "p_a": 0.6, "selected": False, "decision": "drop"},
+    ]
+
+    def vote(item, ann, choice, gold=None):
+        return {"item_id": item, "source": "human", "annotator": ann, "choice": choice, "gold": gold}
+
+    labels = [{"item_id": "i1", "source": "judge", "annotator": "j", "choice": "", "p_a": 0.9},
+              vote("i2", "ann1", "a", gold="a"), vote("i2", "ann2", "a"), vote("i2", "ann3", "b", gold="a"),
+              vote("i3", "ann1", "a"), vote("i3", "ann2", "a")]
+    pairs = [{"prompt": "p", "chosen": "A", "rejected": "B", "p_chosen": 0.9, "source": "judge"},
+             {"prompt": "p", "chosen": "A", "rejected": "C", "p_chosen": 0.8, "source": "human"}]
+    out = label_stats(labels, cands, pairs, human_budget=4)
+    assert out["decisions"] == {"auto": 1, "human": 2, "drop": 1} and out["selected"] == 4
+    assert out["routed_share"] == 0.5 and out["budget_used"] == 0.5
+    assert out["pairs_by_source"] == {"judge": 1, "human": 1}
+    assert (out["human_votes"], out["human_items"], out["annotators"]) == (5, 2, 3)
+    # i2: majority a, judge 0.8 -> a (agree); i3: majority a, judge 0.3 -> b (disagree)
+    assert out["judge_human"]["items"] == 2 and out["judge_human"]["agreement"] == 0.5
+    # kappa: p_o = 0.5, p_e = P_judge(a) P_human(a) + P_judge(b) P_human(b) = .5 * 1 + .5 * 0
+    assert out["judge_human"]["kappa"] == pytest.approx(0.0)
+    # alpha: o_aa = 1 (i2) + 2 (i3), o_ab = o_ba = 1; D_o = 2/5, D_e = 2*4*1/(5*4) = 2/5 -> 0
+    assert out["human_alpha"] == pytest.approx(0.0)
+    assert out["gold_accuracy"] == 0.5 and out["gold_votes"] == 2
+    assert out["intransitivity"]["labels"]["prompts"] == 1       # p has A, B, C; no full triple
+    assert out["intransitivity"]["labels"]["triples"] == 0
+
+
+def _report(kl=0.5, ratio_prev=1.0, ratio_base=None, slice_win=0.5, n=20, delta=0.0, alpha=0.8,
+            kappa=0.8):
+    return {"kl_to_reference": {"k1": {"sequence": {"value": kl}}},
+            "length": {"ratio_vs_previous": ratio_prev, "ratio_vs_base": ratio_base},
+            "win_rate_vs_previous": {"by_slice": {"s": {"value": slice_win, "lo": 0.1, "hi": 0.6, "n": n}}},
+            "latent_reward": {"delta_vs_previous": {"by_slice": {"s": delta}},
+                              "models": {"policy": {"by_slice": {"s": {"n": n}}}}},
+            "labels": {"human_alpha": alpha, "judge_human": {"kappa": kappa}}}
+
+
+def test_alerts_fire_only_beyond_thresholds():
+    cfg = ReportConfig(kl_budget=1.0, length_blowup=1.5, slice_regression=0.05, agreement_floor=0.4,
+                       min_slice_samples=10)
+    assert alerts(_report(), cfg) == []
+    kinds = [a["kind"] for a in alerts(_report(kl=1.2, ratio_prev=1.6, slice_win=0.4, delta=-0.1,
+                                               alpha=0.3, kappa=0.2), cfg)]
+    assert kinds == ["kl_budget", "length_blowup", "slice_regression", "slice_regression",
+                     "annotator_agreement", "judge_agreement"]
+    regress = alerts(_report(slice_win=0.4), cfg)[0]
+    assert regress["slice"] == "s" and regress["drop"] == pytest.approx(0.1)
+    # no previous round: the length ratio falls back to the base model's
+    assert alerts(_report(ratio_prev=None, ratio_base=2.0), cfg)[0]["kind"] == "length_blowup"
+    # too few samples in the slice; thresholds at 0 turn alerts off
+    assert alerts(_report(slice_win=0.1, delta=-1, n=5), cfg) == []
+    off = ReportConfig(kl_budget=0, length_blowup=0, slice_regression=0, agreement_floor=0)
+    assert alerts(_report(kl=9, ratio_prev=9, slice_win=0, delta=-9, alpha=-1, kappa=-1), off) == []
+    # missing numbers never alert
+    assert alerts({"length": {}, "labels": {"human_alpha": None}}, cfg) == []

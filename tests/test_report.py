@@ -1,0 +1,259 @@
+"""Round and run drift reports on a synthetic run directory, on a really trained round, and
+in a real browser (headless Chromium)."""
+
+import copy
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from alignloop.config import config_from_dict, dump_config
+from alignloop.report import (
+    ReportSchemaError,
+    build_round_report,
+    load_round,
+    validate_report,
+    write_round_report,
+    write_run_report,
+)
+from alignloop.report_md import fmt
+
+from .fake_run import SCRIPT, make_fake_run, write_fake_eval
+
+CHROMIUM = "/usr/bin/chromium"
+ROUND_SECTIONS = ["Summary", "Training", "Drift: KL divergence", "Win rates", "Per slice",
+                  "Length and degeneration", "Implicit reward", "Labels", "Examples"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Two complete rounds; round 1 regresses on `bad_news` and trips a (stop) gate."""
+    run = make_fake_run(tmp_path_factory.mktemp("fake"), rounds=2, gate_round=1,
+                        regress_slice="bad_news")
+    for k in (0, 1):
+        write_round_report(run, k)
+    write_run_report(run)
+    return run
+
+
+def _report(run, k):
+    return json.loads((run / f"round_{k:03d}/report/report.json").read_text())
+
+
+def test_round_reports_validate_and_hold_every_section(run):
+    r0, r1 = _report(run, 0), _report(run, 1)
+    for r in (r0, r1):
+        validate_report(r)
+        assert r["schema_version"] == 1
+        for key in ("kl_to_reference", "kl_to_base", "win_rate_vs_base", "latent_reward", "length",
+                    "degeneration", "implicit_reward", "labels", "train"):
+            assert r[key]["available"], (r["round"], key, r[key])
+    # round 0 has no previous policy, and its labels are static pairs only
+    assert r0["win_rate_vs_previous"] == {"available": False, "reason": "round 0 has no previous policy"}
+    assert r0["labels"]["pairs_by_source"] == {"static": 16} and "static" in r0["labels"]["note"]
+    assert r0["latent_reward"]["models"]["previous"] is None
+    assert r1["win_rate_vs_previous"]["available"]
+    # the fake policy moves ~0.3 nats per response from its reference, (k + 1) * 0.3 from base
+    kl = r1["kl_to_reference"]["k1"]["sequence"]
+    assert kl["lo"] < kl["value"] < kl["hi"] and 0.2 < kl["value"] < 0.4
+    assert 0.45 < r1["kl_to_base"]["k1"]["sequence"]["value"] < 0.75
+    assert r1["train"]["log"] == "../train_log.jsonl" and r1["train"]["steps"] == 6
+    assert (run / "round_001/report" / r1["train"]["log"]).resolve() == \
+        (run / "round_001/train_log.jsonl").resolve()
+    # the base model is sampled in round 0 only here too: later rounds read it from there
+    assert set(r1["length"]["models"]) == {"policy", "previous", "base"}
+    assert set(r1["latent_reward"]["delta_vs_previous"]["by_slice"]) == {"bad_news", "complaint", "greeting"}
+    assert r1["labels"]["human_votes"] > 0 and r1["labels"]["human_budget"] == 12
+    for name in ("report.md", "report.html", "training.png", "kl.png", "win_rates.png"):
+        assert (run / "round_001/report" / name).exists(), name
+
+
+def test_regressed_slice_and_low_agreement_alert(run):
+    kinds = {(a["kind"], a["slice"]) for a in _report(run, 1)["alerts"]}
+    assert ("slice_regression", "bad_news") in kinds
+    assert not any(k == "slice_regression" and s != "bad_news" for k, s in kinds)
+
+
+def test_markdown_has_the_headline_numbers(run):
+    r, md = _report(run, 1), (run / "round_001/report/report.md").read_text()
+    kl = r["kl_to_reference"]["k1"]["sequence"]
+    assert f"| {fmt(kl['value'])} | {fmt(kl['lo'])} – {fmt(kl['hi'])} |" in md
+    assert fmt(r["win_rate_vs_previous"]["overall"]["value"]) in md
+    assert fmt(r["implicit_reward"]["accuracy"]["value"]) in md
+    for heading in ("## Alerts", "## Headline", "## Per slice", "## Labels", "## Training"):
+        assert heading in md
+    assert "**slice_regression**" in md
+
+
+def _alert_kinds(run, k, **report_cfg):
+    cfg = config_from_dict({"labeling": {"human": {"budget": 12}},
+                            "report": {"n_boot": 100, **report_cfg}})
+    return [a["kind"] for a in build_round_report(load_round(run, k), cfg)["alerts"]]
+
+
+def test_alerts_fire_when_thresholds_are_crossed_and_not_otherwise(run):
+    quiet = {"slice_regression": 0.0, "agreement_floor": 0.0}
+    assert _alert_kinds(run, 1, kl_budget=5.0, **quiet) == []
+    assert _alert_kinds(run, 1, kl_budget=0.1, **quiet) == ["kl_budget"]
+    assert _alert_kinds(run, 1, kl_budget=0.0, **quiet) == []          # 0: off
+    assert "annotator_agreement" in _alert_kinds(run, 1, agreement_floor=0.99)
+
+
+def test_length_blowup_against_base_in_round_zero(tmp_path):
+    run = make_fake_run(tmp_path, rounds=1, length_scale=3.0)
+    assert "length_blowup" in _alert_kinds(run, 0)
+    assert "length_blowup" not in _alert_kinds(run, 0, length_blowup=5.0)
+
+
+def test_schema_rejects_broken_reports(run):
+    good = _report(run, 1)
+    bad = copy.deepcopy(good)
+    del bad["kl_to_base"]
+    with pytest.raises(ReportSchemaError, match="kl_to_base"):
+        validate_report(bad)
+    bad = copy.deepcopy(good)
+    bad["kl_to_reference"]["k1"]["sequence"]["value"] = "big"
+    with pytest.raises(ReportSchemaError, match="kl_to_reference/k1/sequence/value"):
+        validate_report(bad)
+    bad = copy.deepcopy(good)
+    bad["alerts"].append({"kind": "vibes"})
+    with pytest.raises(ReportSchemaError, match="alerts"):
+        validate_report(bad)
+
+
+def test_missing_artifacts_become_reasons_not_crashes(tmp_path):
+    run = make_fake_run(tmp_path, rounds=2)
+    shutil.rmtree(run / "round_000")                       # the previous round is gone
+    (run / "round_001/eval/heldout_pairs.parquet").unlink()
+    (run / "round_001/train_log.jsonl").unlink()
+    r = json.loads(write_round_report(run, 1).read_text())
+    assert r["latent_reward"]["previous_reason"] == "round 0 does not exist in this run directory"
+    assert r["latent_reward"]["delta_vs_previous"] is None
+    assert r["implicit_reward"]["reason"].startswith("no eval/heldout_pairs.parquet")
+    assert r["train"] == {"available": False, "reason": "no train_log.jsonl (training has not run)"}
+    assert r["length"]["ratio_vs_previous"] is None
+    # a round with nothing but pairs: every section says why it is empty
+    (run / "round_002").mkdir()
+    shutil.copy(run / "round_001/pairs.parquet", run / "round_002/pairs.parquet")
+    r = json.loads(write_round_report(run, 2).read_text())
+    assert not r["kl_to_reference"]["available"] and not r["win_rate_vs_base"]["available"]
+    assert r["labels"]["available"] and r["alerts"] == []
+
+
+def test_run_report_on_a_run_in_progress(tmp_path):
+    run = make_fake_run(tmp_path, rounds=2, gate_round=1)
+    write_round_report(run, 0)                             # round 1 has eval but no report yet
+    (run / "round_002").mkdir()                            # round 2 has just started
+    state = json.loads((run / "state.json").read_text())
+    state["rounds"]["2"] = {"stages": {"slices": {"status": "done"}, "generate": {"status": "running"}}}
+    (run / "state.json").write_text(json.dumps(state))
+    html = write_run_report(run).read_text()
+    assert 'href="round_000/report/report.html"' in html
+    assert "computed here from eval artifacts" in html     # round 1
+    assert "<td>2</td><td>slices: done, generate: running</td>" in html
+    assert "in progress" in html
+    assert "gate tripped (KL to base 2.1 over the budget 2.0); action stop" in html
+    assert "Round 2: stage generate is running" in html
+    assert not (run / "round_001/report").exists()          # computed, not written
+
+
+def test_cli_report(run, capsys):
+    from alignloop.cli import main
+
+    assert main(["report", str(run), "--round", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "round_001/report/report.html" in out and str(run / "report.html") in out
+    assert main(["report", str(run / "nope")]) == 2
+
+
+def test_report_of_a_really_trained_round(tmp_path):
+    """A real DPO round on the tiny random model (2 steps): real train_log.jsonl and policy,
+    eval artifacts from the fake generator; the report validates against the schema."""
+    from alignloop.artifacts import write_parquet
+    from alignloop.data import read_pairs
+    from alignloop.training.trainer import train_dpo
+
+    pairs = read_pairs("builtin:demo-pairs", limit=8)[0]
+    cfg = config_from_dict({"model": {"name": "builtin:tiny-random"},
+                            "train": {"learning_rate": 1e-3, "batch_size": 4, "max_steps": 2,
+                                      "lr_schedule": "constant"}, "report": {"n_boot": 200}})
+    run, rdir = tmp_path / "run", tmp_path / "run/round_000"
+    result = train_dpo(pairs, out_dir=rdir, policy=cfg.model.name, model_cfg=cfg.model,
+                       data_cfg=cfg.data, train_cfg=cfg.train, progress=False)
+    dump_config(cfg, run / "config.yaml")
+    write_parquet(rdir / "pairs.parquet", [p.to_row() for p in pairs])
+    write_fake_eval(rdir, 0)
+    report = json.loads(write_round_report(run, 0).read_text())
+    validate_report(report)
+    assert result.policy_dir.exists()
+    assert report["train"]["steps"] == 2
+    assert report["train"]["final"]["loss"] == pytest.approx(result.metrics["loss"])
+    assert report["train"]["tokens_per_s"] > 0
+    assert report["implicit_reward"]["beta"] == cfg.train.beta
+    assert report["labels"]["pairs_by_source"] == {"static": 8}
+
+
+# --------------------------------------------------------------------------- browser
+
+
+def _browser():
+    """Playwright driving Debian's chromium; missing pieces fail under CI, skip otherwise."""
+    ci = bool(os.environ.get("CI"))
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if ci:
+            pytest.fail("playwright is not installed; CI must run the browser tests", pytrace=False)
+        pytest.skip("playwright is not installed (pip install playwright)")
+    if not os.path.exists(CHROMIUM):
+        msg = f"{CHROMIUM} not found (apt-get install -y chromium)"
+        if ci:
+            pytest.fail(f"{msg}; CI must run the browser tests", pytrace=False)
+        pytest.skip(msg)
+    return sync_playwright
+
+
+def _open(sync_playwright, path: Path):
+    """(title, h2 texts, screenshot png, page facts) of a file:// page."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(path.resolve().as_uri())
+            facts = page.evaluate("""() => ({
+                scripts: document.querySelectorAll('script').length,
+                images: [...document.images].map(i => i.complete && i.naturalWidth > 0),
+                examples: (document.getElementById('examples') || {}).innerText || ''})""")
+            return (page.title(), page.locator("h2").all_inner_texts(),
+                    page.screenshot(full_page=True), facts)
+        finally:
+            browser.close()
+
+
+def _not_blank(png: bytes) -> float:
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
+    return float(pixels.std())
+
+
+def test_round_report_in_chromium(run):
+    title, headings, png, facts = _open(_browser(), run / "round_001/report/report.html")
+    assert title == "alignloop round 1 drift report"        # the response's <script> never ran
+    assert headings == ROUND_SECTIONS
+    assert _not_blank(png) > 20
+    assert facts["scripts"] == 0
+    assert facts["images"] and all(facts["images"]), facts["images"]
+    assert SCRIPT in facts["examples"]                       # shown as text, escaped
+    assert "&lt;script&gt;document.title" in (run / "round_001/report/report.html").read_text()
+
+
+def test_run_report_in_chromium(run):
+    title, headings, png, facts = _open(_browser(), run / "report.html")
+    assert title == "alignloop run run"
+    assert headings == ["Run status", "Trends across rounds", "Headline metrics by round", "Alerts"]
+    assert _not_blank(png) > 20
+    assert len(facts["images"]) == 5 and all(facts["images"])
