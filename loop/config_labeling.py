@@ -138,11 +138,32 @@ class HumanConfig:
     """Votes each routed pair needs."""
     max_votes: int = 3
     """Cap on votes when the first ones disagree (adaptive redundancy)."""
+    db: str = ""
+    """The queue's database URL (`sqlite:///PATH` or `postgresql+psycopg://...`); empty:
+    `RUN_DIR/queue.db`."""
+    lease_minutes: float = 10.0
+    """How long an item handed to an annotator stays reserved; unanswered, it goes back."""
+    gold_rate: float = 0.0
+    """Share of assignments that are gold items (known answers), to measure each
+    annotator's accuracy."""
+    wait: Literal["block", "exit"] = "block"
+    """When the round needs labels: `block` waits (up to `wait_timeout_s`, with a progress
+    line) and goes on with what it has; `exit` stops the run with a "waiting for N labels"
+    message, and a later `alignloop run` resumes the round there."""
+    wait_timeout_s: float = 3600.0
+    """Longest wait for labels under `wait: block`, in seconds."""
+    min_labels: int = 0
+    """Labels the round waits for (0: every routed pair has the votes it needs)."""
 
     def __post_init__(self) -> None:
         _require(self.budget >= 0, "budget", "must be >= 0")
         _require(self.votes_required >= 1, "votes_required", "must be >= 1")
         _require(self.max_votes >= self.votes_required, "max_votes", "must be >= votes_required")
+        _require(self.lease_minutes > 0, "lease_minutes", "must be > 0")
+        _require(0 <= self.gold_rate < 1, "gold_rate", "must be in [0, 1)")
+        _require(self.wait in ("block", "exit"), "wait", "must be block or exit")
+        _require(self.wait_timeout_s >= 0, "wait_timeout_s", "must be >= 0")
+        _require(self.min_labels >= 0, "min_labels", "must be >= 0")
 
 
 @dataclass(frozen=True)

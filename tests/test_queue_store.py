@@ -1,0 +1,411 @@
+"""The human queue's store, on SQLite and on a real PostgreSQL server (`store_url`).
+
+Semantics: migrations, hashed tokens, adaptive redundancy, no item twice to one
+annotator, lease expiry, idempotent submissions, randomised display order, gold
+items, priority, soft-label export, waiting; and many threads labeling at once
+with retried and duplicated submissions: no label lost or duplicated, every item
+at exactly the votes it needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from alignloop.labeling.handoff import QueueItem
+from alignloop.labeling.queue import migrations
+from alignloop.labeling.queue.store import QueueError, QueueStore, WaitingForLabels
+from alignloop.records import Pair
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, t: float = 1_000_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def store(store_url):
+    s = QueueStore(store_url, seed=0)
+    yield s
+    s.close()
+
+
+def items(n: int, *, round: int = 0, prefix: str = "i", **kw) -> list[QueueItem]:
+    return [QueueItem(f"{prefix}{k}", round, f"prompt {k}", f"a{k}", f"b{k}", "s", **kw)
+            for k in range(n)]
+
+
+def annotators(store: QueueStore, n: int) -> list[int]:
+    return [store.authenticate(store.add_annotator(f"ann{k}")).id for k in range(n)]
+
+
+def label(store: QueueStore, ann: int, choice: str = "a", key: str | None = None, **kw):
+    got = store.next_item(ann, **kw)
+    assert got is not None
+    store.record_label(ann, item_id=got.item.item_id, lease_id=got.lease_id, choice=choice,
+                       idempotency_key=key or f"{ann}:{got.item.item_id}")
+    return got
+
+
+def test_migrations_are_recorded_and_idempotent(store, store_url):
+    assert migrations.applied(store.engine) == [n for n, _ in migrations.MIGRATIONS]
+    assert store.migrate() == []
+    again = QueueStore(store_url)              # a second opener applies nothing
+    assert again.migrate() == [] and migrations.applied(again.engine) == [1]
+    again.close()
+    names = {r[0] for r in store.read("SELECT name FROM _migrations")}
+    assert names == {"m001_initial"}
+
+
+def test_token_is_stored_only_as_its_hash(store):
+    token = store.add_annotator("alice")
+    admin = store.add_annotator("root", role="admin")
+    who = store.authenticate(token)
+    assert who is not None and who.name == "alice" and who.role == "annotator"
+    assert store.authenticate(admin).is_admin
+    assert store.authenticate(token + "x") is None and store.authenticate("") is None
+    rows = [tuple(r) for r in store.read("SELECT * FROM annotators")]
+    assert not any(token in str(v) or admin in str(v) for row in rows for v in row)
+    hashes = {r[0] for r in store.read("SELECT token_hash FROM annotators")}
+    assert hashlib.sha256(token.encode()).hexdigest() in hashes
+    with pytest.raises(QueueError) as e:
+        store.add_annotator("alice")
+    assert e.value.status == 409
+    store.set_active("alice", False)
+    assert store.authenticate(token) is None
+
+
+def test_adaptive_redundancy(store):
+    store.submit(items(2, votes_required=2, max_votes=3))
+    a1, a2, a3, a4 = annotators(store, 4)
+    for ann, choice in ((a1, "a"), (a2, "a")):      # i0: two agreeing votes complete it
+        assert label(store, ann, choice).item.item_id == "i0"
+    assert store.pending(0) == 1
+    for ann, choice in ((a1, "a"), (a2, "b")):      # i1: disagreement asks for a third
+        assert label(store, ann, choice).item.item_id == "i1"
+    assert store.pending(0) == 1
+    assert label(store, a3, "b").item.item_id == "i1"
+    assert store.pending(0) == 0 and store.next_item(a4) is None
+    assert Counter(v.item_id for v in store.votes(0)) == {"i0": 2, "i1": 3}
+
+
+def test_never_the_same_item_twice(store):
+    store.submit(items(3, votes_required=3, max_votes=3))
+    (ann,) = annotators(store, 1)
+    held = store.next_item(ann)                     # a live lease is not handed out again
+    others = [store.next_item(ann) for _ in range(2)]
+    assert len({held.item.item_id, *(o.item.item_id for o in others)}) == 3
+    assert store.next_item(ann) is None
+    for got in [held, *others]:
+        store.record_label(ann, item_id=got.item.item_id, lease_id=got.lease_id, choice="a",
+                           idempotency_key=got.lease_id)
+    assert store.next_item(ann) is None and store.pending(0) == 3
+
+
+def test_expired_lease_returns_the_item(store_url):
+    clock = Clock()
+    store = QueueStore(store_url, clock=clock)
+    store.submit(items(1))
+    a1, a2 = annotators(store, 2)
+    first = store.next_item(a1, lease_seconds=10)
+    assert store.next_item(a2, lease_seconds=10) is None
+    clock.t += 11
+    second = store.next_item(a2, lease_seconds=10)
+    assert second is not None and second.item.item_id == "i0"
+    with pytest.raises(QueueError) as e:            # the late label finds its slot taken
+        store.record_label(a1, item_id="i0", lease_id=first.lease_id, choice="a",
+                           idempotency_key="late")
+    assert e.value.status == 409
+    clock.t += 11                                   # expired, but nobody took the slot:
+    store.record_label(a2, item_id="i0", lease_id=second.lease_id, choice="b",
+                       idempotency_key="kept")      # the work is kept
+    assert store.pending(0) == 0 and [v.choice for v in store.votes(0)] == ["b"]
+    store.close()
+
+
+def test_release_gives_the_item_back(store):
+    store.submit(items(1))
+    a1, a2 = annotators(store, 2)
+    got = store.next_item(a1)
+    assert store.next_item(a2) is None
+    assert store.release(a1, got.lease_id) and not store.release(a1, got.lease_id)
+    assert store.next_item(a2).item.item_id == "i0"
+
+
+def test_idempotency_key_and_errors(store):
+    store.submit(items(2, votes_required=2))
+    a1, a2 = annotators(store, 2)
+    got = store.next_item(a1)
+    args = dict(item_id=got.item.item_id, lease_id=got.lease_id, choice="a")
+    first = store.record_label(a1, idempotency_key="k1", **args)
+    retry = store.record_label(a1, idempotency_key="k1", **args)
+    assert first.created and not retry.created and retry.label_id == first.label_id
+    assert store.read("SELECT COUNT(*) FROM labels")[0][0] == 1
+
+    def status(ann, **kw):
+        with pytest.raises(QueueError) as e:
+            store.record_label(ann, **{**args, "idempotency_key": "k2", **kw})
+        return e.value.status, e.value.field
+
+    assert status(a1) == (409, "item_id")                       # labeled already
+    assert status(a1, choice="maybe") == (422, "choice")
+    assert status(a1, confidence=4) == (422, "confidence")
+    assert status(a1, item_id="nope") == (404, "item_id")
+    assert status(a2) == (404, "lease_id")                      # not a2's lease
+    fresh = ({"i0", "i1"} - {got.item.item_id}).pop()
+    assert status(a1, item_id=fresh, lease_id="nope") == (404, "lease_id")
+    assert status(a1, item_id=fresh) == (404, "lease_id")      # a lease of another item
+    other = store.next_item(a2)
+    assert status(a2, item_id=other.item.item_id, lease_id=other.lease_id,
+                  idempotency_key="k1") == (409, "idempotency_key")
+
+
+def test_display_order_is_random_and_recorded(store):
+    store.submit(items(40))
+    (ann,) = annotators(store, 1)
+    rng = random.Random(1)
+    shown = {}
+    while (got := store.next_item(ann, rng=rng)) is not None:
+        shown[got.item.item_id] = got.display_order
+        store.record_label(ann, item_id=got.item.item_id, lease_id=got.lease_id, choice="a",
+                           idempotency_key=got.lease_id)
+    assert set(shown.values()) == {"ab", "ba"} and len(shown) == 40
+    assert {r["item_id"]: r["display_order"] for r in store.export_raw()} == shown
+    assert {v.item_id: v.display_order for v in store.votes(0)} == shown
+
+
+def test_gold_items_mixed_in_at_the_rate(store):
+    store.submit(items(300, votes_required=1))
+    gold = items(100, prefix="g")
+    answers = {it.item_id: "a" if k % 2 else "b" for k, it in enumerate(gold)}
+    store.add_gold(gold, answers)
+    (ann,) = annotators(store, 1)
+    rng = random.Random(3)
+    n_gold = correct = 0
+    for n in range(200):
+        got = store.next_item(ann, gold_rate=0.25, rng=rng)
+        choice = "a"
+        if got.is_gold:
+            n_gold += 1
+            correct += answers[got.item.item_id] == choice
+        store.record_label(ann, item_id=got.item.item_id, lease_id=got.lease_id, choice=choice,
+                           idempotency_key=str(n))
+    assert 30 <= n_gold <= 70                       # 50 expected; sd ~6
+    p = store.progress(ann)
+    assert p["gold_seen"] == n_gold and p["gold_correct"] == correct
+    assert p["gold_accuracy"] == pytest.approx(correct / n_gold)
+    assert p["labeled"] == 200 and p["available"] == 300 - (200 - n_gold)
+    assert len(store.votes(0)) == 200 - n_gold      # gold votes are not the round's votes
+    status = store.status()
+    assert status["gold_items"] == 100 and status["rounds"][0]["items"] == 300
+    assert status["annotators"][0]["gold_accuracy"] == pytest.approx(correct / n_gold)
+
+
+def test_priority_orders_the_queue(store):
+    store.submit([QueueItem("low", 0, "p", "a", "b", priority=0.1),
+                  QueueItem("high", 0, "p", "a", "b", priority=0.9),
+                  QueueItem("mid-old", 0, "p", "a", "b", priority=0.5)])
+    store.submit([QueueItem("mid-new", 0, "p", "a", "b", priority=0.5)])
+    (ann,) = annotators(store, 1)
+    order = [label(store, ann).item.item_id for _ in range(4)]
+    assert order == ["high", "mid-old", "mid-new", "low"]
+
+
+def test_existing_items_are_left_unchanged(store):
+    assert store.submit(items(3)) == 3
+    changed = [QueueItem("i0", 5, "other", "x", "y", priority=9.0)] + items(5)[3:]
+    assert store.submit(changed) == 2
+    assert store.read("SELECT round, a FROM items WHERE item_id = 'i0'")[0] == (0, "a0")
+
+
+def test_export_pairs_soft_labels(store):
+    store.submit([QueueItem("x", 2, [{"role": "user", "content": "hi"}], "A", "B", "warm",
+                            votes_required=3, max_votes=3),
+                  QueueItem("y", 2, "p", "C", "D", votes_required=2, max_votes=2),
+                  QueueItem("tie", 2, "p", "E", "F"), QueueItem("bad", 2, "p", "G", "H")])
+    anns = annotators(store, 3)
+    votes = {"x": ["a", "a", "b"], "y": ["b", "b"], "tie": ["tie"], "bad": ["both_bad"]}
+    for item_id, choices in votes.items():
+        for ann, choice in zip(anns, choices, strict=False):
+            got = store.next_item(ann)
+            assert got.item.item_id == item_id or pytest.fail(got)
+            store.record_label(ann, item_id=item_id, lease_id=got.lease_id, choice=choice,
+                               idempotency_key=got.lease_id)
+    pairs = {p.chosen: p for p in store.export_pairs()}
+    assert set(pairs) == {"A", "D"}                 # tie-only (p = 0.5) and both_bad skipped
+    x, y = pairs["A"], pairs["D"]
+    assert x.rejected == "B" and 0.5 < x.p_chosen < 1 and x.n_votes == 3
+    assert y.rejected == "C" and 0.5 < y.p_chosen < 1 and y.n_votes == 2
+    assert x.source == "human" and x.slice == "warm" and x.round == 2 and x.is_chat
+    assert store.export_pairs(round=7) == []
+    raw = store.export_raw()
+    assert len(raw) == 7 and {r["annotator"] for r in raw} == {"ann0", "ann1", "ann2"}
+    assert all(r["round"] == 2 and r["time"].endswith("+00:00") for r in raw)
+
+
+def test_status_agreement(store):
+    store.submit(items(6, votes_required=2, max_votes=2))
+    a1, a2 = annotators(store, 2)
+    for k in range(6):
+        for ann in (a1, a2):
+            label(store, ann, "a" if k % 2 or ann == a1 else "b")
+    judge = {f"i{k}": 0.8 for k in range(6)}
+    s = store.status(judge_p=judge)
+    (r0,) = s["rounds"]
+    assert r0 == {"round": 0, "items": 6, "complete": 6, "pending": 0, "labels": 12,
+                  "alpha": pytest.approx(r0["alpha"])} and r0["alpha"] < 0.5
+    (pair,) = s["kappa"]
+    assert pair["shared"] == 6 and pair["a"] == "ann0"
+    by_name = {a["name"]: a for a in s["annotators"]}
+    assert by_name["ann0"]["judge_agreement"] == 1.0 and by_name["ann1"]["judge_agreement"] == 0.5
+    assert s["judge"] == {"votes": 12, "agreement": 0.75}
+
+
+def test_push_collect_and_wait(store):
+    pairs = [Pair("p1", "good", "bad"), Pair("p2", "fine", "worse", slice="s2")]
+    assert store.push(pairs, round=3, votes_required=1) == 2
+    assert store.push(pairs, round=3) == 0
+    (ann,) = annotators(store, 1)
+    got = store.next_item(ann)
+    assert got.item.a in ("good", "fine") and got.item.round == 3
+    assert got.item.item_id in {p.pair_id for p in pairs}
+
+    def later():
+        time.sleep(0.3)
+        store.record_label(ann, item_id=got.item.item_id, lease_id=got.lease_id, choice="a",
+                           idempotency_key="w1")
+        label(store, ann)
+
+    t = threading.Thread(target=later)
+    start = time.monotonic()
+    t.start()
+    assert store.wait(3, 0, timeout_s=20, poll_s=0.05, progress=True) == 2
+    t.join()
+    assert time.monotonic() - start < 10
+    assert len(store.collect(3)) == 2 and store.pending(3) == 0
+    start = time.monotonic()                        # times out with what is there
+    assert store.wait(3, 5, timeout_s=0.3, poll_s=0.05, progress=False) == 2
+    assert 0.25 <= time.monotonic() - start < 5
+
+
+def test_wait_or_exit(store):
+    store.submit(items(3, votes_required=2))
+    (ann,) = annotators(store, 1)
+    label(store, ann)
+    with pytest.raises(WaitingForLabels) as e:
+        store.wait_or_exit(0, 5, mode="exit")
+    assert str(e.value) == "waiting for 5 labels on round 0 (1 so far); rerun to resume"
+    with pytest.raises(WaitingForLabels, match="waiting for 6 labels"):
+        store.wait_or_exit(0, 0, mode="exit")       # 0: every item's votes
+    assert store.wait_or_exit(0, 1, mode="exit") == 1
+    assert store.wait_or_exit(0, 5, mode="block", timeout_s=0.1, poll_s=0.05,
+                              progress=False) == 1
+
+
+def test_last_open_slot_goes_to_one_client(store):
+    store.submit(items(5, votes_required=2, max_votes=2))
+    anns = annotators(store, 16)
+    barrier = threading.Barrier(16)
+
+    def grab(ann):
+        barrier.wait()
+        got = store.next_item(ann)
+        return got and got.item.item_id
+
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(grab, anns))
+    assert Counter(g for g in got if g) == {f"i{k}": 2 for k in range(5)}
+
+
+def test_concurrent_labeling_loses_and_duplicates_nothing(store):
+    n_items, n_threads = 1100, 16
+    store.submit(items(n_items, votes_required=2, max_votes=3))
+    anns = annotators(store, n_threads)
+    acked: dict[int, tuple[str, int, str]] = {}     # label_id -> (item, annotator, choice)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    pool = ThreadPoolExecutor(8)
+
+    def work(ann: int, seed: int) -> None:
+        rng = random.Random(seed)
+        idle = 0
+        while idle < 20:
+            got = store.next_item(ann, rng=rng)
+            if got is None:                         # others may still give items back
+                if store.pending(0) == 0:
+                    return
+                idle += 1
+                time.sleep(0.05)
+                continue
+            idle = 0
+            if rng.random() < 0.03:                 # a skip: the item goes back
+                store.release(ann, got.lease_id)
+                continue
+            req = dict(item_id=got.item.item_id, lease_id=got.lease_id,
+                       choice=rng.choice("aab"), idempotency_key=f"{ann}-{got.lease_id}")
+            roll = rng.random()
+            if roll < 0.1:                          # the same request twice at once
+                futs = [pool.submit(store.record_label, ann, **req) for _ in range(2)]
+                res = [f.result() for f in futs]
+                assert res[0].label_id == res[1].label_id
+                assert sorted(r.created for r in res) == [False, True]
+            else:
+                res = [store.record_label(ann, **req)]
+                if roll < 0.3:                      # a retry after a lost response
+                    again = store.record_label(ann, **req)
+                    assert again == type(again)(res[0].label_id, False)
+            with lock:
+                acked[res[0].label_id] = (req["item_id"], ann, req["choice"])
+
+    def run(ann: int, seed: int) -> None:
+        try:
+            work(ann, seed)
+        except BaseException as e:                  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=run, args=(a, k)) for k, a in enumerate(anns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    pool.shutdown()
+    elapsed = time.monotonic() - start
+    assert not errors, errors[:3]
+
+    rows = store.read("SELECT id, item_id, annotator_id, choice FROM labels ORDER BY id")
+    assert len(rows) >= 2000
+    assert {r.id: (r.item_id, r.annotator_id, r.choice) for r in rows} == acked   # none lost
+    assert len({(r.item_id, r.annotator_id) for r in rows}) == len(rows)          # no duplicates
+    by_item = defaultdict(list)
+    for r in rows:
+        by_item[r.item_id].append(r.choice)
+    assert len(by_item) == n_items and store.pending(0) == 0
+    for choices in by_item.values():                # exactly the votes each item needs
+        assert len(choices) == (2 if choices[0] == choices[1] else 3)
+    counters = store.read("SELECT COUNT(*) FROM items WHERE n_labels <> needed OR is_open <> 0")
+    assert counters[0][0] == 0
+    print(f"\n{store.dialect}: {len(rows)} labels by {n_threads} threads in {elapsed:.1f} s "
+          f"({len(rows) / elapsed:.0f} labels/s)")
+
+
+def test_human_config_queue_fields():
+    from alignloop.config_base import ConfigError
+    from alignloop.config_labeling import HumanConfig
+
+    cfg = HumanConfig()
+    assert (cfg.lease_minutes, cfg.gold_rate, cfg.wait, cfg.min_labels) == (10.0, 0.0, "block", 0)
+    for bad in ({"wait": "later"}, {"gold_rate": 1.0}, {"lease_minutes": 0},
+                {"wait_timeout_s": -1}, {"min_labels": -1}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            HumanConfig(**bad)
