@@ -1,10 +1,342 @@
-"""`alignloop queue ...`: the human labeling queue from the command line."""
+"""`alignloop queue ...`: the human labeling queue from the command line.
+
+Every command takes the queue as a run directory (its `queue.db`, SQLite) or
+`--db URL` (e.g. `postgresql+psycopg://user@host/db`). Heavy modules (SQLAlchemy,
+FastAPI, uvicorn, rich) are imported inside the commands, so `alignloop --help`
+stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+TOKEN_ENV = "ALIGNLOOP_TOKEN"
+
+
+def _target(args: argparse.Namespace) -> str:
+    if args.db and args.run_dir:
+        raise SystemExit("error: give a RUN_DIR or --db URL, not both")
+    if not (args.db or args.run_dir):
+        raise SystemExit("error: no queue given: pass a RUN_DIR or --db URL")
+    return args.db or args.run_dir
+
+
+def _open(args: argparse.Namespace):
+    from alignloop.labeling.queue.store import QueueStore
+
+    target = _target(args)
+    if "://" not in target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+    return QueueStore.open(target)
+
+
+def _app_options(args: argparse.Namespace) -> dict:
+    return {"lease_seconds": args.lease_seconds, "gold_rate": args.gold_rate,
+            "max_body_bytes": args.max_body_bytes, "secure_cookies": args.secure_cookies}
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the labeling page and the JSON API (uvicorn). Binds to loopback unless --host
+    says otherwise; several --workers share the queue (sessions are signed cookies)."""
+    import uvicorn
+    from alignloop.labeling.queue.app import SECRET_ENV, create_app, resolve_secret
+    from alignloop.labeling.queue.store import resolve_url
+
+    store = _open(args)   # creates or migrates the database before any worker starts
+    url = resolve_url(_target(args))
+    secret = resolve_secret(url)
+    shown = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}/"
+    print(f"labeling queue at {shown}  (queue: {_target(args)}, {args.workers} worker(s))",
+          flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}, not only loopback: put TLS in front and pass "
+              "--secure-cookies", file=sys.stderr)
+    if args.workers <= 1:
+        app = create_app(store, secret=secret, **_app_options(args))
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                    access_log=args.access_log)
+        return 0
+    store.close()
+    os.environ.update({"ALIGNLOOP_QUEUE_DB": url, SECRET_ENV: secret.decode(),
+                       "ALIGNLOOP_QUEUE_OPTIONS": json.dumps(_app_options(args))})
+    uvicorn.run("alignloop.labeling.queue.app:app_from_env", factory=True, host=args.host,
+                port=args.port, workers=args.workers, log_level=args.log_level,
+                access_log=args.access_log)
+    return 0
+
+
+def cmd_add_annotator(args: argparse.Namespace) -> int:
+    """Create an annotator and print its token (only its hash is kept: it is shown once)."""
+    store = _open(args)
+    role = "admin" if args.admin else "annotator"
+    token = store.add_annotator(args.name, role)
+    print(f"added {role} {args.name!r}; the token below is shown only once:", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Items, labels and agreement per round and per annotator."""
+    status = _open(args).status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+
+    def num(x, fmt="{:.2f}"):
+        return "-" if x is None else fmt.format(x)
+
+    print(f"{status['items']} items, {status['labels']} labels, {status['gold_items']} gold "
+          f"items; Krippendorff's alpha {num(status['alpha'])}")
+    if status["rounds"]:
+        print(f"\n{'round':>5} {'items':>7} {'complete':>9} {'pending':>8} {'labels':>7} {'alpha':>6}")
+        for r in status["rounds"]:
+            print(f"{r['round']:>5} {r['items']:>7} {r['complete']:>9} {r['pending']:>8} "
+                  f"{r['labels']:>7} {num(r['alpha']):>6}")
+    if status["annotators"]:
+        print(f"\n{'annotator':<24} {'labels':>7} {'gold':>9} {'alpha w/o':>9}")
+        for a in status["annotators"]:
+            gold = f"{a['gold_correct']}/{a['gold_seen']}" if a["gold_seen"] else "-"
+            print(f"{a['name'][:24]:<24} {a['labels']:>7} {gold:>9} {num(a['alpha_without']):>9}")
+    for k in status["kappa"]:
+        print(f"kappa {k['a']} / {k['b']}: {num(k['kappa'])} on {k['shared']} shared items")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Queue the pairs of a pairs file (any format `alignloop train` reads) for labeling:
+    each pair becomes an item with a = chosen, b = rejected, item_id = pair_id."""
+    from alignloop.data import read_pairs
+
+    pairs, report = read_pairs(args.file, on_invalid=args.on_invalid)
+    store = _open(args)
+    new = store.push(pairs, args.round, votes_required=args.votes_required,
+                     max_votes=max(args.max_votes or args.votes_required, args.votes_required))
+    skipped = f"; skipped {report.skipped}" if report.skipped else ""
+    print(f"queued {new} new items for round {args.round} ({len(pairs) - new} already queued, "
+          f"{report.n_read} rows read{skipped})")
+    return 0
+
+
+def _jsonl_pair(pair) -> dict:
+    """A pair as a JSONL row `read_pairs` reads back: plain text, or TRL's conversational
+    form (responses as one assistant message) when the prompt is chat messages."""
+    from dataclasses import asdict
+
+    row = {k: v for k, v in asdict(pair).items() if k != "origin"}
+    if isinstance(pair.prompt, list):
+        for k in ("chosen", "rejected"):
+            row[k] = [{"role": "assistant", "content": row[k]}]
+    return row
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the votes: `dpo` = soft-labeled pairs (parquet: the pairs.parquet columns;
+    JSONL: rows `read_pairs` reads, conversational for chat prompts), `raw` = every label."""
+    from alignloop.artifacts import write_jsonl, write_parquet
+    from alignloop.data import write_pairs
+
+    store, out = _open(args), Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.format == "dpo":
+        pairs = store.export_pairs(round=args.round)
+        if out.suffix == ".parquet":
+            write_pairs(out, pairs)
+        else:
+            write_jsonl(out, [_jsonl_pair(p) for p in pairs])
+        n = len(pairs)
+    else:
+        rows = [r for r in store.export_raw() if args.round is None or r.get("round") == args.round]
+        (write_parquet if out.suffix == ".parquet" else write_jsonl)(out, rows)
+        n = len(rows)
+    print(f"wrote {n} {'pairs' if args.format == 'dpo' else 'labels'} -> {out}")
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    """Label in the terminal: the prompt and the two responses side by side (stacked when the
+    terminal is narrow); keys 1 = A, 2 = B, 3 = tie, 4 = both bad, q = quit."""
+    import random
+    import uuid
+
+    from alignloop.labeling.queue.store import QueueError
+    from rich.console import Console
+    from rich.panel import Panel
+    from rich.prompt import Prompt
+    from rich.table import Table
+    from rich.text import Text
+
+    token = args.token or os.environ.get(TOKEN_ENV)
+    if not token:
+        raise SystemExit(f"error: no token: pass --token or set {TOKEN_ENV}")
+    store = _open(args)
+    me = store.authenticate(token)
+    if me is None:
+        raise SystemExit("error: that token is not valid")
+    console, rng, done = Console(), random.Random(), 0
+    keys = {"1": 0, "2": 1, "3": "tie", "4": "both_bad"}
+    while args.limit is None or done < args.limit:
+        a = store.next_item(me.id, lease_seconds=args.lease_seconds, rng=rng)
+        if a is None:
+            console.print("Nothing to label right now.")
+            break
+        it = a.item
+        shown = (it.a, it.b) if a.display_order == "ab" else (it.b, it.a)
+        turns = ([("prompt", it.prompt)] if isinstance(it.prompt, str) else
+                 [(str(m.get("role", "user")), str(m.get("content", ""))) for m in it.prompt])
+        console.rule(f"{me.name} · {store.progress(me.id)['labeled']} labeled")
+        # Text(...) shows prompt and responses as they are: no rich markup is interpreted
+        for role, content in turns:
+            console.print(Panel(Text(content), title=Text(role), title_align="left"))
+        panels = [Panel(Text(shown[0]), title="A [1]"), Panel(Text(shown[1]), title="B [2]")]
+        if console.width >= 100:   # side by side; stacked on a narrow terminal
+            grid = Table.grid(expand=True, padding=(0, 1))
+            grid.add_column(ratio=1)
+            grid.add_column(ratio=1)
+            grid.add_row(*panels)
+            console.print(grid)
+        else:
+            console.print(*panels)
+        try:
+            key = Prompt.ask("1 = A, 2 = B, 3 = tie, 4 = both bad, q = quit",
+                             choices=[*keys, "q"], console=console)
+            if key == "q":
+                store.release(me.id, a.lease_id)
+                break
+            confidence = int(Prompt.ask("confidence (1 unsure, 2 fairly sure, 3 sure)",
+                                        choices=["1", "2", "3"], default="2", console=console))
+            comment = Prompt.ask("comment (Enter for none)", default="", show_default=False,
+                                 console=console)
+        except (EOFError, KeyboardInterrupt):
+            store.release(me.id, a.lease_id)
+            console.print()
+            break
+        slot = keys[key]
+        choice = a.display_order[slot] if isinstance(slot, int) else slot
+        try:
+            store.record_label(me.id, item_id=it.item_id, lease_id=a.lease_id, choice=choice,
+                               confidence=confidence, idempotency_key=f"tty-{uuid.uuid4().hex}",
+                               comment=comment)
+            done += 1
+        except QueueError as e:
+            console.print(Text(f"not recorded: {e}", style="red"))
+    console.print(f"{done} labels recorded this session.")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Bot annotators labeling through the JSON API over HTTP (as people would). With a
+    RUN_DIR or --db the bots are added as annotators; without --url a server is started
+    in this process on a free loopback port."""
+    import secrets
+    import time
+
+    from alignloop.labeling.queue.simulate import PANELS, run_panel
+
+    if args.panel not in PANELS:
+        raise SystemExit(f"error: unknown panel {args.panel!r}; known: {', '.join(PANELS)}")
+    store = _open(args) if (args.run_dir or args.db) else None
+    if store is None and not (args.url and args.token):
+        raise SystemExit("error: give a RUN_DIR or --db (bots are added there), or --url with "
+                         "one --token per bot")
+    tokens = [(f"token-{i + 1}", t) for i, t in enumerate(args.token)]
+    if store is not None and not tokens:
+        from alignloop.labeling.queue.store import QueueError
+
+        for i in range(args.annotators):
+            name = f"{args.panel}-bot-{i + 1}"
+            try:
+                tokens.append((name, store.add_annotator(name)))
+            except QueueError as e:
+                if e.status != 409:
+                    raise
+                name = f"{name}-{secrets.token_hex(3)}"   # an earlier run's bot keeps its name
+                tokens.append((name, store.add_annotator(name)))
+    start = time.perf_counter()
+    if args.url:
+        reports = run_panel(args.url, tokens, args.panel, seed=args.seed, max_labels=args.max_labels)
+    else:
+        from alignloop.labeling.queue.app import ServerThread, create_app
+
+        with ServerThread(create_app(store, lease_seconds=args.lease_seconds)) as url:
+            print(f"serving the queue for the bots at {url}", file=sys.stderr)
+            reports = run_panel(url, tokens, args.panel, seed=args.seed, max_labels=args.max_labels)
+    elapsed = time.perf_counter() - start
+    for r in reports:
+        extra = f", {r.retries} retries" if r.retries else ""
+        print(f"{r.name}: {r.labeled} labels{extra}" + (f"; error: {r.errors[0]}" if r.errors else ""))
+    total = sum(r.labeled for r in reports)
+    print(f"{len(reports)} bots ({args.panel} panel) recorded {total} labels in {elapsed:.1f} s")
+    return 1 if any(r.errors for r in reports) else 0
 
 
 def add_queue_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("queue", help="the human labeling queue (serve, annotators, import/export)")
-    p.add_subparsers(dest="queue_command", required=True, metavar="COMMAND")
+    p = sub.add_parser("queue", help="the human labeling queue (serve, annotators, import/export)",
+                       description=__doc__.split("\n\n")[1].replace("\n", " "))
+    qsub = p.add_subparsers(dest="queue_command", required=True, metavar="COMMAND")
+
+    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+        q = qsub.add_parser(name, help=help, description=func.__doc__)
+        q.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
+                       help="run directory (the queue is its queue.db)")
+        q.add_argument("--db", metavar="URL", help="database URL instead of a run directory")
+        q.set_defaults(func=func)
+        return q
+
+    def app_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--lease-seconds", type=float, default=600,
+                       help="an unanswered item goes back after this long (default: %(default)s)")
+
+    q = command("serve", cmd_serve, "serve the labeling page and JSON API")
+    q.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    q.add_argument("--port", type=int, default=8080, help="(default: %(default)s)")
+    q.add_argument("--workers", type=int, default=1, help="server processes (default: %(default)s)")
+    app_args(q)
+    q.add_argument("--gold-rate", type=float, default=0.0,
+                   help="share of assignments that are gold items (default: %(default)s)")
+    q.add_argument("--max-body-bytes", type=int, default=64 * 1024,
+                   help="larger request bodies are refused with 413 (default: %(default)s)")
+    q.add_argument("--secure-cookies", action="store_true",
+                   help="mark the session cookie Secure (serve behind HTTPS)")
+    q.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    q.add_argument("--no-access-log", dest="access_log", action="store_false")
+
+    q = command("add-annotator", cmd_add_annotator, "add an annotator and print its token")
+    q.add_argument("name", help="annotator name (unique)")
+    q.add_argument("--admin", action="store_true", help="may read /api/status")
+
+    q = command("status", cmd_status, "counts and agreement per round and annotator")
+    q.add_argument("--json", action="store_true", help="the full status as JSON")
+
+    q = command("import", cmd_import, "queue the pairs of a pairs file for labeling")
+    q.add_argument("file", help="pairs file (JSONL, JSON, parquet, hf:...)")
+    q.add_argument("--round", type=int, default=0, help="(default: %(default)s)")
+    q.add_argument("--votes-required", type=int, default=1,
+                   help="labels each item needs (default: %(default)s)")
+    q.add_argument("--max-votes", type=int,
+                   help="labels an item needs when its votes disagree (default: votes required)")
+    q.add_argument("--on-invalid", choices=["error", "skip"], default="error",
+                   help="a bad row stops the import or is skipped (default: %(default)s)")
+
+    q = command("export", cmd_export, "write soft-labeled DPO pairs or the raw votes")
+    q.add_argument("--format", choices=["dpo", "raw"], default="dpo")
+    q.add_argument("--out", required=True, help=".parquet or .jsonl")
+    q.add_argument("--round", type=int, help="only this round (default: every round)")
+
+    q = command("label", cmd_label, "label in the terminal")
+    q.add_argument("--token", help=f"your annotator token (default: ${TOKEN_ENV})")
+    q.add_argument("--limit", type=int, help="stop after this many labels")
+    app_args(q)
+
+    q = command("simulate", cmd_simulate, "bot annotators labeling through the JSON API")
+    q.add_argument("--panel", default="demo", help="panel of simulated annotators (default: %(default)s)")
+    q.add_argument("--annotators", type=int, default=3, help="bots (default: %(default)s)")
+    q.add_argument("--url", help="a running server (default: start one in this process)")
+    q.add_argument("--token", action="append", default=[],
+                   help="with --url and no RUN_DIR/--db: one bot per token (repeatable)")
+    q.add_argument("--max-labels", type=int, help="per bot (default: until nothing is left)")
+    q.add_argument("--seed", type=int, default=0)
+    app_args(q)

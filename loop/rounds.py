@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 
 from alignloop.config import Config
-from alignloop.run import Run
+from alignloop.run import Run, RunError
 from alignloop.stages import RoundEnded
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ class Loop:
             k, _, stage = redo_from.partition(":")
             self.run_state.redo_from(int(k), stage)
         self.run_state.check_config()
+        self.preflight()
         summary = {"run_dir": str(self.dir), "rounds": []}
         for k in range(n):
             if k > 0 and not self.run_state.round_done(k - 1):
@@ -123,12 +124,26 @@ class Loop:
         summary["report"] = str(self.dir / "report.html")
         return summary
 
+    def preflight(self) -> None:
+        """Fail before any work on what would fail later: the prompt pool, the starting
+        model, the queue database."""
+        from alignloop.models import resolve_model_path
+
+        _ = self.pool
+        resolve_model_path(self.base)
+        if self.cfg.labeling.human.budget > 0:
+            try:
+                _ = self.queue
+            except Exception as e:  # noqa: BLE001 (any driver error: name the database)
+                target = self.cfg.labeling.human.db or str(self.dir / "queue.db")
+                raise RunError(f"cannot open the queue database {target}: {e}") from None
+
     def run_round(self, k: int) -> None:
         stage, rdir = self.run_state.stage, self.rdir(k)
         if k == 0:
             from alignloop.stages import assemble_static
 
-            stage(0, "assemble", lambda: assemble_static(self.cfg, rdir),
+            stage(0, "assemble", lambda: assemble_static(self.cfg, rdir, eval_prompts=self.pool.eval),
                   ["pairs.parquet", "heldout_pairs.parquet"])
         else:
             self._online_data(k)

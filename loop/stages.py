@@ -49,12 +49,19 @@ def _unit(s: str) -> float:
 # --------------------------------------------------------------------------- round 0
 
 
-def assemble_static(cfg, rdir: Path, heldout_share: float = 0.1) -> list[Pair]:
+def assemble_static(cfg, rdir: Path, *, eval_prompts: list, heldout_share: float = 0.1) -> list[Pair]:
     """Static pairs (data.path) -> pairs.parquet; a `heldout_share` of them (by pair id) go to
-    heldout_pairs.parquet instead, never trained on, for the implicit-reward drift figures."""
+    heldout_pairs.parquet instead, never trained on, for the implicit-reward drift figures.
+    Pairs whose prompt is one of the held-out evaluation prompts are left out entirely."""
     from alignloop.data import read_pairs_from_config
 
     pairs, report = read_pairs_from_config(cfg.data)
+    held_prompts = {json.dumps(it.prompt, sort_keys=True) for it in eval_prompts}
+    leaking = [p for p in pairs if json.dumps(p.prompt, sort_keys=True) in held_prompts]
+    if leaking:
+        log.warning("left out %d static pairs whose prompt is a held-out evaluation prompt",
+                    len(leaking))
+        pairs = [p for p in pairs if json.dumps(p.prompt, sort_keys=True) not in held_prompts]
     if not pairs:
         raise RoundEnded(f"{cfg.data.path}: no valid static pairs ({report})")
     held = [p for p in pairs if _unit(p.pair_id) < heldout_share] if len(pairs) >= 20 else []

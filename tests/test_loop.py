@@ -1,0 +1,184 @@
+"""The round driver end to end on the tiny config: two rounds with the demo panel labeling
+through a real queue server, kill-and-resume at every stage, reference modes, config
+changes, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from alignloop.artifacts import read_parquet
+from alignloop.config import load_config
+from alignloop.report import validate_report
+from alignloop.run import ONLINE_STAGES, ROUND0_STAGES, RunError
+from alignloop.rounds import Loop
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+# smaller than tiny.yaml so that the many subprocess runs below stay quick
+FAST = ["loop.eval_prompts=6", "loop.prompts_per_round=4", "generation.n=3",
+        "generation.max_new_tokens=8", "train.max_steps=2", "labeling.human.budget=4"]
+
+
+def run_cli(run_dir: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    sets = [x for s in FAST for x in ("--set", s)]
+    return subprocess.run([sys.executable, "-m", "alignloop.cli", "-q", "run", str(TINY),
+                           "--run-dir", str(run_dir), *sets, *extra],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+
+
+def stage_hashes(run_dir: Path) -> dict:
+    state = json.loads((run_dir / "state.json").read_text())
+    return {(k, s): info.get("outputs") for k, rs in state["rounds"].items()
+            for s, info in rs["stages"].items()}
+
+
+# Outputs that must be identical after a kill and a resume: everything that does not
+# depend on timing (train logs carry tokens/s, reports carry their time, and the panel's
+# bots label in thread order).
+DETERMINISTIC = [("0", "assemble"), ("0", "reference"), ("0", "eval"), ("1", "slices"),
+                 ("1", "generate"), ("1", "judge")]
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("baseline")
+    r = run_cli(run_dir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run_dir
+
+
+def test_two_rounds_end_to_end(baseline):
+    run = baseline
+    state = json.loads((run / "state.json").read_text())
+    for k, stages in (("0", ROUND0_STAGES), ("1", ONLINE_STAGES)):
+        assert all(state["rounds"][k]["stages"][s]["status"] == "done" for s in stages)
+    r0, r1 = run / "round_000", run / "round_001"
+    for name in ("pairs.parquet", "reference_logps.parquet", "policy/config.json",
+                 "train_log.jsonl", "eval/samples.parquet", "report/report.json",
+                 "report/report.md", "report/report.html"):
+        assert (r0 / name).exists() and (r1 / name).exists(), name
+    for name in ("slices.json", "prompts.parquet", "generations.parquet", "candidates.parquet",
+                 "labels.parquet"):
+        assert (r1 / name).exists(), name
+    assert (run / "report.html").exists() and (run / "queue.db").exists()
+    for r in (r0, r1):
+        validate_report(json.loads((r / "report" / "report.json").read_text()))
+    # round 1 started from round 0's policy and trained against it (reference.mode previous)
+    assert state["rounds"]["1"]["reference"] == str(r0 / "policy")
+    # the panel labeled through the queue: human votes are in labels.parquet, soft labels
+    labels = read_parquet(r1 / "labels.parquet")
+    assert {x["annotator"] for x in labels if x["source"] == "human"} >= {"panel-warm"}
+    pairs = read_parquet(r1 / "pairs.parquet")
+    assert any(p["source"] == "human" and 0.5 < p["p_chosen"] < 1 for p in pairs)
+
+
+def test_held_out_prompts_never_reach_generation_or_training(baseline):
+    held = {r["prompt_id"] for r in read_parquet(baseline / "round_000/eval/samples.parquet")}
+    from alignloop.prompt_pool import load_pool
+
+    pool_eval = {it.prompt_id for it in load_pool("builtin:demo-prompts").eval}
+    assert held <= pool_eval
+    r1 = baseline / "round_001"
+    assert not {r["prompt_id"] for r in read_parquet(r1 / "prompts.parquet")} & pool_eval
+    assert not {r["prompt_id"] for r in read_parquet(r1 / "generations.parquet")} & pool_eval
+    eval_prompts = {json.dumps(it.prompt, sort_keys=True)
+                    for it in load_pool("builtin:demo-prompts").eval}
+    for name in ("round_000/pairs.parquet", "round_001/pairs.parquet"):
+        for p in read_parquet(baseline / name):
+            assert json.dumps(json.loads(p["prompt"]), sort_keys=True) not in eval_prompts
+
+
+ALL_STAGES = [f"0:{s}" for s in ROUND0_STAGES] + [f"1:{s}" for s in ONLINE_STAGES]
+QUICK = {"0:train", "1:label"}
+
+
+@pytest.mark.parametrize("where", [pytest.param(w, marks=() if w in QUICK else pytest.mark.slow)
+                                   for w in ALL_STAGES])
+def test_kill_and_resume_at_every_stage(baseline, tmp_path, where):
+    killed = run_cli(tmp_path, env={"ALIGNLOOP_FAIL_AT": where})
+    assert killed.returncode == 3 and "fault injection" in killed.stderr
+    k, stage = where.split(":")
+    assert json.loads((tmp_path / "state.json").read_text())["rounds"][k]["stages"][stage][
+        "status"] == "running"
+    resumed = run_cli(tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got, want = stage_hashes(tmp_path), stage_hashes(baseline)
+    for key in DETERMINISTIC:
+        assert got[key] == want[key], key
+    assert got[("0", "train")]["policy"] == want[("0", "train")]["policy"]
+
+
+def test_changed_config_refused_then_redone(baseline, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(baseline, run)
+    r = run_cli(run, "--set", "train.beta=0.25")
+    assert r.returncode == 2 and "train.beta" in r.stderr and "--redo-from" in r.stderr
+    cfg = load_config(TINY, [*FAST, "train.beta=0.25", "loop.rounds=1"])
+    Loop(cfg, run).run(redo_from="0:report")           # only the report is redone
+    state = json.loads((run / "state.json").read_text())
+    assert state["rounds"]["0"]["stages"]["report"]["status"] == "done"
+    assert "1" not in state["rounds"]                  # later rounds are forgotten
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["base", "ema"])
+def test_reference_modes(tmp_path, mode):
+    r = run_cli(tmp_path, "--set", f"reference.mode={mode}", "--set", "reference.ema_weight=0.5")
+    assert r.returncode == 0, r.stderr[-3000:]
+    state = json.loads((tmp_path / "state.json").read_text())
+    ref = state["rounds"]["1"]["reference"]
+    if mode == "base":
+        assert ref == "builtin:tiny-random"
+        return
+    assert ref == str(tmp_path / "round_001" / "reference")
+    from alignloop.models import load_model
+
+    base = load_model("builtin:tiny-random").state_dict()
+    pol = load_model(str(tmp_path / "round_000" / "policy")).state_dict()
+    ema = load_model(ref).state_dict()
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert ((ema[name] - (0.5 * base[name] + 0.5 * pol[name])).abs().max()) < 1e-6
+
+
+def test_empty_failure_slices_end_the_round_cleanly(tmp_path):
+    # a threshold nothing is below: no failing slice, so round 1 says so and stops
+    r = run_cli(tmp_path, "--set", "loop.slices.select=threshold",
+                "--set", "loop.slices.threshold=-1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "no failure slice" in r.stdout
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert "no failure slice" in state["rounds"]["1"]["ended"]
+    assert json.loads((tmp_path / "round_001" / "slices.json").read_text())["chosen"] == []
+
+
+def test_bad_input_is_named(tmp_path):
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text('{"prompt": "hi", "chosen": "a", "rejected": "b"}\n{"prompt": "x"}\n')
+    r = run_cli(tmp_path / "r1", "--set", f"data.path={bad}")
+    assert r.returncode == 2 and "row 2" in r.stderr
+    r = run_cli(tmp_path / "r2", "--set", "model.name=/nonexistent/model")
+    assert r.returncode == 2 and "/nonexistent/model" in r.stderr
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"prompt": "hello", "split": "train"}\n{"prompt": 3}\n')
+    r = run_cli(tmp_path / "r3", "--set", f"loop.prompts={pool}")
+    assert r.returncode == 2 and "row 2" in r.stderr
+    (tmp_path / "a_file").write_text("not a directory")
+    r = run_cli(tmp_path / "r4", "--set", f"labeling.human.db=sqlite:///{tmp_path}/a_file/q.db")
+    assert r.returncode == 2 and "cannot open the queue database" in r.stderr
+    r = run_cli(tmp_path / "r5", "--set", "labeling.human.db=postgresql+psycopg://x@127.0.0.1:1/db")
+    assert r.returncode == 2 and "127.0.0.1:1" in r.stderr
+
+
+def test_config_change_is_refused_in_process(baseline, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(baseline, run)
+    with pytest.raises(RunError, match="generation.n"):
+        Loop(load_config(TINY, [*FAST, "generation.n=2"]), run).run()
