@@ -139,7 +139,7 @@ def generate(cfg, rdir: Path, *, policy: str, prompts: list) -> list[dict]:
     by_id = {p.prompt_id: p for p in prompts}
     rows = [{**asdict(c), "token_ids": list(c.token_ids), "token_logprobs": list(c.token_logprobs),
              "prompt": json.dumps(by_id[c.prompt_id].prompt, ensure_ascii=False),
-             "slice": by_id[c.prompt_id].slice, "policy": policy} for c in completions]
+             "slice": by_id[c.prompt_id].slice} for c in completions]
     write_parquet(rdir / "generations.parquet", rows)
     return rows
 
