@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Three rounds of the loop on the embedded SmolLM2 (about 10-15 minutes on 2 CPU cores);
+# rerunning resumes. Ends by printing the path of the run's report.
 demo: $(STAMP)
-	$(BIN)/alignloop train configs/demo.yaml --out runs/demo
+	$(BIN)/alignloop run configs/demo.yaml --run-dir runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q

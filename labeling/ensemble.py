@@ -98,3 +98,17 @@ class Ensemble:
 
     def judge(self, items: Sequence[Comparison]) -> list[Judgement]:
         return self.combine(self.judge_each(items))
+
+    def score(self, prompts, responses) -> list[float] | None:
+        """Weighted mean pointwise utility over the judges that have one (python `score`
+        functions, reward models); None when none does. Used to rank failure slices."""
+        total, weight = None, 0.0
+        for m in self.members:
+            fn = getattr(m.judge, "score", None)
+            s = fn(prompts, responses) if fn else None
+            if s is None:
+                continue
+            total = [m.weight * x for x in s] if total is None else [
+                t + m.weight * x for t, x in zip(total, s, strict=True)]
+            weight += m.weight
+        return None if total is None else [t / weight for t in total]

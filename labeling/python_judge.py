@@ -46,6 +46,13 @@ class PythonJudge:
             raise LabelingError(f"judge '{self.name}': {self._what}({args}) returned {x}")
         return x
 
+    def score(self, prompts, responses) -> list[float] | None:
+        """Pointwise utility of each response (`returns: score` only; None otherwise)."""
+        if self.returns != "score":
+            return None
+        return [self._number(self.fn(p, r), f"prompt, {r[:40]!r}")
+                for p, r in zip(prompts, responses, strict=True)]
+
     def judge(self, items: Sequence[Comparison]) -> list[Judgement]:
         if self.returns == "preference":
             out = []

@@ -155,6 +155,15 @@ class RewardModelJudge:
                               for i in range(len(items))])
         return per_model
 
+    def score(self, prompts: Sequence, responses: Sequence[str]) -> list[float]:
+        """Pointwise utility of each response: the mean reward over the models."""
+        per_model = []
+        for rm in self.models:
+            texts = [render_text(rm.tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
+            per_model.append(score_texts(rm, texts, batch_size=self.batch_size,
+                                         max_length=self.max_length, progress=self.progress))
+        return [sum(m[i] for m in per_model) / len(per_model) for i in range(len(responses))]
+
     def judge(self, items: Sequence[Comparison]) -> list[Judgement]:
         if not items:
             return []

@@ -14,9 +14,11 @@ class SlicesConfig:
     by: Literal["auto", "tag", "cluster"] = "auto"
     """How prompts are grouped: their `slice` tag, KMeans clusters of their embeddings, or
     `auto` (tags when the prompts carry them, clusters otherwise)."""
-    metric: Literal["win_rate_vs_base", "latent_reward"] = "win_rate_vs_base"
-    """What ranks slices, from the previous round's evaluation: the judges' win rate of the
-    policy against the base model, or the ground-truth utility (demo panel only)."""
+    metric: Literal["judge_score", "win_rate_vs_base", "latent_reward"] = "judge_score"
+    """What ranks slices, from the previous round's evaluation: the mean pointwise score of
+    the policy's responses by the judges that have one (python `score` functions, reward
+    models), the judges' win rate of the policy against the base model, or the ground-truth
+    utility (demo panel only)."""
     select: Literal["count", "threshold"] = "count"
     """Keep the `count` worst slices, or every slice whose metric is below `threshold`."""
     count: int = 2

@@ -10,7 +10,11 @@ same in every round, so rounds compare on the same prompts and sample indices.
     prompt         str    the prompt as JSON text (a JSON string or a list of messages),
                           like pairs.parquet
     slice          str    the prompt's slice tag ("" when untagged)
-    model          str    "policy" (this round's policy) or "base" (the starting model).
+    model          str    "policy" (this round's policy) or "base" (the starting model),
+                          sampled with the run's generation settings (what users see), or
+                          "policy_kl": extra policy samples at temperature 1 without
+                          top-k/top-p, written when the generation settings are tempered, so
+                          that the KL estimates average over samples of the policy itself.
                           Earlier rounds' policy samples are read from their own round dirs;
                           a round without "base" rows uses round 0's (sampled once).
     sample_index   int    0..n-1 per (prompt, model)
@@ -66,7 +70,7 @@ SAMPLES = "eval/samples.parquet"
 COMPARISONS = "eval/comparisons.parquet"
 HELDOUT_PAIRS = "eval/heldout_pairs.parquet"
 
-MODELS = ("policy", "base")
+MODELS = ("policy", "base", "policy_kl")
 OPPONENTS = ("previous", "base")
 FINISH_REASONS = ("stop", "length")
 

@@ -3,13 +3,16 @@ the policy with DPO, and evaluate it on the held-out prompts.
 
     reference   the round's reference (previous policy / base / EMA) -> reference_logps.parquet
     train       DPO from the previous round's policy -> policy/, train_log.jsonl
-    evaluate    held-out samples with log-probs under policy, reference and base, judge
+    evaluate    held-out samples (the run's sampling settings, plus temperature-1 samples for
+                the KL estimates when those are tempered) with log-probs under policy,
+                reference and base, judge
                 comparisons against the previous round and the base, held-out pair
                 scores -> eval/*.parquet (schema: alignloop.evaluation)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -75,14 +78,22 @@ def train(cfg, rdir: Path, *, pairs: list[Pair], policy: str, reference_model: s
 # --------------------------------------------------------------------------- evaluate
 
 
-def _sample(cfg, model: str, items: list) -> list:
+def _tempered(g) -> bool:
+    return not (g.temperature == 1.0 and g.top_p == 1.0 and g.top_k == 0)
+
+
+def _sample(cfg, model: str, items: list, *, untempered: bool = False) -> list:
+    """Held-out samples with the run's generation settings (what users of the policy see),
+    or with `untempered` at temperature 1 without top-k/top-p (the KL estimates need
+    samples of the policy itself). The seed is the same every round, so rounds differ only
+    by their policy."""
     from alignloop.generation import SamplingParams, generator_for
 
     g = cfg.generation
-    # Temperature 1, no top-k/top-p: the KL estimates need samples from the policy itself.
-    # The seed is the same every round, so rounds differ only by their policy.
-    params = SamplingParams(n=cfg.loop.eval_samples, temperature=1.0, top_p=1.0, top_k=0,
-                            max_new_tokens=g.max_new_tokens, stop=g.stop, seed=cfg.loop.seed + 1)
+    t, top_p, top_k = (1.0, 1.0, 0) if untempered else (g.temperature, g.top_p, g.top_k)
+    params = SamplingParams(n=cfg.loop.eval_samples, temperature=t, top_p=top_p, top_k=top_k,
+                            max_new_tokens=g.max_new_tokens, stop=g.stop,
+                            seed=cfg.loop.seed + (2 if untempered else 1))
     return generator_for(g, model).sample(items, params)
 
 
@@ -121,22 +132,30 @@ def evaluate(cfg, rdir: Path, *, items: list, policy: str, reference_model: str,
     eos = tokenizer.eos_token_id
     models = {"policy": policy, "reference": reference_model, "base": base}
     by_id = {it.prompt_id: it for it in items}
-    runs = [("policy", policy)] + ([("base", base)] if base_samples is None else [])
+    runs = [("policy", policy, False)] + ([("base", base, False)] if base_samples is None else [])
+    if _tempered(cfg.generation):
+        runs.append(("policy_kl", policy, True))
     samples: list[EvalSample] = []
-    for model_name, model_ref in runs:
-        completions = _sample(cfg, model_ref, items)
+    for model_name, model_ref, untempered in runs:
+        completions = _sample(cfg, model_ref, items, untempered=untempered)
         seqs = [(encode_prompt(tokenizer, by_id[c.prompt_id], 1 << 30, "error"),
                  list(c.token_ids) + ([eos] if c.finish_reason == "stop" else []))
                 for c in completions]
-        scores = _score(models, seqs) if model_name == "policy" else {}
+        scores = _score(models, seqs) if model_name != "base" else {}
         for n, c in enumerate(completions):
             it = by_id[c.prompt_id]
             samples.append(EvalSample(
                 c.prompt_id, it.prompt, it.slice, model_name, c.sample_index, c.text,
                 len(c.token_ids), c.finish_reason,
                 *(scores[m][n] if scores else math.nan for m in ("policy", "reference", "base")),
-                latent_reward=panel.latent_reward(it.prompt, c.text) if panel else math.nan))
+                latent_reward=(panel.latent_reward(it.prompt, c.text)
+                               if panel and model_name != "policy_kl" else math.nan)))
 
+    if ensemble is not None:  # pointwise judge scores rank the next round's failure slices
+        shown = [n for n, s in enumerate(samples) if s.model != "policy_kl"]
+        scores = ensemble.score([samples[n].prompt for n in shown], [samples[n].text for n in shown])
+        for n, sc in zip(shown, scores or [], strict=False):
+            samples[n] = dataclasses.replace(samples[n], judge_score=float(sc))
     own = [s for s in samples if s.model == "policy"]
     if base_samples is None:
         base_samples = [s.to_row() for s in samples if s.model == "base"]

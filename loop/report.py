@@ -135,7 +135,8 @@ def load_round(run_dir: str | Path, k: int) -> RoundInputs:
 
 
 def _kl(inp: RoundInputs, col: str, against: str, boot: dict) -> dict:
-    policy = inp.rows("policy")
+    # temperature-1 samples when the eval wrote them (tempered generation settings)
+    policy = inp.rows("policy_kl") or inp.rows("policy")
     if inp.samples is None:
         return missing(f"no {SAMPLES} (the round's eval has not run)")
     if not policy:

@@ -251,6 +251,16 @@ class Loop:
             rows = read_samples(rdir) or []
             return [{"prompt_id": r["prompt_id"], "value": r["latent_reward"]}
                     for r in rows if r["model"] == "policy"]
+        if metric == "judge_score":
+            rows = [r for r in read_samples(rdir) or [] if r["model"] == "policy"]
+            values = [{"prompt_id": r["prompt_id"], "value": r.get("judge_score")} for r in rows]
+            values = [v for v in values if v["value"] is not None and v["value"] == v["value"]]
+            if not values:
+                raise RoundEnded(f"round {k}'s evaluation has no judge scores to rank slices by: "
+                                 "no configured judge scores responses one by one (a python "
+                                 "`score` function or a reward model); set loop.slices.metric "
+                                 "to win_rate_vs_base")
+            return values
         rows = read_comparisons(rdir) or []
         if not rows:
             raise RoundEnded(f"round {k} has no judge comparisons to rank slices by "

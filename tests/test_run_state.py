@@ -97,3 +97,13 @@ def test_failure_slices_and_prompt_choice_never_touch_held_out_prompts():
     assert not {it.prompt_id for it in chosen} & {"t1", "t3"}        # unused ones first
     assert not {it.prompt_id for it in chosen} & set(values)          # never a held-out prompt
     assert pick_prompts(train, slice_of, [], 6, used=set(), seed=0) == []
+
+
+@pytest.mark.parametrize("name", ["tiny", "quick", "demo", "hh-vllm"])
+def test_shipped_configs_load(name):
+    from pathlib import Path
+
+    from alignloop.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+    assert cfg.loop.rounds >= 2 and cfg.labeling.judges
