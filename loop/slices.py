@@ -10,8 +10,8 @@ evaluated prompts are not ranked. The worst `count` slices, or those below
 `threshold`, are chosen, and `slices.json` says why for every slice.
 
 Prompts for generation are drawn from the training pool only (never a held-out
-prompt), from the chosen slices in proportion to how far each falls short,
-preferring prompts not generated on in earlier rounds.
+prompt), from the chosen slices in proportion to how far each falls short of
+the best slice, preferring prompts not generated on in earlier rounds.
 """
 
 from __future__ import annotations
@@ -80,13 +80,13 @@ def choose_failures(stats: list[SliceStat], *, select: str, count: int,
 
 
 def pick_prompts(train: list, slice_of: dict[str, str], failures: list[SliceStat], n: int, *,
-                 used: set[str], seed: int) -> list:
+                 used: set[str], seed: int, best: float | None = None) -> list:
     """Up to n training prompts from the failing slices, split across them in proportion to
-    their shortfall from the best ranked slice, unused prompts first."""
+    their shortfall from `best` (the best ranked slice's metric), unused prompts first."""
     if not failures:
         return []
     rng = random.Random(seed)
-    best = max(s.value for s in failures)
+    best = max(s.value for s in failures) if best is None else best
     short = {s.name: (best - s.value) + 1e-3 for s in failures}
     total = sum(short.values())
     quota = {name: max(1, round(n * w / total)) for name, w in short.items()}

@@ -103,8 +103,10 @@ def mine_slices(cfg, rdir: Path, *, pool, previous_eval: list[dict], used: set[s
     per_prompt = {pid: float(np.mean(v)) for pid, v in values.items()}
     stats = slice_stats(per_prompt, slice_of, min_size=sc.min_size)
     failures = choose_failures(stats, select=sc.select, count=sc.count, threshold=sc.threshold)
+    ranked = [s.value for s in stats if s.chosen or not s.why.startswith("not ranked")]
     prompts = pick_prompts(pool.train, slice_of, failures, cfg.loop.prompts_per_round,
-                           used=used, seed=cfg.loop.seed + int(rdir.name.split("_")[-1]))
+                           used=used, seed=cfg.loop.seed + int(rdir.name.split("_")[-1]),
+                           best=max(ranked) if ranked else None)
     held = {it.prompt_id for it in pool.eval}
     assert not any(p.prompt_id in held for p in prompts), "a held-out prompt reached generation"
     report = slices_report(stats, metric=sc.metric, by=by)

@@ -107,3 +107,16 @@ def test_shipped_configs_load(name):
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
     assert cfg.loop.rounds >= 2 and cfg.labeling.judges
+
+
+def test_prompt_quota_follows_shortfall_from_the_best_slice():
+    from alignloop.slices import SliceStat
+
+    fails = [SliceStat("order_status", 10, 0.96, True), SliceStat("bad_news", 5, 1.01, True)]
+    train = [PromptItem(f"t{i}", f"p{i}", "order_status" if i % 2 else "bad_news")
+             for i in range(60)]
+    slice_of = {it.prompt_id: it.slice for it in train}
+    chosen = pick_prompts(train, slice_of, fails, 24, used=set(), seed=0, best=1.79)
+    counts = {s: sum(it.slice == s for it in chosen) for s in ("order_status", "bad_news")}
+    # shortfalls 0.83 and 0.78: close to an even split, not everything to the worst one
+    assert counts == {"order_status": 12, "bad_news": 12} or abs(counts["order_status"] - 12) <= 1
