@@ -51,18 +51,28 @@ def simulate_round(store, run_dir: str | Path, *, panel: str = "demo", seed: int
 
     p = Panel(panel, encoder=encoder)
     tokens = panel_tokens(store, Path(run_dir), p)
-    reports: list = [None] * len(tokens)
+    reports: list = []
     with ServerThread(create_app(store)) as url:
-        def work(i: int) -> None:
-            name, token = tokens[i]
-            reports[i] = run_bot(name, url, token, PanelBot(p, p.annotators[i]), seed=seed + i)
+        # A bot stops when the queue has nothing for it at that moment; an item whose first
+        # votes then disagree needs one more, so the panel goes round again until a pass
+        # labels nothing.
+        for attempt in range(10):
+            done: list = [None] * len(tokens)
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(tokens))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    errors = [e for r in reports if r for e in r.errors]
-    if errors:
-        raise RuntimeError(f"panel bots failed: {errors[:3]}")
+            def work(i: int, attempt: int = attempt, done: list = done) -> None:
+                name, token = tokens[i]
+                done[i] = run_bot(name, url, token, PanelBot(p, p.annotators[i]),
+                                  seed=seed + 100 * attempt + i)
+
+            threads = [threading.Thread(target=work, args=(i,)) for i in range(len(tokens))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            reports += done
+            errors = [e for r in done if r for e in r.errors]
+            if errors:
+                raise RuntimeError(f"panel bots failed: {errors[:3]}")
+            if sum(r.labeled for r in done) == 0:
+                break
     return reports
