@@ -52,12 +52,18 @@ def score_token_sequences(model, seqs: Sequence[tuple[Sequence[int], Sequence[in
                 full = list(seqs[n][0]) + list(seqs[n][1])
                 ids[row, :len(full)] = torch.tensor(full)
                 mask[row, :len(full)] = 1
-            logits = model(input_ids=ids, attention_mask=mask).logits                  # (B, T, V)
+            # The decoder runs over whole sequences; the output projection (a 49k-wide
+            # matmul for SmolLM2) only over the positions that predict response tokens.
+            hidden = model.get_decoder()(input_ids=ids.to(model.device),
+                                         attention_mask=mask.to(model.device),
+                                         use_cache=False).last_hidden_state          # (B, T, H)
+            head = model.get_output_embeddings()
             for row, n in enumerate(idx):
                 p_len, r_len = len(seqs[n][0]), len(seqs[n][1])
                 if r_len == 0:
                     continue
-                lp = logits[row, p_len - 1:p_len + r_len - 1].float().log_softmax(-1)  # (R, V)
+                h = hidden[row, p_len - 1:p_len + r_len - 1]                            # (R, H)
+                lp = head(h).float().log_softmax(-1).cpu()                              # (R, V)
                 targets = ids[row, p_len:p_len + r_len]                                 # (R,)
                 out[n] = float(lp.gather(-1, targets[:, None]).sum())
     return out

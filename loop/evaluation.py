@@ -29,10 +29,10 @@ same in every round, so rounds compare on the same prompts and sample indices.
     judge_score    float  a pointwise judge score, if the judge has one; not read by the
                           report (kept for failure-slice mining)                [optional]
 
-    Policy rows must be sampled at temperature 1 without top-k/top-p (Completion's
-    `logprob_sum` is exactly that): the KL estimates average log pi - log q over
-    them, which is unbiased only for samples drawn from pi itself. The log-prob
-    columns may be NaN on "base" rows (they are not used there).
+    The KL estimates average log pi - log q over samples drawn at temperature 1
+    without top-k/top-p ("policy_kl" rows, or "policy" rows when the run samples
+    untempered), which is unbiased only for samples of pi itself. The log-prob
+    columns are NaN on the other rows (they are not used there).
 
 `eval/comparisons.parquet` — the judge's paired comparisons on the same prompt and
 sample index, this round's policy (a) against an opponent (b):

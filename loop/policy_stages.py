@@ -82,33 +82,40 @@ def _tempered(g) -> bool:
     return not (g.temperature == 1.0 and g.top_p == 1.0 and g.top_k == 0)
 
 
-def _sample(cfg, model: str, items: list, *, untempered: bool = False) -> list:
+def _sample(cfg, generator, items: list, *, untempered: bool = False) -> list:
     """Held-out samples with the run's generation settings (what users of the policy see),
     or with `untempered` at temperature 1 without top-k/top-p (the KL estimates need
     samples of the policy itself). The seed is the same every round, so rounds differ only
     by their policy."""
-    from alignloop.generation import SamplingParams, generator_for
+    from alignloop.generation import SamplingParams
 
     g = cfg.generation
     t, top_p, top_k = (1.0, 1.0, 0) if untempered else (g.temperature, g.top_p, g.top_k)
     params = SamplingParams(n=cfg.loop.eval_samples, temperature=t, top_p=top_p, top_k=top_k,
                             max_new_tokens=g.max_new_tokens, stop=g.stop,
                             seed=cfg.loop.seed + (2 if untempered else 1))
-    return generator_for(g, model).sample(items, params)
+    return generator.sample(items, params)
 
 
-def _score(models: dict[str, str], seqs: list) -> dict[str, list[float]]:
-    """Summed log-probs of the response tokens of `seqs` under each named model."""
+def _score(models: dict[str, str], seqs: list, loaded: dict) -> dict[str, list[float]]:
+    """Summed log-probs of the response tokens of `seqs` under each named model; `loaded`
+    keeps the models between calls (each is loaded once per evaluation)."""
+    import torch
     from alignloop.labeling.logprobs import score_token_sequences
     from alignloop.models import load_model, load_tokenizer
 
-    out, cache = {}, {}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out, done = {}, {}
     for name, ref in models.items():
-        if ref not in cache:
-            pad = load_tokenizer(ref).pad_token_id
-            cache[ref] = list(score_token_sequences(load_model(ref, dtype="float32"), seqs,
-                                                    pad_id=pad, desc=f"log-probs ({name})"))
-        out[name] = cache[ref]
+        if ref not in loaded:
+            # float32 on CPU (bf16 is very slow there), the model's dtype on a GPU
+            loaded[ref] = (load_model(ref, dtype="auto", device=device),
+                           load_tokenizer(ref).pad_token_id)
+        if ref not in done:
+            model, pad = loaded[ref]
+            done[ref] = list(score_token_sequences(model, seqs, pad_id=pad,
+                                                   desc=f"log-probs ({name})"))
+        out[name] = done[ref]
     return out
 
 
@@ -136,12 +143,20 @@ def evaluate(cfg, rdir: Path, *, items: list, policy: str, reference_model: str,
     if _tempered(cfg.generation):
         runs.append(("policy_kl", policy, True))
     samples: list[EvalSample] = []
+    from alignloop.generation import generator_for
+
+    generators, loaded = {}, {}
     for model_name, model_ref, untempered in runs:
-        completions = _sample(cfg, model_ref, items, untempered=untempered)
+        if model_ref not in generators:
+            generators[model_ref] = generator_for(cfg.generation, model_ref)
+        completions = _sample(cfg, generators[model_ref], items, untempered=untempered)
         seqs = [(encode_prompt(tokenizer, by_id[c.prompt_id], 1 << 30, "error"),
                  list(c.token_ids) + ([eos] if c.finish_reason == "stop" else []))
                 for c in completions]
-        scores = _score(models, seqs) if model_name != "base" else {}
+        # log-probs feed the KL estimates: score the temperature-1 samples (the policy's own
+        # when its sampling is untempered); the other rows keep NaN
+        kl_rows = model_name == "policy_kl" or (model_name == "policy" and not _tempered(cfg.generation))
+        scores = _score(models, seqs, loaded) if kl_rows else {}
         for n, c in enumerate(completions):
             it = by_id[c.prompt_id]
             samples.append(EvalSample(
@@ -156,6 +171,7 @@ def evaluate(cfg, rdir: Path, *, items: list, policy: str, reference_model: str,
         scores = ensemble.score([samples[n].prompt for n in shown], [samples[n].text for n in shown])
         for n, sc in zip(shown, scores or [], strict=False):
             samples[n] = dataclasses.replace(samples[n], judge_score=float(sc))
+    generators.clear()  # free the sampling models before the judges and held-out scoring
     own = [s for s in samples if s.model == "policy"]
     if base_samples is None:
         base_samples = [s.to_row() for s in samples if s.model == "base"]
@@ -183,7 +199,7 @@ def evaluate(cfg, rdir: Path, *, items: list, policy: str, reference_model: str,
             for resp in (p.chosen, p.rejected):
                 seqs.append((prompt_ids, tokenizer(render_response(tokenizer, p.prompt, resp),
                                                    add_special_tokens=False)["input_ids"]))
-        sc = _score(models, seqs)
+        sc = _score(models, seqs, loaded)
         for n, p in enumerate(heldout):
             held_rows.append(HeldoutPair(
                 p.pair_id, p.slice, p.p_chosen,

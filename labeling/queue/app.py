@@ -5,7 +5,8 @@ can serve one queue:
 
 - Sessions are signed cookies (itsdangerous): a random session id, the annotator and
   the lease on screen. HttpOnly, SameSite=Strict, Secure when `secure_cookies`; they
-  expire after `SESSION_MAX_AGE`. The signing secret comes from `resolve_secret`.
+  expire after `SESSION_MAX_AGE` and end at once when the annotator is disabled. The
+  signing secret comes from `resolve_secret`.
 - Every form carries a CSRF token, HMAC(secret, session id), checked on every POST;
   a wrong or missing token is a 403.
 - The page shows the two responses in the assignment's display order; a hidden
@@ -30,6 +31,8 @@ JSON API (bearer token: `Authorization: Bearer <token>`):
     GET  /api/status  admin only (403 otherwise): `QueueStore.status()`.
     GET  /healthz     200 {"ok": true} when the database answers, 503 otherwise.
 
+A bearer token is looked up (constant-time, in the store) at most every
+`auth_cache_seconds` per worker; a disabled token stops working within that time.
 Errors are JSON `{"detail": ...}`: 401 missing or unknown token; 403 not an admin;
 413 body over `max_body_bytes`; 422 invalid field, with `field` naming it (also in the
 detail text); the store's `QueueError.status` (404 unknown item or lease, 409 conflict).

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Protocol
 from urllib.parse import urlsplit
 
 WORDS_FREE = 40
@@ -113,6 +114,12 @@ def _sentiment(text: str) -> float:
     return sentiment(text)
 
 
+class Answerer(Protocol):
+    """What a bot asks to label an item: (choice relative to a/b, confidence 1-3)."""
+
+    def answer(self, prompt, a: str, b: str, rng: random.Random) -> tuple[str, int]: ...
+
+
 @dataclass(frozen=True)
 class Persona:
     """One simulated annotator. Utility u(prompt, response) = sentiment_weight x VADER
@@ -181,7 +188,7 @@ class _Idle:
             return len(self.idle) == self.n
 
 
-def run_bot(name: str, url: str, token: str, persona: Persona, *, seed: int = 0,
+def run_bot(name: str, url: str, token: str, persona: Answerer, *, seed: int = 0,
             max_labels: int | None = None, stop: threading.Event | None = None,
             on_label: Callable[[dict, str, dict], None] | None = None,
             panel: _Idle | None = None, poll_s: float = 0.1) -> BotReport:
@@ -217,18 +224,26 @@ def run_bot(name: str, url: str, token: str, persona: Persona, *, seed: int = 0,
     return report
 
 
-def run_panel(url: str, tokens: Sequence[tuple[str, str]], panel: str = "demo", *,
-              seed: int = 0, max_labels: int | None = None) -> list[BotReport]:
-    """Run one bot per (name, token) concurrently, personas cycling through `PANELS[panel]`;
-    returns when every bot has stopped."""
-    if panel not in PANELS:
-        raise KeyError(f"unknown panel {panel!r}; known: {sorted(PANELS)}")
-    personas = PANELS[panel]
+def run_panel(url: str, tokens: Sequence[tuple[str, str]],
+              panel: str | Sequence[Answerer] = "demo", *, seed: int = 0,
+              max_labels: int | None = None) -> list[BotReport]:
+    """Run one bot per (name, token) concurrently and return when every bot has stopped.
+    `panel` is a name in `PANELS` (its personas cycle over the bots) or one answerer per
+    bot (anything with `answer(prompt, a, b, rng) -> (choice, confidence)`). Bots stop
+    together (see `_Idle`): a bot's vote can reopen an item for the others."""
+    if isinstance(panel, str):
+        if panel not in PANELS:
+            raise KeyError(f"unknown panel {panel!r}; known: {sorted(PANELS)}")
+        answerers = [PANELS[panel][i % len(PANELS[panel])] for i in range(len(tokens))]
+    else:
+        answerers = list(panel)
+        if len(answerers) != len(tokens):
+            raise ValueError(f"{len(answerers)} answerers for {len(tokens)} tokens")
     reports: list[BotReport | None] = [None] * len(tokens)
     idle = _Idle(len(tokens))
 
     def work(i: int, name: str, token: str) -> None:
-        reports[i] = run_bot(name, url, token, personas[i % len(personas)], seed=seed + i,
+        reports[i] = run_bot(name, url, token, answerers[i], seed=seed + i,
                              max_labels=max_labels, panel=idle)
 
     threads = [threading.Thread(target=work, args=(i, name, token), name=f"bot:{name}")
@@ -238,4 +253,3 @@ def run_panel(url: str, tokens: Sequence[tuple[str, str]], panel: str = "demo", 
     for t in threads:
         t.join()
     return [r for r in reports if r is not None]
-
