@@ -1,0 +1,300 @@
+"""Labeling queue under load: 16 concurrent clients labeling through the JSON API on loopback.
+
+The server is `alignloop queue serve` in its own process(es) (uvicorn workers), as in
+production; the clients are threads of this process, each with its own annotator
+token and keep-alive connection, doing what a labeling client does: `POST /api/next`,
+then `POST /api/labels` with an idempotency key. We report sustained labels/s over a
+measured window (after a warm-up), the latency of each request kind (p50/p99), and
+check afterwards that every acknowledged label is in the database exactly once.
+
+SQLite (a file in a temp dir) and PostgreSQL (a throwaway cluster started from the
+installed server binaries, as in the tests, or `--pg-url`).
+
+    python benchmarks/queue_load.py --size quick   # 8 s per setting
+    python benchmarks/queue_load.py --size full    # 30 s per setting; the README's table
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+from dpo_throughput import update_readme  # noqa: E402
+
+CLIENTS = 16
+TARGET = {"labels_per_s": 500, "p99_ms": 100}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def throwaway_postgres():
+    """A PostgreSQL cluster in a temp dir (as tests/conftest.py does): yields its URL."""
+    import glob
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        raise SystemExit("PostgreSQL server binaries not found (apt-get install -y postgresql) "
+                         "; or pass --pg-url")
+    bindir, root = os.path.dirname(found[-1]), tempfile.mkdtemp(prefix="alignloop-pg-")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(root, "postgres", "postgres")
+    data, port = os.path.join(root, "data"), _free_port()
+    run = lambda *a: subprocess.run([*as_user, *a], check=True, capture_output=True)  # noqa: E731
+    # durable settings (fsync on): what a real deployment would run
+    run(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
+    run(f"{bindir}/pg_ctl", "-D", data, "-l", f"{root}/log", "-w", "-o",
+        f"-h 127.0.0.1 -p {port} -k {root} -c max_connections=200", "start")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def prepare(target: str, n_items: int) -> list[str]:
+    """Fresh queue with `n_items` items (1 vote each) and one annotator per client."""
+    from alignloop.labeling.handoff import QueueItem
+    from alignloop.labeling.queue.store import QueueStore
+
+    with QueueStore.open(target) as store:
+        tokens = [store.add_annotator(f"bench-{uuid.uuid4().hex[:8]}") for _ in range(CLIENTS)]
+        batch = []
+        for i in range(n_items):
+            batch.append(QueueItem(f"load-{i:07d}", 0, f"Prompt {i}: reply to a customer.",
+                                   f"A friendly answer number {i}.", f"A curt answer {i}.",
+                                   votes_required=1, max_votes=1))
+            if len(batch) == 5000:
+                store.submit(batch)
+                batch = []
+        store.submit(batch)
+        if store.dialect == "postgresql":
+            # planner statistics for the freshly loaded table (autovacuum would get there
+            # on its own, later): without them the first minutes run on a blind plan
+            with store.engine.connect() as conn:
+                conn.exec_driver_sql("ANALYZE")
+                conn.commit()
+    return tokens
+
+
+def cpu_seconds(root_pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants (Linux /proc)."""
+    stats = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(d.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    tree, total, grew = {root_pid}, 0, True
+    while grew:
+        grew = False
+        for pid, (ppid, _) in stats.items():
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    total = sum(stats[p][1] for p in tree if p in stats)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def server(target: str, workers: int):
+    port = _free_port()
+    cmd = [sys.executable, "-m", "alignloop.cli", "-q", "queue", "serve", target, "--port",
+           str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
+    log = tempfile.NamedTemporaryFile("w+", prefix="queue-server-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,
+                            env={**os.environ, "ALIGNLOOP_QUEUE_SECRET": uuid.uuid4().hex})
+    url = f"http://127.0.0.1:{port}"
+    from alignloop.labeling.queue.simulate import ApiClient
+
+    probe = ApiClient(url, "none", retry_for=30)
+    try:
+        probe.request("GET", "/healthz")
+        yield url, proc.pid
+    finally:
+        probe.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        text = Path(log.name).read_text()
+        if text.strip():
+            print(f"server log ({log.name}), last lines:\n" + "\n".join(text.splitlines()[-20:]),
+                  file=sys.stderr)
+        else:
+            os.unlink(log.name)
+
+
+def load(url: str, tokens: list[str], warmup: float, seconds: float, server_pid: int) -> dict:
+    """Run the clients for warmup + seconds; stats (and CPU used) over the measured window."""
+    from alignloop.labeling.queue.simulate import ApiClient
+
+    stop = threading.Event()
+    records: list[list[tuple]] = [[] for _ in tokens]   # (t_done, next_s, label_s, label_id)
+    errors: list[str] = []
+
+    def client(i: int, token: str) -> None:
+        api, out = ApiClient(url, token), records[i]
+        try:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                item = api.next()
+                t1 = time.perf_counter()
+                if item is None:
+                    errors.append("ran out of items")
+                    return
+                status, body = api.label(item["item_id"], item["lease_id"], "a", 2,
+                                         idempotency_key=f"{i}:{item['item_id']}")
+                t2 = time.perf_counter()
+                out.append((t2, t1 - t0, t2 - t1, body["label_id"], status))
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"{type(e).__name__}: {e}")
+        finally:
+            api.close()
+
+    threads = [threading.Thread(target=client, args=(i, t)) for i, t in enumerate(tokens)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(warmup)
+    cpu0 = (time.process_time(), cpu_seconds(server_pid))
+    time.sleep(seconds)
+    cpu1 = (time.process_time(), cpu_seconds(server_pid))
+    stop.set()
+    for t in threads:
+        t.join()
+    lo, hi = start + warmup, start + warmup + seconds
+    window = [r for rs in records for r in rs if lo <= r[0] < hi]
+    every = [r for rs in records for r in rs]
+
+    def pct(xs: list[float], q: float) -> float:
+        xs = sorted(xs)
+        return 1000 * xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+    nexts, labels = [r[1] for r in window], [r[2] for r in window]
+    return {"labels_per_s": len(window) / seconds, "labels_measured": len(window),
+            "p50_next_ms": pct(nexts, 0.5), "p99_next_ms": pct(nexts, 0.99),
+            "p50_label_ms": pct(labels, 0.5), "p99_label_ms": pct(labels, 0.99),
+            "p99_ms": pct(nexts + labels, 0.99), "p50_ms": pct(nexts + labels, 0.5),
+            "server_cpu_cores": (cpu1[1] - cpu0[1]) / seconds,
+            "client_cpu_cores": (cpu1[0] - cpu0[0]) / seconds,
+            "load_average": os.getloadavg()[0],
+            "acked": [(r[3], r[4]) for r in every], "errors": errors}
+
+
+def verify(target: str, acked: list[tuple[int, int]]) -> dict:
+    """Every acknowledged label in the database exactly once, nothing else there."""
+    from alignloop.labeling.queue.store import QueueStore
+
+    with QueueStore.open(target) as store:
+        ids = [r["label_id"] for r in store.export_raw()]
+    acked_ids = [a[0] for a in acked]
+    return {"lost": len(set(acked_ids) - set(ids)), "duplicated": len(ids) - len(set(ids)),
+            "unacknowledged": len(set(ids) - set(acked_ids)),
+            "double_acked": len(acked_ids) - len(set(acked_ids))}
+
+
+def run_setting(name: str, target: str, workers: int, warmup: float, seconds: float,
+                n_items: int) -> dict:
+    tokens = prepare(target, n_items)
+    with server(target, workers) as (url, pid):
+        r = load(url, tokens, warmup, seconds, pid)
+    check = verify(target, r.pop("acked"))
+    return {"setting": name, "workers": workers, "clients": CLIENTS, **r, **check}
+
+
+def table(results: list[dict], meta: dict) -> str:
+    lines = ["| database | server workers | labels/s | p50 next / label (ms) | "
+             "p99 next / label (ms) | lost | duplicated | client errors | "
+             "CPU server / clients (cores) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['setting']} | {r['workers']} | {r['labels_per_s']:.0f} | "
+                     f"{r['p50_next_ms']:.1f} / {r['p50_label_ms']:.1f} | "
+                     f"{r['p99_next_ms']:.1f} / {r['p99_label_ms']:.1f} | {r['lost']} | "
+                     f"{r['duplicated']} | {len(r['errors'])} | {r['server_cpu_cores']:.2f} / "
+                     f"{r['client_cpu_cores']:.2f} |")
+    lines.append("")
+    lines.append(f"{CLIENTS} concurrent clients on loopback (threads of one process, keep-alive "
+                 f"HTTP/1.1), each label = `POST /api/next` + `POST /api/labels`; "
+                 f"{meta['seconds']:.0f} s measured after {meta['warmup']:.0f} s of warm-up on a "
+                 f"queue of {meta['items']} items; CPU of the server's processes (PostgreSQL's "
+                 f"own not counted) and of the clients; a client error (request still failing "
+                 f"after 30 s of retries) stops that client; "
+                 f"server and clients share the machine ({meta['machine']}); {meta['date']}; "
+                 f"`{meta['command']}`.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", choices=["quick", "full"], default="quick")
+    ap.add_argument("--workers", default="1,2", help="server worker counts to run (default: %(default)s)")
+    ap.add_argument("--databases", default="sqlite,postgresql")
+    ap.add_argument("--pg-url", help="use this PostgreSQL database instead of a throwaway cluster")
+    args = ap.parse_args()
+    warmup, seconds = {"quick": (2.0, 8.0), "full": (5.0, 30.0)}[args.size]
+    n_items = int(1000 * (warmup + seconds))   # more than the fastest setting labels
+    results = []
+    for db in args.databases.split(","):
+        for workers in (int(w) for w in args.workers.split(",")):
+            print(f"running {db} with {workers} worker(s) ...", flush=True)
+            if db == "sqlite":
+                tmp = tempfile.mkdtemp(prefix="alignloop-bench-")
+                r = run_setting("SQLite", tmp, workers, warmup, seconds, n_items)
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                with contextlib.ExitStack() as stack:
+                    url = args.pg_url or stack.enter_context(throwaway_postgres())
+                    if not args.pg_url:   # a fresh database per setting
+                        import psycopg
+
+                        name = f"bench_{uuid.uuid4().hex[:8]}"
+                        with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as c:
+                            c.execute(f"CREATE DATABASE {name}")
+                        url = url.rsplit("/", 1)[0] + "/" + name
+                    r = run_setting("PostgreSQL", url, workers, warmup, seconds, n_items)
+            print(json.dumps(r), flush=True)
+            results.append(r)
+    meta = {"warmup": warmup, "seconds": seconds, "items": n_items,
+            "date": date.today().isoformat(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                       f"Python {platform.python_version()}",
+            "command": f"python benchmarks/queue_load.py --size {args.size}", "target": TARGET}
+    RESULTS.mkdir(exist_ok=True)
+    stem = "queue_load" if args.size == "full" else "queue_load.quick"
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    md = table(results, meta)
+    (RESULTS / f"{stem}.md").write_text(md + "\n")
+    if args.size == "full":
+        update_readme(md, key="queue_load")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

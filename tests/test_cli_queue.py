@@ -1,0 +1,141 @@
+"""`alignloop queue ...`: annotators, import/export, status, terminal labeling, bots."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from alignloop.cli import main
+from alignloop.data import read_pairs, read_pairs_parquet
+from alignloop.labeling.queue.store import QueueStore
+
+PAIRS = [
+    {"prompt": "Greet the customer.", "chosen": "Hello, lovely to see you!", "rejected": "What."},
+    {"prompt": [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "My parcel is late <again>."}],
+     "chosen": [{"role": "assistant", "content": "Sorry! It ships today."}],
+     "rejected": [{"role": "assistant", "content": "Not my problem."}], "slice": "complaints"},
+    {"prompt": "Say thanks.", "chosen": "Thank you so much!", "rejected": "k"},
+]
+
+
+def _run(capsys, *argv: str) -> str:
+    assert main(["-q", *argv]) == 0
+    return capsys.readouterr().out
+
+
+@pytest.fixture
+def pairs_file(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in PAIRS))
+    return path
+
+
+def test_queue_help_imports_nothing_heavy():
+    code = ("import sys; from alignloop.cli import build_parser; build_parser(); "
+            "heavy = [m for m in ('fastapi', 'sqlalchemy', 'uvicorn', 'rich', 'torch') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_add_annotator_prints_a_token_that_authenticates(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    token = _run(capsys, "queue", "add-annotator", str(run_dir), "ada").strip()
+    admin = _run(capsys, "queue", "add-annotator", "--admin", "--db",
+                 f"sqlite:///{run_dir / 'queue.db'}", "root").strip()
+    with QueueStore.open(run_dir) as store:
+        who = store.authenticate(token)
+        assert who is not None and (who.name, who.role) == ("ada", "annotator")
+        assert store.authenticate(admin).role == "admin"
+    assert main(["queue", "add-annotator", str(run_dir), "ada"]) == 2   # the name is taken
+    assert "already exists" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="RUN_DIR or --db"):
+        main(["queue", "status"])
+
+
+def test_import_export_round_trip_and_status(tmp_path, capsys, pairs_file):
+    run_dir = tmp_path / "run"
+    out = _run(capsys, "queue", "import", str(run_dir), str(pairs_file), "--round", "2",
+               "--votes-required", "2")
+    assert "queued 3 new items for round 2" in out
+    assert "queued 0 new items" in _run(capsys, "queue", "import", str(run_dir), str(pairs_file),
+                                        "--round", "2")
+    with QueueStore.open(run_dir) as store:
+        names = ["ada", "bob"]
+        for name in names:
+            me = store.authenticate(store.add_annotator(name))
+            while (a := store.next_item(me.id)) is not None:   # both prefer the chosen (a)
+                store.record_label(me.id, item_id=a.item.item_id, lease_id=a.lease_id,
+                                   choice="a", confidence=3, idempotency_key=f"{name}{a.lease_id}")
+        assert store.pending(2) == 0
+
+    status = _run(capsys, "queue", "status", str(run_dir))
+    assert "3 items, 6 labels" in status
+    # alpha is undefined ("-") when every vote is the same
+    assert any(line.split()[:6] == ["2", "3", "3", "0", "6", "-"] for line in status.splitlines())
+    assert "ada" in status and "bob" in status and "kappa" not in status   # too few shared
+    full = json.loads(_run(capsys, "queue", "status", str(run_dir), "--json"))
+    assert full["rounds"][0]["labels"] == 6 and full["labels"] == 6
+
+    originals = {p.pair_id: p for p in read_pairs(pairs_file)[0]}
+    for suffix in ("jsonl", "parquet"):
+        dest = tmp_path / f"dpo.{suffix}"
+        assert "wrote 3 pairs" in _run(capsys, "queue", "export", str(run_dir), "--format", "dpo",
+                                       "--out", str(dest))
+        # parquet is the pairs.parquet artifact (prompts as JSON text): its own reader
+        back = {p.pair_id: p for p in (read_pairs_parquet(dest) if suffix == "parquet"
+                                       else read_pairs(dest)[0])}
+        assert back.keys() == originals.keys()
+        for pid, p in back.items():
+            o = originals[pid]
+            assert (p.prompt, p.chosen, p.rejected) == (o.prompt, o.chosen, o.rejected)
+            assert p.p_chosen > 0.5   # both voted for the chosen response
+    raw = tmp_path / "raw.jsonl"
+    assert "wrote 6 labels" in _run(capsys, "queue", "export", str(run_dir), "--format", "raw",
+                                    "--out", str(raw))
+    rows = [json.loads(line) for line in raw.read_text().splitlines()]
+    assert {r["annotator"] for r in rows} == {"ada", "bob"} and {r["choice"] for r in rows} == {"a"}
+    assert {r["display_order"] for r in rows} <= {"ab", "ba"}
+
+
+def test_simulate_with_three_bots_labels_every_item(tmp_path, capsys, pairs_file):
+    run_dir = tmp_path / "run"
+    _run(capsys, "queue", "import", str(run_dir), "builtin:demo-pairs", "--votes-required", "2",
+         "--max-votes", "3")
+    out = _run(capsys, "queue", "simulate", str(run_dir), "--panel", "demo", "--annotators", "3")
+    assert "3 bots (demo panel) recorded" in out
+    with QueueStore.open(run_dir) as store:
+        assert store.pending(0) == 0
+        votes = store.votes(0)
+        assert {v.annotator for v in votes} == {"demo-bot-1", "demo-bot-2", "demo-bot-3"}
+        assert len(votes) >= 2 * 96
+        n = len(votes)
+    assert f"recorded {n} labels" in out
+    # a second run finds nothing left, with new bot names (the old tokens were shown once)
+    out = _run(capsys, "queue", "simulate", str(run_dir), "--annotators", "1")
+    assert "recorded 0 labels" in out
+
+
+def test_terminal_labeling(tmp_path, capsys, pairs_file):
+    run_dir = tmp_path / "run"
+    _run(capsys, "queue", "import", str(run_dir), str(pairs_file))
+    token = _run(capsys, "queue", "add-annotator", str(run_dir), "tty").strip()
+    # first item: 1 (left), confidence 3, a comment; second: 4 (both bad), default confidence;
+    # then quit
+    keys = "1\n3\nlooks fine [bold]x[/bold]\n4\n\n\nq\n"
+    proc = subprocess.run([sys.executable, "-m", "alignloop.cli", "queue", "label", str(run_dir)],
+                          input=keys, capture_output=True, text=True, timeout=60,
+                          env={"ALIGNLOOP_TOKEN": token, "COLUMNS": "100", "PATH": "/usr/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert "2 labels recorded" in proc.stdout
+    assert "My parcel is late <again>." in proc.stdout or "Greet the customer." in proc.stdout
+    with QueueStore.open(run_dir) as store:
+        votes = sorted(store.votes(0), key=lambda v: v.created_at)
+        assert len(votes) == 2 and store.pending(0) == 1   # the third was released on quit
+        first, second = votes
+        assert first.choice == first.display_order[0] and first.confidence == 3
+        assert first.comment == "looks fine [bold]x[/bold]"
+        assert (second.choice, second.confidence) == ("both_bad", 2)
