@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/dpo_throughput.py --size $(SIZE)
 	$(BIN)/python benchmarks/generation_throughput.py
 	$(BIN)/python benchmarks/label_efficiency.py --size $(SIZE)
+	$(BIN)/python benchmarks/queue_load.py --size $(SIZE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check loop generation labeling training tests benchmarks

@@ -12,6 +12,10 @@ installed server binaries, as in the tests, or `--pg-url`).
 
     python benchmarks/queue_load.py --size quick   # 8 s per setting
     python benchmarks/queue_load.py --size full    # 30 s per setting; the README's table
+    python benchmarks/queue_load.py --table-only   # re-render table + README from the JSON
+
+SQLite serialises writers: one server worker is its best setting (a second worker
+adds cross-process lock waits to the tail latency); PostgreSQL gains from more.
 """
 
 from __future__ import annotations
@@ -257,7 +261,16 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2", help="server worker counts to run (default: %(default)s)")
     ap.add_argument("--databases", default="sqlite,postgresql")
     ap.add_argument("--pg-url", help="use this PostgreSQL database instead of a throwaway cluster")
+    ap.add_argument("--table-only", action="store_true",
+                    help="re-render the table and README section from results/queue_load.json")
     args = ap.parse_args()
+    if args.table_only:
+        saved = json.loads((RESULTS / "queue_load.json").read_text())
+        md = table(saved["results"], saved["meta"])
+        (RESULTS / "queue_load.md").write_text(md + "\n")
+        update_readme(md, key="queue_load")
+        print(md)
+        return
     warmup, seconds = {"quick": (2.0, 8.0), "full": (5.0, 30.0)}[args.size]
     n_items = int(1000 * (warmup + seconds))   # more than the fastest setting labels
     results = []
