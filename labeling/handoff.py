@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from alignloop.labeling import LabelingError
+from alignloop.labeling.aggregate import CHOICES  # noqa: F401 (the queue imports it from here)
 from alignloop.records import Prompt
-
-CHOICES = ("a", "b", "tie", "both_bad")
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import pytest
 from alignloop.artifacts import read_parquet
 from alignloop.config import load_config
 from alignloop.report import validate_report
-from alignloop.run import ONLINE_STAGES, ROUND0_STAGES, RunError
 from alignloop.rounds import Loop
+from alignloop.run import ONLINE_STAGES, ROUND0_STAGES, RunError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
