@@ -182,3 +182,30 @@ def test_config_change_is_refused_in_process(baseline, tmp_path):
     shutil.copytree(baseline, run)
     with pytest.raises(RunError, match="generation.n"):
         Loop(load_config(TINY, [*FAST, "generation.n=2"]), run).run()
+
+
+@pytest.mark.parametrize("action", ["stop", pytest.param("rollback", marks=pytest.mark.slow)])
+def test_kl_gate(tmp_path, action):
+    r = run_cli(tmp_path, "--set", "loop.gate.kl_budget=1e-6", "--set", f"loop.gate.action={action}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    state = json.loads((tmp_path / "state.json").read_text())
+    gate = state["rounds"]["0"]["gate"]
+    assert gate["tripped"] and "KL to base" in gate["reason"] and gate["action"] == action
+    if action == "stop":
+        assert "gate tripped" in r.stdout and "1" not in state["rounds"]
+    else:  # round 1 starts from, and refers to, the starting model again
+        assert state["rounds"]["1"]["start"] == "builtin:tiny-random"
+        assert state["rounds"]["1"]["reference"] == "builtin:tiny-random"
+
+
+def test_cluster_slices_group_prompts_by_topic():
+    from alignloop.generation import PromptItem
+    from alignloop.slices import cluster_labels
+
+    shoes = [f"Do the running shoes in size {n} fit wide feet?" for n in range(38, 44)]
+    refunds = [f"I was promised a refund for order {n} and it never arrived." for n in range(6)]
+    items = [PromptItem(f"p{i}", t) for i, t in enumerate(shoes + refunds)]
+    labels = cluster_labels(items, n_clusters=2, seed=0)
+    assert len({labels[f"p{i}"] for i in range(6)}) == 1
+    assert len({labels[f"p{i}"] for i in range(6, 12)}) == 1
+    assert labels["p0"] != labels["p6"]
