@@ -123,3 +123,15 @@ def generator_for(cfg, model: str, *, cache_path: str = "") -> Generator:
                    "retries": cfg.retries, "cache_path": cache_path},
     }[cfg.backend]
     return make_generator(cfg.backend, model, **options)
+
+
+def completion_rows(completions: list[Completion], prompts: list[PromptItem], **extra) -> list[dict]:
+    """Parquet rows of completions, each with its prompt (JSON text, like pairs.parquet) and
+    slice, so a completions file can be judged on its own."""
+    import json
+    from dataclasses import asdict
+
+    by_id = {p.prompt_id: p for p in prompts}
+    return [{**asdict(c), "token_ids": list(c.token_ids), "token_logprobs": list(c.token_logprobs),
+             "prompt": json.dumps(by_id[c.prompt_id].prompt, ensure_ascii=False),
+             "slice": by_id[c.prompt_id].slice, **extra} for c in completions]

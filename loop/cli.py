@@ -65,12 +65,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Sample completions for a prompts file; writes a parquet of Completion rows."""
-    import json
-    from dataclasses import asdict
-
     from alignloop.artifacts import write_parquet
     from alignloop.config import load_config
-    from alignloop.generation import SamplingParams, generator_for
+    from alignloop.generation import SamplingParams, completion_rows, generator_for
     from alignloop.prompt_pool import read_prompts
 
     sets = [*args.sets, f"generation.n={args.n}"] if args.n is not None else args.sets
@@ -82,10 +79,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     generator = generator_for(g, args.model or cfg.model.name,
                               cache_path=str(Path(args.out).with_suffix(".received.jsonl")))
     completions = generator.sample(prompts, params)
-    by_id = {p.prompt_id: p for p in prompts}
-    rows = [{**asdict(c), "token_ids": list(c.token_ids), "token_logprobs": list(c.token_logprobs),
-             "prompt": json.dumps(by_id[c.prompt_id].prompt, ensure_ascii=False),
-             "slice": by_id[c.prompt_id].slice, "backend": g.backend} for c in completions]
+    rows = completion_rows(completions, prompts, backend=g.backend)
     write_parquet(Path(args.out), rows)
     print(f"wrote {len(rows)} completions for {len(prompts)} prompts -> {args.out}")
     return 0
@@ -116,7 +110,13 @@ def cmd_judge(args: argparse.Namespace) -> int:
     if path.suffix == ".parquet":
         rows = read_parquet(path)
     else:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = []
+        for n, line in enumerate(path.read_text().splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise LabelingError(f"{path} row {n}: invalid JSON ({e.msg})") from None
     groups = groups_from_completions(rows, source=str(path))
     if lab.selection.strategy == "apl":
         groups = _with_logprobs(groups, policy=args.policy or cfg.model.name,

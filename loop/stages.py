@@ -19,10 +19,11 @@ import hashlib
 import json
 import logging
 import random
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 from alignloop.artifacts import atomic_write_json, read_parquet, write_parquet
+from alignloop.data import read_pairs_parquet, write_pairs  # noqa: F401 (the driver reads through here)
 from alignloop.errors import AlignloopError
 from alignloop.records import Pair
 
@@ -31,15 +32,6 @@ log = logging.getLogger(__name__)
 
 class RoundEnded(AlignloopError):
     """The round cannot go on (no failure slice, no labeled pair); the loop stops cleanly."""
-
-
-def write_pairs_parquet(path: Path, pairs: list[Pair]) -> Path:
-    return write_parquet(path, [p.to_row() for p in pairs])
-
-
-def read_pairs_parquet(path: Path) -> list[Pair]:
-    return [Pair.from_row(r, origin=f"{path} row {n}")
-            for n, r in enumerate(read_parquet(path), start=1)]
 
 
 def _unit(s: str) -> float:
@@ -66,9 +58,9 @@ def assemble_static(cfg, rdir: Path, *, eval_prompts: list, heldout_share: float
         raise RoundEnded(f"{cfg.data.path}: no valid static pairs ({report})")
     held = [p for p in pairs if _unit(p.pair_id) < heldout_share] if len(pairs) >= 20 else []
     held_ids = {p.pair_id for p in held}
-    train = [Pair(**{**asdict(p), "round": 0}) for p in pairs if p.pair_id not in held_ids]
-    write_pairs_parquet(rdir / "heldout_pairs.parquet", held)
-    write_pairs_parquet(rdir / "pairs.parquet", train)
+    train = [replace(p, round=0) for p in pairs if p.pair_id not in held_ids]
+    write_pairs(rdir / "heldout_pairs.parquet", held)
+    write_pairs(rdir / "pairs.parquet", train)
     log.info("round 0: %d static pairs (%d held out)", len(train), len(held))
     return train
 
@@ -133,15 +125,12 @@ def read_prompt_items(path: Path) -> list:
 
 def generate(cfg, rdir: Path, *, policy: str, prompts: list) -> list[dict]:
     """k samples per prompt from `policy` -> generations.parquet."""
-    from alignloop.generation import SamplingParams, generator_for
+    from alignloop.generation import SamplingParams, completion_rows, generator_for
 
     g = cfg.generation
     generator = generator_for(g, policy, cache_path=str(rdir / "generations.received.jsonl"))
     completions = generator.sample(prompts, SamplingParams.from_config(g))
-    by_id = {p.prompt_id: p for p in prompts}
-    rows = [{**asdict(c), "token_ids": list(c.token_ids), "token_logprobs": list(c.token_logprobs),
-             "prompt": json.dumps(by_id[c.prompt_id].prompt, ensure_ascii=False),
-             "slice": by_id[c.prompt_id].slice} for c in completions]
+    rows = completion_rows(completions, prompts)
     write_parquet(rdir / "generations.parquet", rows)
     return rows
 
@@ -206,7 +195,7 @@ def label(cfg, rdir: Path, *, candidates, ensemble, queue, round: int,
                                                   "this_round": result.calibration,
                                                   "reliability": result.reliability,
                                                   "dropped": len(result.dropped)})
-    write_pairs_parquet(rdir / "labeled_pairs.parquet", result.pairs)
+    write_pairs(rdir / "labeled_pairs.parquet", result.pairs)
     return result.pairs
 
 
@@ -230,8 +219,8 @@ def assemble_online(cfg, rdir: Path, *, new: list[Pair], earlier: list[list[Pair
     rng = random.Random(cfg.loop.seed * 1000 + round)
     n_replay = min(len(pool), round_half_up(cfg.loop.replay_share * len(new)))
     replay = rng.sample(pool, n_replay)
-    pairs = [Pair(**{**asdict(p), "round": round}) for p in new] + replay
-    write_pairs_parquet(rdir / "pairs.parquet", pairs)
+    pairs = [replace(p, round=round) for p in new] + replay
+    write_pairs(rdir / "pairs.parquet", pairs)
     log.info("round %d: %d new pairs + %d replayed", round, len(new), len(replay))
     return pairs
 

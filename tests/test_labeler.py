@@ -166,3 +166,12 @@ def test_candidates_survive_a_round_trip_through_parquet(tmp_path):
     a = soft_labels(table, votes, cfg, ensemble=ensemble)
     b = soft_labels(back, votes, cfg, ensemble=ensemble)
     assert [p.to_row() for p in a.pairs] == [p.to_row() for p in b.pairs]
+
+
+def test_cli_judge_names_a_bad_row(tmp_path, capsys):
+    src = tmp_path / "c.jsonl"
+    src.write_text(json.dumps(completions()[0]) + "\n{not json\n")
+    assert main(["judge", str(ROOT / "configs/tiny.yaml"), "--candidates", str(src),
+                 "--out", str(tmp_path / "o.parquet")]) == 2
+    assert "c.jsonl row 2: invalid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "o.parquet").exists()
