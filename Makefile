@@ -30,11 +30,18 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow" -q
 
+# Every benchmark, then the README's results tables. SIZE=quick (default) is a quick pass
+# (about an hour on 2 cores); SIZE=full gives the figures in the README (several hours).
+# Each writes benchmarks/results/NAME.{json,md} (and plots) and its README section.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/dpo_throughput.py --size $(SIZE)
-	$(BIN)/python benchmarks/generation_throughput.py
+	$(BIN)/python benchmarks/generation_throughput.py --size $(SIZE)
 	$(BIN)/python benchmarks/label_efficiency.py --size $(SIZE)
 	$(BIN)/python benchmarks/queue_load.py --size $(SIZE)
+	$(BIN)/python benchmarks/hybrid_vs_offline.py --size $(SIZE)
+	$(BIN)/python benchmarks/label_noise.py --size $(SIZE)
+	if [ -f runs/demo/state.json ]; then $(BIN)/python benchmarks/demo_figures.py runs/demo; fi
+	$(BIN)/python benchmarks/summary.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check loop generation labeling training tests benchmarks

@@ -33,6 +33,11 @@ def today() -> str:
     return date.today().isoformat()
 
 
+def results_name(name: str, size: str) -> str:
+    """`name` for a full run (whose tables go into the README), `name.quick` for a quick pass."""
+    return name if size == "full" else f"{name}.quick"
+
+
 def update_readme(text: str, key: str) -> None:
     readme = HERE.parent / "README.md"
     begin, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"

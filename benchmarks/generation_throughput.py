@@ -23,7 +23,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from dpo_throughput import matmul_peak_gflops, update_readme  # noqa: E402
+from common import write_results  # noqa: E402
+from dpo_throughput import matmul_peak_gflops  # noqa: E402
 
 MODEL = os.environ.get("BENCH_MODEL", "builtin:smollm2-135m-instruct")
 
@@ -65,12 +66,20 @@ def backend(items, n: int, tokens: int, in_flight: int) -> tuple[int, float]:
     return sum(len(c.token_ids) for c in out), time.perf_counter() - t0
 
 
+SIZES = {"quick": {"prompts": 16, "n": 4, "tokens": 32}, "full": {"prompts": 32, "n": 4, "tokens": 64}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--prompts", type=int, default=32)
-    ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--size", choices=sorted(SIZES), default="full",
+                    help="quick: 16 prompts x 4 x 32 tokens; full: 32 x 4 x 64")
+    ap.add_argument("--prompts", type=int, help="override the size's prompt count")
+    ap.add_argument("--n", type=int, help="override the size's samples per prompt")
+    ap.add_argument("--tokens", type=int, help="override the size's new tokens per sample")
     args = ap.parse_args()
+    for key, value in SIZES[args.size].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     from alignloop.models import load_model
 
     items = prompts(args.prompts)
@@ -90,8 +99,8 @@ def main() -> None:
     meta = {"prompts": args.prompts, "n": args.n, "new_tokens": args.tokens, "matmul_peak_gflops": peak,
             "ceiling_tokens_per_s": ceiling, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "date": date.today().isoformat(),
-            "command": f"python benchmarks/generation_throughput.py --prompts {args.prompts} "
-                       f"--n {args.n} --tokens {args.tokens}"}
+            "command": f"python benchmarks/generation_throughput.py --size {args.size} "
+                       f"--prompts {args.prompts} --n {args.n} --tokens {args.tokens}"}
     lines = ["| setting | generated tokens/s | vs plain loop | of compute ceiling |", "|---|---|---|---|"]
     lines += [f"| {r['setting']} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base:.1f}x | "
               f"{100 * r['ceiling_fraction']:.0f}% |" for r in rows]
@@ -99,11 +108,9 @@ def main() -> None:
               f"tokens; ceiling {ceiling:.0f} tokens/s (matmul peak {peak:.0f} GFLOP/s / 2N); "
               f"{meta['machine']}; {meta['date']}; `{meta['command']}`."]
     md = "\n".join(lines)
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    (results / "generation_throughput.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
-    (results / "generation_throughput.md").write_text(md + "\n")
-    update_readme(md, key="generation_throughput")
+    full = args.size == "full"
+    write_results("generation_throughput" if full else "generation_throughput.quick", meta, rows, md,
+                  readme=full)
     print(md)
 
 

@@ -1,0 +1,146 @@
+"""The README's results-at-a-glance table, built from benchmarks/results/*.json.
+
+    python benchmarks/summary.py        # `make bench` runs it last
+
+One row per target of every benchmark that has a results file: the target, the
+measured value, met or not, and the command, machine and date of the run that
+produced it (from that file's metadata). Nothing is typed in by hand; a benchmark
+that was never run is listed as such.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import RESULTS, update_readme  # noqa: E402
+
+Row = tuple[str, str, bool | None]   # (target, measured, met)
+
+
+def _dpo(meta: dict, rows: list) -> list[Row]:
+    out: list[Row] = []
+    for lora, mode in ((False, "full"), (True, "LoRA")):
+        by = {r["setting"]: r for r in rows if r["lora"] == lora}
+        ours = by.get("alignloop")
+        if not ours:
+            continue
+        for other, need in (("trl-fastest", 1.5), ("trl-default", 3.0)):
+            if other in by:
+                x = ours["tokens_per_s"] / by[other]["tokens_per_s"]
+                out.append((f"{mode}: >= {need}x TRL's {other.removeprefix('trl-')} tokens/s",
+                            f"{x:.1f}x", x >= need))
+        if not lora:
+            out.append(("full fine-tune MFU >= 45%", f"{ours['mfu']:.0%}", ours["mfu"] >= 0.45))
+        trl = [r["peak_rss_mb"] for s, r in by.items() if s.startswith("trl")]
+        best = min([ours["peak_rss_mb"]] + [r["peak_rss_mb"] for s, r in by.items()
+                                            if s == "alignloop-gc"])
+        if trl:
+            out.append((f"{mode}: peak memory <= TRL's lowest", f"{best:.0f} vs {min(trl):.0f} MB",
+                        best <= min(trl)))
+    return out
+
+
+def _generation(meta: dict, rows: list) -> list[Row]:
+    plain = next(r for r in rows if r["setting"].startswith("plain"))
+    ours = max((r for r in rows if r is not plain), key=lambda r: r["tokens_per_s"])
+    x = ours["tokens_per_s"] / plain["tokens_per_s"]
+    return [(">= 2x a plain model.generate loop", f"{x:.1f}x", x >= 2),
+            (">= 35% of the compute ceiling", f"{ours['ceiling_fraction']:.0%}",
+             ours["ceiling_fraction"] >= 0.35)]
+
+
+def _label_efficiency(meta: dict, rows: dict) -> list[Row]:
+    return [("best selection reaches random's full-budget accuracy with <= 1/3 of the labels",
+             f"{meta['best_strategy']}: {meta['labels_ratio']:.2f} of the budget", meta["target_met"])]
+
+
+def _queue(meta: dict, rows: list) -> list[Row]:
+    t = meta.get("target", {"labels_per_s": 500, "p99_ms": 100})
+    out: list[Row] = []
+    for db in ("SQLite", "PostgreSQL"):
+        one = [r for r in rows if r["setting"] == db]
+        if not one:
+            continue
+        def ok_of(r: dict) -> bool:
+            return (r["labels_per_s"] >= t["labels_per_s"] and r["p99_ms"] <= t["p99_ms"]
+                    and r["lost"] == 0 and r["duplicated"] == 0)
+
+        # the best server setting: one that meets the target if any, then the fastest
+        r = max(one, key=lambda r: (ok_of(r), r["labels_per_s"]))
+        ok = ok_of(r)
+        out.append((f"{db}: >= {t['labels_per_s']} labels/s, p99 <= {t['p99_ms']} ms, none lost",
+                    f"{r['workers']} worker(s): {r['labels_per_s']:.0f}/s, p99 {r['p99_ms']:.0f} ms, lost {r['lost']}, "
+                    f"duplicated {r['duplicated']}",
+                    ok))
+    return out
+
+
+def _demo(meta: dict, rows: dict) -> list[Row]:
+    first, last = rows["rounds"][0], rows["rounds"][-1]
+    t = meta["targets"]
+    return [("panel reward on the failure slices rises over the rounds",
+             f"{first['latent_failing']:.3f} -> {last['latent_failing']:.3f}", t["failing_rise"]),
+            ("KL to base within the configured budget",
+             f"{max(r['kl_to_base'] for r in rows['rounds']):.1f} nats", t["kl_within"]),
+            ("`make demo` <= 15 min on 2 cores", f"{meta['wall_s'] / 60:.1f} min", t["time"])]
+
+
+def _hybrid(meta: dict, rows: dict) -> list[Row]:
+    s = rows["summary"]
+    d = s["failing"]["diff"]
+    return [("hybrid beats offline on the failure slices (95% CI excludes 0) at no more KL",
+             f"{d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]; KL {s['kl_hybrid']['value']:.1f} "
+             f"vs {s['kl_offline']['value']:.1f} nats", meta["target_met"])]
+
+
+def _noise(meta: dict, rows: dict) -> list[Row]:
+    if "target_met" not in meta:
+        return [("at 40% flips soft/rdpo keep >= 70% of the clean gain", "not in this size", None)]
+    return [("at 40% flips soft or rdpo keeps >= 70% of its clean gain, hard DPO clearly less",
+             f"{meta['best_robust']} keeps {meta['kept_robust']:.2f}, sigmoid {meta['kept_hard']:.2f}",
+             meta["target_met"])]
+
+
+BENCHMARKS: dict[str, tuple[str, Callable]] = {
+    "demo": ("The demo (`make demo`)", _demo),
+    "dpo_throughput": ("DPO training throughput vs TRL", _dpo),
+    "generation_throughput": ("Generation throughput", _generation),
+    "label_efficiency": ("Label efficiency of pair selection", _label_efficiency),
+    "queue_load": ("Labeling queue load", _queue),
+    "hybrid_vs_offline": ("Hybrid loop vs offline DPO", _hybrid),
+    "label_noise": ("Noisy labels: hard vs soft vs robust DPO", _noise),
+}
+
+
+def table() -> str:
+    lines = ["| benchmark | target | measured | verdict | command | machine | date |",
+             "|---|---|---|---|---|---|---|"]
+    for name, (title, rows_of) in BENCHMARKS.items():
+        path = next((p for p in (RESULTS / f"{name}.json", RESULTS / f"{name}.quick.json")
+                     if p.exists()), None)
+        if path is None:
+            lines.append(f"| {title} | - | not run yet | - | - | - | - |")
+            continue
+        data = json.loads(path.read_text())
+        meta = data["meta"]
+        command = meta.get("command") or "`make demo`, then `python benchmarks/demo_figures.py`"
+        for target, measured, met in rows_of(meta, data["results"]):
+            verdict = "-" if met is None else "**met**" if met else "**not met**"
+            lines.append(f"| {title} | {target} | {measured} | {verdict} | `{command.strip('`')}` | "
+                         f"{meta.get('machine', '-')} | {meta.get('date', '-')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    md = table()
+    update_readme(md, key="summary")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
