@@ -9,8 +9,9 @@ Per seed, two runs of alignloop on the embedded SmolLM2-135M-Instruct (LoRA, CPU
   votes each). A team that only has a fixed preference set.
 - hybrid: round 0 on the first B/2 of those same pairs, then two online rounds that
   mine failure slices on the held-out prompts, sample there, and spend B/4 panel labels
-  each through the labeler (judges pick and rank the pairs; nothing is auto-labeled by
-  the judges: `routing.auto_threshold: 0.5`, so every training label is a panel label).
+  each through the labeler: the judges pick one pair per prompt (max-min of their scores,
+  10% random pairs) and label none of them (`routing.auto_threshold: 0.5`), so every
+  training label of both arms is a panel label.
 
 Training steps are equal (the hybrid's rounds split the offline run's steps in three;
 its online rounds also replay earlier pairs). The hybrid spends extra compute on
@@ -76,6 +77,7 @@ def arm_configs(seed: int, size: dict, work: Path):
     hybrid = make_config(raw, {**common, "data.path": str(hybrid_file), "loop.rounds": 3,
                                "train.max_steps": size["steps"] // 3,
                                "labeling.human.budget": per_round,
+                               "labeling.selection.pairs_per_prompt": 1,
                                "loop.prompts_per_round": per_round})
     return offline, hybrid
 

@@ -57,8 +57,8 @@ LOSSES = ("sigmoid", "soft", "rdpo")
 SIZES = {
     "quick": {"seeds": 1, "train_prompts": 48, "heldout_prompts": 16, "steps": 6,
               "eval_prompts": 16, "conditions": ("clean", "flip40")},
-    "full": {"seeds": 1, "train_prompts": 120, "heldout_prompts": 40, "steps": 16,
-             "eval_prompts": 48, "conditions": ("clean", "flip20", "flip40", "disagree")},
+    "full": {"seeds": 1, "train_prompts": 120, "heldout_prompts": 40, "steps": 20,
+             "eval_prompts": 0, "conditions": ("clean", "flip20", "flip40", "disagree")},
 }
 MAX_NEW_TOKENS = 32
 VOTES = 3
@@ -350,7 +350,7 @@ def table(results: dict, size: dict, size_name: str, n_pairs: int, n_held: int) 
                       f"{'**met**' if met else '**not met**'} ({robust} keeps {r:.2f}, "
                       f"sigmoid keeps {h:.2f})."]
     lines.append(f"{n_pairs} training pairs x {VOTES} votes, {size['steps']} optimizer steps "
-                 f"of 8 pairs; {size['eval_prompts']} held-out prompts for reward and KL, "
+                 f"of 8 pairs; {size['eval_prompts'] or 'all'} held-out prompts for reward and KL, "
                  f"{n_held} truth-labeled held-out pairs. {machine()}; {today()}; "
                  f"`python benchmarks/label_noise.py --size {size_name}`.")
     return "\n".join(lines), summary

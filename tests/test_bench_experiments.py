@@ -94,3 +94,24 @@ def test_hybrid_verdict_needs_a_gain_and_no_more_kl():
     assert better["target_met"]
     assert not hvo.summarise([_seed(s, 0.2, 4.0, 5.0) for s in range(3)])["target_met"]
     assert not hvo.summarise([_seed(s, 0.0, 5.0, 4.0) for s in range(3)])["target_met"]
+
+
+def test_noise_table_and_plot_from_results(tmp_path):
+    size = dict(ln.SIZES["full"])
+    est = lambda v: {"value": v, "lo": v - 0.1, "hi": v + 0.1, "n": 4}  # noqa: E731
+    clean_gain = {"sigmoid": 0.4, "soft": 0.4, "rdpo": 0.4}
+    kept = {"clean": 1.0, "flip20": 0.8, "flip40": None, "disagree": 0.7}
+    results = {}
+    for cond in size["conditions"]:
+        for loss in ln.LOSSES:
+            f = kept[cond] if kept[cond] is not None else (0.3 if loss == "sigmoid" else 0.8)
+            gains = [clean_gain[loss] * f] * 4
+            results[f"{cond}/{loss}"] = [{"gains": gains, "prompt_ids": list("abcd"),
+                                          "gain": est(gains[0]), "kl": est(2.0),
+                                          "gain_per_kl": gains[0] / 2.0,
+                                          "heldout_accuracy": est(0.7)}]
+    md, summary = ln.table(results, size, "full", 100, 200)
+    assert summary["target_met"] and summary["kept_hard"] == pytest.approx(0.3)
+    assert "**met**" in md and "flip40 | soft" in md
+    ln.plot(results, size, tmp_path / "noise.png")
+    assert (tmp_path / "noise.png").stat().st_size > 1000

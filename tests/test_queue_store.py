@@ -221,6 +221,21 @@ def test_priority_orders_the_queue(store):
     assert order == ["high", "mid-old", "mid-new", "low"]
 
 
+def test_items_beyond_the_first_window_are_found_in_order(store):
+    from alignloop.labeling.queue.store import TOP_WINDOW
+
+    n = TOP_WINDOW + 6
+    store.submit([QueueItem(f"q{i:03d}", 0, "p", "a", "b", priority=1.0 - i / 1000,
+                            votes_required=2, max_votes=2) for i in range(n)])
+    first, second = annotators(store, 2)
+    # the first annotator labels every item of the first window and a few more: they stay
+    # open (each needs a second vote), so the window holds nothing it may label again
+    seen = [label(store, first).item.item_id for _ in range(TOP_WINDOW + 3)]
+    assert seen == [f"q{i:03d}" for i in range(TOP_WINDOW + 3)]
+    assert label(store, first).item.item_id == f"q{TOP_WINDOW + 3:03d}"
+    assert label(store, second).item.item_id == "q000"     # the window still serves others
+
+
 def test_existing_items_are_left_unchanged(store):
     assert store.submit(items(3)) == 3
     changed = [QueueItem("i0", 5, "other", "x", "y", priority=9.0)] + items(5)[3:]

@@ -129,11 +129,22 @@ AVAILABLE = f"""i.is_open = 1
         < i.needed
     AND {_UNSEEN}"""
 ITEM_COLS = "i.item_id, i.round, i.prompt, i.a, i.b, i.slice, i.priority, i.votes_required, i.max_votes"
-_NEXT = f"SELECT {ITEM_COLS} FROM items i WHERE {AVAILABLE} ORDER BY i.priority DESC, i.seq, i.item_id LIMIT 1"
+_ORDER = "ORDER BY i.priority DESC, i.seq, i.item_id LIMIT 1"
+_NEXT = f"SELECT {ITEM_COLS} FROM items i WHERE {AVAILABLE} {_ORDER}"
+# A first pass over the first TOP_WINDOW open items in queue order (an index range):
+# the next item is almost always among them, and PostgreSQL's planner otherwise checks
+# every open item before sorting. Only when none of them is available does `_NEXT`
+# look further, so the item chosen is the same.
+TOP_WINDOW = 64
+_TOP = (f"SELECT {ITEM_COLS} FROM items i WHERE i.item_id IN (SELECT t.item_id FROM items t "
+        f"WHERE t.is_open = 1 ORDER BY t.priority DESC, t.seq, t.item_id LIMIT {TOP_WINDOW}) "
+        f"AND {AVAILABLE} {_ORDER}")
 _SQL = {k: text(v) for k, v in {
     "gold": f"SELECT {ITEM_COLS} FROM items i WHERE i.gold IS NOT NULL AND {_UNSEEN} "
             "ORDER BY i.seq LIMIT 32",
     "next": _NEXT,
+    "next_top": _TOP,
+    "next_top_skip": _TOP + " FOR UPDATE SKIP LOCKED",
     "next_skip": _NEXT + " FOR UPDATE SKIP LOCKED",
     "next_wait": _NEXT + " FOR UPDATE",
     "recheck": f"SELECT 1 FROM items i WHERE i.item_id = :id AND {AVAILABLE}",
@@ -375,7 +386,8 @@ class QueueStore:
             row = rng.choice(rows) if rows else None
             is_gold = row is not None
             if row is None:
-                row = conn.execute(_SQL["next_skip" if pg else "next"], p).first()
+                row = (conn.execute(_SQL["next_top_skip" if pg else "next_top"], p).first()
+                       or conn.execute(_SQL["next_skip" if pg else "next"], p).first())
                 if row is None and pg and attempt == 0:
                     row = conn.execute(_SQL["next_wait"], p).first()
                 if row is None:
