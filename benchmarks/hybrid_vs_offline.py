@@ -60,8 +60,13 @@ SIZES = {
 }
 
 
-def arm_configs(seed: int, size: dict, work: Path):
-    """(offline config, hybrid config) for one seed; writes their static pair files."""
+HYBRIDS = {"hybrid": "hybrid, reference = previous policy (default)",
+           "hybrid_base": "hybrid, reference = base model"}
+ARMS = ("offline", *HYBRIDS)
+
+
+def arm_configs(seed: int, size: dict, work: Path) -> dict:
+    """{arm: config} for one seed; writes their static pair files."""
     b = size["budget"]
     rows = static_rows()
     random.Random(seed).shuffle(rows)
@@ -71,15 +76,15 @@ def arm_configs(seed: int, size: dict, work: Path):
     common = {"train.seed": seed, "loop.seed": seed, "loop.eval_prompts": size["eval_prompts"],
               "generation.max_new_tokens": size["max_new_tokens"],
               "labeling.routing.auto_threshold": 0.5, "loop.gate.action": "flag"}
+    hybrid = {**common, "data.path": str(hybrid_file), "loop.rounds": 3,
+              "train.max_steps": size["steps"] // 3, "labeling.human.budget": per_round,
+              "labeling.selection.pairs_per_prompt": 1, "loop.prompts_per_round": per_round}
     raw = demo_raw()
-    offline = make_config(raw, {**common, "data.path": str(offline_file), "loop.rounds": 1,
-                                "train.max_steps": size["steps"], "labeling.human.budget": 0})
-    hybrid = make_config(raw, {**common, "data.path": str(hybrid_file), "loop.rounds": 3,
-                               "train.max_steps": size["steps"] // 3,
-                               "labeling.human.budget": per_round,
-                               "labeling.selection.pairs_per_prompt": 1,
-                               "loop.prompts_per_round": per_round})
-    return offline, hybrid
+    return {"offline": make_config(raw, {**common, "data.path": str(offline_file),
+                                         "loop.rounds": 1, "train.max_steps": size["steps"],
+                                         "labeling.human.budget": 0}),
+            "hybrid": make_config(raw, hybrid),
+            "hybrid_base": make_config(raw, {**hybrid, "reference.mode": "base"})}
 
 
 def _labels(run_dir: Path, k_last: int) -> dict:
@@ -94,87 +99,92 @@ def _labels(run_dir: Path, k_last: int) -> dict:
     return counts
 
 
-def seed_result(seed: int, off_dir: Path, hyb_dir: Path) -> dict:
-    k = last_round(hyb_dir)
+def seed_result(seed: int, dirs: dict[str, Path]) -> dict:
+    """Per held-out sample, each arm's panel reward; per arm, KL to base and labels spent.
+    The failure slices are every slice a hybrid arm chose in any round (one definition
+    for every comparison of the seed)."""
+    last = {arm: last_round(d) for arm, d in dirs.items()}
     failing: list[str] = []
-    for j in range(1, k + 1):
-        for s in json.loads((hyb_dir / f"round_{j:03d}" / "slices.json").read_text())["chosen"]:
-            if s not in failing:
-                failing.append(s)
+    for arm in HYBRIDS:
+        for j in range(1, last[arm] + 1):
+            for sl in json.loads((dirs[arm] / f"round_{j:03d}" / "slices.json").read_text())["chosen"]:
+                if sl not in failing:
+                    failing.append(sl)
     key = lambda r: (r["prompt_id"], r["sample_index"])  # noqa: E731
-    hyb = {key(r): r for r in samples(hyb_dir, k)}
-    off = {key(r): r for r in samples(off_dir, 0)}
-    base = {key(r): r for r in samples(off_dir, 0, "base")}
-    rows = [{"seed": seed, "prompt_id": kk[0], "slice": off[kk]["slice"],
-             "failing": off[kk]["slice"] in failing, "base": base[kk]["latent_reward"],
-             "offline": off[kk]["latent_reward"], "hybrid": hyb[kk]["latent_reward"]}
-            for kk in sorted(off) if kk in hyb and kk in base]
-    return {"seed": seed, "rounds": k + 1, "failing_slices": failing, "rows": rows,
-            "kl_offline": kl_to_base(report(off_dir, 0)), "kl_hybrid": kl_to_base(report(hyb_dir, k)),
-            "labels_offline": _labels(off_dir, 0), "labels_hybrid": _labels(hyb_dir, k)}
+    by_arm = {arm: {key(r): r for r in samples(d, last[arm])} for arm, d in dirs.items()}
+    base = {key(r): r for r in samples(dirs["offline"], 0, "base")}
+    keys = [kk for kk in sorted(base) if all(kk in rows for rows in by_arm.values())]
+    rows = [{"seed": seed, "prompt_id": kk[0], "slice": base[kk]["slice"],
+             "failing": base[kk]["slice"] in failing, "base": base[kk]["latent_reward"],
+             **{arm: by_arm[arm][kk]["latent_reward"] for arm in dirs}} for kk in keys]
+    return {"seed": seed, "failing_slices": failing, "rows": rows,
+            "kl": {arm: kl_to_base(report(d, last[arm])) for arm, d in dirs.items()},
+            "labels": {arm: _labels(d, last[arm]) for arm, d in dirs.items()}}
 
 
-def summarise(per_seed: list[dict]) -> dict:
+def summarise(per_seed: list[dict], hybrids=tuple(HYBRIDS)) -> dict:
     rows = [r for s in per_seed for r in s["rows"]]
-    out: dict = {}
+    arms = ("offline", *hybrids)
+    out: dict = {"kl": {arm: t_interval([s["kl"][arm]["value"] for s in per_seed]) for arm in arms},
+                 "target_met": {}}
     for part, sub in (("failing", [r for r in rows if r["failing"]]), ("overall", rows)):
         groups = [f"{r['seed']}:{r['prompt_id']}" for r in sub]
-        out[part] = {
-            **{arm: mean_ci([r[arm] for r in sub], groups) for arm in ("base", "offline", "hybrid")},
-            "diff": mean_ci([r["hybrid"] - r["offline"] for r in sub], groups),
-            "win": mean_ci([1.0 if r["hybrid"] > r["offline"] else 0.5 if r["hybrid"] == r["offline"]
-                            else 0.0 for r in sub], groups),
-            "diff_by_seed": t_interval([
-                sum(r["hybrid"] - r["offline"] for r in sub if r["seed"] == s["seed"])
-                / max(1, sum(1 for r in sub if r["seed"] == s["seed"])) for s in per_seed]),
-        }
-    out["kl_offline"] = t_interval([s["kl_offline"]["value"] for s in per_seed])
-    out["kl_hybrid"] = t_interval([s["kl_hybrid"]["value"] for s in per_seed])
-    d = out["failing"]["diff"]
-    out["target_met"] = bool(d["lo"] > 0 and out["kl_hybrid"]["value"] <= out["kl_offline"]["value"])
+        out[part] = {arm: mean_ci([r[arm] for r in sub], groups) for arm in ("base", *arms)}
+        for h in hybrids:
+            out[part][f"{h}_diff"] = mean_ci([r[h] - r["offline"] for r in sub], groups)
+            out[part][f"{h}_win"] = mean_ci([1.0 if r[h] > r["offline"] else 0.5 if r[h] == r["offline"]
+                                             else 0.0 for r in sub], groups)
+            out[part][f"{h}_diff_by_seed"] = t_interval([
+                sum(r[h] - r["offline"] for r in sub if r["seed"] == s["seed"])
+                / max(1, sum(1 for r in sub if r["seed"] == s["seed"])) for s in per_seed])
+    for h in hybrids:
+        out["target_met"][h] = bool(out["failing"][f"{h}_diff"]["lo"] > 0
+                                    and out["kl"][h]["value"] <= out["kl"]["offline"]["value"])
     return out
 
 
 def table(per_seed: list[dict], summary: dict, size_name: str, size: dict) -> str:
-    f, o = summary["failing"], summary["overall"]
-    steps = size["steps"]
+    f, o, kl = summary["failing"], summary["overall"], summary["kl"]
+    b, steps = size["budget"], size["steps"]
+    hybrids = list(summary["target_met"])
     lines = [
         "| arm | training labels | optimizer steps | panel reward, failure slices | overall "
         "| KL to base (nats/seq, t-interval over seeds) |",
         "|---|---|---|---|---|---|",
         f"| base model | 0 | 0 | {fmt_ci(f['base'])} | {fmt_ci(o['base'])} | 0 |",
-        f"| offline: one DPO round on static pairs | {size['budget']} static | {steps} | "
-        f"{fmt_ci(f['offline'])} | {fmt_ci(o['offline'])} | {fmt_ci(summary['kl_offline'], 2)} |",
-        f"| hybrid: round 0 + 2 online rounds | {size['budget'] // 2} static + "
-        f"{size['budget'] - size['budget'] // 2} online | {steps // 3} x 3 | {fmt_ci(f['hybrid'])} | "
-        f"{fmt_ci(o['hybrid'])} | {fmt_ci(summary['kl_hybrid'], 2)} |",
-        "",
-        "| seed | failure slices (chosen by the hybrid) | hybrid - offline, failure slices "
-        "| overall | KL offline | KL hybrid | labels offline / hybrid |",
-        "|---|---|---|---|---|---|---|",
+        f"| offline: one DPO round on static pairs | {b} static | {steps} | "
+        f"{fmt_ci(f['offline'])} | {fmt_ci(o['offline'])} | {fmt_ci(kl['offline'], 2)} |",
     ]
+    lines += [f"| {HYBRIDS[h]}: round 0 + 2 online rounds | {b // 2} static + {b - b // 2} online | "
+              f"{steps // 3} x 3 | {fmt_ci(f[h])} | {fmt_ci(o[h])} | {fmt_ci(kl[h], 2)} |"
+              for h in hybrids]
+    lines += ["", "| seed | failure slices (chosen by the hybrids) | "
+              + " | ".join(f"{h} - offline, failure slices / overall" for h in hybrids)
+              + " | KL to base: " + " / ".join(("offline", *hybrids)) + " | labels per arm |",
+              "|---|---|" + "---|" * len(hybrids) + "---|---|"]
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    lab = lambda c: " + ".join(f"{v} {k}" for k, v in c.items())  # noqa: E731
     for s in per_seed:
         fr = [r for r in s["rows"] if r["failing"]]
-        mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
-        lab = lambda c: " + ".join(f"{v} {k}" for k, v in c.items())  # noqa: E731
-        lines.append(
-            f"| {s['seed']} | {', '.join(s['failing_slices']) or 'none'} | "
-            f"{mean([r['hybrid'] - r['offline'] for r in fr]):+.3f} | "
-            f"{mean([r['hybrid'] - r['offline'] for r in s['rows']]):+.3f} | "
-            f"{s['kl_offline']['value']:.2f} | {s['kl_hybrid']['value']:.2f} | "
-            f"{lab(s['labels_offline'])} / {lab(s['labels_hybrid'])} |")
-    verdict = "**met**" if summary["target_met"] else "**not met**"
-    lines += [
-        "",
-        f"- Hybrid - offline, panel reward on the failure slices: {fmt_ci(f['diff'])} "
-        f"(bootstrap over seed x prompt); over seeds: {fmt_ci(f['diff_by_seed'])} (t, "
-        f"{len(per_seed)} seeds). Overall: {fmt_ci(o['diff'])}.",
-        f"- Win rate of hybrid over offline by panel reward: failure slices {fmt_ci(f['win'])}, "
-        f"overall {fmt_ci(o['win'])} (ties half).",
-        f"- Target (hybrid beats offline on the failure slices, 95% interval excludes 0, at no "
-        f"more KL to the base): {verdict}.",
-        f"{machine()}; {today()}; `python benchmarks/hybrid_vs_offline.py --size {size_name}`.",
-    ]
+        diffs = [f"{mean([r[h] - r['offline'] for r in fr]):+.3f} / "
+                 f"{mean([r[h] - r['offline'] for r in s['rows']]):+.3f}" for h in hybrids]
+        lines.append(f"| {s['seed']} | {', '.join(s['failing_slices']) or 'none'} | "
+                     + " | ".join(diffs) + " | "
+                     + " / ".join(f"{s['kl'][a]['value']:.2f}" for a in ("offline", *hybrids))
+                     + " | " + "; ".join(lab(s["labels"][a]) for a in ("offline", *hybrids)) + " |")
+    lines.append("")
+    for h in hybrids:
+        verdict = "**met**" if summary["target_met"][h] else "**not met**"
+        lines += [
+            f"- {HYBRIDS[h]} - offline, panel reward on the failure slices: "
+            f"{fmt_ci(f[h + '_diff'])} (bootstrap over seed x prompt), over seeds "
+            f"{fmt_ci(f[h + '_diff_by_seed'])} (t, {len(per_seed)} seeds); overall "
+            f"{fmt_ci(o[h + '_diff'])}. Win rate over offline: failure slices "
+            f"{fmt_ci(f[h + '_win'])}, overall {fmt_ci(o[h + '_win'])} (ties half). KL to base "
+            f"{kl[h]['value']:.2f} vs offline {kl['offline']['value']:.2f}. "
+            f"Target (beats offline on the failure slices, 95% interval excludes 0, at no more "
+            f"KL): {verdict}."]
+    lines.append(f"{machine()}; {today()}; `python benchmarks/hybrid_vs_offline.py --size {size_name}`.")
     return "\n".join(lines)
 
 
@@ -185,16 +195,17 @@ def plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    arms = ("base", "offline", "hybrid")
+    arms = ("base", "offline", *summary["target_met"])
     for i, part in enumerate(("failing", "overall")):
         for j, arm in enumerate(arms):
             e = summary[part][arm]
-            x = i * 4 + j
-            ax.bar(x, e["value"], color=("#999", "#d98c3f", "#3f7fd9")[j],
+            x = i * (len(arms) + 1) + j
+            ax.bar(x, e["value"], color=("#999", "#d98c3f", "#3f7fd9", "#5aa55a")[j],
                    label=arm if i == 0 else None)
             ax.errorbar(x, e["value"], yerr=[[e["value"] - e["lo"]], [e["hi"] - e["value"]]],
                         color="k", capsize=3)
-    ax.set_xticks([1, 5], ["failure slices", "all held-out prompts"])
+    ax.set_xticks([(len(arms) - 1) / 2, len(arms) + 1 + (len(arms) - 1) / 2],
+                  ["failure slices", "all held-out prompts"])
     ax.set_ylabel("panel reward (ground truth)")
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
@@ -205,18 +216,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="quick")
     ap.add_argument("--seeds", type=int, help="override the size's number of seeds")
+    ap.add_argument("--arms", default=",".join(ARMS),
+                    help="arms to run now (default: all); the tables need every arm's runs")
     ap.add_argument("--no-readme", action="store_true", help="write results/ only")
     args = ap.parse_args()
     size = dict(SIZES[args.size], **({"seeds": args.seeds} if args.seeds else {}))
+    wanted = [a for a in ARMS if a in args.arms.split(",")]
     per_seed = []
     for seed in range(size["seeds"]):
         work = RUNS / "hybrid_vs_offline" / args.size / f"seed{seed}"
-        offline, hybrid = arm_configs(seed, size, work)
-        print(f"== seed {seed}: offline", flush=True)
-        run_loop(offline, work / "offline")
-        print(f"== seed {seed}: hybrid", flush=True)
-        run_loop(hybrid, work / "hybrid")
-        per_seed.append(seed_result(seed, work / "offline", work / "hybrid"))
+        configs = arm_configs(seed, size, work)
+        for arm in wanted:
+            print(f"== seed {seed}: {arm}", flush=True)
+            run_loop(configs[arm], work / arm)
+        if set(wanted) == set(ARMS):
+            per_seed.append(seed_result(seed, {arm: work / arm for arm in ARMS}))
+    if not per_seed:
+        return
     summary = summarise(per_seed)
     md = table(per_seed, summary, args.size, size)
     RESULTS.mkdir(exist_ok=True)

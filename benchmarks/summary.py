@@ -92,10 +92,14 @@ def _demo(meta: dict, rows: dict) -> list[Row]:
 
 def _hybrid(meta: dict, rows: dict) -> list[Row]:
     s = rows["summary"]
-    d = s["failing"]["diff"]
-    return [("hybrid beats offline on the failure slices (95% CI excludes 0) at no more KL",
-             f"{d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]; KL {s['kl_hybrid']['value']:.1f} "
-             f"vs {s['kl_offline']['value']:.1f} nats", meta["target_met"])]
+    out: list[Row] = []
+    for arm, met in s["target_met"].items():
+        d, label = s["failing"][f"{arm}_diff"], arm.replace("_", ", reference = ")
+        out.append((f"{label} beats offline on the failure slices (95% CI excludes 0) at no "
+                    f"more KL to the base",
+                    f"{d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]; KL "
+                    f"{s['kl'][arm]['value']:.1f} vs {s['kl']['offline']['value']:.1f} nats", met))
+    return out
 
 
 def _noise(meta: dict, rows: dict) -> list[Row]:

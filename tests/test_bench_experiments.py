@@ -81,31 +81,34 @@ def _seed(seed, diff, kl_off, kl_hyb, n=30):
     rows = [{"seed": seed, "prompt_id": f"p{i}", "slice": "hard" if i % 2 else "easy",
              "failing": bool(i % 2), "base": 0.5, "offline": 0.8 + 0.01 * (i % 5),
              "hybrid": 0.8 + 0.01 * (i % 5) + (diff if i % 2 else 0.0)} for i in range(n)]
-    return {"seed": seed, "rows": rows, "kl_offline": {"value": kl_off},
-            "kl_hybrid": {"value": kl_hyb}}
+    return {"seed": seed, "rows": rows, "failing_slices": ["hard"],
+            "kl": {"offline": {"value": kl_off}, "hybrid": {"value": kl_hyb}},
+            "labels": {"offline": {"static": 64}, "hybrid": {"static": 32, "human": 32}}}
 
 
 def test_hybrid_verdict_needs_a_gain_and_no_more_kl():
-    better = hvo.summarise([_seed(s, 0.2, 5.0, 4.0) for s in range(3)])
-    assert better["failing"]["diff"]["value"] == pytest.approx(0.2)
-    assert better["failing"]["diff"]["lo"] > 0
-    assert better["failing"]["win"]["value"] == pytest.approx(1.0)
-    assert better["overall"]["diff"]["value"] == pytest.approx(0.1)
-    assert better["target_met"]
-    assert not hvo.summarise([_seed(s, 0.2, 4.0, 5.0) for s in range(3)])["target_met"]
-    assert not hvo.summarise([_seed(s, 0.0, 5.0, 4.0) for s in range(3)])["target_met"]
+    better = hvo.summarise([_seed(s, 0.2, 5.0, 4.0) for s in range(3)], hybrids=("hybrid",))
+    assert better["failing"]["hybrid_diff"]["value"] == pytest.approx(0.2)
+    assert better["failing"]["hybrid_diff"]["lo"] > 0
+    assert better["failing"]["hybrid_win"]["value"] == pytest.approx(1.0)
+    assert better["overall"]["hybrid_diff"]["value"] == pytest.approx(0.1)
+    assert better["target_met"] == {"hybrid": True}
+    more_kl = hvo.summarise([_seed(s, 0.2, 4.0, 5.0) for s in range(3)], hybrids=("hybrid",))
+    no_gain = hvo.summarise([_seed(s, 0.0, 5.0, 4.0) for s in range(3)], hybrids=("hybrid",))
+    assert not more_kl["target_met"]["hybrid"] and not no_gain["target_met"]["hybrid"]
+    md = hvo.table([_seed(s, 0.2, 5.0, 4.0) for s in range(3)], better, "full", hvo.SIZES["full"])
+    assert md.count("**met**") == 1 and "+0.200 / +0.100" in md
 
 
 def test_noise_table_and_plot_from_results(tmp_path):
     size = dict(ln.SIZES["full"])
     est = lambda v: {"value": v, "lo": v - 0.1, "hi": v + 0.1, "n": 4}  # noqa: E731
-    clean_gain = {"sigmoid": 0.4, "soft": 0.4, "rdpo": 0.4}
     kept = {"clean": 1.0, "flip20": 0.8, "flip40": None, "disagree": 0.7}
     results = {}
     for cond in size["conditions"]:
         for loss in ln.LOSSES:
             f = kept[cond] if kept[cond] is not None else (0.3 if loss == "sigmoid" else 0.8)
-            gains = [clean_gain[loss] * f] * 4
+            gains = [0.4 * f] * 4
             results[f"{cond}/{loss}"] = [{"gains": gains, "prompt_ids": list("abcd"),
                                           "gain": est(gains[0]), "kl": est(2.0),
                                           "gain_per_kl": gains[0] / 2.0,
