@@ -94,11 +94,14 @@ def _hybrid(meta: dict, rows: dict) -> list[Row]:
     s = rows["summary"]
     out: list[Row] = []
     for arm, met in s["target_met"].items():
-        d, label = s["failing"][f"{arm}_diff"], arm.replace("_", ", reference = ")
+        label = arm.replace("_", ", reference = ")
+        against = s["matched_by"][arm] or ["offline"]
+        measured = "; ".join(
+            f"vs {o} (KL {s['kl'][o]['value']:.1f}): {d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+            for o in against for d in [s["failing"]["vs"][f"{arm}|{o}"]["diff"]])
         out.append((f"{label} beats offline on the failure slices (95% CI excludes 0) at no "
                     f"more KL to the base",
-                    f"{d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]; KL "
-                    f"{s['kl'][arm]['value']:.1f} vs {s['kl']['offline']['value']:.1f} nats", met))
+                    f"KL {s['kl'][arm]['value']:.1f}; {measured}", met))
     return out
 
 

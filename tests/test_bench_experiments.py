@@ -86,18 +86,37 @@ def _seed(seed, diff, kl_off, kl_hyb, n=30):
             "labels": {"offline": {"static": 64}, "hybrid": {"static": 32, "human": 32}}}
 
 
+def _summary(seeds):
+    return hvo.summarise(seeds, hybrids=("hybrid",), offline=("offline",))
+
+
 def test_hybrid_verdict_needs_a_gain_and_no_more_kl():
-    better = hvo.summarise([_seed(s, 0.2, 5.0, 4.0) for s in range(3)], hybrids=("hybrid",))
-    assert better["failing"]["hybrid_diff"]["value"] == pytest.approx(0.2)
-    assert better["failing"]["hybrid_diff"]["lo"] > 0
-    assert better["failing"]["hybrid_win"]["value"] == pytest.approx(1.0)
-    assert better["overall"]["hybrid_diff"]["value"] == pytest.approx(0.1)
+    seeds = [_seed(s, 0.2, 5.0, 4.0) for s in range(3)]
+    better = _summary(seeds)
+    vs = better["failing"]["vs"]["hybrid|offline"]
+    assert vs["diff"]["value"] == pytest.approx(0.2) and vs["diff"]["lo"] > 0
+    assert vs["win"]["value"] == pytest.approx(1.0)
+    assert better["overall"]["vs"]["hybrid|offline"]["diff"]["value"] == pytest.approx(0.1)
     assert better["target_met"] == {"hybrid": True}
-    more_kl = hvo.summarise([_seed(s, 0.2, 4.0, 5.0) for s in range(3)], hybrids=("hybrid",))
-    no_gain = hvo.summarise([_seed(s, 0.0, 5.0, 4.0) for s in range(3)], hybrids=("hybrid",))
-    assert not more_kl["target_met"]["hybrid"] and not no_gain["target_met"]["hybrid"]
-    md = hvo.table([_seed(s, 0.2, 5.0, 4.0) for s in range(3)], better, "full", hvo.SIZES["full"])
-    assert md.count("**met**") == 1 and "+0.200 / +0.100" in md
+    assert not _summary([_seed(s, 0.2, 4.0, 5.0) for s in range(3)])["target_met"]["hybrid"]
+    assert not _summary([_seed(s, 0.0, 5.0, 4.0) for s in range(3)])["target_met"]["hybrid"]
+    md = hvo.table(seeds, better, "full", hvo.SIZES["full"])
+    assert md.count("**met**") == 1 and "offline arms with at least its KL (4.00): offline" in md
+
+
+def test_hybrid_is_judged_against_the_offline_arms_with_at_least_its_kl():
+    seeds = [_seed(s, 0.2, 2.0, 4.0) for s in range(3)]
+    for s in seeds:              # a hotter offline arm: more KL, and the hybrid still wins
+        s["kl"]["offline_lr3"] = {"value": 6.0}
+        for r in s["rows"]:
+            r["offline_lr3"] = r["offline"] + 0.05
+    both = hvo.summarise(seeds, hybrids=("hybrid",), offline=("offline", "offline_lr3"))
+    assert both["matched_by"]["hybrid"] == ["offline_lr3"] and both["target_met"]["hybrid"]
+    for s in seeds:              # ... unless it beats the hybrid on the failure slices
+        for r in s["rows"]:
+            r["offline_lr3"] = r["hybrid"] + (0.3 if r["failing"] else 0.0)
+    assert not hvo.summarise(seeds, hybrids=("hybrid",),
+                             offline=("offline", "offline_lr3"))["target_met"]["hybrid"]
 
 
 def test_noise_table_and_plot_from_results(tmp_path):
