@@ -13,6 +13,11 @@ Per seed, two runs of alignloop on the embedded SmolLM2-135M-Instruct (LoRA, CPU
   10% random pairs) and label none of them (`routing.auto_threshold: 0.5`), so every
   training label of both arms is a panel label.
 
+Two more arms: `hybrid_base`, the hybrid with `reference.mode: base` (each round
+anchored to the base model rather than the previous policy), and `offline_lr3`, the
+offline arm at three times the learning rate (more KL to the base at the same
+compute), so a hybrid can be judged against an offline policy that drifted as far.
+
 Training steps are equal (the hybrid's rounds split the offline run's steps in three;
 its online rounds also replay earlier pairs). The hybrid spends extra compute on
 sampling candidates and on per-round evaluation; that is the price of the loop.
@@ -23,7 +28,8 @@ base (k1 per sequence, temperature-1 samples), and the win rate of hybrid over o
 by latent reward. Intervals: a cluster bootstrap over (seed, prompt) of the paired
 per-prompt difference, and a Student-t interval over the seeds' means.
 Target: hybrid beats offline on the failure slices with a 95% interval that excludes
-zero, at no more KL to the base.
+zero, at no more KL to the base: met for a hybrid arm when at least one offline arm has
+at least its KL and the hybrid beats every such arm.
 """
 
 from __future__ import annotations
