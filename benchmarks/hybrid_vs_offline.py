@@ -111,17 +111,28 @@ def _labels(run_dir: Path, k_last: int) -> dict:
     return counts
 
 
+def _finished(run_dir: Path, rounds: int) -> bool:
+    """The run reported its last round, or ended early on its own (no failure slice left)."""
+    path = run_dir / "state.json"
+    if not path.exists():
+        return False
+    state = json.loads(path.read_text())["rounds"]
+    return ("report" in state.get(str(rounds - 1), {}).get("stages", {})
+            or any(r.get("ended") for r in state.values()))
+
+
 def seed_result(seed: int, dirs: dict[str, Path]) -> dict:
-    """Per held-out sample, each arm's panel reward; per arm, KL to base and labels spent.
-    The failure slices are every slice a hybrid arm chose in any round (one definition
-    for every comparison of the seed)."""
+    """Per held-out sample, each finished arm's panel reward; per arm, KL to base and labels
+    spent. Arms that did not run for this seed are left out. The failure slices are the
+    slices the default hybrid chose in any round (the loop as users run it)."""
+    dirs = {arm: d for arm, d in dirs.items()
+            if _finished(d, 1 if arm in OFFLINE else 3) or arm in ("offline", "hybrid")}
     last = {arm: last_round(d) for arm, d in dirs.items()}
     failing: list[str] = []
-    for arm in HYBRIDS:
-        for j in range(1, last[arm] + 1):
-            for sl in json.loads((dirs[arm] / f"round_{j:03d}" / "slices.json").read_text())["chosen"]:
-                if sl not in failing:
-                    failing.append(sl)
+    for j in range(1, last["hybrid"] + 1):
+        for sl in json.loads((dirs["hybrid"] / f"round_{j:03d}" / "slices.json").read_text())["chosen"]:
+            if sl not in failing:
+                failing.append(sl)
     key = lambda r: (r["prompt_id"], r["sample_index"])  # noqa: E731
     by_arm = {arm: {key(r): r for r in samples(d, last[arm])} for arm, d in dirs.items()}
     base = {key(r): r for r in samples(dirs["offline"], 0, "base")}
@@ -134,29 +145,37 @@ def seed_result(seed: int, dirs: dict[str, Path]) -> dict:
             "labels": {arm: _labels(d, last[arm]) for arm, d in dirs.items()}}
 
 
-def _vs(sub: list[dict], h: str, o: str, groups: list[str], per_seed: list[dict]) -> dict:
-    """Paired comparison of arm h against arm o over the rows `sub`."""
-    seeds = [s["seed"] for s in per_seed]
+def _vs(sub: list[dict], h: str, o: str, per_seed: list[dict]) -> dict:
+    """Paired comparison of arm h against arm o over the rows of `sub` that have both."""
+    sub = [r for r in sub if h in r and o in r]
+    groups = [f"{r['seed']}:{r['prompt_id']}" for r in sub]
+    seeds = [s["seed"] for s in per_seed if h in s["kl"] and o in s["kl"]]
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     return {"diff": mean_ci([r[h] - r[o] for r in sub], groups),
             "win": mean_ci([1.0 if r[h] > r[o] else 0.5 if r[h] == r[o] else 0.0 for r in sub], groups),
             "diff_by_seed": t_interval([mean([r[h] - r[o] for r in sub if r["seed"] == sd])
-                                        for sd in seeds])}
+                                        for sd in seeds]),
+            "seeds": len(seeds)}
 
 
 def summarise(per_seed: list[dict], hybrids=tuple(HYBRIDS), offline=tuple(OFFLINE)) -> dict:
-    """Per arm: panel reward (failure slices, overall) and KL to base; per hybrid and offline
-    arm: the paired difference, win rate and per-seed interval. A hybrid meets the target
-    when some offline arm has at least its KL to the base and the hybrid beats every such
-    arm on the failure slices with a 95% interval above zero."""
+    """Per arm: panel reward (failure slices, overall) and KL to base, over the seeds the arm
+    ran; per hybrid and offline arm: the paired difference, win rate and per-seed interval.
+    A hybrid meets the target when some offline arm has at least its KL to the base and
+    the hybrid beats every such arm on the failure slices with a 95% interval above zero."""
+    present = {a for s in per_seed for a in s["kl"]}
+    hybrids = [h for h in hybrids if h in present]
+    offline = [o for o in offline if o in present]
     rows = [r for s in per_seed for r in s["rows"]]
     arms = (*offline, *hybrids)
-    out: dict = {"kl": {arm: t_interval([s["kl"][arm]["value"] for s in per_seed]) for arm in arms},
+    out: dict = {"kl": {a: t_interval([s["kl"][a]["value"] for s in per_seed if a in s["kl"]])
+                        for a in arms},
                  "target_met": {}, "matched_by": {}}
     for part, sub in (("failing", [r for r in rows if r["failing"]]), ("overall", rows)):
-        groups = [f"{r['seed']}:{r['prompt_id']}" for r in sub]
-        out[part] = {arm: mean_ci([r[arm] for r in sub], groups) for arm in ("base", *arms)}
-        out[part]["vs"] = {f"{h}|{o}": _vs(sub, h, o, groups, per_seed) for h in hybrids for o in offline}
+        out[part] = {a: mean_ci([r[a] for r in sub if a in r],
+                                [f"{r['seed']}:{r['prompt_id']}" for r in sub if a in r])
+                     for a in ("base", *arms)}
+        out[part]["vs"] = {f"{h}|{o}": _vs(sub, h, o, per_seed) for h in hybrids for o in offline}
     for h in hybrids:
         matched = [o for o in offline if out["kl"][o]["value"] >= out["kl"][h]["value"]]
         out["matched_by"][h] = matched
@@ -176,11 +195,11 @@ def table(per_seed: list[dict], summary: dict, size_name: str, size: dict) -> st
         "|---|---|---|---|---|---|",
         f"| base model | 0 | 0 | {fmt_ci(f['base'])} | {fmt_ci(o['base'])} | 0 |",
     ]
-    lines += [f"| {OFFLINE[a]} | {b} static | {steps} | {fmt_ci(f[a])} | {fmt_ci(o[a])} | "
-              f"{fmt_ci(kl[a], 2)} |" for a in offline]
-    lines += [f"| {HYBRIDS[h]}: round 0 + 2 online rounds | {b // 2} static + {b - b // 2} online | "
-              f"{steps // 3} x 3 | {fmt_ci(f[h])} | {fmt_ci(o[h])} | {fmt_ci(kl[h], 2)} |"
-              for h in hybrids]
+    lines += [f"| {OFFLINE[a]} ({kl[a]['n']} seeds) | {b} static | {steps} | {fmt_ci(f[a])} | "
+              f"{fmt_ci(o[a])} | {fmt_ci(kl[a], 2)} |" for a in offline]
+    lines += [f"| {HYBRIDS[h]}: round 0 + 2 online rounds ({kl[h]['n']} seeds) | {b // 2} static + "
+              f"{b - b // 2} online | {steps // 3} x 3 | {fmt_ci(f[h])} | {fmt_ci(o[h])} | "
+              f"{fmt_ci(kl[h], 2)} |" for h in hybrids]
     arms = (*offline, *hybrids)
     lines += ["", "| seed | failure slices (chosen by the hybrids) | panel reward on them: "
               + " / ".join(arms) + " | KL to base: " + " / ".join(arms) + " |", "|---|---|---|---|"]
@@ -188,18 +207,21 @@ def table(per_seed: list[dict], summary: dict, size_name: str, size: dict) -> st
     for s in per_seed:
         fr = [r for r in s["rows"] if r["failing"]]
         lines.append(f"| {s['seed']} | {', '.join(s['failing_slices']) or 'none'} | "
-                     + " / ".join(f"{mean([r[a] for r in fr]):.3f}" for a in arms) + " | "
-                     + " / ".join(f"{s['kl'][a]['value']:.2f}" for a in arms) + " |")
+                     + " / ".join(f"{mean([r[a] for r in fr]):.3f}" if a in s["kl"] else "-"
+                                  for a in arms) + " | "
+                     + " / ".join(f"{s['kl'][a]['value']:.2f}" if a in s["kl"] else "-"
+                                  for a in arms) + " |")
     lab = lambda c: " + ".join(f"{v} {k}" for k, v in c.items())  # noqa: E731
     lines += ["", "Labels spent per arm (seed 0): "
-              + "; ".join(f"{a}: {lab(per_seed[0]['labels'][a])}" for a in arms) + ".", ""]
+              + "; ".join(f"{a}: {lab(per_seed[0]['labels'][a])}" for a in arms
+                          if a in per_seed[0]["labels"]) + ".", ""]
     for h in hybrids:
         for off in offline:
             v, w = f["vs"][f"{h}|{off}"], o["vs"][f"{h}|{off}"]
             lines.append(
                 f"- {HYBRIDS[h]} vs {OFFLINE[off]}: panel reward on the failure slices "
                 f"{fmt_ci(v['diff'])} (bootstrap over seed x prompt), over seeds "
-                f"{fmt_ci(v['diff_by_seed'])} (t, {len(per_seed)} seeds); overall "
+                f"{fmt_ci(v['diff_by_seed'])} (t, {v['seeds']} seeds); overall "
                 f"{fmt_ci(w['diff'])}; win rate {fmt_ci(v['win'])} on the failure slices, "
                 f"{fmt_ci(w['win'])} overall (ties half).")
         matched = summary["matched_by"][h]

@@ -137,3 +137,17 @@ def test_noise_table_and_plot_from_results(tmp_path):
     assert "**met**" in md and "flip40 | soft" in md
     ln.plot(results, size, tmp_path / "noise.png")
     assert (tmp_path / "noise.png").stat().st_size > 1000
+
+
+def test_an_arm_missing_from_a_seed_is_summarised_over_the_seeds_it_ran():
+    seeds = [_seed(s, 0.2, 5.0, 4.0) for s in range(3)]
+    for s in seeds[:2]:
+        s["kl"]["hybrid_base"] = {"value": 3.0}
+        for r in s["rows"]:
+            r["hybrid_base"] = r["offline"] + 0.1
+    out = hvo.summarise(seeds, hybrids=("hybrid", "hybrid_base"), offline=("offline",))
+    assert out["kl"]["hybrid_base"]["n"] == 2 and out["kl"]["hybrid"]["n"] == 3
+    vs = out["overall"]["vs"]["hybrid_base|offline"]
+    assert vs["seeds"] == 2 and vs["diff"]["value"] == pytest.approx(0.1)
+    assert out["target_met"] == {"hybrid": True, "hybrid_base": True}
+    assert "| - |" not in hvo.table(seeds, out, "full", hvo.SIZES["full"]).split("\n")[0]
