@@ -195,9 +195,10 @@ def table(per_seed: list[dict], summary: dict, size_name: str, size: dict) -> st
         "|---|---|---|---|---|---|",
         f"| base model | 0 | 0 | {fmt_ci(f['base'])} | {fmt_ci(o['base'])} | 0 |",
     ]
-    lines += [f"| {OFFLINE[a]} ({kl[a]['n']} seeds) | {b} static | {steps} | {fmt_ci(f[a])} | "
+    seeds = lambda a: f"{kl[a]['n']} seed" + ("s" if kl[a]["n"] != 1 else "")  # noqa: E731
+    lines += [f"| {OFFLINE[a]} ({seeds(a)}) | {b} static | {steps} | {fmt_ci(f[a])} | "
               f"{fmt_ci(o[a])} | {fmt_ci(kl[a], 2)} |" for a in offline]
-    lines += [f"| {HYBRIDS[h]}: round 0 + 2 online rounds ({kl[h]['n']} seeds) | {b // 2} static + "
+    lines += [f"| {HYBRIDS[h]}: round 0 + 2 online rounds ({seeds(h)}) | {b // 2} static + "
               f"{b - b // 2} online | {steps // 3} x 3 | {fmt_ci(f[h])} | {fmt_ci(o[h])} | "
               f"{fmt_ci(kl[h], 2)} |" for h in hybrids]
     arms = (*offline, *hybrids)
@@ -221,7 +222,7 @@ def table(per_seed: list[dict], summary: dict, size_name: str, size: dict) -> st
             lines.append(
                 f"- {HYBRIDS[h]} vs {OFFLINE[off]}: panel reward on the failure slices "
                 f"{fmt_ci(v['diff'])} (bootstrap over seed x prompt), over seeds "
-                f"{fmt_ci(v['diff_by_seed'])} (t, {v['seeds']} seeds); overall "
+                f"{fmt_ci(v['diff_by_seed'])} (t, {v['seeds']} seed{'s' if v['seeds'] != 1 else ''}); overall "
                 f"{fmt_ci(w['diff'])}; win rate {fmt_ci(v['win'])} on the failure slices, "
                 f"{fmt_ci(w['win'])} overall (ties half).")
         matched = summary["matched_by"][h]
@@ -240,7 +241,7 @@ def plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = plt.subplots(figsize=(7, 3.2))
     arms = ("base", *[a for a in OFFLINE if a in summary["kl"]], *summary["target_met"])
     for i, part in enumerate(("failing", "overall")):
         for j, arm in enumerate(arms):
@@ -253,7 +254,7 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_xticks([(len(arms) - 1) / 2, len(arms) + 1 + (len(arms) - 1) / 2],
                   ["failure slices", "all held-out prompts"])
     ax.set_ylabel("panel reward (ground truth)")
-    ax.legend(frameon=False, fontsize=8)
+    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

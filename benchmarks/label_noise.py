@@ -259,8 +259,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="quick")
     ap.add_argument("--no-readme", action="store_true", help="write results/ only")
+    ap.add_argument("--conditions", help="comma-separated conditions to run now, no tables "
+                    "(e.g. one per process); default: all of the size, then the tables")
     args = ap.parse_args()
     size = SIZES[args.size]
+    if args.conditions:
+        size = {**size, "conditions": tuple(args.conditions.split(","))}
     work = RUNS / "label_noise" / args.size
     cands = candidates(size, work)
     pairs, held = train_pairs(cands), heldout_pairs(cands)
@@ -285,6 +289,8 @@ def main() -> None:
                 m = measure(run_dir, held, base_scores)
                 m["flip_rate_estimate"] = eps
                 results.setdefault(f"{cond}/{loss}", []).append(m)
+    if args.conditions:
+        return
     md, summary = table(results, size, args.size, len(pairs), len(held))
     meta = {"size": args.size, **{k: v for k, v in size.items() if k != "conditions"},
             "conditions": list(size["conditions"]), "machine": machine(), "date": today(),
@@ -308,7 +314,7 @@ def plot(results: dict, size: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     conds = size["conditions"]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     for ax, metric, label in ((axes[0], "gain", "panel-reward gain over base"),
                               (axes[1], "heldout_accuracy", "held-out accuracy vs truth")):
         for j, loss in enumerate(LOSSES):
@@ -319,7 +325,7 @@ def plot(results: dict, size: dict, path: Path) -> None:
                         yerr=[[e["value"] - e["lo"] for e in es], [e["hi"] - e["value"] for e in es]])
         ax.set_xticks([i * (len(LOSSES) + 1) + 1 for i in range(len(conds))], conds)
         ax.set_title(label, fontsize=9)
-    axes[0].legend(frameon=False, fontsize=8)
+    axes[1].legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
