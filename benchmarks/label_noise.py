@@ -224,8 +224,12 @@ def accuracy(policy: list[float], base: list[float]) -> list[float]:
 
 
 def measure(run_dir: Path, held: list[dict], base_scores: list[float]) -> dict:
+    """Gain, KL and held-out accuracy of a finished run (cached in its run directory)."""
     from loop_bench import report
 
+    cache = run_dir / "label_noise_measure.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
     pol = {r["prompt_id"]: r["latent_reward"] for r in samples(run_dir, 0)}
     base = {r["prompt_id"]: r["latent_reward"] for r in samples(run_dir, 0, "base")}
     ids = sorted(set(pol) & set(base))
@@ -233,9 +237,11 @@ def measure(run_dir: Path, held: list[dict], base_scores: list[float]) -> dict:
     kl = kl_to_base(report(run_dir, 0))
     acc = accuracy(score_pairs({"policy": str(run_dir / "round_000" / "policy")}, held)["policy"],
                    base_scores)
-    return {"gains": gains, "prompt_ids": ids, "gain": mean_ci(gains, ids), "kl": kl,
-            "gain_per_kl": gains and sum(gains) / len(gains) / max(kl["value"], 1e-6),
-            "heldout_accuracy": mean_ci(acc)}
+    out = {"gains": gains, "prompt_ids": ids, "gain": mean_ci(gains, ids), "kl": kl,
+           "gain_per_kl": gains and sum(gains) / len(gains) / max(kl["value"], 1e-6),
+           "heldout_accuracy": mean_ci(acc)}
+    cache.write_text(json.dumps(out))
+    return out
 
 
 def keep(clean: dict, noisy: dict) -> dict:
