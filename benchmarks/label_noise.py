@@ -339,19 +339,22 @@ def plot(results: dict, size: dict, path: Path) -> None:
 def table(results: dict, size: dict, size_name: str, n_pairs: int, n_held: int) -> tuple[str, dict]:
     first = lambda key: results[key][0]  # noqa: E731  (one seed: its figures; seeds: see json)
     lines = ["| labels | loss | panel-reward gain over base (95% CI) | KL to base (nats/seq) "
-             "| gain per nat | held-out accuracy vs truth | kept of clean gain (95% CI) |",
-             "|---|---|---|---|---|---|---|"]
-    kept = {}
+             "| gain per nat | held-out accuracy vs truth | kept of clean gain (95% CI) "
+             "| kept of clean gain per nat |",
+             "|---|---|---|---|---|---|---|---|"]
+    kept, kept_per_kl = {}, {}
     for cond in size["conditions"]:
         for loss in LOSSES:
-            m = first(f"{cond}/{loss}")
-            k = keep(first(f"clean/{loss}"), m) if cond != "clean" else None
+            m, clean = first(f"{cond}/{loss}"), first(f"clean/{loss}")
+            k = keep(clean, m) if cond != "clean" else None
             if k is not None:
                 kept[f"{cond}/{loss}"] = k
+                kept_per_kl[f"{cond}/{loss}"] = m["gain_per_kl"] / clean["gain_per_kl"]
             lines.append(f"| {cond} | {loss} | {fmt_ci(m['gain'])} | {fmt_ci(m['kl'], 2)} | "
                          f"{m['gain_per_kl']:.3f} | {fmt_ci(m['heldout_accuracy'])} | "
-                         f"{fmt_ci(k) if k else '-'} |")
-    summary: dict = {"kept": kept}
+                         f"{fmt_ci(k) if k else '-'} | "
+                         + (f"{kept_per_kl[f'{cond}/{loss}']:.2f} |" if k else "- |"))
+    summary: dict = {"kept": kept, "kept_per_kl": kept_per_kl}
     if "flip40" in size["conditions"]:
         robust = max(("soft", "rdpo"), key=lambda loss: kept[f"flip40/{loss}"]["value"])
         r, h = kept[f"flip40/{robust}"]["value"], kept["flip40/sigmoid"]["value"]
@@ -360,7 +363,10 @@ def table(results: dict, size: dict, size_name: str, n_pairs: int, n_held: int) 
         lines += ["", f"- Target (at 40% flips `soft` or `rdpo` keeps >= {KEEP_TARGET:.0%} of its "
                       f"clean gain, hard-label DPO at least {HARD_GAP} less): "
                       f"{'**met**' if met else '**not met**'} ({robust} keeps {r:.2f}, "
-                      f"sigmoid keeps {h:.2f})."]
+                      f"sigmoid keeps {h:.2f}). The same per nat of KL (a reading added after "
+                      f"seeing the data, not the target): soft {kept_per_kl['flip40/soft']:.2f}, "
+                      f"rdpo {kept_per_kl['flip40/rdpo']:.2f}, sigmoid "
+                      f"{kept_per_kl['flip40/sigmoid']:.2f}."]
     lines.append(f"{n_pairs} training pairs x {VOTES} votes, {size['steps']} optimizer steps "
                  f"of 8 pairs; {size['eval_prompts'] or 'all'} held-out prompts for reward and KL, "
                  f"{n_held} truth-labeled held-out pairs. {machine()}; {today()}; "

@@ -135,6 +135,8 @@ def test_noise_table_and_plot_from_results(tmp_path):
     md, summary = ln.table(results, size, "full", 100, 200)
     assert summary["target_met"] and summary["kept_hard"] == pytest.approx(0.3)
     assert "**met**" in md and "flip40 | soft" in md
+    assert all(line.startswith("| ") for line in md.split("\n")[2:14])   # one row per run
+    assert summary["kept_per_kl"]["flip40/sigmoid"] == pytest.approx(0.3)
     ln.plot(results, size, tmp_path / "noise.png")
     assert (tmp_path / "noise.png").stat().st_size > 1000
 
