@@ -47,6 +47,7 @@ from loop_bench import (  # noqa: E402
     kl_to_base,
     make_config,
     mean_ci,
+    report,
     run_loop,
     samples,
     write_rows,
@@ -225,8 +226,6 @@ def accuracy(policy: list[float], base: list[float]) -> list[float]:
 
 def measure(run_dir: Path, held: list[dict], base_scores: list[float]) -> dict:
     """Gain, KL and held-out accuracy of a finished run (cached in its run directory)."""
-    from loop_bench import report
-
     cache = run_dir / "label_noise_measure.json"
     if cache.exists():
         return json.loads(cache.read_text())
@@ -238,7 +237,7 @@ def measure(run_dir: Path, held: list[dict], base_scores: list[float]) -> dict:
     acc = accuracy(score_pairs({"policy": str(run_dir / "round_000" / "policy")}, held)["policy"],
                    base_scores)
     out = {"gains": gains, "prompt_ids": ids, "gain": mean_ci(gains, ids), "kl": kl,
-           "gain_per_kl": gains and sum(gains) / len(gains) / max(kl["value"], 1e-6),
+           "gain_per_kl": (sum(gains) / len(gains) if gains else math.nan) / max(kl["value"], 1e-6),
            "heldout_accuracy": mean_ci(acc)}
     cache.write_text(json.dumps(out))
     return out
