@@ -45,7 +45,7 @@ def main() -> None:
     wall = max(ends) - min(starts)
     from alignloop.config import load_config
 
-    budget = load_config(run / "config.yaml").loop.gate.kl_budget or None
+    budget = load_config(run / "config.yaml").loop.gate.max_kl_to_base or None
 
     rows = []
     base_latent = None

@@ -30,7 +30,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from alignloop.config_labeling import SelectionConfig  # noqa: E402
+from alignloop.config.labeling import SelectionConfig  # noqa: E402
 from alignloop.labeling import Judgement  # noqa: E402
 from alignloop.labeling.embedding import BTEnsemble  # noqa: E402
 from alignloop.labeling.select import CandidateGroup, select_pairs  # noqa: E402

@@ -85,8 +85,8 @@ def candidates(size: dict, work: Path) -> dict:
     path = work / "candidates.json"
     if path.exists():
         return json.loads(path.read_text())
+    from alignloop.demo.judge import heuristic_score
     from alignloop.demo.panel import Panel
-    from alignloop.demo_judge import heuristic_score
     from alignloop.generation import SamplingParams, make_generator
     from alignloop.prompt_pool import load_pool
 
@@ -202,17 +202,16 @@ def labeled_rows(pairs: list[dict], ballots: list, loss: str) -> tuple[list[dict
 
 def score_pairs(models: dict[str, str], pairs: list[dict]) -> dict[str, list[float]]:
     """Summed response log-probs of chosen and rejected (interleaved) under each model."""
-    from alignloop.models import load_tokenizer, render_prompt, render_response
-    from alignloop.policy_stages import _score
+    from alignloop.models import load_tokenizer, prompt_token_ids, response_token_ids
+    from alignloop.stages.evaluate import score_sequences
 
     tok = load_tokenizer(MODEL)
     seqs = []
     for p in pairs:
-        prompt_ids = tok(render_prompt(tok, p["prompt"]), add_special_tokens=False)["input_ids"]
+        prompt_ids = prompt_token_ids(tok, p["prompt"])
         for resp in (p["chosen"], p["rejected"]):
-            seqs.append((prompt_ids, tok(render_response(tok, p["prompt"], resp),
-                                         add_special_tokens=False)["input_ids"]))
-    return _score(models, seqs, {})
+            seqs.append((prompt_ids, response_token_ids(tok, p["prompt"], resp)))
+    return score_sequences(models, seqs)[0]
 
 
 def accuracy(policy: list[float], base: list[float]) -> list[float]:

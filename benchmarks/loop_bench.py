@@ -78,8 +78,8 @@ def kl_to_base(rep: dict) -> dict:
 
 
 def mean_ci(values, groups=None, seed: int = 0) -> dict:
-    """Mean with a 95% cluster-bootstrap interval (clusters: `groups`), via alignloop.drift."""
-    from alignloop.drift import estimate
+    """Mean with a 95% cluster-bootstrap interval (clusters: `groups`), via alignloop.report.metrics."""
+    from alignloop.report.metrics import estimate
 
     return estimate(list(values), groups=None if groups is None else list(groups),
                     n_boot=2000, seed=seed)

@@ -96,17 +96,12 @@ class Generator(Protocol):
 BACKENDS = {"hf": "alignloop.generation.hf:HFGenerator",
             "vllm": "alignloop.generation.vllm:VLLMGenerator",
             "openai": "alignloop.generation.openai:OpenAIGenerator"}
-PLANNED: tuple[str, ...] = ()
 
 
 def make_generator(backend: str, model: str, **options) -> Generator:
     """Build a backend by name; heavy imports happen here, only for that backend."""
     if backend not in BACKENDS:
-        if backend in PLANNED:
-            raise GenerationError(f"generation backend {backend!r} is not built yet; "
-                                  f"available: {sorted(BACKENDS)}")
-        raise GenerationError(f"unknown generation backend {backend!r}; valid: "
-                              f"{sorted(BACKENDS) + list(PLANNED)}")
+        raise GenerationError(f"unknown generation backend {backend!r}; valid: {sorted(BACKENDS)}")
     module, cls = BACKENDS[backend].split(":")
     return getattr(importlib.import_module(module), cls)(model, **options)
 

@@ -10,10 +10,9 @@ def encode_prompt(tokenizer, item: PromptItem, budget: int, truncation: str) -> 
 
     A longer prompt is an error naming it, or with `truncation="keep_end"` loses its
     first tokens; never cut silently."""
-    from alignloop.models import render_prompt
+    from alignloop.models import prompt_token_ids
 
-    ids = tokenizer(render_prompt(tokenizer, item.prompt),
-                    add_special_tokens=not isinstance(item.prompt, list))["input_ids"]
+    ids = prompt_token_ids(tokenizer, item.prompt)  # the ids training and scoring use too
     if not ids:
         raise GenerationError(f"prompt {item.prompt_id!r} is empty")
     if len(ids) > budget:

@@ -28,7 +28,7 @@ from alignloop.errors import AlignloopError
 from alignloop.records import Prompt
 
 if TYPE_CHECKING:
-    from alignloop.config_labeling import JudgeSpec
+    from alignloop.config.labeling import JudgeSpec
 
 
 class LabelingError(AlignloopError, ValueError):

@@ -1,7 +1,10 @@
 """What the labeler hands to people and what comes back: `QueueItem`, `HumanVote`
 and the `LabelQueue` protocol the human queue implements (the SQL-backed queue
 with its web page is one implementation; `MemoryQueue` serves tests and driver
-scripts that collect votes their own way).
+scripts that collect votes their own way), with the errors a queue raises.
+
+The loop's label stage uses exactly the protocol: `submit` the round's items,
+`wait_or_exit` for their votes (or stop the run until they come), read `votes`.
 
 Choices are always relative to the item's `a` and `b`, whatever order the two
 responses were shown in; `display_order` records that order ("ab" or "ba").
@@ -9,14 +12,43 @@ responses were shown in; `display_order` records that order ("ab" or "ba").
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from alignloop.errors import AlignloopError
 from alignloop.labeling import LabelingError
-from alignloop.labeling.aggregate import CHOICES  # noqa: F401 (the queue imports it from here)
+from alignloop.labeling.aggregate import CHOICES
 from alignloop.records import Prompt
+
+log = logging.getLogger(__name__)
+WAIT_MODES = ("block", "exit")
+
+
+class QueueError(AlignloopError):
+    """A request the queue refuses; `status` is the HTTP status the web app answers with
+    (404 unknown item or lease, 409 conflict, 422 invalid field)."""
+
+    def __init__(self, message: str, status: int = 422, field: str = ""):
+        super().__init__(message)
+        self.status = status
+        self.field = field
+
+
+class WaitingForLabels(AlignloopError):
+    """The round needs more human labels; a later run resumes where this one stopped."""
+
+    def __init__(self, round: int, needed: int, have: int):
+        self.round, self.needed, self.have = round, needed, have
+        super().__init__(f"waiting for {needed} labels on round {round} ({have} so far); "
+                         "rerun to resume")
+
+
+def check_wait_mode(mode: str) -> None:
+    if mode not in WAIT_MODES:
+        raise QueueError(f"wait mode must be block or exit, got {mode!r}", 422, "wait")
 
 
 @dataclass(frozen=True)
@@ -53,22 +85,32 @@ class HumanVote:
 
 @runtime_checkable
 class LabelQueue(Protocol):
+    """What the loop's label stage calls on a queue, and nothing more."""
+
     def submit(self, items: Sequence[QueueItem]) -> int:
         """Add items (an item already in the queue is left as it is); returns how many were new."""
+        ...
+
+    def wait_or_exit(self, round: int, min_labels: int, *, mode: str = "block",
+                     timeout_s: float = 3600.0) -> int:
+        """Wait for `min_labels` labels on the round (0: every vote its items need) and
+        return the labels so far. "block": wait up to `timeout_s`, then go on with what
+        there is. "exit": raise `WaitingForLabels` at once when the round is short.
+        Any other mode is a `QueueError` (422, field "wait")."""
         ...
 
     def votes(self, round: int) -> list[HumanVote]:
         """Every vote recorded so far on the round's items."""
         ...
 
-    def pending(self, round: int) -> int:
-        """Items of the round that still need votes."""
-        ...
-
 
 class MemoryQueue:
     """A `LabelQueue` in memory: `answer(annotator, fn)` lets a function vote on every item
-    that still needs a vote from that annotator."""
+    that still needs a vote from that annotator.
+
+    Votes arrive only through `answer`, on the caller's thread, so none can come while
+    `wait_or_exit` blocks: "block" returns at once with what there is (a warning when the
+    round is short) rather than sleeping through its timeout for nothing."""
 
     def __init__(self):
         self.items: dict[str, QueueItem] = {}
@@ -86,8 +128,25 @@ class MemoryQueue:
         return sum(v.item_id == item_id for v in self._votes)
 
     def pending(self, round: int) -> int:
+        """Items of the round that still need votes."""
         return sum(1 for it in self.items.values()
                    if it.round == round and self._count(it.item_id) < it.votes_required)
+
+    def wait_or_exit(self, round: int, min_labels: int, *, mode: str = "block",
+                     timeout_s: float = 3600.0) -> int:
+        """See `LabelQueue.wait_or_exit` and the class docstring; never sleeps."""
+        check_wait_mode(mode)
+        have = len(self.votes(round))
+        missing = sum(max(0, it.votes_required - self._count(it.item_id))
+                      for it in self.items.values() if it.round == round)
+        target = min_labels if min_labels > 0 else have + missing
+        if have >= target:
+            return have
+        if mode == "exit":
+            raise WaitingForLabels(round, target, have)
+        log.warning("round %d has %d of %d labels; a MemoryQueue cannot receive votes while "
+                    "waiting, so the round goes on with what it has", round, have, target)
+        return have
 
     def answer(self, annotator: str, fn: Callable[[QueueItem], str]) -> int:
         done = 0

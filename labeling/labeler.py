@@ -146,7 +146,7 @@ def queue_items(candidates: Candidates, human_cfg) -> list:
 
 
 @dataclass
-class LabelResult:
+class SoftLabelResult:
     pairs: list[Pair]
     labels: list[Label]
     dropped: dict[str, str]                   # item_id -> why no pair came out of it
@@ -163,7 +163,7 @@ def _oriented(row: dict, p_a: float, **fields) -> Pair:
 
 
 def soft_labels(candidates: Candidates, votes, cfg, *, round: int = 0,
-                temperatures: dict[str, float] | None = None, ensemble=None) -> LabelResult:
+                temperatures: dict[str, float] | None = None, ensemble=None) -> SoftLabelResult:
     """Soft-labeled pairs from the judges (auto) and from people (human).
 
     Human votes go through Dawid-Skene aggregation (`aggregate.aggregate_votes`).
@@ -226,7 +226,7 @@ def soft_labels(candidates: Candidates, votes, cfg, *, round: int = 0,
                                        source="mixed" if mixed else "human", round=round))
         else:
             dropped[item_id] = row["reason"]
-    return LabelResult(pairs, labels, dropped, result.reliability, calibration)
+    return SoftLabelResult(pairs, labels, dropped, result.reliability, calibration)
 
 
 # --------------------------------------------------------------------------- learning from history

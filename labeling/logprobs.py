@@ -1,7 +1,8 @@
 """Sequence log-probs of responses under a model, for the `apl` selection strategy
 (implicit reward beta * log pi/pi_ref needs the same tokens scored by both models).
 
-Responses are rendered exactly as the trainer renders them (chat template turn,
+Responses are tokenised exactly as the trainer tokenises them
+(`alignloop.models.prompt_token_ids` / `response_token_ids`: chat template turn,
 end-of-turn token included), so policy and reference log-probs are comparable
 with each other and with the DPO objective.
 """
@@ -17,16 +18,11 @@ from alignloop.records import Prompt
 def sequence_logprobs(model_ref: str, prompts: Sequence[Prompt], responses: Sequence[str], *,
                       batch_size: int = 8, progress: bool = True) -> np.ndarray:
     """(N,) summed log-probs of each response given its prompt under `model_ref`."""
-    from alignloop.models import load_model, load_tokenizer, render_prompt, render_response
+    from alignloop.models import load_model, load_tokenizer, prompt_token_ids, response_token_ids
 
     tokenizer = load_tokenizer(model_ref)
-    seqs = []
-    for prompt, response in zip(prompts, responses, strict=True):
-        p_ids = tokenizer(render_prompt(tokenizer, prompt),
-                          add_special_tokens=isinstance(prompt, str))["input_ids"]
-        r_ids = tokenizer(render_response(tokenizer, prompt, response),
-                          add_special_tokens=False)["input_ids"]
-        seqs.append((p_ids, r_ids))
+    seqs = [(prompt_token_ids(tokenizer, prompt), response_token_ids(tokenizer, prompt, response))
+            for prompt, response in zip(prompts, responses, strict=True)]
     return score_token_sequences(load_model(model_ref), seqs, pad_id=tokenizer.pad_token_id,
                                  batch_size=batch_size, progress=progress,
                                  desc=f"log-probs {model_ref}")
@@ -66,4 +62,25 @@ def score_token_sequences(model, seqs: Sequence[tuple[Sequence[int], Sequence[in
                 lp = head(h).float().log_softmax(-1).cpu()                              # (R, V)
                 targets = ids[row, p_len:p_len + r_len]                                 # (R,)
                 out[n] = float(lp.gather(-1, targets[:, None]).sum())
+    return out
+
+
+def with_logprobs(groups: list, *, policy: str, reference: str) -> list:
+    """Candidate groups with each response's sequence log-prob under `policy` and
+    `reference` (what the `apl` selection strategy's implicit reward needs)."""
+    import dataclasses
+    import logging
+
+    if policy == reference:
+        logging.getLogger(__name__).warning(
+            "apl: policy and reference are the same model (%s): every implicit reward is 0", policy)
+    prompts = [g.prompt for g in groups for _ in g.responses]
+    responses = [r for g in groups for r in g.responses]
+    lp = {m: sequence_logprobs(m, prompts, responses) for m in {policy, reference}}
+    out, at = [], 0
+    for g in groups:
+        k = len(g.responses)
+        out.append(dataclasses.replace(g, policy_logps=tuple(lp[policy][at:at + k]),
+                                       reference_logps=tuple(lp[reference][at:at + k])))
+        at += k
     return out

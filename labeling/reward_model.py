@@ -22,7 +22,7 @@ from alignloop.records import Prompt
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
-    from alignloop.config_labeling import JudgeSpec
+    from alignloop.config.labeling import JudgeSpec
 
 PROGRESS_MIN_TEXTS = 50
 """Fewer texts than this are scored without a progress bar (it would only flicker)."""

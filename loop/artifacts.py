@@ -1,7 +1,9 @@
-"""Writing artifacts safely: write to a temporary name, then rename.
+"""The artifact contract (the names of every file a round writes) and writing them
+safely: write to a temporary name, then rename.
 
 Every stage output goes through these helpers so that an interrupted process
-never leaves a half-written file under its final name.
+never leaves a half-written file under its final name. Tests, reports and tools
+read the names below; they are written nowhere else.
 """
 
 from __future__ import annotations
@@ -10,10 +12,35 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+# --------------------------------------------------------------------------- names (RUN_DIR/round_NNN/...)
+
+SLICES = "slices.json"                        # failure slices mined from the previous eval
+PROMPTS = "prompts.parquet"                   # prompts chosen for generation
+GENERATIONS = "generations.parquet"           # k samples per prompt
+CANDIDATES = "candidates.parquet"             # judged, selected and routed candidate pairs
+LABELS = "labels.parquet"                     # every label (judge or human)
+LABELED_PAIRS = "labeled_pairs.parquet"       # this round's soft-labeled pairs
+CALIBRATION = "calibration.json"              # judge calibration before / during the round
+PAIRS = "pairs.parquet"                       # the pairs trained on this round
+HELDOUT_PAIRS = "heldout_pairs.parquet"       # round 0: static pairs never trained on
+REFERENCE_MODEL = "reference"                 # the EMA reference model (reference.mode: ema)
+REFERENCE_LOGPS = "reference_logps.parquet"   # reference log-probs of the pairs
+POLICY = "policy"                             # HF checkpoint (or LoRA adapter + merged copy)
+TRAIN_LOG = "train_log.jsonl"                 # step metrics
+EVAL_DIR = "eval"                             # eval/samples.parquet, comparisons, held-out pairs
+EVAL_SAMPLES = "eval/samples.parquet"
+REPORT_JSON = "report/report.json"            # written last: the report is complete
+
+
+def round_dir(run_dir: str | Path, k: int) -> Path:
+    """RUN_DIR/round_NNN."""
+    return Path(run_dir) / f"round_{k:03d}"
+
 
 
 def _tmp_name(path: Path) -> Path:
@@ -56,6 +83,35 @@ def write_parquet(path: Path, rows: list[dict[str, Any]], schema: Any = None) ->
     pq.write_table(table, tmp)
     os.replace(tmp, path)
     return path
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Any, str | None]]:
+    """(1-based line number, value, None) per non-blank line of a JSON-lines file, or
+    (line number, None, why the line is unreadable); a UTF-8 BOM on line 1 is allowed.
+    Callers decide whether a bad line stops them (naming file and line) or is skipped."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError:
+                yield n, None, "line is not valid UTF-8"
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line), None
+            except json.JSONDecodeError as e:
+                yield n, None, f"line is not valid JSON ({e.msg}, column {e.colno})"
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    """Every value of a JSON-lines file; the first bad line raises ValueError naming it."""
+    rows = []
+    for n, value, error in iter_jsonl(Path(path)):
+        if error:
+            raise ValueError(f"{path} row {n}: {error}")
+        rows.append(value)
+    return rows
 
 
 def read_parquet(path: Path) -> list[dict[str, Any]]:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from alignloop.artifacts import read_parquet, write_parquet
+from alignloop.artifacts import iter_jsonl, read_parquet, write_parquet
 from alignloop.config import DataConfig
 from alignloop.errors import AlignloopError
 from alignloop.records import PAIR_COLUMNS, Message, Pair, Prompt
@@ -43,9 +43,10 @@ FIELDS = ("prompt", "chosen", "rejected", "p_chosen", "weight", "pair_id", "slic
 FORMATS = ("auto", "plain", "conversational", "hh")
 ROLES = ("system", "user", "assistant")
 # `hf:BUILDER:FILES` loads local files with one of the packaged `datasets` builders.
+_DEMO_DATA = Path(__file__).parent / "demo" / "data"
 # Pair sets shipped with the package, usable from any working directory.
-BUILTIN_SOURCES = {"builtin:demo-pairs": str(Path(__file__).parent / "data" / "static_pairs.jsonl"),
-                   "builtin:demo-static": str(Path(__file__).parent / "data" / "demo_static_pairs.jsonl")}
+BUILTIN_SOURCES = {"builtin:demo-pairs": str(_DEMO_DATA / "static_pairs.jsonl"),
+                   "builtin:demo-static": str(_DEMO_DATA / "demo_static_pairs.jsonl")}
 HF_BUILDERS = ("json", "csv", "parquet", "arrow")
 _HH_ANSWER = "\n\nAssistant:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -76,19 +77,8 @@ class _Invalid(Exception):
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError:
-                yield n, _Invalid("invalid JSON", "line is not valid UTF-8")
-                continue
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as e:
-                yield n, _Invalid("invalid JSON", f"line is not valid JSON ({e.msg}, column {e.colno})")
+    for n, value, error in iter_jsonl(path):
+        yield n, (_Invalid("invalid JSON", error) if error else value)
 
 
 def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:

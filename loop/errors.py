@@ -3,3 +3,11 @@
 
 class AlignloopError(Exception):
     """Base of every error caused by the user's input: config, data, model references."""
+
+
+class RoundEnded(AlignloopError):
+    """The round cannot go on (no failure slice, no labeled pair); the loop stops cleanly."""
+
+
+class HeldoutLeak(AlignloopError, RuntimeError):
+    """A held-out evaluation prompt reached generation or training: a bug, never ignored."""

@@ -1,4 +1,4 @@
-"""Model references, loading, LoRA, saving, hashing and prompt rendering.
+"""Model references, loading, and rendering prompts and responses to text and token ids.
 
 A model reference is a local directory, a Hugging Face hub id, or a built-in:
 
@@ -14,12 +14,13 @@ Only a reference that is neither a built-in nor an existing directory goes to
 transformers as a hub id; nothing else may reach the hub. Cache entries are
 built in a temporary directory and renamed into place, so processes racing to
 build one entry all end up reading one complete copy.
+
+LoRA, saving a trained policy and weight hashes are training's business:
+`alignloop.training.weights`.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import importlib.util
 import logging
 import os
@@ -32,8 +33,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from alignloop.artifacts import atomic_dir
-from alignloop.config import LoraConfig
 from alignloop.errors import AlignloopError
 from alignloop.records import Prompt
 
@@ -276,109 +275,6 @@ def _build_tiny_random(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-# --------------------------------------------------------------------------- LoRA, saving, hashing
-
-
-def apply_lora(model, lora: LoraConfig, seed: int):
-    """Wrap `model` with LoRA adapters (peft), initialised from `seed`; global RNG untouched.
-
-    peft creates the adapter matrices on CPU before moving them to the base
-    layer's device, so seeding inside a forked RNG makes them reproducible.
-    """
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
-
-    peft_config = PeftLoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM",
-    )
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
-        return get_peft_model(model, peft_config)
-
-
-def is_peft_model(model) -> bool:
-    peft = sys.modules.get("peft")  # a peft model implies peft is imported
-    return peft is not None and isinstance(model, peft.PeftModel)
-
-
-def merged_copy(model):
-    """A plain transformers model with the adapters merged in; `model` is not modified."""
-    with torch.no_grad():
-        return copy.deepcopy(model).merge_and_unload()
-
-
-def save_policy(model, tokenizer, out_dir: Path) -> Path:
-    """Save a policy in HF format (safetensors), atomically, and return `out_dir`.
-
-    A peft model is saved twice: its adapter in `out_dir/adapter`, and a merged
-    full copy in `out_dir` itself, so generation and the next round just load
-    `out_dir`. The merge happens on a copy; the live training model is untouched.
-    """
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        if is_peft_model(model):
-            model.save_pretrained(tmp / "adapter")
-            merged_copy(model).save_pretrained(tmp)
-        else:
-            model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return out_dir
-
-
-def _merged_lora_state(model):
-    """(name, tensor) pairs of a plain-LoRA peft model's merged weights, in the
-    order `merged_copy(model).state_dict()` has them, built one layer at a time
-    (no second copy of the model). None for adapter kinds it does not handle."""
-    from peft.tuners.lora import LoraLayer
-
-    base = model.get_base_model()
-    layers = {}
-    for name, module in base.named_modules():
-        if isinstance(module, LoraLayer):
-            if (module.merged or getattr(module, "lora_variant", None)
-                    or any(getattr(module, "lora_bias", {}).values())):
-                return None  # DoRA and other variants merge differently
-            layers[f"{name}.base_layer.weight"] = module
-        elif "modules_to_save" in name:
-            return None
-
-    def merged():
-        for key, tensor in base.state_dict().items():
-            if ".lora_" in key:
-                continue
-            layer = layers.get(key)
-            if layer is not None:  # W + delta, as peft's own (unsafe) merge computes it
-                for adapter in layer.active_adapters:
-                    if adapter in layer.lora_A:
-                        tensor = tensor + layer.get_delta_weight(adapter)
-            yield key.replace(".base_layer.", "."), tensor
-
-    return merged()
-
-
-def weights_hash(model) -> str:
-    """SHA-256 of the floating-point weights: name, dtype, shape and bytes of each
-    state-dict entry in state-dict order (tied tensors under each of their names).
-
-    A peft model hashes as its merged weights, i.e. like the checkpoint that
-    `save_policy` writes for it.
-    """
-    items = model.state_dict().items()
-    if is_peft_model(model):
-        items = _merged_lora_state(model) or merged_copy(model).state_dict().items()
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, tensor in items:
-            if not tensor.is_floating_point():
-                continue
-            h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
-            flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-            h.update(flat.view(torch.uint8).numpy())
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------- rendering text
 
 
@@ -420,3 +316,26 @@ def render_response(tokenizer, prompt: Prompt, response: str) -> str:
             "from the prompt with a generation prompt, so the reply cannot be separated "
             f"(prompt ends {head[-60:]!r}, conversation starts {full[:len(head)][-60:]!r})")
     return full[len(head):]
+
+
+# --------------------------------------------------------------------------- token ids
+# The one tokenisation of a prompt and a response, shared by training (batching),
+# scoring (log-probs, evaluation) and generation, so every stage sees the same ids.
+
+
+def prompt_token_ids(tokenizer, prompt: Prompt) -> list[int]:
+    """Token ids of `render_prompt(tokenizer, prompt)`.
+
+    A chat template writes its own BOS, so chat prompts get no special tokens
+    (no doubled BOS); a plain-text prompt gets the tokenizer's usual specials
+    (SmolLM2 adds none).
+    """
+    text = render_prompt(tokenizer, prompt)
+    return list(tokenizer(text, add_special_tokens=isinstance(prompt, str))["input_ids"])
+
+
+def response_token_ids(tokenizer, prompt: Prompt, response: str) -> list[int]:
+    """Token ids of `render_response(tokenizer, prompt, response)`, end-of-turn (or EOS)
+    included and no special tokens added: they continue `prompt_token_ids(tokenizer, prompt)`."""
+    text = render_response(tokenizer, prompt, response)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])

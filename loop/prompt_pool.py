@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignloop.errors import AlignloopError
+from alignloop.records import unit_interval
 
-BUILTIN_POOLS = {"builtin:demo-prompts": Path(__file__).parent / "data" / "demo_prompts.jsonl"}
+BUILTIN_POOLS = {"builtin:demo-prompts": Path(__file__).parent / "demo" / "data" / "demo_prompts.jsonl"}
 
 
 class PromptError(AlignloopError, ValueError):
@@ -35,7 +36,7 @@ def _prompt_id(prompt) -> str:
 
 def read_prompt_rows(path: str | Path) -> list[dict]:
     """Rows of a JSONL or parquet prompt file (or a built-in pool), each checked."""
-    from alignloop.artifacts import read_parquet
+    from alignloop.artifacts import iter_jsonl, read_parquet
 
     name = str(path)
     p = BUILTIN_POOLS.get(name, Path(path))
@@ -45,12 +46,10 @@ def read_prompt_rows(path: str | Path) -> list[dict]:
         rows = read_parquet(p)
     else:
         rows = []
-        for n, line in enumerate(p.read_text().splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise PromptError(f"{name} row {n}: invalid JSON ({e.msg})") from None
+        for n, value, error in iter_jsonl(p):
+            if error:
+                raise PromptError(f"{name} row {n}: {error}")
+            rows.append(value)
     for n, row in enumerate(rows, start=1):
         prompt = row.get("prompt") if isinstance(row, dict) else None
         if isinstance(prompt, str) and prompt[:1] == "[":
@@ -88,8 +87,7 @@ def load_pool(path: str | Path, eval_share: float = 0.25) -> PromptPool:
         if pid in seen:
             raise PromptError(f"{path} row {n}: duplicate prompt_id {pid}")
         seen.add(pid)
-        split = r.get("split") or ("eval" if int(hashlib.sha256(pid.encode()).hexdigest()[:8], 16)
-                                   / 0xFFFFFFFF < eval_share else "train")
+        split = r.get("split") or ("eval" if unit_interval(pid) < eval_share else "train")
         item = PromptItem(pid, r["prompt"], str(r.get("slice") or ""))
         (held if split == "eval" else train).append(item)
     if not train or not held:

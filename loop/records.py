@@ -30,6 +30,12 @@ def pair_id_for(prompt: Prompt, chosen: str, rejected: str) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
+def unit_interval(key: str) -> float:
+    """A stable draw in [0, 1] from a string, the same on every machine and run (held-out
+    splits of prompts and of static pairs)."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
 @dataclass(frozen=True)
 class Pair:
     """One preference comparison.

@@ -11,6 +11,8 @@ from alignloop.cli import main
 from alignloop.data import read_pairs, read_pairs_parquet
 from alignloop.labeling.queue.store import QueueStore
 
+from .queue_helpers import pending
+
 PAIRS = [
     {"prompt": "Greet the customer.", "chosen": "Hello, lovely to see you!", "rejected": "What."},
     {"prompt": [{"role": "system", "content": "Be brief."},
@@ -52,6 +54,11 @@ def test_add_annotator_prints_a_token_that_authenticates(tmp_path, capsys):
         assert store.authenticate(admin).role == "admin"
     assert main(["queue", "add-annotator", str(run_dir), "ada"]) == 2   # the name is taken
     assert "already exists" in capsys.readouterr().err
+    assert "disabled 'ada'" in _run(capsys, "queue", "disable-annotator", str(run_dir), "ada")
+    with QueueStore.open(run_dir) as store:
+        assert store.authenticate(token) is None and store.authenticate(admin) is not None
+    assert main(["queue", "disable-annotator", str(run_dir), "nobody"]) == 2
+    assert "no annotator named 'nobody'" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="RUN_DIR or --db"):
         main(["queue", "status"])
 
@@ -70,7 +77,7 @@ def test_import_export_round_trip_and_status(tmp_path, capsys, pairs_file):
             while (a := store.next_item(me.id)) is not None:   # both prefer the chosen (a)
                 store.record_label(me.id, item_id=a.item.item_id, lease_id=a.lease_id,
                                    choice="a", confidence=3, idempotency_key=f"{name}{a.lease_id}")
-        assert store.pending(2) == 0
+        assert pending(store, 2) == 0
 
     status = _run(capsys, "queue", "status", str(run_dir))
     assert "3 items, 6 labels" in status
@@ -108,7 +115,7 @@ def test_simulate_with_three_bots_labels_every_item(tmp_path, capsys, pairs_file
     out = _run(capsys, "queue", "simulate", str(run_dir), "--panel", "demo", "--annotators", "3")
     assert "3 bots (demo panel) recorded" in out
     with QueueStore.open(run_dir) as store:
-        assert store.pending(0) == 0
+        assert pending(store, 0) == 0
         votes = store.votes(0)
         assert {v.annotator for v in votes} == {"demo-bot-1", "demo-bot-2", "demo-bot-3"}
         assert len(votes) >= 2 * 96
@@ -117,6 +124,12 @@ def test_simulate_with_three_bots_labels_every_item(tmp_path, capsys, pairs_file
     # a second run finds nothing left, with new bot names (the old tokens were shown once)
     out = _run(capsys, "queue", "simulate", str(run_dir), "--annotators", "1")
     assert "recorded 0 labels" in out
+
+
+def test_simulate_names_the_known_panels(tmp_path):
+    with pytest.raises(SystemExit, match=r"unknown panel 'nope'; known: demo"):
+        main(["-q", "queue", "simulate", str(tmp_path / "run"), "--panel", "nope"])
+    assert not (tmp_path / "run").exists()      # refused before the queue is opened
 
 
 def test_terminal_labeling(tmp_path, capsys, pairs_file):
@@ -134,7 +147,7 @@ def test_terminal_labeling(tmp_path, capsys, pairs_file):
     assert "My parcel is late <again>." in proc.stdout or "Greet the customer." in proc.stdout
     with QueueStore.open(run_dir) as store:
         votes = sorted(store.votes(0), key=lambda v: v.created_at)
-        assert len(votes) == 2 and store.pending(0) == 1   # the third was released on quit
+        assert len(votes) == 2 and pending(store, 0) == 1   # the third was released on quit
         first, second = votes
         assert first.choice == first.display_order[0] and first.confidence == 3
         assert first.comment == "looks fine [bold]x[/bold]"

@@ -4,9 +4,9 @@ import math
 
 import numpy as np
 import pytest
-from alignloop.config_report import ReportConfig
-from alignloop.drift import (
-    alerts,
+from alignloop.config.report import ReportConfig
+from alignloop.report.alerts import alerts
+from alignloop.report.metrics import (
     degeneration,
     estimate,
     implicit_reward,
@@ -193,7 +193,7 @@ def _report(kl=0.5, ratio_prev=1.0, ratio_base=None, slice_win=0.5, n=20, delta=
 
 
 def test_alerts_fire_only_beyond_thresholds():
-    cfg = ReportConfig(kl_budget=1.0, length_blowup=1.5, slice_regression=0.05, agreement_floor=0.4,
+    cfg = ReportConfig(alert_kl_to_reference=1.0, length_blowup=1.5, alert_slice_drop=0.05, agreement_floor=0.4,
                        min_slice_samples=10)
     assert alerts(_report(), cfg) == []
     kinds = [a["kind"] for a in alerts(_report(kl=1.2, ratio_prev=1.6, slice_win=0.4, delta=-0.1,
@@ -206,7 +206,7 @@ def test_alerts_fire_only_beyond_thresholds():
     assert alerts(_report(ratio_prev=None, ratio_base=2.0), cfg)[0]["kind"] == "length_blowup"
     # too few samples in the slice; thresholds at 0 turn alerts off
     assert alerts(_report(slice_win=0.1, delta=-1, n=5), cfg) == []
-    off = ReportConfig(kl_budget=0, length_blowup=0, slice_regression=0, agreement_floor=0)
+    off = ReportConfig(alert_kl_to_reference=0, length_blowup=0, alert_slice_drop=0, agreement_floor=0)
     assert alerts(_report(kl=9, ratio_prev=9, slice_win=0, delta=-9, alpha=-1, kappa=-1), off) == []
     # missing numbers never alert
     assert alerts({"length": {}, "labels": {"human_alpha": None}}, cfg) == []

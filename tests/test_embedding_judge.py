@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from alignloop.config_labeling import JudgeSpec
+from alignloop.config.labeling import JudgeSpec
 from alignloop.labeling import Comparison, make_judge
 from alignloop.labeling.embedding import BTEnsemble, EmbeddingEnsembleJudge
 

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from alignloop.config_labeling import JudgeSpec
+from alignloop.config.labeling import JudgeSpec
 from alignloop.labeling import Comparison, LabelingError, make_judge, sigmoid
 from alignloop.labeling.llm_pairwise import HFVerdictModel, LLMPairwiseJudge
 from alignloop.labeling.reward_model import RewardModelJudge, render_text
@@ -110,7 +110,8 @@ def tiny():
 
 def planted(tokenizer, verdict: str):
     """The tiny model with an output layer whose logits are constant: +12 on `verdict`'s token,
-    0 elsewhere, so P(verdict) = e^12 / (e^12 + 49151) = 0.76805 whatever the question."""
+    0 elsewhere, so P(verdict) = e^12 / (e^12 + V - 1) whatever the question (V: the vocabulary,
+    49152 for SmolLM2's tokenizer: 0.76805)."""
     model = load_model(TINY, dtype="float32")
     head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
     with torch.no_grad():
@@ -125,7 +126,9 @@ def planted(tokenizer, verdict: str):
 def test_real_model_with_planted_verdict_is_debiased(tokenizer, verdict):
     hf = HFVerdictModel(planted(tokenizer, verdict), tokenizer, batch_size=2, progress=False)
     probs = hf.first_token_probs(["x", "y"], (49, 50))
-    assert probs[:, 0 if verdict == "A" else 1] == pytest.approx([0.76805] * 2, abs=1e-4)
+    vocab = hf.model.config.vocab_size
+    expected = math.exp(12) / (math.exp(12) + vocab - 1)
+    assert probs[:, 0 if verdict == "A" else 1] == pytest.approx([expected] * 2, abs=1e-5)
     for j in LLMPairwiseJudge(hf).judge(ITEMS):
         assert j.valid and abs(j.p_a - 0.5) < 1e-6 and not j.order_consistent
         assert j.uncertainty == pytest.approx(0.5, abs=1e-4)

@@ -173,5 +173,6 @@ def test_cli_judge_names_a_bad_row(tmp_path, capsys):
     src.write_text(json.dumps(completions()[0]) + "\n{not json\n")
     assert main(["judge", str(ROOT / "configs/tiny.yaml"), "--candidates", str(src),
                  "--out", str(tmp_path / "o.parquet")]) == 2
-    assert "c.jsonl row 2: invalid JSON" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "c.jsonl row 2: " in err and "valid JSON" in err   # the bad row, named
     assert not (tmp_path / "o.parquet").exists()

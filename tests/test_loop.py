@@ -13,7 +13,8 @@ from alignloop.artifacts import read_parquet
 from alignloop.config import load_config
 from alignloop.report import validate_report
 from alignloop.rounds import Loop
-from alignloop.run import ONLINE_STAGES, ROUND0_STAGES, RunError
+from alignloop.rounds.loop import stage_names
+from alignloop.rounds.state import RunError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -54,7 +55,7 @@ def baseline(tmp_path_factory):
 def test_two_rounds_end_to_end(baseline):
     run = baseline
     state = json.loads((run / "state.json").read_text())
-    for k, stages in (("0", ROUND0_STAGES), ("1", ONLINE_STAGES)):
+    for k, stages in (("0", stage_names(0)), ("1", stage_names(1))):
         assert all(state["rounds"][k]["stages"][s]["status"] == "done" for s in stages)
     r0, r1 = run / "round_000", run / "round_001"
     for name in ("pairs.parquet", "reference_logps.parquet", "policy/config.json",
@@ -92,7 +93,7 @@ def test_held_out_prompts_never_reach_generation_or_training(baseline):
             assert json.dumps(json.loads(p["prompt"]), sort_keys=True) not in eval_prompts
 
 
-ALL_STAGES = [f"0:{s}" for s in ROUND0_STAGES] + [f"1:{s}" for s in ONLINE_STAGES]
+ALL_STAGES = [f"0:{s}" for s in stage_names(0)] + [f"1:{s}" for s in stage_names(1)]
 QUICK = {"0:train", "1:label"}
 
 
@@ -186,7 +187,7 @@ def test_config_change_is_refused_in_process(baseline, tmp_path):
 
 @pytest.mark.parametrize("action", ["stop", pytest.param("rollback", marks=pytest.mark.slow)])
 def test_kl_gate(tmp_path, action):
-    r = run_cli(tmp_path, "--set", "loop.gate.kl_budget=1e-6", "--set", f"loop.gate.action={action}")
+    r = run_cli(tmp_path, "--set", "loop.gate.max_kl_to_base=1e-6", "--set", f"loop.gate.action={action}")
     assert r.returncode == 0, r.stderr[-3000:]
     state = json.loads((tmp_path / "state.json").read_text())
     gate = state["rounds"]["0"]["gate"]
@@ -200,7 +201,7 @@ def test_kl_gate(tmp_path, action):
 
 def test_cluster_slices_group_prompts_by_topic():
     from alignloop.generation import PromptItem
-    from alignloop.slices import cluster_labels
+    from alignloop.stages.slices import cluster_labels
 
     shoes = [f"Do the running shoes in size {n} fit wide feet?" for n in range(38, 44)]
     refunds = [f"I was promised a refund for order {n} and it never arrived." for n in range(6)]

@@ -14,6 +14,7 @@ import pytest
 import torch
 from alignloop import models
 from alignloop.config import LoraConfig
+from alignloop.training import weights
 
 TINY = "builtin:tiny-random"
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."}]
@@ -169,33 +170,68 @@ def test_render_response_rejects_templates_that_rewrite_the_prompt(tokenizer):
         models.render_response(Rewriting(), CHAT, "hi")
 
 
+@pytest.mark.parametrize("prompt", [CHAT, "Q: 2+2?\nA:"], ids=["chat", "plain"])
+def test_training_scoring_and_generation_share_token_ids(tokenizer, prompt):
+    from alignloop.generation import PromptItem
+    from alignloop.generation.prompts import encode_prompt
+    from alignloop.labeling.logprobs import score_token_sequences, sequence_logprobs
+    from alignloop.records import Pair
+    from alignloop.training.batching import encode_pair
+
+    prompt_ids = models.prompt_token_ids(tokenizer, prompt)
+    chosen_ids = models.response_token_ids(tokenizer, prompt, "Hello")
+    rejected_ids = models.response_token_ids(tokenizer, prompt, "Go away")
+    # The chat template writes the one BOS (<|im_start|>); plain text gets the tokenizer's
+    # specials, none for SmolLM2. Responses never get any.
+    is_chat = isinstance(prompt, list)
+    assert prompt_ids == tokenizer(models.render_prompt(tokenizer, prompt),
+                                   add_special_tokens=not is_chat)["input_ids"]
+    bos = tokenizer.bos_token_id  # <|im_start|>, which also opens every later turn
+    starts = [bos, 9690] if is_chat else [65, 42]  # "<|im_start|>system" / "Q:": no BOS added
+    assert prompt_ids[:2] == starts
+    assert chosen_ids == tokenizer(models.render_response(tokenizer, prompt, "Hello"),
+                                   add_special_tokens=False)["input_ids"]
+
+    # training
+    pair = Pair(prompt=prompt, chosen="Hello", rejected="Go away")
+    assert encode_pair(pair, tokenizer, max_length=512, max_prompt_length=256, truncation="error") \
+        == (tuple(prompt_ids), tuple(chosen_ids), tuple(rejected_ids))
+    # generation
+    assert encode_prompt(tokenizer, PromptItem("p", prompt), 512, "error") == prompt_ids
+    # scoring: the same number as scoring exactly these ids
+    got = sequence_logprobs(TINY, [prompt], ["Hello"], progress=False)
+    want = score_token_sequences(models.load_model(TINY), [(prompt_ids, chosen_ids)],
+                                 pad_id=tokenizer.pad_token_id, progress=False)
+    assert got[0] == pytest.approx(want[0], abs=1e-6)
+
+
 # --------------------------------------------------------------------------- saving and hashing
 
 
 def test_save_policy_round_trip(tiny, tokenizer, tmp_path):
-    out = models.save_policy(tiny, tokenizer, tmp_path / "policy")
+    out = weights.save_policy(tiny, tokenizer, tmp_path / "policy")
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["policy"]  # no temporary left over
     loaded = models.load_model(str(out))
     assert torch.equal(_logits(loaded), _logits(tiny))
-    assert models.weights_hash(loaded) == models.weights_hash(tiny)
+    assert weights.weights_hash(loaded) == weights.weights_hash(tiny)
     assert models.load_tokenizer(str(out)).chat_template == tokenizer.chat_template
 
 
 def test_weights_hash(tiny):
     other = models.load_model(TINY)
-    assert models.weights_hash(tiny) == models.weights_hash(other)
+    assert weights.weights_hash(tiny) == weights.weights_hash(other)
     with torch.no_grad():
         other.model.layers[1].mlp.down_proj.weight[3, 5] += 1e-3
-    assert models.weights_hash(tiny) != models.weights_hash(other)
+    assert weights.weights_hash(tiny) != weights.weights_hash(other)
 
 
 def test_apply_lora_is_seeded(tiny):
     lora = LoraConfig(enabled=True, r=4, alpha=8)
     rng = torch.get_rng_state()
-    a = models.apply_lora(tiny, lora, seed=3)
-    b = models.apply_lora(models.load_model(TINY), lora, seed=3)
-    c = models.apply_lora(models.load_model(TINY), lora, seed=4)
+    a = weights.apply_lora(tiny, lora, seed=3)
+    b = weights.apply_lora(models.load_model(TINY), lora, seed=3)
+    c = weights.apply_lora(models.load_model(TINY), lora, seed=4)
     assert torch.equal(rng, torch.get_rng_state())
     assert _state_equal(a, b) and not _state_equal(a, c)
     trainable = [n for n, p in a.named_parameters() if p.requires_grad]
@@ -203,7 +239,7 @@ def test_apply_lora_is_seeded(tiny):
 
 
 def test_lora_save_writes_adapter_and_merged_copy(tiny, tokenizer, tmp_path):
-    peft_model = models.apply_lora(tiny, LoraConfig(enabled=True, r=4, alpha=8), seed=0)
+    peft_model = weights.apply_lora(tiny, LoraConfig(enabled=True, r=4, alpha=8), seed=0)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():  # lora_B starts at zero; make the adapters do something
         for name, p in peft_model.named_parameters():
@@ -212,7 +248,7 @@ def test_lora_save_writes_adapter_and_merged_copy(tiny, tokenizer, tmp_path):
     before = {k: v.clone() for k, v in peft_model.state_dict().items()}
     expected = _logits(peft_model)
 
-    out = models.save_policy(peft_model, tokenizer, tmp_path / "policy")
+    out = weights.save_policy(peft_model, tokenizer, tmp_path / "policy")
 
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert (out / "adapter" / "adapter_config.json").is_file()
@@ -226,7 +262,7 @@ def test_lora_save_writes_adapter_and_merged_copy(tiny, tokenizer, tmp_path):
     assert not any("lora" in n for n, _ in merged.named_parameters())
     assert not torch.equal(_logits(merged), _logits(models.load_model(TINY)))
     torch.testing.assert_close(_logits(merged), expected, atol=1e-5, rtol=0)
-    assert models.weights_hash(peft_model) == models.weights_hash(merged)
+    assert weights.weights_hash(peft_model) == weights.weights_hash(merged)
 
     from peft import PeftModel
 

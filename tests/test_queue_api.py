@@ -17,9 +17,12 @@ import time
 from collections import Counter
 
 import pytest
-from alignloop.labeling.handoff import CHOICES, QueueItem
+from alignloop.labeling.aggregate import CHOICES
+from alignloop.labeling.handoff import QueueItem
 from alignloop.labeling.queue.simulate import ApiClient, ApiError
 from alignloop.labeling.queue.store import QueueStore
+
+from .queue_helpers import disable, label_count, pending
 
 
 def _items(n: int, *, votes: int = 1, prefix: str = "it", prompt: str = "Say hi.") -> list[QueueItem]:
@@ -62,7 +65,7 @@ def test_missing_or_wrong_token_is_401_and_annotator_on_status_is_403(queue):
     assert status == 403, body
     status, body = _call(url, "GET", "/api/status", token=tokens["admin"])
     assert status == 200 and body["items"] == 0 and {a["name"] for a in body["annotators"]} == {"ann", "boss"}
-    store.set_active("ann", False)   # a disabled token is refused like an unknown one,
+    disable(store, "ann")   # a disabled token is refused like an unknown one,
     time.sleep(0.4)                  # once the server's token cache has forgotten it
     assert _call(url, "POST", "/api/next", token=tokens["ann"])[0] == 401
 
@@ -107,7 +110,7 @@ def test_invalid_fields_are_422_naming_the_field(queue):
     status, answer = _call(url, "POST", "/api/labels", token=tokens["ann"],
                            body={**good, "item_id": "no-such-item"})
     assert status == 404 and answer["field"] == "item_id"
-    assert store.label_count(0) == 0
+    assert label_count(store, 0) == 0
 
 
 def test_empty_queue_is_204_and_healthz(queue):
@@ -232,7 +235,7 @@ def test_concurrent_clients_lose_and_duplicate_nothing(store_url, serve_queue, n
     _check_no_label_lost_or_duplicated(store, acks, names)
     per_item = Counter(a["item_id"] for a in acks)
     assert set(per_item.values()) == {votes} and len(per_item) == n_items
-    assert store.pending(0) == 0
+    assert pending(store, 0) == 0
     print(f"{len(acks)} labels by {n_clients} clients in {elapsed:.1f} s "
           f"({len(acks) / elapsed:.0f} labels/s)")
     store.close()
@@ -273,16 +276,16 @@ def test_server_killed_mid_load_keeps_every_acknowledged_label(tmp_path):
     def load() -> None:
         result["acks"], result["failures"] = _labeling_clients(
             f"http://127.0.0.1:{port}", tokens, seed=2, retry_for=60,
-            until_done=lambda: store.pending(0) == 0, expiry_ok=True)
+            until_done=lambda: pending(store, 0) == 0, expiry_ok=True)
 
     loader = threading.Thread(target=load)
     loader.start()
     deadline = time.monotonic() + 60
-    while store.label_count(0) < 150 and time.monotonic() < deadline:
+    while label_count(store, 0) < 150 and time.monotonic() < deadline:
         time.sleep(0.01)
     server[0].send_signal(signal.SIGKILL)   # mid-load: requests in flight are cut off
     server[0].wait()
-    killed_at = store.label_count(0)
+    killed_at = label_count(store, 0)
     time.sleep(0.5)
     server.append(_start_server(tmp_path, port))
     loader.join(timeout=120)
@@ -294,5 +297,5 @@ def test_server_killed_mid_load_keeps_every_acknowledged_label(tmp_path):
     assert 0 < killed_at < 600
     assert len(acks) == 600   # refused (expired) submissions were made up by others
     _check_no_label_lost_or_duplicated(store, acks, names)
-    assert store.pending(0) == 0
+    assert pending(store, 0) == 0
     store.close()

@@ -11,6 +11,8 @@ import pytest
 from alignloop.labeling.handoff import QueueItem
 from alignloop.labeling.queue.store import QueueStore
 
+from .queue_helpers import disable, label_count
+
 CHROMIUM = os.environ.get("ALIGNLOOP_CHROMIUM", "/usr/bin/chromium")
 HOSTILE = "<script>window.pwned=1</script> and <b>bold</b>"
 
@@ -106,7 +108,7 @@ def test_sign_in_label_three_items_with_the_keyboard(browser, site):
         expected = {"1": order[0], "2": order[1], "3": "tie"}[key]
         assert v.choice == expected and v.confidence == 2
         assert left_text.startswith("first" if order == "ab" else "second")
-    store.set_active("ada", False)   # a disabled annotator's web session ends at once
+    disable(store, "ada")   # a disabled annotator's web session ends at once
     page.goto(url + "/label")
     assert page.url == url + "/" and page.locator("#token").is_visible()
     context.close()
@@ -144,13 +146,13 @@ def test_post_without_csrf_token_is_refused(browser, site):
     r = page.request.post(url + "/label", form={**answer, "csrf": "forged"})
     assert r.status == 403
     assert page.request.post(url + "/logout", form={}).status == 403
-    assert store.label_count(0) == 0
+    assert label_count(store, 0) == 0
     csrf = page.input_value("input[name=csrf]")
     r = page.request.post(url + "/label", form={**answer, "csrf": csrf, "slot": "right",
                                                 "display_order": "ab" if fields["display_order"] == "ba" else "ba"})
-    assert r.status == 400 and store.label_count(0) == 0   # a tampered display order
+    assert r.status == 400 and label_count(store, 0) == 0   # a tampered display order
     r = page.request.post(url + "/label", form={**answer, "csrf": csrf})
-    assert r.ok and store.label_count(0) == 1
+    assert r.ok and label_count(store, 0) == 1
     context.close()
 
 

@@ -22,6 +22,8 @@ from alignloop.labeling.queue import migrations
 from alignloop.labeling.queue.store import QueueError, QueueStore, WaitingForLabels
 from alignloop.records import Pair
 
+from .queue_helpers import disable, pending
+
 
 class Clock:
     """A clock the test moves by hand."""
@@ -59,9 +61,9 @@ def label(store: QueueStore, ann: int, choice: str = "a", key: str | None = None
 
 def test_migrations_are_recorded_and_idempotent(store, store_url):
     assert migrations.applied(store.engine) == [n for n, _ in migrations.MIGRATIONS]
-    assert store.migrate() == []
+    assert migrations.migrate(store.engine.execution_options(queue_write=True)) == []
     again = QueueStore(store_url)              # a second opener applies nothing
-    assert again.migrate() == [] and migrations.applied(again.engine) == [1]
+    assert migrations.applied(again.engine) == [1]
     again.close()
     names = {r[0] for r in store.read("SELECT name FROM _migrations")}
     assert names == {"m001_initial"}
@@ -81,7 +83,7 @@ def test_token_is_stored_only_as_its_hash(store):
     with pytest.raises(QueueError) as e:
         store.add_annotator("alice")
     assert e.value.status == 409
-    store.set_active("alice", False)
+    disable(store, "alice")
     assert store.authenticate(token) is None
 
 
@@ -90,12 +92,12 @@ def test_adaptive_redundancy(store):
     a1, a2, a3, a4 = annotators(store, 4)
     for ann, choice in ((a1, "a"), (a2, "a")):      # i0: two agreeing votes complete it
         assert label(store, ann, choice).item.item_id == "i0"
-    assert store.pending(0) == 1
+    assert pending(store, 0) == 1
     for ann, choice in ((a1, "a"), (a2, "b")):      # i1: disagreement asks for a third
         assert label(store, ann, choice).item.item_id == "i1"
-    assert store.pending(0) == 1
+    assert pending(store, 0) == 1
     assert label(store, a3, "b").item.item_id == "i1"
-    assert store.pending(0) == 0 and store.next_item(a4) is None
+    assert pending(store, 0) == 0 and store.next_item(a4) is None
     assert Counter(v.item_id for v in store.votes(0)) == {"i0": 2, "i1": 3}
 
 
@@ -109,7 +111,7 @@ def test_never_the_same_item_twice(store):
     for got in [held, *others]:
         store.record_label(ann, item_id=got.item.item_id, lease_id=got.lease_id, choice="a",
                            idempotency_key=got.lease_id)
-    assert store.next_item(ann) is None and store.pending(0) == 3
+    assert store.next_item(ann) is None and pending(store, 0) == 3
 
 
 def test_expired_lease_returns_the_item(store_url):
@@ -129,7 +131,7 @@ def test_expired_lease_returns_the_item(store_url):
     clock.t += 11                                   # expired, but nobody took the slot:
     store.record_label(a2, item_id="i0", lease_id=second.lease_id, choice="b",
                        idempotency_key="kept")      # the work is kept
-    assert store.pending(0) == 0 and [v.choice for v in store.votes(0)] == ["b"]
+    assert pending(store, 0) == 0 and [v.choice for v in store.votes(0)] == ["b"]
     store.close()
 
 
@@ -188,7 +190,7 @@ def test_gold_items_mixed_in_at_the_rate(store):
     store.submit(items(300, votes_required=1))
     gold = items(100, prefix="g")
     answers = {it.item_id: "a" if k % 2 else "b" for k, it in enumerate(gold)}
-    store.add_gold(gold, answers)
+    store.submit(gold, gold=answers)
     (ann,) = annotators(store, 1)
     rng = random.Random(3)
     n_gold = correct = 0
@@ -222,7 +224,7 @@ def test_priority_orders_the_queue(store):
 
 
 def test_items_beyond_the_first_window_are_found_in_order(store):
-    from alignloop.labeling.queue.store import TOP_WINDOW
+    from alignloop.labeling.queue.leases import TOP_WINDOW
 
     n = TOP_WINDOW + 6
     store.submit([QueueItem(f"q{i:03d}", 0, "p", "a", "b", priority=1.0 - i / 1000,
@@ -286,7 +288,7 @@ def test_status_agreement(store):
     assert s["judge"] == {"votes": 12, "agreement": 0.75}
 
 
-def test_push_collect_and_wait(store):
+def test_push_and_wait(store):
     pairs = [Pair("p1", "good", "bad"), Pair("p2", "fine", "worse", slice="s2")]
     assert store.push(pairs, round=3, votes_required=1) == 2
     assert store.push(pairs, round=3) == 0
@@ -304,12 +306,12 @@ def test_push_collect_and_wait(store):
     t = threading.Thread(target=later)
     start = time.monotonic()
     t.start()
-    assert store.wait(3, 0, timeout_s=20, poll_s=0.05, progress=True) == 2
+    assert store.wait_or_exit(3, 0, timeout_s=20, poll_s=0.05, progress=True) == 2
     t.join()
     assert time.monotonic() - start < 10
-    assert len(store.collect(3)) == 2 and store.pending(3) == 0
+    assert len(store.votes(3)) == 2 and pending(store, 3) == 0
     start = time.monotonic()                        # times out with what is there
-    assert store.wait(3, 5, timeout_s=0.3, poll_s=0.05, progress=False) == 2
+    assert store.wait_or_exit(3, 5, timeout_s=0.3, poll_s=0.05, progress=False) == 2
     assert 0.25 <= time.monotonic() - start < 5
 
 
@@ -357,7 +359,7 @@ def test_concurrent_labeling_loses_and_duplicates_nothing(store):
         while idle < 20:
             got = store.next_item(ann, rng=rng)
             if got is None:                         # others may still give items back
-                if store.pending(0) == 0:
+                if pending(store, 0) == 0:
                     return
                 idle += 1
                 time.sleep(0.05)
@@ -405,7 +407,7 @@ def test_concurrent_labeling_loses_and_duplicates_nothing(store):
     by_item = defaultdict(list)
     for r in rows:
         by_item[r.item_id].append(r.choice)
-    assert len(by_item) == n_items and store.pending(0) == 0
+    assert len(by_item) == n_items and pending(store, 0) == 0
     for choices in by_item.values():                # exactly the votes each item needs
         assert len(choices) == (2 if choices[0] == choices[1] else 3)
     counters = store.read("SELECT COUNT(*) FROM items WHERE n_labels <> needed OR is_open <> 0")
@@ -415,8 +417,8 @@ def test_concurrent_labeling_loses_and_duplicates_nothing(store):
 
 
 def test_human_config_queue_fields():
-    from alignloop.config_base import ConfigError
-    from alignloop.config_labeling import HumanConfig
+    from alignloop.config.base import ConfigError
+    from alignloop.config.labeling import HumanConfig
 
     cfg = HumanConfig()
     assert (cfg.lease_minutes, cfg.gold_rate, cfg.wait, cfg.min_labels) == (10.0, 0.0, "block", 0)

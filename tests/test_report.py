@@ -12,14 +12,16 @@ import numpy as np
 import pytest
 from alignloop.config import config_from_dict, dump_config
 from alignloop.report import (
+    MissingRunConfig,
     ReportSchemaError,
     build_round_report,
     load_round,
+    previous_round,
     validate_report,
     write_round_report,
     write_run_report,
 )
-from alignloop.report_md import fmt
+from alignloop.report.markdown import fmt
 
 from .fake_run import SCRIPT, make_fake_run, write_fake_eval
 
@@ -95,10 +97,10 @@ def _alert_kinds(run, k, **report_cfg):
 
 
 def test_alerts_fire_when_thresholds_are_crossed_and_not_otherwise(run):
-    quiet = {"slice_regression": 0.0, "agreement_floor": 0.0}
-    assert _alert_kinds(run, 1, kl_budget=5.0, **quiet) == []
-    assert _alert_kinds(run, 1, kl_budget=0.1, **quiet) == ["kl_budget"]
-    assert _alert_kinds(run, 1, kl_budget=0.0, **quiet) == []          # 0: off
+    quiet = {"alert_slice_drop": 0.0, "agreement_floor": 0.0}
+    assert _alert_kinds(run, 1, alert_kl_to_reference=5.0, **quiet) == []
+    assert _alert_kinds(run, 1, alert_kl_to_reference=0.1, **quiet) == ["kl_budget"]
+    assert _alert_kinds(run, 1, alert_kl_to_reference=0.0, **quiet) == []          # 0: off
     assert "annotator_agreement" in _alert_kinds(run, 1, agreement_floor=0.99)
 
 
@@ -141,6 +143,64 @@ def test_missing_artifacts_become_reasons_not_crashes(tmp_path):
     r = json.loads(write_round_report(run, 2).read_text())
     assert not r["kl_to_reference"]["available"] and not r["win_rate_vs_base"]["available"]
     assert r["labels"]["available"] and r["alerts"] == []
+
+
+def _gate(run, k, action):
+    state = json.loads((run / "state.json").read_text())
+    state["rounds"][str(k)]["gate"] = {"tripped": True, "action": action, "reason": "test"}
+    (run / "state.json").write_text(json.dumps(state))
+
+
+def test_previous_round_steps_back_over_rolled_back_rounds(tmp_path):
+    run = make_fake_run(tmp_path, rounds=4)
+    assert [previous_round(run, k) for k in range(4)] == [None, 0, 1, 2]
+    _gate(run, 0, "rollback")
+    _gate(run, 1, "stop")                                  # tripped, but its policy is kept
+    _gate(run, 2, "rollback")
+    assert [previous_round(run, k) for k in range(5)] == [None, None, 1, 1, 3]
+    (run / "state.json").unlink()                          # no state: the round before
+    assert [previous_round(run, k) for k in range(3)] == [None, 0, 1]
+
+
+def test_report_after_a_rollback_compares_with_the_policy_it_started_from(tmp_path):
+    run = make_fake_run(tmp_path, rounds=3)
+    _gate(run, 1, "rollback")                              # round 2 starts from round 0's policy
+    r0 = json.loads(write_round_report(run, 0).read_text())
+    r2 = json.loads(write_round_report(run, 2).read_text())
+    validate_report(r2)
+    assert r2["inputs"]["previous_samples"] == "../../round_000/eval/samples.parquet"
+    assert r2["latent_reward"]["models"]["previous"] == r0["latent_reward"]["models"]["policy"]
+    assert r2["length"]["models"]["previous"] == r0["length"]["models"]["policy"]
+    assert any("round 2 started from round 0's policy" in n for n in r2["notes"])
+    assert "previous policy (round 0)" in (run / "round_002/report/report.html").read_text()
+    # an explicit `previous` wins over state.json
+    r2 = json.loads(write_round_report(run, 2, previous=1).read_text())
+    assert r2["inputs"]["previous_samples"] == "../../round_001/eval/samples.parquet"
+    assert r2["notes"] == []
+    # every earlier round rolled back: round 2 started from the base model
+    _gate(run, 0, "rollback")
+    assert load_round(run, 2).previous is None
+    r2 = json.loads(write_round_report(run, 2).read_text())
+    validate_report(r2)
+    reason = r2["latent_reward"]["previous_reason"]
+    assert reason.startswith("round 2 started from the base model")
+    assert r2["win_rate_vs_previous"] == {"available": False, "reason": reason}
+    assert r2["inputs"]["previous_samples"] is None
+    assert r2["latent_reward"]["models"]["previous"] is None
+    assert set(r2["length"]["models"]) == {"policy", "base"}
+
+
+def test_a_run_without_config_yaml_is_refused_not_defaulted(tmp_path):
+    run = make_fake_run(tmp_path, rounds=1)
+    (run / "config.yaml").unlink()
+    with pytest.raises(MissingRunConfig, match=r"config\.yaml not found.*pass the config"):
+        write_round_report(run, 0)
+    assert not (run / "round_000/report").exists()
+    cfg = config_from_dict({"labeling": {"human": {"budget": 12}}, "report": {"n_boot": 100}})
+    report = json.loads(write_round_report(run, 0, config=cfg).read_text())
+    assert report["thresholds"]["n_boot"] == 100
+    shutil.rmtree(run / "round_000/report")                # the run view says why, and goes on
+    assert "not computed: the run directory has no config.yaml" in write_run_report(run).read_text()
 
 
 def test_run_report_on_a_run_in_progress(tmp_path):

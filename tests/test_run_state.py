@@ -6,12 +6,13 @@ import pytest
 from alignloop.config import config_from_dict
 from alignloop.generation import PromptItem
 from alignloop.prompt_pool import PromptError, load_pool
-from alignloop.run import Run, RunError, status_table
-from alignloop.slices import choose_failures, pick_prompts, slice_stats
+from alignloop.rounds.loop import stage_names
+from alignloop.rounds.state import Run, RunError, status_table
+from alignloop.stages.slices import choose_failures, pick_prompts, slice_stats
 
 
 def test_stage_runs_once_and_records_outputs(tmp_path):
-    run = Run(tmp_path, config_from_dict({}))
+    run = Run(tmp_path, config_from_dict({}), stage_names=stage_names)
     calls = []
 
     def work():
@@ -19,7 +20,7 @@ def test_stage_runs_once_and_records_outputs(tmp_path):
         (run.round_dir(0) / "out.txt").write_text("hello")
 
     assert run.stage(0, "assemble", work, ["out.txt"]) is True
-    assert Run(tmp_path, config_from_dict({})).stage(0, "assemble", work, ["out.txt"]) is False
+    assert Run(tmp_path, config_from_dict({}), stage_names=stage_names).stage(0, "assemble", work, ["out.txt"]) is False
     assert len(calls) == 1
     state = json.loads((tmp_path / "state.json").read_text())
     info = state["rounds"]["0"]["stages"]["assemble"]
@@ -27,28 +28,28 @@ def test_stage_runs_once_and_records_outputs(tmp_path):
     # a missing output makes the stage run again
     (run.round_dir(0) / "out.txt").unlink()
     assert run.stage(0, "assemble", work, ["out.txt"]) is True
-    assert "assemble" in status_table(tmp_path)
+    assert "assemble" in status_table(tmp_path, stage_names)
 
 
 def test_interrupted_stage_is_redone(tmp_path):
-    run = Run(tmp_path, config_from_dict({}))
+    run = Run(tmp_path, config_from_dict({}), stage_names=stage_names)
 
     def boom():
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         run.stage(0, "train", boom, [])
-    assert Run(tmp_path, config_from_dict({})).round_state(0)["stages"]["train"]["status"] == "running"
+    assert Run(tmp_path, config_from_dict({}), stage_names=stage_names).round_state(0)["stages"]["train"]["status"] == "running"
     assert run.stage(0, "train", lambda: None, []) is True
 
 
 def test_changed_config_is_refused_naming_the_key_unless_redone(tmp_path):
-    run = Run(tmp_path, config_from_dict({}))
+    run = Run(tmp_path, config_from_dict({}), stage_names=stage_names)
     run.check_config()
     run.stage(0, "assemble", lambda: None, [])
-    more_rounds = Run(tmp_path, config_from_dict({"loop": {"rounds": 7}}))
+    more_rounds = Run(tmp_path, config_from_dict({"loop": {"rounds": 7}}), stage_names=stage_names)
     more_rounds.check_config()  # extending a run is fine
-    changed = Run(tmp_path, config_from_dict({"train": {"beta": 0.3}}))
+    changed = Run(tmp_path, config_from_dict({"train": {"beta": 0.3}}), stage_names=stage_names)
     with pytest.raises(RunError, match="train.beta"):
         changed.check_config()
     changed.redo_from(0, "assemble")
@@ -110,7 +111,7 @@ def test_shipped_configs_load(name):
 
 
 def test_prompt_quota_follows_shortfall_from_the_best_slice():
-    from alignloop.slices import SliceStat
+    from alignloop.stages.slices import SliceStat
 
     fails = [SliceStat("order_status", 10, 0.96, True), SliceStat("bad_news", 5, 1.01, True)]
     train = [PromptItem(f"t{i}", f"p{i}", "order_status" if i % 2 else "bad_news")

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from alignloop.config_labeling import RoutingConfig, SelectionConfig
+from alignloop.config.labeling import RoutingConfig, SelectionConfig
 from alignloop.labeling import Comparison, Judgement, LabelingError
 from alignloop.labeling.ensemble import Ensemble, Member
 from alignloop.labeling.route import route

@@ -56,25 +56,20 @@ class EncodedPair:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _encode_text(tokenizer, text: str, special: bool) -> tuple[int, ...]:
-    return tuple(tokenizer(text, add_special_tokens=special)["input_ids"])
-
-
 def encode_pair(pair: Pair, tokenizer, *, max_length: int, max_prompt_length: int,
-                truncation: str) -> tuple[int, ...] | str:
-    """Token ids (prompt, chosen, rejected), or the reason the pair is invalid."""
-    from alignloop.models import render_prompt, render_response
+                truncation: str) -> tuple[tuple[int, ...], ...] | str:
+    """Token ids (prompt, chosen, rejected), or the reason the pair is invalid.
+
+    The ids are `prompt_token_ids` / `response_token_ids` (alignloop.models), the
+    same ones generation and log-prob scoring use."""
+    from alignloop.models import prompt_token_ids, response_token_ids
 
     try:
-        prompt_text = render_prompt(tokenizer, pair.prompt)
-        chosen_text = render_response(tokenizer, pair.prompt, pair.chosen)
-        rejected_text = render_response(tokenizer, pair.prompt, pair.rejected)
+        prompt = tuple(prompt_token_ids(tokenizer, pair.prompt))
+        chosen = tuple(response_token_ids(tokenizer, pair.prompt, pair.chosen))
+        rejected = tuple(response_token_ids(tokenizer, pair.prompt, pair.rejected))
     except ValueError as e:  # no chat template, a response the template cannot separate, ...
         return str(e)
-    # A chat template writes its own BOS; a plain prompt gets the tokenizer's specials.
-    prompt = _encode_text(tokenizer, prompt_text, special=not pair.is_chat)
-    chosen = _encode_text(tokenizer, chosen_text, False)
-    rejected = _encode_text(tokenizer, rejected_text, False)
     if len(prompt) > max_prompt_length:
         if truncation == "error":
             return f"prompt has {len(prompt)} tokens, over max_prompt_length={max_prompt_length}"

@@ -1,10 +1,11 @@
 """The DPO trainer: `train_dpo(pairs, ...)` -> a policy checkpoint, a step log, cached reference log-probs.
 
-One visible loop: tokenise -> reference log-probs (once, cached) -> plan the
-data order -> for each step: micro-batches -> loss -> backward -> clip ->
-optimizer -> log -> checkpoint. Runs in one CPU process or under
-`accelerate launch` (DDP/FSDP) unchanged. On a GPU with bf16 it trains in
-bf16 autocast over float32 master weights; on CPU always float32.
+`train_dpo` reads top to bottom: load and prepare (tokenise, reference
+log-probs once, cached) -> build (policy, optimiser, data plan, resume) -> the
+step loop (micro-batches -> loss -> backward -> clip -> optimizer -> log ->
+checkpoint) -> save. Runs in one CPU process or under `accelerate launch`
+(DDP/FSDP) unchanged. On a GPU with bf16 it trains in bf16 autocast over
+float32 master weights; on CPU always float32.
 """
 
 from __future__ import annotations
@@ -19,15 +20,18 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from alignloop.config import DataConfig, ModelConfig, TrainConfig, to_dict
+from alignloop.config import DataConfig, LoraConfig, ModelConfig, TrainConfig, to_dict
+from alignloop.models import load_model, load_tokenizer, resolve_dtype
 from alignloop.records import Pair
 from alignloop.training.batching import EncodedPair, PackedBatch, collate, encode_pairs, plan_steps
 from alignloop.training.checkpoints import load_checkpoint, remove_checkpoint, save_checkpoint
 from alignloop.training.logps import PairScorer, score_batch
 from alignloop.training.losses import LENGTH_AVERAGED, nll_loss, preference_loss
 from alignloop.training.reference import ReferenceLogps, reference_logps
+from alignloop.training.weights import apply_lora, save_policy, weights_hash
 
 log = logging.getLogger("alignloop.training")
 
@@ -104,8 +108,6 @@ def _log_rows_up_to(path: Path, step: int) -> None:
 
 
 def _mixed_precision(model_cfg: ModelConfig) -> str:
-    from alignloop.models import resolve_dtype
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = resolve_dtype(model_cfg.dtype, device)
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
@@ -122,148 +124,224 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from alignloop.models import apply_lora, load_model, load_tokenizer, save_policy, weights_hash
-    from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = train_cfg
     # Several processes without CUDA (torchrun / `accelerate launch --cpu`): DDP over gloo.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(mixed_precision=_mixed_precision(model_cfg), cpu=multi_cpu)
-    set_seed(cfg.seed)
-    main = accelerator.is_main_process
-    show = progress and main
+    set_seed(train_cfg.seed)
+    show = progress and accelerator.is_main_process
 
+    # 1. Load and prepare: token ids, then the reference log-probs. The reference
+    #    pass comes first and its model is freed: training never holds it.
     tokenizer = load_tokenizer(policy)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded, skipped = encode_pairs(pairs, tokenizer, max_length=data_cfg.max_length,
                                     max_prompt_length=data_cfg.max_prompt_length,
                                     truncation=data_cfg.truncation, on_invalid=data_cfg.on_invalid,
                                     progress=show)
-
-    # Reference pass first, then the reference is gone: training never holds it.
     model = load_model(policy, dtype="float32", device=accelerator.device)
     start_hash = weights_hash(model)
-    reference = reference or policy
-    ref_path = out_dir / "reference_logps.parquet"
-    ref_kw = dict(path=ref_path, pad_id=pad_id, batch_size=max(2 * cfg.batch_size, 8),
-                  device=accelerator.device, progress=show, write=main)
     t_ref = time.perf_counter()
-    with accelerator.main_process_first():
-        if reference == policy:
-            ref = reference_logps(model, encoded, reference_hash=start_hash, **ref_kw)
-        else:
-            ref_model = load_model(reference, dtype=model_cfg.dtype, device=accelerator.device)
-            ref = reference_logps(ref_model, encoded, reference_hash=weights_hash(ref_model), **ref_kw)
-            del ref_model
-            gc.collect()
+    ref = _reference_pass(accelerator, model, start_hash, encoded, reference=reference or policy,
+                          policy=policy, dtype=model_cfg.dtype, pad_id=pad_id,
+                          batch_size=max(2 * train_cfg.batch_size, 8),
+                          path=out_dir / "reference_logps.parquet", progress=show)
     reference_seconds = time.perf_counter() - t_ref
 
-    if model_cfg.lora.enabled:
-        model = apply_lora(model, model_cfg.lora, seed=cfg.seed)
+    # 2. Build the trainable policy, its optimiser and the whole run's data order,
+    #    then continue from OUT/checkpoint if an identical run left one.
+    run = _build_run(accelerator, model, [p.length for p in encoded], model_cfg.lora, train_cfg)
+    fingerprint = run_fingerprint(encoded, train_cfg, model_cfg, start_hash)
+    start = _resume(accelerator, out_dir, fingerprint=fingerprint, total=run.total)
+
+    # 3. The step loop.
+    t_train = time.perf_counter()
+    metrics = _train_steps(run, encoded, ref, pad_id, train_cfg, start=start, out_dir=out_dir,
+                           fingerprint=fingerprint, progress=show)
+    train_seconds = time.perf_counter() - t_train
+
+    # 4. Save the policy; the mid-run checkpoint is no longer needed.
+    policy_dir = _save_trained(accelerator, run.scorer, tokenizer, out_dir / "policy")
+    remove_checkpoint(accelerator, out_dir)
+    return TrainResult(policy_dir=policy_dir, steps=run.total, metrics=metrics,
+                       reference_hash=ref.reference_hash, reference_reused=ref.reused,
+                       skipped=skipped, n_pairs=len(encoded),
+                       reference_seconds=reference_seconds, train_seconds=train_seconds)
+
+
+def _reference_pass(accelerator, model, model_hash: str, encoded: list[EncodedPair], *,
+                    reference: str, policy: str, dtype: str, pad_id: int, batch_size: int,
+                    path: Path, progress: bool) -> ReferenceLogps:
+    """Reference log-probs of `encoded`, cached at `path` (the main process computes and
+    writes them first; the others then read them). A reference other than the policy
+    is loaded in `dtype`, used and freed; the policy itself is scored as loaded."""
+    kw = dict(path=path, pad_id=pad_id, batch_size=batch_size, device=accelerator.device,
+              progress=progress, write=accelerator.is_main_process)
+    with accelerator.main_process_first():
+        if reference == policy:
+            return reference_logps(model, encoded, reference_hash=model_hash, **kw)
+        ref_model = load_model(reference, dtype=dtype, device=accelerator.device)
+        ref = reference_logps(ref_model, encoded, reference_hash=weights_hash(ref_model), **kw)
+        del ref_model
+        gc.collect()
+        return ref
+
+
+@dataclass
+class _Run:
+    """What the step loop works on, built once by `_build_run`."""
+
+    accelerator: Any
+    scorer: Any        # PairScorer around the policy, wrapped by accelerate (DDP/FSDP)
+    params: list       # the trainable parameters: all weights, or only the LoRA adapters
+    optimizer: Any
+    scheduler: Any
+    steps: list[list[list[int]]]  # steps -> micro-batches (all processes) -> pair indices
+    per_epoch: int     # steps in one epoch, for the logged `epoch`
+    total: int         # steps to run (max_steps when set)
+
+
+def _build_run(accelerator, model, lengths: list[int], lora: LoraConfig,
+               cfg: TrainConfig) -> _Run:
+    """The trainable policy (LoRA if enabled), AdamW, the data order and the LR schedule,
+    prepared by accelerate; the scheduler is registered so checkpoints carry it."""
+    if lora.enabled:
+        model = apply_lora(model, lora, seed=cfg.seed)
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if model_cfg.lora.enabled:
+        if lora.enabled:
             model.enable_input_require_grads()  # frozen embeddings: checkpointed layers still need grads
     model.train()
     scorer = PairScorer(model)
     params = [p for p in scorer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
-    world, rank = accelerator.num_processes, accelerator.process_index
-    lengths = [p.length for p in encoded]
-    per_epoch = len(plan_steps(lengths, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                               world_size=world, epochs=1, seed=cfg.seed,
-                               group_by_length=cfg.group_by_length))
-    if per_epoch == 0:
-        raise ValueError(f"{len(encoded)} pairs are fewer than one step needs "
-                         f"({cfg.batch_size * cfg.grad_accum * world}) with {world} processes")
-    epochs = max(cfg.epochs, math.ceil(cfg.max_steps / per_epoch)) if cfg.max_steps else cfg.epochs
-    steps = plan_steps(lengths, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                       world_size=world, epochs=epochs, seed=cfg.seed,
-                       group_by_length=cfg.group_by_length)
-    total = min(cfg.max_steps, len(steps)) if cfg.max_steps else len(steps)
+    steps, per_epoch, total = _plan_run(lengths, cfg, world_size=accelerator.num_processes)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
         s, warmup=cfg.warmup_steps, total=total, schedule=cfg.lr_schedule))
-
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    fingerprint = run_fingerprint(encoded, cfg, model_cfg, start_hash)
+    return _Run(accelerator, scorer, params, optimizer, scheduler, steps, per_epoch, total)
+
+
+def _plan_run(lengths: list[int], cfg: TrainConfig,
+              world_size: int) -> tuple[list[list[list[int]]], int, int]:
+    """(data order, steps per epoch, steps to run): `epochs` epochs, or as many as
+    `max_steps` needs; ValueError when there are too few pairs for one step."""
+    def plan(epochs: int) -> list[list[list[int]]]:
+        return plan_steps(lengths, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                          world_size=world_size, epochs=epochs, seed=cfg.seed,
+                          group_by_length=cfg.group_by_length)
+
+    per_epoch = len(plan(1))
+    if per_epoch == 0:
+        raise ValueError(f"{len(lengths)} pairs are fewer than one step needs "
+                         f"({cfg.batch_size * cfg.grad_accum * world_size}) with {world_size} processes")
+    epochs = max(cfg.epochs, math.ceil(cfg.max_steps / per_epoch)) if cfg.max_steps else cfg.epochs
+    steps = plan(epochs)
+    total = min(cfg.max_steps, len(steps)) if cfg.max_steps else len(steps)
+    return steps, per_epoch, total
+
+
+def _resume(accelerator, out_dir: Path, *, fingerprint: str, total: int) -> int:
+    """Restore OUT/checkpoint if this run left one and trim the step log to match;
+    return the number of finished steps (0 for a fresh start, whose old log is removed)."""
     start = load_checkpoint(accelerator, out_dir, fingerprint=fingerprint)
     log_path = out_dir / "train_log.jsonl"
-    if main:
+    if accelerator.is_main_process:
         if start:
             log.info("resuming from step %d of %d", start, total)
             _log_rows_up_to(log_path, start)
         elif log_path.exists():
             log_path.unlink()
-    fail_at = int(os.environ.get(FAIL_AT_STEP_ENV, "0"))
+    return start
 
-    bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not show)
+
+def _train_steps(run: _Run, encoded: list[EncodedPair], ref: ReferenceLogps, pad_id: int,
+                 cfg: TrainConfig, *, start: int, out_dir: Path, fingerprint: str,
+                 progress: bool) -> dict:
+    """Steps `start` .. `run.total`: step, log every `log_every` steps (and the last),
+    checkpoint every `save_every`. Returns the last step's metrics."""
+    from tqdm.auto import tqdm
+
+    main = run.accelerator.is_main_process
+    fail_at = int(os.environ.get(FAIL_AT_STEP_ENV, "0"))
+    bar = tqdm(total=run.total, initial=start, desc="train", unit="step", disable=not progress)
     metrics: dict = {}
-    t_train = time.perf_counter()
-    for step in range(start, total):
+    for step in range(start, run.total):
         t0 = time.perf_counter()
-        micro = steps[step][rank::world]
-        n_pairs = sum(len(m) for m in steps[step])
-        sums = torch.zeros(8, dtype=torch.float64)  # loss, 6 stats, tokens
-        for j, idx in enumerate(micro):
-            batch = collate([encoded[i] for i in idx], pad_id).to(accelerator.device)
-            sync = contextlib.nullcontext() if j == len(micro) - 1 else accelerator.no_sync(scorer)
-            with sync, accelerator.autocast():
-                chosen, rejected = score_batch(scorer, batch)
-                loss_vec, stats = dpo_objective(chosen, rejected, ref.chosen[idx].to(chosen.device),
-                                                ref.rejected[idx].to(chosen.device), batch, cfg)
-                # Mean over the step's pairs on all processes; DDP averages gradients
-                # over processes, hence the factor `world`.
-                loss = (loss_vec * batch.weight).sum() * world / n_pairs
-                accelerator.backward(loss)
-            sums[0] += float((loss_vec.detach() * batch.weight).sum())
-            for k, v in enumerate(stats.values(), start=1):
-                sums[k] += float(v.sum())
-            sums[7] += batch.n_tokens
-        if cfg.max_grad_norm > 0:
-            grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-        else:
-            grad_norm = torch.linalg.vector_norm(
-                torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
+        totals = _optimizer_step(run, run.steps[step], encoded, ref, pad_id, cfg)
         elapsed = time.perf_counter() - t0
-        metrics = {"step": step + 1, "epoch": round((step + 1) / per_epoch, 4),
-                   "loss": float(sums[0] / n_pairs)}
-        metrics.update({k: float(sums[i] / n_pairs) for i, k in enumerate(stats, start=1)})
-        metrics.update({"grad_norm": float(grad_norm), "lr": lr, "pairs": n_pairs,
-                        "tokens": int(sums[7]), "tokens_per_s": float(sums[7]) / elapsed,
-                        "step_time_s": elapsed})
-        if main and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
-            with open(log_path, "a") as f:
+        metrics = {"step": step + 1, "epoch": round((step + 1) / run.per_epoch, 4), **totals,
+                   "tokens_per_s": totals["tokens"] / elapsed, "step_time_s": elapsed}
+        if main and ((step + 1) % cfg.log_every == 0 or step + 1 == run.total):
+            with open(out_dir / "train_log.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracy']:.2f}")
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
-            save_checkpoint(accelerator, out_dir, step=step + 1, fingerprint=fingerprint)
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < run.total:
+            save_checkpoint(run.accelerator, out_dir, step=step + 1, fingerprint=fingerprint)
         if fail_at and step + 1 == fail_at:
             raise RuntimeError(f"fault injection: {FAIL_AT_STEP_ENV}={fail_at}")
     bar.close()
-    train_seconds = time.perf_counter() - t_train
+    return metrics
 
+
+def _optimizer_step(run: _Run, micro_batches: list[list[int]], encoded: list[EncodedPair],
+                    ref: ReferenceLogps, pad_id: int, cfg: TrainConfig) -> dict:
+    """One optimiser step. This process runs its share of the step's micro-batches
+    (every `world`-th), accumulating gradients; then clip, step, zero.
+
+    Returns the step's mean loss and statistics over all its pairs (summed over
+    processes), the gradient norm, the learning rate used, pairs and tokens.
+    """
+    accelerator, scorer = run.accelerator, run.scorer
+    world, rank = accelerator.num_processes, accelerator.process_index
+    micro = micro_batches[rank::world]
+    n_pairs = sum(len(m) for m in micro_batches)
+    sums = torch.zeros(8, dtype=torch.float64)  # loss, 6 stats, tokens
+    for j, idx in enumerate(micro):
+        batch = collate([encoded[i] for i in idx], pad_id).to(accelerator.device)
+        sync = contextlib.nullcontext() if j == len(micro) - 1 else accelerator.no_sync(scorer)
+        with sync, accelerator.autocast():
+            chosen, rejected = score_batch(scorer, batch)
+            loss_vec, stats = dpo_objective(chosen, rejected, ref.chosen[idx].to(chosen.device),
+                                            ref.rejected[idx].to(chosen.device), batch, cfg)
+            # Mean over the step's pairs on all processes; DDP averages gradients
+            # over processes, hence the factor `world`.
+            loss = (loss_vec * batch.weight).sum() * world / n_pairs
+            accelerator.backward(loss)
+        sums[0] += float((loss_vec.detach() * batch.weight).sum())
+        for k, v in enumerate(stats.values(), start=1):
+            sums[k] += float(v.sum())
+        sums[7] += batch.n_tokens
+    if cfg.max_grad_norm > 0:
+        grad_norm = accelerator.clip_grad_norm_(run.params, cfg.max_grad_norm)
+    else:
+        grad_norm = torch.linalg.vector_norm(
+            torch.stack([p.grad.norm() for p in run.params if p.grad is not None]))
+    lr = run.scheduler.get_last_lr()[0]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
+    totals = {"loss": float(sums[0] / n_pairs)}
+    totals.update({k: float(sums[i] / n_pairs) for i, k in enumerate(stats, start=1)})
+    totals.update({"grad_norm": float(grad_norm), "lr": lr, "pairs": n_pairs, "tokens": int(sums[7])})
+    return totals
+
+
+def _save_trained(accelerator, scorer, tokenizer, policy_dir: Path) -> Path:
+    """Save the trained policy (merged, for LoRA) from the main process once all are done."""
     accelerator.wait_for_everyone()
-    policy_dir = out_dir / "policy"
-    if main:
+    if accelerator.is_main_process:
         trained = accelerator.unwrap_model(scorer).model
         trained.config.use_cache = True  # for generation from the saved policy
         save_policy(trained, tokenizer, policy_dir)
-    remove_checkpoint(accelerator, out_dir)
-    return TrainResult(policy_dir=policy_dir, steps=total, metrics=metrics,
-                       reference_hash=ref.reference_hash, reference_reused=ref.reused,
-                       skipped=skipped, n_pairs=len(encoded),
-                       reference_seconds=reference_seconds, train_seconds=train_seconds)
+    return policy_dir
 
 
 __all__ = ["train_dpo", "dpo_objective", "lr_factor", "TrainResult", "ReferenceLogps"]

@@ -1,4 +1,16 @@
 """The human labeling queue: a SQL store (SQLite by default, PostgreSQL by URL)
 grown by numbered migrations, a FastAPI app (server-rendered page + JSON API),
-terminal labeling, and bot annotators for the demo. Implements the
-`LabelQueue` protocol of `alignloop.labeling.handoff`."""
+terminal labeling, and bot annotators that label over HTTP. Implements the
+`LabelQueue` protocol of `alignloop.labeling.handoff`.
+
+    store.py         QueueStore, the entry point: annotators, items, leases, labels, reading
+    leases.py        leasing the next item and recording a label (the concurrent SQL)
+    stats.py         counts, agreement, progress, exports and waiting, read out
+    migrations.py    the schema, one numbered migration at a time
+    app.py           create_app: the routers below, the request guard, serving
+    deps.py          what the routers share: settings, sessions, bearer authentication
+    routes_pages.py  the labeling page (sign in, label, sign out)
+    routes_api.py    the JSON API (/api/next, /api/labels)
+    routes_admin.py  /api/status and /healthz
+    simulate.py      bots: an HTTP client and a panel of answerers labeling through it
+"""

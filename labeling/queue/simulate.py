@@ -1,34 +1,27 @@
 """Bot annotators: simulated people who label through the real JSON API over HTTP.
 
 Each bot is a thread with its own token and connection. It asks `POST /api/next`
-for an item and answers by a latent utility of (prompt, response) with its own
-weights (`Persona`), with Bradley-Terry noise: P(a preferred) = sigmoid((u_a - u_b) / T).
-Requests are retried on connection errors and 5xx answers (a restarted server is
-waited for); every label carries an idempotency key, so a retried submission is
-recorded once.
+for an item and asks its `Answerer` for the answer. Requests are retried on
+connection errors and 5xx answers (a restarted server is waited for); every label
+carries an idempotency key, so a retried submission is recorded once.
 
-`PANELS` is the one place panels are defined. "demo" uses the demo task's signals
-(VADER sentiment and a length penalty, `alignloop.demo_judge`) with weights that
-differ per bot, so the panel disagrees systematically, as people do.
+The answerers come from the caller: the demo's panel of simulated annotators is
+`alignloop.demo.panel` (bots over it: `alignloop.demo.labelers.panel_answerers`),
+so the queue's bots and the loop's simulated labels are the same people.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
-import math
 import random
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Protocol
 from urllib.parse import urlsplit
-
-WORDS_FREE = 40
-"""Responses up to this many words pay no length penalty (as in `alignloop.demo_judge`)."""
 
 
 class ApiError(Exception):
@@ -104,64 +97,13 @@ class ApiClient:
         return status, body
 
 
-# --------------------------------------------------------------------------- personas
-
-
-@lru_cache(maxsize=65536)
-def _sentiment(text: str) -> float:
-    from alignloop.demo_judge import sentiment
-
-    return sentiment(text)
+# --------------------------------------------------------------------------- running
 
 
 class Answerer(Protocol):
     """What a bot asks to label an item: (choice relative to a/b, confidence 1-3)."""
 
     def answer(self, prompt, a: str, b: str, rng: random.Random) -> tuple[str, int]: ...
-
-
-@dataclass(frozen=True)
-class Persona:
-    """One simulated annotator. Utility u(prompt, response) = sentiment_weight x VADER
-    sentiment - length_weight x (words beyond WORDS_FREE) / 40. Choices: "both_bad" when
-    both utilities are below `bad_below`, "tie" when they are within `tie_margin`, else
-    a Bradley-Terry draw with P(a) = sigmoid((u_a - u_b) / temperature)."""
-
-    sentiment_weight: float = 2.0
-    length_weight: float = 1.0
-    temperature: float = 0.5
-    tie_margin: float = 0.02
-    bad_below: float = -1.6
-
-    def utility(self, prompt, response: str) -> float:
-        words = len(response.split())
-        return (self.sentiment_weight * _sentiment(response)
-                - self.length_weight * max(0, words - WORDS_FREE) / 40.0)
-
-    def answer(self, prompt, a: str, b: str, rng: random.Random) -> tuple[str, int]:
-        """(choice relative to a/b, confidence 1-3)."""
-        ua, ub = self.utility(prompt, a), self.utility(prompt, b)
-        p_a = 1.0 / (1.0 + math.exp(-max(min((ua - ub) / self.temperature, 50.0), -50.0)))
-        confidence = 3 if abs(p_a - 0.5) > 0.35 else 2 if abs(p_a - 0.5) > 0.15 else 1
-        if max(ua, ub) < self.bad_below:
-            return "both_bad", confidence
-        if abs(ua - ub) < self.tie_margin:
-            return "tie", 1
-        return ("a" if rng.random() < p_a else "b"), confidence
-
-
-PANELS: dict[str, tuple[Persona, ...]] = {
-    # The demo task's annotators: one cares mostly about tone, one mostly about brevity,
-    # one in between and noisier. A panel of N bots cycles through these.
-    "demo": (
-        Persona(sentiment_weight=2.5, length_weight=0.5, temperature=0.4),
-        Persona(sentiment_weight=1.0, length_weight=2.0, temperature=0.4),
-        Persona(sentiment_weight=1.8, length_weight=1.0, temperature=0.9),
-    ),
-}
-
-
-# --------------------------------------------------------------------------- running
 
 
 @dataclass
@@ -188,7 +130,7 @@ class _Idle:
             return len(self.idle) == self.n
 
 
-def run_bot(name: str, url: str, token: str, persona: Answerer, *, seed: int = 0,
+def run_bot(name: str, url: str, token: str, answerer: Answerer, *, seed: int = 0,
             max_labels: int | None = None, stop: threading.Event | None = None,
             on_label: Callable[[dict, str, dict], None] | None = None,
             panel: _Idle | None = None, poll_s: float = 0.1) -> BotReport:
@@ -207,7 +149,7 @@ def run_bot(name: str, url: str, token: str, persona: Answerer, *, seed: int = 0
                     break
                 time.sleep(poll_s)
                 continue
-            choice, confidence = persona.answer(item["prompt"], item["a"], item["b"], rng)
+            choice, confidence = answerer.answer(item["prompt"], item["a"], item["b"], rng)
             status, body = client.label(item["item_id"], item["lease_id"], choice, confidence,
                                         idempotency_key=f"{name}:{uuid.uuid4().hex}")
             report.labeled += status == 201
@@ -224,21 +166,14 @@ def run_bot(name: str, url: str, token: str, persona: Answerer, *, seed: int = 0
     return report
 
 
-def run_panel(url: str, tokens: Sequence[tuple[str, str]],
-              panel: str | Sequence[Answerer] = "demo", *, seed: int = 0,
-              max_labels: int | None = None) -> list[BotReport]:
-    """Run one bot per (name, token) concurrently and return when every bot has stopped.
-    `panel` is a name in `PANELS` (its personas cycle over the bots) or one answerer per
-    bot (anything with `answer(prompt, a, b, rng) -> (choice, confidence)`). Bots stop
-    together (see `_Idle`): a bot's vote can reopen an item for the others."""
-    if isinstance(panel, str):
-        if panel not in PANELS:
-            raise KeyError(f"unknown panel {panel!r}; known: {sorted(PANELS)}")
-        answerers = [PANELS[panel][i % len(PANELS[panel])] for i in range(len(tokens))]
-    else:
-        answerers = list(panel)
-        if len(answerers) != len(tokens):
-            raise ValueError(f"{len(answerers)} answerers for {len(tokens)} tokens")
+def run_panel(url: str, tokens: Sequence[tuple[str, str]], answerers: Sequence[Answerer], *,
+              seed: int = 0, max_labels: int | None = None) -> list[BotReport]:
+    """Run one bot per (name, token) concurrently, bot i answering with `answerers[i]`, and
+    return when every bot has stopped. Bots stop together (see `_Idle`): a bot's vote can
+    reopen an item for the others."""
+    answerers = list(answerers)
+    if len(answerers) != len(tokens):
+        raise ValueError(f"{len(answerers)} answerers for {len(tokens)} tokens")
     reports: list[BotReport | None] = [None] * len(tokens)
     idle = _Idle(len(tokens))
 

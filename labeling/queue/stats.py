@@ -33,6 +33,7 @@ from itertools import combinations
 
 from alignloop.labeling.agreement import cohen_kappa, krippendorff_alpha
 from alignloop.labeling.handoff import HumanVote, QueueItem
+from alignloop.labeling.queue.leases import AVAILABLE
 from alignloop.records import Pair
 
 MIN_SHARED = 5
@@ -212,8 +213,6 @@ def export_items(store, round: int | None = None) -> list[QueueItem]:
 
 def progress(store, annotator_id: int) -> dict:
     """{labeled, available, gold_seen, gold_correct, gold_accuracy} of one annotator."""
-    from alignloop.labeling.queue.store import AVAILABLE
-
     p = {"ann": annotator_id, "now": store.clock()}
     labeled = store.read("SELECT COUNT(*) FROM labels WHERE annotator_id = :ann", p)[0][0]
     available = store.read(f"SELECT COUNT(*) FROM items i WHERE {AVAILABLE}", p)[0][0]

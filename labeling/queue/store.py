@@ -24,6 +24,9 @@ Semantics (what the web app, the terminal labeler and the loop rely on):
   database's write lock (SQLite: every write transaction is `BEGIN IMMEDIATE`).
   Transactions are short; one engine per store serves many threads.
 
+Leasing and labeling SQL lives in `leases.py`; reading out counts, agreement
+and exports in `stats.py`. `QueueStore` is the entry point to all of it.
+
 Times are Unix seconds (float) from the store's `clock`, which tests replace.
 """
 
@@ -37,45 +40,36 @@ import random
 import secrets
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import lru_cache, partial
 from pathlib import Path
 
-from alignloop.errors import AlignloopError
-from alignloop.labeling.handoff import CHOICES, HumanVote, QueueItem
-from alignloop.labeling.queue import migrations, stats
+from alignloop.labeling.aggregate import CHOICES
+from alignloop.labeling.handoff import (
+    HumanVote,
+    QueueError,
+    QueueItem,
+    WaitingForLabels,
+    check_wait_mode,
+)
+from alignloop.labeling.queue import leases, migrations, stats
+from alignloop.labeling.queue.leases import Assignment, RecordedLabel
 from alignloop.records import Pair
 from sqlalchemy import Connection, bindparam, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 ROLES = ("annotator", "admin")
-MAX_COMMENT = 4000
-
-
-class QueueError(AlignloopError):
-    """A request the queue refuses; `status` is the HTTP status the web app answers with
-    (404 unknown item or lease, 409 conflict, 422 invalid field)."""
-
-    def __init__(self, message: str, status: int = 422, field: str = ""):
-        super().__init__(message)
-        self.status = status
-        self.field = field
-
-
-class WaitingForLabels(AlignloopError):
-    """The round needs more human labels; a later run resumes where this one stopped."""
-
-    def __init__(self, round: int, needed: int, have: int):
-        self.round, self.needed, self.have = round, needed, have
-        super().__init__(f"waiting for {needed} labels on round {round} ({have} so far); "
-                         "rerun to resume")
+_ATTEMPTS = 8
+__all__ = ["AnnotatorAccount", "Assignment", "QueueError", "QueueStore", "RecordedLabel",
+           "WaitingForLabels", "resolve_url"]
 
 
 @dataclass(frozen=True)
-class Annotator:
+class AnnotatorAccount:
+    """A person (or bot) who labels: its id in the store, unique name and role."""
+
     id: int
     name: str
     role: str
@@ -83,25 +77,6 @@ class Annotator:
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """An item leased to one annotator. `display_order` "ba" means show `item.b` on the
-    left; the label's choice is still relative to `item.a`/`item.b`. `is_gold` is for the
-    server only: never show it to the annotator."""
-
-    lease_id: str
-    item: QueueItem
-    display_order: str
-    expires_at: float
-    is_gold: bool = False
-
-
-@dataclass(frozen=True)
-class LabelResult:
-    label_id: int
-    created: bool
 
 
 def hash_token(token: str) -> str:
@@ -114,66 +89,9 @@ def resolve_url(target: str | Path) -> str:
     return where if "://" in where else f"sqlite:///{Path(where).resolve() / 'queue.db'}"
 
 
-# Item `i` can be leased to annotator :ann at time :now when it is open, has a slot
-# free (labels + live leases < needed) and :ann neither labeled it nor holds a live
-# lease on it. Scalar subqueries rather than NOT EXISTS: the planner keeps them as
-# per-row checks on an index scan in queue order that stops at the first match,
-# instead of anti-joins over every open item followed by a sort.
-_LIVE = "s.completed_at IS NULL AND s.expires_at > :now"
-_UNSEEN = f"""(SELECT COUNT(*) FROM labels l WHERE l.item_id = i.item_id
-                   AND l.annotator_id = :ann) = 0
-    AND (SELECT COUNT(*) FROM leases s WHERE s.item_id = i.item_id
-         AND s.annotator_id = :ann AND {_LIVE}) = 0"""
-AVAILABLE = f"""i.is_open = 1
-    AND i.n_labels + (SELECT COUNT(*) FROM leases s WHERE s.item_id = i.item_id AND {_LIVE})
-        < i.needed
-    AND {_UNSEEN}"""
-ITEM_COLS = "i.item_id, i.round, i.prompt, i.a, i.b, i.slice, i.priority, i.votes_required, i.max_votes"
-_ORDER = "ORDER BY i.priority DESC, i.seq, i.item_id LIMIT 1"
-_NEXT = f"SELECT {ITEM_COLS} FROM items i WHERE {AVAILABLE} {_ORDER}"
-# A first pass over the first TOP_WINDOW open items in queue order (an index range):
-# the next item is almost always among them, and PostgreSQL's planner otherwise checks
-# every open item before sorting. Only when none of them is available does `_NEXT`
-# look further, so the item chosen is the same.
-TOP_WINDOW = 64
-_TOP = (f"SELECT {ITEM_COLS} FROM items i WHERE i.item_id IN (SELECT t.item_id FROM items t "
-        f"WHERE t.is_open = 1 ORDER BY t.priority DESC, t.seq, t.item_id LIMIT {TOP_WINDOW}) "
-        f"AND {AVAILABLE} {_ORDER}")
-_SQL = {k: text(v) for k, v in {
-    "gold": f"SELECT {ITEM_COLS} FROM items i WHERE i.gold IS NOT NULL AND {_UNSEEN} "
-            "ORDER BY i.seq LIMIT 32",
-    "next": _NEXT,
-    "next_top": _TOP,
-    "next_top_skip": _TOP + " FOR UPDATE SKIP LOCKED",
-    "next_skip": _NEXT + " FOR UPDATE SKIP LOCKED",
-    "next_wait": _NEXT + " FOR UPDATE",
-    "recheck": f"SELECT 1 FROM items i WHERE i.item_id = :id AND {AVAILABLE}",
-    "lease": "INSERT INTO leases (lease_id, item_id, annotator_id, display_order, issued_at,"
-             " expires_at) VALUES (:l, :id, :ann, :o, :now, :e)",
-    "item": "SELECT n_labels, needed, max_votes, first_choice, gold FROM items WHERE item_id = :i",
-    "labels_of": "SELECT id, item_id, annotator_id, idempotency_key FROM labels WHERE "
-                 "idempotency_key = :k OR (item_id = :i AND annotator_id = :a)",
-    "lease_of": "SELECT display_order, expires_at, completed_at, (SELECT COUNT(*) FROM leases s "
-                f"WHERE s.item_id = :i AND {_LIVE}) AS live FROM leases WHERE lease_id = :l AND "
-                "annotator_id = :a AND item_id = :i",
-    "label": "INSERT INTO labels (item_id, annotator_id, lease_id, choice, confidence, comment,"
-             " display_order, idempotency_key, created_at) VALUES (:i, :a, :l, :c, :conf, :m,"
-             " :o, :k, :now) RETURNING id",
-    "complete": "UPDATE leases SET completed_at = :now WHERE lease_id = :l",
-    "count": "UPDATE items SET n_labels = :n, needed = :needed, first_choice = :f, is_open = :o"
-             " WHERE item_id = :i",
-}.items()}
-_ATTEMPTS = 8
-
-
 @lru_cache(maxsize=256)
 def _text(sql: str):
     return text(sql)
-
-
-def _item(row) -> QueueItem:
-    return QueueItem(row.item_id, row.round, json.loads(row.prompt), row.a, row.b, row.slice,
-                     row.priority, row.votes_required, row.max_votes)
 
 
 def _check_item(it: QueueItem) -> None:
@@ -201,16 +119,15 @@ class QueueStore:
         self._rng = random.Random(seed)
         self.engine = migrations.connect(url, pool_size, max_overflow)
         self.dialect = self.engine.dialect.name
+        self._postgres = self.dialect == "postgresql"
         # SQLite: a write transaction starts with BEGIN IMMEDIATE (see migrations.connect),
         # and this process's writers queue on a lock rather than in SQLite's busy handler,
         # whose sleeps (up to 100 ms each) would dominate latency under load.
         self._writer = self.engine.execution_options(queue_write=True)
         self._reader = (self.engine.execution_options(isolation_level="AUTOCOMMIT")
-                        if self.dialect == "postgresql" else self.engine)   # one round trip
+                        if self._postgres else self.engine)   # one round trip
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else nullcontext()
-        self._item_locked = text(_SQL["item"].text + (" FOR UPDATE" if self.dialect == "postgresql"
-                                                      else ""))
-        self.migrate()
+        migrations.migrate(self._writer)    # the missing migrations, each under the write lock
 
     @classmethod
     def open(cls, target: str | Path, **kwargs) -> QueueStore:
@@ -226,10 +143,6 @@ class QueueStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    def migrate(self) -> list[int]:
-        """Apply the missing migrations (done on open); returns the numbers applied now."""
-        return migrations.migrate(self._writer)
 
     def _write(self, fn: Callable[[Connection], object]) -> object:
         """Run `fn` in one write transaction; a race lost on a UNIQUE constraint (or a
@@ -268,7 +181,18 @@ class QueueStore:
         self._write(tx)
         return token
 
-    def authenticate(self, token: str) -> Annotator | None:
+    def disable_annotator(self, name: str) -> None:
+        """Disable an annotator: its token is refused and its web sessions end (the web app
+        checks that the annotator is active on every request). Labels already given stay."""
+        def tx(conn: Connection) -> None:
+            done = conn.execute(text("UPDATE annotators SET active = 0 WHERE name = :n"),
+                                {"n": name})
+            if done.rowcount != 1:
+                raise QueueError(f"no annotator named {name!r}", 404, "name")
+
+        self._write(tx)
+
+    def authenticate(self, token: str) -> AnnotatorAccount | None:
         """The active annotator with this token, or None."""
         if not isinstance(token, str) or not token or len(token) > 200:
             return None
@@ -277,21 +201,13 @@ class QueueStore:
                           "WHERE token_hash = :h AND active = 1", {"h": digest})
         for r in rows:    # the index finds the row; the comparison itself is constant-time
             if hmac.compare_digest(r.token_hash, digest):
-                return Annotator(r.id, r.name, r.role)
+                return AnnotatorAccount(r.id, r.name, r.role)
         return None
 
-    def annotators(self) -> list[Annotator]:
+    def annotators(self) -> list[AnnotatorAccount]:
+        """The active annotators, oldest first."""
         rows = self.read("SELECT id, name, role FROM annotators WHERE active = 1 ORDER BY id")
-        return [Annotator(r.id, r.name, r.role) for r in rows]
-
-    def set_active(self, name: str, active: bool) -> None:
-        """Disable (or re-enable) an annotator's token."""
-        def tx(conn: Connection) -> None:
-            res = conn.execute(text("UPDATE annotators SET active = :a WHERE name = :n"),
-                               {"a": int(active), "n": name})
-            if res.rowcount == 0:
-                raise QueueError(f"no annotator named {name!r}", 404, "name")
-        self._write(tx)
+        return [AnnotatorAccount(r.id, r.name, r.role) for r in rows]
 
     # ----------------------------------------------------------------- items
 
@@ -337,18 +253,11 @@ class QueueStore:
                 " max_votes, gold, seq, created_at, n_labels, needed, is_open) VALUES (:item_id,"
                 " :round, :prompt, :a, :b, :slice, :priority, :vr, :mv, :gold, :seq, :t, 0, :vr,"
                 " :open) ON CONFLICT (item_id) DO NOTHING"), rows)
-            if self.dialect == "postgresql" and len(new) >= 100:
+            if self._postgres and len(new) >= 100:
                 conn.execute(text("ANALYZE items"))    # keep queue-order index scans chosen
             return len(new)
 
         return self._write(tx)
-
-    def add_gold(self, items: Sequence[QueueItem], answers: Mapping[str, str]) -> int:
-        """Add gold items; every item needs an answer in `answers`."""
-        missing = [it.item_id for it in items if it.item_id not in answers]
-        if missing:
-            raise QueueError(f"gold items without an answer: {missing[:5]}", 422, "gold")
-        return self.submit(items, gold=answers)
 
     def push(self, pairs_or_items: Iterable[Pair | QueueItem], round: int, *,
              votes_required: int = 1, max_votes: int = 3) -> int:
@@ -378,27 +287,12 @@ class QueueStore:
         rng = rng or self._rng
         want_gold = gold_rate > 0 and rng.random() < gold_rate
         order = "ba" if rng.random() < 0.5 else "ab"
-        pg = self.dialect == "postgresql"
 
         def tx(conn: Connection, attempt: int) -> Assignment | None | bool:
-            p = {"ann": annotator_id, "now": self.clock()}
-            rows = list(conn.execute(_SQL["gold"], p)) if want_gold else []
-            row = rng.choice(rows) if rows else None
-            is_gold = row is not None
-            if row is None:
-                row = (conn.execute(_SQL["next_top_skip" if pg else "next_top"], p).first()
-                       or conn.execute(_SQL["next_skip" if pg else "next"], p).first())
-                if row is None and pg and attempt == 0:
-                    row = conn.execute(_SQL["next_wait"], p).first()
-                if row is None:
-                    return None
-                if pg and conn.execute(_SQL["recheck"], {**p, "id": row.item_id}).first() is None:
-                    return False          # lost the last slot to a concurrent lease
-            lease = Assignment(uuid.uuid4().hex, _item(row), order, p["now"] + lease_seconds,
-                               is_gold)
-            conn.execute(_SQL["lease"], {**p, "l": lease.lease_id, "id": row.item_id, "o": order,
-                                         "e": lease.expires_at})
-            return lease
+            return leases.lease_next(conn, annotator_id=annotator_id, now=self.clock(),
+                                     lease_seconds=lease_seconds, want_gold=want_gold,
+                                     order=order, rng=rng, postgres=self._postgres,
+                                     first_attempt=attempt == 0)
 
         for attempt in range(_ATTEMPTS):
             got = self._write(partial(tx, attempt=attempt))
@@ -409,68 +303,21 @@ class QueueStore:
     def release(self, annotator_id: int, lease_id: str) -> bool:
         """Give a leased item back now (a skip): the lease expires at once. True when a
         live lease of this annotator was released."""
-        def tx(conn: Connection) -> bool:
-            res = conn.execute(text("UPDATE leases SET expires_at = :now WHERE lease_id = :l AND "
-                                    "annotator_id = :a AND completed_at IS NULL AND "
-                                    "expires_at > :now"),
-                               {"now": self.clock(), "l": lease_id, "a": annotator_id})
-            return res.rowcount > 0
-        return self._write(tx)
+        return self._write(lambda conn: leases.release(conn, annotator_id, lease_id,
+                                                       self.clock()))
 
     def record_label(self, annotator_id: int, *, item_id: str, lease_id: str, choice: str,
-                     confidence: int = 2, idempotency_key: str, comment: str = "") -> LabelResult:
+                     confidence: int = 2, idempotency_key: str,
+                     comment: str = "") -> RecordedLabel:
         """Record one label; raises QueueError (404 unknown item or lease, 409 already
         labeled, key used for another label, or expired lease whose slot is taken; 422
-        invalid field).
-
-        The item's row lock comes first, so a retry racing its original waits for it and
-        then finds the original's label, which it returns (created False).
+        invalid field). A retried request (same key) returns the first label, created False.
         """
-        if choice not in CHOICES:
-            raise QueueError(f"choice must be one of {list(CHOICES)}, got {choice!r}", 422, "choice")
-        if isinstance(confidence, bool) or not isinstance(confidence, int) or not 1 <= confidence <= 3:
-            raise QueueError(f"confidence must be 1, 2 or 3, got {confidence!r}", 422, "confidence")
-        if not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 200:
-            raise QueueError("idempotency_key must be 1-200 characters", 422, "idempotency_key")
-        if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
-            raise QueueError(f"comment must be text of at most {MAX_COMMENT} characters", 422,
-                             "comment")
-        p = {"i": item_id, "a": annotator_id, "l": lease_id, "k": idempotency_key, "c": choice,
-             "conf": confidence, "m": comment}
-
-        def tx(conn: Connection) -> LabelResult:
-            now = p["now"] = self.clock()
-            item = conn.execute(self._item_locked, p).first()
-            if item is None:
-                raise QueueError(f"no item {item_id!r}", 404, "item_id")
-            for prior in conn.execute(_SQL["labels_of"], p):
-                if prior.idempotency_key != idempotency_key:
-                    raise QueueError(f"you already labeled item {item_id!r}", 409, "item_id")
-                if prior.annotator_id != annotator_id or prior.item_id != item_id:
-                    raise QueueError("idempotency_key was already used for another label", 409,
-                                     "idempotency_key")
-                return LabelResult(prior.id, False)
-            lease = conn.execute(_SQL["lease_of"], p).first()
-            if lease is None:
-                raise QueueError(f"no lease {lease_id!r} of yours on item {item_id!r}", 404,
-                                 "lease_id")
-            if lease.completed_at is not None:
-                raise QueueError(f"lease {lease_id!r} was used already", 409, "lease_id")
-            if item.gold is None and lease.expires_at <= now and (
-                    item.n_labels + lease.live >= item.needed):
-                raise QueueError(f"lease {lease_id!r} expired and item {item_id!r} has the "
-                                 "votes it needs", 409, "lease_id")
-            label_id = conn.execute(_SQL["label"], {**p, "o": lease.display_order}).scalar_one()
-            conn.execute(_SQL["complete"], p)
-            n = item.n_labels + 1
-            disagree = item.first_choice is not None and item.first_choice != choice
-            needed = item.max_votes if disagree else item.needed
-            conn.execute(_SQL["count"], {"n": n, "needed": needed, "i": item_id,
-                                         "f": item.first_choice or choice,
-                                         "o": int(item.gold is None and n < needed)})
-            return LabelResult(label_id, True)
-
-        return self._write(tx)
+        leases.check_label(choice, confidence, idempotency_key, comment)
+        return self._write(lambda conn: leases.record(
+            conn, annotator_id=annotator_id, item_id=item_id, lease_id=lease_id, choice=choice,
+            confidence=confidence, idempotency_key=idempotency_key, comment=comment,
+            now=self.clock(), postgres=self._postgres))
 
     # ----------------------------------------------------------------- reading
 
@@ -478,21 +325,13 @@ class QueueStore:
         """Every label on the round's (non-gold) items, oldest first."""
         return stats.votes(self, round)
 
-    def collect(self, round: int) -> list[HumanVote]:
-        """Loop side: the round's votes (same as `votes`)."""
-        return self.votes(round)
-
     def round_counts(self, round: int) -> tuple[int, int, int]:
         """(labels, votes still missing, items pending) of the round's regular items."""
         return stats.round_counts(self, round)
 
-    def pending(self, round: int) -> int:
-        """Items of the round that still need votes."""
-        return self.round_counts(round)[2]
-
-    def label_count(self, round: int) -> int:
-        """Labels recorded on the round's (non-gold) items."""
-        return self.round_counts(round)[0]
+    def ping(self) -> None:
+        """One trivial query: raises when the database does not answer (health checks)."""
+        self.read("SELECT 1")
 
     def progress(self, annotator_id: int) -> dict:
         """{labeled, available, gold_seen, gold_correct, gold_accuracy} of one annotator
@@ -517,21 +356,17 @@ class QueueStore:
 
     # ----------------------------------------------------------------- waiting
 
-    def wait(self, round: int, min_labels: int, timeout_s: float, *, poll_s: float = 1.0,
-             progress: bool = True) -> int:
-        """Block until the round has `min_labels` labels (0: until no item of the round is
-        pending) or `timeout_s` passes, with a live progress line; returns the labels so far."""
-        return stats.wait(self, round, min_labels, timeout_s, poll_s=poll_s, progress=progress)
-
     def wait_or_exit(self, round: int, min_labels: int, *, mode: str = "block",
                      timeout_s: float = 3600.0, poll_s: float = 1.0, progress: bool = True) -> int:
-        """`labeling.human.wait`. "block": wait up to `timeout_s` and return the labels so
-        far (the round goes on with what it has). "exit": when the round is short, raise
-        `WaitingForLabels` at once, so that the run stops and a later run resumes there."""
+        """`labeling.human.wait`. "block": poll until the round has `min_labels` labels (0:
+        until no item of the round is pending) or `timeout_s` passes, with a live progress
+        line, and return the labels so far (the round goes on with what it has). "exit":
+        when the round is short, raise `WaitingForLabels` at once, so that the run stops and
+        a later run resumes there."""
+        check_wait_mode(mode)
         if mode == "block":
-            return self.wait(round, min_labels, timeout_s, poll_s=poll_s, progress=progress)
-        if mode != "exit":
-            raise QueueError(f"wait mode must be block or exit, got {mode!r}", 422, "wait")
+            return stats.wait(self, round, min_labels, timeout_s, poll_s=poll_s,
+                              progress=progress)
         have, target = stats.label_target(self, round, min_labels)
         if have < target:
             raise WaitingForLabels(round, target, have)

@@ -3,7 +3,8 @@ labeling through the real queue's JSON API over HTTP on loopback, as people woul
 
 The bots' tokens are kept in RUN_DIR/.panel_tokens.json (the store keeps only
 hashes), so a resumed run labels with the same annotators and their
-reliability estimates carry over between rounds.
+reliability estimates carry over between rounds. `alignloop queue simulate`
+uses the same bots (`panel_answerers`), so there is one demo panel.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import threading
 from pathlib import Path
 
 from alignloop.demo.panel import Annotator, Panel
@@ -28,6 +28,13 @@ class PanelBot:
         p = self.panel.p_prefers_a(prompt, a, b, self.annotator)
         confidence = 3 if abs(p - 0.5) > 0.35 else 2 if abs(p - 0.5) > 0.15 else 1
         return ("a" if rng.random() < p else "b"), confidence
+
+
+def panel_answerers(name: str, n: int, *, encoder=None) -> list[PanelBot]:
+    """`n` bots answering like the annotators of panel `name`, in turn (bot i is annotator
+    i mod the panel's size). An unknown name is a ValueError listing the known ones."""
+    panel = Panel(name, encoder=encoder)
+    return [PanelBot(panel, panel.annotators[i % len(panel.annotators)]) for i in range(n)]
 
 
 def panel_tokens(store, run_dir: Path, panel: Panel) -> list[tuple[str, str]]:
@@ -47,32 +54,15 @@ def simulate_round(store, run_dir: str | Path, *, panel: str = "demo", seed: int
     """Serve the queue on a free loopback port and let every panel bot label until nothing
     is left for it; returns the bots' reports (labels, retries, errors)."""
     from alignloop.labeling.queue.app import ServerThread, create_app
-    from alignloop.labeling.queue.simulate import run_bot
+    from alignloop.labeling.queue.simulate import run_panel
 
     p = Panel(panel, encoder=encoder)
     tokens = panel_tokens(store, Path(run_dir), p)
-    reports: list = []
     with ServerThread(create_app(store)) as url:
-        # A bot stops when the queue has nothing for it at that moment; an item whose first
-        # votes then disagree needs one more, so the panel goes round again until a pass
-        # labels nothing.
-        for attempt in range(10):
-            done: list = [None] * len(tokens)
-
-            def work(i: int, attempt: int = attempt, done: list = done) -> None:
-                name, token = tokens[i]
-                done[i] = run_bot(name, url, token, PanelBot(p, p.annotators[i]),
-                                  seed=seed + 100 * attempt + i)
-
-            threads = [threading.Thread(target=work, args=(i,)) for i in range(len(tokens))]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            reports += done
-            errors = [e for r in done if r for e in r.errors]
-            if errors:
-                raise RuntimeError(f"panel bots failed: {errors[:3]}")
-            if sum(r.labeled for r in done) == 0:
-                break
+        # the bots stop together, once none of them has anything left to label (a vote
+        # that disagrees with the first reopens an item for the others)
+        reports = run_panel(url, tokens, [PanelBot(p, a) for a in p.annotators], seed=seed)
+    errors = [e for r in reports for e in r.errors]
+    if errors:
+        raise RuntimeError(f"panel bots failed: {errors[:3]}")
     return reports

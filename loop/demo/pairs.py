@@ -8,7 +8,7 @@ with a slice. Round-0 static pairs cover mostly the easy slices
 (`product_question`, `thanks`, `small_talk`) and only a few of the hard ones
 (`complaint`, `bad_news`), so the online rounds have failure slices to fix.
 
-`python -m alignloop.demo.pairs` rewrites `loop/data/static_pairs.jsonl`.
+`python -m alignloop.demo.pairs` rewrites `loop/demo/data/static_pairs.jsonl`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ HARD_SLICES = ("complaint", "bad_news")
 # Share of each slice in the round-0 static set: the hard slices are rare on purpose.
 ROUND0_MIX = {"product_question": 0.36, "thanks": 0.25, "small_talk": 0.27,
               "complaint": 0.06, "bad_news": 0.06}
-BUNDLED_PATH = Path(__file__).parent.parent / "data" / "static_pairs.jsonl"
+BUNDLED_PATH = Path(__file__).parent / "data" / "static_pairs.jsonl"
 
 SYSTEM_PROMPTS = (
     "You are the chat assistant of Larkspur & Co., an online shop for home and outdoor goods. "

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 from dataclasses import dataclass
 
-from alignloop.demo_judge import sentiment
+from alignloop.demo.judge import sentiment
 from alignloop.records import Prompt
 
 FREE_WORDS = 30
@@ -54,7 +55,8 @@ def last_user_message(prompt: Prompt) -> str:
 
 
 class Panel:
-    """Scores and votes of a named panel. The encoder is loaded on first use."""
+    """Scores and votes of a named panel. The encoder is loaded on first use (once, even
+    when several bot threads score their first item at the same moment)."""
 
     def __init__(self, name: str = "demo", encoder=None):
         if name not in PANELS:
@@ -62,6 +64,7 @@ class Panel:
         self.name = name
         self.annotators = PANELS[name]
         self._encoder = encoder
+        self._encoder_lock = threading.Lock()
         n = len(self.annotators)
         self.mean = Annotator("truth", *(sum(getattr(a, f) for a in self.annotators) / n
                                          for f in ("w_sentiment", "w_length", "w_topic")))
@@ -69,9 +72,11 @@ class Panel:
     @property
     def encoder(self):
         if self._encoder is None:
-            from alignloop.embeddings import Encoder
+            with self._encoder_lock:
+                if self._encoder is None:
+                    from alignloop.embeddings import Encoder
 
-            self._encoder = Encoder()
+                    self._encoder = Encoder()
         return self._encoder
 
     def features(self, prompt: Prompt, response: str) -> tuple[float, float, float]:

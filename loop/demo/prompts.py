@@ -4,7 +4,7 @@ training prompts (what the loop may generate on) and held-out evaluation prompts
 
 Built from the templates in `pairs.py` plus an `order_status` slice, each
 prompt a short chat (an optional system message, at most one earlier turn).
-`python -m alignloop.demo.prompts` rewrites `loop/data/demo_prompts.jsonl`;
+`python -m alignloop.demo.prompts` rewrites `loop/demo/data/demo_prompts.jsonl`;
 `builtin:demo-prompts` names that file.
 """
 
@@ -31,7 +31,7 @@ from alignloop.records import Message
 SLICES = ("product_question", "thanks", "small_talk", "order_status", "complaint", "bad_news")
 EASY_SLICES = ("product_question", "thanks", "small_talk", "order_status")
 HARD_SLICES = ("complaint", "bad_news")
-POOL_PATH = Path(__file__).parent.parent / "data" / "demo_prompts.jsonl"
+POOL_PATH = Path(__file__).parent / "data" / "demo_prompts.jsonl"
 EVAL_SHARE = 0.25
 
 ORDER_STATUS = (

@@ -7,7 +7,7 @@ little on complaints and bad news, so round 0 leaves those slices for the
 online rounds. Each pair gets votes from three annotators of the panel, drawn
 at random, aggregated into a soft label (Dawid-Skene, as the loop does).
 
-    python -m alignloop.demo.static        # rewrites loop/data/demo_static_pairs.jsonl
+    python -m alignloop.demo.static        # rewrites loop/demo/data/demo_static_pairs.jsonl
 
 (about two minutes on a 2-core CPU; `builtin:demo-static` names the file).
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from alignloop.demo.prompts import EASY_SLICES
 
-STATIC_PATH = Path(__file__).parent.parent / "data" / "demo_static_pairs.jsonl"
+STATIC_PATH = Path(__file__).parent / "data" / "demo_static_pairs.jsonl"
 MODEL = "builtin:smollm2-135m-instruct"
 EASY_SHARE = 0.85
 

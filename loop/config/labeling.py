@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from alignloop.config_base import _require
+from alignloop.config.base import require
 
 DEFAULT_PAIRWISE_TEMPLATE = (
     "You are comparing two assistant replies to the same user message.\n\n"
@@ -61,23 +61,23 @@ class JudgeSpec:
     """Longest judge input in tokens; longer inputs keep their end."""
 
     def __post_init__(self) -> None:
-        _require(self.weight > 0, "weight", "must be > 0")
-        _require(self.temperature > 0, "temperature", "must be > 0")
-        _require(self.members >= 2, "members", "must be >= 2 (the spread needs two heads)")
-        _require(self.l2 > 0, "l2", "must be > 0")
-        _require(0 <= self.min_verdict_mass < 1, "min_verdict_mass", "must be in [0, 1)")
-        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
-        _require(self.max_length >= 16, "max_length", "must be >= 16")
+        require(self.weight > 0, "weight", "must be > 0")
+        require(self.temperature > 0, "temperature", "must be > 0")
+        require(self.members >= 2, "members", "must be >= 2 (the spread needs two heads)")
+        require(self.l2 > 0, "l2", "must be > 0")
+        require(0 <= self.min_verdict_mass < 1, "min_verdict_mass", "must be in [0, 1)")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(self.max_length >= 16, "max_length", "must be >= 16")
         if self.kind == "reward_model":
-            _require(len(self.models) >= 1, "models", "a reward_model judge needs at least one model")
+            require(len(self.models) >= 1, "models", "a reward_model judge needs at least one model")
         if self.kind == "llm_pairwise":
-            _require(len(self.models) == 1, "models", "an llm_pairwise judge needs exactly one model")
-            _require(len(self.verdicts) == 2 and all(self.verdicts), "verdicts",
+            require(len(self.models) == 1, "models", "an llm_pairwise judge needs exactly one model")
+            require(len(self.verdicts) == 2 and all(self.verdicts), "verdicts",
                      "must be two non-empty answers")
             for slot in ("{prompt}", "{a}", "{b}"):
-                _require(slot in self.template, "template", f"must contain {slot}")
+                require(slot in self.template, "template", f"must contain {slot}")
         if self.kind == "python":
-            _require(":" in self.function, "function", "must be `module:function`")
+            require(":" in self.function, "function", "must be `module:function`")
 
     @property
     def label(self) -> str:
@@ -107,12 +107,12 @@ class SelectionConfig:
     """Seed of the random choices (random pairs, Thompson draws)."""
 
     def __post_init__(self) -> None:
-        _require(self.budget >= 0, "budget", "must be >= 0")
-        _require(self.pairs_per_prompt >= 1, "pairs_per_prompt", "must be >= 1")
-        _require(0 <= self.random_share <= 1, "random_share", "must be in [0, 1]")
-        _require(0 < self.near_duplicate <= 1, "near_duplicate", "must be in (0, 1]")
-        _require(self.thompson_redraws >= 0, "thompson_redraws", "must be >= 0")
-        _require(0 < self.apl_prompt_share <= 1, "apl_prompt_share", "must be in (0, 1]")
+        require(self.budget >= 0, "budget", "must be >= 0")
+        require(self.pairs_per_prompt >= 1, "pairs_per_prompt", "must be >= 1")
+        require(0 <= self.random_share <= 1, "random_share", "must be in [0, 1]")
+        require(0 < self.near_duplicate <= 1, "near_duplicate", "must be in (0, 1]")
+        require(self.thompson_redraws >= 0, "thompson_redraws", "must be >= 0")
+        require(0 < self.apl_prompt_share <= 1, "apl_prompt_share", "must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -126,8 +126,8 @@ class RoutingConfig:
     """Where pairs go whose judge verdict could not be read."""
 
     def __post_init__(self) -> None:
-        _require(0 <= self.auto_threshold <= 0.5, "auto_threshold", "must be in [0, 0.5]")
-        _require(self.max_auto_uncertainty >= 0, "max_auto_uncertainty", "must be >= 0")
+        require(0 <= self.auto_threshold <= 0.5, "auto_threshold", "must be in [0, 0.5]")
+        require(self.max_auto_uncertainty >= 0, "max_auto_uncertainty", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -156,14 +156,14 @@ class HumanConfig:
     """Labels the round waits for (0: every routed pair has the votes it needs)."""
 
     def __post_init__(self) -> None:
-        _require(self.budget >= 0, "budget", "must be >= 0")
-        _require(self.votes_required >= 1, "votes_required", "must be >= 1")
-        _require(self.max_votes >= self.votes_required, "max_votes", "must be >= votes_required")
-        _require(self.lease_minutes > 0, "lease_minutes", "must be > 0")
-        _require(0 <= self.gold_rate < 1, "gold_rate", "must be in [0, 1)")
-        _require(self.wait in ("block", "exit"), "wait", "must be block or exit")
-        _require(self.wait_timeout_s >= 0, "wait_timeout_s", "must be >= 0")
-        _require(self.min_labels >= 0, "min_labels", "must be >= 0")
+        require(self.budget >= 0, "budget", "must be >= 0")
+        require(self.votes_required >= 1, "votes_required", "must be >= 1")
+        require(self.max_votes >= self.votes_required, "max_votes", "must be >= votes_required")
+        require(self.lease_minutes > 0, "lease_minutes", "must be > 0")
+        require(0 <= self.gold_rate < 1, "gold_rate", "must be in [0, 1)")
+        require(self.wait in ("block", "exit"), "wait", "must be block or exit")
+        require(self.wait_timeout_s >= 0, "wait_timeout_s", "must be >= 0")
+        require(self.min_labels >= 0, "min_labels", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -178,10 +178,10 @@ class AggregationConfig:
     """Most EM iterations (about 130 are needed on a few thousand sparse votes)."""
 
     def __post_init__(self) -> None:
-        _require(0.5 < self.prior_reliability < 1, "prior_reliability", "must be in (0.5, 1)")
-        _require(self.prior_strength > 0, "prior_strength", "must be > 0")
-        _require(self.judge_vote_weight >= 0, "judge_vote_weight", "must be >= 0")
-        _require(self.iterations >= 1, "iterations", "must be >= 1")
+        require(0.5 < self.prior_reliability < 1, "prior_reliability", "must be in (0.5, 1)")
+        require(self.prior_strength > 0, "prior_strength", "must be > 0")
+        require(self.judge_vote_weight >= 0, "judge_vote_weight", "must be >= 0")
+        require(self.iterations >= 1, "iterations", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -203,4 +203,4 @@ class LabelingConfig:
     def __post_init__(self) -> None:
         labels = [j.label for j in self.judges]
         dup = sorted({x for x in labels if labels.count(x) > 1})
-        _require(not dup, "judges", f"judge names must be unique; repeated: {dup} (set `name`)")
+        require(not dup, "judges", f"judge names must be unique; repeated: {dup} (set `name`)")

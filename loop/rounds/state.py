@@ -26,23 +26,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from alignloop.artifacts import atomic_write_json, file_sha256
-from alignloop.config import Config, ConfigError, dump_config, to_dict
+from alignloop.artifacts import atomic_write_json, file_sha256, round_dir
+from alignloop.config import Config, ConfigError, config_from_dict, dump_config, to_dict
 from alignloop.errors import AlignloopError
 
-ROUND0_STAGES = ("assemble", "reference", "train", "eval", "report")
-ONLINE_STAGES = ("slices", "generate", "judge", "label", "assemble", "reference", "train",
-                 "eval", "report")
+StageNames = Callable[[int], "tuple[str, ...]"]
+"""Round number -> its stage names in order (the driver's table, `rounds.loop.stage_names`)."""
+
 FAIL_AT_ENV = "ALIGNLOOP_FAIL_AT"
 STATE_VERSION = 1
 
 
 class RunError(AlignloopError, RuntimeError):
     """A run directory that cannot be used as asked (config changed, unknown stage, ...)."""
-
-
-def stages_of(k: int) -> tuple[str, ...]:
-    return ROUND0_STAGES if k == 0 else ONLINE_STAGES
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -54,11 +50,42 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Keys whose value differs between a recorded flat config and the current one, after
+    bringing the recorded one up to date (`config.load.migrate`): renamed keys take their
+    new names, moved code its new path, and a key that a newer alignloop added counts as
+    unchanged while it holds its default."""
+    from alignloop.config.load import MOVED_VALUES, RENAMED
+
+    def moved(v: Any) -> Any:
+        if isinstance(v, str):
+            return MOVED_VALUES.get(v, v)
+        if isinstance(v, list):
+            return [moved(x) for x in v]
+        return {k: moved(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+    old = {RENAMED.get(k, k): moved(v) for k, v in old.items()}
+    defaults = _flat(to_dict(config_from_dict({})))
+    return [key for key in sorted(set(old) | set(new))
+            if (old[key] if key in old else defaults.get(key)) != new.get(key)]
+
+
 def config_fingerprint(cfg: Config) -> tuple[str, dict[str, Any]]:
     """(hash, flat dict) of the config without `loop.rounds`."""
     flat = {k: v for k, v in _flat(to_dict(cfg)).items() if k != "loop.rounds"}
     blob = json.dumps(flat, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16], flat
+
+
+def start_round(rounds: dict[str, Any], k: int) -> int | None:
+    """The round whose policy round k starts from, given state.json's `rounds`: k - 1,
+    stepping back over every round whose gate tripped with action "rollback" (such a round
+    hands on its own start). None: round k starts from the base model."""
+    j = k - 1
+    while j >= 0 and (rounds.get(str(j), {}).get("gate") or {}).get("tripped") \
+            and rounds[str(j)]["gate"].get("action") == "rollback":
+        j -= 1
+    return j if j >= 0 else None
 
 
 def _output_info(path: Path) -> dict[str, Any]:
@@ -75,9 +102,10 @@ def _output_info(path: Path) -> dict[str, Any]:
 class Run:
     """RUN_DIR and its state. `stage(k, name, fn, outputs)` runs `fn()` unless done."""
 
-    def __init__(self, run_dir: str | Path, cfg: Config):
+    def __init__(self, run_dir: str | Path, cfg: Config, *, stage_names: StageNames):
         self.dir = Path(run_dir)
         self.cfg = cfg
+        self.stage_names = stage_names
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.dir / "state.json"
         self.state: dict[str, Any] = (json.loads(self.state_path.read_text())
@@ -94,39 +122,48 @@ class Run:
         return self.state["rounds"].setdefault(str(k), {"stages": {}})
 
     def round_dir(self, k: int) -> Path:
-        return self.dir / f"round_{k:03d}"
+        return round_dir(self.dir, k)
 
     def is_done(self, k: int, name: str) -> bool:
         return self.round_state(k)["stages"].get(name, {}).get("status") == "done"
 
     def round_done(self, k: int) -> bool:
-        return all(self.is_done(k, s) for s in stages_of(k))
+        return all(self.is_done(k, s) for s in self.stage_names(k))
+
+    def end_round(self, k: int, why: str) -> str:
+        """Record that round k cannot go on (the loop stops there, also when rerun)."""
+        self.round_state(k)["ended"] = why
+        self.save()
+        return why
 
     # ------------------------------------------------------------------ config
 
     def check_config(self) -> None:
         """Refuse a config that differs from the one a started round ran with."""
         flat_path = self.dir / ".config_flat.json"
+        old = json.loads(flat_path.read_text()) if flat_path.exists() else None
         for k, rs in sorted(self.state["rounds"].items(), key=lambda t: int(t[0])):
             recorded = rs.get("config_hash")
             if recorded and recorded != self.config_hash and rs["stages"]:
-                old = json.loads(flat_path.read_text()) if flat_path.exists() else {}
-                changed = sorted(key for key in set(old) | set(self._flat)
-                                 if old.get(key) != self._flat.get(key))
+                changed = changed_keys(old, self._flat) if old is not None else []
+                if old is not None and not changed:
+                    rs["config_hash"] = self.config_hash   # the same config, written by an older alignloop
+                    continue
                 shown = ", ".join(changed[:8]) + (" ..." if len(changed) > 8 else "")
                 raise RunError(
                     f"{self.dir}: round {k} ran with a different config (changed: "
                     f"{shown or 'unknown'}); rerun with --redo-from {k}:STAGE to redo from a "
                     f"stage with the new config, or use a new run directory")
+        self.save()
         atomic_write_json(flat_path, self._flat)
         dump_config(self.cfg, self.dir / "config.yaml")
 
     def redo_from(self, k: int, stage: str) -> None:
         """Forget `stage` of round k and everything after it (later rounds too)."""
-        if stage not in stages_of(k):
+        order = self.stage_names(k)
+        if stage not in order:
             raise ConfigError("--redo-from", f"round {k} has no stage {stage!r}; its stages: "
-                              f"{list(stages_of(k))}")
-        order = stages_of(k)
+                              f"{list(order)}")
         rs = self.round_state(k)
         for s in order[order.index(stage):]:
             rs["stages"].pop(s, None)
@@ -170,7 +207,7 @@ def _maybe_fail(k: int, name: str) -> None:
         os._exit(3)
 
 
-def status_table(run_dir: str | Path) -> str:
+def status_table(run_dir: str | Path, stage_names: StageNames) -> str:
     """Per round, each stage's state, time and output size (for `alignloop status`)."""
     path = Path(run_dir) / "state.json"
     if not path.exists():
@@ -178,7 +215,7 @@ def status_table(run_dir: str | Path) -> str:
     state = json.loads(path.read_text())
     lines = [f"{'round':>5}  {'stage':10} {'status':8} {'seconds':>8} {'output':>10}"]
     for k, rs in sorted(state["rounds"].items(), key=lambda t: int(t[0])):
-        for name in stages_of(int(k)):
+        for name in stage_names(int(k)):
             info = rs["stages"].get(name)
             if info is None:
                 lines.append(f"{k:>5}  {name:10} {'pending':8}")

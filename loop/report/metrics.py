@@ -1,4 +1,4 @@
-"""Drift metrics of a round: pure numpy functions over eval rows (no I/O, no torch).
+"""Drift statistics of a round: pure numpy functions over eval rows (no I/O, no torch).
 
 Every estimate is a dict `{"value", "lo", "hi", "n"}`: the point estimate and a
 bootstrap 95% percentile interval (Efron & Tibshirani 1993, ch. 13). Samples of
@@ -354,82 +354,3 @@ def label_stats(labels: Sequence[dict], candidates: Sequence[dict], pairs: Seque
                                            c.get("p_a")) for c in candidates),
         },
     }
-
-
-# --------------------------------------------------------------------------- alerts
-
-
-def _get(obj, *path):
-    for key in path:
-        if not isinstance(obj, dict) or obj.get(key) is None:
-            return None
-        obj = obj[key]
-    return obj
-
-
-def _bad(x) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
-
-
-def _num(x) -> str:
-    return "?" if _bad(x) else f"{x:.2f}"
-
-
-def alerts(report: dict, thresholds) -> list[dict]:
-    """Alerts from a round report and a `ReportConfig` (each threshold 0 = off).
-
-    kl_budget: KL(policy || reference), k1 per sequence, above `kl_budget`.
-    length_blowup: mean policy length / the previous round's (or, with no previous
-    round, the base model's) above `length_blowup`.
-    slice_regression: a slice with >= `min_slice_samples` comparisons whose win rate
-    against the previous policy is below 0.5 - `slice_regression`, or whose mean latent
-    reward dropped by more than `slice_regression` from the previous round.
-    annotator_agreement / judge_agreement: human Krippendorff's alpha, or the judge-human
-    Cohen's kappa, below `agreement_floor`.
-    Each alert: {kind, message, value, threshold, slice, drop}; `drop` is how far a
-    regressed slice fell (0.5 - win rate, or the latent-reward decrease), else None.
-    """
-    out: list[dict] = []
-
-    def add(kind: str, message: str, value: float, threshold: float, slice: str | None = None,
-            drop: float | None = None):
-        out.append({"kind": kind, "message": message, "value": float(value),
-                    "threshold": float(threshold), "slice": slice,
-                    "drop": None if drop is None else float(drop)})
-
-    t = thresholds
-    kl = _get(report, "kl_to_reference", "k1", "sequence", "value")
-    if t.kl_budget > 0 and not _bad(kl) and kl > t.kl_budget:
-        add("kl_budget", f"KL(policy || reference) is {kl:.3g} nats per response, over the "
-            f"budget of {t.kl_budget:g}", kl, t.kl_budget)
-    length = report.get("length") or {}
-    ratio, against = length.get("ratio_vs_previous"), "the previous round"
-    if _bad(ratio):
-        ratio, against = length.get("ratio_vs_base"), "the base model"
-    if t.length_blowup > 0 and not _bad(ratio) and ratio > t.length_blowup:
-        add("length_blowup", f"mean response length is {ratio:.2f}x that of {against} "
-            f"(limit {t.length_blowup:g}x)", ratio, t.length_blowup)
-    if t.slice_regression > 0:
-        for s, w in (_get(report, "win_rate_vs_previous", "by_slice") or {}).items():
-            v = w.get("value")
-            if w.get("n", 0) >= t.min_slice_samples and not _bad(v) and v < 0.5 - t.slice_regression:
-                add("slice_regression", f"slice '{s}': win rate against the previous policy "
-                    f"{v:.2f} (95% CI {_num(w.get('lo'))}-{_num(w.get('hi'))}, n={w['n']})",
-                    v, 0.5 - t.slice_regression, s, drop=0.5 - v)
-        delta = _get(report, "latent_reward", "delta_vs_previous", "by_slice") or {}
-        counts = _get(report, "latent_reward", "models", "policy", "by_slice") or {}
-        for s, d in delta.items():
-            n = (counts.get(s) or {}).get("n", 0)
-            if n >= t.min_slice_samples and not _bad(d) and d < -t.slice_regression:
-                add("slice_regression", f"slice '{s}': mean latent reward fell by {-d:.3g} "
-                    f"from the previous round (n={n})", d, -t.slice_regression, s, drop=-d)
-    if t.agreement_floor > 0:
-        alpha = _get(report, "labels", "human_alpha")
-        if not _bad(alpha) and alpha < t.agreement_floor:
-            add("annotator_agreement", f"annotators' Krippendorff's alpha {alpha:.2f} is below "
-                f"the floor {t.agreement_floor:g}", alpha, t.agreement_floor)
-        kappa = _get(report, "labels", "judge_human", "kappa")
-        if not _bad(kappa) and kappa < t.agreement_floor:
-            add("judge_agreement", f"judge-human Cohen's kappa {kappa:.2f} is below the floor "
-                f"{t.agreement_floor:g}", kappa, t.agreement_floor)
-    return out

@@ -6,7 +6,7 @@ the same numbers in the same order.
 
 from __future__ import annotations
 
-from alignloop.drift import _get
+from alignloop.report.lookup import get_path
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -36,12 +36,11 @@ def headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
     rows = []
 
     def add(label: str, section: str, *path: str):
-        sec = report.get(section) or {}
-        if not sec.get("available"):
-            rows.append((label, "—", "—", sec.get("reason", "not computed")))
+        if not get_path(report, section, "available"):
+            rows.append((label, "—", "—", get_path(report, section, "reason") or "not computed"))
             return
-        e = _get(sec, *path)
-        rows.append((label, fmt((e or {}).get("value")), interval(e), fmt((e or {}).get("n"))))
+        e = get_path(report, section, *path)
+        rows.append((label, fmt(get_path(e, "value")), interval(e), fmt(get_path(e, "n"))))
 
     add("KL(policy ‖ reference), nats/response [k1]", "kl_to_reference", "k1", "sequence")
     add("KL(policy ‖ reference), nats/token [k1]", "kl_to_reference", "k1", "per_token")
@@ -58,18 +57,18 @@ def headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
 
 def slice_rows(report: dict) -> list[tuple[str, ...]]:
     """Per slice: win rate vs previous, vs base, latent reward previous -> now, change."""
-    wp = _get(report, "win_rate_vs_previous", "by_slice") or {}
-    wb = _get(report, "win_rate_vs_base", "by_slice") or {}
-    lr_now = _get(report, "latent_reward", "models", "policy", "by_slice") or {}
-    lr_prev = _get(report, "latent_reward", "models", "previous", "by_slice") or {}
-    delta = _get(report, "latent_reward", "delta_vs_previous", "by_slice") or {}
+    wp = get_path(report, "win_rate_vs_previous", "by_slice") or {}
+    wb = get_path(report, "win_rate_vs_base", "by_slice") or {}
+    lr_now = get_path(report, "latent_reward", "models", "policy", "by_slice") or {}
+    lr_prev = get_path(report, "latent_reward", "models", "previous", "by_slice")
+    delta = get_path(report, "latent_reward", "delta_vs_previous", "by_slice") or {}
     out = []
     for s in sorted(set(wp) | set(wb) | set(lr_now)):
         def win(d, s=s):
             e = d.get(s)
             return f"{fmt(e['value'])} ({interval(e)}, n={e['n']})" if e else "—"
         out.append((s or "(none)", win(wp), win(wb),
-                    fmt((lr_prev.get(s) or {}).get("value")), fmt((lr_now.get(s) or {}).get("value")),
+                    fmt(get_path(lr_prev, s, "value")), fmt(get_path(lr_now, s, "value")),
                     fmt(delta.get(s))))
     return out
 
@@ -99,7 +98,7 @@ def length_rows(report: dict) -> list[tuple[str, ...]]:
         return []
     dm = degen.get("models", {}) if degen.get("available") else {}
     return [(m, fmt(s["n"]), fmt(s["mean_tokens"]), pct(s["share_stop"]), pct(s["share_length"]),
-             fmt((dm.get(m) or {}).get("distinct_2")), pct((dm.get(m) or {}).get("repeated_3gram_rate")))
+             fmt(get_path(dm, m, "distinct_2")), pct(get_path(dm, m, "repeated_3gram_rate")))
             for m, s in length["models"].items()]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 
-from alignloop.drift import _get
+from alignloop.report.lookup import get_path
 
 COLORS = {"policy": "#1f77b4", "previous": "#ff7f0e", "base": "#7f7f7f",
           "reference": "#2ca02c"}
@@ -67,9 +67,9 @@ def _training(log: list[dict]) -> bytes | None:
 
 
 def _kl(report: dict) -> bytes | None:
-    secs = [(name, report.get(key) or {}) for name, key in
-            (("reference", "kl_to_reference"), ("base", "kl_to_base"))]
-    secs = [(n, s) for n, s in secs if s.get("available")]
+    secs = [(name, report[key]) for name, key in
+            (("reference", "kl_to_reference"), ("base", "kl_to_base"))
+            if get_path(report, key, "available")]
     if not secs:
         return None
     fig, axes = _figure(9, 2.4, 2)
@@ -90,8 +90,8 @@ def _kl(report: dict) -> bytes | None:
 
 
 def _win_rates(report: dict) -> bytes | None:
-    secs = [(name, report.get(f"win_rate_vs_{name}") or {}) for name in ("previous", "base")]
-    secs = [(n, s) for n, s in secs if s.get("available")]
+    secs = [(name, report[f"win_rate_vs_{name}"]) for name in ("previous", "base")
+            if get_path(report, f"win_rate_vs_{name}", "available")]
     if not secs:
         return None
     slices = sorted({s for _, sec in secs for s in sec["by_slice"]})
@@ -112,9 +112,9 @@ def _win_rates(report: dict) -> bytes | None:
 
 
 def _latent(report: dict) -> bytes | None:
-    lr = report.get("latent_reward") or {}
-    if not lr.get("available"):
+    if not get_path(report, "latent_reward", "available"):
         return None
+    lr = report["latent_reward"]
     models = [(m, lr["models"][m]) for m in ("base", "previous", "policy") if lr["models"].get(m)]
     slices = sorted({s for _, m in models for s in m["by_slice"]})
     fig, axes = _figure(max(5.0, 1.1 * len(slices) + 2), 3)
@@ -135,9 +135,9 @@ def _latent(report: dict) -> bytes | None:
 
 
 def _length(report: dict) -> bytes | None:
-    length = report.get("length") or {}
-    if not length.get("available"):
+    if not get_path(report, "length", "available"):
         return None
+    length = report["length"]
     fig, axes = _figure(6, 2.8)
     for name, s in length["models"].items():
         h = s["histogram"]
@@ -150,8 +150,8 @@ def _length(report: dict) -> bytes | None:
 
 
 def _labels(report: dict) -> bytes | None:
-    lab = report.get("labels") or {}
-    if not lab.get("available") or not (lab["decisions"] or lab["pairs_by_source"]):
+    lab = report.get("labels")
+    if not get_path(lab, "available") or not (lab["decisions"] or lab["pairs_by_source"]):
         return None
     fig, axes = _figure(8, 2.5, 2)
     for ax, key, title in ((axes[0], "decisions", "selected pairs, routed"),
@@ -178,7 +178,7 @@ def _trend(reports: dict[int, dict], series: dict[str, tuple], title: str, ylabe
     fig, axes = _figure(6, 2.8)
     ax, drawn = axes[0], False
     for label, (color, path) in series.items():
-        ests = [_get(reports[k], *path) for k in ks]
+        ests = [get_path(reports[k], *path) for k in ks]
         ests = [{"value": e} if isinstance(e, (int, float)) else e for e in ests]
         if any(_err(e) for e in ests):
             _errorbars(ax, ks, ests, color=color, label=label, horizontal=False)
@@ -211,7 +211,7 @@ def run_figures(reports: dict[int, dict]) -> dict[str, bytes]:
             "Response length", "mean tokens"),
     }
     slices = sorted({s for r in reports.values()
-                     for s in (_get(r, "latent_reward", "models", "policy", "by_slice") or {})})
+                     for s in (get_path(r, "latent_reward", "models", "policy", "by_slice") or {})})
     cmap = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
             "#17becf", "#bcbd22"]
     figs["latent_reward"] = _trend(reports, {

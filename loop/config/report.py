@@ -6,18 +6,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from alignloop.config_base import _require
+from alignloop.config.base import require
 
 
 @dataclass(frozen=True)
 class ReportConfig:
-    kl_budget: float = 0.0
+    alert_kl_to_reference: float = 0.0
     """Alert when a round's KL(policy || reference) (k1 estimate, nats per response) is above
     this. 0: no KL alert."""
     length_blowup: float = 1.5
     """Alert when the policy's mean response length is more than this many times the
     previous round's (round 0: the base model's). 0: off."""
-    slice_regression: float = 0.05
+    alert_slice_drop: float = 0.05
     """Alert on a slice whose win rate against the previous policy is below 0.5 - this, or
     whose mean latent reward fell by more than this from the previous round. 0: off."""
     min_slice_samples: int = 8
@@ -34,11 +34,11 @@ class ReportConfig:
     """Seed of the bootstrap and of the choice of example prompts."""
 
     def __post_init__(self) -> None:
-        _require(self.kl_budget >= 0, "kl_budget", "must be >= 0 (0: off)")
-        _require(self.length_blowup == 0 or self.length_blowup > 1, "length_blowup",
+        require(self.alert_kl_to_reference >= 0, "alert_kl_to_reference", "must be >= 0 (0: off)")
+        require(self.length_blowup == 0 or self.length_blowup > 1, "length_blowup",
                  "must be > 1 (a ratio), or 0 to turn the alert off")
-        _require(0 <= self.slice_regression < 0.5, "slice_regression", "must be in [0, 0.5)")
-        _require(self.min_slice_samples >= 1, "min_slice_samples", "must be >= 1")
-        _require(-1 <= self.agreement_floor <= 1, "agreement_floor", "must be in [-1, 1]")
-        _require(self.n_boot >= 100, "n_boot", "must be >= 100 (fewer make a 95% interval noise)")
-        _require(self.examples >= 0, "examples", "must be >= 0")
+        require(0 <= self.alert_slice_drop < 0.5, "alert_slice_drop", "must be in [0, 0.5)")
+        require(self.min_slice_samples >= 1, "min_slice_samples", "must be >= 1")
+        require(-1 <= self.agreement_floor <= 1, "agreement_floor", "must be in [-1, 1]")
+        require(self.n_boot >= 100, "n_boot", "must be >= 100 (fewer make a 95% interval noise)")
+        require(self.examples >= 0, "examples", "must be >= 0")

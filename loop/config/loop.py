@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from alignloop.config_base import _require
+from alignloop.config.base import require
 
 
 @dataclass(frozen=True)
@@ -31,24 +31,26 @@ class SlicesConfig:
     """Clusters when slicing by embeddings."""
 
     def __post_init__(self) -> None:
-        _require(self.count >= 1, "count", "must be >= 1")
-        _require(self.min_size >= 1, "min_size", "must be >= 1")
-        _require(self.n_clusters >= 2, "n_clusters", "must be >= 2")
+        require(self.count >= 1, "count", "must be >= 1")
+        require(self.min_size >= 1, "min_size", "must be >= 1")
+        require(self.n_clusters >= 2, "n_clusters", "must be >= 2")
 
 
 @dataclass(frozen=True)
 class GateConfig:
-    kl_budget: float = 0.0
+    max_kl_to_base: float = 0.0
     """Most KL(policy || base) per sequence (nats) a round may reach (0: no gate)."""
-    slice_regression: float = 0.0
-    """Largest drop of a slice's metric against the previous round (0: no gate)."""
+    max_slice_drop: float = 0.0
+    """Largest fall of one slice a round may show against the previous policy: 0.5 minus
+    its judge win rate, or the fall of its mean latent reward (demo panel). Slices with
+    fewer than `report.min_slice_samples` samples are not judged. 0: no gate."""
     action: Literal["flag", "stop", "rollback"] = "flag"
     """When a gate trips: flag the round in its report, stop the loop after it, or roll
     back (the next round starts from, and refers to, the previous policy)."""
 
     def __post_init__(self) -> None:
-        _require(self.kl_budget >= 0, "kl_budget", "must be >= 0")
-        _require(self.slice_regression >= 0, "slice_regression", "must be >= 0")
+        require(self.max_kl_to_base >= 0, "max_kl_to_base", "must be >= 0")
+        require(self.max_slice_drop >= 0, "max_slice_drop", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,13 @@ class LoopConfig:
     """Samples per held-out prompt and model at evaluation (temperature 1: unbiased KL)."""
     prompts_per_round: int = 32
     """Training prompts chosen from the failure slices for generation in each online round."""
+    heldout_pair_share: float = 0.1
+    """Share of the static pairs (chosen by pair id) held out of round 0's training and
+    scored every round for the implicit-reward drift figures."""
+    heldout_pair_min: int = 20
+    """Static sets with fewer pairs than this hold none out (every pair is trained on)."""
+    eval_tie_margin: float = 0.02
+    """Judge probabilities within this of 0.5 count as a tie in the evaluation win rates."""
     replay_share: float = 0.5
     """Pairs from earlier rounds added to a round's new pairs, as a share of the new ones."""
     panel: str = ""
@@ -81,11 +90,14 @@ class LoopConfig:
     """Seed of prompt choices."""
 
     def __post_init__(self) -> None:
-        _require(self.rounds >= 1, "rounds", "must be >= 1")
-        _require(0 < self.eval_share < 1, "eval_share", "must be in (0, 1)")
-        _require(self.eval_prompts >= 0, "eval_prompts", "must be >= 0")
-        _require(self.eval_samples >= 1, "eval_samples", "must be >= 1")
-        _require(self.prompts_per_round >= 1, "prompts_per_round", "must be >= 1")
-        _require(self.replay_share >= 0, "replay_share", "must be >= 0")
-        _require(not self.simulate_labels or bool(self.panel), "simulate_labels",
+        require(self.rounds >= 1, "rounds", "must be >= 1")
+        require(0 < self.eval_share < 1, "eval_share", "must be in (0, 1)")
+        require(self.eval_prompts >= 0, "eval_prompts", "must be >= 0")
+        require(self.eval_samples >= 1, "eval_samples", "must be >= 1")
+        require(self.prompts_per_round >= 1, "prompts_per_round", "must be >= 1")
+        require(0 <= self.heldout_pair_share < 1, "heldout_pair_share", "must be in [0, 1)")
+        require(self.heldout_pair_min >= 0, "heldout_pair_min", "must be >= 0")
+        require(0 <= self.eval_tie_margin < 0.5, "eval_tie_margin", "must be in [0, 0.5)")
+        require(self.replay_share >= 0, "replay_share", "must be >= 0")
+        require(not self.simulate_labels or bool(self.panel), "simulate_labels",
                  "needs loop.panel (the panel that labels)")

@@ -13,6 +13,6 @@ class ConfigError(AlignloopError, ValueError):
         super().__init__(f"config key '{key}': {message}")
 
 
-def _require(ok: bool, key: str, message: str) -> None:
+def require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(key, message)

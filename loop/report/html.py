@@ -5,7 +5,7 @@ asset, so the file opens from disk or as a CI artifact. Every piece of text
 that comes from data (prompts, responses, slice names, reasons) is escaped.
 
 The run view reads RUN_DIR/state.json when present. The part of its contract
-used here (written by the round driver, `alignloop.run`):
+used here (written by the round driver, `alignloop.rounds.state`):
 
     {"rounds": {"<k>": {"stages": {"<stage>": {"status": "running" | "done" | "failed",
                                                "started": t, "finished": t, "seconds": s}},
@@ -24,8 +24,8 @@ import json
 from html import escape
 from pathlib import Path
 
-from alignloop.drift import _get
-from alignloop.report_md import (
+from alignloop.report.lookup import get_path
+from alignloop.report.markdown import (
     IMPLICIT_HEADER,
     KL_HEADER,
     LENGTH_HEADER,
@@ -101,7 +101,7 @@ def _alerts(alerts: list[dict]) -> str:
                    for a in alerts)
 
 
-def prompt_text(prompt: str) -> str:
+def prompt_display_text(prompt: str) -> str:
     """A prompt stored as JSON text, for display: plain text, or `role: content` lines."""
     try:
         value = json.loads(prompt)
@@ -123,7 +123,7 @@ def _examples(examples: list[dict]) -> str:
                    if e["p_a"] is not None else "not compared")
         latent = ("" if e["latent_current"] is None else
                   f"\nlatent reward: {fmt(e['latent_other'])} → {fmt(e['latent_current'])}")
-        cells = [f"[{e['slice'] or '(none)'}] {e['prompt_id']}\n\n{prompt_text(e['prompt'])}",
+        cells = [f"[{e['slice'] or '(none)'}] {e['prompt_id']}\n\n{prompt_display_text(e['prompt'])}",
                  e["other"] if e["other"] is not None else "(no response)", e["current"],
                  verdict + latent]
         rows.append("<tr>" + "".join(f'<td><div class="text">{escape(str(c))}</div></td>'
@@ -151,7 +151,7 @@ def render_round_html(report: dict, figures: dict[str, bytes], examples: list[di
         _section("kl", "Drift: KL divergence", _reason(report["kl_to_reference"]),
                  _img(figures, "kl", "KL estimates with 95% intervals"),
                  _table(KL_HEADER, kl_rows(report)) if kl_rows(report) else "",
-                 f'<p class="note">{escape(_get(report, "kl_to_reference", "estimator") or "")}</p>'),
+                 f'<p class="note">{escape(get_path(report, "kl_to_reference", "estimator") or "")}</p>'),
         _section("win-rates", "Win rates", _reason(report["win_rate_vs_previous"]),
                  _reason(report["win_rate_vs_base"]),
                  _img(figures, "win_rates", "win rates per slice with 95% intervals")),
@@ -186,21 +186,21 @@ def run_status(state: dict | None, rounds: list[int]) -> list[str]:
     srounds = state.get("rounds", {})
     lines = []
     for k in sorted(srounds, key=int):
-        gate = srounds[k].get("gate") or {}
+        gate = get_path(srounds, k, "gate") or {}
         if gate.get("tripped"):
             action = gate.get("action", "flag")
             then = {"stop": "the loop stopped after this round",
-                    "rollback": "the round was rolled back: the next one starts from the previous "
-                                "policy"}.get(action, "flagged")
+                    "rollback": "the round was rolled back: the next one starts from the policy "
+                                "this round started from"}.get(action, "flagged")
             lines.append(f"Round {k}: gate tripped ({gate.get('reason', 'no reason given')}); "
                          f"action {action}: {then}.")
-        for name, info in (srounds[k].get("stages") or {}).items():
+        for name, info in (get_path(srounds, k, "stages") or {}).items():
             if info.get("status") in ("running", "failed"):
                 lines.append(f"Round {k}: stage {name} is {info['status']}"
                              + (" (or was interrupted)" if info["status"] == "running" else "") + ".")
     if srounds:
         last = max(srounds, key=int)
-        stages = srounds[last].get("stages") or {}
+        stages = get_path(srounds, last, "stages") or {}
         if stages:
             name, info = list(stages.items())[-1]
             lines.append(f"Last recorded stage: round {last}, {name} ({info.get('status', '?')}).")
@@ -208,7 +208,7 @@ def run_status(state: dict | None, rounds: list[int]) -> list[str]:
 
 
 def _stage_cell(rs: dict) -> str:
-    return ", ".join(f"{n}: {i.get('status', '?')}" for n, i in (rs.get("stages") or {}).items())
+    return ", ".join(f"{n}: {i.get('status', '?')}" for n, i in (get_path(rs, "stages") or {}).items())
 
 
 def _link(href: str) -> Raw:
@@ -223,15 +223,15 @@ def _report_link(k: int, how: str) -> str:
 
 def render_run_html(run_dir: Path, reports: dict[int, tuple[dict | None, str]],
                     state: dict | None) -> str:
-    from alignloop.report_plots import run_figures
+    from alignloop.report.plots import run_figures
 
     done = {k: r for k, (r, _) in reports.items() if r is not None}
     figures = run_figures(done) if done else {}
-    srounds = (state or {}).get("rounds", {})
+    srounds = get_path(state, "rounds") or {}
     status_rows = []
     for k, (_, how) in sorted(reports.items()):
         rs = srounds.get(str(k), {})
-        gate = rs.get("gate") or {}
+        gate = get_path(rs, "gate") or {}
         status_rows.append((k, _stage_cell(rs) or "—",
                             f"tripped: {gate.get('reason', '')} → {gate.get('action', '')}"
                             if gate.get("tripped") else ("passed" if gate else "—"),
@@ -239,7 +239,7 @@ def render_run_html(run_dir: Path, reports: dict[int, tuple[dict | None, str]],
     metric_rows = []
     for k, rep in sorted(done.items()):
         def v(*path, rep=rep):
-            x = _get(rep, *path)
+            x = get_path(rep, *path)
             return fmt(x.get("value") if isinstance(x, dict) else x)
         metric_rows.append((k, v("kl_to_base", "k1", "sequence"), v("kl_to_reference", "k1", "sequence"),
                             v("win_rate_vs_previous", "overall"), v("win_rate_vs_base", "overall"),

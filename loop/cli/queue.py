@@ -79,6 +79,14 @@ def cmd_add_annotator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_disable_annotator(args: argparse.Namespace) -> int:
+    """Disable an annotator: its token stops working and its web sessions end; the labels it
+    gave are kept."""
+    _open(args).disable_annotator(args.name)
+    print(f"disabled {args.name!r}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Items, labels and agreement per round and per annotator."""
     status = _open(args).status()
@@ -228,16 +236,19 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    """Bot annotators labeling through the JSON API over HTTP (as people would). With a
+    """Bot annotators labeling through the JSON API over HTTP (as people would), answering
+    like the annotators of the demo's panel (the same panel the loop simulates). With a
     RUN_DIR or --db the bots are added as annotators; without --url a server is started
     in this process on a free loopback port."""
     import secrets
     import time
 
-    from alignloop.labeling.queue.simulate import PANELS, run_panel
+    from alignloop.demo.labelers import panel_answerers
+    from alignloop.demo.panel import PANELS
+    from alignloop.labeling.queue.simulate import run_panel
 
     if args.panel not in PANELS:
-        raise SystemExit(f"error: unknown panel {args.panel!r}; known: {', '.join(PANELS)}")
+        raise SystemExit(f"error: unknown panel {args.panel!r}; known: {', '.join(sorted(PANELS))}")
     store = _open(args) if (args.run_dir or args.db) else None
     if store is None and not (args.url and args.token):
         raise SystemExit("error: give a RUN_DIR or --db (bots are added there), or --url with "
@@ -255,15 +266,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                     raise
                 name = f"{name}-{secrets.token_hex(3)}"   # an earlier run's bot keeps its name
                 tokens.append((name, store.add_annotator(name)))
+    answerers = panel_answerers(args.panel, len(tokens))
     start = time.perf_counter()
     if args.url:
-        reports = run_panel(args.url, tokens, args.panel, seed=args.seed, max_labels=args.max_labels)
+        reports = run_panel(args.url, tokens, answerers, seed=args.seed,
+                            max_labels=args.max_labels)
     else:
         from alignloop.labeling.queue.app import ServerThread, create_app
 
         with ServerThread(create_app(store, lease_seconds=args.lease_seconds)) as url:
             print(f"serving the queue for the bots at {url}", file=sys.stderr)
-            reports = run_panel(url, tokens, args.panel, seed=args.seed, max_labels=args.max_labels)
+            reports = run_panel(url, tokens, answerers, seed=args.seed,
+                                max_labels=args.max_labels)
     elapsed = time.perf_counter() - start
     for r in reports:
         extra = f", {r.retries} retries" if r.retries else ""
@@ -308,6 +322,10 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("name", help="annotator name (unique)")
     q.add_argument("--admin", action="store_true", help="may read /api/status")
 
+    q = command("disable-annotator", cmd_disable_annotator,
+                "disable an annotator (its token and sessions stop working)")
+    q.add_argument("name", help="annotator name")
+
     q = command("status", cmd_status, "counts and agreement per round and annotator")
     q.add_argument("--json", action="store_true", help="the full status as JSON")
 
@@ -332,7 +350,9 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     app_args(q)
 
     q = command("simulate", cmd_simulate, "bot annotators labeling through the JSON API")
-    q.add_argument("--panel", default="demo", help="panel of simulated annotators (default: %(default)s)")
+    q.add_argument("--panel", default="demo",
+                   help="panel of simulated annotators, from alignloop.demo.panel "
+                        "(default: %(default)s)")
     q.add_argument("--annotators", type=int, default=3, help="bots (default: %(default)s)")
     q.add_argument("--url", help="a running server (default: start one in this process)")
     q.add_argument("--token", action="append", default=[],

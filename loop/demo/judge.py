@@ -3,7 +3,7 @@
 It is deliberately an imperfect stand-in for the demo's annotator panel (which
 also weighs topicality and disagrees among itself): good enough to label the
 clear cases, wrong often enough that routing uncertain pairs to people pays.
-Use it as `kind: python, function: alignloop.demo_judge:heuristic_score`.
+Use it as `kind: python, function: alignloop.demo.judge:heuristic_score`.
 """
 
 from __future__ import annotations

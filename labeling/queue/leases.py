@@ -1,0 +1,187 @@
+"""Leasing items and recording labels: the queue's concurrency-critical SQL.
+
+`QueueStore.next_item` and `QueueStore.record_label` run these functions inside one
+write transaction each (see the store's module docstring for the locking rules);
+they take the open connection and plain values, and return the records the store
+hands out (`Assignment`, `RecordedLabel`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from dataclasses import dataclass
+
+from alignloop.labeling.aggregate import CHOICES
+from alignloop.labeling.handoff import QueueError, QueueItem
+from sqlalchemy import Connection, text
+
+MAX_COMMENT = 4000
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """An item leased to one annotator. `display_order` "ba" means show `item.b` on the
+    left; the label's choice is still relative to `item.a`/`item.b`. `is_gold` is for the
+    server only: never show it to the annotator."""
+
+    lease_id: str
+    item: QueueItem
+    display_order: str
+    expires_at: float
+    is_gold: bool = False
+
+
+@dataclass(frozen=True)
+class RecordedLabel:
+    """What `record_label` answers: the label's id, and False for a replayed request."""
+
+    label_id: int
+    created: bool
+
+
+# Item `i` can be leased to annotator :ann at time :now when it is open, has a slot
+# free (labels + live leases < needed) and :ann neither labeled it nor holds a live
+# lease on it. Scalar subqueries rather than NOT EXISTS: the planner keeps them as
+# per-row checks on an index scan in queue order that stops at the first match,
+# instead of anti-joins over every open item followed by a sort.
+_LIVE = "s.completed_at IS NULL AND s.expires_at > :now"
+_UNSEEN = f"""(SELECT COUNT(*) FROM labels l WHERE l.item_id = i.item_id
+                   AND l.annotator_id = :ann) = 0
+    AND (SELECT COUNT(*) FROM leases s WHERE s.item_id = i.item_id
+         AND s.annotator_id = :ann AND {_LIVE}) = 0"""
+AVAILABLE = f"""i.is_open = 1
+    AND i.n_labels + (SELECT COUNT(*) FROM leases s WHERE s.item_id = i.item_id AND {_LIVE})
+        < i.needed
+    AND {_UNSEEN}"""
+ITEM_COLS = "i.item_id, i.round, i.prompt, i.a, i.b, i.slice, i.priority, i.votes_required, i.max_votes"
+_ORDER = "ORDER BY i.priority DESC, i.seq, i.item_id LIMIT 1"
+_NEXT = f"SELECT {ITEM_COLS} FROM items i WHERE {AVAILABLE} {_ORDER}"
+# A first pass over the first TOP_WINDOW open items in queue order (an index range):
+# the next item is almost always among them, and PostgreSQL's planner otherwise checks
+# every open item before sorting. Only when none of them is available does `_NEXT`
+# look further, so the item chosen is the same.
+TOP_WINDOW = 64
+_TOP = (f"SELECT {ITEM_COLS} FROM items i WHERE i.item_id IN (SELECT t.item_id FROM items t "
+        f"WHERE t.is_open = 1 ORDER BY t.priority DESC, t.seq, t.item_id LIMIT {TOP_WINDOW}) "
+        f"AND {AVAILABLE} {_ORDER}")
+ITEM = "SELECT n_labels, needed, max_votes, first_choice, gold FROM items WHERE item_id = :i"
+_SQL = {k: text(v) for k, v in {
+    "gold": f"SELECT {ITEM_COLS} FROM items i WHERE i.gold IS NOT NULL AND {_UNSEEN} "
+            "ORDER BY i.seq LIMIT 32",
+    "next": _NEXT,
+    "next_top": _TOP,
+    "next_top_skip": _TOP + " FOR UPDATE SKIP LOCKED",
+    "next_skip": _NEXT + " FOR UPDATE SKIP LOCKED",
+    "next_wait": _NEXT + " FOR UPDATE",
+    "recheck": f"SELECT 1 FROM items i WHERE i.item_id = :id AND {AVAILABLE}",
+    "lease": "INSERT INTO leases (lease_id, item_id, annotator_id, display_order, issued_at,"
+             " expires_at) VALUES (:l, :id, :ann, :o, :now, :e)",
+    "item": ITEM,
+    "item_locked": ITEM + " FOR UPDATE",
+    "labels_of": "SELECT id, item_id, annotator_id, idempotency_key FROM labels WHERE "
+                 "idempotency_key = :k OR (item_id = :i AND annotator_id = :a)",
+    "lease_of": "SELECT display_order, expires_at, completed_at, (SELECT COUNT(*) FROM leases s "
+                f"WHERE s.item_id = :i AND {_LIVE}) AS live FROM leases WHERE lease_id = :l AND "
+                "annotator_id = :a AND item_id = :i",
+    "label": "INSERT INTO labels (item_id, annotator_id, lease_id, choice, confidence, comment,"
+             " display_order, idempotency_key, created_at) VALUES (:i, :a, :l, :c, :conf, :m,"
+             " :o, :k, :now) RETURNING id",
+    "complete": "UPDATE leases SET completed_at = :now WHERE lease_id = :l",
+    "count": "UPDATE items SET n_labels = :n, needed = :needed, first_choice = :f, is_open = :o"
+             " WHERE item_id = :i",
+    "release": "UPDATE leases SET expires_at = :now WHERE lease_id = :l AND annotator_id = :a "
+               "AND completed_at IS NULL AND expires_at > :now",
+}.items()}
+
+
+def row_item(row) -> QueueItem:
+    """A `QueueItem` from a row of the items table (prompt stored as JSON)."""
+    return QueueItem(row.item_id, row.round, json.loads(row.prompt), row.a, row.b, row.slice,
+                     row.priority, row.votes_required, row.max_votes)
+
+
+def lease_next(conn: Connection, *, annotator_id: int, now: float, lease_seconds: float,
+               want_gold: bool, order: str, rng: random.Random, postgres: bool,
+               first_attempt: bool) -> Assignment | None | bool:
+    """Lease the next item to the annotator: an unseen gold item when `want_gold` and one
+    is left, else the first available item in queue order. None when nothing is available;
+    False when PostgreSQL's recheck under the row lock finds the last slot just taken (the
+    caller tries again). Only on the first attempt does PostgreSQL wait for locked rows."""
+    p = {"ann": annotator_id, "now": now}
+    rows = list(conn.execute(_SQL["gold"], p)) if want_gold else []
+    row = rng.choice(rows) if rows else None
+    is_gold = row is not None
+    if row is None:
+        row = (conn.execute(_SQL["next_top_skip" if postgres else "next_top"], p).first()
+               or conn.execute(_SQL["next_skip" if postgres else "next"], p).first())
+        if row is None and postgres and first_attempt:
+            row = conn.execute(_SQL["next_wait"], p).first()
+        if row is None:
+            return None
+        if postgres and conn.execute(_SQL["recheck"], {**p, "id": row.item_id}).first() is None:
+            return False          # lost the last slot to a concurrent lease
+    lease = Assignment(uuid.uuid4().hex, row_item(row), order, now + lease_seconds, is_gold)
+    conn.execute(_SQL["lease"], {**p, "l": lease.lease_id, "id": row.item_id, "o": order,
+                                 "e": lease.expires_at})
+    return lease
+
+
+def release(conn: Connection, annotator_id: int, lease_id: str, now: float) -> bool:
+    """Expire a live lease of this annotator now; True when there was one."""
+    return conn.execute(_SQL["release"], {"now": now, "l": lease_id, "a": annotator_id}).rowcount > 0
+
+
+def check_label(choice: str, confidence: int, idempotency_key: str, comment: str) -> None:
+    """Raise QueueError (422, naming the field) for a label's invalid field."""
+    if choice not in CHOICES:
+        raise QueueError(f"choice must be one of {list(CHOICES)}, got {choice!r}", 422, "choice")
+    if isinstance(confidence, bool) or not isinstance(confidence, int) or not 1 <= confidence <= 3:
+        raise QueueError(f"confidence must be 1, 2 or 3, got {confidence!r}", 422, "confidence")
+    if not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 200:
+        raise QueueError("idempotency_key must be 1-200 characters", 422, "idempotency_key")
+    if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
+        raise QueueError(f"comment must be text of at most {MAX_COMMENT} characters", 422,
+                         "comment")
+
+
+def record(conn: Connection, *, annotator_id: int, item_id: str, lease_id: str, choice: str,
+           confidence: int, idempotency_key: str, comment: str, now: float,
+           postgres: bool) -> RecordedLabel:
+    """Record one checked label (see `QueueStore.record_label` for the refusals).
+
+    The item's row lock comes first, so a retry racing its original waits for it and
+    then finds the original's label, which it returns (created False). The item's counts
+    follow adaptive redundancy: a vote unlike the first raises `needed` to `max_votes`.
+    """
+    p = {"i": item_id, "a": annotator_id, "l": lease_id, "k": idempotency_key, "c": choice,
+         "conf": confidence, "m": comment, "now": now}
+    item = conn.execute(_SQL["item_locked" if postgres else "item"], p).first()
+    if item is None:
+        raise QueueError(f"no item {item_id!r}", 404, "item_id")
+    for prior in conn.execute(_SQL["labels_of"], p):
+        if prior.idempotency_key != idempotency_key:
+            raise QueueError(f"you already labeled item {item_id!r}", 409, "item_id")
+        if prior.annotator_id != annotator_id or prior.item_id != item_id:
+            raise QueueError("idempotency_key was already used for another label", 409,
+                             "idempotency_key")
+        return RecordedLabel(prior.id, False)
+    lease = conn.execute(_SQL["lease_of"], p).first()
+    if lease is None:
+        raise QueueError(f"no lease {lease_id!r} of yours on item {item_id!r}", 404, "lease_id")
+    if lease.completed_at is not None:
+        raise QueueError(f"lease {lease_id!r} was used already", 409, "lease_id")
+    if item.gold is None and lease.expires_at <= now and (
+            item.n_labels + lease.live >= item.needed):
+        raise QueueError(f"lease {lease_id!r} expired and item {item_id!r} has the "
+                         "votes it needs", 409, "lease_id")
+    label_id = conn.execute(_SQL["label"], {**p, "o": lease.display_order}).scalar_one()
+    conn.execute(_SQL["complete"], p)
+    n = item.n_labels + 1
+    disagree = item.first_choice is not None and item.first_choice != choice
+    needed = item.max_votes if disagree else item.needed
+    conn.execute(_SQL["count"], {"n": n, "needed": needed, "i": item_id,
+                                 "f": item.first_choice or choice,
+                                 "o": int(item.gold is None and n < needed)})
+    return RecordedLabel(label_id, True)

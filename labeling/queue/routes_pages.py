@@ -1,0 +1,186 @@
+"""The labeling page for people: sign in with a token (`/`, `/login`, `/logout`), then
+`/label` shows one item at a time and takes the answer as a form POST.
+
+Every form carries the session's CSRF token (checked on every POST: 403 otherwise).
+The two responses are shown in the assignment's display order; the hidden `order_sig`
+lets the server map the clicked side (left/right) back to a/b without trusting the
+browser or looking the lease up (see `app` for the whole design).
+"""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+
+from alignloop.labeling.queue.deps import QueueWeb, Web, new_session
+from alignloop.labeling.queue.store import Assignment, QueueError
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+router = APIRouter()
+
+SLOTS = ("left", "right", "tie", "both_bad")
+NOTES = {"conflict": "That item was already settled; here is the next one.",
+         "gone": "That item is no longer in the queue; here is the next one."}
+FORM_FIELDS = ("item_id", "lease_id", "display_order", "order_sig", "slot", "confidence",
+               "comment", "idempotency_key")
+
+
+def _turns(prompt) -> list[dict]:
+    """A prompt as turns for the template: chat messages, or one block of plain text."""
+    if isinstance(prompt, str):
+        return [{"role": "prompt", "css": "user", "content": prompt}]
+    out = []
+    for m in prompt:
+        role = str(m.get("role", "user")) if isinstance(m, dict) else "user"
+        content = m.get("content", "") if isinstance(m, dict) else str(m)
+        css = role if role in ("system", "user", "assistant") else "other"
+        out.append({"role": role, "css": css, "content": str(content)})
+    return out
+
+
+def _page(web: QueueWeb, request: Request, template: str, status: int = 200,
+          **context) -> Response:
+    return web.templates.TemplateResponse(request, template, context, status_code=status)
+
+
+def _error(web: QueueWeb, request: Request, status: int, title: str, message: str) -> Response:
+    return _page(web, request, "error.html", status, title=title, message=message)
+
+
+def _forbidden(web: QueueWeb, request: Request) -> Response:
+    return _error(web, request, 403, "Form refused",
+                  "This form has expired or did not come from this site. "
+                  "Reload the page and try again.")
+
+
+def _signed_out(web: QueueWeb) -> Response:
+    response = RedirectResponse("/", status_code=303)
+    web.sessions.clear(response)
+    return response
+
+
+@router.get("/")
+async def index(request: Request, web: Web):
+    session = web.sessions.read(request)
+    if session and session.get("aid"):
+        return RedirectResponse("/label", status_code=303)
+    fresh = session is None
+    session = session or new_session()
+    response = _page(web, request, "index.html", csrf=web.sessions.csrf(session), error="")
+    if fresh:
+        web.sessions.write(response, session)
+    return response
+
+
+@router.post("/login")
+async def login(request: Request, web: Web):
+    form = await request.form()
+    session = web.sessions.read(request)
+    if not web.sessions.csrf_ok(session, form.get("csrf")):
+        return _forbidden(web, request)
+    token = str(form.get("token") or "").strip()
+    annotator = await run_in_threadpool(web.store.authenticate, token) if token else None
+    if annotator is None:
+        return _page(web, request, "index.html", 401, csrf=web.sessions.csrf(session),
+                     error="That token is not valid.")
+    response = RedirectResponse("/label", status_code=303)
+    # a new session id at sign-in: a session id planted before it is worth nothing
+    web.sessions.write(response, new_session(aid=annotator.id, name=annotator.name,
+                                             role=annotator.role))
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, web: Web):
+    form = await request.form()
+    if not web.sessions.csrf_ok(web.sessions.read(request), form.get("csrf")):
+        return _forbidden(web, request)
+    return _signed_out(web)
+
+
+def _show(web: QueueWeb, request: Request, session: dict, assignment: Assignment | None,
+          labeled: int, note: str) -> Response:
+    """The next item's page (or "done"), with the session's lease updated to match."""
+    common = {"csrf": web.sessions.csrf(session), "name": session.get("name", ""),
+              "labeled": labeled, "note": NOTES.get(note, "")}
+    if assignment is None:
+        response = _page(web, request, "done.html", **common)
+        session = {k: v for k, v in session.items() if k != "lease"}
+    else:
+        it, order = assignment.item, assignment.display_order
+        left, right = (it.a, it.b) if order == "ab" else (it.b, it.a)
+        response = _page(web, request, "label.html", **common, turns=_turns(it.prompt),
+                         left=left, right=right, item_id=it.item_id,
+                         lease_id=assignment.lease_id, display_order=order,
+                         order_sig=web.sessions.order_sig(assignment.lease_id, it.item_id, order),
+                         idempotency_key=f"web-{uuid.uuid4().hex}")
+        session = {**session, "lease": assignment.lease_id}
+    web.sessions.write(response, session)
+    return response
+
+
+@router.get("/label")
+async def label_page(request: Request, web: Web, note: str = ""):
+    session = web.sessions.read(request)
+    if not session or not session.get("aid"):
+        return RedirectResponse("/", status_code=303)
+    aid = session["aid"]
+
+    def work():
+        if not web.active(aid):
+            return None
+        if session.get("lease"):   # a reload: hand back the item on screen before
+            web.store.release(aid, session["lease"])
+        return web.next_item(aid), web.store.progress(aid)
+
+    got = await run_in_threadpool(work)
+    if got is None:
+        return _signed_out(web)
+    assignment, progress = got
+    return _show(web, request, session, assignment, progress.get("labeled", 0), note)
+
+
+def _refusal(web: QueueWeb, f: dict[str, str]) -> tuple[str, str] | None:
+    """(title, message) of why an answer form is refused, or None when it is sound."""
+    if (f["display_order"] not in ("ab", "ba") or not hmac.compare_digest(
+            f["order_sig"], web.sessions.order_sig(f["lease_id"], f["item_id"],
+                                                   f["display_order"]))):
+        return "Form altered", "The form did not match the item shown. Reload the page."
+    if f["slot"] not in SLOTS or f["confidence"] not in ("1", "2", "3"):
+        return "Incomplete answer", "Pick one of the four answers and a confidence of 1 to 3."
+    return None
+
+
+@router.post("/label")
+async def label_submit(request: Request, web: Web):
+    form = await request.form()
+    session = web.sessions.read(request)
+    if not web.sessions.csrf_ok(session, form.get("csrf")):
+        return _forbidden(web, request)
+    if not session.get("aid"):
+        return RedirectResponse("/", status_code=303)
+    f = {k: str(form.get(k) or "") for k in FORM_FIELDS}
+    refused = _refusal(web, f)
+    if refused is not None:
+        return _error(web, request, 400, *refused)
+    choice = {"left": f["display_order"][0], "right": f["display_order"][1]}.get(
+        f["slot"], f["slot"])
+    if not await run_in_threadpool(web.active, session["aid"]):
+        return _signed_out(web)
+    try:
+        await run_in_threadpool(
+            lambda: web.store.record_label(
+                session["aid"], item_id=f["item_id"], lease_id=f["lease_id"], choice=choice,
+                confidence=int(f["confidence"]),
+                idempotency_key=f["idempotency_key"] or f"web-{uuid.uuid4().hex}",
+                comment=f["comment"][:4000]))
+    except QueueError as e:
+        if e.status in (404, 409):
+            return RedirectResponse(f"/label?note={'gone' if e.status == 404 else 'conflict'}",
+                                    status_code=303)
+        return _error(web, request, 400, "Not recorded", str(e))
+    response = RedirectResponse("/label", status_code=303)
+    web.sessions.write(response, {k: v for k, v in session.items() if k != "lease"})
+    return response

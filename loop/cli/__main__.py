@@ -1,0 +1,7 @@
+"""`python -m alignloop.cli ...` is the `alignloop` command."""
+
+import sys
+
+from alignloop.cli import main
+
+sys.exit(main())

@@ -1,0 +1,58 @@
+"""`alignloop run`, `status`, `report` and `config`: running the loop and looking at it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run, or resume, the hybrid loop: round 0 offline DPO, then online rounds on failure
+    slices, each with a drift report. Rerunning skips every finished stage."""
+    from alignloop.config import load_config
+    from alignloop.rounds import Loop
+
+    sets = [*args.sets, f"loop.rounds={args.rounds}"] if args.rounds is not None else args.sets
+    cfg = load_config(args.config, sets)
+    run_dir = args.run_dir or f"runs/{Path(args.config).stem}"
+    summary = Loop(cfg, run_dir).run(redo_from=args.redo_from)
+    if summary.get("stopped"):
+        print(f"stopped: {summary['stopped']}")
+    print(f"rounds finished: {summary['rounds']}")
+    print(f"report: {summary['report']}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Per round, each stage's state, time and output size."""
+    from alignloop.rounds.loop import stage_names
+    from alignloop.rounds.state import status_table
+
+    print(status_table(args.run_dir, stage_names))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Render RUN_DIR/report.html (every headline metric across rounds, where the loop stopped
+    or was gated) and, with --round, that round's report (report.json, report.md, report.html)."""
+    from alignloop.report import write_round_report, write_run_report
+
+    if args.round is not None:
+        path = write_round_report(args.run_dir, args.round)
+        print(f"round {args.round}: {path.parent / 'report.html'} (report.json, report.md)")
+    print(f"run: {write_run_report(args.run_dir)}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the resolved config (every default written out), or the documented schema."""
+    import yaml
+    from alignloop.config import field_docs, load_config, to_dict
+
+    if args.docs:
+        for key, doc in field_docs().items():
+            print(f"{key}: {doc}")
+        return 0
+    cfg = load_config(args.config, args.sets)
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    return 0

@@ -1,0 +1,116 @@
+"""`alignloop train`, `generate` and `judge`: one step of the loop on files, outside a run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """One DPO training run on a pairs file: OUT/policy, OUT/train_log.jsonl, OUT/reference_logps.parquet."""
+    from dataclasses import replace
+
+    from alignloop.config import dump_config, load_config
+    from alignloop.data import read_pairs_from_config
+    from alignloop.training.trainer import train_dpo
+
+    cfg = load_config(args.config, args.sets)
+    data_path = args.pairs or cfg.data.path
+    if not data_path:
+        raise SystemExit("error: no pairs given: pass --pairs FILE or set data.path in the config")
+    cfg = replace(cfg, data=replace(cfg.data, path=str(data_path)))
+    if args.reference:
+        cfg = replace(cfg, reference=replace(cfg.reference, model=args.reference))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    pairs, report = read_pairs_from_config(cfg.data)
+    logging.getLogger("alignloop").info("read %d pairs (%d rows) from %s; skipped: %s",
+                                        report.n_valid, report.n_read, data_path,
+                                        report.skipped or "none")
+    result = train_dpo(pairs, out_dir=out, policy=cfg.model.name, reference=cfg.reference.model,
+                       model_cfg=cfg.model, data_cfg=cfg.data, train_cfg=cfg.train)
+    m = result.metrics
+    print(f"trained {result.steps} steps on {result.n_pairs} pairs -> {result.policy_dir}")
+    if m:
+        print(f"final loss {m['loss']:.4f}  accuracy {m['rewards/accuracy']:.2f}  "
+              f"margin {m['rewards/margin']:.4f}  tokens/s {m['tokens_per_s']:.0f}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Sample completions for a prompts file; writes a parquet of Completion rows."""
+    from alignloop.artifacts import write_parquet
+    from alignloop.config import load_config
+    from alignloop.generation import SamplingParams, completion_rows, generator_for
+    from alignloop.prompt_pool import read_prompts
+
+    sets = [*args.sets, f"generation.n={args.n}"] if args.n is not None else args.sets
+    cfg = load_config(args.config, sets)
+    g = cfg.generation
+    prompts = read_prompts(args.prompts)
+    params = SamplingParams.from_config(g)
+    # a rerun after a failure asks an openai server only for what is missing
+    generator = generator_for(g, args.model or cfg.model.name,
+                              cache_path=str(Path(args.out).with_suffix(".received.jsonl")))
+    completions = generator.sample(prompts, params)
+    rows = completion_rows(completions, prompts, backend=g.backend)
+    write_parquet(Path(args.out), rows)
+    print(f"wrote {len(rows)} completions for {len(prompts)} prompts -> {args.out}")
+    return 0
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    """Judge every pair of a completions file's samples, select the informative ones within
+    the budget and route them (auto / human / drop); writes the candidate table."""
+    from collections import Counter
+
+    from alignloop.artifacts import iter_jsonl, read_parquet, write_jsonl, write_parquet
+    from alignloop.config import load_config
+    from alignloop.labeling import LabelingError
+    from alignloop.labeling.ensemble import Ensemble
+    from alignloop.labeling.labeler import (
+        groups_from_completions,
+        judge_candidates,
+        learn_from_labels,
+    )
+    from alignloop.labeling.labels import read_labels
+    from alignloop.labeling.logprobs import with_logprobs
+
+    cfg = load_config(args.config, args.sets)
+    lab = cfg.labeling
+    path = Path(args.candidates)
+    if not path.exists():
+        raise FileNotFoundError(f"candidates file not found: {path}")
+    if path.suffix == ".parquet":
+        rows = read_parquet(path)
+    else:
+        rows = []
+        for n, value, error in iter_jsonl(path):
+            if error:
+                raise LabelingError(f"{path} row {n}: {error}")
+            rows.append(value)
+    groups = groups_from_completions(rows, source=str(path))
+    if lab.selection.strategy == "apl":
+        groups = with_logprobs(groups, policy=args.policy or cfg.model.name,
+                               reference=args.reference or cfg.reference.model or cfg.model.name)
+    ensemble = Ensemble.from_specs(lab.judges) if lab.judges else None
+    if ensemble is not None and args.labels:
+        history = [x for f in args.labels for x in read_labels(Path(f))]
+        ensemble, report = learn_from_labels(ensemble, history, lab)
+        for name, c in report.items():
+            print(f"calibration {name}: T={c['temperature']:.2f}  ECE {c['ece_before']:.3f} -> "
+                  f"{c['ece_after']:.3f} on {c['n']} human-labeled pairs {c['note']}".rstrip())
+    if ensemble is None:
+        print("no judges configured (labeling.judges): every selected pair is routed to people")
+    table = judge_candidates(groups, ensemble, lab, round=args.round, beta=cfg.train.beta)
+    if not table.rows:
+        raise LabelingError(f"{path}: no prompt has two distinct responses to compare")
+    out = Path(args.out)
+    (write_parquet if out.suffix == ".parquet" else write_jsonl)(out, table.rows)
+    counts = Counter(r["decision"] for r in table.selected())
+    print(f"{len(groups)} prompts, {len(table.rows)} candidate pairs, {len(table.selected())} "
+          f"selected ({lab.selection.strategy}): {counts.get('auto', 0)} auto, "
+          f"{counts.get('human', 0)} human, {counts.get('drop', 0)} drop -> {out}")
+    return 0

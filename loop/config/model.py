@@ -1,0 +1,57 @@
+"""The `model:` and `reference:` sections: the starting policy (LoRA included) and the DPO reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from alignloop.config.base import require
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    enabled: bool = False
+    """Train LoRA adapters (peft) instead of all weights; a merged copy is saved for generation."""
+    r: int = 16
+    """LoRA rank."""
+    alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input; 0 keeps training deterministic."""
+    target_modules: tuple[str, ...] = (
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    )
+    """Names of the linear layers that get adapters."""
+
+    def __post_init__(self) -> None:
+        require(self.r >= 1, "r", "must be >= 1")
+        require(self.alpha > 0, "alpha", "must be > 0")
+        require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        require(len(self.target_modules) > 0, "target_modules", "must name at least one module")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "builtin:smollm2-135m-instruct"
+    """Starting policy: a Hugging Face id, a local directory, or a built-in
+    (`builtin:smollm2-135m-instruct`, `builtin:tiny-random`)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights and compute dtype. `auto`: float32 on CPU (bf16 is ~500x slower on
+    CPUs without bf16 units), bfloat16 on a GPU that supports it."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Parameter-efficient training; see LoraConfig."""
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    model: str = ""
+    """Reference model for the DPO log-ratio. Empty: the starting policy (`model.name`).
+    In a loop this is round 0's reference; later rounds follow `mode`."""
+    mode: Literal["previous", "base", "ema"] = "previous"
+    """Reference of round k >= 1: round k-1's policy (`previous`), always the starting model
+    (`base`), or an exponential moving average of the policies so far (`ema`)."""
+    ema_weight: float = 0.5
+    """`ema`: reference_k = ema_weight * reference_(k-1) + (1 - ema_weight) * policy_(k-1)."""
+
+    def __post_init__(self) -> None:
+        require(0 <= self.ema_weight < 1, "ema_weight", "must be in [0, 1)")

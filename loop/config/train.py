@@ -1,0 +1,68 @@
+"""The `train:` section: the DPO objective and the optimiser."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from alignloop.config.base import require
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    loss: Literal["sigmoid", "ipo", "hinge", "soft", "rdpo"] = "sigmoid"
+    """Preference objective (see alignloop.training.losses): `sigmoid` DPO,
+    `ipo`, `hinge` (SLiC), `soft` (cross-entropy against p_chosen), `rdpo`
+    (robust DPO under label flips)."""
+    beta: float = 0.1
+    """KL strength: the implicit reward is beta * log(pi / pi_ref)."""
+    flip_rate: float = 0.1
+    """`rdpo`: assumed label flip rate epsilon in [0, 0.5)."""
+    flip_rate_per_pair: bool = False
+    """`rdpo`: use 1 - p_chosen of each pair as its flip rate instead of `flip_rate`."""
+    rpo_alpha: float = 0.0
+    """Weight of an added NLL term on the chosen response (RPO); 0 disables it."""
+    learning_rate: float = 5e-6
+    """Peak learning rate (AdamW)."""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
+    """Decay after warmup: constant, linear to 0, or cosine to 0."""
+    warmup_steps: int = 0
+    """Linear warmup steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 disables clipping)."""
+    batch_size: int = 8
+    """Pairs per forward pass per process (micro-batch)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step. Pairs per step = batch_size * grad_accum * processes."""
+    epochs: int = 1
+    """Passes over the pairs."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: run all epochs)."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass: a fraction of
+    the activation memory for about a third more compute. Off: speed first."""
+    group_by_length: bool = True
+    """Put pairs of similar length in the same step to cut padding (order stays seeded)."""
+    seed: int = 0
+    """Seed for data order and initialisation of new weights (LoRA)."""
+    log_every: int = 1
+    """Write a train_log.jsonl line every N optimizer steps."""
+    save_every: int = 0
+    """Save a resumable checkpoint every N optimizer steps (0: never mid-run)."""
+
+    def __post_init__(self) -> None:
+        require(self.beta > 0, "beta", "must be > 0")
+        require(0.0 <= self.flip_rate < 0.5, "flip_rate", "must be in [0, 0.5)")
+        require(self.rpo_alpha >= 0, "rpo_alpha", "must be >= 0")
+        require(self.learning_rate > 0, "learning_rate", "must be > 0")
+        require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        require(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(self.grad_accum >= 1, "grad_accum", "must be >= 1")
+        require(self.epochs >= 1, "epochs", "must be >= 1")
+        require(self.max_steps >= 0, "max_steps", "must be >= 0")
+        require(self.log_every >= 1, "log_every", "must be >= 1")
+        require(self.save_every >= 0, "save_every", "must be >= 0")

@@ -1,0 +1,320 @@
+"""The round driver: `Loop(config, run_dir).run()` runs or resumes the hybrid loop.
+
+A round is the stages of one table, run in order; `state.Run.stage` skips a stage that
+is done and redoes one that was interrupted:
+
+    round 0:  assemble -> reference -> train -> eval -> report
+    round k:  slices -> generate -> judge -> label -> assemble -> reference -> train
+              -> eval -> report
+
+Each table row names the stage, the `Loop` method that runs it and the artifacts it
+writes (`alignloop.artifacts`); the method hands the stage function (`alignloop.stages`)
+the config sections and artifacts it needs. Round k starts from the policy of record
+after round k-1 and trains against the reference chosen by `reference.mode`. After the
+report, the gates (`loop.gate`) may flag the round, stop the loop, or roll it back: the
+next round then starts from, and refers to, the last policy that passed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from alignloop import artifacts as A
+from alignloop.config import Config
+from alignloop.errors import RoundEnded
+from alignloop.rounds.state import Run, RunError, start_round
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[Loop, int], object]
+    outputs: tuple[str, ...]
+
+
+class Loop:
+    """`Loop(cfg, run_dir).run()`; `queue` replaces the SQL queue (RUN_DIR/queue.db or
+    `labeling.human.db`) with any `alignloop.labeling.handoff.LabelQueue`."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path, *, queue=None):
+        self.cfg = cfg
+        self.state = Run(run_dir, cfg, stage_names=stage_names)
+        self.dir = self.state.dir
+        self._pool = self._panel = None
+        self._queue = queue
+        self._ensembles: dict[int, tuple] = {}
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, rounds: int | None = None, *, redo_from: str | None = None) -> dict:
+        """Run (or resume) rounds 0..rounds-1; returns a summary."""
+        n = rounds if rounds is not None else self.cfg.loop.rounds
+        self.preflight(n)
+        if redo_from:
+            k, _, stage = redo_from.partition(":")
+            self.state.redo_from(int(k), stage)
+        self.state.check_config()
+        summary: dict = {"run_dir": str(self.dir), "rounds": []}
+        for k in range(n):
+            if k > 0 and not self.state.round_done(k - 1):
+                break
+            stopped = self.state.round_state(k).get("ended")
+            if not stopped:
+                try:
+                    self.run_round(k)
+                except RoundEnded as e:
+                    stopped = self.state.end_round(k, str(e))
+                    log.warning("round %d ended: %s", k, e)
+            if stopped:
+                summary["stopped"] = f"round {k}: {stopped}"
+                break
+            summary["rounds"].append(k)
+            gate = self.state.round_state(k).get("gate", {})
+            if gate.get("tripped") and gate.get("action") == "stop":
+                summary["stopped"] = f"round {k}: gate tripped ({gate['reason']})"
+                break
+        from alignloop.report import write_run_report
+
+        summary["report"] = str(write_run_report(self.dir))
+        return summary
+
+    def run_round(self, k: int) -> None:
+        self.state.round_state(k).update({"start": self.policy(k - 1),
+                                          "reference": self.reference(k),
+                                          "policy": str(self.rdir(k) / A.POLICY)})
+        for stage in stages_of(k):
+            self.state.stage(k, stage.name, lambda s=stage: s.run(self, k), list(stage.outputs))
+        self.check_gates(k)
+
+    def preflight(self, rounds: int) -> None:
+        """Fail before any work on what would fail later: the prompt pool, the starting
+        model, the failure-slice metric, the queue database."""
+        from alignloop.models import resolve_model_path
+        from alignloop.stages.slices import metric_problem
+
+        _ = self.pool
+        resolve_model_path(self.base)
+        problem = metric_problem(self.cfg.loop.slices.metric, self.cfg.labeling.judges,
+                                 self.cfg.loop.panel)
+        if rounds > 1 and problem:
+            raise RunError(f"config key 'loop.slices.metric': {problem}")
+        if self.cfg.labeling.human.budget > 0:
+            try:
+                _ = self.queue
+            except Exception as e:  # noqa: BLE001 (any driver error: name the database)
+                target = self.cfg.labeling.human.db or str(self.dir / "queue.db")
+                raise RunError(f"cannot open the queue database {target}: {e}") from None
+
+    # ------------------------------------------------------------------ round 0 and online data
+
+    def assemble_static(self, k: int):
+        from alignloop.stages.assemble import assemble_static
+
+        lc = self.cfg.loop
+        return assemble_static(self.rdir(k), data=self.cfg.data, eval_prompts=self.pool.eval,
+                               heldout_share=lc.heldout_pair_share, heldout_min=lc.heldout_pair_min)
+
+    def mine_slices(self, k: int):
+        from alignloop.stages.slices import eval_values, mine_slices, used_prompts
+
+        lc = self.cfg.loop
+        return mine_slices(self.rdir(k), cfg=lc.slices, pool=self.pool,
+                           previous_eval=eval_values(self.rdir(k - 1), lc.slices.metric),
+                           used=used_prompts([self.rdir(j) for j in range(1, k)]),
+                           prompts_per_round=lc.prompts_per_round, seed=lc.seed, round=k)
+
+    def generate(self, k: int):
+        from alignloop.stages.generate import generate
+        from alignloop.stages.slices import read_prompt_items
+
+        return generate(self.rdir(k), cfg=self.cfg.generation, policy=self.policy(k - 1),
+                        prompts=read_prompt_items(self.rdir(k) / A.PROMPTS))
+
+    def judge(self, k: int):
+        from alignloop.stages.label import judge
+
+        return judge(self.rdir(k), generations=A.read_parquet(self.rdir(k) / A.GENERATIONS),
+                     ensemble=self.ensemble(k)[0], cfg=self.cfg.labeling, beta=self.cfg.train.beta,
+                     round=k, policy=self.policy(k - 1), reference=self.reference(k - 1))
+
+    def label(self, k: int):
+        from alignloop.labeling.labeler import candidates_from_rows
+        from alignloop.stages.label import label
+
+        ensemble, calibration = self.ensemble(k)
+        candidates = candidates_from_rows(A.read_parquet(self.rdir(k) / A.CANDIDATES))
+        simulate = self.simulate_labels if self.cfg.loop.simulate_labels else None
+        return label(self.rdir(k), candidates=candidates, ensemble=ensemble, queue=self.queue,
+                     cfg=self.cfg.labeling, round=k, simulate=simulate, calibration=calibration)
+
+    def assemble_online(self, k: int):
+        from alignloop.data import read_pairs_parquet
+        from alignloop.stages.assemble import assemble_online
+
+        return assemble_online(
+            self.rdir(k), new=read_pairs_parquet(self.rdir(k) / A.LABELED_PAIRS),
+            earlier=[read_pairs_parquet(self.rdir(j) / A.PAIRS) for j in range(k)], round=k,
+            replay_share=self.cfg.loop.replay_share, seed=self.cfg.loop.seed)
+
+    # ------------------------------------------------------------------ models
+
+    def refresh_reference(self, k: int):
+        from alignloop.data import read_pairs_parquet
+        from alignloop.stages.train import ema_reference, reference
+
+        if k > 0 and self.cfg.reference.mode == "ema":
+            ema_reference(self.rdir(k) / A.REFERENCE_MODEL, previous_reference=self.reference(k - 1),
+                          policy=self.policy(k - 1), weight=self.cfg.reference.ema_weight)
+        return reference(self.rdir(k), pairs=read_pairs_parquet(self.rdir(k) / A.PAIRS),
+                         policy=self.policy(k - 1), reference_model=self.reference(k),
+                         model=self.cfg.model, data=self.cfg.data,
+                         batch_size=self.cfg.train.batch_size)
+
+    def train(self, k: int):
+        from alignloop.data import read_pairs_parquet
+        from alignloop.stages.train import train
+
+        return train(self.rdir(k), pairs=read_pairs_parquet(self.rdir(k) / A.PAIRS),
+                     policy=self.policy(k - 1), reference_model=self.reference(k),
+                     model=self.cfg.model, data=self.cfg.data, train=self.cfg.train)
+
+    def evaluate(self, k: int):
+        from alignloop.data import read_pairs_parquet
+        from alignloop.evaluation import read_samples
+        from alignloop.stages.evaluate import eval_items, evaluate
+
+        lc, start = self.cfg.loop, self.start_round(k)
+        previous = read_samples(self.rdir(start)) if start is not None else None
+        base = read_samples(self.rdir(0)) if k > 0 else None
+        held = self.rdir(0) / A.HELDOUT_PAIRS
+        return evaluate(
+            self.rdir(k), generation=self.cfg.generation, samples_per_prompt=lc.eval_samples,
+            seed=lc.seed, tie_margin=lc.eval_tie_margin, items=eval_items(self.pool, lc.eval_prompts),
+            policy=str(self.rdir(k) / A.POLICY), reference=self.reference(k), base=self.base,
+            previous_samples=[r for r in previous or [] if r["model"] == "policy"] or None,
+            base_samples=[r for r in base or [] if r["model"] == "base"] or None,
+            heldout=read_pairs_parquet(held) if held.exists() else [],
+            ensemble=self.ensemble(k + 1)[0], panel=self.panel)
+
+    def report(self, k: int):
+        from alignloop.report import write_round_report
+
+        return write_round_report(self.dir, k, config=self.cfg, previous=self.start_round(k))
+
+    def check_gates(self, k: int) -> None:
+        """Check the round's drift against the gates; record the verdict in state.json."""
+        from alignloop.report.alerts import gate_verdict
+
+        rs = self.state.round_state(k)
+        if "gate" in rs:
+            return
+        report = json.loads((self.rdir(k) / A.REPORT_JSON).read_text())
+        rs["gate"] = gate_verdict(report, self.cfg.loop.gate,
+                                  min_slice_samples=self.cfg.report.min_slice_samples)
+        self.state.save()
+        if rs["gate"]["tripped"]:
+            log.warning("round %d gate tripped (%s): %s", k, rs["gate"]["action"],
+                        rs["gate"]["reason"])
+
+    # ------------------------------------------------------------------ what rounds share
+
+    @property
+    def base(self) -> str:
+        return self.cfg.model.name
+
+    def rdir(self, k: int) -> Path:
+        return A.round_dir(self.dir, k)
+
+    def start_round(self, k: int) -> int | None:
+        """The round whose policy round k starts from (None: the base model). A round whose
+        gate rolled it back hands on its own start."""
+        return start_round(self.state.state["rounds"], k)
+
+    def policy(self, k: int) -> str:
+        """The policy of record after round k (k < 0: the base model)."""
+        j = self.start_round(k + 1)
+        return self.base if j is None else str(self.rdir(j) / A.POLICY)
+
+    def reference(self, k: int) -> str:
+        """The reference model round k trains against."""
+        if k <= 0:
+            return self.cfg.reference.model or self.base
+        mode = self.cfg.reference.mode
+        if mode == "base":
+            return self.base
+        if mode == "previous":
+            return self.policy(k - 1)
+        return str(self.rdir(k) / A.REFERENCE_MODEL)  # ema, written by the reference stage
+
+    def ensemble(self, k: int) -> tuple:
+        """(judges, calibration) for round k: refit and calibrated on rounds < k's labels."""
+        if k not in self._ensembles:
+            from alignloop.stages.label import earlier_labels, make_ensemble
+
+            history = earlier_labels([self.rdir(j) for j in range(k)])
+            self._ensembles[k] = make_ensemble(self.cfg.labeling, history)
+        return self._ensembles[k]
+
+    @property
+    def pool(self):
+        if self._pool is None:
+            from alignloop.prompt_pool import load_pool
+
+            self._pool = load_pool(self.cfg.loop.prompts, self.cfg.loop.eval_share)
+        return self._pool
+
+    @property
+    def panel(self):
+        if self._panel is None and self.cfg.loop.panel:
+            from alignloop.demo.panel import Panel
+
+            self._panel = Panel(self.cfg.loop.panel)
+        return self._panel
+
+    @property
+    def queue(self):
+        """The human queue (opened on first use; None when no pair may go to people)."""
+        if self._queue is None and self.cfg.labeling.human.budget > 0:
+            from alignloop.labeling.queue.store import QueueStore
+
+            self._queue = QueueStore.open(self.cfg.labeling.human.db or self.dir)
+        return self._queue
+
+    def simulate_labels(self, k: int) -> None:
+        """The demo panel labels this round's queue through the real JSON API."""
+        from alignloop.demo.labelers import simulate_round
+
+        simulate_round(self.queue, self.dir, panel=self.cfg.loop.panel,
+                       seed=self.cfg.loop.seed + k, encoder=self.panel.encoder)
+
+
+# One table of stages: the state machine (`state.Run`) and `run_round` both read it.
+ROUND0 = (
+    Stage("assemble", Loop.assemble_static, (A.PAIRS, A.HELDOUT_PAIRS)),
+    Stage("reference", Loop.refresh_reference, (A.REFERENCE_LOGPS,)),
+    Stage("train", Loop.train, (A.POLICY, A.TRAIN_LOG)),
+    Stage("eval", Loop.evaluate, (A.EVAL_SAMPLES,)),
+    Stage("report", Loop.report, (A.REPORT_JSON,)),
+)
+ONLINE = (
+    Stage("slices", Loop.mine_slices, (A.SLICES, A.PROMPTS)),
+    Stage("generate", Loop.generate, (A.GENERATIONS,)),
+    Stage("judge", Loop.judge, (A.CANDIDATES,)),
+    Stage("label", Loop.label, (A.LABELS, A.LABELED_PAIRS)),
+    Stage("assemble", Loop.assemble_online, (A.PAIRS,)),
+    *ROUND0[1:],
+)
+
+
+def stages_of(k: int) -> tuple[Stage, ...]:
+    return ROUND0 if k == 0 else ONLINE
+
+
+def stage_names(k: int) -> tuple[str, ...]:
+    return tuple(s.name for s in stages_of(k))

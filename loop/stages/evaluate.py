@@ -1,0 +1,193 @@
+"""Evaluate a round's policy on the held-out prompts -> eval/*.parquet
+(the schema is `alignloop.evaluation`; the drift report reads it).
+
+    sample      held-out samples with the run's sampling settings (what users of the
+                policy see), plus temperature-1 samples for the KL estimates when those
+                settings are tempered; the base model is sampled once, in round 0
+    score       log-probs of those samples and of the held-out pairs under the policy,
+                the reference and the base model
+    judge       pointwise judge scores (they rank the next round's failure slices) and
+                comparisons against the previous policy and the base model
+
+Models are loaded one at a time and freed before the next (a sampler, then each scorer,
+then the judges), so the stage's peak memory is one model plus the judges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import math
+from pathlib import Path
+
+from alignloop.config import GenerationConfig
+from alignloop.evaluation import EvalComparison, EvalSample, HeldoutPair, write_eval
+from alignloop.records import Pair
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(rdir: Path, *, generation: GenerationConfig, samples_per_prompt: int, seed: int,
+             tie_margin: float, items: list, policy: str, reference: str, base: str,
+             previous_samples: list[dict] | None, base_samples: list[dict] | None,
+             heldout: list[Pair], ensemble=None, panel=None) -> None:
+    """Sample, score and judge; writes eval/samples.parquet, comparisons and held-out pairs.
+    `previous_samples` are the policy samples of the round this one started from (None:
+    it started from the base model); `base_samples` are round 0's base samples (None in
+    round 0, which draws them)."""
+    from alignloop.models import load_tokenizer
+
+    tokenizer = load_tokenizer(policy)
+    draws = sample_heldout(generation, items, policy=policy, base=base, n=samples_per_prompt,
+                           seed=seed, with_base=base_samples is None)
+    kl_model = "policy_kl" if _tempered(generation) else "policy"
+    kl_seqs = [_completion_tokens(tokenizer, it, c) for m, it, c in draws if m == kl_model]
+    held_seqs = [seq for p in heldout for seq in _pair_tokens(tokenizer, p)]
+    models = {"policy": policy, "reference": reference, "base": base}
+    kl_scores, held_scores = score_sequences(models, kl_seqs, held_seqs)
+
+    samples, at = [], 0
+    for model_name, it, c in draws:
+        lp = (math.nan,) * 3
+        if model_name == kl_model:
+            lp = tuple(kl_scores[m][at] for m in ("policy", "reference", "base"))
+            at += 1
+        reward = (panel.latent_reward(it.prompt, c.text)
+                  if panel is not None and model_name != "policy_kl" else math.nan)
+        samples.append(EvalSample(c.prompt_id, it.prompt, it.slice, model_name, c.sample_index,
+                                  c.text, len(c.token_ids), c.finish_reason, *lp,
+                                  latent_reward=reward))
+    comparisons = []
+    if ensemble is not None:
+        samples = with_judge_scores(samples, ensemble)
+        own = [s for s in samples if s.model == "policy"]
+        base_rows = base_samples or [s.to_row() for s in samples if s.model == "base"]
+        for opponent, rows in (("previous", previous_samples), ("base", base_rows)):
+            if rows:
+                comparisons += compare(own, rows, opponent, ensemble, tie_margin)
+    held_rows = [HeldoutPair(p.pair_id, p.slice, p.p_chosen,
+                             *(held_scores[m][2 * n + side] for m in ("policy", "reference", "base")
+                               for side in (0, 1)))
+                 for n, p in enumerate(heldout)]
+    write_eval(rdir, samples=samples, comparisons=comparisons, heldout=held_rows)
+    log.info("eval: %d samples, %d comparisons, %d held-out pairs", len(samples),
+             len(comparisons), len(held_rows))
+
+
+# --------------------------------------------------------------------------- sample
+
+
+def _tempered(g: GenerationConfig) -> bool:
+    return not (g.temperature == 1.0 and g.top_p == 1.0 and g.top_k == 0)
+
+
+def sample_heldout(g: GenerationConfig, items: list, *, policy: str, base: str, n: int,
+                   seed: int, with_base: bool) -> list[tuple]:
+    """(model name, prompt item, Completion) for every held-out sample. The seeds are the
+    same every round, so rounds differ only by their policy. One sampler at a time."""
+    from alignloop.generation import SamplingParams, generator_for
+
+    def params(untempered: bool) -> SamplingParams:
+        t, top_p, top_k = (1.0, 1.0, 0) if untempered else (g.temperature, g.top_p, g.top_k)
+        return SamplingParams(n=n, temperature=t, top_p=top_p, top_k=top_k,
+                              max_new_tokens=g.max_new_tokens, stop=g.stop,
+                              seed=seed + (2 if untempered else 1))
+
+    by_id = {it.prompt_id: it for it in items}
+    runs = [(policy, [("policy", False)] + ([("policy_kl", True)] if _tempered(g) else []))]
+    if with_base:
+        runs.insert(1, (base, [("base", False)]))
+    draws = []
+    for model_ref, names in runs:
+        generator = generator_for(g, model_ref)
+        for name, untempered in names:
+            draws += [(name, by_id[c.prompt_id], c)
+                      for c in generator.sample(items, params(untempered))]
+        del generator
+        gc.collect()
+    order = {"policy": 0, "base": 1, "policy_kl": 2}   # the row order of samples.parquet
+    return sorted(draws, key=lambda d: order[d[0]])
+
+
+# --------------------------------------------------------------------------- score
+
+
+def _completion_tokens(tokenizer, item, c) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) of a sample, EOS included when the policy chose it."""
+    from alignloop.generation.prompts import encode_prompt
+
+    eos = [tokenizer.eos_token_id] if c.finish_reason == "stop" else []
+    return encode_prompt(tokenizer, item, 1 << 30, "error"), list(c.token_ids) + eos
+
+
+def _pair_tokens(tokenizer, pair: Pair) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, response ids) of a pair's chosen and rejected responses."""
+    from alignloop.models import prompt_token_ids, response_token_ids
+
+    prompt = prompt_token_ids(tokenizer, pair.prompt)
+    return [(prompt, response_token_ids(tokenizer, pair.prompt, r))
+            for r in (pair.chosen, pair.rejected)]
+
+
+def score_sequences(models: dict[str, str], *seq_lists) -> list[dict[str, list[float]]]:
+    """Per list of (prompt ids, response ids), {model name: summed response log-probs}.
+    Each distinct model is loaded once, scores every list, and is freed before the next."""
+    import torch
+    from alignloop.labeling.logprobs import score_token_sequences
+    from alignloop.models import load_model, load_tokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out: list[dict[str, list[float]]] = [{} for _ in seq_lists]
+    for ref in dict.fromkeys(models.values()):
+        if not any(seq_lists):
+            break
+        model = load_model(ref, dtype="auto", device=device)
+        pad = load_tokenizer(ref).pad_token_id
+        names = [m for m, r in models.items() if r == ref]
+        for seqs, scores in zip(seq_lists, out, strict=True):
+            if seqs:
+                values = list(score_token_sequences(model, seqs, pad_id=pad,
+                                                    desc=f"log-probs ({names[0]})"))
+                scores.update({m: values for m in names})
+        del model
+        gc.collect()
+    return out
+
+
+# --------------------------------------------------------------------------- judge
+
+
+def with_judge_scores(samples: list[EvalSample], ensemble) -> list[EvalSample]:
+    """Pointwise judge scores on the samples users see (not the temperature-1 extras)."""
+    shown = [n for n, s in enumerate(samples) if s.model != "policy_kl"]
+    scores = ensemble.score([samples[n].prompt for n in shown], [samples[n].text for n in shown])
+    out = list(samples)
+    for n, sc in zip(shown, scores or [], strict=False):
+        out[n] = dataclasses.replace(samples[n], judge_score=float(sc))
+    return out
+
+
+def compare(own: list[EvalSample], theirs: list[dict], opponent: str, ensemble,
+            tie_margin: float) -> list[EvalComparison]:
+    """The judges' verdicts on this round's policy samples against `theirs` (same prompt
+    and sample index); identical texts and near-0.5 verdicts are ties."""
+    from alignloop.labeling import Comparison
+
+    text = {(r["prompt_id"], r["sample_index"]): r["text"] for r in theirs}
+    pairs = [(s, text[(s.prompt_id, s.sample_index)]) for s in own
+             if (s.prompt_id, s.sample_index) in text]
+    verdicts = ensemble.judge([Comparison(s.prompt, s.text, t) for s, t in pairs])
+    out = []
+    for (s, t), j in zip(pairs, verdicts, strict=True):
+        p = j.p_a if j.valid else 0.5
+        out.append(EvalComparison(s.prompt_id, s.slice, s.sample_index, opponent, p,
+                                  tie=(s.text == t) or abs(p - 0.5) < tie_margin,
+                                  judge="ensemble"))
+    return out
+
+
+def eval_items(pool, n: int) -> list:
+    """The held-out prompts evaluated every round: all, or the first n by id."""
+    items = sorted(pool.eval, key=lambda it: it.prompt_id)
+    return items[:n] if n else items

@@ -1,0 +1,86 @@
+"""Label: judge the candidate pairs, select the informative ones, route them to the judges
+or to people, and turn judge probabilities and votes into soft-labeled pairs.
+
+    make_ensemble   the judges, refit and calibrated on every earlier round's human labels
+    judge           generations -> candidates.parquet (judged, selected, routed)
+    label           candidates + the queue's votes -> labels.parquet, labeled_pairs.parquet
+
+The labeling itself lives in `alignloop.labeling` (shared with `alignloop judge`); these
+functions wire it to the round directory.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alignloop import artifacts as A
+from alignloop.config import LabelingConfig
+from alignloop.data import write_pairs
+from alignloop.records import Pair
+
+log = logging.getLogger(__name__)
+
+
+def earlier_labels(round_dirs: list[Path]) -> list:
+    """Every label of the given rounds (their labels.parquet, where present)."""
+    from alignloop.labeling.labels import read_labels
+
+    return [x for rdir in round_dirs if (rdir / A.LABELS).exists()
+            for x in read_labels(rdir / A.LABELS)]
+
+
+def make_ensemble(cfg: LabelingConfig, history: list):
+    """(ensemble, calibration report): the configured judges, refit and calibrated on the
+    human labels in `history`; (None, {}) without judges."""
+    from alignloop.labeling.ensemble import Ensemble
+    from alignloop.labeling.labeler import learn_from_labels
+
+    if not cfg.judges:
+        return None, {}
+    return learn_from_labels(Ensemble.from_specs(cfg.judges), history, cfg)
+
+
+def judge(rdir: Path, *, generations: list[dict], ensemble, cfg: LabelingConfig, beta: float,
+          round: int, policy: str, reference: str):
+    """Judge, select and route -> candidates.parquet. The `apl` strategy also scores every
+    response under `policy` and `reference` (its implicit reward)."""
+    from alignloop.labeling.labeler import groups_from_completions, judge_candidates
+    from alignloop.labeling.logprobs import with_logprobs
+
+    groups = groups_from_completions(generations, source=str(rdir / A.GENERATIONS))
+    if cfg.selection.strategy == "apl":
+        groups = with_logprobs(groups, policy=policy, reference=reference)
+    table = judge_candidates(groups, ensemble, cfg, round=round, beta=beta)
+    A.write_parquet(rdir / A.CANDIDATES, table.rows)
+    return table
+
+
+def label(rdir: Path, *, candidates, ensemble, queue, cfg: LabelingConfig, round: int,
+          simulate=None, calibration: dict | None = None) -> list[Pair]:
+    """Pairs routed to people go to `queue` (a LabelQueue); wait for their votes (or exit with
+    "waiting for N labels"), aggregate, and write labels.parquet and labeled_pairs.parquet.
+    `simulate(round)`, when given, lets simulated annotators label the queue first."""
+    from alignloop.labeling.labeler import queue_items, soft_labels
+    from alignloop.labeling.labels import write_labels
+
+    human = cfg.human
+    items = queue_items(candidates, human)
+    votes = []
+    if items and queue is not None:
+        queue.submit(items)
+        if simulate is not None:
+            simulate(round)
+        queue.wait_or_exit(round, human.min_labels, mode=human.wait,
+                           timeout_s=human.wait_timeout_s)
+        votes = queue.votes(round)
+    elif items:
+        log.warning("%d pairs were routed to people but no queue is configured", len(items))
+    result = soft_labels(candidates, votes, cfg, round=round, ensemble=ensemble)
+    write_labels(rdir / A.LABELS, result.labels)
+    A.atomic_write_json(rdir / A.CALIBRATION, {"before_round": calibration or {},
+                                               "this_round": result.calibration,
+                                               "reliability": result.reliability,
+                                               "dropped": len(result.dropped)})
+    write_pairs(rdir / A.LABELED_PAIRS, result.pairs)
+    return result.pairs

@@ -1,0 +1,122 @@
+"""The round driver's wiring: the stage table, which policy a round starts from, preflight
+checks, the held-out leak check, a run made before the restructure resuming, and the tiny
+loop with a driver's own queue and the `apl` selection strategy."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from alignloop import artifacts as A
+from alignloop.config import load_config
+from alignloop.errors import HeldoutLeak
+from alignloop.generation import PromptItem
+from alignloop.prompt_pool import PromptPool
+from alignloop.rounds import Loop
+from alignloop.rounds.loop import ONLINE, ROUND0, stage_names
+from alignloop.rounds.state import RunError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+FIXTURE = ROOT / "tests" / "fixtures" / "premove_tiny_run"
+FAST = ["loop.eval_prompts=6", "loop.prompts_per_round=4", "generation.n=3",
+        "generation.max_new_tokens=8", "train.max_steps=2", "labeling.human.budget=4"]
+
+
+def test_one_table_names_each_stage_and_its_outputs_once():
+    assert stage_names(0) == ("assemble", "reference", "train", "eval", "report")
+    assert stage_names(1) == ("slices", "generate", "judge", "label", "assemble", "reference",
+                              "train", "eval", "report")
+    outputs = [o for s in ONLINE for o in s.outputs]
+    assert len(outputs) == len(set(outputs))
+    assert {s.name: s.outputs for s in ROUND0}["train"] == (A.POLICY, A.TRAIN_LOG)
+
+
+def _with_gates(tmp_path, gates: dict[int, str]) -> Loop:
+    loop = Loop(load_config(TINY), tmp_path)
+    for k, action in gates.items():
+        loop.state.round_state(k)["gate"] = {"tripped": bool(action), "reason": "x",
+                                             "action": action}
+    return loop
+
+
+def test_a_rolled_back_round_hands_on_its_start(tmp_path):
+    loop = _with_gates(tmp_path, {0: "", 1: "rollback", 2: ""})
+    assert loop.start_round(2) == 0                       # round 1 was rolled back
+    assert loop.policy(1) == str(loop.rdir(0) / "policy")
+    assert loop.policy(2) == str(loop.rdir(2) / "policy")
+    assert loop.reference(2) == str(loop.rdir(0) / "policy")   # reference.mode: previous
+    flagged = _with_gates(tmp_path / "f", {0: "", 1: "flag"})
+    assert flagged.start_round(2) == 1                    # a flag does not roll back
+    all_back = _with_gates(tmp_path / "b", {0: "rollback"})
+    assert all_back.start_round(1) is None and all_back.policy(0) == "builtin:tiny-random"
+
+
+def test_slice_metric_without_a_pointwise_judge_fails_in_preflight(tmp_path):
+    cfg = load_config(TINY, ["labeling.judges=[{kind: embedding_ensemble}]"])
+    with pytest.raises(RunError, match="loop.slices.metric"):
+        Loop(cfg, tmp_path).run()
+    assert not (tmp_path / "round_000").exists()
+    # one round needs no slices: the same config runs round 0 alone
+    Loop(cfg, tmp_path).preflight(1)
+
+
+def test_a_held_out_prompt_reaching_generation_is_an_error(tmp_path):
+    from alignloop.stages.slices import mine_slices
+
+    cfg = load_config(TINY)
+    shared = PromptItem("p1", "A shared prompt?", "complaint")
+    pool = PromptPool(train=[shared, PromptItem("p2", "Another?", "complaint")],
+                      eval=[shared, PromptItem("p3", "Held out?", "complaint")])
+    values = [{"prompt_id": p, "value": 0.0} for p in ("p1", "p3")]
+    with pytest.raises(HeldoutLeak, match="p1"):
+        mine_slices(tmp_path, cfg=cfg.loop.slices.__class__(min_size=1), pool=pool,
+                    previous_eval=values, used=set(), prompts_per_round=4, seed=0, round=1)
+
+
+def test_a_run_made_before_the_restructure_resumes(tmp_path):
+    """The fixture is a tiny run made by alignloop 50966ba (before loop/ became subpackages,
+    with the old config key names), killed inside round 0's reference stage."""
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    before = json.loads((run / "state.json").read_text())["rounds"]["0"]["stages"]["assemble"]
+    old = {name: (run / "round_000" / name).read_bytes()
+           for name in (A.PAIRS, A.HELDOUT_PAIRS, A.REFERENCE_LOGPS)}
+    summary = Loop(load_config(TINY, ["loop.rounds=1"]), run).run()
+    assert summary["rounds"] == [0]
+    state = json.loads((run / "state.json").read_text())["rounds"]["0"]
+    assert state["stages"]["assemble"] == before            # done before the move: not redone
+    assert all(state["stages"][s]["status"] == "done" for s in stage_names(0))
+    # the interrupted reference stage was redone by today's code, with the same bytes as the
+    # old code wrote before it was killed
+    for name, data in old.items():
+        assert (run / "round_000" / name).read_bytes() == data, name
+    # today's assemble stage writes the pairs the old code recorded in state.json
+    fresh = Loop(load_config(TINY), tmp_path / "fresh")
+    fresh.rdir(0).mkdir(parents=True)
+    fresh.assemble_static(0)
+    for name, info in before["outputs"].items():
+        assert A.file_sha256(fresh.rdir(0) / name)[:16] == info["sha256"], name
+
+
+def test_tiny_loop_with_a_memory_queue_and_apl_selection(tmp_path):
+    """A driver script's own LabelQueue (here the in-memory one: the run stops to wait for
+    labels, the driver collects them, the run resumes) and `apl` selection, which needs the
+    policy's and its reference's log-probs inside the judge stage."""
+    from alignloop.labeling.handoff import MemoryQueue, WaitingForLabels
+
+    cfg = load_config(TINY, [*FAST, "labeling.selection.strategy=apl",
+                             "loop.simulate_labels=false", "labeling.human.wait=exit"])
+    queue = MemoryQueue()
+    with pytest.raises(WaitingForLabels):
+        Loop(cfg, tmp_path, queue=queue).run()
+    assert queue.items, "pairs routed to people reached the driver's queue"
+    for person in ("ann", "bob"):   # both prefer the shorter response
+        queue.answer(person, lambda it: "a" if len(it.a) <= len(it.b) else "b")
+    summary = Loop(cfg, tmp_path, queue=queue).run()
+    assert summary["rounds"] == [0, 1], summary
+    candidates = A.read_parquet(tmp_path / "round_001" / A.CANDIDATES)
+    assert any(r["selected"] for r in candidates)
+    labels = A.read_parquet(tmp_path / "round_001" / A.LABELS)
+    assert {lab["annotator"] for lab in labels if lab["source"] == "human"} == {"ann", "bob"}
+    assert not (tmp_path / "queue.db").exists()
