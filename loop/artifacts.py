@@ -104,12 +104,17 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any, str | None]]:
                 yield n, None, f"line is not valid JSON ({e.msg}, column {e.colno})"
 
 
-def read_jsonl(path: Path) -> list[Any]:
-    """Every value of a JSON-lines file; the first bad line raises ValueError naming it."""
+def read_rows(path: Path, error: type[Exception] = ValueError, name: str = "") -> list[Any]:
+    """Every row of a parquet file, or every value of a JSON-lines file (any other suffix);
+    the first unreadable line raises `error` naming the file (`name`, default the path)
+    and the line."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return read_parquet(path)
     rows = []
-    for n, value, error in iter_jsonl(Path(path)):
-        if error:
-            raise ValueError(f"{path} row {n}: {error}")
+    for n, value, problem in iter_jsonl(path):
+        if problem:
+            raise error(f"{name or path} row {n}: {problem}")
         rows.append(value)
     return rows
 

@@ -36,20 +36,13 @@ def _prompt_id(prompt) -> str:
 
 def read_prompt_rows(path: str | Path) -> list[dict]:
     """Rows of a JSONL or parquet prompt file (or a built-in pool), each checked."""
-    from alignloop.artifacts import iter_jsonl, read_parquet
+    from alignloop.artifacts import read_rows
 
     name = str(path)
     p = BUILTIN_POOLS.get(name, Path(path))
     if not p.exists():
         raise FileNotFoundError(f"prompts file not found: {name}")
-    if p.suffix == ".parquet":
-        rows = read_parquet(p)
-    else:
-        rows = []
-        for n, value, error in iter_jsonl(p):
-            if error:
-                raise PromptError(f"{name} row {n}: {error}")
-            rows.append(value)
+    rows = read_rows(p, PromptError, name)
     for n, row in enumerate(rows, start=1):
         prompt = row.get("prompt") if isinstance(row, dict) else None
         if isinstance(prompt, str) and prompt[:1] == "[":

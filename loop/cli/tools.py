@@ -66,7 +66,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     the budget and route them (auto / human / drop); writes the candidate table."""
     from collections import Counter
 
-    from alignloop.artifacts import iter_jsonl, read_parquet, write_jsonl, write_parquet
+    from alignloop.artifacts import read_rows, write_jsonl, write_parquet
     from alignloop.config import load_config
     from alignloop.labeling import LabelingError
     from alignloop.labeling.ensemble import Ensemble
@@ -83,14 +83,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     path = Path(args.candidates)
     if not path.exists():
         raise FileNotFoundError(f"candidates file not found: {path}")
-    if path.suffix == ".parquet":
-        rows = read_parquet(path)
-    else:
-        rows = []
-        for n, value, error in iter_jsonl(path):
-            if error:
-                raise LabelingError(f"{path} row {n}: {error}")
-            rows.append(value)
+    rows = read_rows(path, LabelingError)
     groups = groups_from_completions(rows, source=str(path))
     if lab.selection.strategy == "apl":
         groups = with_logprobs(groups, policy=args.policy or cfg.model.name,
