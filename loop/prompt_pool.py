@@ -62,24 +62,37 @@ def read_prompt_rows(path: str | Path) -> list[dict]:
     return rows
 
 
+def _rows_with_ids(path: str | Path) -> list[tuple[str, dict]]:
+    """(prompt id, row) per row: the row's `prompt_id`, else a hash of the prompt. Ids are
+    unique: a repeated one (the same id, or the same prompt twice without ids) is an error
+    naming both rows, since seeds, samples and pairs are keyed by it."""
+    first: dict[str, int] = {}
+    out = []
+    for n, r in enumerate(read_prompt_rows(path), start=1):
+        pid = str(r.get("prompt_id") or _prompt_id(r["prompt"]))
+        if pid in first:
+            what = "prompt_id" if r.get("prompt_id") else "prompt (no prompt_id)"
+            raise PromptError(f"{path} rows {first[pid]} and {n}: the same {what} {pid!r}; "
+                              "every prompt needs its own prompt_id")
+        first[pid] = n
+        out.append((pid, r))
+    return out
+
+
 def read_prompts(path: str | Path) -> list:
     """PromptItems of a prompt file (every row, whatever its split)."""
     from alignloop.generation import PromptItem
 
-    return [PromptItem(str(r.get("prompt_id") or _prompt_id(r["prompt"])), r["prompt"],
-                       str(r.get("slice") or "")) for r in read_prompt_rows(path)]
+    return [PromptItem(pid, r["prompt"], str(r.get("slice") or ""))
+            for pid, r in _rows_with_ids(path)]
 
 
 def load_pool(path: str | Path, eval_share: float = 0.25) -> PromptPool:
     """The pool split into training and held-out prompts (ids unique across both)."""
     from alignloop.generation import PromptItem
 
-    train, held, seen = [], [], set()
-    for n, r in enumerate(read_prompt_rows(path), start=1):
-        pid = str(r.get("prompt_id") or _prompt_id(r["prompt"]))
-        if pid in seen:
-            raise PromptError(f"{path} row {n}: duplicate prompt_id {pid}")
-        seen.add(pid)
+    train, held = [], []
+    for pid, r in _rows_with_ids(path):
         split = r.get("split") or ("eval" if unit_interval(pid) < eval_share else "train")
         item = PromptItem(pid, r["prompt"], str(r.get("slice") or ""))
         (held if split == "eval" else train).append(item)

@@ -5,7 +5,7 @@ import json
 import pytest
 from alignloop.config import config_from_dict
 from alignloop.generation import PromptItem
-from alignloop.prompt_pool import PromptError, load_pool
+from alignloop.prompt_pool import PromptError, load_pool, read_prompts
 from alignloop.rounds.loop import stage_names
 from alignloop.rounds.state import Run, RunError, status_table
 from alignloop.stages.slices import choose_failures, pick_prompts, slice_stats
@@ -46,17 +46,25 @@ def test_interrupted_stage_is_redone(tmp_path):
 def test_changed_config_is_refused_naming_the_key_unless_redone(tmp_path):
     run = Run(tmp_path, config_from_dict({}), stage_names=stage_names)
     run.check_config()
+    run.begin()
     run.stage(0, "assemble", lambda: None, [])
+    run.stage(1, "slices", lambda: None, [])
     more_rounds = Run(tmp_path, config_from_dict({"loop": {"rounds": 7}}), stage_names=stage_names)
     more_rounds.check_config()  # extending a run is fine
     changed = Run(tmp_path, config_from_dict({"train": {"beta": 0.3}}), stage_names=stage_names)
-    with pytest.raises(RunError, match="train.beta"):
+    with pytest.raises(RunError, match="round 0 ran with a different config .changed: train.beta"):
         changed.check_config()
-    changed.redo_from(0, "assemble")
-    changed.check_config()
+    with pytest.raises(RunError, match="round 0 ran"):
+        changed.check_config(redo=changed.plan_redo("1:slices"))   # round 0 is not redone
+    for bad, why in (("0:slices", "round 0 has no stage 'slices'"), ("5:train", "round 5 has not started"),
+                     ("abc", "expected ROUND:STAGE"), ("1", "expected ROUND:STAGE")):
+        with pytest.raises(RunError, match=why):
+            changed.plan_redo(bad)
+    redo = changed.plan_redo("0:assemble")
+    changed.check_config(redo=redo)
+    changed.begin(redo)
     assert "assemble" not in changed.round_state(0)["stages"]
-    with pytest.raises(Exception, match="no stage 'slices'"):
-        changed.redo_from(0, "slices")
+    assert "1" not in changed.state["rounds"]
 
 
 def _pool_file(tmp_path, rows):
@@ -121,3 +129,16 @@ def test_prompt_quota_follows_shortfall_from_the_best_slice():
     counts = {s: sum(it.slice == s for it in chosen) for s in ("order_status", "bad_news")}
     # shortfalls 0.83 and 0.78: close to an even split, not everything to the worst one
     assert counts == {"order_status": 12, "bad_news": 12} or abs(counts["order_status"] - 12) <= 1
+
+
+@pytest.mark.parametrize("rows, what", [
+    ([{"prompt_id": "a", "prompt": "first?"}, {"prompt_id": "b", "prompt": "x?"},
+      {"prompt_id": "a", "prompt": "second?"}], "rows 1 and 3: the same prompt_id 'a'"),
+    ([{"prompt": "same?"}, {"prompt": "same?"}], "rows 1 and 2: the same prompt (no prompt_id)"),
+])
+def test_a_repeated_prompt_id_names_both_rows(tmp_path, rows, what):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for read in (read_prompts, load_pool):
+        with pytest.raises(PromptError, match=what.replace("(", r"\(").replace(")", r"\)")):
+            read(path)

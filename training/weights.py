@@ -60,11 +60,23 @@ def save_policy(model, tokenizer, out_dir: Path) -> Path:
     with atomic_dir(out_dir) as tmp:
         if is_peft_model(model):
             model.save_pretrained(tmp / "adapter")
+            _sort_target_modules(tmp / "adapter" / "adapter_config.json")
             merged_copy(model).save_pretrained(tmp)
         else:
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return out_dir
+
+
+def _sort_target_modules(path: Path) -> None:
+    """peft writes `target_modules` from a set, in an order that changes from process to
+    process (string hashing is salted); sorted, the same policy gives the same bytes."""
+    import json
+
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _merged_lora_state(model):

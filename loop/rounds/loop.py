@@ -55,11 +55,10 @@ class Loop:
     def run(self, rounds: int | None = None, *, redo_from: str | None = None) -> dict:
         """Run (or resume) rounds 0..rounds-1; returns a summary."""
         n = rounds if rounds is not None else self.cfg.loop.rounds
+        redo = self.state.plan_redo(redo_from) if redo_from else None
+        self.state.check_config(redo=redo)      # every check before any write
         self.preflight(n)
-        if redo_from:
-            k, _, stage = redo_from.partition(":")
-            self.state.redo_from(int(k), stage)
-        self.state.check_config()
+        self.state.begin(redo)
         summary: dict = {"run_dir": str(self.dir), "rounds": []}
         for k in range(n):
             if k > 0 and not self.state.round_done(k - 1):

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from alignloop.artifacts import atomic_write_json, file_sha256, round_dir
-from alignloop.config import Config, ConfigError, config_from_dict, dump_config, to_dict
+from alignloop.config import Config, config_from_dict, dump_config, to_dict
 from alignloop.errors import AlignloopError
 
 StageNames = Callable[[int], "tuple[str, ...]"]
@@ -138,40 +138,60 @@ class Run:
 
     # ------------------------------------------------------------------ config
 
-    def check_config(self) -> None:
-        """Refuse a config that differs from the one a started round ran with."""
+    def plan_redo(self, spec: str) -> tuple[int, str]:
+        """Parse and check `--redo-from ROUND:STAGE` against this run; writes nothing."""
+        k_text, sep, stage = spec.partition(":")
+        if not sep or not k_text.strip().isdigit():
+            raise RunError(f"--redo-from {spec!r}: expected ROUND:STAGE, e.g. 1:train")
+        k = int(k_text)
+        started = sorted(int(r) for r, rs in self.state["rounds"].items() if rs["stages"])
+        if k not in started:
+            raise RunError(f"--redo-from {spec}: round {k} has not started in {self.dir} "
+                           f"(started rounds: {', '.join(map(str, started)) or 'none'})")
+        order = self.stage_names(k)
+        if stage not in order:
+            raise RunError(f"--redo-from {spec}: round {k} has no stage {stage!r}; its stages: "
+                           f"{', '.join(order)}")
+        return k, stage
+
+    def check_config(self, *, redo: tuple[int, str] | None = None) -> None:
+        """Refuse a config that differs from the one a started round ran with (rounds from
+        the `redo` round on are redone and not checked). Writes nothing."""
         flat_path = self.dir / ".config_flat.json"
         old = json.loads(flat_path.read_text()) if flat_path.exists() else None
         for k, rs in sorted(self.state["rounds"].items(), key=lambda t: int(t[0])):
+            if redo is not None and int(k) >= redo[0]:
+                break
             recorded = rs.get("config_hash")
             if recorded and recorded != self.config_hash and rs["stages"]:
                 changed = changed_keys(old, self._flat) if old is not None else []
                 if old is not None and not changed:
-                    rs["config_hash"] = self.config_hash   # the same config, written by an older alignloop
-                    continue
+                    continue   # the same config, recorded by an older alignloop
                 shown = ", ".join(changed[:8]) + (" ..." if len(changed) > 8 else "")
                 raise RunError(
                     f"{self.dir}: round {k} ran with a different config (changed: "
                     f"{shown or 'unknown'}); rerun with --redo-from {k}:STAGE to redo from a "
                     f"stage with the new config, or use a new run directory")
-        self.save()
-        atomic_write_json(flat_path, self._flat)
-        dump_config(self.cfg, self.dir / "config.yaml")
 
-    def redo_from(self, k: int, stage: str) -> None:
-        """Forget `stage` of round k and everything after it (later rounds too)."""
-        order = self.stage_names(k)
-        if stage not in order:
-            raise ConfigError("--redo-from", f"round {k} has no stage {stage!r}; its stages: "
-                              f"{list(order)}")
-        rs = self.round_state(k)
-        for s in order[order.index(stage):]:
-            rs["stages"].pop(s, None)
-        rs.pop("gate", None)
-        rs["config_hash"] = self.config_hash
-        for later in [r for r in self.state["rounds"] if int(r) > k]:
-            del self.state["rounds"][later]
+    def begin(self, redo: tuple[int, str] | None = None) -> None:
+        """After `check_config` (and `plan_redo`) passed: forget the redone stage of its round
+        and everything after it (later rounds too), stamp the config on the rounds it matches,
+        and write state.json, the flat config and config.yaml."""
+        if redo is not None:
+            k, stage = redo
+            order = self.stage_names(k)
+            rs = self.round_state(k)
+            for s in order[order.index(stage):]:
+                rs["stages"].pop(s, None)
+            rs.pop("gate", None)
+            for later in [r for r in self.state["rounds"] if int(r) > k]:
+                del self.state["rounds"][later]
+        for rs in self.state["rounds"].values():
+            if rs["stages"]:
+                rs["config_hash"] = self.config_hash
         self.save()
+        atomic_write_json(self.dir / ".config_flat.json", self._flat)
+        dump_config(self.cfg, self.dir / "config.yaml")
 
     # ------------------------------------------------------------------ stages
 
