@@ -18,7 +18,11 @@ def test_help_is_fast_and_lists_commands():
     assert out.returncode == 0 and "train" in out.stdout
 
 
-def test_train_writes_artifacts(tmp_path):
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_train_writes_artifacts_and_a_failed_train_changes_nothing(tmp_path):
     out = run("train", "configs/tiny.yaml", "--out", str(tmp_path / "r"), "--set", "train.max_steps=1",
               "--set", "data.limit=8", "--set", "train.loss=ipo")
     assert out.returncode == 0, out.stderr
@@ -28,6 +32,14 @@ def test_train_writes_artifacts(tmp_path):
     assert "loss: ipo" in (r / "config.yaml").read_text()
     assert "limit: 8" in (r / "config.yaml").read_text()
     assert "trained 1 steps on 8 pairs" in out.stdout
+    # a refused train into the same folder leaves it byte-identical (config.yaml included)
+    before = _tree(r)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "Hi", "chosen": "a", "rejected": "a"}\n')
+    for args in (["--pairs", str(bad)], ["--set", "model.name=no/such/dir/x"]):
+        out = run("train", "configs/tiny.yaml", "--out", str(r), "--set", "train.beta=0.5", *args)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert _tree(r) == before, args
 
 
 def test_config_error_names_key(tmp_path):
@@ -44,7 +56,7 @@ def test_bad_row_names_file_and_row(tmp_path):
     out = run("train", "configs/tiny.yaml", "--pairs", str(bad), "--out", str(tmp_path / "r"))
     assert out.returncode == 2
     assert "pairs.jsonl row 2" in out.stderr and "identical" in out.stderr
-    assert not (tmp_path / "r" / "policy").exists()
+    assert not (tmp_path / "r").exists()                  # no new folder left behind
 
 
 def test_config_docs():

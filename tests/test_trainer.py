@@ -92,16 +92,21 @@ def test_checkpoint_of_another_run_is_refused(pairs, tmp_path, monkeypatch):
         _train(pairs, tmp_path / "run", _cfg(save_every=1, max_steps=2, beta=0.5))
 
 
-def test_reference_cache_reused_only_when_valid(pairs, tmp_path):
+def test_reference_cache_reused_only_when_valid(pairs, tmp_path, caplog):
+    import logging
+
     import pyarrow.parquet as pq
 
+    caplog.set_level(logging.INFO, logger="alignloop.training")
     first = _train(pairs, tmp_path / "run", _cfg(max_steps=1))
     assert not first.reference_reused
+    assert f"reference log-probs: 0 pairs cached, {len(pairs)} computed" in caplog.text
     cache = tmp_path / "run/reference_logps.parquet"
     table = pq.read_table(cache)
     assert table.num_rows == len(pairs) and set(table.column("reference_hash").to_pylist()) == {first.reference_hash}
     again = _train(pairs, tmp_path / "run", _cfg(max_steps=1))
     assert again.reference_reused
+    assert f"reference log-probs: {len(pairs)} pairs cached, 0 computed" in caplog.text
     # a cache written for other reference weights is recomputed, never reused
     rows = table.to_pylist()
     for r in rows:

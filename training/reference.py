@@ -96,7 +96,9 @@ def reference_logps(model, encoded: list[EncodedPair], *, path: Path, reference_
     """Cached reference log-probs, computing and writing them when the cache is not valid."""
     cached = load_cached(path, encoded, reference_hash)
     if cached is not None:
+        log.info("reference log-probs: %d pairs cached, 0 computed (%s)", len(encoded), path)
         return cached
+    log.info("reference log-probs: 0 pairs cached, %d computed", len(encoded))
     chosen, rejected = compute_reference_logps(model, encoded, pad_id=pad_id,
                                                batch_size=batch_size, device=device,
                                                progress=progress)

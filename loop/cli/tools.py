@@ -9,10 +9,13 @@ from pathlib import Path
 
 def cmd_train(args: argparse.Namespace) -> int:
     """One DPO training run on a pairs file: OUT/policy, OUT/train_log.jsonl, OUT/reference_logps.parquet."""
+    import shutil
     from dataclasses import replace
 
     from alignloop.config import dump_config, load_config
     from alignloop.data import read_pairs_from_config
+    from alignloop.errors import AlignloopError
+    from alignloop.models import resolve_model_path
     from alignloop.training.trainer import train_dpo
 
     cfg = load_config(args.config, args.sets)
@@ -22,15 +25,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = replace(cfg, data=replace(cfg.data, path=str(data_path)))
     if args.reference:
         cfg = replace(cfg, reference=replace(cfg.reference, model=args.reference))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
+    # Every check before anything is written: a refused command leaves OUT as it was.
     pairs, report = read_pairs_from_config(cfg.data)
+    for ref in (cfg.model.name, cfg.reference.model):
+        if ref:
+            resolve_model_path(ref)
     logging.getLogger("alignloop").info("read %d pairs (%d rows) from %s; skipped: %s",
                                         report.n_valid, report.n_read, data_path,
                                         report.skipped or "none")
-    result = train_dpo(pairs, out_dir=out, policy=cfg.model.name, reference=cfg.reference.model,
-                       model_cfg=cfg.model, data_cfg=cfg.data, train_cfg=cfg.train)
+    out = Path(args.out)
+    created = not out.exists()
+    try:
+        result = train_dpo(pairs, out_dir=out, policy=cfg.model.name,
+                           reference=cfg.reference.model, model_cfg=cfg.model,
+                           data_cfg=cfg.data, train_cfg=cfg.train)
+    except AlignloopError:
+        if created:   # refused inside the trainer (e.g. a pair too long): leave no new folder
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    dump_config(cfg, out / "config.yaml")   # with the outputs it describes, atomically
     m = result.metrics
     print(f"trained {result.steps} steps on {result.n_pairs} pairs -> {result.policy_dir}")
     if m:
