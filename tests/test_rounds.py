@@ -120,3 +120,19 @@ def test_tiny_loop_with_a_memory_queue_and_apl_selection(tmp_path):
     labels = A.read_parquet(tmp_path / "round_001" / A.LABELS)
     assert {lab["annotator"] for lab in labels if lab["source"] == "human"} == {"ann", "bob"}
     assert not (tmp_path / "queue.db").exists()
+
+
+def test_a_simulated_vote_depends_on_seed_annotator_and_item_only():
+    """What a panel bot votes on an item does not depend on the order the queue showed the
+    two responses in, nor on what it labeled before (its draws come from `item_rng`)."""
+    from alignloop.demo.labelers import panel_answerers
+    from alignloop.labeling.queue.simulate import item_rng
+
+    bot = panel_answerers("demo", 1)[0]
+    prompt, x, y = "My order is late.", "I'm so sorry, it ships today!", "Not our problem."
+    for item in (f"item-{i}" for i in range(20)):
+        ab, _ = bot.answer(prompt, x, y, item_rng(0, "bot", item))
+        ba, _ = bot.answer(prompt, y, x, item_rng(0, "bot", item))
+        assert {"a": x, "b": y}[ab] == {"a": y, "b": x}[ba]
+    draws = [item_rng(s, "bot", "item-1").random() for s in (0, 0, 1)]
+    assert draws[0] == draws[1] != draws[2]

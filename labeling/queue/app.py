@@ -48,6 +48,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import secrets
 import socket
 import threading
@@ -171,10 +172,11 @@ async def _refuse(send, status: int) -> None:
 def create_app(store: QueueStore, *, max_body_bytes: int = 64 * 1024, lease_seconds: float = 600,
                gold_rate: float = 0.0, secure_cookies: bool = False,
                secret: bytes | str | None = None,
-               auth_cache_seconds: float = AUTH_CACHE_SECONDS) -> FastAPI:
+               auth_cache_seconds: float = AUTH_CACHE_SECONDS, seed: int | None = None) -> FastAPI:
     """The web app over `store`. `secret` signs sessions (default: `resolve_secret` of the
     store's URL); a bearer token checked less than `auth_cache_seconds` ago is not looked
-    up again (so a disabled token keeps working that long; 0 turns the cache off)."""
+    up again (so a disabled token keeps working that long; 0 turns the cache off). `seed`
+    makes display orders and gold draws reproducible (simulated panels; default: fresh)."""
     if secret is None:
         secret = resolve_secret(getattr(store, "url", None))
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -188,6 +190,8 @@ def create_app(store: QueueStore, *, max_body_bytes: int = 64 * 1024, lease_seco
         sessions=Sessions(secret.encode() if isinstance(secret, str) else secret,
                           secure_cookies),
         auth_cache_seconds=auth_cache_seconds)
+    if seed is not None:
+        app.state.queue_web.rng = random.Random(seed)
     app.add_middleware(_Guard, limit=max_body_bytes or 2**62)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.add_exception_handler(RequestValidationError, _invalid_field)

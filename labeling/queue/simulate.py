@@ -101,7 +101,8 @@ class ApiClient:
 
 
 class Answerer(Protocol):
-    """What a bot asks to label an item: (choice relative to a/b, confidence 1-3)."""
+    """What a bot asks to label an item: (choice relative to a/b, confidence 1-3). `rng` is
+    drawn for this bot and this item alone (`item_rng`)."""
 
     def answer(self, prompt, a: str, b: str, rng: random.Random) -> tuple[str, int]: ...
 
@@ -130,13 +131,19 @@ class _Idle:
             return len(self.idle) == self.n
 
 
+def item_rng(seed: int, bot: str, item_id: str) -> random.Random:
+    """The random draws of one bot on one item: they depend only on the seed, the bot and
+    the item (a string seed is hashed with SHA-512, the same in every process), so what a
+    simulated annotator votes does not depend on which items it happened to get first."""
+    return random.Random(f"{seed}:{bot}:{item_id}")
+
+
 def run_bot(name: str, url: str, token: str, answerer: Answerer, *, seed: int = 0,
             max_labels: int | None = None, stop: threading.Event | None = None,
             on_label: Callable[[dict, str, dict], None] | None = None,
             panel: _Idle | None = None, poll_s: float = 0.1) -> BotReport:
     """Label until nothing is left (204; in a panel: until every bot got one), `max_labels`,
     or `stop`."""
-    rng = random.Random(seed)
     client = ApiClient(url, token)
     report = BotReport(name)
     try:
@@ -149,7 +156,8 @@ def run_bot(name: str, url: str, token: str, answerer: Answerer, *, seed: int = 
                     break
                 time.sleep(poll_s)
                 continue
-            choice, confidence = answerer.answer(item["prompt"], item["a"], item["b"], rng)
+            choice, confidence = answerer.answer(item["prompt"], item["a"], item["b"],
+                                                 item_rng(seed, name, item["item_id"]))
             status, body = client.label(item["item_id"], item["lease_id"], choice, confidence,
                                         idempotency_key=f"{name}:{uuid.uuid4().hex}")
             report.labeled += status == 201
@@ -188,3 +196,36 @@ def run_panel(url: str, tokens: Sequence[tuple[str, str]], answerers: Sequence[A
     for t in threads:
         t.join()
     return [r for r in reports if r is not None]
+
+
+def run_panel_in_turn(url: str, tokens: Sequence[tuple[str, str]],
+                      answerers: Sequence[Answerer], *, seed: int = 0) -> list[BotReport]:
+    """The bots take turns, one item each in a fixed order, through the same JSON API, until
+    a whole turn finds nothing left. Which bot gets which item, and what it answers, then
+    depend only on the queue and the seed: a simulated round is the same run to run (a
+    concurrent panel, `run_panel`, is what load tests want instead)."""
+    if len(answerers) != len(tokens):
+        raise ValueError(f"{len(answerers)} answerers for {len(tokens)} tokens")
+    clients = [ApiClient(url, token) for _, token in tokens]
+    reports = [BotReport(name) for name, _ in tokens]
+    try:
+        busy = True
+        while busy:
+            busy = False
+            for (name, _), client, answerer, report in zip(tokens, clients, answerers, reports,
+                                                           strict=True):
+                item = client.next()
+                if item is None:
+                    continue
+                busy = True
+                choice, confidence = answerer.answer(item["prompt"], item["a"], item["b"],
+                                                     item_rng(seed, name, item["item_id"]))
+                status, _ = client.label(item["item_id"], item["lease_id"], choice, confidence,
+                                         idempotency_key=f"{name}:{item['lease_id']}")
+                report.labeled += status == 201
+                report.replays += status == 200
+    finally:
+        for client, report in zip(clients, reports, strict=True):
+            report.retries = client.retries
+            client.close()
+    return reports

@@ -25,9 +25,13 @@ class PanelBot:
         self.annotator = annotator
 
     def answer(self, prompt, a: str, b: str, rng: random.Random) -> tuple[str, int]:
-        p = self.panel.p_prefers_a(prompt, a, b, self.annotator)
+        """A Bradley-Terry draw, made on the two responses in a fixed (sorted) order, so the
+        vote does not depend on the order the queue showed them in."""
+        first, second = sorted((a, b))
+        p = self.panel.p_prefers_a(prompt, first, second, self.annotator)
         confidence = 3 if abs(p - 0.5) > 0.35 else 2 if abs(p - 0.5) > 0.15 else 1
-        return ("a" if rng.random() < p else "b"), confidence
+        winner = first if rng.random() < p else second
+        return ("a" if winner == a else "b"), confidence
 
 
 def panel_answerers(name: str, n: int, *, encoder=None) -> list[PanelBot]:
@@ -54,14 +58,15 @@ def simulate_round(store, run_dir: str | Path, *, panel: str = "demo", seed: int
     """Serve the queue on a free loopback port and let every panel bot label until nothing
     is left for it; returns the bots' reports (labels, retries, errors)."""
     from alignloop.labeling.queue.app import ServerThread, create_app
-    from alignloop.labeling.queue.simulate import run_panel
+    from alignloop.labeling.queue.simulate import run_panel_in_turn
 
     p = Panel(panel, encoder=encoder)
     tokens = panel_tokens(store, Path(run_dir), p)
-    with ServerThread(create_app(store)) as url:
-        # the bots stop together, once none of them has anything left to label (a vote
-        # that disagrees with the first reopens an item for the others)
-        reports = run_panel(url, tokens, [PanelBot(p, a) for a in p.annotators], seed=seed)
+    with ServerThread(create_app(store, seed=seed)) as url:
+        # in turn, until a whole turn finds nothing left (a vote that disagrees with the
+        # first reopens an item for the others): the same labels run to run
+        reports = run_panel_in_turn(url, tokens, [PanelBot(p, a) for a in p.annotators],
+                                    seed=seed)
     errors = [e for r in reports for e in r.errors]
     if errors:
         raise RuntimeError(f"panel bots failed: {errors[:3]}")
