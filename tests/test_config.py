@@ -96,3 +96,15 @@ def test_import_alignloop_does_not_import_torch():
     code = "import alignloop, alignloop.config, alignloop.cli, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_renamed_keys_are_read_with_a_warning_and_both_names_are_refused(caplog):
+    from alignloop.config import config_from_dict
+
+    cfg = config_from_dict({"loop": {"gate": {"kl_budget": 3.0}}, "report": {"kl_budget": 1.0}},
+                           ["loop.gate.slice_regression=0.2"])
+    assert (cfg.loop.gate.max_kl_to_base, cfg.loop.gate.max_slice_drop) == (3.0, 0.2)
+    assert cfg.report.alert_kl_to_reference == 1.0
+    assert "'loop.gate.kl_budget' is now called 'loop.gate.max_kl_to_base'" in caplog.text
+    with pytest.raises(ConfigError, match="loop.gate.kl_budget.*give only the new key"):
+        config_from_dict({"loop": {"gate": {"kl_budget": 3.0, "max_kl_to_base": 2.0}}})

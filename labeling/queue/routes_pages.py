@@ -55,6 +55,16 @@ def _forbidden(web: QueueWeb, request: Request) -> Response:
                   "Reload the page and try again.")
 
 
+async def _posted_form(web: QueueWeb, request: Request):
+    """(form, session) of a POSTed page form whose CSRF token matches its session, else
+    (None, None): the caller answers `_forbidden`."""
+    form = await request.form()
+    session = web.sessions.read(request)
+    if not web.sessions.csrf_ok(session, form.get("csrf")):
+        return None, None
+    return form, session
+
+
 def _signed_out(web: QueueWeb) -> Response:
     response = RedirectResponse("/", status_code=303)
     web.sessions.clear(response)
@@ -76,9 +86,8 @@ async def index(request: Request, web: Web):
 
 @router.post("/login")
 async def login(request: Request, web: Web):
-    form = await request.form()
-    session = web.sessions.read(request)
-    if not web.sessions.csrf_ok(session, form.get("csrf")):
+    form, session = await _posted_form(web, request)
+    if form is None:
         return _forbidden(web, request)
     token = str(form.get("token") or "").strip()
     annotator = await run_in_threadpool(web.store.authenticate, token) if token else None
@@ -94,8 +103,8 @@ async def login(request: Request, web: Web):
 
 @router.post("/logout")
 async def logout(request: Request, web: Web):
-    form = await request.form()
-    if not web.sessions.csrf_ok(web.sessions.read(request), form.get("csrf")):
+    form, _ = await _posted_form(web, request)
+    if form is None:
         return _forbidden(web, request)
     return _signed_out(web)
 
@@ -155,9 +164,8 @@ def _refusal(web: QueueWeb, f: dict[str, str]) -> tuple[str, str] | None:
 
 @router.post("/label")
 async def label_submit(request: Request, web: Web):
-    form = await request.form()
-    session = web.sessions.read(request)
-    if not web.sessions.csrf_ok(session, form.get("csrf")):
+    form, session = await _posted_form(web, request)
+    if form is None:
         return _forbidden(web, request)
     if not session.get("aid"):
         return RedirectResponse("/", status_code=303)

@@ -138,6 +138,19 @@ def item_rng(seed: int, bot: str, item_id: str) -> random.Random:
     return random.Random(f"{seed}:{bot}:{item_id}")
 
 
+def _answer(client: ApiClient, name: str, answerer: Answerer, item: dict, seed: int,
+            report: BotReport) -> tuple[str, dict]:
+    """Answer one leased item and submit the label (keyed by the lease: a retried
+    submission is recorded once); count it in `report`. Returns (choice, response body)."""
+    choice, confidence = answerer.answer(item["prompt"], item["a"], item["b"],
+                                         item_rng(seed, name, item["item_id"]))
+    status, body = client.label(item["item_id"], item["lease_id"], choice, confidence,
+                                idempotency_key=f"{name}:{item['lease_id']}")
+    report.labeled += status == 201
+    report.replays += status == 200
+    return choice, body
+
+
 def run_bot(name: str, url: str, token: str, answerer: Answerer, *, seed: int = 0,
             max_labels: int | None = None, stop: threading.Event | None = None,
             on_label: Callable[[dict, str, dict], None] | None = None,
@@ -156,12 +169,7 @@ def run_bot(name: str, url: str, token: str, answerer: Answerer, *, seed: int = 
                     break
                 time.sleep(poll_s)
                 continue
-            choice, confidence = answerer.answer(item["prompt"], item["a"], item["b"],
-                                                 item_rng(seed, name, item["item_id"]))
-            status, body = client.label(item["item_id"], item["lease_id"], choice, confidence,
-                                        idempotency_key=f"{name}:{uuid.uuid4().hex}")
-            report.labeled += status == 201
-            report.replays += status == 200
+            choice, body = _answer(client, name, answerer, item, seed, report)
             if on_label:
                 on_label(item, choice, body)
     except Exception as e:  # noqa: BLE001 (reported to the caller, who decides)
@@ -218,12 +226,7 @@ def run_panel_in_turn(url: str, tokens: Sequence[tuple[str, str]],
                 if item is None:
                     continue
                 busy = True
-                choice, confidence = answerer.answer(item["prompt"], item["a"], item["b"],
-                                                     item_rng(seed, name, item["item_id"]))
-                status, _ = client.label(item["item_id"], item["lease_id"], choice, confidence,
-                                         idempotency_key=f"{name}:{item['lease_id']}")
-                report.labeled += status == 201
-                report.replays += status == 200
+                _answer(client, name, answerer, item, seed, report)
     finally:
         for client, report in zip(clients, reports, strict=True):
             report.retries = client.retries

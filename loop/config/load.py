@@ -6,6 +6,7 @@ dotted key; `dump_config` writes the resolved config with every default spelled 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import types
 import typing
@@ -16,6 +17,7 @@ import yaml
 from alignloop.config.base import ConfigError, require
 from alignloop.config.schema import Config
 
+log = logging.getLogger("alignloop.config")
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
@@ -99,11 +101,9 @@ MOVED_VALUES = {"alignloop.demo_judge:heuristic_score": "alignloop.demo.judge:he
 """Values that name code which moved (python judge functions)."""
 
 
-def migrate(raw: dict[str, Any], *, warn: bool = True) -> dict[str, Any]:
+def migrate(raw: dict[str, Any]) -> dict[str, Any]:
     """A raw config mapping with renamed keys and moved values brought up to date (a new
-    dict). Run directories written by older versions resume through this."""
-    import logging
-
+    dict), with a warning per renamed key."""
     out = _deepcopy(raw)
     for old, new in RENAMED.items():
         *head, leaf = old.split(".")
@@ -116,13 +116,23 @@ def migrate(raw: dict[str, Any], *, warn: bool = True) -> dict[str, Any]:
         if new_leaf in node:
             raise ConfigError(old, f"renamed to {new}; give only the new key")
         node[new_leaf] = node.pop(leaf)
-        if warn:
-            logging.getLogger("alignloop.config").warning(
-                "config key '%s' is now called '%s'; please update the config", old, new)
+        log.warning("config key '%s' is now called '%s'; please update the config", old, new)
     for judge in (out.get("labeling") or {}).get("judges") or []:
         if isinstance(judge, dict) and judge.get("function") in MOVED_VALUES:
             judge["function"] = MOVED_VALUES[judge["function"]]
     return out
+
+
+def migrate_flat(flat: dict[str, Any]) -> dict[str, Any]:
+    """`migrate` for a flat {dotted key: value} config (what a run directory records)."""
+    def moved(v: Any) -> Any:
+        if isinstance(v, str):
+            return MOVED_VALUES.get(v, v)
+        if isinstance(v, list):
+            return [moved(x) for x in v]
+        return {k: moved(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+    return {RENAMED.get(k, k): moved(v) for k, v in flat.items()}
 
 
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
@@ -159,14 +169,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def _renamed_override(item: str) -> str:
-    import logging
-
     key, sep, value = item.partition("=")
     if key.strip() not in RENAMED:
         return item
     new = RENAMED[key.strip()]
-    logging.getLogger("alignloop.config").warning(
-        "config key '%s' is now called '%s'; please update the command", key.strip(), new)
+    log.warning("config key '%s' is now called '%s'; please update the command", key.strip(), new)
     return new + sep + value
 
 

@@ -55,16 +55,9 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     bringing the recorded one up to date (`config.load.migrate`): renamed keys take their
     new names, moved code its new path, and a key that a newer alignloop added counts as
     unchanged while it holds its default."""
-    from alignloop.config.load import MOVED_VALUES, RENAMED
+    from alignloop.config.load import migrate_flat
 
-    def moved(v: Any) -> Any:
-        if isinstance(v, str):
-            return MOVED_VALUES.get(v, v)
-        if isinstance(v, list):
-            return [moved(x) for x in v]
-        return {k: moved(x) for k, x in v.items()} if isinstance(v, dict) else v
-
-    old = {RENAMED.get(k, k): moved(v) for k, v in old.items()}
+    old = migrate_flat(old)
     defaults = _flat(to_dict(config_from_dict({})))
     return [key for key in sorted(set(old) | set(new))
             if (old[key] if key in old else defaults.get(key)) != new.get(key)]
