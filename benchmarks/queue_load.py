@@ -127,7 +127,8 @@ def cpu_seconds(root_pid: int) -> float:
 @contextlib.contextmanager
 def server(target: str, workers: int):
     port = _free_port()
-    cmd = [sys.executable, "-m", "alignloop.cli", "-q", "queue", "serve", target, "--port",
+    cmd = [sys.executable, "-m", "alignloop.cli", "-q", "queue", "serve",
+           "--db" if "://" in target else "--run-dir", target, "--port",
            str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
     log = tempfile.NamedTemporaryFile("w+", prefix="queue-server-", suffix=".log", delete=False)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,

@@ -66,15 +66,33 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class Completion:
+    """One sample. `token_ids` are every token the policy chose after the prompt ids
+    (`alignloop.models.prompt_token_ids`), so `logprob_sum` is log pi(token_ids | prompt).
+    How the sample ended decides its last token:
+
+        "stop" by an end token    ..., EOS   kept: the tokenizer's EOS or any id the model's
+                                             generation config ends on (<|im_end|> here)
+        "stop" by a stop string   ..., t     up to the token completing the stop string
+                                             (`SamplingParams.stop`); no EOS is added
+        "length"                  ..., t     max_new_tokens tokens; no end token
+
+    `text` is what a reader sees: never the end token, and cut before a stop string (whose
+    tokens stay in `token_ids`). Scoring a sample under another model (the reference, for
+    KL) must score `token_ids` as they are, so both sides cover the same tokens; rendering
+    `text` with `alignloop.models.render_response` gives the training tokenisation instead
+    (SmolLM2's turn ends "<|im_end|>\\n": a "\\n" the policy never sampled). The `vllm` and
+    `openai` backends record the same (vLLM keeps the end token and its log-prob too)."""
+
     prompt_id: str
     sample_index: int
     text: str
     token_ids: tuple[int, ...]
-    finish_reason: str            # "stop" (EOS or a stop string) or "length"
-    logprob_sum: float            # sum of token_logprobs
+    finish_reason: str            # "stop" (an end token or a stop string) or "length"
+    logprob_sum: float            # sum of token_logprobs: log pi(token_ids | prompt)
     token_logprobs: tuple[float, ...] = field(repr=False)
-    """log pi(token | prefix) of each sampled token under the policy itself (temperature 1,
-    no top-k/top-p filtering): what KL estimates need, whatever the sampling settings."""
+    """log pi(token | prefix) of each token in `token_ids` under the policy itself
+    (temperature 1, no top-k/top-p filtering): what KL estimates need, whatever the
+    sampling settings."""
     seed: int = 0
 
 
@@ -106,9 +124,10 @@ def make_generator(backend: str, model: str, **options) -> Generator:
     return getattr(importlib.import_module(module), cls)(model, **options)
 
 
-def generator_for(cfg, model: str, *, cache_path: str = "") -> Generator:
+def generator_for(cfg, model: str, *, cache_path: str = "", chat_template: str = "auto") -> Generator:
     """The backend a GenerationConfig names, with its options; `cache_path` keeps the
-    completions an `openai` server already returned (a rerun asks only for the rest)."""
+    completions an `openai` server already returned (a rerun asks only for the rest);
+    `chat_template` is `data.chat_template` (how plain-text prompts are rendered)."""
     options = {
         "hf": {"truncation": cfg.truncation, "max_batch_sequences": cfg.max_batch_sequences},
         "vllm": {"truncation": cfg.truncation, "tensor_parallel_size": cfg.tensor_parallel_size,
@@ -117,7 +136,7 @@ def generator_for(cfg, model: str, *, cache_path: str = "") -> Generator:
                    "concurrency": cfg.concurrency, "timeout": cfg.timeout_s,
                    "retries": cfg.retries, "cache_path": cache_path},
     }[cfg.backend]
-    return make_generator(cfg.backend, model, **options)
+    return make_generator(cfg.backend, model, chat_template=chat_template, **options)
 
 
 def completion_rows(completions: list[Completion], prompts: list[PromptItem], **extra) -> list[dict]:

@@ -3,9 +3,10 @@
 Prompts are sorted by length and batched with left padding; each prompt is
 prefilled ONCE and its KV cache repeated for its n samples (the prompt is
 shared, not recomputed n times). The decode loop is ours, so every sampled
-token's log-prob under the policy is recorded exactly, and each sample draws
-from its own seeded generator: a sample depends on (seed, prompt id, sample
-index) only, not on which other prompts shared its batch.
+token's log-prob under the policy is recorded exactly (the end token's too: see
+`Completion`), and each sample draws from its own seeded generator: a sample
+depends on (seed, prompt id, sample index) only, not on which other prompts
+shared its batch.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from alignloop.generation import (
     sample_seed,
 )
 from alignloop.generation.prompts import encode_prompt
-from tqdm.auto import tqdm
+from alignloop.progress import tqdm
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
@@ -40,11 +41,12 @@ class HFGenerator:
     name = "hf"
 
     def __init__(self, model: str, *, device: str = "cpu", dtype: str = "auto",
-                 max_batch_sequences: int = 64, truncation: str = "error", progress: bool = True):
+                 max_batch_sequences: int = 64, truncation: str = "error", progress: bool = True,
+                 chat_template: str = "auto"):
         from alignloop.models import load_model, load_tokenizer
 
         self.model = load_model(model, dtype=dtype, device=device)
-        self.tokenizer = load_tokenizer(model)
+        self.tokenizer = load_tokenizer(model, chat_template)
         self.device = device
         self.max_batch_sequences = max_batch_sequences
         self.truncation = truncation
@@ -112,12 +114,9 @@ class HFGenerator:
             for r, tok in enumerate(nxt.tolist()):
                 if done[r]:
                     continue
-                if tok in self.stop_ids:
-                    done[r], reason[r] = True, "stop"
-                    continue
-                tokens[r].append(tok)
+                tokens[r].append(tok)  # an end token too: the policy chose it (as vLLM records)
                 logps[r].append(float(lp[r]))
-                if params.stop and self._hits_stop(tokens[r], params.stop):
+                if tok in self.stop_ids or (params.stop and self._hits_stop(tokens[r], params.stop)):
                     done[r], reason[r] = True, "stop"
             if all(done):
                 break
@@ -131,11 +130,8 @@ class HFGenerator:
             row = []
             for k in range(n):
                 r = b * n + k
-                text = self.tokenizer.decode(tokens[r], skip_special_tokens=True)
-                for s in params.stop:
-                    if s in text:
-                        text = text[: text.index(s)]
-                row.append(Completion(it.prompt_id, k, text, tuple(tokens[r]), reason[r],
+                row.append(Completion(it.prompt_id, k, self._text(tokens[r], params.stop),
+                                      tuple(tokens[r]), reason[r],
                                       float(sum(logps[r])), tuple(logps[r]), seeds[r]))
             grouped.append(row)
         return grouped
@@ -153,6 +149,17 @@ class HFGenerator:
         for src, dst in zip(prefill_cache.layers, static.layers, strict=True):
             dst.update(src.keys.repeat_interleave(n, 0), src.values.repeat_interleave(n, 0))
         return static
+
+    def _text(self, tokens: list[int], stops: tuple[str, ...]) -> str:
+        """A sample's text: never its end token (even one that is not a special token),
+        and cut before the first stop string."""
+        if tokens and tokens[-1] in self.stop_ids:
+            tokens = tokens[:-1]
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        for s in stops:
+            if s in text:
+                text = text[: text.index(s)]
+        return text
 
     def _hits_stop(self, toks: list[int], stops: tuple[str, ...]) -> bool:
         tail = self.tokenizer.decode(toks[-16:], skip_special_tokens=True)

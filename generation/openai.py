@@ -49,9 +49,11 @@ def completion_from_choice(prompt_id: str, index: int, seed: int, choice: dict, 
     if tokens is None or logps is None:
         raise GenerationError(f"server returned no token log-probs for prompt {prompt_id!r}")
     if all(isinstance(t, str) and t.startswith("token_id:") for t in tokens):
-        ids = tuple(int(t.split(":", 1)[1]) for t in tokens)
-    else:
+        ids = tuple(int(t.split(":", 1)[1]) for t in tokens)  # the end token included (vLLM)
+    else:  # no ids: re-tokenise the text, which never holds the end token the server counted
         ids = tuple(tokenizer(choice["text"], add_special_tokens=False)["input_ids"])
+        if tokens and tokens[-1] == tokenizer.eos_token:
+            ids += (tokenizer.eos_token_id,)
     reason = "length" if choice.get("finish_reason") == "length" else "stop"
     logps = tuple(float(x) for x in logps)
     return Completion(prompt_id, index, choice["text"], ids, reason, float(sum(logps)), logps, seed)
@@ -62,10 +64,11 @@ class OpenAIGenerator:
 
     def __init__(self, model: str, *, base_url: str, served_model: str = "", api_key: str = "",
                  concurrency: int = 8, timeout: float = 60.0, retries: int = 4,
-                 backoff: float = 0.5, cache_path: str | Path | None = None):
+                 backoff: float = 0.5, cache_path: str | Path | None = None,
+                 chat_template: str = "auto"):
         from alignloop.models import load_tokenizer
 
-        self.tokenizer = load_tokenizer(model)
+        self.tokenizer = load_tokenizer(model, chat_template)
         self.url = base_url.rstrip("/") + "/completions"
         self.served_model = served_model or model
         self.api_key = api_key

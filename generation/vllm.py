@@ -8,7 +8,9 @@ and its own seed (so a sample depends on (seed, prompt id, index) exactly as
 with `hf`), and vLLM's prefix caching shares the prompt's KV across them.
 `logprobs=0` asks for the sampled token's log-prob only; vLLM's default
 `logprobs_mode` is the raw model distribution (before temperature and
-filtering), which is what our `Completion.token_logprobs` promises.
+filtering), which is what our `Completion.token_logprobs` promises. vLLM keeps
+a sample's end token (EOS) in `token_ids`, with its log-prob, and leaves it out of
+the text: the `Completion` record as the `hf` backend writes it.
 
 Written against vLLM's documented API (`LLM`, `SamplingParams`,
 `RequestOutput`); only the request building and output mapping are tested on
@@ -78,11 +80,13 @@ class VLLMGenerator:
 
     def __init__(self, model: str, *, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.85, dtype: str = "auto",
-                 truncation: str = "error", max_model_len: int | None = None):
-        from alignloop.models import load_tokenizer, resolve_model_path
+                 truncation: str = "error", max_model_len: int | None = None,
+                 chat_template: str = "auto"):
+        from alignloop.models import load_tokenizer, merged_model_dir
 
-        self.model_path = str(resolve_model_path(model))  # the round's merged checkpoint dir
-        self.tokenizer = load_tokenizer(model)
+        # full weights on disk: a LoRA round's policy is merged once into policy/merged/
+        self.model_path = str(merged_model_dir(model))
+        self.tokenizer = load_tokenizer(model, chat_template)
         self.truncation = truncation
         if max_model_len is None:
             from transformers import AutoConfig

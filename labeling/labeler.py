@@ -28,7 +28,12 @@ from alignloop.records import Pair, pair_id_for
 
 def groups_from_completions(rows: list[dict], source: str = "completions") -> list[CandidateGroup]:
     """Group completion rows (the output of `alignloop generate`) by prompt. Needs
-    `prompt_id`, `prompt` and `text`; uses `slice`, `logprob_sum`, `reference_logprob`."""
+    `prompt_id`, `prompt` and `text`; uses `slice`, `logprob_sum`, `reference_logprob`.
+
+    `logprob_sum` is the policy's log-prob of the sampled `token_ids` (end token included,
+    see `Completion`), so a `reference_logprob` column must score those same tokens. The
+    `apl` strategy in the loop and in `alignloop judge` replaces both with
+    `labeling.logprobs.with_logprobs` (policy and reference on the rendered turn)."""
     by_prompt: dict[str, list[tuple[int, dict]]] = defaultdict(list)
     for n, row in enumerate(rows, start=1):
         for col in ("prompt_id", "prompt", "text"):

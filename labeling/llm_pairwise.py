@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from alignloop.config.labeling import DEFAULT_PAIRWISE_TEMPLATE
 from alignloop.labeling import Comparison, Judgement, LabelingError, prompt_text
+from alignloop.progress import tqdm
 from alignloop.records import Prompt
-from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     from alignloop.config.labeling import JudgeSpec

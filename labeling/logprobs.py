@@ -4,7 +4,9 @@
 Responses are tokenised exactly as the trainer tokenises them
 (`alignloop.models.prompt_token_ids` / `response_token_ids`: chat template turn,
 end-of-turn token included), so policy and reference log-probs are comparable
-with each other and with the DPO objective.
+with each other and with the DPO objective. Both sides are scored here: neither
+is mixed with a sample's own `Completion.logprob_sum`, which covers the sampled
+tokens (end token included, but not the "\\n" a chat template writes after it).
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from alignloop.records import Prompt
 
 
 def sequence_logprobs(model_ref: str, prompts: Sequence[Prompt], responses: Sequence[str], *,
-                      batch_size: int = 8, progress: bool = True) -> np.ndarray:
-    """(N,) summed log-probs of each response given its prompt under `model_ref`."""
+                      batch_size: int = 8, progress: bool = True,
+                      chat_template: str = "auto") -> np.ndarray:
+    """(N,) summed log-probs of each response given its prompt under `model_ref`
+    (plain-text prompts rendered as `chat_template` says: `data.chat_template`)."""
     from alignloop.models import load_model, load_tokenizer, prompt_token_ids, response_token_ids
 
-    tokenizer = load_tokenizer(model_ref)
+    tokenizer = load_tokenizer(model_ref, chat_template)
     seqs = [(prompt_token_ids(tokenizer, prompt), response_token_ids(tokenizer, prompt, response))
             for prompt, response in zip(prompts, responses, strict=True)]
     return score_token_sequences(load_model(model_ref), seqs, pad_id=tokenizer.pad_token_id,
@@ -33,7 +37,7 @@ def score_token_sequences(model, seqs: Sequence[tuple[Sequence[int], Sequence[in
                           desc: str = "log-probs") -> np.ndarray:
     """(N,) summed log-probs of each (prompt ids, response ids) pair's response tokens."""
     import torch
-    from tqdm import tqdm
+    from alignloop.progress import tqdm
 
     out = np.zeros(len(seqs))
     order = sorted(range(len(seqs)), key=lambda n: -(len(seqs[n][0]) + len(seqs[n][1])))
@@ -65,7 +69,7 @@ def score_token_sequences(model, seqs: Sequence[tuple[Sequence[int], Sequence[in
     return out
 
 
-def with_logprobs(groups: list, *, policy: str, reference: str) -> list:
+def with_logprobs(groups: list, *, policy: str, reference: str, chat_template: str = "auto") -> list:
     """Candidate groups with each response's sequence log-prob under `policy` and
     `reference` (what the `apl` selection strategy's implicit reward needs)."""
     import dataclasses
@@ -76,7 +80,8 @@ def with_logprobs(groups: list, *, policy: str, reference: str) -> list:
             "apl: policy and reference are the same model (%s): every implicit reward is 0", policy)
     prompts = [g.prompt for g in groups for _ in g.responses]
     responses = [r for g in groups for r in g.responses]
-    lp = {m: sequence_logprobs(m, prompts, responses) for m in {policy, reference}}
+    lp = {m: sequence_logprobs(m, prompts, responses, chat_template=chat_template)
+          for m in {policy, reference}}
     out, at = [], 0
     for g in groups:
         k = len(g.responses)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from alignloop.labeling import Comparison, Judgement, LabelingError, prompt_text, sigmoid
+from alignloop.progress import tqdm
 from alignloop.records import Prompt
-from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     from alignloop.config.labeling import JudgeSpec

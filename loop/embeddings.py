@@ -60,7 +60,7 @@ class Encoder:
 
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
         import torch
-        from tqdm import tqdm
+        from alignloop.progress import tqdm
 
         todo = sorted({t for t in texts if t not in self._cache}, key=len)
         bar = tqdm(total=len(todo), desc="embed", unit="text", disable=not progress or len(todo) < 64)

@@ -19,9 +19,11 @@ same in every round, so rounds compare on the same prompts and sample indices.
                           a round without "base" rows uses round 0's (sampled once).
     sample_index   int    0..n-1 per (prompt, model)
     text           str    the response
-    n_tokens       int    generated tokens (len(Completion.token_ids))
+    n_tokens       int    generated tokens (len(Completion.token_ids)), the end token
+                          included when the sample ended on one
     finish_reason  str    "stop" (EOS or a stop string) or "length" (hit max_new_tokens)
-    logp_policy    float  sum of the response tokens' log-probs under this round's policy
+    logp_policy    float  sum of the sampled tokens' log-probs (Completion.token_ids, end
+                          token included) under this round's policy
     logp_reference float  ... under this round's reference (the model the round trained against)
     logp_base      float  ... under the base model
     latent_reward  float  ground-truth utility of the response (the demo panel's latent

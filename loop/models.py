@@ -130,8 +130,10 @@ def resolve_model_path(ref: str) -> Path | str:
     return ref
 
 
-def load_tokenizer(ref: str):
-    """The tokenizer for `ref`, with a pad token (the EOS token if it had none).
+def load_tokenizer(ref: str, chat_template: str = "auto"):
+    """The tokenizer for `ref`, with a pad token (the EOS token if it had none), set to
+    render plain-text prompts as `chat_template` says (`data.chat_template`; see
+    `as_messages`).
 
     Padding side is left as saved: callers choose left (generation) or right.
     """
@@ -144,17 +146,82 @@ def load_tokenizer(ref: str):
     tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=isinstance(source, Path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    set_plain_prompts(tokenizer, chat_template, ref)
     return tokenizer
 
 
 def load_model(ref: str, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu"):
-    """A causal LM for `ref` on `device`, in eval mode (`auto` dtype: float32 on CPU)."""
+    """A causal LM for `ref` on `device`, in eval mode (`auto` dtype: float32 on CPU).
+
+    An adapter policy (a LoRA round's `policy/`, see `adapter_base`) loads as its base
+    model with the adapter merged in, in float32, then cast: the same weights the
+    trained model had."""
     from transformers import AutoModelForCausalLM
 
     source = resolve_model_path(ref)
+    base = adapter_base(source) if isinstance(source, Path) else None
+    if base is not None:
+        from peft import PeftModel
+
+        try:
+            base_model = load_model(base, dtype=torch.float32, device=device)
+        except (FileNotFoundError, ModelReferenceError) as e:
+            raise ModelReferenceError(f"{source} is a LoRA adapter trained on {base}, which "
+                                      f"cannot be loaded: {e}") from None
+        model = PeftModel.from_pretrained(base_model, str(source)).merge_and_unload()
+        return model.to(device=device, dtype=resolve_dtype(dtype, device)).eval()
     model = AutoModelForCausalLM.from_pretrained(
         str(source), dtype=resolve_dtype(dtype, device), local_files_only=isinstance(source, Path))
     return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------- adapter policies
+# A LoRA round keeps only its adapter (megabytes) and the model it was trained from; the
+# merged weights are built in memory when loaded, or on disk (`merged_model_dir`) for a
+# backend that reads a directory, as a cache that `alignloop prune` removes.
+
+ADAPTER_BASE_FILE = "alignloop_base.json"
+MERGED_CACHE = "merged"   # inside the policy directory (artifacts.MERGED)
+
+
+def adapter_base(path: Path) -> str | None:
+    """The model reference an adapter policy directory was trained from (its adapter applies
+    on top of it), or None for a full checkpoint. A relative base is relative to `path`,
+    so a run directory can be moved or copied whole."""
+    record = Path(path) / ADAPTER_BASE_FILE
+    if not record.is_file():
+        return None
+    import json
+
+    base = json.loads(record.read_text())["base"]
+    return os.path.normpath(Path(path) / base) if base.startswith(("./", "../")) else base
+
+
+def base_reference(base: str, policy_dir: Path) -> str:
+    """How `policy_dir` records its base: relative when both live in one run directory (the
+    base is a sibling round's policy), else the reference as given."""
+    source = Path(base).expanduser()
+    if base.startswith(BUILTIN_PREFIX) or not source.is_dir():
+        return base
+    run = Path(policy_dir).resolve().parent.parent
+    if source.resolve().is_relative_to(run):
+        return "./" + os.path.relpath(source.resolve(), Path(policy_dir).resolve())
+    return str(source.resolve())
+
+
+def merged_model_dir(ref: str) -> Path | str:
+    """A directory with full weights for `ref`, for backends that read one (vLLM): an
+    adapter policy gets its merged weights built once into `policy/merged/` and reused;
+    anything else is `resolve_model_path(ref)`."""
+    source = resolve_model_path(ref)
+    if not isinstance(source, Path) or adapter_base(source) is None:
+        return source
+
+    def build(tmp: Path) -> None:
+        load_model(ref, dtype=torch.float32).save_pretrained(tmp)
+        load_tokenizer(ref).save_pretrained(tmp)
+
+    return _cached_build(source / MERGED_CACHE, build)
 
 
 # --------------------------------------------------------------------------- the built-ins
@@ -278,6 +345,45 @@ def _build_tiny_random(out: Path) -> None:
 # --------------------------------------------------------------------------- rendering text
 
 
+# How a plain-text prompt is rendered, recorded on the tokenizer by `load_tokenizer` so
+# every stage that renders with it (training, reference, generation, scoring) agrees.
+CHAT_TEMPLATE_MODES = ("auto", "always", "never")
+_PLAIN_PROMPTS = "alignloop_plain_prompts"  # "chat" (one user turn) or "text" (as written)
+
+
+def set_plain_prompts(tokenizer, mode: str, ref: str = "") -> None:
+    """Record how `tokenizer` renders plain-text prompts, from `data.chat_template`:
+
+    - `auto`: as one user turn when the tokenizer has a chat template (an instruct or chat
+      model), as written otherwise (a base model);
+    - `always`: as one user turn; a tokenizer without a chat template is an error;
+    - `never`: as written, a raw continuation (what TRL does with plain-text rows).
+
+    Chat-message prompts always go through the chat template."""
+    if mode not in CHAT_TEMPLATE_MODES:
+        raise ValueError(f"data.chat_template must be one of {list(CHAT_TEMPLATE_MODES)}, "
+                         f"got {mode!r}")
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if mode == "always" and not has_template:
+        raise ModelReferenceError(
+            f"data.chat_template is 'always' but the tokenizer of {ref or 'this model'} has no "
+            "chat template; use 'auto' or 'never' to send plain-text prompts as written")
+    as_chat = mode == "always" or (mode == "auto" and has_template)
+    setattr(tokenizer, _PLAIN_PROMPTS, "chat" if as_chat else "text")
+
+
+def as_messages(tokenizer, prompt: Prompt) -> Prompt:
+    """`prompt` as `tokenizer` renders it: a plain-text prompt becomes one user turn when
+    the tokenizer is set to (see `set_plain_prompts`; a tokenizer that was not set follows
+    `auto`); chat messages and text for a raw continuation are returned unchanged."""
+    if not isinstance(prompt, str):
+        return prompt
+    mode = getattr(tokenizer, _PLAIN_PROMPTS, None)
+    if mode is None:
+        mode = "chat" if getattr(tokenizer, "chat_template", None) else "text"
+    return [{"role": "user", "content": prompt}] if mode == "chat" else prompt
+
+
 def _check_chat(tokenizer, messages: list) -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("this tokenizer has no chat template, so chat-message prompts cannot "
@@ -287,8 +393,10 @@ def _check_chat(tokenizer, messages: list) -> None:
 
 
 def render_prompt(tokenizer, prompt: Prompt) -> str:
-    """The text a response follows: chat messages through the chat template with
-    the generation prompt (the assistant header) appended; plain text unchanged."""
+    """The text a response follows: chat messages (and plain text the tokenizer renders
+    as a user turn, see `as_messages`) through the chat template with the generation
+    prompt (the assistant header) appended; text for a raw continuation unchanged."""
+    prompt = as_messages(tokenizer, prompt)
     if isinstance(prompt, str):
         return prompt
     _check_chat(tokenizer, prompt)
@@ -301,8 +409,9 @@ def render_response(tokenizer, prompt: Prompt, response: str) -> str:
     Chat prompts: the assistant turn as the template writes it, end-of-turn
     marker included (SmolLM2: `response + "<|im_end|>\\n"`), found by rendering
     the whole conversation and removing the rendered prompt in front of it.
-    Plain prompts: `response + eos_token`.
+    Plain prompts rendered as written: `response + eos_token`.
     """
+    prompt = as_messages(tokenizer, prompt)
     if isinstance(prompt, str):
         if tokenizer.eos_token is None:
             raise ValueError("the tokenizer has no EOS token to end a plain-text response")
@@ -330,6 +439,7 @@ def prompt_token_ids(tokenizer, prompt: Prompt) -> list[int]:
     (no doubled BOS); a plain-text prompt gets the tokenizer's usual specials
     (SmolLM2 adds none).
     """
+    prompt = as_messages(tokenizer, prompt)
     text = render_prompt(tokenizer, prompt)
     return list(tokenizer(text, add_special_tokens=isinstance(prompt, str))["input_ids"])
 

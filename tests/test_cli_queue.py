@@ -9,6 +9,7 @@ import sys
 import pytest
 from alignloop.cli import main
 from alignloop.data import read_pairs, read_pairs_parquet
+from alignloop.labeling.handoff import QueueItem
 from alignloop.labeling.queue.store import QueueStore
 
 from .queue_helpers import pending
@@ -21,6 +22,11 @@ PAIRS = [
      "rejected": [{"role": "assistant", "content": "Not my problem."}], "slice": "complaints"},
     {"prompt": "Say thanks.", "chosen": "Thank you so much!", "rejected": "k"},
 ]
+
+
+def _at(run_dir) -> tuple[str, str]:
+    """The queue of a run directory, as every queue command takes it."""
+    return ("--run-dir", str(run_dir))
 
 
 def _run(capsys, *argv: str) -> str:
@@ -45,31 +51,32 @@ def test_queue_help_imports_nothing_heavy():
 
 def test_add_annotator_prints_a_token_that_authenticates(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    token = _run(capsys, "queue", "add-annotator", str(run_dir), "ada").strip()
+    token = _run(capsys, "queue", "add-annotator", *_at(run_dir), "ada").strip()
     admin = _run(capsys, "queue", "add-annotator", "--admin", "--db",
                  f"sqlite:///{run_dir / 'queue.db'}", "root").strip()
     with QueueStore.open(run_dir) as store:
         who = store.authenticate(token)
         assert who is not None and (who.name, who.role) == ("ada", "annotator")
         assert store.authenticate(admin).role == "admin"
-    assert main(["queue", "add-annotator", str(run_dir), "ada"]) == 2   # the name is taken
+    assert main(["queue", "add-annotator", *_at(run_dir), "ada"]) == 2   # the name is taken
     assert "already exists" in capsys.readouterr().err
-    assert "disabled 'ada'" in _run(capsys, "queue", "disable-annotator", str(run_dir), "ada")
+    assert "disabled 'ada'" in _run(capsys, "queue", "disable-annotator", *_at(run_dir), "ada")
     with QueueStore.open(run_dir) as store:
         assert store.authenticate(token) is None and store.authenticate(admin) is not None
-    assert main(["queue", "disable-annotator", str(run_dir), "nobody"]) == 2
+    assert main(["queue", "disable-annotator", *_at(run_dir), "nobody"]) == 2
     assert "no annotator named 'nobody'" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="RUN_DIR or --db"):
+    with pytest.raises(SystemExit) as e:
         main(["queue", "status"])
+    assert e.value.code == 2 and "--run-dir" in capsys.readouterr().err
 
 
 def test_import_export_round_trip_and_status(tmp_path, capsys, pairs_file):
     run_dir = tmp_path / "run"
-    out = _run(capsys, "queue", "import", str(run_dir), str(pairs_file), "--round", "2",
+    out = _run(capsys, "queue", "import", *_at(run_dir), str(pairs_file), "--round", "2",
                "--votes-required", "2")
     assert "queued 3 new items for round 2" in out
-    assert "queued 0 new items" in _run(capsys, "queue", "import", str(run_dir), str(pairs_file),
-                                        "--round", "2")
+    assert "queued 0 new items" in _run(capsys, "queue", "import", *_at(run_dir),
+                                        str(pairs_file), "--round", "2")
     with QueueStore.open(run_dir) as store:
         names = ["ada", "bob"]
         for name in names:
@@ -79,19 +86,19 @@ def test_import_export_round_trip_and_status(tmp_path, capsys, pairs_file):
                                    choice="a", confidence=3, idempotency_key=f"{name}{a.lease_id}")
         assert pending(store, 2) == 0
 
-    status = _run(capsys, "queue", "status", str(run_dir))
+    status = _run(capsys, "queue", "status", *_at(run_dir))
     assert "3 items, 6 labels" in status
     # alpha is undefined ("-") when every vote is the same
     assert any(line.split()[:6] == ["2", "3", "3", "0", "6", "-"] for line in status.splitlines())
     assert "ada" in status and "bob" in status and "kappa" not in status   # too few shared
-    full = json.loads(_run(capsys, "queue", "status", str(run_dir), "--json"))
+    full = json.loads(_run(capsys, "queue", "status", *_at(run_dir), "--json"))
     assert full["rounds"][0]["labels"] == 6 and full["labels"] == 6
 
     originals = {p.pair_id: p for p in read_pairs(pairs_file)[0]}
     for suffix in ("jsonl", "parquet"):
         dest = tmp_path / f"dpo.{suffix}"
-        assert "wrote 3 pairs" in _run(capsys, "queue", "export", str(run_dir), "--format", "dpo",
-                                       "--out", str(dest))
+        assert "wrote 3 pairs" in _run(capsys, "queue", "export", *_at(run_dir), "--format",
+                                       "dpo", "--out", str(dest))
         # parquet is the pairs.parquet artifact (prompts as JSON text): its own reader
         back = {p.pair_id: p for p in (read_pairs_parquet(dest) if suffix == "parquet"
                                        else read_pairs(dest)[0])}
@@ -101,8 +108,8 @@ def test_import_export_round_trip_and_status(tmp_path, capsys, pairs_file):
             assert (p.prompt, p.chosen, p.rejected) == (o.prompt, o.chosen, o.rejected)
             assert p.p_chosen > 0.5   # both voted for the chosen response
     raw = tmp_path / "raw.jsonl"
-    assert "wrote 6 labels" in _run(capsys, "queue", "export", str(run_dir), "--format", "raw",
-                                    "--out", str(raw))
+    assert "wrote 6 labels" in _run(capsys, "queue", "export", *_at(run_dir), "--format",
+                                    "raw", "--out", str(raw))
     rows = [json.loads(line) for line in raw.read_text().splitlines()]
     assert {r["annotator"] for r in rows} == {"ada", "bob"} and {r["choice"] for r in rows} == {"a"}
     assert {r["display_order"] for r in rows} <= {"ab", "ba"}
@@ -110,9 +117,9 @@ def test_import_export_round_trip_and_status(tmp_path, capsys, pairs_file):
 
 def test_simulate_with_three_bots_labels_every_item(tmp_path, capsys, pairs_file):
     run_dir = tmp_path / "run"
-    _run(capsys, "queue", "import", str(run_dir), "builtin:demo-pairs", "--votes-required", "2",
+    _run(capsys, "queue", "import", *_at(run_dir), "builtin:demo-pairs", "--votes-required", "2",
          "--max-votes", "3")
-    out = _run(capsys, "queue", "simulate", str(run_dir), "--panel", "demo", "--annotators", "3")
+    out = _run(capsys, "queue", "simulate", *_at(run_dir), "--panel", "demo", "--annotators", "3")
     assert "3 bots (demo panel) recorded" in out
     with QueueStore.open(run_dir) as store:
         assert pending(store, 0) == 0
@@ -122,24 +129,24 @@ def test_simulate_with_three_bots_labels_every_item(tmp_path, capsys, pairs_file
         n = len(votes)
     assert f"recorded {n} labels" in out
     # a second run finds nothing left, with new bot names (the old tokens were shown once)
-    out = _run(capsys, "queue", "simulate", str(run_dir), "--annotators", "1")
+    out = _run(capsys, "queue", "simulate", *_at(run_dir), "--annotators", "1")
     assert "recorded 0 labels" in out
 
 
 def test_simulate_names_the_known_panels(tmp_path):
     with pytest.raises(SystemExit, match=r"unknown panel 'nope'; known: demo"):
-        main(["-q", "queue", "simulate", str(tmp_path / "run"), "--panel", "nope"])
+        main(["-q", "queue", "simulate", *_at(tmp_path / "run"), "--panel", "nope"])
     assert not (tmp_path / "run").exists()      # refused before the queue is opened
 
 
 def test_terminal_labeling(tmp_path, capsys, pairs_file):
     run_dir = tmp_path / "run"
-    _run(capsys, "queue", "import", str(run_dir), str(pairs_file))
-    token = _run(capsys, "queue", "add-annotator", str(run_dir), "tty").strip()
+    _run(capsys, "queue", "import", *_at(run_dir), str(pairs_file))
+    token = _run(capsys, "queue", "add-annotator", *_at(run_dir), "tty").strip()
     # first item: 1 (left), confidence 3, a comment; second: 4 (both bad), default confidence;
     # then quit
     keys = "1\n3\nlooks fine [bold]x[/bold]\n4\n\n\nq\n"
-    proc = subprocess.run([sys.executable, "-m", "alignloop.cli", "queue", "label", str(run_dir)],
+    proc = subprocess.run([sys.executable, "-m", "alignloop.cli", "queue", "label", *_at(run_dir)],
                           input=keys, capture_output=True, text=True, timeout=60,
                           env={"ALIGNLOOP_TOKEN": token, "COLUMNS": "100", "PATH": "/usr/bin"})
     assert proc.returncode == 0, proc.stderr
@@ -152,3 +159,62 @@ def test_terminal_labeling(tmp_path, capsys, pairs_file):
         assert first.choice == first.display_order[0] and first.confidence == 3
         assert first.comment == "looks fine [bold]x[/bold]"
         assert (second.choice, second.confidence) == ("both_bad", 2)
+
+
+def test_terminal_labeling_shows_escape_sequences_instead_of_sending_them(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    hostile = "\x1b[2J\x1b]0;owned\x07\x1b[31mred\x9b1m"   # clear screen, window title, colours
+    with QueueStore.open(run_dir) as store:
+        store.submit([QueueItem("esc", 0, [{"role": "user\x1b[8m", "content": "hi " + hostile}],
+                                "left " + hostile, "right\rover\u202etxt.exe", votes_required=1,
+                                max_votes=1)])
+    token = _run(capsys, "queue", "add-annotator", *_at(run_dir), "tty").strip()
+    proc = subprocess.run([sys.executable, "-m", "alignloop.cli", "queue", "label", *_at(run_dir)],
+                          input="q\n", capture_output=True, text=True, timeout=60,
+                          env={"ALIGNLOOP_TOKEN": token, "COLUMNS": "120", "PATH": "/usr/bin"})
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert not any(c in out for c in "\x1b\x07\x9b\r\u202e"), repr(out)
+    for shown in (r"\x1b[2J", r"\x1b]0;owned\x07", r"\x9b1m", r"user\x1b[8m", r"right\rover",
+                  r"\u202etxt.exe"):
+        assert shown in out, (shown, out)
+
+
+def test_the_queue_is_an_option_and_a_wrong_order_is_an_error(tmp_path, monkeypatch, capsys,
+                                                               pairs_file):
+    """The README once said `add-annotator RUN_DIR alice` while the parser took `alice
+    RUN_DIR`: either order made a queue named after the other argument. Now the queue is
+    `--run-dir`/`--db` everywhere; a positional run directory is an error, and nothing is
+    created."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    _run(capsys, "queue", "add-annotator", *_at(run_dir), "ada")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    wrong = [["add-annotator", "alice", str(run_dir)], ["add-annotator", str(run_dir), "alice"],
+             ["import", str(pairs_file), str(run_dir)], ["import", str(run_dir), str(pairs_file)],
+             ["status", str(run_dir)], ["serve", str(run_dir)], ["export", str(run_dir)],
+             ["label", str(run_dir)], ["disable-annotator", str(run_dir), "ada"]]
+    for argv in wrong:
+        with pytest.raises(SystemExit) as e:
+            main(["-q", "queue", *argv])
+        assert e.value.code == 2, argv
+        capsys.readouterr()
+    # the run directory where a name or a file belongs, with the queue given as well
+    assert main(["-q", "queue", "add-annotator", *_at(tmp_path / "other"), str(run_dir)]) == 2
+    assert "is a run directory" in capsys.readouterr().err
+    assert main(["-q", "queue", "import", *_at(tmp_path / "other"), str(run_dir)]) == 2
+    assert "is a run directory" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before     # no new queue anywhere
+    with QueueStore.open(run_dir) as store:
+        assert [a.name for a in store.annotators()] == ["ada"]
+
+
+@pytest.mark.parametrize("argv", [["status"], ["export", "--out", "x.jsonl"], ["serve"],
+                                  ["label", "--token", "t"], ["disable-annotator", "ada"],
+                                  ["simulate"]])
+def test_only_import_and_add_annotator_create_a_queue(tmp_path, capsys, argv):
+    missing = tmp_path / "typo"
+    for where in (["--run-dir", str(missing)], ["--db", f"sqlite:///{missing / 'queue.db'}"]):
+        assert main(["-q", "queue", argv[0], *where, *argv[1:]]) == 2
+        assert f"no queue at {missing / 'queue.db'}" in capsys.readouterr().err
+    assert not missing.exists()

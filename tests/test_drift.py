@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 from alignloop.config.report import ReportConfig
-from alignloop.report.alerts import alerts
+from alignloop.report.alerts import alerts, check_report
 from alignloop.report.metrics import (
     degeneration,
     estimate,
@@ -210,3 +210,73 @@ def test_alerts_fire_only_beyond_thresholds():
     assert alerts(_report(kl=9, ratio_prev=9, slice_win=0, delta=-9, alpha=-1, kappa=-1), off) == []
     # missing numbers never alert
     assert alerts({"length": {}, "labels": {"human_alpha": None}}, cfg) == []
+
+
+def test_skipped_checks_say_which_and_why():
+    cfg = ReportConfig(alert_kl_to_reference=0, length_blowup=1.5, alert_slice_drop=0.05,
+                       agreement_floor=0.4, min_slice_samples=10)
+    # a slice that fell from 0.56 to 0.29 on 6 samples: too few to alert, but not silent
+    report = _report(slice_win=0.3, n=6, delta=0.29 - 0.56)
+    report["latent_reward"]["models"]["previous"] = {"by_slice": {"s": {"value": 0.56}}}
+    report["latent_reward"]["models"]["policy"]["by_slice"]["s"]["value"] = 0.29
+    checks = check_report(report, cfg)
+    assert checks.alerts == []
+    slices = [c for c in checks.skipped if c["kind"] == "slice_regression"]
+    assert [(c["slice"], c["measure"], c["n"], c["would_alert"]) for c in slices] == [
+        ("s", "win_rate", 6, True), ("s", "latent_reward", 6, True)]
+    assert slices[1]["reason"] == ("slice 's' not checked: mean latent reward 0.56 → 0.29 "
+                                   "(-0.27) over 6 samples, fewer than "
+                                   "report.min_slice_samples = 10")
+    assert slices[1]["value"] == pytest.approx(-0.27)
+    assert {"kind": "kl_budget", "reason": "off: report.alert_kl_to_reference = 0", "slice": None,
+            "measure": None, "n": None, "value": None, "would_alert": None} in checks.skipped
+    # an improved small slice is skipped too, but would not have alerted
+    improved = check_report(_report(slice_win=0.9, n=6, delta=0.2), cfg).skipped
+    assert [c["would_alert"] for c in improved if c["slice"] == "s"] == [False, False]
+    # enough samples: checked, not skipped
+    assert not [c for c in check_report(_report(n=20), cfg).skipped if c["slice"]]
+
+
+def _vs_base(value, lo, hi, displaced=None):
+    return {"win_rate_vs_base": {"available": True, "overall": {"value": value, "lo": lo, "hi": hi,
+                                                                "n": 40}},
+            "implicit_reward": {"likelihood_displacement": displaced}}
+
+
+def test_losing_to_the_base_model_alerts_only_when_the_interval_is_below():
+    cfg = ReportConfig()                                  # alert_win_rate_vs_base = 0.5
+    (a,) = alerts(_vs_base(0.35, 0.22, 0.47, displaced=True), cfg)
+    assert a["kind"] == "loses_to_base" and a["value"] == 0.35 and a["threshold"] == 0.5
+    assert a["message"] == ("this round's policy loses to the base model: judge win rate 0.35 "
+                            "(95% CI 0.22-0.47, n=40) is below 0.5; the chosen responses' "
+                            "log-prob fell below the base model's (likelihood displacement)")
+    assert alerts(_vs_base(0.45, 0.3, 0.6), cfg) == []              # could be noise
+    assert alerts(_vs_base(0.35, 0.22, 0.47), ReportConfig(alert_win_rate_vs_base=0)) == []
+    assert alerts(_vs_base(0.55, 0.45, 0.6), ReportConfig(alert_win_rate_vs_base=0.7)) != []
+    no_interval = check_report(_vs_base(0.3, None, None), cfg)
+    assert no_interval.alerts == []
+    assert [c["reason"] for c in no_interval.skipped if c["kind"] == "loses_to_base"] == [
+        "win rate against the base model 0.30 is below 0.5 but has no 95% interval (fewer than "
+        "2 prompts): a loss cannot be told from noise"]
+    missing = {"win_rate_vs_base": {"available": False, "reason": "no eval/comparisons.parquet"}}
+    assert [c["reason"] for c in check_report(missing, cfg).skipped
+            if c["kind"] == "loses_to_base"] == [
+        "no win rate against the base model: no eval/comparisons.parquet"]
+
+
+def test_judge_human_reason_when_no_item_can_be_compared():
+    def vote(item, ann, choice):
+        return {"item_id": item, "source": "human", "annotator": ann, "choice": choice}
+
+    cands = [{"item_id": "i1", "prompt_id": "p", "a": "A", "b": "B", "p_a": 0.8},
+             {"item_id": "i2", "prompt_id": "p", "a": "A", "b": "C", "p_a": 0.5}]
+
+    def reason(labels):
+        return label_stats(labels, cands, [])["judge_human"]["reason"]
+
+    assert reason([]) == "no human votes this round"
+    assert reason([vote("i1", "x", "a"), vote("i1", "y", "b")]) == \
+        "the human votes were split evenly on every item"
+    assert reason([vote("i2", "x", "a")]) == \
+        "no item with a human majority has a judge verdict (p_a missing or exactly 0.5)"
+    assert reason([vote("i1", "x", "a")]) is None

@@ -3,6 +3,7 @@
 import pytest
 from alignloop.config import GateConfig, config_from_dict
 from alignloop.report import build_round_report, gate_verdict, load_round, slice_drops
+from alignloop.report.alerts import slice_checks
 
 from .fake_run import make_fake_run
 
@@ -77,3 +78,11 @@ def test_gate_trips_on_a_regressed_slice_of_a_real_report_with_alerts_off(tmp_pa
     assert v["tripped"] and v["action"] == "rollback"
     assert "slice 'bad_news'" in v["reason"]
     assert "complaint" not in v["reason"] and "greeting" not in v["reason"]
+
+
+def test_slice_checks_keep_small_slices_that_slice_drops_leave_to_the_report():
+    # the gates judge only slices with enough samples; the report lists the rest as skipped
+    checks = slice_checks(_report(win=0.29, n=5, delta=-0.34))
+    assert [(d["measure"], d["n"]) for d in checks] == [("win_rate", 5), ("latent_reward", 5)]
+    assert slice_drops(_report(win=0.29, n=5, delta=-0.34), min_samples=8) == []
+    assert slice_drops(_report(win=0.29, n=8), min_samples=8)[0]["value"] == 0.29

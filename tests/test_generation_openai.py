@@ -126,3 +126,20 @@ def test_unreachable_server_fails_clearly():
     g = make_generator("openai", TINY, base_url=f"http://127.0.0.1:{port}/v1", retries=1, backoff=0.01)
     with pytest.raises(GenerationError, match=f"127.0.0.1:{port}.*2 attempts"):
         g.sample(ITEMS[:1], SamplingParams(n=1))
+
+
+def test_end_token_kept_when_the_server_sends_token_text():
+    """A server without `return_tokens_as_token_ids` sends token strings: the ids come from
+    the text, and the end token it counted (with its log-prob) is kept, as vLLM's ids keep it."""
+    from alignloop.generation.openai import completion_from_choice
+    from alignloop.models import load_tokenizer
+
+    tok = load_tokenizer(TINY)
+    choice = {"text": "Hello", "finish_reason": "stop",
+              "logprobs": {"tokens": ["Hello", tok.eos_token], "token_logprobs": [-1.5, -0.25]}}
+    c = completion_from_choice("a", 0, 7, choice, tok)
+    assert c.token_ids == (*tok("Hello", add_special_tokens=False)["input_ids"], tok.eos_token_id)
+    assert len(c.token_ids) == len(c.token_logprobs) and c.logprob_sum == -1.75
+    cut = {**choice, "finish_reason": "length",
+           "logprobs": {"tokens": ["Hello"], "token_logprobs": [-1.5]}}
+    assert completion_from_choice("a", 0, 7, cut, tok).token_ids == c.token_ids[:-1]

@@ -179,6 +179,32 @@ def test_reference_modes(tmp_path, mode):
     assert ((ema[name] - (0.5 * base[name] + 0.5 * pol[name])).abs().max()) < 1e-6
 
 
+def test_lora_rounds_keep_adapters_that_chain_and_load(tmp_path):
+    """With LoRA each round's policy/ is its adapter on the previous round's policy (a
+    relative base, so the run can move); every policy loads as merged weights; the
+    merged cache a vLLM backend would build is what `alignloop prune` removes."""
+    import torch
+    from alignloop.models import ADAPTER_BASE_FILE, load_model, merged_model_dir
+
+    r = run_cli(tmp_path, "--set", "model.lora.enabled=true", "--set", "model.lora.r=4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    p0, p1 = tmp_path / "round_000" / "policy", tmp_path / "round_001" / "policy"
+    for p in (p0, p1):
+        assert (p / "adapter_model.safetensors").is_file() and not (p / "model.safetensors").exists()
+    assert json.loads((p0 / ADAPTER_BASE_FILE).read_text()) == {"base": "builtin:tiny-random"}
+    assert json.loads((p1 / ADAPTER_BASE_FILE).read_text()) == {"base": "./../../round_000/policy"}
+    base, m0, m1 = (load_model(x).state_dict() for x in ("builtin:tiny-random", str(p0), str(p1)))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(base[name], m0[name]) and not torch.equal(m0[name], m1[name])
+
+    merged = merged_model_dir(str(p1))
+    assert torch.equal(load_model(str(merged)).state_dict()[name], m1[name])
+    pruned = subprocess.run([sys.executable, "-m", "alignloop.cli", "prune", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert pruned.returncode == 0 and "round_001/policy/merged" in pruned.stdout, pruned.stderr
+    assert not merged.exists() and (p1 / "adapter_model.safetensors").is_file()
+
+
 def test_empty_failure_slices_end_the_round_cleanly(tmp_path):
     # a threshold nothing is below: no failing slice, so round 1 says so and stops
     r = run_cli(tmp_path, "--set", "loop.slices.select=threshold",

@@ -144,9 +144,50 @@ def test_tokenizer_has_chat_template_and_pad(tokenizer):
 # --------------------------------------------------------------------------- rendering
 
 
-def test_render_plain_prompt(tokenizer):
-    assert models.render_prompt(tokenizer, "Q: 2+2?\nA:") == "Q: 2+2?\nA:"
-    assert models.render_response(tokenizer, "Q: 2+2?\nA:", " 4") == " 4<|im_end|>"
+@pytest.fixture(scope="module")
+def raw_tokenizer():
+    """The same tokenizer set to keep plain-text prompts as written (`data.chat_template: never`)."""
+    return models.load_tokenizer(TINY, chat_template="never")
+
+
+def test_render_plain_prompt_as_written(raw_tokenizer):
+    assert models.render_prompt(raw_tokenizer, "Q: 2+2?\nA:") == "Q: 2+2?\nA:"
+    assert models.render_response(raw_tokenizer, "Q: 2+2?\nA:", " 4") == " 4<|im_end|>"
+
+
+@pytest.mark.parametrize("mode", ["auto", "always"])
+def test_plain_prompt_for_a_chat_model_is_a_user_turn(mode):
+    """An instruct model gets a plain prompt as one user turn, in every stage: rendering,
+    token ids and response ids all equal those of the one-message chat prompt."""
+    tok = models.load_tokenizer(TINY, chat_template=mode)
+    as_chat = [{"role": "user", "content": "Say hi."}]
+    assert models.render_prompt(tok, "Say hi.") == models.render_prompt(tok, as_chat)
+    assert models.render_prompt(tok, "Say hi.").endswith("<|im_start|>assistant\n")
+    assert models.prompt_token_ids(tok, "Say hi.") == models.prompt_token_ids(tok, as_chat)
+    assert models.response_token_ids(tok, "Say hi.", "Hi!") \
+        == models.response_token_ids(tok, as_chat, "Hi!")
+
+
+def test_chat_template_modes_for_a_model_without_a_template():
+    class Base:  # a base model's tokenizer: no chat template
+        chat_template = None
+        eos_token = "</s>"
+
+    tok = Base()
+    models.set_plain_prompts(tok, "auto")
+    assert models.render_prompt(tok, "Once upon") == "Once upon"   # auto: as written
+    with pytest.raises(models.ModelReferenceError, match="data.chat_template.*no chat template"):
+        models.set_plain_prompts(Base(), "always", "my-base-model")
+    with pytest.raises(ValueError, match="data.chat_template must be one of"):
+        models.set_plain_prompts(Base(), "sometimes")
+
+
+def test_chat_template_config_key_is_validated():
+    from alignloop.config import ConfigError, config_from_dict
+
+    assert config_from_dict({"data": {"chat_template": "never"}}).data.chat_template == "never"
+    with pytest.raises(ConfigError, match="data.chat_template"):
+        config_from_dict({"data": {"chat_template": "sometimes"}})
 
 
 def test_render_chat_prompt_and_response(tokenizer):
@@ -172,7 +213,8 @@ def test_render_response_rejects_templates_that_rewrite_the_prompt(tokenizer):
 
 
 @pytest.mark.parametrize("prompt", [CHAT, "Q: 2+2?\nA:"], ids=["chat", "plain"])
-def test_training_scoring_and_generation_share_token_ids(tokenizer, prompt):
+def test_training_scoring_and_generation_share_token_ids(raw_tokenizer, prompt):
+    tokenizer = raw_tokenizer  # plain prompts as written (`never`); chat prompts: the template
     from alignloop.generation import PromptItem
     from alignloop.generation.prompts import encode_prompt
     from alignloop.labeling.logprobs import score_token_sequences, sequence_logprobs
@@ -200,7 +242,7 @@ def test_training_scoring_and_generation_share_token_ids(tokenizer, prompt):
     # generation
     assert encode_prompt(tokenizer, PromptItem("p", prompt), 512, "error") == prompt_ids
     # scoring: the same number as scoring exactly these ids
-    got = sequence_logprobs(TINY, [prompt], ["Hello"], progress=False)
+    got = sequence_logprobs(TINY, [prompt], ["Hello"], progress=False, chat_template="never")
     want = score_token_sequences(models.load_model(TINY), [(prompt_ids, chosen_ids)],
                                  pad_id=tokenizer.pad_token_id, progress=False)
     assert got[0] == pytest.approx(want[0], abs=1e-6)
@@ -239,22 +281,31 @@ def test_apply_lora_is_seeded(tiny):
     assert trainable and all("lora_" in n for n in trainable)
 
 
-def test_lora_save_writes_adapter_and_merged_copy(tiny, tokenizer, tmp_path):
-    peft_model = weights.apply_lora(tiny, LoraConfig(enabled=True, r=4, alpha=8), seed=0)
-    gen = torch.Generator().manual_seed(1)
+def _lora(model, seed: int):
+    peft_model = weights.apply_lora(model, LoraConfig(enabled=True, r=4, alpha=8), seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # lora_B starts at zero; make the adapters do something
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return peft_model
+
+
+def test_lora_policy_is_its_adapter_and_loads_merged(tiny, tokenizer, tmp_path):
+    peft_model = _lora(tiny, seed=0)
     before = {k: v.clone() for k, v in peft_model.state_dict().items()}
     expected = _logits(peft_model)
 
-    out = weights.save_policy(peft_model, tokenizer, tmp_path / "policy")
+    out = weights.save_policy(peft_model, tokenizer, tmp_path / "policy", base=TINY)
 
-    assert (out / "adapter" / "adapter_model.safetensors").is_file()
-    modules = json.loads((out / "adapter" / "adapter_config.json").read_text())["target_modules"]
+    # The round's artifact is the adapter, its base and the tokenizer: no full weights.
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
+    assert models.adapter_base(out) == TINY
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    full = sum(f.stat().st_size for f in models.resolve_model_path(TINY).rglob("*") if f.is_file())
+    assert size < full
+    modules = json.loads((out / "adapter_config.json").read_text())["target_modules"]
     assert modules == sorted(modules) and len(modules) > 1   # peft writes a set's order
-    assert (out / "model.safetensors").is_file()
     # The live model was not merged or changed.
     after = peft_model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
@@ -266,10 +317,38 @@ def test_lora_save_writes_adapter_and_merged_copy(tiny, tokenizer, tmp_path):
     torch.testing.assert_close(_logits(merged), expected, atol=1e-5, rtol=0)
     assert weights.weights_hash(peft_model) == weights.weights_hash(merged)
 
-    from peft import PeftModel
 
-    reloaded = PeftModel.from_pretrained(models.load_model(TINY), str(out / "adapter"))
-    torch.testing.assert_close(_logits(reloaded), expected, atol=1e-6, rtol=0)
+def test_adapter_chain_in_a_moved_run_and_the_merged_cache(tiny, tokenizer, tmp_path):
+    """Round 1's adapter builds on round 0's (a relative base), so the run directory can be
+    moved; `merged_model_dir` writes full weights once, equal to what load_model builds."""
+    import shutil
+
+    run = tmp_path / "run"
+    r0 = weights.save_policy(_lora(tiny, seed=0), tokenizer, run / "round_000" / "policy", base=TINY)
+    expected0 = _logits(models.load_model(str(r0)))
+    r1 = weights.save_policy(_lora(models.load_model(str(r0)), seed=5), tokenizer,
+                             run / "round_001" / "policy", base=str(r0))
+    assert json.loads((r1 / models.ADAPTER_BASE_FILE).read_text())["base"].startswith("./")
+    expected1 = _logits(models.load_model(str(r1)))
+    assert not torch.equal(expected1, expected0)
+
+    moved = tmp_path / "moved"
+    shutil.move(run, moved)
+    r1 = moved / "round_001" / "policy"
+    torch.testing.assert_close(_logits(models.load_model(str(r1))), expected1, atol=0, rtol=0)
+
+    cache = models.merged_model_dir(str(r1))
+    assert cache == r1 / models.MERGED_CACHE and (cache / "model.safetensors").is_file()
+    assert (cache / "tokenizer.json").is_file() and models.adapter_base(cache) is None
+    stamp = (cache / "model.safetensors").stat().st_mtime_ns
+    assert models.merged_model_dir(str(r1)) == cache   # reused, not rebuilt
+    assert (cache / "model.safetensors").stat().st_mtime_ns == stamp
+    torch.testing.assert_close(_logits(models.load_model(str(cache))), expected1, atol=0, rtol=0)
+    assert models.merged_model_dir(TINY) == models.resolve_model_path(TINY)
+
+    shutil.rmtree(moved / "round_000")
+    with pytest.raises(models.ModelReferenceError, match="LoRA adapter trained on .*round_000"):
+        models.load_model(str(r1))
 
 
 # --------------------------------------------------------------------------- the real model

@@ -166,10 +166,10 @@ def _labeling_clients(url: str, tokens: list[str], *, seed: int, retry_for: floa
                         continue
                     return
                 key = f"c{i}:{item['item_id']}"
-                choice = rng.choice(CHOICES)
+                choice, confidence = rng.choice(CHOICES), rng.randint(1, 3)
                 try:
                     status, body = api.label(item["item_id"], item["lease_id"], choice,
-                                             rng.randint(1, 3), idempotency_key=key)
+                                             confidence, idempotency_key=key)
                 except ApiError as e:
                     # a lease that expired while the server was down, on an item others
                     # have since completed: refused, not recorded, not acknowledged
@@ -181,7 +181,7 @@ def _labeling_clients(url: str, tokens: list[str], *, seed: int, retry_for: floa
                                  "label_id": body["label_id"], "choice": choice})
                 if rng.random() < 0.15:
                     status, again = api.label(item["item_id"], item["lease_id"], choice,
-                                              idempotency_key=key)
+                                              confidence, idempotency_key=key)
                     if (status, again["label_id"]) != (200, body["label_id"]):
                         failures.append(f"replay of {key}: {status} {again}")
                 if rng.random() < 0.05:
@@ -248,7 +248,7 @@ def _free_port() -> int:
 
 
 def _start_server(run_dir, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "alignloop.cli", "-q", "queue", "serve", str(run_dir),
+    cmd = [sys.executable, "-m", "alignloop.cli", "-q", "queue", "serve", "--run-dir", str(run_dir),
            "--port", str(port), "--lease-seconds", "3", "--log-level", "warning",
            "--no-access-log"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -63,10 +63,10 @@ def test_migrations_are_recorded_and_idempotent(store, store_url):
     assert migrations.applied(store.engine) == [n for n, _ in migrations.MIGRATIONS]
     assert migrations.migrate(store.engine.execution_options(queue_write=True)) == []
     again = QueueStore(store_url)              # a second opener applies nothing
-    assert migrations.applied(again.engine) == [1]
+    assert migrations.applied(again.engine) == [1, 2, 3]
     again.close()
     names = {r[0] for r in store.read("SELECT name FROM _migrations")}
-    assert names == {"m001_initial"}
+    assert names == {"m001_initial", "m002_sessions", "m003_open_leases_by_annotator"}
 
 
 def test_token_is_stored_only_as_its_hash(store):
@@ -104,10 +104,10 @@ def test_adaptive_redundancy(store):
 def test_never_the_same_item_twice(store):
     store.submit(items(3, votes_required=3, max_votes=3))
     (ann,) = annotators(store, 1)
-    held = store.next_item(ann)                     # a live lease is not handed out again
-    others = [store.next_item(ann) for _ in range(2)]
+    held = store.next_item(ann, max_leases=4)      # a live lease is not handed out again
+    others = [store.next_item(ann, max_leases=4) for _ in range(2)]
     assert len({held.item.item_id, *(o.item.item_id for o in others)}) == 3
-    assert store.next_item(ann) is None
+    assert store.next_item(ann, max_leases=4) is None
     for got in [held, *others]:
         store.record_label(ann, item_id=got.item.item_id, lease_id=got.lease_id, choice="a",
                            idempotency_key=got.lease_id)
@@ -426,3 +426,24 @@ def test_human_config_queue_fields():
                 {"wait_timeout_s": -1}, {"min_labels": -1}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             HumanConfig(**bad)
+
+
+def test_wait_shows_labels_over_their_target(capsys):
+    """The progress line counts labels against the target from its first line on (it used
+    to open without a total and print "human labels: 0label")."""
+    from alignloop.labeling.queue import stats
+
+    class Counts:                                   # (labels, votes missing, items pending)
+        def __init__(self):
+            self.seen = iter([(0, 40, 20), (12, 28, 14), (40, 0, 0)])
+
+        def round_counts(self, round):
+            return next(self.seen)
+
+    assert stats.wait(Counts(), 3, 0, timeout_s=30, poll_s=0) == 40
+    # stderr is not a terminal here: plain lines (alignloop.progress), one per tenth
+    lines = [line.strip() for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert any(line.startswith("round 3: human labels: 12/40 labels (30%)") and
+               line.endswith(", 14 items pending") for line in lines)
+    assert lines[-1].startswith("round 3: human labels: 40/40 labels (100%)")
+    assert not any("0label" in line for line in lines)

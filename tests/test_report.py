@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ from alignloop.report import (
     write_round_report,
     write_run_report,
 )
-from alignloop.report.markdown import fmt
+from alignloop.report.html import render_round_html
+from alignloop.report.markdown import KL_K1_NOTE, LATENT_REWARD_NOTE, fmt, render_markdown
 
 from .fake_run import SCRIPT, make_fake_run, write_fake_eval
 
@@ -254,6 +256,138 @@ def test_report_of_a_really_trained_round(tmp_path):
     assert report["train"]["tokens_per_s"] > 0
     assert report["implicit_reward"]["beta"] == cfg.train.beta
     assert report["labels"]["pairs_by_source"] == {"static": 8}
+
+
+# --------------------------------------------------------------------------- read by a newcomer
+
+
+def _cfg(**report_cfg):
+    return config_from_dict({"labeling": {"human": {"budget": 12}},
+                             "report": {"n_boot": 100, **report_cfg}})
+
+
+def test_a_slice_check_skipped_for_too_few_samples_is_reported_with_why(run):
+    # bad_news fell (n=16 per measure) but min_slice_samples = 20: no alert, and the report
+    # says which check was skipped, why, and that the number is past the threshold
+    report = build_round_report(load_round(run, 1), _cfg(min_slice_samples=20))
+    validate_report(report)
+    assert not any(a["kind"] == "slice_regression" for a in report["alerts"])
+    skipped = {(c["slice"], c["measure"]): c for c in report["skipped_checks"]
+               if c["kind"] == "slice_regression"}
+    bad = skipped[("bad_news", "latent_reward")]
+    assert bad["would_alert"] is True and bad["n"] == 16 and bad["value"] < 0
+    assert "fewer than report.min_slice_samples = 20" in bad["reason"]
+    assert "mean latent reward " in bad["reason"] and " → " in bad["reason"]
+    assert skipped[("bad_news", "win_rate")]["would_alert"] is True
+    assert skipped[("greeting", "win_rate")]["would_alert"] is False     # it improved
+    md = render_markdown(report)
+    html = render_round_html(report, {}, [])
+    assert f"- **slice_regression: {bad['reason']} — past the alert threshold**" in md
+    assert f'<div class="skipped">slice_regression: {escape(bad["reason"])}' in html
+
+
+def test_checks_that_cannot_run_say_why(run):
+    r0 = _report(run, 0)
+    reasons = {(c["kind"], c["measure"]): c["reason"] for c in r0["skipped_checks"]}
+    assert reasons[("kl_budget", None)] == "off: report.alert_kl_to_reference = 0"
+    assert reasons[("slice_regression", "win_rate")] == (
+        "no win rate against the previous policy: round 0 has no previous policy")
+    assert reasons[("judge_agreement", None)] == (
+        "no judge-human Cohen's kappa: no human votes this round")
+    md = (run / "round_000/report/report.md").read_text()
+    assert "Checks skipped" in md and "- kl_budget: off: report.alert_kl_to_reference = 0" in md
+
+
+def test_a_policy_that_loses_to_the_base_model_alerts(tmp_path, run):
+    lost = make_fake_run(tmp_path, rounds=1, reward_gain=-0.07, samples=4)
+    report = build_round_report(load_round(lost, 0), _cfg())
+    validate_report(report)
+    w = report["win_rate_vs_base"]["overall"]
+    assert w["value"] < 0.4 and w["hi"] < 0.5                  # ~0.34 (0.27-0.42), n=96
+    (alert,) = [a for a in report["alerts"] if a["kind"] == "loses_to_base"]
+    assert alert["message"].startswith(f"this round's policy loses to the base model: judge "
+                                       f"win rate {w['value']:.2f} (95% CI")
+    assert alert["value"] == w["value"] and alert["threshold"] == 0.5
+    off = build_round_report(load_round(lost, 0), _cfg(alert_win_rate_vs_base=0))
+    assert "loses_to_base" not in [a["kind"] for a in off["alerts"]]
+    assert {"kind": "loses_to_base", "reason": "off: report.alert_win_rate_vs_base = 0",
+            "slice": None, "measure": None, "n": None, "value": None,
+            "would_alert": None} in off["skipped_checks"]
+    # round 0 of the shared run: 0.375 but its interval reaches 0.5, so no alert
+    r0 = _report(run, 0)
+    assert r0["win_rate_vs_base"]["overall"]["hi"] > 0.5
+    assert "loses_to_base" not in [a["kind"] for a in r0["alerts"]]
+
+
+def test_missing_values_carry_no_unit(run):
+    md = (run / "round_000/report/report.md").read_text()
+    html = (run / "round_000/report/report.html").read_text()
+    assert _report(run, 0)["length"]["ratio_vs_previous"] is None
+    for text in (md, html):
+        assert "Mean length vs previous round: —; vs base: " in text
+        assert "—x" not in text and "—%" not in text
+
+
+def test_judge_human_agreement_on_no_items_says_why(run):
+    r0 = _report(run, 0)
+    assert r0["labels"]["judge_human"] == {"items": 0, "agreement": None, "kappa": None,
+                                           "reason": "no human votes this round"}
+    assert _report(run, 1)["labels"]["judge_human"]["reason"] is None
+    why = "— (no item had both a judge verdict and a human majority: no human votes this round)"
+    md = (run / "round_000/report/report.md").read_text()
+    html = (run / "round_000/report/report.html").read_text()
+    assert f"| judge agrees with human majority | {why} |" in md
+    assert f"<td>{why}</td>" in html
+    assert "of 0 items" not in md and "of 0 items" not in html
+
+
+def test_k1_kl_and_latent_reward_are_explained_where_they_are_shown(run):
+    html = (run / "report.html").read_text()
+    assert "KL to base (k1), 95% interval</span><sup>1</sup>" in html
+    assert f'title="{escape(KL_K1_NOTE)}"' in html and f"¹ {escape(KL_K1_NOTE)}" in html
+    assert "can come out below 0" in KL_K1_NOTE and "unbiased" in KL_K1_NOTE
+    kl = _report(run, 1)["kl_to_base"]["k1"]["sequence"]
+    assert f"<td>{fmt(kl['value'])} ({fmt(kl['lo'])} – {fmt(kl['hi'])})</td>" in html
+    assert f"² {escape(LATENT_REWARD_NOTE)}" in html
+    assert "demo task" in LATENT_REWARD_NOTE and "ground-truth" in LATENT_REWARD_NOTE
+    for page in ("round_001/report/report.html", "round_001/report/report.md"):
+        text = (run / page).read_text()
+        for note in (KL_K1_NOTE, LATENT_REWARD_NOTE):
+            assert (escape(note) if page.endswith("html") else note) in text, (page, note)
+
+
+def _figures(monkeypatch, draw) -> dict:
+    """{title or y label: Figure} of the figures `draw` makes (`plots._png` captured)."""
+    from alignloop.report import plots
+
+    figs = {}
+
+    def keep(fig):
+        ax = fig.axes[0]
+        figs[ax.get_title() or ax.get_ylabel()] = fig
+        return b""
+
+    monkeypatch.setattr(plots, "_png", keep)
+    draw(plots)
+    return figs
+
+
+def test_latent_reward_legends_do_not_cover_the_plot(run, monkeypatch):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    reports = {k: _report(run, k) for k in (0, 1)}
+    figs = {**_figures(monkeypatch, lambda p: p.run_figures(reports)),
+            **_figures(monkeypatch, lambda p: p.round_figures(reports[1], []))}
+    across_rounds = next(t for t in figs if t.startswith("Latent reward per slice"))
+    for title in (across_rounds, "mean latent reward"):
+        fig = figs[title]
+        FigureCanvasAgg(fig).draw()                               # lays the figure out
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        (legend,) = [lg.get_window_extent(renderer) for lg in [*fig.legends, ax.get_legend()]
+                     if lg is not None]
+        assert not legend.overlaps(ax.get_window_extent(renderer)), title
+        assert legend.y1 <= ax.get_tightbbox(renderer).y0 + 1, title   # below the x labels
 
 
 # --------------------------------------------------------------------------- browser

@@ -51,6 +51,9 @@ def test_changed_config_is_refused_naming_the_key_unless_redone(tmp_path):
     run.stage(1, "slices", lambda: None, [])
     more_rounds = Run(tmp_path, config_from_dict({"loop": {"rounds": 7}}), stage_names=stage_names)
     more_rounds.check_config()  # extending a run is fine
+    cadence = Run(tmp_path, config_from_dict({"train": {"save_every": 5, "save_every_s": 60}}),
+                  stage_names=stage_names)
+    cadence.check_config()  # so is saving checkpoints more or less often
     changed = Run(tmp_path, config_from_dict({"train": {"beta": 0.3}}), stage_names=stage_names)
     with pytest.raises(RunError, match="round 0 ran with a different config .changed: train.beta"):
         changed.check_config()

@@ -7,7 +7,6 @@ import torch
 from alignloop.config import config_from_dict
 from alignloop.data import read_pairs
 from alignloop.training.trainer import train_dpo
-from safetensors.torch import load_file
 
 MODEL = "builtin:smollm2-135m-instruct"
 
@@ -26,14 +25,14 @@ def test_smollm2_lora_dpo_smoke(tmp_path):
     log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 2
     assert log[0]["loss"] == pytest.approx(0.693147, abs=1e-4)   # LoRA B starts at zero: policy == reference
-    assert (result.policy_dir / "adapter/adapter_model.safetensors").exists()
-    merged = load_file(result.policy_dir / "model.safetensors")
+    assert (result.policy_dir / "adapter_model.safetensors").exists()   # the adapter only
+    assert not (result.policy_dir / "model.safetensors").exists()
+    model = load_model(str(result.policy_dir))                         # merged when loaded
     base = load_model(MODEL).state_dict()
-    changed = [k for k, v in merged.items() if k in base and not torch.equal(v, base[k])]
+    changed = [k for k, v in model.state_dict().items() if k in base and not torch.equal(v, base[k])]
     assert changed, "the merged policy equals the base model"
-    # the merged copy loads and generates text
+    # the merged policy generates text
     tok = load_tokenizer(str(result.policy_dir))
-    model = load_model(str(result.policy_dir))
     ids = tok.apply_chat_template([{"role": "user", "content": "Say hi."}], add_generation_prompt=True,
                                   return_tensors="pt", return_dict=True)
     out = model.generate(**ids, max_new_tokens=5, do_sample=False)

@@ -1,15 +1,17 @@
-"""The DPO trainer end to end on the tiny random model: invariances, resume, the reference cache."""
+"""The DPO trainer end to end on the tiny random model: invariances, resume, the reference cache,
+the data plan."""
 
 import json
 
 import pytest
 import torch
-from alignloop.config import config_from_dict
+from alignloop.config import TrainConfig, config_from_dict, field_docs
 from alignloop.data import read_pairs
+from alignloop.models import load_model
 from alignloop.records import Pair
+from alignloop.training import checkpoints
 from alignloop.training.batching import TokenizationError
-from alignloop.training.trainer import FAIL_AT_STEP_ENV, train_dpo
-from safetensors.torch import load_file
+from alignloop.training.trainer import FAIL_AT_STEP_ENV, _plan_run, train_dpo
 
 TINY = "builtin:tiny-random"
 
@@ -33,7 +35,8 @@ def _train(pairs, out, cfg=None, **kw):
 
 
 def _weights(result):
-    return load_file(result.policy_dir / "model.safetensors")
+    """The trained policy's weights (a LoRA policy: its base with the adapter merged in)."""
+    return {k: v for k, v in load_model(str(result.policy_dir)).state_dict().items()}
 
 
 def _assert_same_weights(a, b, atol):
@@ -67,20 +70,109 @@ def test_one_step_lowers_loss_and_changes_weights(pairs, tmp_path):
         assert key in log[0]
 
 
-def test_resume_equals_uninterrupted(pairs, tmp_path, monkeypatch):
-    cfg = _cfg(max_steps=4, batch_size=4, save_every=1, lr_schedule="linear", warmup_steps=1)
-    straight = _train(pairs, tmp_path / "straight", cfg)
-    monkeypatch.setenv(FAIL_AT_STEP_ENV, "2")
+def _resume_cfg(**train):
+    # how often checkpoints are saved is no part of the run: every variant below trains
+    # the same steps as `straight`, and may resume a checkpoint written under another
+    return _cfg(max_steps=4, batch_size=4, lr_schedule="linear", warmup_steps=1, **train)
+
+
+@pytest.fixture(scope="module")
+def straight(pairs, tmp_path_factory):
+    """An uninterrupted run: its weights and its step log without the timings."""
+    out = tmp_path_factory.mktemp("straight")
+    return _weights(_train(pairs, out, _resume_cfg())), _log_rows(out)
+
+
+def _log_rows(out):
+    """train_log.jsonl, each line as written but for its wall-clock fields."""
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "step_time_s")} for r in rows]
+
+
+def _kill_at(pairs, out, cfg, step, monkeypatch):
+    monkeypatch.setenv(FAIL_AT_STEP_ENV, str(step))
     with pytest.raises(RuntimeError, match="fault injection"):
-        _train(pairs, tmp_path / "resumed", cfg)
-    assert (tmp_path / "resumed/checkpoint/trainer_state.json").exists()
+        _train(pairs, out, cfg)
     monkeypatch.delenv(FAIL_AT_STEP_ENV)
-    resumed = _train(pairs, tmp_path / "resumed", cfg)
+
+
+def _checkpoint_step(out):
+    return json.loads((out / "checkpoint/trainer_state.json").read_text())["step"]
+
+
+def test_resume_equals_uninterrupted(pairs, tmp_path, monkeypatch, straight):
+    weights, log = straight
+    cfg = _resume_cfg(save_every=1, save_every_s=0)
+    _kill_at(pairs, tmp_path, cfg, 2, monkeypatch)
+    assert _checkpoint_step(tmp_path) == 2
+    resumed = _train(pairs, tmp_path, cfg)
     assert resumed.reference_reused
-    _assert_same_weights(_weights(straight), _weights(resumed), atol=1e-6)
-    steps = [json.loads(x)["step"] for x in (tmp_path / "resumed/train_log.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
-    assert not (tmp_path / "resumed/checkpoint").exists()
+    _assert_same_weights(weights, _weights(resumed), atol=0)   # bit for bit
+    assert _log_rows(tmp_path) == log and [r["step"] for r in log] == [1, 2, 3, 4]
+    assert not (tmp_path / "checkpoint").exists()
+
+
+def test_default_config_checkpoints_by_time_and_resumes(pairs, tmp_path, monkeypatch, straight):
+    # the default `save_every_s` (no `save_every`): a clock that moves 10 minutes per look
+    # makes every step a long one
+    assert TrainConfig().save_every == 0 and TrainConfig().save_every_s == 600
+    clock = iter(range(0, 10**6, 600))
+    monkeypatch.setattr(checkpoints, "_now", lambda: next(clock))
+    _kill_at(pairs, tmp_path, _resume_cfg(), 3, monkeypatch)
+    assert _checkpoint_step(tmp_path) == 3
+    monkeypatch.undo()
+    resumed = _train(pairs, tmp_path, _resume_cfg())
+    _assert_same_weights(straight[0], _weights(resumed), atol=0)
+    assert _log_rows(tmp_path) == straight[1]
+
+
+def test_resume_continues_a_log_cut_by_the_kill(pairs, tmp_path, monkeypatch, straight):
+    # checkpoint after step 2, killed after step 3 was logged and while step 4 was being
+    # written: the log restarts from the checkpoint's copy, so it ends as the uninterrupted one
+    cfg = _resume_cfg(save_every=2, save_every_s=0)
+    _kill_at(pairs, tmp_path, cfg, 3, monkeypatch)
+    assert _checkpoint_step(tmp_path) == 2
+    with open(tmp_path / "train_log.jsonl", "a") as f:
+        f.write('{"step": 4, "epoch": 1.0, "lo')
+    _train(pairs, tmp_path, _resume_cfg())   # another checkpoint cadence is the same run
+    assert _log_rows(tmp_path) == straight[1]
+
+
+def test_checkpoint_schedule_by_steps_and_by_time(monkeypatch):
+    class OneProcess:
+        num_processes = 1
+
+    now = [0.0]
+    monkeypatch.setattr(checkpoints, "_now", lambda: now[0])
+    by_time = checkpoints.CheckpointSchedule(OneProcess(), every_steps=0, every_s=600)
+    due = []
+    for step, t in enumerate([100, 599, 600, 700, 1300], start=1):
+        now[0] = t
+        due.append(by_time.due(step))
+        if due[-1]:
+            by_time.saved()
+    assert due == [False, False, True, False, True]   # 600 s since the start, then since a save
+    by_steps = checkpoints.CheckpointSchedule(OneProcess(), every_steps=2, every_s=0)
+    now[0] = 10**6
+    assert [by_steps.due(s) for s in range(1, 6)] == [False, True, False, True, False]
+
+
+def test_max_steps_is_the_exact_step_count_and_overrides_epochs():
+    lengths = list(range(10, 26))                       # 16 pairs, 4 steps of 4 per pass
+
+    def plan(**kw):
+        steps, per_epoch, total = _plan_run(lengths, TrainConfig(batch_size=4, seed=3, **kw), 1)
+        assert per_epoch == 4
+        return steps[:total]
+
+    one_pass = plan(epochs=1)
+    assert len(plan(epochs=2)) == 8
+    more = plan(max_steps=10, epochs=5)                 # passes 1, 2 and half of 3; epochs ignored
+    assert len(more) == 10 and more[:4] == one_pass and more[4:8] == plan(epochs=2)[4:]
+    assert sorted(i for step in more[4:8] for mb in step for i in mb) == list(range(16))
+    assert more[4:8] != one_pass                         # the second pass in a new order
+    assert plan(max_steps=2, epochs=5) == one_pass[:2]  # fewer than one pass: stops part way
+    assert "exactly" in field_docs()["train.max_steps"]   # and the docs say so
 
 
 def test_checkpoint_of_another_run_is_refused(pairs, tmp_path, monkeypatch):
@@ -140,12 +232,14 @@ def test_every_loss_trains(pairs, tmp_path, loss):
     assert torch.isfinite(torch.tensor(result.metrics["loss"]))
 
 
-def test_lora_writes_adapter_and_merged_copy(pairs, tmp_path):
+def test_lora_writes_its_adapter_and_base(pairs, tmp_path):
     cfg = config_from_dict({"model": {"name": TINY, "lora": {"enabled": True, "r": 4}},
                             "train": {"max_steps": 1, "learning_rate": 1e-2, "batch_size": 8}})
     result = _train(pairs[:8], tmp_path / "lora", cfg)
-    assert (result.policy_dir / "adapter" / "adapter_config.json").exists()
-    assert (result.policy_dir / "model.safetensors").exists()
+    assert (result.policy_dir / "adapter_config.json").exists()
+    assert not (result.policy_dir / "model.safetensors").exists()
+    assert (result.policy_dir / "alignloop_base.json").read_text().count(TINY) == 1
+    assert _weights(result).keys() == load_model(TINY).state_dict().keys()
 
 
 def test_too_long_pair_names_file_and_row(pairs, tmp_path):

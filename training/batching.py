@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 from alignloop.errors import AlignloopError
+from alignloop.progress import tqdm
 from alignloop.records import Pair
-from tqdm.auto import tqdm
 
 log = logging.getLogger("alignloop.training")
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 from alignloop.artifacts import read_parquet, write_parquet
+from alignloop.progress import tqdm
 from alignloop.training.batching import EncodedPair, collate
 from alignloop.training.logps import PairScorer, score_batch
-from tqdm.auto import tqdm
 
 log = logging.getLogger("alignloop.training")
 

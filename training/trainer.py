@@ -27,7 +27,12 @@ from alignloop.config import DataConfig, LoraConfig, ModelConfig, TrainConfig, t
 from alignloop.models import load_model, load_tokenizer, resolve_dtype
 from alignloop.records import Pair
 from alignloop.training.batching import EncodedPair, PackedBatch, collate, encode_pairs, plan_steps
-from alignloop.training.checkpoints import load_checkpoint, remove_checkpoint, save_checkpoint
+from alignloop.training.checkpoints import (
+    CheckpointSchedule,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+)
 from alignloop.training.logps import PairScorer, score_batch
 from alignloop.training.losses import LENGTH_AVERAGED, nll_loss, preference_loss
 from alignloop.training.reference import ReferenceLogps, reference_logps
@@ -36,6 +41,9 @@ from alignloop.training.weights import apply_lora, save_policy, weights_hash
 log = logging.getLogger("alignloop.training")
 
 FAIL_AT_STEP_ENV = "ALIGNLOOP_FAIL_AT_STEP"  # fault injection for resume tests
+# How often checkpoints are written does not change what is trained: left out of the
+# run's fingerprint, so a run may resume with other values.
+CHECKPOINT_CADENCE = ("save_every", "save_every_s")
 
 
 @dataclass
@@ -94,17 +102,11 @@ def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
 def run_fingerprint(encoded: list[EncodedPair], cfg: TrainConfig, model: ModelConfig,
                     start_hash: str) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([to_dict(cfg), to_dict(model.lora), start_hash], sort_keys=True).encode())
+    train = {k: v for k, v in to_dict(cfg).items() if k not in CHECKPOINT_CADENCE}
+    h.update(json.dumps([train, to_dict(model.lora), start_hash], sort_keys=True).encode())
     for p in encoded:
         h.update(f"{p.pair_id}:{p.ids_hash}:{p.p_chosen}:{p.weight};".encode())
     return h.hexdigest()[:16]
-
-
-def _log_rows_up_to(path: Path, step: int) -> None:
-    """Keep only log lines of finished steps (after a resume from `step`)."""
-    if path.exists():
-        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        path.write_text("".join(ln + "\n" for ln in keep))
 
 
 def _mixed_precision(model_cfg: ModelConfig) -> str:
@@ -119,8 +121,9 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
     """Train `policy` on `pairs` with DPO against `reference` (default: the policy itself).
 
     Writes OUT/reference_logps.parquet, OUT/train_log.jsonl, OUT/policy/ and, while
-    running, OUT/checkpoint/ (every `save_every` steps; removed at the end). A rerun
-    with the same arguments resumes from the checkpoint.
+    running, OUT/checkpoint/ (every `save_every_s` seconds and/or `save_every` steps;
+    removed at the end). A rerun with the same arguments resumes from the checkpoint
+    and ends with the weights and step log of an uninterrupted run.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -135,7 +138,7 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
 
     # 1. Load and prepare: token ids, then the reference log-probs. The reference
     #    pass comes first and its model is freed: training never holds it.
-    tokenizer = load_tokenizer(policy)
+    tokenizer = load_tokenizer(policy, data_cfg.chat_template)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded, skipped = encode_pairs(pairs, tokenizer, max_length=data_cfg.max_length,
                                     max_prompt_length=data_cfg.max_prompt_length,
@@ -163,7 +166,7 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
     train_seconds = time.perf_counter() - t_train
 
     # 4. Save the policy; the mid-run checkpoint is no longer needed.
-    policy_dir = _save_trained(accelerator, run.scorer, tokenizer, out_dir / "policy")
+    policy_dir = _save_trained(accelerator, run.scorer, tokenizer, out_dir / "policy", base=policy)
     remove_checkpoint(accelerator, out_dir)
     return TrainResult(policy_dir=policy_dir, steps=run.total, metrics=metrics,
                        reference_hash=ref.reference_hash, reference_reused=ref.reused,
@@ -200,7 +203,7 @@ class _Run:
     scheduler: Any
     steps: list[list[list[int]]]  # steps -> micro-batches (all processes) -> pair indices
     per_epoch: int     # steps in one epoch, for the logged `epoch`
-    total: int         # steps to run (max_steps when set)
+    total: int         # steps to run: max_steps when set, else epochs * per_epoch
 
 
 def _build_run(accelerator, model, lengths: list[int], lora: LoraConfig,
@@ -229,8 +232,12 @@ def _build_run(accelerator, model, lengths: list[int], lora: LoraConfig,
 
 def _plan_run(lengths: list[int], cfg: TrainConfig,
               world_size: int) -> tuple[list[list[list[int]]], int, int]:
-    """(data order, steps per epoch, steps to run): `epochs` epochs, or as many as
-    `max_steps` needs; ValueError when there are too few pairs for one step."""
+    """(data order, steps per epoch, steps to run): `epochs` epochs, or exactly
+    `max_steps` steps; ValueError when there are too few pairs for one step.
+
+    `max_steps` overrides `epochs`, as in the Hugging Face Trainer: the pairs are
+    passed over again (each pass in a new seeded order) until it is reached, and
+    the last pass may stop part way."""
     def plan(epochs: int) -> list[list[list[int]]]:
         return plan_steps(lengths, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                           world_size=world_size, epochs=epochs, seed=cfg.seed,
@@ -240,23 +247,21 @@ def _plan_run(lengths: list[int], cfg: TrainConfig,
     if per_epoch == 0:
         raise ValueError(f"{len(lengths)} pairs are fewer than one step needs "
                          f"({cfg.batch_size * cfg.grad_accum * world_size}) with {world_size} processes")
-    epochs = max(cfg.epochs, math.ceil(cfg.max_steps / per_epoch)) if cfg.max_steps else cfg.epochs
-    steps = plan(epochs)
-    total = min(cfg.max_steps, len(steps)) if cfg.max_steps else len(steps)
-    return steps, per_epoch, total
+    epochs = math.ceil(cfg.max_steps / per_epoch) if cfg.max_steps else cfg.epochs
+    steps = plan(epochs)[:cfg.max_steps or None]
+    return steps, per_epoch, len(steps)
 
 
 def _resume(accelerator, out_dir: Path, *, fingerprint: str, total: int) -> int:
-    """Restore OUT/checkpoint if this run left one and trim the step log to match;
+    """Restore OUT/checkpoint, and the step log saved with it, if this run left one;
     return the number of finished steps (0 for a fresh start, whose old log is removed)."""
-    start = load_checkpoint(accelerator, out_dir, fingerprint=fingerprint)
     log_path = out_dir / "train_log.jsonl"
+    start = load_checkpoint(accelerator, out_dir, fingerprint=fingerprint, log_path=log_path)
     if accelerator.is_main_process:
         if start:
             log.info("resuming from step %d of %d", start, total)
-            _log_rows_up_to(log_path, start)
-        elif log_path.exists():
-            log_path.unlink()
+        else:
+            log_path.unlink(missing_ok=True)
     return start
 
 
@@ -264,12 +269,15 @@ def _train_steps(run: _Run, encoded: list[EncodedPair], ref: ReferenceLogps, pad
                  cfg: TrainConfig, *, start: int, out_dir: Path, fingerprint: str,
                  progress: bool) -> dict:
     """Steps `start` .. `run.total`: step, log every `log_every` steps (and the last),
-    checkpoint every `save_every`. Returns the last step's metrics."""
-    from tqdm.auto import tqdm
+    checkpoint every `save_every` steps and `save_every_s` seconds (not after the last:
+    the policy is saved then). Returns the last step's metrics."""
+    from alignloop.progress import tqdm
 
     main = run.accelerator.is_main_process
     fail_at = int(os.environ.get(FAIL_AT_STEP_ENV, "0"))
     bar = tqdm(total=run.total, initial=start, desc="train", unit="step", disable=not progress)
+    saves = CheckpointSchedule(run.accelerator, every_steps=cfg.save_every, every_s=cfg.save_every_s)
+    log_path = out_dir / "train_log.jsonl"
     metrics: dict = {}
     for step in range(start, run.total):
         t0 = time.perf_counter()
@@ -278,12 +286,14 @@ def _train_steps(run: _Run, encoded: list[EncodedPair], ref: ReferenceLogps, pad
         metrics = {"step": step + 1, "epoch": round((step + 1) / run.per_epoch, 4), **totals,
                    "tokens_per_s": totals["tokens"] / elapsed, "step_time_s": elapsed}
         if main and ((step + 1) % cfg.log_every == 0 or step + 1 == run.total):
-            with open(out_dir / "train_log.jsonl", "a") as f:
+            with open(log_path, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracy']:.2f}")
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < run.total:
-            save_checkpoint(run.accelerator, out_dir, step=step + 1, fingerprint=fingerprint)
+        if step + 1 < run.total and saves.due(step + 1):
+            save_checkpoint(run.accelerator, out_dir, step=step + 1, fingerprint=fingerprint,
+                            log_path=log_path)
+            saves.saved()
         if fail_at and step + 1 == fail_at:
             raise RuntimeError(f"fault injection: {FAIL_AT_STEP_ENV}={fail_at}")
     bar.close()
@@ -334,13 +344,14 @@ def _optimizer_step(run: _Run, micro_batches: list[list[int]], encoded: list[Enc
     return totals
 
 
-def _save_trained(accelerator, scorer, tokenizer, policy_dir: Path) -> Path:
-    """Save the trained policy (merged, for LoRA) from the main process once all are done."""
+def _save_trained(accelerator, scorer, tokenizer, policy_dir: Path, *, base: str) -> Path:
+    """Save the trained policy (its adapter and `base`, for LoRA) from the main process once
+    all are done."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         trained = accelerator.unwrap_model(scorer).model
         trained.config.use_cache = True  # for generation from the saved policy
-        save_policy(trained, tokenizer, policy_dir)
+        save_policy(trained, tokenizer, policy_dir, base=base)
     return policy_dir
 
 

@@ -1,10 +1,11 @@
 """Policy weights: LoRA adapters, saving a trained policy, hashing weights.
 
-The final checkpoint of a round is a plain Hugging Face directory that the next
-round and the generators load as is (`save_policy`); a LoRA policy is saved
-merged, with its adapter beside it. `weights_hash` keys the reference log-prob
-cache and the run fingerprint, so a LoRA model hashes as the checkpoint it
-would be saved as. (Resumable mid-run state is in `checkpoints.py`.)
+The final checkpoint of a round is a Hugging Face directory that the next round and
+the generators load with `alignloop.models.load_model` (`save_policy`): full weights,
+or for a LoRA policy only its adapter and the model it applies to, merged when
+loaded. `weights_hash` keys the reference log-prob cache and the run fingerprint,
+so a LoRA model hashes as its merged weights, which is what it loads as.
+(Resumable mid-run state is in `checkpoints.py`.)
 """
 
 from __future__ import annotations
@@ -49,21 +50,27 @@ def merged_copy(model):
         return copy.deepcopy(model).merge_and_unload()
 
 
-def save_policy(model, tokenizer, out_dir: Path) -> Path:
+def save_policy(model, tokenizer, out_dir: Path, *, base: str = "") -> Path:
     """Save a policy in HF format (safetensors), atomically, and return `out_dir`.
 
-    A peft model is saved twice: its adapter in `out_dir/adapter`, and a merged
-    full copy in `out_dir` itself, so generation and the next round just load
-    `out_dir`. The merge happens on a copy; the live training model is untouched.
+    A peft model saves its adapter only (a PEFT adapter directory) and records `base`,
+    the model reference it was trained from, in `alignloop_base.json`: the round's
+    artifact is megabytes, not a full model. `load_model(out_dir)` merges it back;
+    `merged_model_dir` builds full weights on disk for a backend that needs them.
     """
+    import json
+
+    from alignloop.models import ADAPTER_BASE_FILE, base_reference
+
     out_dir = Path(out_dir)
+    if is_peft_model(model) and not base:
+        raise ValueError("save_policy: an adapter policy needs the reference of its base model")
     with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
         if is_peft_model(model):
-            model.save_pretrained(tmp / "adapter")
-            _sort_target_modules(tmp / "adapter" / "adapter_config.json")
-            merged_copy(model).save_pretrained(tmp)
-        else:
-            model.save_pretrained(tmp)
+            _sort_target_modules(tmp / "adapter_config.json")
+            record = {"base": base_reference(base, out_dir)}
+            (tmp / ADAPTER_BASE_FILE).write_text(json.dumps(record, indent=2) + "\n")
         tokenizer.save_pretrained(tmp)
     return out_dir
 

@@ -5,6 +5,8 @@ terminal labeling, and bot annotators that label over HTTP. Implements the
 
     store.py         QueueStore, the entry point: annotators, items, leases, labels, reading
     leases.py        leasing the next item and recording a label (the concurrent SQL)
+    accounts.py      annotators and their web sessions (revoked on the server)
+    controls.py      which fields refuse control characters; showing them in a terminal
     stats.py         counts, agreement, progress, exports and waiting, read out
     migrations.py    the schema, one numbered migration at a time
     app.py           create_app: the routers below, the request guard, serving
@@ -13,4 +15,5 @@ terminal labeling, and bot annotators that label over HTTP. Implements the
     routes_api.py    the JSON API (/api/next, /api/labels)
     routes_admin.py  /api/status and /healthz
     simulate.py      bots: an HTTP client and a panel of answerers labeling through it
+    terminal.py      labeling in a terminal (`alignloop queue label`)
 """

@@ -9,8 +9,10 @@ The app keeps no state of its own (only the store does), so several workers or h
 can serve one queue:
 
 - Sessions are signed cookies (itsdangerous): a random session id, the annotator and
-  the lease on screen. HttpOnly, SameSite=Strict, Secure when `secure_cookies`; they
-  expire after `deps.SESSION_MAX_AGE` and end at once when the annotator is disabled. The
+  the lease on screen. HttpOnly, SameSite=Strict, Secure when `secure_cookies`. A
+  signed-in session is also a row in the store, checked on every request: signing out
+  deletes it and disabling the annotator deletes all of its sessions, so a copied
+  cookie ends with them; otherwise it expires after `deps.SESSION_MAX_AGE`. The
   signing secret comes from `resolve_secret`.
 - Every form carries a CSRF token, HMAC(secret, session id), checked on every POST;
   a wrong or missing token is a 403.
@@ -23,7 +25,9 @@ can serve one queue:
 JSON API (bearer token: `Authorization: Bearer <token>`):
 
     POST /api/next    200 {item_id, lease_id, round, prompt, a, b, display_order, expires_at}
-                      or 204 when nothing is left for this annotator.
+                      or 204 when nothing is left for this annotator. An annotator holding
+                      `max_leases` live leases gets the oldest of them again (the same
+                      lease_id), not a new item.
                       `a`/`b` are the item's own responses; `display_order` ("ab" or "ba")
                       is the order a client showing them to a person should use (left to
                       right). `prompt` is text or a list of {role, content} messages.
@@ -32,7 +36,8 @@ JSON API (bearer token: `Authorization: Bearer <token>`):
                       `a`/`b` fields of /api/next, whatever order they were shown in;
                       `confidence` 1-3. 201 {label_id, created: true} for a new label,
                       200 {label_id, created: false} for a replay of the same
-                      idempotency key (a retried request records one label).
+                      idempotency key (a retried request records one label); the same
+                      key with a different label is a 409 that says so.
     GET  /api/status  admin only (403 otherwise): `QueueStore.status()`.
     GET  /healthz     200 {"ok": true} when the database answers, 503 otherwise.
 
@@ -40,7 +45,8 @@ A bearer token is looked up (constant-time, in the store) at most every
 `auth_cache_seconds` per worker; a disabled token stops working within that time.
 Errors are JSON `{"detail": ...}`: 401 missing or unknown token; 403 not an admin;
 413 body over `max_body_bytes`; 422 invalid field, with `field` naming it (also in the
-detail text); the store's `QueueError.status` (404 unknown item or lease, 409 conflict).
+detail text; a control character in a field is one, see `controls`); the store's
+`QueueError.status` (404 unknown item or lease, 409 conflict).
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from typing import Any
 
 from alignloop.labeling.queue import routes_admin, routes_api, routes_pages
 from alignloop.labeling.queue.deps import QueueWeb, Sessions
+from alignloop.labeling.queue.leases import MAX_LEASES
 from alignloop.labeling.queue.store import QueueError, QueueStore
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -170,13 +177,16 @@ async def _refuse(send, status: int) -> None:
 
 
 def create_app(store: QueueStore, *, max_body_bytes: int = 64 * 1024, lease_seconds: float = 600,
-               gold_rate: float = 0.0, secure_cookies: bool = False,
-               secret: bytes | str | None = None,
+               gold_rate: float = 0.0, max_leases: int = MAX_LEASES,
+               secure_cookies: bool = False, secret: bytes | str | None = None,
                auth_cache_seconds: float = AUTH_CACHE_SECONDS, seed: int | None = None) -> FastAPI:
     """The web app over `store`. `secret` signs sessions (default: `resolve_secret` of the
     store's URL); a bearer token checked less than `auth_cache_seconds` ago is not looked
-    up again (so a disabled token keeps working that long; 0 turns the cache off). `seed`
-    makes display orders and gold draws reproducible (simulated panels; default: fresh)."""
+    up again (so a disabled token keeps working that long; 0 turns the cache off).
+    `max_leases` caps each annotator's live leases. `seed` makes display orders and gold
+    draws reproducible (simulated panels; default: fresh)."""
+    if isinstance(max_leases, bool) or not isinstance(max_leases, int) or max_leases < 1:
+        raise ValueError(f"max_leases must be a positive integer, got {max_leases!r}")
     if secret is None:
         secret = resolve_secret(getattr(store, "url", None))
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -189,7 +199,7 @@ def create_app(store: QueueStore, *, max_body_bytes: int = 64 * 1024, lease_seco
         store=store, templates=templates, lease_seconds=lease_seconds, gold_rate=gold_rate,
         sessions=Sessions(secret.encode() if isinstance(secret, str) else secret,
                           secure_cookies),
-        auth_cache_seconds=auth_cache_seconds)
+        auth_cache_seconds=auth_cache_seconds, max_leases=max_leases)
     if seed is not None:
         app.state.queue_web.rng = random.Random(seed)
     app.add_middleware(_Guard, limit=max_body_bytes or 2**62)

@@ -83,6 +83,7 @@ class QueueWeb:
     lease_seconds: float
     gold_rate: float
     auth_cache_seconds: float
+    max_leases: int
     # one generator shared by the request threads: its draws are atomic under the GIL
     rng: random.Random = field(default_factory=lambda: random.Random(secrets.randbits(64)))
     # sha256(token) -> (annotator, time.monotonic() until which it is trusted)
@@ -90,11 +91,14 @@ class QueueWeb:
 
     def next_item(self, annotator_id: int) -> Assignment | None:
         return self.store.next_item(annotator_id, lease_seconds=self.lease_seconds,
-                                    gold_rate=self.gold_rate, rng=self.rng)
+                                    gold_rate=self.gold_rate, rng=self.rng,
+                                    max_leases=self.max_leases)
 
-    def active(self, annotator_id: int) -> bool:
-        """A web session outlives nothing: a disabled annotator is signed out at once."""
-        return any(a.id == annotator_id for a in self.store.annotators())
+    def signed_in(self, session: dict) -> bool:
+        """Whether a signed session cookie still stands on the server: its session has
+        not been signed out and its annotator is active (checked on every request)."""
+        who = self.store.session_annotator(session["sid"])
+        return who is not None and who.id == session.get("aid")
 
 
 async def queue_web(request: Request) -> QueueWeb:

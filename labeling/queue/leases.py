@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 from alignloop.labeling.aggregate import CHOICES
 from alignloop.labeling.handoff import QueueError, QueueItem
+from alignloop.labeling.queue import controls
 from sqlalchemy import Connection, text
 
 MAX_COMMENT = 4000
+MAX_LEASES = 1   # live leases per annotator: `/api/next` again hands back the one held
 
 
 @dataclass(frozen=True)
@@ -76,12 +78,17 @@ _SQL = {k: text(v) for k, v in {
     "next_skip": _NEXT + " FOR UPDATE SKIP LOCKED",
     "next_wait": _NEXT + " FOR UPDATE",
     "recheck": f"SELECT 1 FROM items i WHERE i.item_id = :id AND {AVAILABLE}",
+    "held": f"SELECT s.lease_id, s.display_order, s.expires_at, {ITEM_COLS}, i.gold FROM leases s"
+            f" JOIN items i ON i.item_id = s.item_id WHERE s.annotator_id = :ann AND {_LIVE}"
+            " ORDER BY s.issued_at, s.lease_id LIMIT :cap",
+    "hold_annotator": "SELECT 1 FROM annotators WHERE id = :ann FOR NO KEY UPDATE",
     "lease": "INSERT INTO leases (lease_id, item_id, annotator_id, display_order, issued_at,"
              " expires_at) VALUES (:l, :id, :ann, :o, :now, :e)",
     "item": ITEM,
     "item_locked": ITEM + " FOR UPDATE",
-    "labels_of": "SELECT id, item_id, annotator_id, idempotency_key FROM labels WHERE "
-                 "idempotency_key = :k OR (item_id = :i AND annotator_id = :a)",
+    "labels_of": "SELECT id, item_id, annotator_id, idempotency_key, lease_id, choice, "
+                 "confidence, comment FROM labels WHERE idempotency_key = :k OR "
+                 "(item_id = :i AND annotator_id = :a)",
     "lease_of": "SELECT display_order, expires_at, completed_at, (SELECT COUNT(*) FROM leases s "
                 f"WHERE s.item_id = :i AND {_LIVE}) AS live FROM leases WHERE lease_id = :l AND "
                 "annotator_id = :a AND item_id = :i",
@@ -103,13 +110,22 @@ def row_item(row) -> QueueItem:
 
 
 def lease_next(conn: Connection, *, annotator_id: int, now: float, lease_seconds: float,
-               want_gold: bool, order: str, rng: random.Random, postgres: bool,
-               first_attempt: bool) -> Assignment | None | bool:
+               max_leases: int, want_gold: bool, order: str, rng: random.Random,
+               postgres: bool, first_attempt: bool) -> Assignment | None | bool:
     """Lease the next item to the annotator: an unseen gold item when `want_gold` and one
-    is left, else the first available item in queue order. None when nothing is available;
+    is left, else the first available item in queue order. An annotator holding
+    `max_leases` live leases gets the oldest of them again instead, so one annotator (or a
+    client calling in a loop) cannot lease the whole queue. None when nothing is available;
     False when PostgreSQL's recheck under the row lock finds the last slot just taken (the
     caller tries again). Only on the first attempt does PostgreSQL wait for locked rows."""
-    p = {"ann": annotator_id, "now": now}
+    p = {"ann": annotator_id, "now": now, "cap": max_leases}
+    if postgres:   # one annotator's calls take turns, so concurrent ones cannot pass the cap
+        conn.execute(_SQL["hold_annotator"], p)   # (SQLite: the write lock does this)
+    held = list(conn.execute(_SQL["held"], p))
+    if len(held) >= max_leases:
+        h = held[0]
+        return Assignment(h.lease_id, row_item(h), h.display_order, h.expires_at,
+                          h.gold is not None)
     rows = list(conn.execute(_SQL["gold"], p)) if want_gold else []
     row = rng.choice(rows) if rows else None
     is_gold = row is not None
@@ -133,17 +149,32 @@ def release(conn: Connection, annotator_id: int, lease_id: str, now: float) -> b
     return conn.execute(_SQL["release"], {"now": now, "l": lease_id, "a": annotator_id}).rowcount > 0
 
 
-def check_label(choice: str, confidence: int, idempotency_key: str, comment: str) -> None:
+def check_label(item_id: str, lease_id: str, choice: str, confidence: int,
+                idempotency_key: str, comment: str) -> None:
     """Raise QueueError (422, naming the field) for a label's invalid field."""
+    for field, value in (("item_id", item_id), ("lease_id", lease_id),
+                         ("idempotency_key", idempotency_key)):
+        if not isinstance(value, str) or not 1 <= len(value) <= 200:
+            raise QueueError(f"{field} must be 1-200 characters", 422, field)
+        controls.check(value, field, "id")
     if choice not in CHOICES:
         raise QueueError(f"choice must be one of {list(CHOICES)}, got {choice!r}", 422, "choice")
     if isinstance(confidence, bool) or not isinstance(confidence, int) or not 1 <= confidence <= 3:
         raise QueueError(f"confidence must be 1, 2 or 3, got {confidence!r}", 422, "confidence")
-    if not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 200:
-        raise QueueError("idempotency_key must be 1-200 characters", 422, "idempotency_key")
     if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
         raise QueueError(f"comment must be text of at most {MAX_COMMENT} characters", 422,
                          "comment")
+    controls.check(comment, "comment", "text")
+
+
+def _check_replay(prior, **sent) -> None:
+    """A replay (same idempotency key) must repeat the label it replays: a different
+    payload under a used key is refused, never answered with the old label as if kept."""
+    changed = [k for k, v in sent.items() if getattr(prior, k) != v]
+    if changed:
+        raise QueueError(f"idempotency_key was already used for a label with different "
+                         f"{', '.join(changed)}; a retry must repeat the request exactly, a "
+                         "new label needs a new key", 409, "idempotency_key")
 
 
 def record(conn: Connection, *, annotator_id: int, item_id: str, lease_id: str, choice: str,
@@ -166,6 +197,8 @@ def record(conn: Connection, *, annotator_id: int, item_id: str, lease_id: str, 
         if prior.annotator_id != annotator_id or prior.item_id != item_id:
             raise QueueError("idempotency_key was already used for another label", 409,
                              "idempotency_key")
+        _check_replay(prior, lease_id=lease_id, choice=choice, confidence=confidence,
+                      comment=comment)
         return RecordedLabel(prior.id, False)
     lease = conn.execute(_SQL["lease_of"], p).first()
     if lease is None:

@@ -22,6 +22,8 @@ Tables:
   chosen for it; live while `completed_at` is NULL and `expires_at` > now.
 - `labels`: one vote; `choice` is relative to the item's a/b whatever the
   display order; UNIQUE(item_id, annotator_id) and UNIQUE(idempotency_key).
+- `sessions` (2): a signed-in web session, keyed by the sha256 hex of its id; deleted
+  at sign-out and when its annotator is disabled (`accounts.py`).
 """
 
 from __future__ import annotations
@@ -112,9 +114,30 @@ def m001_initial(conn: Connection) -> None:
         conn.execute(text(sql))
 
 
+def m002_sessions(conn: Connection) -> None:
+    """Signed-in web sessions, one row each, so that signing out or disabling the
+    annotator ends a session on the server (a signed cookie alone stays valid)."""
+    conn.execute(text("""CREATE TABLE sessions (
+        sid_hash TEXT PRIMARY KEY,
+        annotator_id BIGINT NOT NULL REFERENCES annotators (id),
+        created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    )"""))
+    conn.execute(text("CREATE INDEX ix_sessions_annotator ON sessions (annotator_id)"))
+
+
+def m003_open_leases_by_annotator(conn: Connection) -> None:
+    """An annotator's leases not labeled yet (a partial index: a labeled lease leaves it),
+    for the cap on live leases per annotator."""
+    conn.execute(text("CREATE INDEX ix_leases_open ON leases (annotator_id, expires_at) "
+                      "WHERE completed_at IS NULL"))
+
+
 # Append only. (number, function); numbers strictly increase.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, m001_initial),
+    (2, m002_sessions),
+    (3, m003_open_leases_by_annotator),
 ]
 
 

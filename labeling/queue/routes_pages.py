@@ -2,6 +2,8 @@
 `/label` shows one item at a time and takes the answer as a form POST.
 
 Every form carries the session's CSRF token (checked on every POST: 403 otherwise).
+A signed-in session must also still stand in the store (`QueueWeb.signed_in`) on every
+request; signing out ends it there.
 The two responses are shown in the assignment's display order; the hidden `order_sig`
 lets the server map the clicked side (left/right) back to a/b without trusting the
 browser or looking the lease up (see `app` for the whole design).
@@ -12,7 +14,7 @@ from __future__ import annotations
 import hmac
 import uuid
 
-from alignloop.labeling.queue.deps import QueueWeb, Web, new_session
+from alignloop.labeling.queue.deps import SESSION_MAX_AGE, QueueWeb, Web, new_session
 from alignloop.labeling.queue.store import Assignment, QueueError
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
@@ -94,18 +96,28 @@ async def login(request: Request, web: Web):
     if annotator is None:
         return _page(web, request, "index.html", 401, csrf=web.sessions.csrf(session),
                      error="That token is not valid.")
-    response = RedirectResponse("/label", status_code=303)
     # a new session id at sign-in: a session id planted before it is worth nothing
-    web.sessions.write(response, new_session(aid=annotator.id, name=annotator.name,
-                                             role=annotator.role))
+    session = new_session(aid=annotator.id, name=annotator.name, role=annotator.role)
+    await run_in_threadpool(web.store.start_session, annotator.id, session["sid"],
+                            SESSION_MAX_AGE)
+    response = RedirectResponse("/label", status_code=303)
+    web.sessions.write(response, session)
     return response
 
 
 @router.post("/logout")
 async def logout(request: Request, web: Web):
-    form, _ = await _posted_form(web, request)
+    form, session = await _posted_form(web, request)
     if form is None:
         return _forbidden(web, request)
+
+    def end() -> None:   # on the server: a copy of the cookie opens nothing after this
+        if session.get("aid") and web.signed_in(session):
+            if session.get("lease"):
+                web.store.release(session["aid"], session["lease"])
+            web.store.end_session(session["sid"])
+
+    await run_in_threadpool(end)
     return _signed_out(web)
 
 
@@ -138,7 +150,7 @@ async def label_page(request: Request, web: Web, note: str = ""):
     aid = session["aid"]
 
     def work():
-        if not web.active(aid):
+        if not web.signed_in(session):
             return None
         if session.get("lease"):   # a reload: hand back the item on screen before
             web.store.release(aid, session["lease"])
@@ -175,7 +187,7 @@ async def label_submit(request: Request, web: Web):
         return _error(web, request, 400, *refused)
     choice = {"left": f["display_order"][0], "right": f["display_order"][1]}.get(
         f["slot"], f["slot"])
-    if not await run_in_threadpool(web.active, session["aid"]):
+    if not await run_in_threadpool(web.signed_in, session):
         return _signed_out(web)
     try:
         await run_in_threadpool(
@@ -188,7 +200,7 @@ async def label_submit(request: Request, web: Web):
         if e.status in (404, 409):
             return RedirectResponse(f"/label?note={'gone' if e.status == 404 else 'conflict'}",
                                     status_code=303)
-        return _error(web, request, 400, "Not recorded", str(e))
+        return _error(web, request, 422 if e.status == 422 else 400, "Not recorded", str(e))
     response = RedirectResponse("/label", status_code=303)
     web.sessions.write(response, {k: v for k, v in session.items() if k != "lease"})
     return response

@@ -228,18 +228,25 @@ def wait(store, round: int, min_labels: int, timeout_s: float, *, poll_s: float 
          progress: bool = True) -> int:
     """Poll the round's counts until it has `min_labels` labels (0: every item its votes)
     or `timeout_s` passes, showing a tqdm line (labels / target, items pending) on stderr."""
-    from tqdm import tqdm
+    from alignloop.progress import tqdm
+
+    def counts() -> tuple[int, int, int]:
+        have, missing, pending = store.round_counts(round)
+        return have, (min_labels if min_labels > 0 else have + missing), pending
 
     deadline = time.monotonic() + timeout_s
-    with tqdm(desc=f"round {round}: human labels", unit="label", disable=not progress,
-              file=sys.stderr, dynamic_ncols=True) as bar:
+    have, target, pending = counts()
+    # "round 3: human labels: 12/40 |███   | [00:05, 7 items pending]": the count and its
+    # target from the first line on (a bar opened without a total printed "0label")
+    with tqdm(desc=f"round {round}: human labels", total=max(target, have), initial=have, unit="label",
+              bar_format="{desc}: {n_fmt}/{total_fmt} |{bar}| [{elapsed}{postfix}]",
+              disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
         while True:
-            have, missing, pending = store.round_counts(round)
-            target = min_labels if min_labels > 0 else have + missing
             bar.total, bar.n = max(target, have), have
-            bar.set_postfix(pending=pending, refresh=False)
+            bar.set_postfix_str(f"{pending} items pending", refresh=False)
             bar.refresh()
             left = deadline - time.monotonic()
             if have >= target or left <= 0:
                 return have
             time.sleep(min(poll_s, left))
+            have, target, pending = counts()

@@ -11,28 +11,35 @@ Semantics (what the web app, the terminal labeler and the loop rely on):
 - `next_item` leases the best available item to an annotator: highest priority,
   then oldest; never one the annotator labeled or holds a live lease on; an
   item is available while labels + live leases < votes needed. A lease that
-  expires without a label stops counting, so the item goes back.
+  expires without a label stops counting, so the item goes back. An annotator
+  holds at most `max_leases` live leases (default 1): asked again, it gets the
+  oldest of them back, so no annotator can lease the queue away from the others.
 - Gold items (known answers) are mixed in at `gold_rate`; every annotator may
   label each gold item once; they never complete and are not part of a round's
   counts, votes or exported pairs.
 - `record_label` is idempotent on `idempotency_key`: a retried request returns
-  the first label. A label on an expired lease is still kept when the item
-  has a free slot (no work is lost).
+  the first label; the same key with a different label is refused (409). A
+  label on an expired lease is still kept when the item has a free slot (no
+  work is lost).
+- Text: ids, keys and comments refuse control characters, item text refuses NUL
+  (`controls.py`), the same on SQLite and PostgreSQL.
 - Concurrency: every change to an item's leases or labels happens while
   holding that item's row lock (PostgreSQL: `SELECT ... FOR UPDATE`, with
   `SKIP LOCKED` when choosing an item, then a recount under the lock) or the
   database's write lock (SQLite: every write transaction is `BEGIN IMMEDIATE`).
+  On PostgreSQL an annotator's `next_item` calls also take turns on its row
+  (`FOR NO KEY UPDATE`, which labels' foreign-key checks do not wait for).
   Transactions are short; one engine per store serves many threads.
 
-Leasing and labeling SQL lives in `leases.py`; reading out counts, agreement
-and exports in `stats.py`. `QueueStore` is the entry point to all of it.
+Leasing and labeling SQL lives in `leases.py`; annotators and web sessions in
+`accounts.py`; reading out counts, agreement and exports in `stats.py`.
+`QueueStore` is the entry point to all of it.
 
 Times are Unix seconds (float) from the store's `clock`, which tests replace.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import math
@@ -42,7 +49,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -54,33 +61,16 @@ from alignloop.labeling.handoff import (
     WaitingForLabels,
     check_wait_mode,
 )
-from alignloop.labeling.queue import leases, migrations, stats
+from alignloop.labeling.queue import accounts, controls, leases, migrations, stats
+from alignloop.labeling.queue.accounts import AnnotatorAccount, hash_token
 from alignloop.labeling.queue.leases import Assignment, RecordedLabel
 from alignloop.records import Pair
 from sqlalchemy import Connection, bindparam, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-ROLES = ("annotator", "admin")
 _ATTEMPTS = 8
 __all__ = ["AnnotatorAccount", "Assignment", "QueueError", "QueueStore", "RecordedLabel",
            "WaitingForLabels", "resolve_url"]
-
-
-@dataclass(frozen=True)
-class AnnotatorAccount:
-    """A person (or bot) who labels: its id in the store, unique name and role."""
-
-    id: int
-    name: str
-    role: str
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 def resolve_url(target: str | Path) -> str:
@@ -98,6 +88,10 @@ def _check_item(it: QueueItem) -> None:
     where = f"queue item {it.item_id!r}"
     if not isinstance(it.item_id, str) or not it.item_id or len(it.item_id) > 200:
         raise QueueError(f"{where}: item_id must be a string of 1-200 characters", 422, "item_id")
+    controls.check(it.item_id, "item_id", "id", where)
+    controls.check_prompt(it.prompt, "model_text", where)
+    for field in ("a", "b", "slice"):
+        controls.check(getattr(it, field), field, "model_text", where)
     if not (1 <= it.votes_required <= it.max_votes):
         raise QueueError(f"{where}: need 1 <= votes_required <= max_votes, got "
                          f"{it.votes_required} and {it.max_votes}", 422, "votes_required")
@@ -165,32 +159,31 @@ class QueueStore:
 
     def add_annotator(self, name: str, role: str = "annotator") -> str:
         """Create an annotator; returns its token (shown once; only its hash is stored)."""
-        if not isinstance(name, str) or not name.strip() or len(name) > 100:
-            raise QueueError("annotator name must be 1-100 characters", 422, "name")
-        if role not in ROLES:
-            raise QueueError(f"role must be one of {list(ROLES)}, got {role!r}", 422, "role")
+        accounts.check_new(name, role)
         token = secrets.token_urlsafe(32)
-
-        def tx(conn: Connection) -> None:
-            if conn.execute(text("SELECT 1 FROM annotators WHERE name = :n"), {"n": name}).first():
-                raise QueueError(f"annotator {name!r} already exists", 409, "name")
-            conn.execute(text("INSERT INTO annotators (name, role, token_hash, created_at, active) "
-                              "VALUES (:n, :r, :h, :t, 1)"),
-                         {"n": name, "r": role, "h": hash_token(token), "t": self.clock()})
-
-        self._write(tx)
+        self._write(lambda conn: accounts.add(conn, name, role, hash_token(token), self.clock()))
         return token
 
     def disable_annotator(self, name: str) -> None:
-        """Disable an annotator: its token is refused and its web sessions end (the web app
-        checks that the annotator is active on every request). Labels already given stay."""
-        def tx(conn: Connection) -> None:
-            done = conn.execute(text("UPDATE annotators SET active = 0 WHERE name = :n"),
-                                {"n": name})
-            if done.rowcount != 1:
-                raise QueueError(f"no annotator named {name!r}", 404, "name")
+        """Disable an annotator: its token is refused and its web sessions end. Labels
+        already given stay."""
+        self._write(lambda conn: accounts.disable(conn, name))
 
-        self._write(tx)
+    def start_session(self, annotator_id: int, session_id: str, max_age: float) -> None:
+        """Record a signed-in web session (see `accounts`), valid for `max_age` seconds
+        unless ended before."""
+        self._write(lambda conn: accounts.start_session(conn, annotator_id, session_id,
+                                                        self.clock(), max_age))
+
+    def session_annotator(self, session_id: str) -> AnnotatorAccount | None:
+        """The active annotator of a web session that has not ended or expired, or None."""
+        rows = self.read(accounts.SESSION_ANNOTATOR,
+                         {"s": hash_token(session_id), "now": self.clock()})
+        return AnnotatorAccount(rows[0].id, rows[0].name, rows[0].role) if rows else None
+
+    def end_session(self, session_id: str) -> None:
+        """Sign a web session out: its cookie, copied or not, opens nothing any more."""
+        self._write(lambda conn: accounts.end_session(conn, session_id))
 
     def authenticate(self, token: str) -> AnnotatorAccount | None:
         """The active annotator with this token, or None."""
@@ -275,22 +268,27 @@ class QueueStore:
     # ----------------------------------------------------------------- leases and labels
 
     def next_item(self, annotator_id: int, *, lease_seconds: float = 600.0,
-                  gold_rate: float = 0.0, rng: random.Random | None = None) -> Assignment | None:
+                  gold_rate: float = 0.0, rng: random.Random | None = None,
+                  max_leases: int = leases.MAX_LEASES) -> Assignment | None:
         """Lease the next item to this annotator, or None when nothing is available.
 
+        An annotator holding `max_leases` live leases gets the oldest of them again.
         With probability `gold_rate` a gold item the annotator has not seen comes first.
         PostgreSQL: the chosen row is locked with SKIP LOCKED, so concurrent callers take
         different items, and then rechecked under the lock (a fresh snapshot), since the
         lock may be won just after another caller leased the item's last slot. When every
         available row is locked (items being labeled right now) it waits for the first.
         """
+        if isinstance(max_leases, bool) or not isinstance(max_leases, int) or max_leases < 1:
+            raise ValueError(f"max_leases must be a positive integer, got {max_leases!r}")
         rng = rng or self._rng
         want_gold = gold_rate > 0 and rng.random() < gold_rate
         order = "ba" if rng.random() < 0.5 else "ab"
 
         def tx(conn: Connection, attempt: int) -> Assignment | None | bool:
             return leases.lease_next(conn, annotator_id=annotator_id, now=self.clock(),
-                                     lease_seconds=lease_seconds, want_gold=want_gold,
+                                     lease_seconds=lease_seconds, max_leases=max_leases,
+                                     want_gold=want_gold,
                                      order=order, rng=rng, postgres=self._postgres,
                                      first_attempt=attempt == 0)
 
@@ -310,10 +308,11 @@ class QueueStore:
                      confidence: int = 2, idempotency_key: str,
                      comment: str = "") -> RecordedLabel:
         """Record one label; raises QueueError (404 unknown item or lease, 409 already
-        labeled, key used for another label, or expired lease whose slot is taken; 422
-        invalid field). A retried request (same key) returns the first label, created False.
+        labeled, key used for another label or with different content, or expired lease
+        whose slot is taken; 422 invalid field). A retried request (same key, same label)
+        returns the first label, created False.
         """
-        leases.check_label(choice, confidence, idempotency_key, comment)
+        leases.check_label(item_id, lease_id, choice, confidence, idempotency_key, comment)
         return self._write(lambda conn: leases.record(
             conn, annotator_id=annotator_id, item_id=item_id, lease_id=lease_id, choice=choice,
             confidence=confidence, idempotency_key=idempotency_key, comment=comment,

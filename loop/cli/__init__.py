@@ -9,11 +9,10 @@ so `alignloop --help` never imports torch.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from alignloop import __version__
+import alignloop
 from alignloop.cli import run, tools
 
 
@@ -23,10 +22,27 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set train.beta=0.2 (repeatable)")
 
 
+def _add_verbosity_args(parser: argparse.ArgumentParser, default=0) -> None:
+    """-q and -v on `parser` and on every (sub)command's parser below it, so they work
+    before or after the command (`alignloop run CFG -q`). A command's parser leaves them
+    unset when not given (SUPPRESS), so it keeps what was given before the command."""
+    parser.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1,
+                        default=default, help="only warnings and errors")
+    parser.add_argument("-v", "--verbose", dest="verbosity", action="count", default=default,
+                        help="also the libraries' INFO lines, warnings and progress bars "
+                             "(-vv: debug)")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in {id(p): p for p in action.choices.values()}.values():   # aliases once
+                _add_verbosity_args(sub, default=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alignloop", description=__doc__.split("\n")[0])
-    parser.add_argument("--version", action="version", version=f"alignloop {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser = argparse.ArgumentParser(
+        prog="alignloop", description=alignloop.__doc__.split("\n\n")[0],
+        epilog="-q and -v go before or after the command; `alignloop COMMAND --help` lists "
+               "its options.")
+    parser.add_argument("--version", action="version", version=f"alignloop {alignloop.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="DPO on a pairs file (JSONL, parquet, hf:...)",
@@ -61,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="run directory")
     p.set_defaults(func=run.cmd_status)
 
+    p = sub.add_parser("prune", help="remove the merged-weight caches of LoRA rounds",
+                       description=run.cmd_prune.__doc__)
+    p.add_argument("run_dir", help="run directory")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    p.set_defaults(func=run.cmd_prune)
+
     p = sub.add_parser("report", help="drift reports: RUN_DIR/report.html across rounds",
                        description=run.cmd_report.__doc__)
     p.add_argument("run_dir", help="run directory")
@@ -91,14 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--docs", action="store_true", help="list every key with its documentation")
     p.set_defaults(func=run.cmd_config)
+    _add_verbosity_args(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
     from alignloop.errors import AlignloopError
+    from alignloop.logs import setup_logging
+
+    setup_logging(args.verbosity)
 
     try:
         return args.func(args)

@@ -1,9 +1,11 @@
 """`alignloop queue ...`: the human labeling queue from the command line.
 
-Every command takes the queue as a run directory (its `queue.db`, SQLite) or
-`--db URL` (e.g. `postgresql+psycopg://user@host/db`). Heavy modules (SQLAlchemy,
-FastAPI, uvicorn, rich) are imported inside the commands, so `alignloop --help`
-stays fast.
+Every command takes the queue the same way, as an option: `--run-dir DIR` (the run
+directory; the queue is DIR/queue.db, SQLite) or `--db URL` (e.g.
+`postgresql+psycopg://user@host/db`). Only `import` and `add-annotator` create a queue
+that does not exist yet; the other commands refuse a missing one. Heavy modules
+(SQLAlchemy, FastAPI, uvicorn, rich) are imported inside the commands, so
+`alignloop --help` stays fast.
 """
 
 from __future__ import annotations
@@ -17,26 +19,67 @@ from pathlib import Path
 TOKEN_ENV = "ALIGNLOOP_TOKEN"
 
 
+class _QueueParser(argparse.ArgumentParser):
+    """A queue command's parser: an error about the missing queue says how to give it."""
+
+    def error(self, message: str):
+        if "--run-dir" in message:
+            message += ("; every queue command takes the queue as an option, "
+                        f"e.g. {self.prog} --run-dir runs/demo ...")
+        super().error(message)
+
+
 def _target(args: argparse.Namespace) -> str:
-    if args.db and args.run_dir:
-        raise SystemExit("error: give a RUN_DIR or --db URL, not both")
-    if not (args.db or args.run_dir):
-        raise SystemExit("error: no queue given: pass a RUN_DIR or --db URL")
     return args.db or args.run_dir
 
 
+def _missing_queue(target: str) -> Path | None:
+    """The SQLite file a target names when that file does not exist (else None)."""
+    from sqlalchemy import make_url
+
+    if "://" not in target:
+        path = Path(target) / "queue.db"
+    else:
+        url = make_url(target)
+        if url.get_backend_name() != "sqlite" or not url.database:
+            return None     # a server database: made empty if need be, nothing on disk
+        path = Path(url.database)
+    return None if path.is_file() else path
+
+
 def _open(args: argparse.Namespace):
+    """The queue store of `--run-dir`/`--db`. Only the commands that fill a queue
+    (`import`, `add-annotator`) create one; for the others a missing queue is an error,
+    never a new empty database in a surprising place."""
+    from alignloop.errors import AlignloopError
     from alignloop.labeling.queue.store import QueueStore
 
     target = _target(args)
+    missing = _missing_queue(target)
+    if missing is not None and not args.creates_queue:
+        raise AlignloopError(f"no queue at {missing}: `alignloop queue import` or "
+                             "`alignloop queue add-annotator` creates one")
     if "://" not in target:
         Path(target).mkdir(parents=True, exist_ok=True)
     return QueueStore.open(target)
 
 
+def _not_a_run_dir(value: str, what: str) -> None:
+    """Refuse a positional argument that is in fact a run directory (a queue given in the
+    old positional way, or arguments swapped)."""
+    from alignloop.errors import AlignloopError
+
+    if (Path(value) / "queue.db").is_file():
+        raise AlignloopError(f"{what} {value!r} is a run directory; give the queue as "
+                             f"--run-dir {value}")
+
+
 def _app_options(args: argparse.Namespace) -> dict:
-    return {"lease_seconds": args.lease_seconds, "gold_rate": args.gold_rate,
-            "max_body_bytes": args.max_body_bytes, "secure_cookies": args.secure_cookies}
+    options = {"lease_seconds": args.lease_seconds, "gold_rate": args.gold_rate,
+               "max_body_bytes": args.max_body_bytes, "secure_cookies": args.secure_cookies}
+    if args.max_leases is not None:   # else the app's default (`leases.MAX_LEASES`)
+        options["max_leases"] = args.max_leases
+    return options
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -71,6 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_add_annotator(args: argparse.Namespace) -> int:
     """Create an annotator and print its token (only its hash is kept: it is shown once)."""
+    _not_a_run_dir(args.name, "annotator name")
     store = _open(args)
     role = "admin" if args.admin else "annotator"
     token = store.add_annotator(args.name, role)
@@ -116,17 +160,45 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Queue the pairs of a pairs file (any format `alignloop train` reads) for labeling:
-    each pair becomes an item with a = chosen, b = rejected, item_id = pair_id."""
+    each pair becomes an item with a = chosen, b = rejected, item_id = pair_id. A row with
+    a control character (other than tab and newline in text) is refused like any invalid
+    row: the error names the file and row, and nothing is queued (or, with --on-invalid
+    skip, the row is dropped)."""
     from alignloop.data import read_pairs
 
+    _not_a_run_dir(args.file, "pairs file")
     pairs, report = read_pairs(args.file, on_invalid=args.on_invalid)
+    pairs, refused = _without_control_characters(pairs, args.on_invalid)
     store = _open(args)
     new = store.push(pairs, args.round, votes_required=args.votes_required,
                      max_votes=max(args.max_votes or args.votes_required, args.votes_required))
-    skipped = f"; skipped {report.skipped}" if report.skipped else ""
+    dropped = {**report.skipped, **({"control character": refused} if refused else {})}
+    skipped = f"; skipped {dropped}" if dropped else ""
     print(f"queued {new} new items for round {args.round} ({len(pairs) - new} already queued, "
           f"{report.n_read} rows read{skipped})")
     return 0
+
+
+def _without_control_characters(pairs: list, on_invalid: str) -> tuple[list, int]:
+    """(the pairs free of control characters, how many were dropped); with on_invalid
+    "error" the first such pair raises QueueError naming its file and row."""
+    from alignloop.labeling.queue import controls
+    from alignloop.labeling.queue.store import QueueError
+
+    kept = []
+    for pair in pairs:
+        try:
+            controls.check(pair.pair_id, "pair_id", "id")
+            controls.check_prompt(pair.prompt, "text")
+            for field in ("chosen", "rejected", "slice"):
+                controls.check(getattr(pair, field), field, "text")
+        except QueueError as e:
+            if on_invalid == "error":
+                raise QueueError(f"{pair.origin}: {e} (--on-invalid skip drops such rows)",
+                                 e.status, e.field) from None
+            continue
+        kept.append(pair)
+    return kept, len(pairs) - len(kept)
 
 
 def _jsonl_pair(pair) -> dict:
@@ -166,16 +238,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_label(args: argparse.Namespace) -> int:
     """Label in the terminal: the prompt and the two responses side by side (stacked when the
-    terminal is narrow); keys 1 = A, 2 = B, 3 = tie, 4 = both bad, q = quit."""
-    import random
-    import uuid
-
-    from alignloop.labeling.queue.store import QueueError
-    from rich.console import Console
-    from rich.panel import Panel
-    from rich.prompt import Prompt
-    from rich.table import Table
-    from rich.text import Text
+    terminal is narrow); keys 1 = A, 2 = B, 3 = tie, 4 = both bad, q = quit. Control
+    characters in the items are shown as escapes (\x1b), never sent to the terminal."""
+    from alignloop.labeling.queue.terminal import label_in_terminal
 
     token = args.token or os.environ.get(TOKEN_ENV)
     if not token:
@@ -184,61 +249,14 @@ def cmd_label(args: argparse.Namespace) -> int:
     me = store.authenticate(token)
     if me is None:
         raise SystemExit("error: that token is not valid")
-    console, rng, done = Console(), random.Random(), 0
-    keys = {"1": 0, "2": 1, "3": "tie", "4": "both_bad"}
-    while args.limit is None or done < args.limit:
-        a = store.next_item(me.id, lease_seconds=args.lease_seconds, rng=rng)
-        if a is None:
-            console.print("Nothing to label right now.")
-            break
-        it = a.item
-        shown = (it.a, it.b) if a.display_order == "ab" else (it.b, it.a)
-        turns = ([("prompt", it.prompt)] if isinstance(it.prompt, str) else
-                 [(str(m.get("role", "user")), str(m.get("content", ""))) for m in it.prompt])
-        console.rule(f"{me.name} · {store.progress(me.id)['labeled']} labeled")
-        # Text(...) shows prompt and responses as they are: no rich markup is interpreted
-        for role, content in turns:
-            console.print(Panel(Text(content), title=Text(role), title_align="left"))
-        panels = [Panel(Text(shown[0]), title="A [1]"), Panel(Text(shown[1]), title="B [2]")]
-        if console.width >= 100:   # side by side; stacked on a narrow terminal
-            grid = Table.grid(expand=True, padding=(0, 1))
-            grid.add_column(ratio=1)
-            grid.add_column(ratio=1)
-            grid.add_row(*panels)
-            console.print(grid)
-        else:
-            console.print(*panels)
-        try:
-            key = Prompt.ask("1 = A, 2 = B, 3 = tie, 4 = both bad, q = quit",
-                             choices=[*keys, "q"], console=console)
-            if key == "q":
-                store.release(me.id, a.lease_id)
-                break
-            confidence = int(Prompt.ask("confidence (1 unsure, 2 fairly sure, 3 sure)",
-                                        choices=["1", "2", "3"], default="2", console=console))
-            comment = Prompt.ask("comment (Enter for none)", default="", show_default=False,
-                                 console=console)
-        except (EOFError, KeyboardInterrupt):
-            store.release(me.id, a.lease_id)
-            console.print()
-            break
-        slot = keys[key]
-        choice = a.display_order[slot] if isinstance(slot, int) else slot
-        try:
-            store.record_label(me.id, item_id=it.item_id, lease_id=a.lease_id, choice=choice,
-                               confidence=confidence, idempotency_key=f"tty-{uuid.uuid4().hex}",
-                               comment=comment)
-            done += 1
-        except QueueError as e:
-            console.print(Text(f"not recorded: {e}", style="red"))
-    console.print(f"{done} labels recorded this session.")
+    label_in_terminal(store, me, limit=args.limit, lease_seconds=args.lease_seconds)
     return 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Bot annotators labeling through the JSON API over HTTP (as people would), answering
     like the annotators of the demo's panel (the same panel the loop simulates). With a
-    RUN_DIR or --db the bots are added as annotators; without --url a server is started
+    --run-dir or --db the bots are added as annotators; without --url a server is started
     in this process on a free loopback port."""
     import secrets
     import time
@@ -251,7 +269,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: unknown panel {args.panel!r}; known: {', '.join(sorted(PANELS))}")
     store = _open(args) if (args.run_dir or args.db) else None
     if store is None and not (args.url and args.token):
-        raise SystemExit("error: give a RUN_DIR or --db (bots are added there), or --url with "
+        raise SystemExit("error: give --run-dir or --db (bots are added there), or --url with "
                          "one --token per bot")
     tokens = [(f"token-{i + 1}", t) for i, t in enumerate(args.token)]
     if store is not None and not tokens:
@@ -290,14 +308,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("queue", help="the human labeling queue (serve, annotators, import/export)",
                        description=__doc__.split("\n\n")[1].replace("\n", " "))
-    qsub = p.add_subparsers(dest="queue_command", required=True, metavar="COMMAND")
+    qsub = p.add_subparsers(dest="queue_command", required=True, metavar="COMMAND",
+                            parser_class=_QueueParser)
 
-    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+    def command(name: str, func, help: str, *, creates: bool = False,
+                required: bool = True) -> argparse.ArgumentParser:
         q = qsub.add_parser(name, help=help, description=func.__doc__)
-        q.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
-                       help="run directory (the queue is its queue.db)")
-        q.add_argument("--db", metavar="URL", help="database URL instead of a run directory")
-        q.set_defaults(func=func)
+        where = q.add_mutually_exclusive_group(required=required)
+        where.add_argument("--run-dir", metavar="DIR",
+                           help="run directory: the queue is DIR/queue.db (SQLite)")
+        where.add_argument("--db", metavar="URL", help="database URL instead of a run directory")
+        q.set_defaults(func=func, creates_queue=creates)
         return q
 
     def app_args(q: argparse.ArgumentParser) -> None:
@@ -309,6 +330,9 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--port", type=int, default=8080, help="(default: %(default)s)")
     q.add_argument("--workers", type=int, default=1, help="server processes (default: %(default)s)")
     app_args(q)
+    q.add_argument("--max-leases", type=_positive_int,
+                   help="live leases per annotator; asking again hands back the oldest "
+                        "(default: 1)")
     q.add_argument("--gold-rate", type=float, default=0.0,
                    help="share of assignments that are gold items (default: %(default)s)")
     q.add_argument("--max-body-bytes", type=int, default=64 * 1024,
@@ -318,7 +342,8 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     q.add_argument("--no-access-log", dest="access_log", action="store_false")
 
-    q = command("add-annotator", cmd_add_annotator, "add an annotator and print its token")
+    q = command("add-annotator", cmd_add_annotator, "add an annotator and print its token",
+                creates=True)
     q.add_argument("name", help="annotator name (unique)")
     q.add_argument("--admin", action="store_true", help="may read /api/status")
 
@@ -329,7 +354,8 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     q = command("status", cmd_status, "counts and agreement per round and annotator")
     q.add_argument("--json", action="store_true", help="the full status as JSON")
 
-    q = command("import", cmd_import, "queue the pairs of a pairs file for labeling")
+    q = command("import", cmd_import, "queue the pairs of a pairs file for labeling",
+                creates=True)
     q.add_argument("file", help="pairs file (JSONL, JSON, parquet, hf:...)")
     q.add_argument("--round", type=int, default=0, help="(default: %(default)s)")
     q.add_argument("--votes-required", type=int, default=1,
@@ -349,14 +375,22 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--limit", type=int, help="stop after this many labels")
     app_args(q)
 
-    q = command("simulate", cmd_simulate, "bot annotators labeling through the JSON API")
+    q = command("simulate", cmd_simulate, "bot annotators labeling through the JSON API",
+                required=False)
     q.add_argument("--panel", default="demo",
                    help="panel of simulated annotators, from alignloop.demo.panel "
                         "(default: %(default)s)")
     q.add_argument("--annotators", type=int, default=3, help="bots (default: %(default)s)")
     q.add_argument("--url", help="a running server (default: start one in this process)")
     q.add_argument("--token", action="append", default=[],
-                   help="with --url and no RUN_DIR/--db: one bot per token (repeatable)")
+                   help="with --url and no --run-dir/--db: one bot per token (repeatable)")
     q.add_argument("--max-labels", type=int, help="per bot (default: until nothing is left)")
     q.add_argument("--seed", type=int, default=0)
     app_args(q)
+
+
+def _positive_int(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {n}")
+    return n

@@ -15,7 +15,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     sets = [*args.sets, f"loop.rounds={args.rounds}"] if args.rounds is not None else args.sets
     cfg = load_config(args.config, sets)
     run_dir = args.run_dir or f"runs/{Path(args.config).stem}"
-    summary = Loop(cfg, run_dir).run(redo_from=args.redo_from)
+    summary = Loop(cfg, run_dir).run(redo_from=args.redo_from, verbosity=args.verbosity)
     if summary.get("stopped"):
         print(f"stopped: {summary['stopped']}")
     print(f"rounds finished: {summary['rounds']}")
@@ -24,11 +24,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Per round, each stage's state, time and output size."""
+    """Per round, each stage's state, time and output size; the run directory's size on disk."""
     from alignloop.rounds.loop import stage_names
     from alignloop.rounds.state import status_table
 
     print(status_table(args.run_dir, stage_names))
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Remove what a run directory can rebuild: the merged full weights of LoRA rounds
+    (policy/merged/, built for backends that read a model directory, such as vLLM). Each
+    round keeps its adapter, so every policy still loads; run it while no loop is running
+    in that directory."""
+    from alignloop.rounds.disk import human_bytes, prune
+
+    use = prune(args.run_dir, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for cache in use.caches:
+        print(f"{verb} {cache}")
+    print(f"{verb} {human_bytes(use.cache_bytes)} of {human_bytes(use.total)} "
+          f"({len(use.caches)} merged-weight caches)")
     return 0
 
 

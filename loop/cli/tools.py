@@ -66,9 +66,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     params = SamplingParams.from_config(g)
     # a rerun after a failure asks an openai server only for what is missing
     generator = generator_for(g, args.model or cfg.model.name,
-                              cache_path=str(Path(args.out).with_suffix(".received.jsonl")))
+                              cache_path=str(Path(args.out).with_suffix(".received.jsonl")),
+                              chat_template=cfg.data.chat_template)
     completions = generator.sample(prompts, params)
-    rows = completion_rows(completions, prompts, backend=g.backend)
+    rows = completion_rows(completions, prompts, backend=generator.name)  # auto resolved
     write_parquet(Path(args.out), rows)
     print(f"wrote {len(rows)} completions for {len(prompts)} prompts -> {args.out}")
     return 0
@@ -100,7 +101,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
     groups = groups_from_completions(rows, source=str(path))
     if lab.selection.strategy == "apl":
         groups = with_logprobs(groups, policy=args.policy or cfg.model.name,
-                               reference=args.reference or cfg.reference.model or cfg.model.name)
+                               reference=args.reference or cfg.reference.model or cfg.model.name,
+                               chat_template=cfg.data.chat_template)
     ensemble = Ensemble.from_specs(lab.judges) if lab.judges else None
     if ensemble is not None and args.labels:
         history = [x for f in args.labels for x in read_labels(Path(f))]

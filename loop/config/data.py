@@ -29,6 +29,13 @@ class DataConfig:
     on_invalid: Literal["error", "skip"] = "error"
     """Invalid rows: `error` stops naming file, row and reason; `skip` drops
     them and logs how many were dropped and why."""
+    chat_template: Literal["auto", "always", "never"] = "auto"
+    """How a plain-text prompt is rendered, the same in training, generation, judging and
+    evaluation: `auto` makes it one user turn of the chat template when the model has one
+    (an instruct model) and keeps it as written otherwise (a base model); `always` makes
+    it a user turn and refuses a model without a template; `never` keeps it as written,
+    a raw continuation (what TRL does with plain-text rows). Chat-message prompts always
+    use the template."""
     max_length: int = 512
     """Most tokens of prompt + one response after prompt truncation."""
     max_prompt_length: int = 384

@@ -22,7 +22,11 @@ class ReportConfig:
     whose mean latent reward fell by more than this from the previous round. 0: off."""
     min_slice_samples: int = 8
     """Slices with fewer comparisons (or latent-reward samples) never raise a regression
-    alert: their estimates are too noisy."""
+    alert: their estimates are too noisy. The report lists them as skipped checks."""
+    alert_win_rate_vs_base: float = 0.5
+    """Alert when the judge's win rate of the policy against the base model is below this
+    with its whole 95% interval below it too: the policy loses to the model it started
+    from (e.g. after likelihood displacement). 0: off."""
     agreement_floor: float = 0.4
     """Alert when the annotators' Krippendorff's alpha, or the judge-human Cohen's kappa,
     is below this. 0: off."""
@@ -38,6 +42,8 @@ class ReportConfig:
         require(self.length_blowup == 0 or self.length_blowup > 1, "length_blowup",
                  "must be > 1 (a ratio), or 0 to turn the alert off")
         require(0 <= self.alert_slice_drop < 0.5, "alert_slice_drop", "must be in [0, 0.5)")
+        require(0 <= self.alert_win_rate_vs_base <= 1, "alert_win_rate_vs_base",
+                "must be in [0, 1] (0: off)")
         require(self.min_slice_samples >= 1, "min_slice_samples", "must be >= 1")
         require(-1 <= self.agreement_floor <= 1, "agreement_floor", "must be in [-1, 1]")
         require(self.n_boot >= 100, "n_boot", "must be >= 100 (fewer make a 95% interval noise)")

@@ -37,9 +37,12 @@ class TrainConfig:
     grad_accum: int = 1
     """Micro-batches per optimizer step. Pairs per step = batch_size * grad_accum * processes."""
     epochs: int = 1
-    """Passes over the pairs."""
+    """Passes over the pairs (ignored when `max_steps` is set)."""
     max_steps: int = 0
-    """Stop after this many optimizer steps (0: run all epochs)."""
+    """Run exactly this many optimizer steps, overriding `epochs` (as `max_steps` does in
+    the Hugging Face Trainer): with fewer pairs than that needs, they are passed over again,
+    each pass in a new seeded order; with more, training stops part way through a pass.
+    0: run `epochs` epochs."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward pass: a fraction of
     the activation memory for about a third more compute. Off: speed first."""
@@ -50,7 +53,13 @@ class TrainConfig:
     log_every: int = 1
     """Write a train_log.jsonl line every N optimizer steps."""
     save_every: int = 0
-    """Save a resumable checkpoint every N optimizer steps (0: never mid-run)."""
+    """Also save a resumable checkpoint (OUT/checkpoint/) every N optimizer steps (0: only
+    by time, `save_every_s`)."""
+    save_every_s: float = 600.0
+    """Save a resumable checkpoint (OUT/checkpoint/) once this many seconds of training
+    have passed since the last one, so an interrupted long train resumes losing at most
+    that much; a train shorter than this writes none. 0: only by steps, `save_every`.
+    Neither setting changes the result, and a run may resume with other values."""
 
     def __post_init__(self) -> None:
         require(self.beta > 0, "beta", "must be > 0")
@@ -66,3 +75,4 @@ class TrainConfig:
         require(self.max_steps >= 0, "max_steps", "must be >= 0")
         require(self.log_every >= 1, "log_every", "must be >= 1")
         require(self.save_every >= 0, "save_every", "must be >= 0")
+        require(self.save_every_s >= 0, "save_every_s", "must be >= 0")

@@ -10,7 +10,8 @@ The loop's gates judge a finished report.json with `gate_verdict`.
     inputs.py     RoundInputs, load_round, previous_round, resolve_config: what a report reads
     metrics.py    the statistics: bootstrap estimates, KL, win rates, length, label stats
     sections.py   report.json, section by section (build_round_report), report.html examples
-    alerts.py     alerts written into the report; the loop's gates (slice_drops, gate_verdict)
+    alerts.py     alerts and skipped checks written into the report (check_report); the
+                  loop's gates (slice_drops, gate_verdict)
     schema.py     validate_report against schema.json
     write.py      write_round_report, read_round_report, write_run_report
     markdown.py, html.py, plots.py   rendering a report.json

@@ -28,6 +28,8 @@ from alignloop.report.lookup import get_path
 from alignloop.report.markdown import (
     IMPLICIT_HEADER,
     KL_HEADER,
+    KL_K1_NOTE,
+    LATENT_REWARD_NOTE,
     LENGTH_HEADER,
     TRAIN_HEADER,
     fmt,
@@ -36,7 +38,9 @@ from alignloop.report.markdown import (
     interval,
     kl_rows,
     label_rows,
+    length_ratio_line,
     length_rows,
+    skipped_lines,
     slice_rows,
     train_row,
 )
@@ -51,6 +55,7 @@ th { background: #f4f4f4; }
 img { max-width: 100%; display: block; margin: 8px 0; }
 .alert { background: #fdecea; border-left: 4px solid #d93025; padding: 6px 10px; margin: 4px 0; }
 .ok { background: #e6f4ea; border-left: 4px solid #188038; padding: 6px 10px; }
+.skipped { background: #fef7e0; border-left: 4px solid #f9ab00; padding: 6px 10px; margin: 4px 0; }
 .note { color: #666; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(480px, 1fr)); gap: 8px; }
 .text { white-space: pre-wrap; font-family: ui-monospace, monospace; font-size: 12px;
@@ -67,7 +72,7 @@ def _cell(c) -> str:
 
 
 def _table(header, rows) -> str:
-    head = "".join(f"<th>{escape(str(h))}</th>" for h in header)
+    head = "".join(f"<th>{_cell(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -99,6 +104,21 @@ def _alerts(alerts: list[dict]) -> str:
         return '<p class="ok">No alerts.</p>'
     return "".join(f'<div class="alert"><b>{escape(a["kind"])}</b>: {escape(a["message"])}</div>'
                    for a in alerts)
+
+
+def _skipped(report: dict) -> str:
+    """The checks the report skipped: those past their threshold highlighted, then the rest."""
+    lines = skipped_lines(report)
+    if not lines:
+        return ""
+    warn = "".join(f'<div class="skipped">{escape(line)}</div>' for w, line in lines if w)
+    rest = "".join(f"<li>{escape(line)}</li>" for w, line in lines if not w)
+    return ('<p class="note">Checks skipped (they could not alert):</p>' + warn
+            + (f'<ul class="note">{rest}</ul>' if rest else ""))
+
+
+def _notes(*notes: str) -> str:
+    return "".join(f'<p class="note">{escape(n)}</p>' for n in notes)
 
 
 def prompt_display_text(prompt: str) -> str:
@@ -142,9 +162,9 @@ def render_round_html(report: dict, figures: dict[str, bytes], examples: list[di
         f'<p class="note">report.json schema v{report["schema_version"]}, generated '
         f"{escape(report['generated_at'])}. Intervals: bootstrap 95% percentile intervals over "
         "prompts. Win rates count ties as half.</p>",
-        _section("summary", "Summary", _alerts(report["alerts"]), notes,
+        _section("summary", "Summary", _alerts(report["alerts"]), _skipped(report), notes,
                  _table(("metric", "value", "95% interval", "n / why missing"),
-                        headline_rows(report))),
+                        headline_rows(report)), _notes(KL_K1_NOTE, LATENT_REWARD_NOTE)),
         _section("training", "Training", _reason(tr), _img(figures, "training", "training curves"),
                  _table(TRAIN_HEADER, [train_row(tr) + (_link(tr["log"]),)])
                  if tr.get("available") else ""),
@@ -157,11 +177,14 @@ def render_round_html(report: dict, figures: dict[str, bytes], examples: list[di
                  _img(figures, "win_rates", "win rates per slice with 95% intervals")),
         _section("slices", "Per slice", _reason(report["latent_reward"]),
                  _img(figures, "latent_reward", "latent reward per slice, this round vs previous"),
+                 _notes(LATENT_REWARD_NOTE) if get_path(report, "latent_reward", "available") else "",
                  _table(("slice", "win vs previous", "win vs base", "latent reward (previous)",
                          "latent reward (now)", "change"), slice_rows(report))),
         _section("length", "Length and degeneration", _reason(report["length"]),
                  _img(figures, "length", "length histograms"),
-                 _table(LENGTH_HEADER, length_rows(report)) if length_rows(report) else ""),
+                 _table(LENGTH_HEADER, length_rows(report)) if length_rows(report) else "",
+                 f"<p>{escape(length_ratio_line(report['length']))}</p>"
+                 if get_path(report, "length", "available") else ""),
         _section("implicit-reward", "Implicit reward", _reason(ir),
                  (_table(IMPLICIT_HEADER, implicit_rows(ir)) +
                   f"<p>accuracy {fmt(ir['accuracy']['value'])} ({interval(ir['accuracy'])}), "
@@ -221,6 +244,33 @@ def _report_link(k: int, how: str) -> str:
     return {"computed": "computed here from eval artifacts (no report.json yet)"}.get(how, how)
 
 
+def _run_metrics(done: dict[int, dict]) -> tuple[str, str]:
+    """The table of headline metrics by round, and its footnotes (k1 KL, latent reward)."""
+    def th(label: str, note: str, mark: str) -> Raw:
+        return Raw(f'<span title="{escape(note)}">{escape(label)}</span><sup>{mark}</sup>')
+
+    rows = []
+    for k, rep in sorted(done.items()):
+        def v(*path, rep=rep):
+            x = get_path(rep, *path)
+            return fmt(x.get("value") if isinstance(x, dict) else x)
+
+        def kl(key, rep=rep):             # the k1 estimate can be negative: its interval with it
+            e = get_path(rep, key, "k1", "sequence")
+            return v(key, "k1", "sequence") + (f" ({interval(e)})" if interval(e) != "—" else "")
+        rows.append((k, kl("kl_to_base"), kl("kl_to_reference"),
+                     v("win_rate_vs_previous", "overall"), v("win_rate_vs_base", "overall"),
+                     v("latent_reward", "models", "policy", "overall"),
+                     v("length", "models", "policy", "mean_tokens"),
+                     v("labels", "human_alpha"), v("labels", "judge_human", "kappa"),
+                     len(rep.get("alerts", []))))
+    header = ("round", th("KL to base (k1), 95% interval", KL_K1_NOTE, "1"),
+              th("KL to reference (k1), 95% interval", KL_K1_NOTE, "1"), "win vs previous",
+              "win vs base", th("latent reward", LATENT_REWARD_NOTE, "2"), "mean tokens",
+              "annotators' alpha", "judge-human kappa", "alerts")
+    return _table(header, rows), _notes(f"¹ {KL_K1_NOTE}", f"² {LATENT_REWARD_NOTE}")
+
+
 def render_run_html(run_dir: Path, reports: dict[int, tuple[dict | None, str]],
                     state: dict | None) -> str:
     from alignloop.report.plots import run_figures
@@ -236,19 +286,10 @@ def render_run_html(run_dir: Path, reports: dict[int, tuple[dict | None, str]],
                             f"tripped: {gate.get('reason', '')} → {gate.get('action', '')}"
                             if gate.get("tripped") else ("passed" if gate else "—"),
                             _report_link(k, how)))
-    metric_rows = []
-    for k, rep in sorted(done.items()):
-        def v(*path, rep=rep):
-            x = get_path(rep, *path)
-            return fmt(x.get("value") if isinstance(x, dict) else x)
-        metric_rows.append((k, v("kl_to_base", "k1", "sequence"), v("kl_to_reference", "k1", "sequence"),
-                            v("win_rate_vs_previous", "overall"), v("win_rate_vs_base", "overall"),
-                            v("latent_reward", "models", "policy", "overall"),
-                            v("length", "models", "policy", "mean_tokens"),
-                            v("labels", "human_alpha"), v("labels", "judge_human", "kappa"),
-                            len(rep.get("alerts", []))))
     alerts = [f"Round {k}: {a['kind']}: {a['message']}" for k, r in sorted(done.items())
               for a in r.get("alerts", [])]
+    skipped = [f"Round {k}: {line}" for k, r in sorted(done.items())
+               for warn, line in skipped_lines(r) if warn]
     body = [
         f"<h1>alignloop run {escape(run_dir.name)}</h1>",
         _section("status", "Run status",
@@ -256,17 +297,18 @@ def render_run_html(run_dir: Path, reports: dict[int, tuple[dict | None, str]],
                  _table(("round", "stages", "gate", "report"), status_rows)),
         _section("trends", "Trends across rounds",
                  "" if figures else '<p class="note">No round has evaluation results yet.</p>',
+                 _notes("KL is the k1 estimate (¹) and the latent reward exists only for the demo "
+                        "and simulated tasks (²): see the notes under the table of headline "
+                        "metrics below.") if figures else "",
                  '<div class="grid">' + "".join((
                      _img(figures, "kl", "KL to base and to reference by round"),
                      _img(figures, "win_rates", "win rates by round"),
                      _img(figures, "latent_reward", "latent reward per slice by round"),
                      _img(figures, "length", "mean length by round"),
                      _img(figures, "agreement", "label agreement by round"))) + "</div>"),
-        _section("metrics", "Headline metrics by round",
-                 _table(("round", "KL to base", "KL to reference", "win vs previous", "win vs base",
-                         "latent reward", "mean tokens", "annotators' alpha", "judge-human kappa",
-                         "alerts"), metric_rows)),
+        _section("metrics", "Headline metrics by round", *_run_metrics(done)),
         _section("alerts", "Alerts", "".join(f'<div class="alert">{escape(a)}</div>' for a in alerts)
-                 or '<p class="ok">No alerts.</p>'),
+                 or '<p class="ok">No alerts.</p>',
+                 "".join(f'<div class="skipped">{escape(s)}</div>' for s in skipped)),
     ]
     return _page(f"alignloop run {run_dir.name}", body)

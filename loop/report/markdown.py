@@ -25,22 +25,64 @@ def pct(x) -> str:
     return "—" if x is None else f"{100 * x:.0f}%"
 
 
+def with_unit(x, unit: str, digits: int = 3) -> str:
+    """`fmt(x)` followed by its unit ("1.13x"); a missing value is "—" alone, never "—x"."""
+    return "—" if x is None else f"{fmt(x, digits)}{unit}"
+
+
 def interval(e: dict | None) -> str:
     if not e or e.get("lo") is None or e.get("hi") is None:
         return "—"
     return f"{fmt(e['lo'])} – {fmt(e['hi'])}"
 
 
+KL_K1_NOTE = (
+    "KL [k1]: the mean, over this round's policy samples y, of log π(y) − log q(y), with q the "
+    "reference or the base model (nats per response, or per token). It is unbiased, but one "
+    "sample's term can be negative, so for a small true KL the mean itself can come out below "
+    "0: read the 95% interval, not the sign. k3 (never negative) is in the KL section.")
+LATENT_REWARD_NOTE = (
+    "Latent reward: the hidden ground-truth utility of a response, which exists only for the "
+    "demo task and other simulated tasks (alignloop.demo.panel: the simulated annotators' mean "
+    "utility, rewarding a warm tone and staying on topic and penalising answers over 30 words). "
+    "Judges and annotators never see it; it shows whether their preferences moved the policy "
+    "the right way. A real task has none, and its latent-reward rows stay empty.")
+
+
+def length_ratio_line(length: dict) -> str:
+    """Mean policy length against the previous round's and the base model's."""
+    return (f"Mean length vs previous round: {with_unit(length['ratio_vs_previous'], 'x')}; "
+            f"vs base: {with_unit(length['ratio_vs_base'], 'x')}.")
+
+
+def judge_human_agreement(jh: dict) -> str:
+    """"80% of 9 items", or "—" and why no item could be compared."""
+    if not jh["items"]:
+        why = jh.get("reason") or "undefined"
+        return f"— (no item had both a judge verdict and a human majority: {why})"
+    return f"{pct(jh['agreement'])} of {jh['items']} items"
+
+
+def skipped_lines(report: dict) -> list[tuple[bool, str]]:
+    """(would have alerted, "kind: reason") of the checks the report skipped, those that
+    would have alerted first."""
+    rows = report.get("skipped_checks") or []
+    out = [(bool(c["would_alert"]), f"{c['kind']}: {c['reason']}"
+            + (" — past the alert threshold" if c["would_alert"] else "")) for c in rows]
+    return sorted(out, key=lambda r: not r[0])
+
+
 def headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
     """(metric, value, 95% interval, n or why it is missing) for the headline table."""
     rows = []
 
-    def add(label: str, section: str, *path: str):
+    def add(label: str, section: str, *path: str, why: str | None = None):
         if not get_path(report, section, "available"):
             rows.append((label, "—", "—", get_path(report, section, "reason") or "not computed"))
             return
         e = get_path(report, section, *path)
-        rows.append((label, fmt(get_path(e, "value")), interval(e), fmt(get_path(e, "n"))))
+        n = fmt(get_path(e, "n")) if e is not None else (why or "not computed")
+        rows.append((label, fmt(get_path(e, "value")), interval(e), n))
 
     add("KL(policy ‖ reference), nats/response [k1]", "kl_to_reference", "k1", "sequence")
     add("KL(policy ‖ reference), nats/token [k1]", "kl_to_reference", "k1", "per_token")
@@ -49,7 +91,8 @@ def headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
     add("Win rate vs previous policy (ties ½)", "win_rate_vs_previous", "overall")
     add("Win rate vs base model (ties ½)", "win_rate_vs_base", "overall")
     add("Latent reward, this policy", "latent_reward", "models", "policy", "overall")
-    add("Latent reward, previous policy", "latent_reward", "models", "previous", "overall")
+    add("Latent reward, previous policy", "latent_reward", "models", "previous", "overall",
+        why=get_path(report, "latent_reward", "previous_reason"))
     add("Implicit-reward accuracy (held-out pairs)", "implicit_reward", "accuracy")
     add("Implicit-reward margin", "implicit_reward", "margin")
     return rows
@@ -129,10 +172,15 @@ def render_markdown(report: dict, figures: dict | None = None) -> str:
           "Plots: [report.html](report.html).", ""]
     md += ["## Alerts", ""]
     md += [f"- **{a['kind']}**: {a['message']}" for a in report["alerts"]] or ["None."]
+    if skipped_lines(report):
+        md += ["", "Checks skipped (they could not alert; **bold**: the number is past the "
+                   "threshold):", ""]
+        md += [f"- **{line}**" if warn else f"- {line}" for warn, line in skipped_lines(report)]
     if report.get("notes"):
         md += [""] + [f"> {n}" for n in report["notes"]]
     md += ["", "## Headline", ""] + _table(("metric", "value", "95% interval", "n"),
                                            headline_rows(report))
+    md += ["", KL_K1_NOTE, "", LATENT_REWARD_NOTE]
     if kl_rows(report):
         md += ["", "### KL by estimator", ""] + _table(KL_HEADER, kl_rows(report))
         md += ["", next(report[k]["estimator"] for k in ("kl_to_reference", "kl_to_base")
@@ -146,8 +194,7 @@ def render_markdown(report: dict, figures: dict | None = None) -> str:
     if length.get("available"):
         md += ["", "## Length and degeneration", ""]
         md += _table(LENGTH_HEADER, length_rows(report))
-        md += ["", f"Mean length vs previous round: {fmt(length['ratio_vs_previous'])}x; "
-                   f"vs base: {fmt(length['ratio_vs_base'])}x."]
+        md += ["", length_ratio_line(length)]
     ir = report["implicit_reward"]
     md += ["", "## Implicit reward (held-out pairs)", ""]
     if ir.get("available"):
@@ -183,7 +230,7 @@ def label_rows(labels: dict) -> list[tuple[str, str]]:
         ("human budget used", f"{pct(labels['budget_used'])} of {labels['human_budget']}"),
         ("human votes / items / annotators",
          f"{labels['human_votes']} / {labels['human_items']} / {labels['annotators']}"),
-        ("judge agrees with human majority", f"{pct(jh['agreement'])} of {jh['items']} items"),
+        ("judge agrees with human majority", judge_human_agreement(jh)),
         ("judge-human Cohen's kappa", fmt(jh["kappa"])),
         ("annotators' Krippendorff's alpha", fmt(labels["human_alpha"])),
         ("gold accuracy", f"{pct(labels['gold_accuracy'])} ({labels['gold_votes']} gold votes)"),

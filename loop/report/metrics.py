@@ -290,6 +290,17 @@ def _human_majority(labels: Sequence[dict]) -> dict[str, str]:
     return {i: ("a" if c["a"] > c["b"] else "b") for i, c in votes.items() if c["a"] != c["b"]}
 
 
+def _no_judge_human(shared: list, human_items: set, majority: dict) -> str | None:
+    """Why no item has both a judge verdict and a human majority (None when some do)."""
+    if shared:
+        return None
+    if not human_items:
+        return "no human votes this round"
+    if not majority:
+        return "the human votes were split evenly on every item"
+    return "no item with a human majority has a judge verdict (p_a missing or exactly 0.5)"
+
+
 def label_stats(labels: Sequence[dict], candidates: Sequence[dict], pairs: Sequence[dict], *,
                 human_budget: int = 0) -> dict:
     """Where this round's labels came from and how far to trust them.
@@ -299,7 +310,8 @@ def label_stats(labels: Sequence[dict], candidates: Sequence[dict], pairs: Seque
       drop, and the share sent to people; budget_used = human-routed / `human_budget`.
     - judge_human: on items with a human majority (more a than b votes or the reverse),
       the share where the judge ensemble's p_a (candidates table; else the judges' mean
-      label) is on the same side, and Cohen's kappa of the two (a/b) codings.
+      label) is on the same side, and Cohen's kappa of the two (a/b) codings; `reason`
+      says why there is no such item (None when there are some).
     - human_alpha: Krippendorff's alpha (nominal a/b/tie/both_bad) over human votes.
     - gold_accuracy: share of human votes equal to the `gold` answer, when labels have
       a `gold` column (NaN otherwise).
@@ -342,7 +354,8 @@ def label_stats(labels: Sequence[dict], candidates: Sequence[dict], pairs: Seque
                         "agreement": (sum(majority[i] == judge_side[i] for i in shared) / len(shared)
                                       if shared else math.nan),
                         "kappa": cohen_kappa({i: judge_side[i] for i in shared},
-                                             {i: majority[i] for i in shared})},
+                                             {i: majority[i] for i in shared}),
+                        "reason": _no_judge_human(shared, human_items, majority)},
         "human_alpha": krippendorff_alpha(units),
         "gold_accuracy": (sum(lab.get("choice") == lab["gold"] for lab in gold) / len(gold)
                           if gold else math.nan),

@@ -36,6 +36,15 @@ def _err(e: dict | None) -> tuple[float, float, float] | None:
     return v, max(0.0, v - lo) if lo is not None else 0.0, max(0.0, hi - v) if hi is not None else 0.0
 
 
+def _legend_below(fig, ax, ncols: int = 4) -> None:
+    """The legend of `ax` under the figure, outside every axes, so it never covers data
+    (constrained layout makes room for it)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", fontsize="small", frameon=False,
+                   ncols=min(len(labels), ncols))
+
+
 def _errorbars(ax, ys, estimates, *, color, label, horizontal=True):
     pts = [(y, _err(e)) for y, e in zip(ys, estimates, strict=True)]
     pts = [(y, e) for y, e in pts if e is not None]
@@ -117,7 +126,7 @@ def _latent(report: dict) -> bytes | None:
     lr = report["latent_reward"]
     models = [(m, lr["models"][m]) for m in ("base", "previous", "policy") if lr["models"].get(m)]
     slices = sorted({s for _, m in models for s in m["by_slice"]})
-    fig, axes = _figure(max(5.0, 1.1 * len(slices) + 2), 3)
+    fig, axes = _figure(max(5.0, 1.1 * len(slices) + 2), 3.4)
     ax, width = axes[0], 0.8 / len(models)
     for i, (name, m) in enumerate(models):
         xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(slices))]
@@ -130,7 +139,7 @@ def _latent(report: dict) -> bytes | None:
     ax.set_xticks(range(len(slices)), [s or "(none)" for s in slices], rotation=20, ha="right")
     ax.axhline(0, color="black", lw=0.5)
     ax.set_ylabel("mean latent reward")
-    ax.legend(fontsize="small")
+    _legend_below(fig, ax)
     return _png(fig)
 
 
@@ -138,14 +147,14 @@ def _length(report: dict) -> bytes | None:
     if not get_path(report, "length", "available"):
         return None
     length = report["length"]
-    fig, axes = _figure(6, 2.8)
+    fig, axes = _figure(6, 3.2)
     for name, s in length["models"].items():
         h = s["histogram"]
         axes[0].stairs(h["counts"], h["edges"], color=COLORS.get(name), lw=1.5,
                        label=f"{name} (mean {s['mean_tokens']:.0f})")
     axes[0].set_xlabel("response tokens")
     axes[0].set_ylabel("responses")
-    axes[0].legend(fontsize="small")
+    _legend_below(fig, axes[0])
     return _png(fig)
 
 
@@ -175,7 +184,7 @@ def _trend(reports: dict[int, dict], series: dict[str, tuple], title: str, ylabe
            hline: float | None = None) -> bytes | None:
     """One line per series; a series is (color, [path into the report to an estimate])."""
     ks = sorted(reports)
-    fig, axes = _figure(6, 2.8)
+    fig, axes = _figure(6, 3.4)
     ax, drawn = axes[0], False
     for label, (color, path) in series.items():
         ests = [get_path(reports[k], *path) for k in ks]
@@ -191,7 +200,7 @@ def _trend(reports: dict[int, dict], series: dict[str, tuple], title: str, ylabe
     ax.set_title(title)
     ax.set_xlabel("round")
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize="small")
+    _legend_below(fig, ax, ncols=5)
     return _png(fig)
 
 
@@ -217,7 +226,8 @@ def run_figures(reports: dict[int, dict]) -> dict[str, bytes]:
     figs["latent_reward"] = _trend(reports, {
         "overall": ("black", ("latent_reward", "models", "policy", "overall")),
         **{s or "(none)": (cmap[i % len(cmap)], ("latent_reward", "models", "policy", "by_slice", s))
-           for i, s in enumerate(slices)}}, "Latent reward per slice", "mean latent reward")
+           for i, s in enumerate(slices)}}, "Latent reward per slice (simulated ground truth)",
+        "mean latent reward")
     figs["agreement"] = _trend(reports, {
         "annotators' alpha": ("#9467bd", ("labels", "human_alpha")),
         "judge-human kappa": ("#8c564b", ("labels", "judge_human", "kappa")),

@@ -23,11 +23,14 @@ policy this round started from (`alignloop.report.inputs.previous_round`).
     degeneration    {models {name: {n, distinct_2, repeated_3gram_rate}}}
     implicit_reward {beta, n, accuracy, margin, logp_change_vs_base {chosen, rejected},
                      logp_change_vs_reference {...}, likelihood_displacement, by_slice}
-    labels          `metrics.label_stats` (sources, routing, budget, agreement, gold,
-                     intransitivity)
+    labels          `metrics.label_stats` (sources, routing, budget, agreement and why
+                     it is missing, gold, intransitivity)
     train           {steps, final {loss, margin, accuracy, ...}, tokens_per_s,
                      train_seconds, log: "../train_log.jsonl"}
-    alerts          [{kind, message, value, threshold, slice, drop}] (`alerts.alerts`)
+    alerts          [{kind, message, value, threshold, slice, drop}] (`alerts.check_report`)
+    skipped_checks  [{kind, reason, slice, measure, n, value, would_alert}]: the alert
+                     checks that did not run (off, a number missing, a slice with fewer
+                     than min_slice_samples samples) and why
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from datetime import datetime, timezone
 
 from alignloop.evaluation import COMPARISONS, HELDOUT_PAIRS, SAMPLES
 from alignloop.report import metrics
-from alignloop.report.alerts import alerts
+from alignloop.report.alerts import check_report
 from alignloop.report.inputs import RoundInputs
 
 SCHEMA_VERSION = 1
@@ -225,7 +228,8 @@ def build_round_report(inp: RoundInputs, cfg, notes: list[str] = ()) -> dict:
         "train": _train(inp),
     }
     report = _clean(report)
-    report["alerts"] = _clean(alerts(report, rc))
+    checks = check_report(report, rc)
+    report["alerts"], report["skipped_checks"] = _clean(checks.alerts), _clean(checks.skipped)
     return report
 
 

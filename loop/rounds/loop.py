@@ -52,8 +52,15 @@ class Loop:
 
     # ------------------------------------------------------------------ running
 
-    def run(self, rounds: int | None = None, *, redo_from: str | None = None) -> dict:
-        """Run (or resume) rounds 0..rounds-1; returns a summary."""
+    def run(self, rounds: int | None = None, *, redo_from: str | None = None,
+            verbosity: int | None = 0) -> dict:
+        """Run (or resume) rounds 0..rounds-1; returns a summary. `verbosity` is that of the
+        libraries underneath (`alignloop.logs.quiet_libraries`): 0 keeps them quiet, as the
+        command does without -v; None leaves their logging as it is."""
+        if verbosity is not None:
+            from alignloop.logs import quiet_libraries
+
+            quiet_libraries(verbosity)
         n = rounds if rounds is not None else self.cfg.loop.rounds
         redo = self.state.plan_redo(redo_from) if redo_from else None
         self.state.check_config(redo=redo)      # every check before any write
@@ -133,14 +140,16 @@ class Loop:
         from alignloop.stages.slices import read_prompt_items
 
         return generate(self.rdir(k), cfg=self.cfg.generation, policy=self.policy(k - 1),
-                        prompts=read_prompt_items(self.rdir(k) / A.PROMPTS))
+                        prompts=read_prompt_items(self.rdir(k) / A.PROMPTS),
+                        chat_template=self.cfg.data.chat_template)
 
     def judge(self, k: int):
         from alignloop.stages.label import judge
 
         return judge(self.rdir(k), generations=A.read_parquet(self.rdir(k) / A.GENERATIONS),
                      ensemble=self.ensemble(k)[0], cfg=self.cfg.labeling, beta=self.cfg.train.beta,
-                     round=k, policy=self.policy(k - 1), reference=self.reference(k - 1))
+                     round=k, policy=self.policy(k - 1), reference=self.reference(k - 1),
+                     chat_template=self.cfg.data.chat_template)
 
     def label(self, k: int):
         from alignloop.labeling.labeler import candidates_from_rows
@@ -199,7 +208,8 @@ class Loop:
             previous_samples=[r for r in previous or [] if r["model"] == "policy"] or None,
             base_samples=[r for r in base or [] if r["model"] == "base"] or None,
             heldout=read_pairs_parquet(held) if held.exists() else [],
-            ensemble=self.ensemble(k + 1)[0], panel=self.panel)
+            ensemble=self.ensemble(k + 1)[0], panel=self.panel,
+            chat_template=self.cfg.data.chat_template)
 
     def report(self, k: int):
         from alignloop.report import write_round_report

@@ -6,7 +6,8 @@ and the size and hash of each output. A rerun skips done stages and redoes one
 that was interrupted (status `running`). Nothing is appended in place.
 
 The resolved config is written to RUN_DIR/config.yaml; its hash (without
-`loop.rounds`, so a run can be extended) is recorded per round. Rerunning a
+`loop.rounds`, so a run can be extended, and without the checkpoint cadence, which
+changes when state is saved but not what is computed) is recorded per round. Rerunning a
 finished round with a different config is refused, naming the keys that
 changed, unless the user asks to redo from a named stage (`redo_from`).
 
@@ -29,6 +30,8 @@ from typing import Any
 from alignloop.artifacts import atomic_write_json, file_sha256, round_dir
 from alignloop.config import Config, config_from_dict, dump_config, to_dict
 from alignloop.errors import AlignloopError
+from alignloop.rounds.disk import disk_use
+from alignloop.rounds.disk import human_bytes as _human
 
 StageNames = Callable[[int], "tuple[str, ...]"]
 """Round number -> its stage names in order (the driver's table, `rounds.loop.stage_names`)."""
@@ -50,6 +53,11 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
+# Keys a finished round does not depend on: how many rounds the run has, and how often
+# training saves a resumable checkpoint.
+NOT_FINGERPRINTED = frozenset({"loop.rounds", "train.save_every", "train.save_every_s"})
+
+
 def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Keys whose value differs between a recorded flat config and the current one, after
     bringing the recorded one up to date (`config.load.migrate`): renamed keys take their
@@ -59,13 +67,13 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
     old = migrate_flat(old)
     defaults = _flat(to_dict(config_from_dict({})))
-    return [key for key in sorted(set(old) | set(new))
-            if (old[key] if key in old else defaults.get(key)) != new.get(key)]
+    return [key for key in sorted(set(old) | set(new)) if key not in NOT_FINGERPRINTED
+            and (old[key] if key in old else defaults.get(key)) != new.get(key)]
 
 
 def config_fingerprint(cfg: Config) -> tuple[str, dict[str, Any]]:
-    """(hash, flat dict) of the config without `loop.rounds`."""
-    flat = {k: v for k, v in _flat(to_dict(cfg)).items() if k != "loop.rounds"}
+    """(hash, flat dict) of the config without the keys in `NOT_FINGERPRINTED`."""
+    flat = {k: v for k, v in _flat(to_dict(cfg)).items() if k not in NOT_FINGERPRINTED}
     blob = json.dumps(flat, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16], flat
 
@@ -239,12 +247,9 @@ def status_table(run_dir: str | Path, stage_names: StageNames) -> str:
         gate = rs.get("gate")
         if gate and gate.get("tripped"):
             lines.append(f"{k:>5}  gate tripped: {gate.get('reason')} -> {gate.get('action')}")
-    return "\n".join(lines)
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+    use = disk_use(run_dir)
+    line = f"run directory: {_human(use.total)} on disk"
+    if use.caches:
+        line += (f", of which {_human(use.cache_bytes)} in {len(use.caches)} merged-weight "
+                 "cache(s) that `alignloop prune` removes")
+    return "\n".join([*lines, line])

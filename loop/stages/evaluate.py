@@ -31,16 +31,16 @@ log = logging.getLogger(__name__)
 def evaluate(rdir: Path, *, generation: GenerationConfig, samples_per_prompt: int, seed: int,
              tie_margin: float, items: list, policy: str, reference: str, base: str,
              previous_samples: list[dict] | None, base_samples: list[dict] | None,
-             heldout: list[Pair], ensemble=None, panel=None) -> None:
+             heldout: list[Pair], ensemble=None, panel=None, chat_template: str = "auto") -> None:
     """Sample, score and judge; writes eval/samples.parquet, comparisons and held-out pairs.
     `previous_samples` are the policy samples of the round this one started from (None:
     it started from the base model); `base_samples` are round 0's base samples (None in
     round 0, which draws them)."""
     from alignloop.models import load_tokenizer
 
-    tokenizer = load_tokenizer(policy)
+    tokenizer = load_tokenizer(policy, chat_template)
     draws = sample_heldout(generation, items, policy=policy, base=base, n=samples_per_prompt,
-                           seed=seed, with_base=base_samples is None)
+                           seed=seed, with_base=base_samples is None, chat_template=chat_template)
     kl_model = "policy_kl" if _tempered(generation) else "policy"
     kl_seqs = [_completion_tokens(tokenizer, it, c) for m, it, c in draws if m == kl_model]
     held_seqs = [seq for p in heldout for seq in _pair_tokens(tokenizer, p)]
@@ -83,7 +83,7 @@ def _tempered(g: GenerationConfig) -> bool:
 
 
 def sample_heldout(g: GenerationConfig, items: list, *, policy: str, base: str, n: int,
-                   seed: int, with_base: bool) -> list[tuple]:
+                   seed: int, with_base: bool, chat_template: str = "auto") -> list[tuple]:
     """(model name, prompt item, Completion) for every held-out sample. The seeds are the
     same every round, so rounds differ only by their policy. One sampler at a time."""
     from alignloop.generation import SamplingParams, generator_for
@@ -100,7 +100,7 @@ def sample_heldout(g: GenerationConfig, items: list, *, policy: str, base: str, 
         runs.insert(1, (base, [("base", False)]))
     draws = []
     for model_ref, names in runs:
-        generator = generator_for(g, model_ref)
+        generator = generator_for(g, model_ref, chat_template=chat_template)
         for name, untempered in names:
             draws += [(name, by_id[c.prompt_id], c)
                       for c in generator.sample(items, params(untempered))]
@@ -114,11 +114,14 @@ def sample_heldout(g: GenerationConfig, items: list, *, policy: str, base: str, 
 
 
 def _completion_tokens(tokenizer, item, c) -> tuple[list[int], list[int]]:
-    """(prompt ids, response ids) of a sample, EOS included when the policy chose it."""
+    """(prompt ids, response ids) of a sample: exactly the tokens the policy chose
+    (`Completion.token_ids`: its end token when it chose one, none after a stop string
+    or at the length limit), so policy, reference and base score the same tokens the KL
+    estimate averages over. Not `render_response(text)`: that re-tokenises the text and
+    adds the template's "\\n" after <|im_end|>, which the policy never sampled."""
     from alignloop.generation.prompts import encode_prompt
 
-    eos = [tokenizer.eos_token_id] if c.finish_reason == "stop" else []
-    return encode_prompt(tokenizer, item, 1 << 30, "error"), list(c.token_ids) + eos
+    return encode_prompt(tokenizer, item, 1 << 30, "error"), list(c.token_ids)
 
 
 def _pair_tokens(tokenizer, pair: Pair) -> list[tuple[list[int], list[int]]]:

@@ -42,7 +42,7 @@ def make_ensemble(cfg: LabelingConfig, history: list):
 
 
 def judge(rdir: Path, *, generations: list[dict], ensemble, cfg: LabelingConfig, beta: float,
-          round: int, policy: str, reference: str):
+          round: int, policy: str, reference: str, chat_template: str = "auto"):
     """Judge, select and route -> candidates.parquet. The `apl` strategy also scores every
     response under `policy` and `reference` (its implicit reward)."""
     from alignloop.labeling.labeler import groups_from_completions, judge_candidates
@@ -50,7 +50,8 @@ def judge(rdir: Path, *, generations: list[dict], ensemble, cfg: LabelingConfig,
 
     groups = groups_from_completions(generations, source=str(rdir / A.GENERATIONS))
     if cfg.selection.strategy == "apl":
-        groups = with_logprobs(groups, policy=policy, reference=reference)
+        groups = with_logprobs(groups, policy=policy, reference=reference,
+                               chat_template=chat_template)
     table = judge_candidates(groups, ensemble, cfg, round=round, beta=beta)
     A.write_parquet(rdir / A.CANDIDATES, table.rows)
     return table

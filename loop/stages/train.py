@@ -42,7 +42,7 @@ def reference(rdir: Path, *, pairs: list[Pair], policy: str, reference_model: st
     from alignloop.training.reference import reference_logps
     from alignloop.training.weights import weights_hash
 
-    tokenizer = load_tokenizer(policy)
+    tokenizer = load_tokenizer(policy, data.chat_template)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded, _ = encode_pairs(pairs, tokenizer, max_length=data.max_length,
                               max_prompt_length=data.max_prompt_length, truncation=data.truncation,

@@ -1,0 +1,68 @@
+"""Control characters: which fields refuse them, and how a terminal shows the rest.
+
+A control character here is C0 (U+0000-U+001F) or DEL (U+007F). PostgreSQL cannot
+store NUL in text at all, and the others have no business in an id or a comment, so:
+
+- identifiers and keys (item_id, lease_id, idempotency_key, an annotator's name)
+  refuse every control character;
+- free text people type (a label's comment) and rows a person imports refuse all but
+  tab, newline and carriage return (a browser sends a textarea's newlines as CR LF);
+- item text the loop queues (prompts and responses from a model) refuses only NUL: a
+  model may emit any other byte, and a run must not stop for it. Such text is shown
+  escaped (the page escapes everything; the terminal uses `visible`).
+
+Every refusal is a `QueueError` (422) naming the field, on SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+import re
+
+from alignloop.labeling.handoff import QueueError
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROLS_BUT_WHITESPACE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_NUL = re.compile(r"\x00")
+# What a terminal must never receive raw: C0 but tab and newline, DEL, C1 (U+0080-U+009F,
+# CSI and OSC among them), and the bidirectional overrides and isolates (which reorder
+# what follows them on the line).
+_UNSAFE_IN_TERMINAL = re.compile(r"\r(?!\n)|[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f"
+                                 r"\u202a-\u202e\u2066-\u2069]")
+RULES = {"id": _CONTROLS, "text": _CONTROLS_BUT_WHITESPACE, "model_text": _NUL}
+_ALLOWED = {"id": "none is allowed", "text": "only tab and newline are allowed",
+            "model_text": "NUL cannot be stored"}
+
+
+def check(value: object, field: str, rule: str, where: str = "") -> None:
+    """Raise QueueError (422, naming `field`) when the string `value` holds a control
+    character its `rule` ("id", "text" or "model_text") refuses; other values pass."""
+    if not isinstance(value, str):
+        return
+    found = RULES[rule].search(value)
+    if found is not None:
+        prefix = f"{where}: " if where else ""
+        raise QueueError(f"{prefix}{field} contains a control character "
+                         f"(U+{ord(found.group()):04X}) at position {found.start()}; "
+                         f"{_ALLOWED[rule]}", 422, field)
+
+
+def check_prompt(prompt: object, rule: str, where: str = "") -> None:
+    """`check` on a prompt: plain text, or each chat message's role and content."""
+    if isinstance(prompt, str):
+        check(prompt, "prompt", rule, where)
+        return
+    for message in prompt if isinstance(prompt, list) else ():
+        if isinstance(message, dict):
+            for part in ("role", "content"):
+                check(message.get(part), "prompt", rule, where)
+
+
+def visible(text: str) -> str:
+    """`text` safe to print on a terminal: every character that could move the cursor,
+    clear the screen, set the title or reorder the line is written as its escape
+    (`\\x1b`, `\\r`, `\\u202e`); tab, newline and CR LF are kept."""
+    def escape(m: re.Match) -> str:
+        code = ord(m.group())
+        return "\\r" if code == 13 else f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return _UNSAFE_IN_TERMINAL.sub(escape, text)

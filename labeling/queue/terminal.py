@@ -1,0 +1,86 @@
+"""Labeling in a terminal (`alignloop queue label`): the prompt and the two responses side
+by side (stacked when the terminal is narrow), keys 1 = A, 2 = B, 3 = tie, 4 = both bad,
+q = quit.
+
+Everything from the queue is printed through `controls.visible` and as rich `Text`: an
+item's escape sequences appear as `\\x1b[2J` instead of clearing the screen or setting
+the window title, and rich markup in it is not interpreted.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+from alignloop.labeling.queue.controls import visible
+from alignloop.labeling.queue.store import AnnotatorAccount, QueueError, QueueStore
+
+KEYS = {"1": 0, "2": 1, "3": "tie", "4": "both_bad"}
+
+
+def label_in_terminal(store: QueueStore, me: AnnotatorAccount, *, limit: int | None = None,
+                      lease_seconds: float = 600.0, console=None) -> int:
+    """Label until the queue is empty for `me`, `limit` labels, or q / end of input; an
+    item left unanswered is released. Returns how many labels were recorded."""
+    from rich.console import Console
+    from rich.prompt import Prompt
+    from rich.text import Text
+
+    console, rng, done = console or Console(), random.Random(), 0
+    while limit is None or done < limit:
+        a = store.next_item(me.id, lease_seconds=lease_seconds, rng=rng)
+        if a is None:
+            console.print("Nothing to label right now.")
+            break
+        _show(console, me, store.progress(me.id)["labeled"], a)
+        try:
+            key = Prompt.ask("1 = A, 2 = B, 3 = tie, 4 = both bad, q = quit",
+                             choices=[*KEYS, "q"], console=console)
+            if key == "q":
+                store.release(me.id, a.lease_id)
+                break
+            confidence = int(Prompt.ask("confidence (1 unsure, 2 fairly sure, 3 sure)",
+                                        choices=["1", "2", "3"], default="2", console=console))
+            comment = Prompt.ask("comment (Enter for none)", default="", show_default=False,
+                                 console=console)
+        except (EOFError, KeyboardInterrupt):
+            store.release(me.id, a.lease_id)
+            console.print()
+            break
+        slot = KEYS[key]
+        choice = a.display_order[slot] if isinstance(slot, int) else slot
+        try:
+            store.record_label(me.id, item_id=a.item.item_id, lease_id=a.lease_id,
+                               choice=choice, confidence=confidence,
+                               idempotency_key=f"tty-{uuid.uuid4().hex}", comment=comment)
+            done += 1
+        except QueueError as e:
+            console.print(Text(visible(f"not recorded: {e}"), style="red"))
+    console.print(f"{done} labels recorded this session.")
+    return done
+
+
+def _show(console, me: AnnotatorAccount, labeled: int, a) -> None:
+    """One assignment: the prompt's turns, then the responses in the display order."""
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    it = a.item
+    shown = (it.a, it.b) if a.display_order == "ab" else (it.b, it.a)
+    turns = ([("prompt", it.prompt)] if isinstance(it.prompt, str) else
+             [(str(m.get("role", "user")), str(m.get("content", ""))) for m in it.prompt])
+    console.rule(Text(visible(f"{me.name} · {labeled} labeled")))
+    for role, content in turns:
+        console.print(Panel(Text(visible(content)), title=Text(visible(role)),
+                            title_align="left"))
+    panels = [Panel(Text(visible(shown[0])), title="A [1]"),
+              Panel(Text(visible(shown[1])), title="B [2]")]
+    if console.width >= 100:   # side by side; stacked on a narrow terminal
+        grid = Table.grid(expand=True, padding=(0, 1))
+        grid.add_column(ratio=1)
+        grid.add_column(ratio=1)
+        grid.add_row(*panels)
+        console.print(grid)
+    else:
+        console.print(*panels)

@@ -1,0 +1,124 @@
+"""What the command prints: -q/-v anywhere on the line, whole sentences in --help, plain
+progress lines when stderr is not a terminal, and the libraries quiet unless -v."""
+
+import argparse
+import io
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import alignloop
+from alignloop.cli import build_parser
+from alignloop.progress import PlainProgress, tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quiet_and_verbose_before_or_after_the_command():
+    parse = build_parser().parse_args
+    assert parse(["run", "c.yaml"]).verbosity == 0
+    for argv, verbosity in ((["-q", "run", "c.yaml"], -1), (["run", "c.yaml", "-q"], -1),
+                            (["run", "c.yaml", "--quiet"], -1), (["-v", "run", "c.yaml"], 1),
+                            (["run", "c.yaml", "-v"], 1), (["train", "c.yaml", "-vv"], 2),
+                            (["status", "runs/x", "--verbose"], 1),
+                            (["queue", "status", "--run-dir", "runs/x", "-q"], -1)):
+        assert parse(argv).verbosity == verbosity, argv
+
+
+def _commands(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                yield from _commands(sub)
+
+
+def test_help_is_whole_sentences():
+    parser = build_parser()
+    text = " ".join(parser.format_help().split())
+    assert " ".join(alignloop.__doc__.split("\n\n")[0].split()) in text
+    assert text.endswith(".")
+    for name, sub in _commands(parser):
+        description = " ".join((sub.description or "").split())
+        assert description.endswith("."), (name, description)
+
+
+def test_plain_progress_writes_a_line_per_tenth_and_the_last_postfix():
+    out = io.StringIO()                                   # not a terminal
+    bar = tqdm(total=512, desc="generate", unit="sample", file=out)
+    assert isinstance(bar, PlainProgress)
+    for _ in range(64):
+        bar.update(8)
+        bar.set_postfix(loss="0.69")
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue() and len(lines) == 10
+    assert lines[0].startswith("generate: 56/512 samples (10%), 00:00 elapsed")
+    assert lines[-1].startswith("generate: 512/512 samples (100%)")
+    assert lines[-1].endswith("loss=0.69")                # the postfix as of the last step
+
+    out = io.StringIO()
+    assert list(tqdm(range(3), desc="tokenize", file=out, disable=True)) == [0, 1, 2]
+    assert out.getvalue() == ""
+
+
+def test_a_terminal_gets_the_tqdm_bar():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    bar = tqdm(total=2, desc="train", file=Terminal())
+    assert not isinstance(bar, PlainProgress)
+    bar.close()
+
+
+def test_quiet_libraries_turns_them_down_and_back_up():
+    # in a child process: the settings are process-wide
+    code = textwrap.dedent("""
+        import logging, warnings
+        import transformers.utils.logging as tl
+        from huggingface_hub.utils import are_progress_bars_disabled
+        from alignloop.logs import quiet_libraries
+
+        def shown():
+            with warnings.catch_warnings(record=True) as w:
+                warnings.warn("`is_gradient_checkpointing` is deprecated", FutureWarning)
+                warnings.warn("something else", FutureWarning)
+            return [str(x.message) for x in w]
+
+        quiet_libraries(0)
+        assert logging.getLogger("accelerate").level == logging.ERROR
+        assert tl.get_verbosity() == logging.ERROR and not tl.is_progress_bar_enabled()
+        assert are_progress_bars_disabled() and shown() == ["something else"]
+        quiet_libraries(1)
+        assert logging.getLogger("accelerate").level == logging.INFO
+        assert tl.get_verbosity() == logging.INFO and tl.is_progress_bar_enabled()
+        assert not are_progress_bars_disabled() and len(shown()) == 2
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_a_train_prints_plain_progress_and_no_library_noise_unless_verbose(tmp_path):
+    # LoRA and a mid-run checkpoint: the FutureWarning and accelerate's save lines
+    args = ["train", "configs/tiny.yaml", "--set", "train.max_steps=2", "--set", "data.limit=8",
+            "--set", "model.lora.enabled=true", "--set", "train.save_every=1"]
+
+    def train(*extra) -> str:
+        out = subprocess.run([sys.executable, "-m", "alignloop.cli", *args, *extra], cwd=ROOT,
+                             capture_output=True, timeout=600)    # bytes: text mode hides "\r"
+        assert out.returncode == 0, out.stderr.decode()
+        return out.stderr.decode()
+
+    err = train("--out", str(tmp_path / "quiet"))
+    for noise in ("Loading weights", "Writing model shards", "FutureWarning", "accelerate",
+                  "shared tensor", "\r"):
+        assert noise not in err, (noise, err)
+    lines = err.splitlines()
+    assert any(x.startswith("reference log-probs: 8/8 pairs (100%)") for x in lines), err
+    assert any(x.startswith("train: 2/2 steps (100%)") for x in lines), err
+
+    err = train("--out", str(tmp_path / "verbose"), "-v")
+    assert "INFO accelerate" in err and "FutureWarning" in err
+    assert "[transformers]" in err                         # transformers' own INFO lines
