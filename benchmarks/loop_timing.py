@@ -2,11 +2,12 @@
 commit, one after the other in one run of this script (timings on a shared machine are
 only comparable as ratios measured together).
 
-    python benchmarks/loop_timing.py --before 75f16ae [--config configs/quick.yaml]
+    python benchmarks/loop_timing.py --before 75f16ae [--after a2ebdec] [--config configs/quick.yaml]
 
 Each side runs `alignloop run CONFIG` in a fresh run directory and cache-warm model
 directory, in its own process; the earlier commit's code is exported with `git archive`
-into a temporary package tree put first on PYTHONPATH (the same venv, the same libraries).
+into a temporary package tree put first on PYTHONPATH (the same venv, the same libraries);
+so is `--after`'s, when given, else this checkout runs as it is.
 Reported per side: wall seconds, peak RSS of the process (ru_maxrss), the run directory's
 size, and the per-stage seconds from state.json. Writes benchmarks/results/loop_timing.{json,md}.
 """
@@ -82,6 +83,7 @@ def _maxrss(stderr: str) -> tuple[int, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--before", required=True, help="the earlier commit to compare with")
+    ap.add_argument("--after", help="the later commit (default: this checkout as it is)")
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "quick.yaml")
     args = ap.parse_args()
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
@@ -91,8 +93,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="loop-timing-") as tmp:
         tmp = Path(tmp)
         pkg = export_commit(args.before, tmp / "before")
+        after = str(export_commit(args.after, tmp / "after")) if args.after else None
+        label = args.after or f"{head}{'+changes' if dirty else ''}"
         rows = [run_side(f"before ({args.before})", args.config, tmp / "run-before", str(pkg)),
-                run_side(f"now ({head}{'+changes' if dirty else ''})", args.config, tmp / "run-now", None)]
+                run_side(f"now ({label})", args.config, tmp / "run-now", after)]
     before, now = rows
     result = {"config": str(args.config.relative_to(ROOT)), "rows": rows,
               "time_ratio": round(now["seconds"] / before["seconds"], 2),

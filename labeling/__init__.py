@@ -135,7 +135,8 @@ def load_function(spec: str, what: str = "function"):
         raise LabelingError(f"{what} '{spec}': module '{module_name}' has no '{attr}'") from None
 
 
-# kind -> "module:factory"; a factory takes the JudgeSpec and returns a Judge.
+# kind -> "module:factory"; a factory takes the JudgeSpec and the placement (where a judge
+# that runs a model runs it: `alignloop.placement`; None: CPU, fp32) and returns a Judge.
 JUDGES = {
     "reward_model": "alignloop.labeling.reward_model:RewardModelJudge.from_spec",
     "llm_pairwise": "alignloop.labeling.llm_pairwise:LLMPairwiseJudge.from_spec",
@@ -144,11 +145,11 @@ JUDGES = {
 }
 
 
-def make_judge(spec: JudgeSpec) -> Judge:
+def make_judge(spec: JudgeSpec, placement=None) -> Judge:
     """The judge a config entry describes; heavy imports happen only for that kind."""
     target = JUDGES[spec.kind]
     module_name, _, path = target.partition(":")
     obj = importlib.import_module(module_name)
     for part in path.split("."):
         obj = getattr(obj, part)
-    return obj(spec)
+    return obj(spec, placement)

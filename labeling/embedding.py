@@ -97,7 +97,9 @@ class EmbeddingEnsembleJudge:
         self.heads = BTEnsemble(members, l2, seed)
 
     @classmethod
-    def from_spec(cls, spec) -> EmbeddingEnsembleJudge:
+    def from_spec(cls, spec, placement=None) -> EmbeddingEnsembleJudge:
+        # The sentence encoder stays on the CPU in float32 (`alignloop.embeddings`): a small
+        # model, run one text at a time so that a vector never depends on its batch-mates.
         return cls(spec.label, encoder_ref=spec.embedding_model, members=spec.members, l2=spec.l2)
 
     @property

@@ -37,8 +37,9 @@ class Ensemble:
         self.members = list(members)
 
     @classmethod
-    def from_specs(cls, specs) -> Ensemble:
-        return cls([Member(make_judge(s), s.weight, s.temperature) for s in specs])
+    def from_specs(cls, specs, placement=None) -> Ensemble:
+        """The judges of `specs`; those that run a model run it as `placement` says."""
+        return cls([Member(make_judge(s, placement), s.weight, s.temperature) for s in specs])
 
     @property
     def names(self) -> list[str]:

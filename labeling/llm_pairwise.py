@@ -97,9 +97,10 @@ class LLMPairwiseJudge:
                 "the next token cannot tell them apart; choose verdicts with different first tokens")
 
     @classmethod
-    def from_spec(cls, spec: JudgeSpec) -> LLMPairwiseJudge:
+    def from_spec(cls, spec: JudgeSpec, placement=None) -> LLMPairwiseJudge:
         ref = spec.models[0]
-        model = HFVerdictModel.load(ref, batch_size=spec.batch_size, max_length=spec.max_length)
+        model = HFVerdictModel.load(ref, placement=placement, batch_size=spec.batch_size,
+                                    max_length=spec.max_length)
         return cls(model, name=spec.label, template=spec.template, verdicts=spec.verdicts,
                    min_verdict_mass=spec.min_verdict_mass, model_ref=ref)
 
@@ -117,7 +118,9 @@ class LLMPairwiseJudge:
 
 
 class HFVerdictModel:
-    """A transformers causal LM asked one user turn per question; float32, eval mode.
+    """A transformers causal LM asked one user turn per question, in eval mode; placed by
+    `load` as the placement says (its sampling dtype: bf16 under bf16-mixed), with the
+    softmax over the vocabulary in float64.
 
     Questions are batched longest first with left padding, explicit position ids
     and an attention mask, so a question's probabilities do not depend on its
@@ -139,10 +142,14 @@ class HFVerdictModel:
         self._keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
     @classmethod
-    def load(cls, ref: str, **kwargs: Any) -> HFVerdictModel:
+    def load(cls, ref: str, *, placement=None, **kwargs: Any) -> HFVerdictModel:
+        """`ref` loaded where `placement` says (None: CPU, float32)."""
         from alignloop.models import load_model, load_tokenizer
+        from alignloop.placement import Placement
 
-        return cls(load_model(ref, dtype="float32", device="cpu"), load_tokenizer(ref), **kwargs)
+        placement = placement or Placement()
+        model = load_model(ref, dtype=placement.sampling_dtype, device=placement.device)
+        return cls(model, load_tokenizer(ref), **kwargs)
 
     def encode(self, question: str) -> list[int]:
         """Token ids of `question` as one user turn followed by the assistant header

@@ -7,6 +7,8 @@ end-of-turn token included), so policy and reference log-probs are comparable
 with each other and with the DPO objective. Both sides are scored here: neither
 is mixed with a sample's own `Completion.logprob_sum`, which covers the sampled
 tokens (end token included, but not the "\\n" a chat template writes after it).
+Models run as the placement says (`alignloop.placement`: scoring weights, its
+autocast); the log-softmax over the vocabulary is float32 in every precision.
 """
 
 from __future__ import annotations
@@ -18,27 +20,35 @@ from alignloop.records import Prompt
 
 
 def sequence_logprobs(model_ref: str, prompts: Sequence[Prompt], responses: Sequence[str], *,
-                      batch_size: int = 8, progress: bool = True,
-                      chat_template: str = "auto") -> np.ndarray:
+                      batch_size: int = 8, progress: bool = True, chat_template: str = "auto",
+                      placement=None) -> np.ndarray:
     """(N,) summed log-probs of each response given its prompt under `model_ref`
-    (plain-text prompts rendered as `chat_template` says: `data.chat_template`)."""
+    (plain-text prompts rendered as `chat_template` says: `data.chat_template`), placed as
+    `placement` says (None: CPU, fp32)."""
     from alignloop.models import load_model, load_tokenizer, prompt_token_ids, response_token_ids
+    from alignloop.placement import Placement
 
+    placement = placement or Placement()
     tokenizer = load_tokenizer(model_ref, chat_template)
     seqs = [(prompt_token_ids(tokenizer, prompt), response_token_ids(tokenizer, prompt, response))
             for prompt, response in zip(prompts, responses, strict=True)]
-    return score_token_sequences(load_model(model_ref), seqs, pad_id=tokenizer.pad_token_id,
+    model = load_model(model_ref, dtype=placement.weights_dtype, device=placement.device)
+    return score_token_sequences(model, seqs, pad_id=tokenizer.pad_token_id,
                                  batch_size=batch_size, progress=progress,
-                                 desc=f"log-probs {model_ref}")
+                                 desc=f"log-probs {model_ref}", placement=placement)
 
 
 def score_token_sequences(model, seqs: Sequence[tuple[Sequence[int], Sequence[int]]], *,
                           pad_id: int, batch_size: int = 8, progress: bool = True,
-                          desc: str = "log-probs") -> np.ndarray:
-    """(N,) summed log-probs of each (prompt ids, response ids) pair's response tokens."""
+                          desc: str = "log-probs", placement=None) -> np.ndarray:
+    """(N,) summed log-probs of each (prompt ids, response ids) pair's response tokens,
+    the forward under `placement.autocast()` (None: none)."""
+    import contextlib
+
     import torch
     from alignloop.progress import tqdm
 
+    autocast = placement.autocast if placement is not None else contextlib.nullcontext
     out = np.zeros(len(seqs))
     order = sorted(range(len(seqs)), key=lambda n: -(len(seqs[n][0]) + len(seqs[n][1])))
     with torch.inference_mode():
@@ -54,24 +64,29 @@ def score_token_sequences(model, seqs: Sequence[tuple[Sequence[int], Sequence[in
                 mask[row, :len(full)] = 1
             # The decoder runs over whole sequences; the output projection (a 49k-wide
             # matmul for SmolLM2) only over the positions that predict response tokens.
-            hidden = model.get_decoder()(input_ids=ids.to(model.device),
-                                         attention_mask=mask.to(model.device),
-                                         use_cache=False).last_hidden_state          # (B, T, H)
+            with autocast():
+                hidden = model.get_decoder()(input_ids=ids.to(model.device),
+                                             attention_mask=mask.to(model.device),
+                                             use_cache=False).last_hidden_state      # (B, T, H)
             head = model.get_output_embeddings()
             for row, n in enumerate(idx):
                 p_len, r_len = len(seqs[n][0]), len(seqs[n][1])
                 if r_len == 0:
                     continue
                 h = hidden[row, p_len - 1:p_len + r_len - 1]                            # (R, H)
-                lp = head(h).float().log_softmax(-1).cpu()                              # (R, V)
+                with autocast():
+                    logits = head(h)                                                    # (R, V)
+                lp = logits.float().log_softmax(-1).cpu()  # outside autocast: float32
                 targets = ids[row, p_len:p_len + r_len]                                 # (R,)
                 out[n] = float(lp.gather(-1, targets[:, None]).sum())
     return out
 
 
-def with_logprobs(groups: list, *, policy: str, reference: str, chat_template: str = "auto") -> list:
+def with_logprobs(groups: list, *, policy: str, reference: str, chat_template: str = "auto",
+                  placement=None) -> list:
     """Candidate groups with each response's sequence log-prob under `policy` and
-    `reference` (what the `apl` selection strategy's implicit reward needs)."""
+    `reference` (what the `apl` selection strategy's implicit reward needs), both placed
+    as `placement` says (None: CPU, fp32)."""
     import dataclasses
     import logging
 
@@ -80,7 +95,8 @@ def with_logprobs(groups: list, *, policy: str, reference: str, chat_template: s
             "apl: policy and reference are the same model (%s): every implicit reward is 0", policy)
     prompts = [g.prompt for g in groups for _ in g.responses]
     responses = [r for g in groups for r in g.responses]
-    lp = {m: sequence_logprobs(m, prompts, responses, chat_template=chat_template)
+    lp = {m: sequence_logprobs(m, prompts, responses, chat_template=chat_template,
+                               placement=placement)
           for m in {policy, reference}}
     out, at = [], 0
     for g in groups:

@@ -30,7 +30,7 @@ class PythonJudge:
         self._what = getattr(fn, "__qualname__", repr(fn))
 
     @classmethod
-    def from_spec(cls, spec) -> PythonJudge:
+    def from_spec(cls, spec, placement=None) -> PythonJudge:
         fn = load_function(spec.function, what=f"judge '{spec.label}' function")
         if not callable(fn):
             raise LabelingError(f"judge '{spec.label}': {spec.function} is not callable")

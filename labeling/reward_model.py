@@ -37,16 +37,19 @@ class RewardModel:
     tokenizer: Any
 
 
-def load_reward_model(ref: str) -> RewardModel:
-    """A float32 CPU reward model in eval mode, or a LabelingError naming `ref`.
+def load_reward_model(ref: str, placement=None) -> RewardModel:
+    """A reward model in eval mode where `placement` says, in its sampling dtype (None:
+    CPU, float32), or a LabelingError naming `ref`.
 
     The config is read first, so a model that is not a one-output sequence
     classifier (a causal LM, a 2-class classifier) is refused before transformers
     would bolt a randomly initialised head onto it.
     """
-    import torch
     from alignloop.models import load_tokenizer, resolve_model_path
+    from alignloop.placement import Placement
     from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    placement = placement or Placement()
 
     source = resolve_model_path(ref)
     local = not isinstance(source, str)
@@ -65,7 +68,7 @@ def load_reward_model(ref: str) -> RewardModel:
                             "(num_labels); a reward model needs exactly one")
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(source), dtype=torch.float32, local_files_only=local)
+            str(source), dtype=placement.sampling_dtype, local_files_only=local)
     except (OSError, ValueError) as e:
         raise LabelingError(f"reward model {ref!r}: cannot load it ({e})") from None
     tokenizer = load_tokenizer(ref)  # gets a pad token (its EOS) if it had none
@@ -75,7 +78,7 @@ def load_reward_model(ref: str) -> RewardModel:
     if text_config.pad_token_id is None:
         text_config.pad_token_id = tokenizer.pad_token_id
         model.config.pad_token_id = tokenizer.pad_token_id
-    return RewardModel(ref, model.to("cpu").eval(), tokenizer)
+    return RewardModel(ref, model.to(placement.device).eval(), tokenizer)
 
 
 def render_text(tokenizer, prompt: Prompt, response: str) -> str:
@@ -113,7 +116,8 @@ def score_texts(rm: RewardModel, texts: Sequence[str], *, batch_size: int, max_l
             ids[row, :len(encoded[i])] = torch.tensor(encoded[i])
             mask[row, :len(encoded[i])] = 1
         with torch.inference_mode():
-            out = rm.model(input_ids=ids, attention_mask=mask).logits  # (B, 1)
+            out = rm.model(input_ids=ids.to(rm.model.device),
+                           attention_mask=mask.to(rm.model.device)).logits.float().cpu()  # (B, 1)
         for row, i in enumerate(idx):
             scores[i] = float(out[row, 0])
         bar.update(len(idx))
@@ -138,8 +142,8 @@ class RewardModelJudge:
         self.progress = progress
 
     @classmethod
-    def from_spec(cls, spec: JudgeSpec) -> RewardModelJudge:
-        return cls([load_reward_model(ref) for ref in spec.models], name=spec.label,
+    def from_spec(cls, spec: JudgeSpec, placement=None) -> RewardModelJudge:
+        return cls([load_reward_model(ref, placement) for ref in spec.models], name=spec.label,
                    batch_size=spec.batch_size, max_length=spec.max_length)
 
     def rewards(self, items: Sequence[Comparison]) -> list[list[tuple[float, float]]]:

@@ -108,3 +108,27 @@ def test_renamed_keys_are_read_with_a_warning_and_both_names_are_refused(caplog)
     assert "'loop.gate.kl_budget' is now called 'loop.gate.max_kl_to_base'" in caplog.text
     with pytest.raises(ConfigError, match="loop.gate.kl_budget.*give only the new key"):
         config_from_dict({"loop": {"gate": {"kl_budget": 3.0, "max_kl_to_base": 2.0}}})
+
+
+@pytest.mark.parametrize("old, new", [("auto", "auto"), ("float32", "fp32"),
+                                      ("bfloat16", "bf16-mixed")])
+def test_model_dtype_is_read_as_model_precision(old, new, caplog):
+    from alignloop.config import config_from_dict
+
+    assert config_from_dict({"model": {"dtype": old}}).model.precision == new
+    assert config_from_dict({}, [f"model.dtype={old}"]).model.precision == new
+    assert "'model.dtype' is now called 'model.precision'" in caplog.text
+
+
+def test_model_dtype_float16_and_bad_devices_are_refused():
+    from alignloop.config import config_from_dict
+
+    for raw, sets in (({"model": {"dtype": "float16"}}, []), ({}, ["model.dtype=float16"])):
+        with pytest.raises(ConfigError, match="'model.dtype': float16 is no longer offered.*bf16-mixed"):
+            config_from_dict(raw, sets)
+    with pytest.raises(ConfigError, match="give only the new key"):
+        config_from_dict({"model": {"dtype": "float32", "precision": "fp32"}})
+    for device in ("gpu", "cuda:", "cuda:x", "CPU"):
+        with pytest.raises(ConfigError, match="'model.device': must be auto, cpu, cuda or cuda:N"):
+            config_from_dict({"model": {"device": device}})
+    assert config_from_dict({"model": {"device": "cuda:3"}}).model.device == "cuda:3"

@@ -15,7 +15,7 @@ from alignloop.data import read_pairs
 from alignloop.training.trainer import train_dpo
 out, bs = sys.argv[1], int(sys.argv[2])
 pairs = read_pairs("builtin:demo-pairs", limit=16)[0]
-cfg = config_from_dict({"model": {"name": "builtin:tiny-random"},
+cfg = config_from_dict({"model": {"name": "builtin:tiny-random", "precision": "fp32"},
                         "train": {"batch_size": bs, "max_steps": 2, "learning_rate": 1e-3,
                                   "lr_schedule": "constant"}})
 train_dpo(pairs, out_dir=out, policy=cfg.model.name, model_cfg=cfg.model, data_cfg=cfg.data,

@@ -28,7 +28,7 @@ if kill:
     checkpoints._now = lambda: next(clock)
     os.environ[FAIL_AT_STEP_ENV] = "2"
 pairs = read_pairs("builtin:demo-pairs", limit=16)[0]
-cfg = config_from_dict({"model": {"name": "builtin:tiny-random"},
+cfg = config_from_dict({"model": {"name": "builtin:tiny-random", "precision": "fp32"},
                         "train": {"batch_size": bs, "max_steps": 4, "learning_rate": 1e-3,
                                   "lr_schedule": "linear"}})
 try:

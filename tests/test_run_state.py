@@ -70,6 +70,29 @@ def test_changed_config_is_refused_naming_the_key_unless_redone(tmp_path):
     assert "1" not in changed.state["rounds"]
 
 
+@pytest.mark.parametrize("recorded, now, same", [("auto", {}, True), ("float32", {"precision": "fp32"}, True),
+                                                  ("bfloat16", {"precision": "bf16-mixed"}, True),
+                                                  ("float32", {}, False), ("float16", {}, False)])
+def test_a_run_recorded_with_model_dtype_compares_after_migration(tmp_path, recorded, now, same):
+    """A run directory from before `model.precision` (its flat config has `model.dtype`, its
+    hash another value) resumes when the config means the same, and is refused otherwise."""
+    run = Run(tmp_path, config_from_dict({}), stage_names=stage_names)
+    run.begin()
+    run.stage(0, "assemble", lambda: None, [])
+    flat = json.loads((tmp_path / ".config_flat.json").read_text())
+    del flat["model.precision"], flat["model.device"]
+    flat["model.dtype"] = recorded
+    (tmp_path / ".config_flat.json").write_text(json.dumps(flat))
+    run.state["rounds"]["0"]["config_hash"] = "an-older-hash"
+    run.save()
+    resumed = Run(tmp_path, config_from_dict({"model": now}), stage_names=stage_names)
+    if same:
+        resumed.check_config()
+    else:
+        with pytest.raises(RunError, match=r"changed: model\.precision\)"):
+            resumed.check_config()
+
+
 def _pool_file(tmp_path, rows):
     path = tmp_path / "pool.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))

@@ -34,10 +34,12 @@ class PairScorer(nn.Module):
         hidden = decoder(input_ids=input_ids, position_ids=position_ids,
                          attention_mask=attention_mask, use_cache=False).last_hidden_state  # (B, L, H)
         hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, gather_index)       # (N, H)
-        logits = self.model.get_output_embeddings()(hidden).float()                        # (N, V)
-        token_logps = -F.cross_entropy(logits, targets, reduction="none")                 # (N,)
-        sums = torch.zeros(n_segments, dtype=token_logps.dtype, device=token_logps.device)
-        return sums.index_add(0, segment, token_logps)
+        logits = self.model.get_output_embeddings()(hidden)                                # (N, V)
+        # The log-softmax over the vocabulary and the sums in float32, whatever the precision.
+        with torch.autocast(logits.device.type, enabled=False):
+            token_logps = -F.cross_entropy(logits.float(), targets, reduction="none")     # (N,)
+            sums = torch.zeros(n_segments, dtype=torch.float32, device=token_logps.device)
+            return sums.index_add(0, segment, token_logps)
 
 
 def score_batch(scorer: nn.Module, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,12 +2,15 @@
 
 Training never holds the reference model: its log-probs for every pair are
 computed in one no-grad pass before training and stored keyed by pair id, the
-hash of the exact token ids, and the hash of the reference weights. A cache
-whose reference hash or token ids do not match is recomputed, never reused.
+hash of the exact token ids, and the hash of the reference weights with the
+precision they were scored in (`cache_key`; `alignloop.placement`: bf16-mixed
+log-probs differ from fp32 ones by about 0.01-0.02 nat per token). A cache whose
+key or token ids do not match is recomputed, never reused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +47,10 @@ class ReferenceLogps:
 
 @torch.inference_mode()
 def compute_reference_logps(model, encoded: list[EncodedPair], *, pad_id: int,
-                            batch_size: int = 16, device="cpu",
+                            batch_size: int = 16, device="cpu", placement=None,
                             progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed response log-probs under `model` for every pair, in `encoded` order."""
+    """Summed response log-probs under `model` for every pair, in `encoded` order, under
+    the placement's autocast (the training forward's)."""
     was_training = model.training
     model.eval()
     scorer = PairScorer(model)
@@ -57,7 +61,8 @@ def compute_reference_logps(model, encoded: list[EncodedPair], *, pad_id: int,
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
         batch = collate([encoded[i] for i in idx], pad_id).to(device)
-        c, r = score_batch(scorer, batch)
+        with placement.autocast() if placement is not None else contextlib.nullcontext():
+            c, r = score_batch(scorer, batch)
         chosen[idx] = c.double().cpu()
         rejected[idx] = r.double().cpu()
         bar.update(len(idx))
@@ -66,8 +71,17 @@ def compute_reference_logps(model, encoded: list[EncodedPair], *, pad_id: int,
     return chosen, rejected
 
 
-def load_cached(path: Path, encoded: list[EncodedPair], reference_hash: str) -> ReferenceLogps | None:
-    """The cached log-probs if the file matches these pairs and this reference exactly, else None."""
+def cache_key(reference_hash: str, precision: str) -> str:
+    """The `reference_hash` column's value: the weights hash, then `+precision` unless fp32
+    (fp32 keys are the bare hash, so caches written before precisions existed stay valid)."""
+    return reference_hash if precision == "fp32" else f"{reference_hash}+{precision}"
+
+
+def load_cached(path: Path, encoded: list[EncodedPair], reference_hash: str,
+                precision: str = "fp32") -> ReferenceLogps | None:
+    """The cached log-probs if the file matches these pairs, this reference and this precision
+    exactly, else None."""
+    key = cache_key(reference_hash, precision)
     if not path.exists():
         return None
     try:
@@ -78,10 +92,12 @@ def load_cached(path: Path, encoded: list[EncodedPair], reference_hash: str) -> 
     chosen, rejected = [], []
     for p in encoded:
         row = rows.get(p.pair_id)
-        if row is None or row["reference_hash"] != reference_hash or row["ids_hash"] != p.ids_hash:
+        if row is None or row["reference_hash"] != key or row["ids_hash"] != p.ids_hash:
+            weights, _, was = row["reference_hash"].partition("+") if row else ("", "", "")
             why = ("missing pair " + p.pair_id if row is None else
-                   "reference weights changed" if row["reference_hash"] != reference_hash else
-                   "token ids changed for pair " + p.pair_id)
+                   "reference weights changed" if weights != reference_hash else
+                   f"precision changed ({was or 'fp32'} -> {precision})" if row["reference_hash"] != key
+                   else "token ids changed for pair " + p.pair_id)
             log.info("reference cache %s not reusable (%s); recomputing", path, why)
             return None
         chosen.append(row["chosen_logps"])
@@ -91,20 +107,24 @@ def load_cached(path: Path, encoded: list[EncodedPair], reference_hash: str) -> 
 
 
 def reference_logps(model, encoded: list[EncodedPair], *, path: Path, reference_hash: str,
-                    pad_id: int, batch_size: int = 16, device="cpu",
+                    pad_id: int, batch_size: int = 16, device="cpu", placement=None,
                     progress: bool = True, write: bool = True) -> ReferenceLogps:
-    """Cached reference log-probs, computing and writing them when the cache is not valid."""
-    cached = load_cached(path, encoded, reference_hash)
+    """Cached reference log-probs, computing and writing them when the cache is not valid.
+    `placement` (an `alignloop.placement.Placement`; None: fp32) gives the autocast and the
+    precision in the cache key."""
+    precision = placement.precision if placement is not None else "fp32"
+    cached = load_cached(path, encoded, reference_hash, precision)
     if cached is not None:
         log.info("reference log-probs: %d pairs cached, 0 computed (%s)", len(encoded), path)
         return cached
     log.info("reference log-probs: 0 pairs cached, %d computed", len(encoded))
     chosen, rejected = compute_reference_logps(model, encoded, pad_id=pad_id,
                                                batch_size=batch_size, device=device,
-                                               progress=progress)
+                                               placement=placement, progress=progress)
     if write:
         write_parquet(path, [
-            {"pair_id": p.pair_id, "ids_hash": p.ids_hash, "reference_hash": reference_hash,
+            {"pair_id": p.pair_id, "ids_hash": p.ids_hash,
+             "reference_hash": cache_key(reference_hash, precision),
              "chosen_logps": float(chosen[i]), "rejected_logps": float(rejected[i]),
              "chosen_tokens": len(p.chosen_ids), "rejected_tokens": len(p.rejected_ids)}
             for i, p in enumerate(encoded)

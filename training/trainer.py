@@ -4,8 +4,9 @@
 log-probs once, cached) -> build (policy, optimiser, data plan, resume) -> the
 step loop (micro-batches -> loss -> backward -> clip -> optimizer -> log ->
 checkpoint) -> save. Runs in one CPU process or under `accelerate launch`
-(DDP/FSDP) unchanged. On a GPU with bf16 it trains in bf16 autocast over
-float32 master weights; on CPU always float32.
+(DDP/FSDP) unchanged. Device and precision come from the placement
+(`alignloop.placement`): bf16-mixed trains under bf16 autocast over float32 master
+weights, on a GPU or a CPU with bf16 units; log-probs are float32 in every precision.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any
 
 import torch
 from alignloop.config import DataConfig, LoraConfig, ModelConfig, TrainConfig, to_dict
-from alignloop.models import load_model, load_tokenizer, resolve_dtype
+from alignloop.models import load_model, load_tokenizer
+from alignloop.placement import Placement, placement_for
 from alignloop.records import Pair
 from alignloop.training.batching import EncodedPair, PackedBatch, collate, encode_pairs, plan_steps
 from alignloop.training.checkpoints import (
@@ -57,6 +59,7 @@ class TrainResult:
     n_pairs: int = 0
     reference_seconds: float = 0.0  # wall time of the reference pass (0 when the cache was reused)
     train_seconds: float = 0.0      # wall time of the optimizer steps run by this call
+    placement: dict = field(default_factory=dict)  # the device and precision it ran with
 
 
 def dpo_objective(policy_chosen, policy_rejected, ref_chosen, ref_rejected, batch: PackedBatch,
@@ -100,39 +103,49 @@ def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
 
 
 def run_fingerprint(encoded: list[EncodedPair], cfg: TrainConfig, model: ModelConfig,
-                    start_hash: str) -> str:
+                    start_hash: str, precision: str = "fp32") -> str:
     h = hashlib.sha256()
     train = {k: v for k, v in to_dict(cfg).items() if k not in CHECKPOINT_CADENCE}
-    h.update(json.dumps([train, to_dict(model.lora), start_hash], sort_keys=True).encode())
+    # fp32 adds nothing, so checkpoints written before precisions existed still resume.
+    extra = [] if precision == "fp32" else [precision]
+    h.update(json.dumps([train, to_dict(model.lora), start_hash, *extra],
+                        sort_keys=True).encode())
     for p in encoded:
         h.update(f"{p.pair_id}:{p.ids_hash}:{p.p_chosen}:{p.weight};".encode())
     return h.hexdigest()[:16]
 
 
-def _mixed_precision(model_cfg: ModelConfig) -> str:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = resolve_dtype(model_cfg.dtype, device)
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
+def make_accelerator(placement: Placement):
+    """accelerate's Accelerator on the placement's device: the CPU, or the placement's GPU
+    (under a multi-process launch accelerate gives each process its own GPU, and several
+    processes without CUDA run DDP over gloo). Mixed precision is ours, not accelerate's
+    (`placement.autocast()` around the forwards): the reference pass runs under the very
+    same autocast, and accelerate's process-wide state refuses a second precision later
+    in the same process."""
+    from accelerate import Accelerator
+
+    if placement.device.startswith("cuda") and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        torch.cuda.set_device(placement.device)
+    return Accelerator(mixed_precision="no", cpu=placement.device == "cpu")
 
 
 def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference: str = "",
               model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
-              progress: bool = True) -> TrainResult:
-    """Train `policy` on `pairs` with DPO against `reference` (default: the policy itself).
+              progress: bool = True, placement: Placement | None = None) -> TrainResult:
+    """Train `policy` on `pairs` with DPO against `reference` (default: the policy itself),
+    placed as `placement` says (default: as `model_cfg` asks, `placement_for`).
 
     Writes OUT/reference_logps.parquet, OUT/train_log.jsonl, OUT/policy/ and, while
     running, OUT/checkpoint/ (every `save_every_s` seconds and/or `save_every` steps;
     removed at the end). A rerun with the same arguments resumes from the checkpoint
     and ends with the weights and step log of an uninterrupted run.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Several processes without CUDA (torchrun / `accelerate launch --cpu`): DDP over gloo.
-    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(mixed_precision=_mixed_precision(model_cfg), cpu=multi_cpu)
+    placement = placement or placement_for(model_cfg)
+    accelerator = make_accelerator(placement)
     set_seed(train_cfg.seed)
     show = progress and accelerator.is_main_process
 
@@ -144,19 +157,20 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
                                     max_prompt_length=data_cfg.max_prompt_length,
                                     truncation=data_cfg.truncation, on_invalid=data_cfg.on_invalid,
                                     progress=show)
-    model = load_model(policy, dtype="float32", device=accelerator.device)
+    model = load_model(policy, dtype=placement.weights_dtype, device=accelerator.device)
     start_hash = weights_hash(model)
     t_ref = time.perf_counter()
     ref = _reference_pass(accelerator, model, start_hash, encoded, reference=reference or policy,
-                          policy=policy, dtype=model_cfg.dtype, pad_id=pad_id,
+                          policy=policy, placement=placement, pad_id=pad_id,
                           batch_size=max(2 * train_cfg.batch_size, 8),
                           path=out_dir / "reference_logps.parquet", progress=show)
     reference_seconds = time.perf_counter() - t_ref
 
     # 2. Build the trainable policy, its optimiser and the whole run's data order,
     #    then continue from OUT/checkpoint if an identical run left one.
-    run = _build_run(accelerator, model, [p.length for p in encoded], model_cfg.lora, train_cfg)
-    fingerprint = run_fingerprint(encoded, train_cfg, model_cfg, start_hash)
+    run = _build_run(accelerator, model, [p.length for p in encoded], model_cfg.lora, train_cfg,
+                     placement)
+    fingerprint = run_fingerprint(encoded, train_cfg, model_cfg, start_hash, placement.precision)
     start = _resume(accelerator, out_dir, fingerprint=fingerprint, total=run.total)
 
     # 3. The step loop.
@@ -171,21 +185,22 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
     return TrainResult(policy_dir=policy_dir, steps=run.total, metrics=metrics,
                        reference_hash=ref.reference_hash, reference_reused=ref.reused,
                        skipped=skipped, n_pairs=len(encoded),
-                       reference_seconds=reference_seconds, train_seconds=train_seconds)
+                       reference_seconds=reference_seconds, train_seconds=train_seconds,
+                       placement=placement.to_dict())
 
 
 def _reference_pass(accelerator, model, model_hash: str, encoded: list[EncodedPair], *,
-                    reference: str, policy: str, dtype: str, pad_id: int, batch_size: int,
-                    path: Path, progress: bool) -> ReferenceLogps:
+                    reference: str, policy: str, placement: Placement, pad_id: int,
+                    batch_size: int, path: Path, progress: bool) -> ReferenceLogps:
     """Reference log-probs of `encoded`, cached at `path` (the main process computes and
     writes them first; the others then read them). A reference other than the policy
-    is loaded in `dtype`, used and freed; the policy itself is scored as loaded."""
+    is loaded like the policy, used and freed; the policy itself is scored as loaded."""
     kw = dict(path=path, pad_id=pad_id, batch_size=batch_size, device=accelerator.device,
-              progress=progress, write=accelerator.is_main_process)
+              placement=placement, progress=progress, write=accelerator.is_main_process)
     with accelerator.main_process_first():
         if reference == policy:
             return reference_logps(model, encoded, reference_hash=model_hash, **kw)
-        ref_model = load_model(reference, dtype=dtype, device=accelerator.device)
+        ref_model = load_model(reference, dtype=placement.weights_dtype, device=accelerator.device)
         ref = reference_logps(ref_model, encoded, reference_hash=weights_hash(ref_model), **kw)
         del ref_model
         gc.collect()
@@ -204,10 +219,11 @@ class _Run:
     steps: list[list[list[int]]]  # steps -> micro-batches (all processes) -> pair indices
     per_epoch: int     # steps in one epoch, for the logged `epoch`
     total: int         # steps to run: max_steps when set, else epochs * per_epoch
+    placement: Placement  # its autocast wraps every forward
 
 
 def _build_run(accelerator, model, lengths: list[int], lora: LoraConfig,
-               cfg: TrainConfig) -> _Run:
+               cfg: TrainConfig, placement: Placement) -> _Run:
     """The trainable policy (LoRA if enabled), AdamW, the data order and the LR schedule,
     prepared by accelerate; the scheduler is registered so checkpoints carry it."""
     if lora.enabled:
@@ -227,7 +243,8 @@ def _build_run(accelerator, model, lengths: list[int], lora: LoraConfig,
         s, warmup=cfg.warmup_steps, total=total, schedule=cfg.lr_schedule))
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    return _Run(accelerator, scorer, params, optimizer, scheduler, steps, per_epoch, total)
+    return _Run(accelerator, scorer, params, optimizer, scheduler, steps, per_epoch, total,
+                placement)
 
 
 def _plan_run(lengths: list[int], cfg: TrainConfig,
@@ -316,13 +333,14 @@ def _optimizer_step(run: _Run, micro_batches: list[list[int]], encoded: list[Enc
     for j, idx in enumerate(micro):
         batch = collate([encoded[i] for i in idx], pad_id).to(accelerator.device)
         sync = contextlib.nullcontext() if j == len(micro) - 1 else accelerator.no_sync(scorer)
-        with sync, accelerator.autocast():
-            chosen, rejected = score_batch(scorer, batch)
-            loss_vec, stats = dpo_objective(chosen, rejected, ref.chosen[idx].to(chosen.device),
-                                            ref.rejected[idx].to(chosen.device), batch, cfg)
-            # Mean over the step's pairs on all processes; DDP averages gradients
-            # over processes, hence the factor `world`.
-            loss = (loss_vec * batch.weight).sum() * world / n_pairs
+        with sync:
+            with run.placement.autocast():
+                chosen, rejected = score_batch(scorer, batch)
+                loss_vec, stats = dpo_objective(chosen, rejected, ref.chosen[idx].to(chosen.device),
+                                                ref.rejected[idx].to(chosen.device), batch, cfg)
+                # Mean over the step's pairs on all processes; DDP averages gradients
+                # over processes, hence the factor `world`.
+                loss = (loss_vec * batch.weight).sum() * world / n_pairs
             accelerator.backward(loss)
         sums[0] += float((loss_vec.detach() * batch.weight).sum())
         for k, v in enumerate(stats.values(), start=1):

@@ -16,6 +16,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from alignloop.data import read_pairs_from_config
     from alignloop.errors import AlignloopError
     from alignloop.models import resolve_model_path
+    from alignloop.placement import placement_for
     from alignloop.training.trainer import train_dpo
 
     cfg = load_config(args.config, args.sets)
@@ -30,6 +31,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     for ref in (cfg.model.name, cfg.reference.model):
         if ref:
             resolve_model_path(ref)
+    placement = placement_for(cfg.model)
     logging.getLogger("alignloop").info("read %d pairs (%d rows) from %s; skipped: %s",
                                         report.n_valid, report.n_read, data_path,
                                         report.skipped or "none")
@@ -38,14 +40,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         result = train_dpo(pairs, out_dir=out, policy=cfg.model.name,
                            reference=cfg.reference.model, model_cfg=cfg.model,
-                           data_cfg=cfg.data, train_cfg=cfg.train)
+                           data_cfg=cfg.data, train_cfg=cfg.train, placement=placement)
     except AlignloopError:
         if created:   # refused inside the trainer (e.g. a pair too long): leave no new folder
             shutil.rmtree(out, ignore_errors=True)
         raise
-    dump_config(cfg, out / "config.yaml")   # with the outputs it describes, atomically
+    # With the outputs it describes, atomically, and the placement it ran with.
+    ran = replace(cfg.model, device=placement.device, precision=placement.precision)
+    dump_config(replace(cfg, model=ran), out / "config.yaml",
+                header=f"model.device: {cfg.model.device} and model.precision: "
+                       f"{cfg.model.precision} resolved to {placement.device}, "
+                       f"{placement.precision} ({placement.why})")
     m = result.metrics
-    print(f"trained {result.steps} steps on {result.n_pairs} pairs -> {result.policy_dir}")
+    print(f"trained {result.steps} steps on {result.n_pairs} pairs -> {result.policy_dir} "
+          f"({placement.device}, {placement.precision})")
     if m:
         print(f"final loss {m['loss']:.4f}  accuracy {m['rewards/accuracy']:.2f}  "
               f"margin {m['rewards/margin']:.4f}  tokens/s {m['tokens_per_s']:.0f}")
@@ -57,6 +65,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from alignloop.artifacts import write_parquet
     from alignloop.config import load_config
     from alignloop.generation import SamplingParams, completion_rows, generator_for
+    from alignloop.placement import placement_for
     from alignloop.prompt_pool import read_prompts
 
     sets = [*args.sets, f"generation.n={args.n}"] if args.n is not None else args.sets
@@ -67,7 +76,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # a rerun after a failure asks an openai server only for what is missing
     generator = generator_for(g, args.model or cfg.model.name,
                               cache_path=str(Path(args.out).with_suffix(".received.jsonl")),
-                              chat_template=cfg.data.chat_template)
+                              chat_template=cfg.data.chat_template,
+                              placement=placement_for(cfg.model))
     completions = generator.sample(prompts, params)
     rows = completion_rows(completions, prompts, backend=generator.name)  # auto resolved
     write_parquet(Path(args.out), rows)
@@ -91,6 +101,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     )
     from alignloop.labeling.labels import read_labels
     from alignloop.labeling.logprobs import with_logprobs
+    from alignloop.placement import placement_for
 
     cfg = load_config(args.config, args.sets)
     lab = cfg.labeling
@@ -102,8 +113,9 @@ def cmd_judge(args: argparse.Namespace) -> int:
     if lab.selection.strategy == "apl":
         groups = with_logprobs(groups, policy=args.policy or cfg.model.name,
                                reference=args.reference or cfg.reference.model or cfg.model.name,
-                               chat_template=cfg.data.chat_template)
-    ensemble = Ensemble.from_specs(lab.judges) if lab.judges else None
+                               chat_template=cfg.data.chat_template,
+                               placement=placement_for(cfg.model))
+    ensemble = Ensemble.from_specs(lab.judges, placement_for(cfg.model)) if lab.judges else None
     if ensemble is not None and args.labels:
         history = [x for f in args.labels for x in read_labels(Path(f))]
         ensemble, report = learn_from_labels(ensemble, history, lab)

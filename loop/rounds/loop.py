@@ -10,9 +10,11 @@ is done and redoes one that was interrupted:
 Each table row names the stage, the `Loop` method that runs it and the artifacts it
 writes (`alignloop.artifacts`); the method hands the stage function (`alignloop.stages`)
 the config sections and artifacts it needs. Round k starts from the policy of record
-after round k-1 and trains against the reference chosen by `reference.mode`. After the
-report, the gates (`loop.gate`) may flag the round, stop the loop, or roll it back: the
-next round then starts from, and refers to, the last policy that passed.
+after round k-1 and trains against the reference chosen by `reference.mode`. Every stage
+that runs a model runs it where one placement says (`Loop.placement`, recorded per round
+in state.json). After the report, the gates (`loop.gate`) may flag the round, stop the
+loop, or roll it back: the next round then starts from, and refers to, the last policy
+that passed.
 """
 
 from __future__ import annotations
@@ -93,19 +95,21 @@ class Loop:
     def run_round(self, k: int) -> None:
         self.state.round_state(k).update({"start": self.policy(k - 1),
                                           "reference": self.reference(k),
-                                          "policy": str(self.rdir(k) / A.POLICY)})
+                                          "policy": str(self.rdir(k) / A.POLICY),
+                                          "placement": self.placement.to_dict()})
         for stage in stages_of(k):
             self.state.stage(k, stage.name, lambda s=stage: s.run(self, k), list(stage.outputs))
         self.check_gates(k)
 
     def preflight(self, rounds: int) -> None:
         """Fail before any work on what would fail later: the prompt pool, the starting
-        model, the failure-slice metric, the queue database."""
+        model, the device and precision, the failure-slice metric, the queue database."""
         from alignloop.models import resolve_model_path
         from alignloop.stages.slices import metric_problem
 
         _ = self.pool
         resolve_model_path(self.base)
+        _ = self.placement
         problem = metric_problem(self.cfg.loop.slices.metric, self.cfg.labeling.judges,
                                  self.cfg.loop.panel)
         if rounds > 1 and problem:
@@ -141,7 +145,7 @@ class Loop:
 
         return generate(self.rdir(k), cfg=self.cfg.generation, policy=self.policy(k - 1),
                         prompts=read_prompt_items(self.rdir(k) / A.PROMPTS),
-                        chat_template=self.cfg.data.chat_template)
+                        chat_template=self.cfg.data.chat_template, placement=self.placement)
 
     def judge(self, k: int):
         from alignloop.stages.label import judge
@@ -149,7 +153,7 @@ class Loop:
         return judge(self.rdir(k), generations=A.read_parquet(self.rdir(k) / A.GENERATIONS),
                      ensemble=self.ensemble(k)[0], cfg=self.cfg.labeling, beta=self.cfg.train.beta,
                      round=k, policy=self.policy(k - 1), reference=self.reference(k - 1),
-                     chat_template=self.cfg.data.chat_template)
+                     chat_template=self.cfg.data.chat_template, placement=self.placement)
 
     def label(self, k: int):
         from alignloop.labeling.labeler import candidates_from_rows
@@ -178,11 +182,12 @@ class Loop:
 
         if k > 0 and self.cfg.reference.mode == "ema":
             ema_reference(self.rdir(k) / A.REFERENCE_MODEL, previous_reference=self.reference(k - 1),
-                          policy=self.policy(k - 1), weight=self.cfg.reference.ema_weight)
+                          policy=self.policy(k - 1), weight=self.cfg.reference.ema_weight,
+                          placement=self.placement)
         return reference(self.rdir(k), pairs=read_pairs_parquet(self.rdir(k) / A.PAIRS),
                          policy=self.policy(k - 1), reference_model=self.reference(k),
-                         model=self.cfg.model, data=self.cfg.data,
-                         batch_size=self.cfg.train.batch_size)
+                         data=self.cfg.data, batch_size=self.cfg.train.batch_size,
+                         placement=self.placement)
 
     def train(self, k: int):
         from alignloop.data import read_pairs_parquet
@@ -190,7 +195,8 @@ class Loop:
 
         return train(self.rdir(k), pairs=read_pairs_parquet(self.rdir(k) / A.PAIRS),
                      policy=self.policy(k - 1), reference_model=self.reference(k),
-                     model=self.cfg.model, data=self.cfg.data, train=self.cfg.train)
+                     model=self.cfg.model, data=self.cfg.data, train=self.cfg.train,
+                     placement=self.placement)
 
     def evaluate(self, k: int):
         from alignloop.data import read_pairs_parquet
@@ -209,7 +215,7 @@ class Loop:
             base_samples=[r for r in base or [] if r["model"] == "base"] or None,
             heldout=read_pairs_parquet(held) if held.exists() else [],
             ensemble=self.ensemble(k + 1)[0], panel=self.panel,
-            chat_template=self.cfg.data.chat_template)
+            chat_template=self.cfg.data.chat_template, placement=self.placement)
 
     def report(self, k: int):
         from alignloop.report import write_round_report
@@ -236,6 +242,14 @@ class Loop:
     @property
     def base(self) -> str:
         return self.cfg.model.name
+
+    @property
+    def placement(self):
+        """Where and in what precision every stage runs its models (`alignloop.placement`;
+        resolved once per process)."""
+        from alignloop.placement import placement_for
+
+        return placement_for(self.cfg.model)
 
     def rdir(self, k: int) -> Path:
         return A.round_dir(self.dir, k)
@@ -267,7 +281,7 @@ class Loop:
             from alignloop.stages.label import earlier_labels, make_ensemble
 
             history = earlier_labels([self.rdir(j) for j in range(k)])
-            self._ensembles[k] = make_ensemble(self.cfg.labeling, history)
+            self._ensembles[k] = make_ensemble(self.cfg.labeling, history, self.placement)
         return self._ensembles[k]
 
     @property

@@ -10,7 +10,9 @@
                 comparisons against the previous policy and the base model
 
 Models are loaded one at a time and freed before the next (a sampler, then each scorer,
-then the judges), so the stage's peak memory is one model plus the judges.
+then the judges), so the stage's peak memory is one model plus the judges. They run where
+the placement says (`alignloop.placement`): samplers with its sampling weights, scorers
+with its scoring weights and autocast (the log-probs behind the KL estimates).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ log = logging.getLogger(__name__)
 def evaluate(rdir: Path, *, generation: GenerationConfig, samples_per_prompt: int, seed: int,
              tie_margin: float, items: list, policy: str, reference: str, base: str,
              previous_samples: list[dict] | None, base_samples: list[dict] | None,
-             heldout: list[Pair], ensemble=None, panel=None, chat_template: str = "auto") -> None:
+             heldout: list[Pair], ensemble=None, panel=None, chat_template: str = "auto",
+             placement=None) -> None:
     """Sample, score and judge; writes eval/samples.parquet, comparisons and held-out pairs.
     `previous_samples` are the policy samples of the round this one started from (None:
     it started from the base model); `base_samples` are round 0's base samples (None in
@@ -40,12 +43,13 @@ def evaluate(rdir: Path, *, generation: GenerationConfig, samples_per_prompt: in
 
     tokenizer = load_tokenizer(policy, chat_template)
     draws = sample_heldout(generation, items, policy=policy, base=base, n=samples_per_prompt,
-                           seed=seed, with_base=base_samples is None, chat_template=chat_template)
+                           seed=seed, with_base=base_samples is None, chat_template=chat_template,
+                           placement=placement)
     kl_model = "policy_kl" if _tempered(generation) else "policy"
     kl_seqs = [_completion_tokens(tokenizer, it, c) for m, it, c in draws if m == kl_model]
     held_seqs = [seq for p in heldout for seq in _pair_tokens(tokenizer, p)]
     models = {"policy": policy, "reference": reference, "base": base}
-    kl_scores, held_scores = score_sequences(models, kl_seqs, held_seqs)
+    kl_scores, held_scores = score_sequences(models, kl_seqs, held_seqs, placement=placement)
 
     samples, at = [], 0
     for model_name, it, c in draws:
@@ -83,7 +87,8 @@ def _tempered(g: GenerationConfig) -> bool:
 
 
 def sample_heldout(g: GenerationConfig, items: list, *, policy: str, base: str, n: int,
-                   seed: int, with_base: bool, chat_template: str = "auto") -> list[tuple]:
+                   seed: int, with_base: bool, chat_template: str = "auto",
+                   placement=None) -> list[tuple]:
     """(model name, prompt item, Completion) for every held-out sample. The seeds are the
     same every round, so rounds differ only by their policy. One sampler at a time."""
     from alignloop.generation import SamplingParams, generator_for
@@ -100,7 +105,7 @@ def sample_heldout(g: GenerationConfig, items: list, *, policy: str, base: str, 
         runs.insert(1, (base, [("base", False)]))
     draws = []
     for model_ref, names in runs:
-        generator = generator_for(g, model_ref, chat_template=chat_template)
+        generator = generator_for(g, model_ref, chat_template=chat_template, placement=placement)
         for name, untempered in names:
             draws += [(name, by_id[c.prompt_id], c)
                       for c in generator.sample(items, params(untempered))]
@@ -133,25 +138,28 @@ def _pair_tokens(tokenizer, pair: Pair) -> list[tuple[list[int], list[int]]]:
             for r in (pair.chosen, pair.rejected)]
 
 
-def score_sequences(models: dict[str, str], *seq_lists) -> list[dict[str, list[float]]]:
+def score_sequences(models: dict[str, str], *seq_lists,
+                    placement=None) -> list[dict[str, list[float]]]:
     """Per list of (prompt ids, response ids), {model name: summed response log-probs}.
-    Each distinct model is loaded once, scores every list, and is freed before the next."""
-    import torch
+    Each distinct model is loaded once (where `placement` says; None: CPU, fp32), scores
+    every list, and is freed before the next."""
     from alignloop.labeling.logprobs import score_token_sequences
     from alignloop.models import load_model, load_tokenizer
+    from alignloop.placement import Placement
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    placement = placement or Placement()
     out: list[dict[str, list[float]]] = [{} for _ in seq_lists]
     for ref in dict.fromkeys(models.values()):
         if not any(seq_lists):
             break
-        model = load_model(ref, dtype="auto", device=device)
+        model = load_model(ref, dtype=placement.weights_dtype, device=placement.device)
         pad = load_tokenizer(ref).pad_token_id
         names = [m for m, r in models.items() if r == ref]
         for seqs, scores in zip(seq_lists, out, strict=True):
             if seqs:
                 values = list(score_token_sequences(model, seqs, pad_id=pad,
-                                                    desc=f"log-probs ({names[0]})"))
+                                                    desc=f"log-probs ({names[0]})",
+                                                    placement=placement))
                 scores.update({m: values for m in names})
         del model
         gc.collect()

@@ -30,28 +30,31 @@ def earlier_labels(round_dirs: list[Path]) -> list:
             for x in read_labels(rdir / A.LABELS)]
 
 
-def make_ensemble(cfg: LabelingConfig, history: list):
-    """(ensemble, calibration report): the configured judges, refit and calibrated on the
-    human labels in `history`; (None, {}) without judges."""
+def make_ensemble(cfg: LabelingConfig, history: list, placement=None):
+    """(ensemble, calibration report): the configured judges (those with a model placed as
+    `placement` says), refit and calibrated on the human labels in `history`; (None, {})
+    without judges."""
     from alignloop.labeling.ensemble import Ensemble
     from alignloop.labeling.labeler import learn_from_labels
 
     if not cfg.judges:
         return None, {}
-    return learn_from_labels(Ensemble.from_specs(cfg.judges), history, cfg)
+    return learn_from_labels(Ensemble.from_specs(cfg.judges, placement), history, cfg)
 
 
 def judge(rdir: Path, *, generations: list[dict], ensemble, cfg: LabelingConfig, beta: float,
-          round: int, policy: str, reference: str, chat_template: str = "auto"):
+          round: int, policy: str, reference: str, chat_template: str = "auto",
+          placement=None):
     """Judge, select and route -> candidates.parquet. The `apl` strategy also scores every
-    response under `policy` and `reference` (its implicit reward)."""
+    response under `policy` and `reference` (its implicit reward), placed as `placement`
+    says."""
     from alignloop.labeling.labeler import groups_from_completions, judge_candidates
     from alignloop.labeling.logprobs import with_logprobs
 
     groups = groups_from_completions(generations, source=str(rdir / A.GENERATIONS))
     if cfg.selection.strategy == "apl":
         groups = with_logprobs(groups, policy=policy, reference=reference,
-                               chat_template=chat_template)
+                               chat_template=chat_template, placement=placement)
     table = judge_candidates(groups, ensemble, cfg, round=round, beta=beta)
     A.write_parquet(rdir / A.CANDIDATES, table.rows)
     return table
