@@ -43,11 +43,9 @@ def export_commit(rev: str, dest: Path) -> Path:
     return pkg
 
 
-def tree_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
-
-
 def run_side(name: str, config: Path, run_dir: Path, pythonpath: str | None) -> dict:
+    from alignloop.rounds.disk import tree_bytes
+
     env = {**os.environ}
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
