@@ -5,7 +5,9 @@ set: chat prompts longer than the responses, as in dialogue data), same batch si
 (8 pairs) and max length, full fine-tune and LoRA. Settings:
 
   alignloop      our trainer (prefix sharing, response-only output projection,
-                 reference log-probs computed once and cached)
+                 reference log-probs computed once and cached), model.precision fp32
+  alignloop-bf16 the same with model.precision bf16-mixed (fp32 master weights, bf16
+                 autocast around the forwards, log-probs in fp32; alignloop.placement)
   alignloop-gc   the same with train.gradient_checkpointing (memory first)
   trl-default    TRL's DPOTrainer with its defaults (bf16 and gradient checkpointing
                  on, the reference model run at every step)
@@ -16,12 +18,17 @@ Each setting runs in its own process (clean peak memory). For every setting we
 report: training tokens/s (useful tokens: prompt once + both responses, per
 second of optimizer steps), time per epoch (reference pass included; the steps
 part extrapolated from the measured tokens/s when fewer steps than an epoch
-were run), peak RSS, and model-FLOPs utilisation against a float32 matmul peak
-measured in the same run (useful FLOPs/token: 6N for a full fine-tune, 4N for
-LoRA, where frozen weights get no weight-gradient matmul; N = parameters).
+were run), peak RSS, and model-FLOPs utilisation against BOTH a float32 and a bf16
+matmul peak measured in the same run (useful FLOPs/token: 6N for a full fine-tune,
+4N for LoRA, where frozen weights get no weight-gradient matmul; N = parameters).
+Every row states its precision and the CPU's bf16-relevant flags: a bf16 figure only
+holds on a CPU with the same units. A bf16 setting that finishes no step within
+`--bf16-limit` seconds is reported as a bound: tokens/s at most the bf16 matmul peak
+over the FLOPs per token (every FLOP at the peak). One alignloop step is also
+profiled by op class (benchmarks/dpo_step_profile.py).
 
-    python benchmarks/dpo_throughput.py --size quick   # 2 steps per setting
-    python benchmarks/dpo_throughput.py --size full    # a whole epoch where affordable
+    python benchmarks/dpo_throughput.py --size quick   # 8 pairs, 2 steps of 4, 4 settings (~15 min)
+    python benchmarks/dpo_throughput.py --size full    # 64 pairs, a whole epoch where affordable
 """
 
 from __future__ import annotations
@@ -41,7 +48,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 MODEL = os.environ.get("BENCH_MODEL", "builtin:smollm2-135m-instruct")
-BATCH = 8
+# Pairs per step: 8 (full); `--size quick` runs 4 (set for its workers through the environment).
+BATCH = int(os.environ.get("BENCH_BATCH", "8"))
 MAX_LENGTH = 512
 LORA = {"r": 16, "alpha": 32}
 # TRL's fastest CPU settings (benchmarks/TRL_NOTES.md): no bf16 (no bf16 units on this
@@ -75,10 +83,22 @@ def useful_tokens(n: int) -> list[int]:
     return [p.length for p in enc]
 
 
-def matmul_peak_gflops(seconds: float = 3.0, n: int = 2048) -> float:
+def matmul_peak_gflops(seconds: float = 3.0, n: int = 2048, dtype: str = "float32") -> float:
+    """Best n x n x n matmul rate over `seconds`. For bf16 n starts at 256 and doubles only
+    while one matmul takes under 0.1 s: without bf16 units a 2048 one takes over a minute."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    dt = getattr(torch, dtype)
+    if dt != torch.float32:
+        n = 256
+        while n < 2048:
+            a = torch.randn(n, n).to(dt)
+            t = time.perf_counter()
+            a @ a
+            if time.perf_counter() - t > 0.1:
+                break
+            n *= 2
+    a, b = torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)
     a @ b
     best, t_end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < t_end:
@@ -88,17 +108,30 @@ def matmul_peak_gflops(seconds: float = 3.0, n: int = 2048) -> float:
     return best
 
 
+def cpu_flags() -> str:
+    """The CPU model and its bf16-relevant flags, e.g. "AMD EPYC: avx2 fma (no avx512_bf16/amx_bf16)"."""
+    from alignloop.placement import cpu_info
+
+    model, flags = cpu_info()
+    shown = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "bf16")
+             if f in (flags or [])]
+    units = {"avx512_bf16", "amx_bf16", "bf16"} & set(shown)
+    return f"{model}: {' '.join(shown) or 'flags unknown'}" + (
+        "" if units else " (no avx512_bf16/amx_bf16: bf16 emulated)")
+
+
 # ------------------------------------------------------------------ workers (one process each)
 
 
-def work_alignloop(lora: bool, steps: int, n_pairs: int, checkpointing: bool = False) -> dict:
+def work_alignloop(lora: bool, steps: int, n_pairs: int, checkpointing: bool = False,
+                   precision: str = "fp32") -> dict:
     from alignloop.config import config_from_dict
     from alignloop.data import read_pairs
     from alignloop.training.trainer import train_dpo
 
     pairs = read_pairs("builtin:demo-pairs", limit=n_pairs)[0]
     cfg = config_from_dict({
-        "model": {"name": MODEL, "lora": {"enabled": lora, **LORA}},
+        "model": {"name": MODEL, "precision": precision, "lora": {"enabled": lora, **LORA}},
         "data": {"max_length": MAX_LENGTH, "max_prompt_length": MAX_LENGTH - 1},
         "train": {"batch_size": BATCH, "max_steps": steps, "learning_rate": 1e-5,
                   "gradient_checkpointing": checkpointing},
@@ -165,7 +198,16 @@ def worker(spec: dict) -> dict:
     import torch
 
     torch.manual_seed(0)
+    if spec["setting"] == "profile":
+        from alignloop.data import read_pairs
+        from dpo_step_profile import profile_step
+
+        pairs = read_pairs("builtin:demo-pairs", limit=BATCH)[0]
+        return profile_step(MODEL, pairs, batch=BATCH, max_length=MAX_LENGTH,
+                            precision=spec["precision"], lora=LORA if spec["lora"] else None)
     fn = {"alignloop": lambda: work_alignloop(spec["lora"], spec["steps"], spec["pairs"]),
+          "alignloop-bf16": lambda: work_alignloop(spec["lora"], spec["steps"], spec["pairs"],
+                                                   precision="bf16-mixed"),
           "alignloop-gc": lambda: work_alignloop(spec["lora"], spec["steps"], spec["pairs"], True),
           "trl-default": lambda: work_trl(spec["lora"], spec["steps"], spec["pairs"], {}),
           "trl-default-fp32": lambda: work_trl(spec["lora"], spec["steps"], spec["pairs"],
@@ -192,10 +234,18 @@ def run_setting(spec: dict, timeout: float) -> dict:
     return {**spec, **out, "wall_s": time.perf_counter() - t}
 
 
-def summarise(r: dict, epoch_tokens: int, steps_per_epoch: int, n_params: int, peak: float) -> dict:
+PRECISION = {"alignloop-bf16": "bf16-mixed", "trl-default": "bf16 autocast"}
+
+
+def summarise(r: dict, epoch_tokens: int, steps_per_epoch: int, n_params: int,
+              peaks: dict[str, float]) -> dict:
+    """Tokens/s, epoch time and MFU against the fp32 and the bf16 matmul peaks."""
+    flops_per_token = (4 if r["lora"] else 6) * n_params
+    r = {**r, "precision": PRECISION.get(r["setting"], "fp32")}
     if "timed_out_s" in r:
-        # Not one step within the limit: an upper bound on its speed (an average step's tokens).
-        return {**r, "tokens_per_s_below": epoch_tokens / steps_per_epoch / r["timed_out_s"]}
+        # Not one step within the limit: no measured rate. Its ceiling: every FLOP at the
+        # bf16 matmul peak (autocast runs every linear layer in bf16).
+        return {**r, "tokens_per_s_at_most": peaks["bf16"] * 1e9 / flops_per_token}
     if "error" in r or not r.get("step_s"):
         return r
     # The first step pays for allocator warm-up; every setting drops it when it ran more than one.
@@ -203,47 +253,63 @@ def summarise(r: dict, epoch_tokens: int, steps_per_epoch: int, n_params: int, p
     r = {**r, "steps": len(r["step_s"]), "train_s": sum(r["step_s"][skip:]),
          "tokens": sum(r["step_tokens"][skip:])}
     tps = r["tokens"] / r["train_s"]
-    flops_per_token = (4 if r["lora"] else 6) * n_params
     return {**r, "tokens_per_s": tps, "epoch_s": r["reference_s"] + epoch_tokens / tps,
             "extrapolated": r["steps"] < steps_per_epoch,
-            "mfu": flops_per_token * tps / (peak * 1e9)}
+            "mfu": flops_per_token * tps / (peaks["fp32"] * 1e9),
+            "mfu_bf16": flops_per_token * tps / (peaks["bf16"] * 1e9)}
 
 
 def steps_per_epoch_of(meta: dict) -> int:
-    return -(-meta["pairs"] // BATCH)
+    return -(-meta["pairs"] // meta.get("batch", 8))
 
 
 def table(results: list[dict], meta: dict) -> str:
-    lines = ["| mode | setting | tokens/s | epoch (s) | peak RSS (MB) | MFU | vs TRL default "
-             "| vs TRL default fp32 | vs TRL fastest |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| mode | setting | precision | tokens/s | epoch (s) | peak RSS (MB) | MFU (fp32 peak) "
+             "| MFU (bf16 peak) | vs TRL default | vs TRL fastest | vs alignloop fp32 | CPU flags |",
+             "|" + "---|" * 12]
     by = {(r["lora"], r["setting"]): r for r in results}
+    flags = meta.get("cpu_flags", meta["machine"])
     for r in results:
-        mode = "LoRA" if r["lora"] else "full"
-        if "tokens_per_s_below" in r:
-            lines.append(f"| {mode} | {r['setting']} | < {r['tokens_per_s_below']:.1f} | "
-                         f"> {r['timed_out_s'] * steps_per_epoch_of(meta):.0f} | | | | | |")
+        mode, prec = ("LoRA" if r["lora"] else "full"), r.get("precision", "fp32")
+        head = f"| {mode} | {r['setting']} | {prec} |"
+        if "tokens_per_s_at_most" in r or "tokens_per_s_below" in r:
+            bound = r.get("tokens_per_s_at_most", r.get("tokens_per_s_below"))
+            lines.append(f"{head} no step in {r['timed_out_s']:.0f} s; <= {bound:.2f} | "
+                         f"> {r['timed_out_s']:.0f} | | | | | | | {flags} |")
             continue
         if "error" in r:
-            lines.append(f"| {mode} | {r['setting']} | error: {r['error'][:60]} | | | | | | |")
+            lines.append(f"{head} error: {r['error'][:60]} | | | | | | | | {flags} |")
             continue
 
         def ratio(other, r=r):
             o = by.get((r["lora"], other))
-            if o and "tokens_per_s_below" in o:
-                return f"> {r['tokens_per_s'] / o['tokens_per_s_below']:.0f}x"
+            if o and "tokens_per_s" not in o and ("tokens_per_s_at_most" in o or "tokens_per_s_below" in o):
+                bound = o.get("tokens_per_s_at_most", o.get("tokens_per_s_below"))
+                return f"> {r['tokens_per_s'] / bound:.0f}x"
             return f"{r['tokens_per_s'] / o['tokens_per_s']:.1f}x" if o and "tokens_per_s" in o else "-"
 
         ep = f"{r['epoch_s']:.0f}" + ("*" if r["extrapolated"] else "")
-        lines.append(f"| {mode} | {r['setting']} | {r['tokens_per_s']:.0f} | {ep} | "
-                     f"{r['peak_rss_mb']:.0f} | {100 * r['mfu']:.0f}% | {ratio('trl-default')} | "
-                     f"{ratio('trl-default-fp32')} | {ratio('trl-fastest')} |")
+        mfu_bf16 = f"{100 * r['mfu_bf16']:.0f}%" if "mfu_bf16" in r else "-"
+        lines.append(f"{head} {r['tokens_per_s']:.0f} | {ep} | {r['peak_rss_mb']:.0f} | "
+                     f"{100 * r['mfu']:.0f}% | {mfu_bf16} | {ratio('trl-default')} | "
+                     f"{ratio('trl-fastest')} | {ratio('alignloop')} | {flags} |")
     lines.append("")
-    lines.append(f"{meta['pairs']} pairs, batch {BATCH}, max length {MAX_LENGTH}, float32 (trl-default: "
-                 f"bf16 autocast, TRL's own default), MFU against the float32 "
-                 f"matmul peak measured in the run that produced the row (latest "
-                 f"{meta['matmul_peak_gflops']:.0f} GFLOP/s); {meta['machine']}; "
-                 f"{meta['date']}; `{meta['command']}`. tokens/s over the measured steps after the "
-                 f"first; * = epoch time extrapolated from it (plus the reference pass).")
+    bf16 = meta.get("bf16_matmul_peak_gflops")
+    load = (f"1-min load average {meta['load_avg_start'][0]} at the start and "
+            f"{meta['load_avg_end'][0]} at the end (other work on the same cores); "
+            if "load_avg_start" in meta else "")
+    lines.append(f"{meta['pairs']} pairs, batch {meta.get('batch', 8)}, max length {MAX_LENGTH}. Matmul peaks measured "
+                 f"in the run: fp32 {meta['matmul_peak_gflops']:.0f} GFLOP/s"
+                 + (f", bf16 {bf16:.2f} GFLOP/s" if bf16 else "") + f"; {meta['machine']}; "
+                 f"{meta['date']}; {load}`{meta['command']}`. tokens/s over the measured steps after the "
+                 f"first; * = epoch time extrapolated from it (plus the reference pass). A bf16 "
+                 f"setting with no step within the limit (model load and reference pass included) "
+                 f"shows the ceiling of its tokens/s: the bf16 peak over FLOPs per token.")
+    if meta.get("profile"):
+        from dpo_step_profile import table as profile_table
+
+        lines += ["", "Time of one alignloop step by op class (torch.profiler, self time; "
+                  "benchmarks/dpo_step_profile.py):", "", profile_table(meta["profile"])]
     return "\n".join(lines)
 
 
@@ -253,44 +319,64 @@ def update_readme(text: str, key: str = "dpo_throughput") -> None:
     update(text, key)
 
 
+SETTINGS = ["alignloop", "alignloop-bf16", "alignloop-gc", "trl-fastest", "trl-default-fp32",
+            "trl-default"]
+BF16_SETTINGS = ("alignloop-bf16", "trl-default")
+
+
+def plan(size: str) -> tuple[int, list[str], dict[str, int], float]:
+    """(pairs, settings, steps per setting, default bf16 time limit) of a run size. `quick`
+    keeps the four settings the targets compare, on 8 pairs in 2 steps of 4 (about 15
+    minutes on 2 cores)."""
+    if size == "quick":
+        return 8, ["alignloop", "alignloop-bf16", "trl-fastest", "trl-default"], \
+            dict.fromkeys(SETTINGS, 2), 90.0
+    per_epoch = -(-64 // BATCH)
+    steps = {**dict.fromkeys(SETTINGS, per_epoch), "trl-default-fp32": 3, "trl-default": 3,
+             "alignloop-bf16": 3}
+    return 64, SETTINGS, steps, 600.0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=["quick", "full"], default="quick")
-    ap.add_argument("--only", help="comma-separated settings to run (default: all)")
-    ap.add_argument("--bf16-limit", type=float, default=600,
-                    help="seconds allowed to TRL's bf16 default before reporting a bound (default: %(default)s)")
+    ap.add_argument("--only", help="comma-separated settings to run (default: all of the size)")
+    ap.add_argument("--bf16-limit", type=float,
+                    help="seconds allowed to a bf16 setting before reporting its ceiling "
+                         "(default: 90 quick, 600 full)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the op-class profile")
     ap.add_argument("--table-only", action="store_true",
-                    help="re-render the table and README section from results/dpo_throughput.json")
+                    help="re-render the table and README section from the saved results")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    stem = "dpo_throughput" if args.size == "full" else "dpo_throughput.quick"
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
     if args.table_only:
-        saved = json.loads((RESULTS / "dpo_throughput.json").read_text())
+        saved = json.loads((RESULTS / f"{stem}.json").read_text())
         md = table(saved["results"], saved["meta"])
-        (RESULTS / "dpo_throughput.md").write_text(md + "\n")
-        update_readme(md)
+        (RESULTS / f"{stem}.md").write_text(md + "\n")
+        update_readme(md, stem)
         print(md)
         return
 
-    n_pairs = 64
+    if args.size == "quick" and "BENCH_BATCH" not in os.environ:
+        global BATCH
+        os.environ["BENCH_BATCH"] = "4"   # the workers read it
+        BATCH = 4
+    n_pairs, settings, steps, bf16_limit = plan(args.size)
+    settings = args.only.split(",") if args.only else settings
+    bf16_limit = args.bf16_limit or bf16_limit
+    load_start = [round(x, 2) for x in os.getloadavg()]
     lengths = useful_tokens(n_pairs)
     steps_per_epoch = -(-n_pairs // BATCH)
-    # TRL's defaults run bf16 on a CPU without bf16 units: minutes per step, so 1-2 steps only.
-    steps = {"quick": {"alignloop": 2, "alignloop-gc": 2, "trl-fastest": 2, "trl-default-fp32": 1,
-                       "trl-default": 1},
-             "full": {"alignloop": steps_per_epoch, "alignloop-gc": steps_per_epoch,
-                      "trl-fastest": steps_per_epoch,
-                      "trl-default-fp32": 3, "trl-default": 3}}[args.size]
-    settings = (args.only.split(",") if args.only else
-                ["alignloop", "alignloop-gc", "trl-fastest", "trl-default-fp32", "trl-default"])
-    peak = matmul_peak_gflops()
+    peaks = {"fp32": matmul_peak_gflops(), "bf16": matmul_peak_gflops(dtype="bfloat16")}
     from alignloop.models import load_model
 
     n_params = sum(p.numel() for p in load_model(MODEL).parameters())
     results = []
-    previous = RESULTS / ("dpo_throughput.json" if args.size == "full" else "dpo_throughput.quick.json")
+    previous = RESULTS / f"{stem}.json"
     if args.only and previous.exists():  # rerun some settings, keep the others' last results
         kept = json.loads(previous.read_text())["results"]
         results = [r for r in kept if r["setting"] not in settings]
@@ -298,26 +384,31 @@ def main() -> None:
         for setting in settings:
             spec = {"setting": setting, "lora": lora, "steps": steps[setting], "pairs": n_pairs}
             print(f"running {setting} ({'LoRA' if lora else 'full'}, {spec['steps']} steps) ...", flush=True)
-            # TRL's true default runs bf16 autocast on the CPU, which can be very slow without bf16
-            # units (0.3 GFLOP/s measured for a bf16 matmul on one machine here): cap it, report a bound.
-            limit = args.bf16_limit if setting == "trl-default" else 3600
-            r = summarise(run_setting(spec, timeout=limit), sum(lengths), steps_per_epoch, n_params, peak)
+            # bf16 on a CPU without bf16 units runs matmuls hundreds of times slower than
+            # fp32 (0.2 GFLOP/s measured on an AVX2-only EPYC): cap it, report its ceiling.
+            limit = bf16_limit if setting in BF16_SETTINGS else 3600
+            r = summarise(run_setting(spec, timeout=limit), sum(lengths), steps_per_epoch, n_params,
+                          peaks)
             print(json.dumps(r), flush=True)
             results.append(r)
-    order = ["alignloop", "alignloop-gc", "trl-fastest", "trl-default-fp32", "trl-default"]
-    results.sort(key=lambda r: (r["lora"], order.index(r["setting"])))
-    meta = {"pairs": n_pairs, "matmul_peak_gflops": peak, "n_params": n_params,
+    results.sort(key=lambda r: (r["lora"], SETTINGS.index(r["setting"])))
+    profile = [] if args.no_profile else [
+        run_setting({"setting": "profile", "lora": False, "precision": "fp32"}, timeout=900)]
+    load = [round(x, 2) for x in os.getloadavg()]  # others' work on the same cores slows every row
+    meta = {"pairs": n_pairs, "batch": BATCH, "load_avg_start": load_start, "load_avg_end": load,
+            "matmul_peak_gflops": peaks["fp32"],
+            "bf16_matmul_peak_gflops": peaks["bf16"], "n_params": n_params,
+            "cpu_flags": cpu_flags(),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-            "date": date.today().isoformat(),
+            "date": date.today().isoformat(), "profile": profile,
             "command": f"python benchmarks/dpo_throughput.py --size {args.size}"}
     RESULTS.mkdir(exist_ok=True)
-    # Only a full pass is the record (and the README's table); a quick pass writes beside it.
-    stem = "dpo_throughput" if args.size == "full" else "dpo_throughput.quick"
+    # A full pass is the record (results/dpo_throughput.*); a quick pass writes beside it.
+    # Each updates its own README block.
     (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     md = table(results, meta)
     (RESULTS / f"{stem}.md").write_text(md + "\n")
-    if args.size == "full":
-        update_readme(md)
+    update_readme(md, stem)
     print(md)
 
 

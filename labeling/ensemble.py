@@ -63,6 +63,18 @@ class Ensemble:
             if getattr(m.judge, "learns", False):
                 m.judge.fit(items, p_a)
 
+    def use_cache(self, path) -> None:
+        """Served judges keep their answers in `path` (JSONL, shared; keys name the judge)
+        and count their usage afresh; other judges have nothing to cache."""
+        for m in self.members:
+            if hasattr(m.judge, "use_cache"):
+                m.judge.use_cache(path)
+
+    def usage(self) -> dict[str, dict]:
+        """Request and token counts of the served judges since `use_cache`, by judge name."""
+        return {m.judge.name: dict(u) for m in self.members
+                if (u := getattr(m.judge, "usage", None)) is not None}
+
     def judge_each(self, items: Sequence[Comparison]) -> dict[str, list[Judgement]]:
         """Every judge's raw (untempered) judgements, by judge name."""
         items = list(items)

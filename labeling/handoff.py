@@ -74,6 +74,9 @@ class HumanVote:
     display_order: str = "ab"
     created_at: float = field(default_factory=time.time)
     comment: str = ""
+    # "human" for a vote; "adjudicated" for an admin's final verdict on a disputed item,
+    # which aggregation counts as a strong vote (`aggregate_votes(verdicts=...)`)
+    source: str = "human"
 
     def __post_init__(self) -> None:
         if self.choice not in CHOICES:

@@ -167,11 +167,21 @@ def _oriented(row: dict, p_a: float, **fields) -> Pair:
     return Pair(prompt, row["b"], row["a"], p_chosen=1.0 - p_a, slice=row["slice"], **fields)
 
 
+def confidence_weight(votes) -> float:
+    """A human-labeled pair's training weight from its votes' confidence (1 unsure,
+    2 fairly sure, 3 sure): the mean over its a/b/tie votes divided by 3, so sure votes
+    weigh 1 and unsure ones 1/3 (`aggregation.pair_weight: confidence`). Both-bad votes
+    say nothing about the order and are left out; with no a/b/tie vote the weight is 1."""
+    said = [int(v.confidence) for v in votes if v.choice in ("a", "b", "tie")]
+    return sum(said) / (3.0 * len(said)) if said else 1.0
+
+
 def soft_labels(candidates: Candidates, votes, cfg, *, round: int = 0,
                 temperatures: dict[str, float] | None = None, ensemble=None) -> SoftLabelResult:
     """Soft-labeled pairs from the judges (auto) and from people (human).
 
-    Human votes go through Dawid-Skene aggregation (`aggregate.aggregate_votes`).
+    Human votes go through Dawid-Skene aggregation (`aggregate.aggregate_votes`); a vote
+    with source "adjudicated" (an admin's final verdict) is a strong vote there.
     With `cfg.calibrate` and human-labeled pairs that the judges also saw, each
     judge's temperature is fitted on them and the auto labels are recomputed with
     the calibrated ensemble (`ensemble` is needed for that).
@@ -188,12 +198,15 @@ def soft_labels(candidates: Candidates, votes, cfg, *, round: int = 0,
 
     agg = cfg.aggregation
     judge_lo = {i: logit(r["p_a"]) for i, (_, r) in rows.items() if r["valid"]}
-    human_votes = [Vote(v.item_id, v.annotator, v.choice) for v in votes]
+    verdicts = {v.item_id: v.choice for v in votes if getattr(v, "source", "") == "adjudicated"}
+    human_votes = [Vote(v.item_id, v.annotator, v.choice) for v in votes
+                   if getattr(v, "source", "human") != "adjudicated"]
 
     def posteriors(judge_weight: float):
         return aggregate_votes(human_votes, prior_reliability=agg.prior_reliability,
                                prior_strength=agg.prior_strength, iterations=agg.iterations,
-                               judge_log_odds=judge_lo, judge_weight=judge_weight)
+                               judge_log_odds=judge_lo, judge_weight=judge_weight,
+                               verdicts=verdicts)
 
     result = posteriors(agg.judge_vote_weight)
     # Judges are calibrated against what people alone said, never against posteriors
@@ -227,7 +240,9 @@ def soft_labels(candidates: Candidates, votes, cfg, *, round: int = 0,
             elif post.p_a == 0.5:
                 dropped[item_id] = "votes balance exactly (no preference)"
             else:
-                pairs.append(_oriented(row, post.p_a, n_votes=post.n_votes,
+                weight = 1.0 if agg.pair_weight == "none" or item_id in verdicts else \
+                    confidence_weight([v for v in votes if v.item_id == item_id])
+                pairs.append(_oriented(row, post.p_a, n_votes=post.n_votes, weight=weight,
                                        source="mixed" if mixed else "human", round=round))
         else:
             dropped[item_id] = row["reason"]
@@ -242,8 +257,10 @@ def human_posteriors(labels: list[Label], agg_cfg) -> dict[str, float]:
     from alignloop.labeling.aggregate import Vote, aggregate_votes
 
     votes = [Vote(lab.item_id, lab.annotator, lab.choice) for lab in labels if lab.source == "human"]
+    verdicts = {lab.item_id: lab.choice for lab in labels if lab.source == "adjudicated"}
     result = aggregate_votes(votes, prior_reliability=agg_cfg.prior_reliability,
-                             prior_strength=agg_cfg.prior_strength, iterations=agg_cfg.iterations)
+                             prior_strength=agg_cfg.prior_strength, iterations=agg_cfg.iterations,
+                             verdicts=verdicts)
     return {i: p.p_a for i, p in result.posteriors.items() if p.n_votes > 0}
 
 

@@ -28,7 +28,7 @@ VOTE_P = {"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": math.nan}
 class Label:
     item_id: str
     round: int
-    source: str          # "judge" | "human"
+    source: str          # "judge" | "human" | "adjudicated" (an admin's final verdict)
     annotator: str       # judge name or annotator name
     choice: str          # a | b | tie | both_bad for votes; "" for judge probabilities
     p_a: float           # judge probability, or the vote as 1 / 0 / 0.5 (NaN: both bad)
@@ -59,7 +59,8 @@ def judge_label(item: dict, judge: str, p_a: float, detail: str, round: int) -> 
 
 
 def vote_label(item: dict, vote) -> Label:
-    return Label(vote.item_id, vote.round, "human", vote.annotator, vote.choice,
+    return Label(vote.item_id, vote.round, getattr(vote, "source", "human"), vote.annotator,
+                 vote.choice,
                  VOTE_P[vote.choice], item["prompt"], item["a"], item["b"], item.get("slice", ""),
                  vote.confidence, vote.display_order, vote.created_at, vote.comment)
 

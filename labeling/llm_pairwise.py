@@ -15,7 +15,8 @@ hold less than `min_verdict_mass` of the next-token probability in either order,
 the model did not answer the question: the judgement is invalid, never a guess.
 
 The model sits behind `VerdictModel`, a two-method protocol, so tests can script
-verdicts; `HFVerdictModel` is the transformers implementation.
+verdicts; `HFVerdictModel` is the transformers implementation and
+`served.ServedVerdictModel` asks an OpenAI-compatible server (the judge's `base_url`).
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ _SLOT = re.compile(r"\{(prompt|a|b)\}")
 class VerdictModel(Protocol):
     """The judge's view of a generative model."""
 
-    def verdict_token_ids(self, verdicts: tuple[str, str]) -> tuple[int, int]:
+    def verdict_token_ids(self, verdicts: tuple[str, ...]) -> tuple[int, ...]:
         """The first token id of each verdict."""
         ...
 
-    def first_token_probs(self, questions: list[str], token_ids: tuple[int, int]) -> np.ndarray:
-        """(N, 2): the raw next-token probabilities of `token_ids` after each question
-        (the question asked as a user turn); not renormalised over the two."""
+    def first_token_probs(self, questions: list[str], token_ids: tuple[int, ...]) -> np.ndarray:
+        """(N, len(token_ids)): the raw next-token probabilities of `token_ids` after each
+        question (the question asked as a user turn); not renormalised over them."""
         ...
 
 
@@ -99,10 +100,18 @@ class LLMPairwiseJudge:
     @classmethod
     def from_spec(cls, spec: JudgeSpec, placement=None) -> LLMPairwiseJudge:
         ref = spec.models[0]
-        model = HFVerdictModel.load(ref, placement=placement, batch_size=spec.batch_size,
-                                    max_length=spec.max_length)
-        return cls(model, name=spec.label, template=spec.template, verdicts=spec.verdicts,
-                   min_verdict_mass=spec.min_verdict_mass, model_ref=ref)
+        return cls(verdict_model_for(spec, placement), name=spec.label, template=spec.template,
+                   verdicts=spec.verdicts, min_verdict_mass=spec.min_verdict_mass, model_ref=ref)
+
+    def use_cache(self, path) -> None:
+        """Keep a served model's answers in `path` (a local model has no cache)."""
+        if hasattr(self.model, "use_cache"):
+            self.model.use_cache(path)
+
+    @property
+    def usage(self) -> dict | None:
+        """A served model's request and token counts since `use_cache` (None: local)."""
+        return getattr(self.model, "usage", None)
 
     def judge(self, items: Sequence[Comparison]) -> list[Judgement]:
         if not items:
@@ -115,6 +124,16 @@ class LLMPairwiseJudge:
             raise LabelingError(f"judge {self.name!r}: the verdict model returned shape "
                                 f"{probs.shape} for {2 * n} questions; expected ({2 * n}, 2)")
         return [read_verdict(probs[i], probs[n + i], self.min_verdict_mass) for i in range(n)]
+
+
+def verdict_model_for(spec: JudgeSpec, placement=None) -> VerdictModel:
+    """The judge's model: served at `spec.base_url`, else loaded here as `placement` says."""
+    if spec.base_url:
+        from alignloop.labeling.served import ServedVerdictModel
+
+        return ServedVerdictModel.from_spec(spec)
+    return HFVerdictModel.load(spec.models[0], placement=placement, batch_size=spec.batch_size,
+                               max_length=spec.max_length)
 
 
 class HFVerdictModel:
@@ -163,19 +182,19 @@ class HFVerdictModel:
             ids = tok(question + "\nAnswer:")["input_ids"]
         return ids[-self.max_length:]
 
-    def verdict_token_ids(self, verdicts: tuple[str, str]) -> tuple[int, int]:
+    def verdict_token_ids(self, verdicts: tuple[str, ...]) -> tuple[int, ...]:
         ids = []
         for v in verdicts:
             toks = self.tokenizer(v, add_special_tokens=False)["input_ids"]
             if not toks:
                 raise LabelingError(f"verdict {v!r} tokenizes to nothing")
             ids.append(toks[0])
-        return ids[0], ids[1]
+        return tuple(ids)
 
-    def first_token_probs(self, questions: list[str], token_ids: tuple[int, int]) -> np.ndarray:
+    def first_token_probs(self, questions: list[str], token_ids: tuple[int, ...]) -> np.ndarray:
         encoded = [self.encode(q) for q in questions]
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-        out = np.zeros((len(questions), 2))
+        out = np.zeros((len(questions), len(token_ids)))
         bar = tqdm(total=len(questions), desc="llm judge", unit="question",
                    disable=not self.progress or len(questions) < PROGRESS_MIN_QUESTIONS)
         for s in range(0, len(order), self.batch_size):

@@ -10,6 +10,7 @@ import http.client
 import json
 import re
 import threading
+import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,10 +21,12 @@ from alignloop.cli import main
 from alignloop.labeling.handoff import QueueItem
 from alignloop.labeling.queue import migrations
 from alignloop.labeling.queue.store import QueueError, QueueStore
+from sqlalchemy import text
 
 from .queue_helpers import disable, label_count, pending
 
 COOKIE = "alignloop_session"
+LOGIN_COOKIE = "alignloop_login"
 
 
 def _items(n: int, *, votes: int = 1, prefix: str = "it") -> list[QueueItem]:
@@ -37,14 +40,18 @@ class Answer:
     location: str | None
     cookie: str | None        # the session cookie set by the answer ("" when deleted)
     text: str
+    cookies: dict[str, str]   # every cookie the answer set
+    headers: dict[str, str]
 
     def json(self):
         return json.loads(self.text) if self.text else None
 
 
 def _http(url: str, method: str, path: str, *, token: str | None = None, body=None,
-          form: dict | None = None, cookie: str | None = None) -> Answer:
-    """One request on its own connection; the session cookie is sent only when given."""
+          form: dict | None = None, cookie: str | None = None,
+          cookies: dict | None = None) -> Answer:
+    """One request on its own connection; the session cookie (and `cookies`) are sent only
+    when given."""
     conn = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=30)
     headers, data = {}, None
     if token is not None:
@@ -54,8 +61,9 @@ def _http(url: str, method: str, path: str, *, token: str | None = None, body=No
     if form is not None:
         data = urllib.parse.urlencode(form).encode()
         headers["Content-Type"] = "application/x-www-form-urlencoded"
-    if cookie:
-        headers["Cookie"] = f"{COOKIE}={cookie}"
+    jar_out = {**(cookies or {}), **({COOKIE: cookie} if cookie else {})}
+    if jar_out:
+        headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in jar_out.items())
     conn.request(method, path, body=data, headers=headers)
     r = conn.getresponse()
     text = r.read().decode()
@@ -64,7 +72,8 @@ def _http(url: str, method: str, path: str, *, token: str | None = None, body=No
         jar.load(header)
     conn.close()
     return Answer(r.status, r.getheader("location"),
-                  jar[COOKIE].value if COOKIE in jar else None, text)
+                  jar[COOKIE].value if COOKIE in jar else None, text,
+                  {k: m.value for k, m in jar.items()}, dict(r.headers.items()))
 
 
 def _csrf(page: str) -> str:
@@ -75,7 +84,7 @@ def _sign_in(url: str, token: str) -> str:
     """The session cookie of a fresh sign-in with `token`."""
     first = _http(url, "GET", "/")
     signed = _http(url, "POST", "/login", form={"csrf": _csrf(first.text), "token": token},
-                   cookie=first.cookie)
+                   cookies={LOGIN_COOKIE: first.cookies[LOGIN_COOKIE]})
     assert signed.status == 303 and signed.location == "/label", signed
     return signed.cookie
 
@@ -292,14 +301,19 @@ def test_a_queue_from_before_sessions_upgrades_in_place(store_url, monkeypatch):
     with QueueStore(store_url) as old:
         token = old.add_annotator("ann")
         old.submit(_items(3))
-        held = old.next_item(old.authenticate(token).id, max_leases=3)
+        # a lease as the old code wrote it (today's leasing SQL reads newer tables)
+        with old.engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO leases (lease_id, item_id, annotator_id, display_order, "
+                "issued_at, expires_at) VALUES ('old-lease', 'it0000', :a, 'ab', :t, :e)"),
+                {"a": old.authenticate(token).id, "t": time.time(), "e": time.time() + 600})
         assert migrations.applied(old.engine) == [1]
     monkeypatch.undo()
     with QueueStore(store_url) as store:
         assert migrations.applied(store.engine) == [n for n, _ in migrations.MIGRATIONS]
         me = store.authenticate(token)
         assert me is not None and pending(store, 0) == 3
-        assert store.next_item(me.id).lease_id == held.lease_id   # the old lease counts
+        assert store.next_item(me.id).lease_id == "old-lease"   # the old lease counts
         store.start_session(me.id, "sid-1", 60)
         assert store.session_annotator("sid-1") == me
 

@@ -1,7 +1,10 @@
 """Parity with TRL 1.16's DPOTrainer on the same batch (TRL is the oracle, see tests/trl_oracle.py).
 
 Same tiny model, same token ids: our prefix-shared per-pair log-probs and the
-sigmoid, ipo, hinge and rdpo (TRL: "robust") losses equal TRL's within 1e-4.
+sigmoid, ipo, hinge, rdpo (TRL: "robust") and dpo_norm (TRL: "sigmoid_norm") losses equal
+TRL's DPOTrainer within 1e-4; simpo equals TRL's CPOTrainer with loss_type="simpo" and
+cpo_alpha=0 (CPO's default cpo_alpha=1 adds an NLL term: "CPO-SimPO", not SimPO), scored
+on the token ids CPO itself produced (its tokenisation differs from DPO's).
 """
 
 import pytest
@@ -12,7 +15,7 @@ from alignloop.training.batching import EncodedPair, collate, encode_pair
 from alignloop.training.logps import PairScorer, score_batch
 from alignloop.training.trainer import dpo_objective
 
-from .trl_oracle import trl_dpo_outputs
+from .trl_oracle import trl_cpo_simpo_outputs, trl_dpo_outputs
 
 TINY = "builtin:tiny-random"
 ROWS = [
@@ -50,7 +53,7 @@ def trl_outputs(models):
     tok, policy, ref = models
     return {loss: trl_dpo_outputs(policy, tok, ROWS, loss, BETA,
                                   label_smoothing=EPS if loss == "robust" else 0.0, ref_model=ref)
-            for loss in ("sigmoid", "ipo", "hinge", "robust")}
+            for loss in ("sigmoid", "ipo", "hinge", "robust", "sigmoid_norm")}
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +95,8 @@ def test_logps_equal_trl(trl_outputs, ours):
 
 
 @pytest.mark.parametrize("ours_name, trl_name", [
-    ("sigmoid", "sigmoid"), ("ipo", "ipo"), ("hinge", "hinge"), ("rdpo", "robust")])
+    ("sigmoid", "sigmoid"), ("ipo", "ipo"), ("hinge", "hinge"), ("rdpo", "robust"),
+    ("dpo_norm", "sigmoid_norm")])
 def test_losses_equal_trl(trl_outputs, ours, ours_name, trl_name):
     batch, pc, pr, rc, rr = ours
     cfg = TrainConfig(loss=ours_name, beta=BETA, flip_rate=EPS)
@@ -100,3 +104,26 @@ def test_losses_equal_trl(trl_outputs, ours, ours_name, trl_name):
     trl = trl_outputs[trl_name]
     torch.testing.assert_close(losses, trl["losses"], atol=1e-4, rtol=0)
     assert losses.mean().item() == pytest.approx(trl["loss"].item(), abs=1e-4)
+
+
+SIMPO_BETA, SIMPO_GAMMA = 2.0, 1.2
+
+
+def test_simpo_equals_trl_cpo_simpo(models):
+    """TRL's CPO (simpo, cpo_alpha 0) on its own token ids; ours scores the same ids with
+    the policy alone (no reference) and must give the same average log-probs and losses."""
+    tok, policy, _ = models
+    trl = trl_cpo_simpo_outputs(policy, tok, ROWS, SIMPO_BETA, SIMPO_GAMMA)
+    pairs = [EncodedPair(i, str(i), tuple(p), tuple(c), tuple(r), 1.0, 1.0) for i, (p, c, r) in
+             enumerate(zip(trl["prompt_ids"], trl["chosen_ids"], trl["rejected_ids"], strict=True))]
+    batch = collate(pairs, pad_id=tok.pad_token_id)
+    with torch.no_grad():
+        pc, pr = score_batch(PairScorer(policy.eval()), batch)
+    torch.testing.assert_close(pc / batch.n_chosen, trl["chosen_logps"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(pr / batch.n_rejected, trl["rejected_logps"], atol=1e-5, rtol=0)
+    cfg = TrainConfig(loss="simpo", beta=SIMPO_BETA, simpo_gamma=SIMPO_GAMMA)
+    nan = torch.full_like(pc, float("nan"))  # reference-free: the reference is never read
+    losses, _ = dpo_objective(pc, pr, nan, nan, batch, cfg)
+    torch.testing.assert_close(losses, trl["losses"], atol=1e-4, rtol=0)
+    assert losses.mean().item() == pytest.approx(trl["loss"].item(), abs=1e-4)
+    assert losses.std() > 1e-3  # the pairs differ: not one number compared three times

@@ -174,3 +174,53 @@ def trl_dpo_outputs(model, tokenizer, rows: list[dict], loss_type: str, beta: fl
         if k in out:
             out[k] = out[k].detach().float().cpu()
     return out
+
+
+def trl_cpo_simpo_outputs(model, tokenizer, rows: list[dict], beta: float, gamma: float,
+                          max_length: int = 1024) -> dict:
+    """What TRL 1.16's CPOTrainer with loss_type="simpo" and cpo_alpha=0 (SimPO, no NLL term)
+    computes for ONE batch of `rows`, by its own preprocessing (`tokenize_row`), collator,
+    `concatenated_forward` (average log-probs, `average_log_prob=True` for simpo) and `cpo_loss`.
+
+    CPO tokenises differently from TRL's DPO (the prompt is rendered to text by the chat
+    template and tokenised alone, the answer is what `prompt + answer` adds, and EOS is
+    appended when missing), so the ids it used are returned for the caller to score.
+
+    Returns: prompt_ids, chosen_ids, rejected_ids (list[list[int]]; the answers as CPO
+    labels them), chosen_logps, rejected_logps (B,) average log-probs, losses (B,) per pair
+    (`cpo_loss`), loss (scalar, `get_batch_loss_metrics`: losses.mean() + cpo_alpha * nll).
+    """
+    import datasets
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    datasets.disable_progress_bars()
+    logging.getLogger("trl").setLevel(logging.ERROR)
+    tokenizer = copy.deepcopy(tokenizer)
+    policy = copy.deepcopy(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = CPOConfig(output_dir=tmp, bf16=False, fp16=False, use_cpu=True, report_to=[],
+                        loss_type="simpo", cpo_alpha=0.0, simpo_gamma=gamma, beta=beta,
+                        max_length=max_length, per_device_train_batch_size=len(rows),
+                        disable_dropout=True, dataloader_num_workers=0, save_strategy="no",
+                        logging_strategy="no", seed=0)
+        trainer = CPOTrainer(model=policy, args=cfg, processing_class=tokenizer,
+                             train_dataset=datasets.Dataset.from_list(list(rows)))
+        ds = trainer.train_dataset
+        examples = [ds[i] for i in range(len(ds))]
+        out: dict = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
+        for e in examples:
+            n = len(e["prompt_input_ids"])
+            for side in ("chosen", "rejected"):
+                ids, labels = list(e[f"{side}_input_ids"]), list(e[f"{side}_labels"])
+                if ids[:n] != list(e["prompt_input_ids"]) or any(x != -100 for x in labels[:n]):
+                    raise ValueError("CPO's prompt ids differ between its two responses")
+                out[f"{side}_ids"].append(ids[n:])
+            out["prompt_ids"].append(list(e["prompt_input_ids"]))
+        batch = trainer._prepare_inputs(trainer.data_collator(examples))
+        with torch.no_grad():
+            chosen, rejected, *_ = trainer.concatenated_forward(trainer.model, batch)
+            losses, _, _ = trainer.cpo_loss(chosen, rejected)
+            loss, _ = trainer.get_batch_loss_metrics(trainer.model, batch, train_eval="train")
+    out.update(chosen_logps=chosen.float().cpu(), rejected_logps=rejected.float().cpu(),
+               losses=losses.float().cpu(), loss=loss.float().cpu())
+    return out

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,13 @@ from alignloop.training.checkpoints import (
     save_checkpoint,
 )
 from alignloop.training.logps import PairScorer, score_batch
-from alignloop.training.losses import LENGTH_AVERAGED, nll_loss, preference_loss
+from alignloop.training.losses import (
+    LENGTH_AVERAGED,
+    REFERENCE_FREE,
+    nll_loss,
+    preference_loss,
+    weighted_mean,
+)
 from alignloop.training.reference import ReferenceLogps, reference_logps
 from alignloop.training.weights import apply_lora, save_policy, weights_hash
 
@@ -64,9 +71,15 @@ class TrainResult:
 
 def dpo_objective(policy_chosen, policy_rejected, ref_chosen, ref_rejected, batch: PackedBatch,
                   cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-pair loss (B,) and per-pair statistics from summed log-probs (B,)."""
-    chosen_ratio = policy_chosen - ref_chosen
-    rejected_ratio = policy_rejected - ref_rejected
+    """Per-pair loss (B,) and per-pair statistics from summed log-probs (B,).
+
+    A reference-free loss (`simpo`) ignores `ref_chosen`/`ref_rejected` (they may be
+    zeros) and its logged rewards are its own, beta * log pi(y | x) / |y|; the others log
+    the DPO implicit rewards beta * log(pi / pi_ref) of the summed log-probs (as TRL does).
+    """
+    free = cfg.loss in REFERENCE_FREE
+    chosen_ratio = policy_chosen if free else policy_chosen - ref_chosen
+    rejected_ratio = policy_rejected if free else policy_rejected - ref_rejected
     if cfg.loss in LENGTH_AVERAGED:
         loss_chosen = chosen_ratio / batch.n_chosen
         loss_rejected = rejected_ratio / batch.n_rejected
@@ -74,11 +87,11 @@ def dpo_objective(policy_chosen, policy_rejected, ref_chosen, ref_rejected, batc
         loss_chosen, loss_rejected = chosen_ratio, rejected_ratio
     flip = (1.0 - batch.p_chosen).clamp(max=0.49) if cfg.flip_rate_per_pair else cfg.flip_rate
     loss = preference_loss(cfg.loss, loss_chosen, loss_rejected, beta=cfg.beta,
-                           p_chosen=batch.p_chosen, flip_rate=flip)
+                           p_chosen=batch.p_chosen, flip_rate=flip, gamma=cfg.simpo_gamma)
     if cfg.rpo_alpha > 0:
         loss = loss + cfg.rpo_alpha * nll_loss(-policy_chosen, batch.n_chosen)
-    rewards_chosen = cfg.beta * chosen_ratio.detach()
-    rewards_rejected = cfg.beta * rejected_ratio.detach()
+    rewards_chosen = cfg.beta * (loss_chosen if free else chosen_ratio).detach()
+    rewards_rejected = cfg.beta * (loss_rejected if free else rejected_ratio).detach()
     stats = {
         "rewards/chosen": rewards_chosen,
         "rewards/rejected": rewards_rejected,
@@ -106,6 +119,8 @@ def run_fingerprint(encoded: list[EncodedPair], cfg: TrainConfig, model: ModelCo
                     start_hash: str, precision: str = "fp32") -> str:
     h = hashlib.sha256()
     train = {k: v for k, v in to_dict(cfg).items() if k not in CHECKPOINT_CADENCE}
+    if train["loss"] != "simpo":   # SimPO's margin means nothing to the other losses, and
+        del train["simpo_gamma"]   # leaving it out lets older checkpoints resume
     # fp32 adds nothing, so checkpoints written before precisions existed still resume.
     extra = [] if precision == "fp32" else [precision]
     h.update(json.dumps([train, to_dict(model.lora), start_hash, *extra],
@@ -131,9 +146,12 @@ def make_accelerator(placement: Placement):
 
 def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference: str = "",
               model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
-              progress: bool = True, placement: Placement | None = None) -> TrainResult:
+              progress: bool = True, placement: Placement | None = None,
+              on_log: Callable[[dict], None] | None = None) -> TrainResult:
     """Train `policy` on `pairs` with DPO against `reference` (default: the policy itself),
     placed as `placement` says (default: as `model_cfg` asks, `placement_for`).
+    `on_log(metrics)` is called (main process) with every train_log.jsonl line as written:
+    the hook experiment trackers hang on (`alignloop.tracking`).
 
     Writes OUT/reference_logps.parquet, OUT/train_log.jsonl, OUT/policy/ and, while
     running, OUT/checkpoint/ (every `save_every_s` seconds and/or `save_every` steps;
@@ -160,10 +178,13 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
     model = load_model(policy, dtype=placement.weights_dtype, device=accelerator.device)
     start_hash = weights_hash(model)
     t_ref = time.perf_counter()
-    ref = _reference_pass(accelerator, model, start_hash, encoded, reference=reference or policy,
-                          policy=policy, placement=placement, pad_id=pad_id,
-                          batch_size=max(2 * train_cfg.batch_size, 8),
-                          path=out_dir / "reference_logps.parquet", progress=show)
+    if train_cfg.loss in REFERENCE_FREE:  # SimPO: no reference model, no reference pass
+        ref = ReferenceLogps(torch.zeros(len(encoded)), torch.zeros(len(encoded)), "", False)
+    else:
+        ref = _reference_pass(accelerator, model, start_hash, encoded,
+                              reference=reference or policy, policy=policy, placement=placement,
+                              pad_id=pad_id, batch_size=max(2 * train_cfg.batch_size, 8),
+                              path=out_dir / "reference_logps.parquet", progress=show)
     reference_seconds = time.perf_counter() - t_ref
 
     # 2. Build the trainable policy, its optimiser and the whole run's data order,
@@ -176,7 +197,7 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
     # 3. The step loop.
     t_train = time.perf_counter()
     metrics = _train_steps(run, encoded, ref, pad_id, train_cfg, start=start, out_dir=out_dir,
-                           fingerprint=fingerprint, progress=show)
+                           fingerprint=fingerprint, progress=show, on_log=on_log)
     train_seconds = time.perf_counter() - t_train
 
     # 4. Save the policy; the mid-run checkpoint is no longer needed.
@@ -284,7 +305,7 @@ def _resume(accelerator, out_dir: Path, *, fingerprint: str, total: int) -> int:
 
 def _train_steps(run: _Run, encoded: list[EncodedPair], ref: ReferenceLogps, pad_id: int,
                  cfg: TrainConfig, *, start: int, out_dir: Path, fingerprint: str,
-                 progress: bool) -> dict:
+                 progress: bool, on_log: Callable[[dict], None] | None = None) -> dict:
     """Steps `start` .. `run.total`: step, log every `log_every` steps (and the last),
     checkpoint every `save_every` steps and `save_every_s` seconds (not after the last:
     the policy is saved then). Returns the last step's metrics."""
@@ -305,6 +326,8 @@ def _train_steps(run: _Run, encoded: list[EncodedPair], ref: ReferenceLogps, pad
         if main and ((step + 1) % cfg.log_every == 0 or step + 1 == run.total):
             with open(log_path, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
+            if on_log is not None:
+                on_log(metrics)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracy']:.2f}")
         if step + 1 < run.total and saves.due(step + 1):
@@ -322,13 +345,16 @@ def _optimizer_step(run: _Run, micro_batches: list[list[int]], encoded: list[Enc
     """One optimiser step. This process runs its share of the step's micro-batches
     (every `world`-th), accumulating gradients; then clip, step, zero.
 
-    Returns the step's mean loss and statistics over all its pairs (summed over
-    processes), the gradient norm, the learning rate used, pairs and tokens.
+    The loss is the weighted mean of the per-pair losses over all the step's pairs,
+    sum w_i l_i / sum w_i (`losses.weighted_mean`). Returns that loss, the (unweighted)
+    mean statistics over the step's pairs (summed over processes), the gradient norm, the
+    learning rate used, pairs and tokens.
     """
     accelerator, scorer = run.accelerator, run.scorer
     world, rank = accelerator.num_processes, accelerator.process_index
     micro = micro_batches[rank::world]
     n_pairs = sum(len(m) for m in micro_batches)
+    total_weight = sum(encoded[i].weight for m in micro_batches for i in m)
     sums = torch.zeros(8, dtype=torch.float64)  # loss, 6 stats, tokens
     for j, idx in enumerate(micro):
         batch = collate([encoded[i] for i in idx], pad_id).to(accelerator.device)
@@ -338,11 +364,11 @@ def _optimizer_step(run: _Run, micro_batches: list[list[int]], encoded: list[Enc
                 chosen, rejected = score_batch(scorer, batch)
                 loss_vec, stats = dpo_objective(chosen, rejected, ref.chosen[idx].to(chosen.device),
                                                 ref.rejected[idx].to(chosen.device), batch, cfg)
-                # Mean over the step's pairs on all processes; DDP averages gradients
-                # over processes, hence the factor `world`.
-                loss = (loss_vec * batch.weight).sum() * world / n_pairs
+                # Weighted mean over the step's pairs on all processes; DDP averages
+                # gradients over processes, hence the factor `world`.
+                loss = weighted_mean(loss_vec, batch.weight, total_weight) * world
             accelerator.backward(loss)
-        sums[0] += float((loss_vec.detach() * batch.weight).sum())
+        sums[0] += float(weighted_mean(loss_vec.detach(), batch.weight, total_weight))
         for k, v in enumerate(stats.values(), start=1):
             sums[k] += float(v.sum())
         sums[7] += batch.n_tokens
@@ -356,7 +382,7 @@ def _optimizer_step(run: _Run, micro_batches: list[list[int]], encoded: list[Enc
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
-    totals = {"loss": float(sums[0] / n_pairs)}
+    totals = {"loss": float(sums[0])}
     totals.update({k: float(sums[i] / n_pairs) for i, k in enumerate(stats, start=1)})
     totals.update({"grad_norm": float(grad_norm), "lr": lr, "pairs": n_pairs, "tokens": int(sums[7])})
     return totals

@@ -15,5 +15,12 @@ terminal labeling, and bot annotators that label over HTTP. Implements the
     routes_api.py    the JSON API (/api/next, /api/labels)
     routes_admin.py  /api/status and /healthz
     simulate.py      bots: an HTTP client and a panel of answerers labeling through it
+    guidelines.py    versioned labeling guidelines and their safe (data, not HTML) rendering
+    skips.py         skipping an item with a reason (it goes to someone else)
+    adjudication.py  disputed items and final verdicts (strong votes in aggregation)
+    dashboard.py     the admin dashboard's numbers, token rotation
+    export.py        the Hugging Face `datasets` export (TRL preference columns + votes)
+    routes_skip.py   POST /label/skip, /api/skip, GET /api/guidelines
+    routes_dashboard.py  the admin pages: /admin (dashboard, annotators, guidelines), /admin/adjudicate
     terminal.py      labeling in a terminal (`alignloop queue label`)
 """

@@ -65,6 +65,16 @@ def disable(conn: Connection, name: str) -> None:
     conn.execute(text("DELETE FROM sessions WHERE annotator_id = :a"), {"a": row.id})
 
 
+def rotate(conn: Connection, name: str, token_hash: str) -> None:
+    """Give the annotator a new token (its hash): the old one is refused from now on and
+    its web sessions end."""
+    row = conn.execute(text("UPDATE annotators SET token_hash = :h WHERE name = :n "
+                            "RETURNING id"), {"n": name, "h": token_hash}).first()
+    if row is None:
+        raise QueueError(f"no annotator named {name!r}", 404, "name")
+    conn.execute(text("DELETE FROM sessions WHERE annotator_id = :a"), {"a": row.id})
+
+
 def start_session(conn: Connection, annotator_id: int, session_id: str, now: float,
                   max_age: float) -> None:
     conn.execute(text("DELETE FROM sessions WHERE expires_at <= :now"), {"now": now})

@@ -1,8 +1,9 @@
 """The labeling web app: a server-rendered page for people and a JSON API for scripts and bots.
 
-`create_app` assembles three routers over one store: `routes_pages` (the labeling
-page, sign-in and sign-out), `routes_api` (the JSON API) and `routes_admin` (status
-and health); what they share (the store, settings, sessions, bearer authentication)
+`create_app` assembles the routers over one store: `routes_pages` (the labeling
+page, sign-in and sign-out), `routes_api` (the JSON API), `routes_admin` (status
+and health), `routes_skip` (skips and guidelines for annotators) and
+`routes_dashboard` (the admin pages: dashboard, adjudication); what they share (the store, settings, sessions, bearer authentication)
 is in `deps`. This module adds the request guard, the error format and serving.
 
 The app keeps no state of its own (only the store does), so several workers or hosts
@@ -43,10 +44,14 @@ JSON API (bearer token: `Authorization: Bearer <token>`):
 
 A bearer token is looked up (constant-time, in the store) at most every
 `auth_cache_seconds` per worker; a disabled token stops working within that time.
-Errors are JSON `{"detail": ...}`: 401 missing or unknown token; 403 not an admin;
-413 body over `max_body_bytes`; 422 invalid field, with `field` naming it (also in the
-detail text; a control character in a field is one, see `controls`); the store's
-`QueueError.status` (404 unknown item or lease, 409 conflict).
+Errors are JSON `{"detail": ..., "field": ...}`: 401 missing or unknown token; 403 not an
+admin; 413 body over `max_body_bytes`; 422 invalid field, with `field` naming it (also in
+the detail text) and `errors` listing every one (a wrong JSON type, an unknown field and
+a control character, see `controls`, are each one); the store's `QueueError.status` (404
+unknown item or lease, 409 conflict); 429 with Retry-After for an IP that failed
+authentication `auth_failures` times in a minute (`deps.Failures`).
+The contract, every status of every route, is published at `/openapi.json`
+(`contract.py`).
 """
 
 from __future__ import annotations
@@ -63,8 +68,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from alignloop.labeling.queue import routes_admin, routes_api, routes_pages
-from alignloop.labeling.queue.deps import QueueWeb, Sessions
+from alignloop.labeling.queue import (
+    routes_admin,
+    routes_api,
+    routes_dashboard,
+    routes_pages,
+    routes_skip,
+)
+from alignloop.labeling.queue.deps import AUTH_FAILURES, Failures, QueueWeb, Sessions
 from alignloop.labeling.queue.leases import MAX_LEASES
 from alignloop.labeling.queue.store import QueueError, QueueStore
 from fastapi import FastAPI, Request
@@ -179,34 +190,38 @@ async def _refuse(send, status: int) -> None:
 def create_app(store: QueueStore, *, max_body_bytes: int = 64 * 1024, lease_seconds: float = 600,
                gold_rate: float = 0.0, max_leases: int = MAX_LEASES,
                secure_cookies: bool = False, secret: bytes | str | None = None,
-               auth_cache_seconds: float = AUTH_CACHE_SECONDS, seed: int | None = None) -> FastAPI:
+               auth_cache_seconds: float = AUTH_CACHE_SECONDS, seed: int | None = None,
+               auth_failures: int = AUTH_FAILURES) -> FastAPI:
     """The web app over `store`. `secret` signs sessions (default: `resolve_secret` of the
     store's URL); a bearer token checked less than `auth_cache_seconds` ago is not looked
     up again (so a disabled token keeps working that long; 0 turns the cache off).
     `max_leases` caps each annotator's live leases. `seed` makes display orders and gold
-    draws reproducible (simulated panels; default: fresh)."""
-    if isinstance(max_leases, bool) or not isinstance(max_leases, int) or max_leases < 1:
-        raise ValueError(f"max_leases must be a positive integer, got {max_leases!r}")
+    draws reproducible (simulated panels; default: fresh). An IP with `auth_failures`
+    failed sign-ins or 401s within a minute gets 429 until the oldest is a minute old."""
+    for name, value in (("max_leases", max_leases), ("auth_failures", auth_failures)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if secret is None:
         secret = resolve_secret(getattr(store, "url", None))
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.autoescape = True   # every template, whatever its file name
 
     app = FastAPI(title="alignloop labeling queue", docs_url=None, redoc_url=None,
-                  openapi_url=None)
+                  openapi_url="/openapi.json", version="1")
     app.state.store = store
     app.state.queue_web = QueueWeb(
         store=store, templates=templates, lease_seconds=lease_seconds, gold_rate=gold_rate,
         sessions=Sessions(secret.encode() if isinstance(secret, str) else secret,
                           secure_cookies),
-        auth_cache_seconds=auth_cache_seconds, max_leases=max_leases)
+        auth_cache_seconds=auth_cache_seconds, max_leases=max_leases,
+        failures=Failures(auth_failures))
     if seed is not None:
         app.state.queue_web.rng = random.Random(seed)
     app.add_middleware(_Guard, limit=max_body_bytes or 2**62)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.add_exception_handler(RequestValidationError, _invalid_field)
     app.add_exception_handler(QueueError, _queue_error)
-    for routes in (routes_api, routes_admin, routes_pages):
+    for routes in (routes_api, routes_skip, routes_admin, routes_pages, routes_dashboard):
         app.include_router(routes.router)
     return app
 
@@ -227,8 +242,11 @@ async def _invalid_field(request: Request, exc: RequestValidationError) -> JSONR
 
 
 async def _queue_error(request: Request, exc: QueueError) -> JSONResponse:
-    return JSONResponse(status_code=exc.status,
-                        content={"detail": str(exc), "field": exc.field or None})
+    content = {"detail": str(exc), "field": exc.field or None}
+    if exc.status == 422:   # the same shape as a validation 422 (`contract.Invalid`)
+        content["field"] = exc.field or "body"
+        content["errors"] = [{"field": content["field"], "message": str(exc)}]
+    return JSONResponse(status_code=exc.status, content=content)
 
 
 # --------------------------------------------------------------------------- serving

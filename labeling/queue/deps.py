@@ -1,5 +1,6 @@
 """What the web app's routers share: the `QueueWeb` context (the store and the app's
-settings, kept on `app.state`), signed-cookie sessions, and bearer authentication.
+settings, kept on `app.state`), signed-cookie sessions, bearer authentication and the
+per-IP limit on failed authentication (`Failures`).
 
 Nothing here is module-level state: `create_app` makes one `QueueWeb` per app, and
 every route reaches it through the request (`queue_web`).
@@ -12,20 +13,29 @@ import hmac
 import random
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from alignloop.labeling.queue.store import AnnotatorAccount, Assignment, QueueStore
 from fastapi import Depends, Request
 from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 COOKIE = "alignloop_session"
+# The sign-in form's own cookie (its CSRF session). Kept apart from COOKIE so that a GET
+# arriving without the session cookie (a cross-site link: SameSite=Strict withholds it)
+# never overwrites, and so signs out, the session the browser holds.
+LOGIN_COOKIE = "alignloop_login"
 SESSION_MAX_AGE = 12 * 3600
+LOGIN_MAX_AGE = 3600
 TOKEN_CACHE_MAX = 10_000
+AUTH_FAILURES = 20          # failed sign-ins / 401s per IP within AUTH_FAILURE_WINDOW ...
+AUTH_FAILURE_WINDOW = 60.0  # ... seconds, after which that IP gets 429 until the oldest ages out
 
 
 class Sessions:
@@ -36,8 +46,8 @@ class Sessions:
         self.key = hashlib.sha256(b"alignloop.queue.hmac:" + secret).digest()
         self.secure = secure
 
-    def read(self, request: Request) -> dict | None:
-        raw = request.cookies.get(COOKIE)
+    def read(self, request: Request, cookie: str = COOKIE) -> dict | None:
+        raw = request.cookies.get(cookie)
         if not raw:
             return None
         try:
@@ -46,12 +56,13 @@ class Sessions:
             return None
         return data if isinstance(data, dict) and isinstance(data.get("sid"), str) else None
 
-    def write(self, response: Response, data: dict) -> None:
-        response.set_cookie(COOKIE, self.serializer.dumps(data), max_age=SESSION_MAX_AGE,
+    def write(self, response: Response, data: dict, cookie: str = COOKIE) -> None:
+        age = SESSION_MAX_AGE if cookie == COOKIE else LOGIN_MAX_AGE
+        response.set_cookie(cookie, self.serializer.dumps(data), max_age=age,
                             path="/", httponly=True, samesite="strict", secure=self.secure)
 
-    def clear(self, response: Response) -> None:
-        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict",
+    def clear(self, response: Response, cookie: str = COOKIE) -> None:
+        response.delete_cookie(cookie, path="/", httponly=True, samesite="strict",
                                secure=self.secure)
 
     def _mac(self, *parts: str) -> str:
@@ -73,6 +84,48 @@ def new_session(**fields) -> dict:
     return {"sid": secrets.token_urlsafe(18), **fields}
 
 
+class Failures:
+    """Failed authentications per client IP in a sliding window (per worker, in memory):
+    after `limit` within `window` seconds the IP is refused (429, Retry-After) until the
+    oldest failure ages out, so guessing tokens costs `window / limit` seconds a guess.
+    Successes are not counted and cost one dict lookup. The address is uvicorn's: the
+    peer, or `X-Forwarded-For` from a proxy it trusts (by default only one on loopback)."""
+
+    MAX_IPS = 10_000
+
+    def __init__(self, limit: int = AUTH_FAILURES, window: float = AUTH_FAILURE_WINDOW):
+        self.limit, self.window = limit, window
+        self.seen: dict[str, deque[float]] = {}
+
+    def retry_after(self, ip: str) -> int:
+        """Seconds until `ip` may try again (0: now)."""
+        times = self.seen.get(ip)
+        if not times:
+            return 0
+        now = time.monotonic()
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if len(times) < self.limit:
+            return 0
+        return max(1, int(times[0] + self.window - now + 0.999))
+
+    def failed(self, ip: str) -> None:
+        if len(self.seen) > self.MAX_IPS:
+            self.seen.clear()
+        self.seen.setdefault(ip, deque(maxlen=self.limit)).append(time.monotonic())
+
+    def refuse(self, request: Request) -> None:
+        """Raise 429 when the request's IP has failed too often."""
+        wait = self.retry_after(client_ip(request))
+        if wait:
+            raise HTTPException(429, f"too many failed sign-ins from this address; try again "
+                                     f"in {wait} s", headers={"Retry-After": str(wait)})
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "-"
+
+
 @dataclass
 class QueueWeb:
     """One app's store, settings and per-worker caches."""
@@ -88,6 +141,7 @@ class QueueWeb:
     rng: random.Random = field(default_factory=lambda: random.Random(secrets.randbits(64)))
     # sha256(token) -> (annotator, time.monotonic() until which it is trusted)
     tokens: dict[bytes, tuple[AnnotatorAccount, float]] = field(default_factory=dict)
+    failures: Failures = field(default_factory=Failures)
 
     def next_item(self, annotator_id: int) -> Assignment | None:
         return self.store.next_item(annotator_id, lease_seconds=self.lease_seconds,
@@ -109,23 +163,34 @@ async def queue_web(request: Request) -> QueueWeb:
 Web = Annotated[QueueWeb, Depends(queue_web)]
 
 
-async def bearer(request: Request, web: Web) -> AnnotatorAccount:
-    """The annotator of the request's `Authorization: Bearer <token>`, or 401.
+# Declares the `bearer` security scheme in /openapi.json; the checks are `bearer`'s own.
+_SCHEME = HTTPBearer(auto_error=False, description="an annotator's token "
+                     "(`alignloop queue add-annotator`)")
+
+
+async def bearer(request: Request, web: Web,
+                 credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_SCHEME)]
+                 ) -> AnnotatorAccount:
+    """The annotator of the request's `Authorization: Bearer <token>`, or 401 (429 for an
+    IP with too many failures, see `Failures`).
 
     A token known for less than `auth_cache_seconds` skips the database (one query and
     one thread hop per request); the cache key is the token's digest, never the token.
     """
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    token = credentials.credentials.strip() if credentials else ""
+    if not token:
+        web.failures.refuse(request)
+        web.failures.failed(client_ip(request))
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     key, now = hashlib.sha256(token.encode()).digest(), time.monotonic()
     hit = web.tokens.get(key)
     if hit is not None and hit[1] > now:
         return hit[0]
+    web.failures.refuse(request)
     annotator = await run_in_threadpool(web.store.authenticate, token)
     if annotator is None:
         web.tokens.pop(key, None)
+        web.failures.failed(client_ip(request))
         raise HTTPException(401, "unknown or disabled token",
                             headers={"WWW-Authenticate": "Bearer"})
     if web.auth_cache_seconds > 0:

@@ -16,10 +16,16 @@ from dataclasses import dataclass
 from alignloop.labeling.aggregate import CHOICES
 from alignloop.labeling.handoff import QueueError, QueueItem
 from alignloop.labeling.queue import controls
+from alignloop.labeling.queue.fastsql import execute as run  # the hot path (see fastsql)
+from alignloop.labeling.queue.guidelines import GUIDELINE_OF_ITEM
 from sqlalchemy import Connection, text
 
 MAX_COMMENT = 4000
 MAX_LEASES = 1   # live leases per annotator: `/api/next` again hands back the one held
+# An expired lease that got no label is deleted PURGE_AFTER seconds after it expired (till
+# then a late label on it still counts); `QueueStore.next_item` purges every PURGE_EVERY.
+PURGE_AFTER = 3600.0
+PURGE_EVERY = 300.0
 
 
 @dataclass(frozen=True)
@@ -49,10 +55,13 @@ class RecordedLabel:
 # per-row checks on an index scan in queue order that stops at the first match,
 # instead of anti-joins over every open item followed by a sort.
 _LIVE = "s.completed_at IS NULL AND s.expires_at > :now"
+# (An item the annotator skipped, `skips.py`, is never offered to them again.)
 _UNSEEN = f"""(SELECT COUNT(*) FROM labels l WHERE l.item_id = i.item_id
                    AND l.annotator_id = :ann) = 0
     AND (SELECT COUNT(*) FROM leases s WHERE s.item_id = i.item_id
-         AND s.annotator_id = :ann AND {_LIVE}) = 0"""
+         AND s.annotator_id = :ann AND {_LIVE}) = 0
+    AND (SELECT COUNT(*) FROM skips k WHERE k.item_id = i.item_id
+         AND k.annotator_id = :ann) = 0"""
 AVAILABLE = f"""i.is_open = 1
     AND i.n_labels + (SELECT COUNT(*) FROM leases s WHERE s.item_id = i.item_id AND {_LIVE})
         < i.needed
@@ -92,12 +101,15 @@ _SQL = {k: text(v) for k, v in {
     "lease_of": "SELECT display_order, expires_at, completed_at, (SELECT COUNT(*) FROM leases s "
                 f"WHERE s.item_id = :i AND {_LIVE}) AS live FROM leases WHERE lease_id = :l AND "
                 "annotator_id = :a AND item_id = :i",
+    # guideline_version: the guideline the item is labeled under (`guidelines.py`)
     "label": "INSERT INTO labels (item_id, annotator_id, lease_id, choice, confidence, comment,"
-             " display_order, idempotency_key, created_at) VALUES (:i, :a, :l, :c, :conf, :m,"
-             " :o, :k, :now) RETURNING id",
+             " display_order, idempotency_key, created_at, guideline_version) VALUES (:i, :a,"
+             f" :l, :c, :conf, :m, :o, :k, :now, ({GUIDELINE_OF_ITEM})) RETURNING id",
     "complete": "UPDATE leases SET completed_at = :now WHERE lease_id = :l",
     "count": "UPDATE items SET n_labels = :n, needed = :needed, first_choice = :f, is_open = :o"
              " WHERE item_id = :i",
+    "purge": "DELETE FROM leases WHERE completed_at IS NULL AND expires_at < :before AND NOT "
+             "EXISTS (SELECT 1 FROM skips k WHERE k.lease_id = leases.lease_id)",
     "release": "UPDATE leases SET expires_at = :now WHERE lease_id = :l AND annotator_id = :a "
                "AND completed_at IS NULL AND expires_at > :now",
 }.items()}
@@ -120,28 +132,34 @@ def lease_next(conn: Connection, *, annotator_id: int, now: float, lease_seconds
     caller tries again). Only on the first attempt does PostgreSQL wait for locked rows."""
     p = {"ann": annotator_id, "now": now, "cap": max_leases}
     if postgres:   # one annotator's calls take turns, so concurrent ones cannot pass the cap
-        conn.execute(_SQL["hold_annotator"], p)   # (SQLite: the write lock does this)
-    held = list(conn.execute(_SQL["held"], p))
+        run(conn, _SQL["hold_annotator"], p)   # (SQLite: the write lock does this)
+    held = list(run(conn, _SQL["held"], p))
     if len(held) >= max_leases:
         h = held[0]
         return Assignment(h.lease_id, row_item(h), h.display_order, h.expires_at,
                           h.gold is not None)
-    rows = list(conn.execute(_SQL["gold"], p)) if want_gold else []
+    rows = list(run(conn, _SQL["gold"], p)) if want_gold else []
     row = rng.choice(rows) if rows else None
     is_gold = row is not None
     if row is None:
-        row = (conn.execute(_SQL["next_top_skip" if postgres else "next_top"], p).first()
-               or conn.execute(_SQL["next_skip" if postgres else "next"], p).first())
+        row = (run(conn, _SQL["next_top_skip" if postgres else "next_top"], p).first()
+               or run(conn, _SQL["next_skip" if postgres else "next"], p).first())
         if row is None and postgres and first_attempt:
-            row = conn.execute(_SQL["next_wait"], p).first()
+            row = run(conn, _SQL["next_wait"], p).first()
         if row is None:
             return None
-        if postgres and conn.execute(_SQL["recheck"], {**p, "id": row.item_id}).first() is None:
+        if postgres and run(conn, _SQL["recheck"], {**p, "id": row.item_id}).first() is None:
             return False          # lost the last slot to a concurrent lease
     lease = Assignment(uuid.uuid4().hex, row_item(row), order, now + lease_seconds, is_gold)
-    conn.execute(_SQL["lease"], {**p, "l": lease.lease_id, "id": row.item_id, "o": order,
+    run(conn, _SQL["lease"], {**p, "l": lease.lease_id, "id": row.item_id, "o": order,
                                  "e": lease.expires_at})
     return lease
+
+
+def purge_expired(conn: Connection, before: float) -> int:
+    """Delete the leases that expired before `before` without a label (and that no skip
+    refers to); returns how many. A labeled lease is kept: its label refers to it."""
+    return conn.execute(_SQL["purge"], {"before": before}).rowcount
 
 
 def release(conn: Connection, annotator_id: int, lease_id: str, now: float) -> bool:
@@ -188,10 +206,10 @@ def record(conn: Connection, *, annotator_id: int, item_id: str, lease_id: str, 
     """
     p = {"i": item_id, "a": annotator_id, "l": lease_id, "k": idempotency_key, "c": choice,
          "conf": confidence, "m": comment, "now": now}
-    item = conn.execute(_SQL["item_locked" if postgres else "item"], p).first()
+    item = run(conn, _SQL["item_locked" if postgres else "item"], p).first()
     if item is None:
         raise QueueError(f"no item {item_id!r}", 404, "item_id")
-    for prior in conn.execute(_SQL["labels_of"], p):
+    for prior in run(conn, _SQL["labels_of"], p):
         if prior.idempotency_key != idempotency_key:
             raise QueueError(f"you already labeled item {item_id!r}", 409, "item_id")
         if prior.annotator_id != annotator_id or prior.item_id != item_id:
@@ -200,7 +218,7 @@ def record(conn: Connection, *, annotator_id: int, item_id: str, lease_id: str, 
         _check_replay(prior, lease_id=lease_id, choice=choice, confidence=confidence,
                       comment=comment)
         return RecordedLabel(prior.id, False)
-    lease = conn.execute(_SQL["lease_of"], p).first()
+    lease = run(conn, _SQL["lease_of"], p).first()
     if lease is None:
         raise QueueError(f"no lease {lease_id!r} of yours on item {item_id!r}", 404, "lease_id")
     if lease.completed_at is not None:
@@ -209,12 +227,12 @@ def record(conn: Connection, *, annotator_id: int, item_id: str, lease_id: str, 
             item.n_labels + lease.live >= item.needed):
         raise QueueError(f"lease {lease_id!r} expired and item {item_id!r} has the "
                          "votes it needs", 409, "lease_id")
-    label_id = conn.execute(_SQL["label"], {**p, "o": lease.display_order}).scalar_one()
-    conn.execute(_SQL["complete"], p)
+    label_id = run(conn, _SQL["label"], {**p, "o": lease.display_order}).scalar_one()
+    run(conn, _SQL["complete"], p)
     n = item.n_labels + 1
     disagree = item.first_choice is not None and item.first_choice != choice
     needed = item.max_votes if disagree else item.needed
-    conn.execute(_SQL["count"], {"n": n, "needed": needed, "i": item_id,
+    run(conn, _SQL["count"], {"n": n, "needed": needed, "i": item_id,
                                  "f": item.first_choice or choice,
                                  "o": int(item.gold is None and n < needed)})
     return RecordedLabel(label_id, True)

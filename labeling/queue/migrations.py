@@ -24,10 +24,13 @@ Tables:
   display order; UNIQUE(item_id, annotator_id) and UNIQUE(idempotency_key).
 - `sessions` (2): a signed-in web session, keyed by the sha256 hex of its id; deleted
   at sign-out and when its annotator is disabled (`accounts.py`).
+- `guidelines`, `skips`, `verdicts` and `labels.guideline_version` (5): see
+  `guidelines.py`, `skips.py` and `adjudication.py`.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -133,11 +136,54 @@ def m003_open_leases_by_annotator(conn: Connection) -> None:
                       "WHERE completed_at IS NULL"))
 
 
-# Append only. (number, function); numbers strictly increase.
+def m005_annotation_team(conn: Connection) -> None:
+    """What annotation teams expect: versioned guidelines (queue-wide `round` -1, or one
+    round's), the guideline version each label was given under, skips with a reason (a
+    skipped item is not leased to that annotator again) and adjudicated verdicts (one
+    final answer per item, a strong vote in aggregation). Number 4 is left to another
+    change; `migrate` applies whatever numbers are missing, in order."""
+    id_col = _id_column(conn)
+    for sql in (
+        f"""CREATE TABLE guidelines (
+            id {id_col},
+            round INTEGER NOT NULL DEFAULT -1,
+            version INTEGER NOT NULL UNIQUE,
+            body TEXT NOT NULL,
+            author TEXT NOT NULL DEFAULT '',
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX ix_guidelines_round ON guidelines (round, version)",
+        "ALTER TABLE labels ADD COLUMN guideline_version INTEGER",
+        f"""CREATE TABLE skips (
+            id {id_col},
+            item_id TEXT NOT NULL REFERENCES items (item_id),
+            annotator_id BIGINT NOT NULL REFERENCES annotators (id),
+            lease_id TEXT REFERENCES leases (lease_id),
+            reason TEXT NOT NULL,
+            comment TEXT NOT NULL DEFAULT '',
+            created_at DOUBLE PRECISION NOT NULL,
+            UNIQUE (item_id, annotator_id),
+            CHECK (reason IN ('cant_judge', 'offensive', 'needs_expertise', 'other'))
+        )""",
+        """CREATE TABLE verdicts (
+            item_id TEXT PRIMARY KEY REFERENCES items (item_id),
+            reviewer_id BIGINT NOT NULL REFERENCES annotators (id),
+            choice TEXT NOT NULL,
+            comment TEXT NOT NULL DEFAULT '',
+            created_at DOUBLE PRECISION NOT NULL,
+            CHECK (choice IN ('a', 'b', 'tie', 'both_bad'))
+        )""",
+    ):
+        conn.execute(text(sql))
+
+
+# Append only. (number, function); numbers strictly increase (a gap is allowed: each
+# number is applied once, in order, whatever came before it).
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, m001_initial),
     (2, m002_sessions),
     (3, m003_open_leases_by_annotator),
+    (5, m005_annotation_team),
 ]
 
 
@@ -199,6 +245,9 @@ def connect(url: str, pool_size: int, max_overflow: int) -> Engine:
     if not u.database or u.database == ":memory:":
         raise ValueError("an SQLite queue needs a file (sqlite:///PATH), not an in-memory database")
     Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+    # 0600 like its `.secret`: it holds token hashes and everyone's labels (SQLite gives
+    # the -wal and -shm files the database file's mode)
+    os.close(os.open(u.database, os.O_RDWR | os.O_CREAT, 0o600))
     engine = create_engine(url, poolclass=QueuePool, pool_size=pool_size,
                            max_overflow=max_overflow,
                            connect_args={"timeout": 30, "check_same_thread": False})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from alignloop.labeling.queue.contract import API
 from alignloop.labeling.queue.deps import BearerAnnotator, Web
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -13,14 +14,14 @@ log = logging.getLogger("alignloop.queue")
 router = APIRouter()
 
 
-@router.get("/api/status")
+@router.get("/api/status", **API["GET /api/status"])
 def api_status(web: Web, annotator: BearerAnnotator):
     if not annotator.is_admin:
         raise HTTPException(403, "admin only")
     return web.store.status()
 
 
-@router.get("/healthz")
+@router.get("/healthz", **API["GET /healthz"])
 def healthz(web: Web):
     try:
         web.store.ping()

@@ -5,26 +5,44 @@ from __future__ import annotations
 
 from typing import Literal
 
+from alignloop.labeling.queue.contract import API
 from alignloop.labeling.queue.deps import BearerAnnotator, Web
+from alignloop.labeling.queue.leases import MAX_COMMENT
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 router = APIRouter()
 
 
+# Documented in the schema, checked by `controls` (whose 422 names the character): no
+# control character in an id, none but tab, LF and CR in a comment.
+_ID = {"pattern": r"^[^\x00-\x1f\x7f]*$"}
+_TEXT = {"pattern": r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"}
+
+
 class LabelIn(BaseModel):
-    """The body of POST /api/labels."""
+    """The body of POST /api/labels. Strict: a field of the wrong JSON type (`confidence`
+    "3" or true, `item_id` 7) or one the API does not know is refused (422), never coerced
+    or ignored. (`confidence` 2.0 is the integer 2, as in JSON Schema.)"""
 
-    item_id: str = Field(min_length=1, max_length=200)
-    lease_id: str = Field(min_length=1, max_length=200)
+    model_config = ConfigDict(strict=True, extra="forbid")
+    item_id: str = Field(min_length=1, max_length=200, json_schema_extra=_ID)
+    lease_id: str = Field(min_length=1, max_length=200, json_schema_extra=_ID)
     choice: Literal["a", "b", "tie", "both_bad"]
-    confidence: int = Field(ge=1, le=3)
-    idempotency_key: str = Field(min_length=1, max_length=200)
-    comment: str = Field(default="", max_length=4000)
+    confidence: int = Field(ge=1, le=3, strict=False)
+    idempotency_key: str = Field(min_length=1, max_length=200, json_schema_extra=_ID)
+    comment: str = Field(default="", max_length=MAX_COMMENT, json_schema_extra=_TEXT)
+
+    @field_validator("confidence", mode="before")
+    @classmethod
+    def _a_json_number(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("confidence must be a JSON integer 1-3")
+        return value
 
 
-@router.post("/api/next")
+@router.post("/api/next", **API["POST /api/next"])
 def api_next(web: Web, annotator: BearerAnnotator):
     a = web.next_item(annotator.id)
     if a is None:
@@ -35,7 +53,7 @@ def api_next(web: Web, annotator: BearerAnnotator):
                          "display_order": a.display_order, "expires_at": a.expires_at})
 
 
-@router.post("/api/labels")
+@router.post("/api/labels", **API["POST /api/labels"])
 def api_labels(body: LabelIn, web: Web, annotator: BearerAnnotator):
     r = web.store.record_label(annotator.id, item_id=body.item_id, lease_id=body.lease_id,
                                choice=body.choice, confidence=body.confidence,

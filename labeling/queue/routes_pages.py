@@ -1,7 +1,9 @@
 """The labeling page for people: sign in with a token (`/`, `/login`, `/logout`), then
 `/label` shows one item at a time and takes the answer as a form POST.
 
-Every form carries the session's CSRF token (checked on every POST: 403 otherwise).
+Every form carries the session's CSRF token (checked on every POST: 403 otherwise); the
+sign-in form's session is a cookie of its own (`deps.LOGIN_COOKIE`), so that no GET ever
+replaces the signed-in session cookie (a cross-site link arrives without it).
 A signed-in session must also still stand in the store (`QueueWeb.signed_in`) on every
 request; signing out ends it there.
 The two responses are shown in the assignment's display order; the hidden `order_sig`
@@ -12,9 +14,20 @@ browser or looking the lease up (see `app` for the whole design).
 from __future__ import annotations
 
 import hmac
+import re
 import uuid
 
-from alignloop.labeling.queue.deps import SESSION_MAX_AGE, QueueWeb, Web, new_session
+from alignloop.labeling.queue import guidelines
+from alignloop.labeling.queue.contract import PAGES
+from alignloop.labeling.queue.deps import (
+    LOGIN_COOKIE,
+    SESSION_MAX_AGE,
+    QueueWeb,
+    Web,
+    client_ip,
+    new_session,
+)
+from alignloop.labeling.queue.skips import REASONS
 from alignloop.labeling.queue.store import Assignment, QueueError
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
@@ -24,21 +37,37 @@ router = APIRouter()
 
 SLOTS = ("left", "right", "tie", "both_bad")
 NOTES = {"conflict": "That item was already settled; here is the next one.",
-         "gone": "That item is no longer in the queue; here is the next one."}
+         "gone": "That item is no longer in the queue; here is the next one.",
+         "skipped": "Skipped; that item goes to someone else. Here is the next one."}
 FORM_FIELDS = ("item_id", "lease_id", "display_order", "order_sig", "slot", "confidence",
                "comment", "idempotency_key")
+
+
+# Bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069): shown
+# as a visible mark, never applied, so a response cannot reverse how its text reads.
+_BIDI = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
+
+
+def _segments(text: str) -> list[tuple[str, bool]]:
+    """`text` as (piece, is_bidi_control) pieces; the template shows a control as `U+XXXX`
+    (one piece, `(text, False)`, for the usual text without any)."""
+    out, at = [], 0
+    for m in _BIDI.finditer(text):
+        out += [(text[at:m.start()], False), (f"U+{ord(m.group()):04X}", True)]
+        at = m.end()
+    return [*out, (text[at:], False)]
 
 
 def _turns(prompt) -> list[dict]:
     """A prompt as turns for the template: chat messages, or one block of plain text."""
     if isinstance(prompt, str):
-        return [{"role": "prompt", "css": "user", "content": prompt}]
+        return [{"role": "prompt", "css": "user", "content": _segments(prompt)}]
     out = []
     for m in prompt:
         role = str(m.get("role", "user")) if isinstance(m, dict) else "user"
         content = m.get("content", "") if isinstance(m, dict) else str(m)
         css = role if role in ("system", "user", "assistant") else "other"
-        out.append({"role": role, "css": css, "content": str(content)})
+        out.append({"role": role, "css": css, "content": _segments(str(content))})
     return out
 
 
@@ -57,11 +86,11 @@ def _forbidden(web: QueueWeb, request: Request) -> Response:
                   "Reload the page and try again.")
 
 
-async def _posted_form(web: QueueWeb, request: Request):
-    """(form, session) of a POSTed page form whose CSRF token matches its session, else
-    (None, None): the caller answers `_forbidden`."""
+async def _posted_form(web: QueueWeb, request: Request, cookie: str | None = None):
+    """(form, session) of a POSTed page form whose CSRF token matches its session (the
+    session cookie, or `cookie`), else (None, None): the caller answers `_forbidden`."""
     form = await request.form()
-    session = web.sessions.read(request)
+    session = web.sessions.read(request, *(cookie,) if cookie else ())
     if not web.sessions.csrf_ok(session, form.get("csrf")):
         return None, None
     return form, session
@@ -73,28 +102,36 @@ def _signed_out(web: QueueWeb) -> Response:
     return response
 
 
-@router.get("/")
+@router.get("/", **PAGES["GET /"])
 async def index(request: Request, web: Web):
     session = web.sessions.read(request)
     if session and session.get("aid"):
         return RedirectResponse("/label", status_code=303)
-    fresh = session is None
-    session = session or new_session()
-    response = _page(web, request, "index.html", csrf=web.sessions.csrf(session), error="")
-    if fresh:
-        web.sessions.write(response, session)
+    login = web.sessions.read(request, LOGIN_COOKIE)
+    fresh = login is None
+    login = login or new_session()
+    response = _page(web, request, "index.html", csrf=web.sessions.csrf(login), error="")
+    if fresh:   # never the session cookie: see the module docstring
+        web.sessions.write(response, login, LOGIN_COOKIE)
     return response
 
 
-@router.post("/login")
+@router.post("/login", **PAGES["POST /login"])
 async def login(request: Request, web: Web):
-    form, session = await _posted_form(web, request)
+    form, login = await _posted_form(web, request, LOGIN_COOKIE)
     if form is None:
         return _forbidden(web, request)
+    wait = web.failures.retry_after(client_ip(request))
+    if wait:
+        response = _page(web, request, "index.html", 429, csrf=web.sessions.csrf(login),
+                         error=f"Too many failed sign-ins. Try again in {wait} s.")
+        response.headers["Retry-After"] = str(wait)
+        return response
     token = str(form.get("token") or "").strip()
     annotator = await run_in_threadpool(web.store.authenticate, token) if token else None
     if annotator is None:
-        return _page(web, request, "index.html", 401, csrf=web.sessions.csrf(session),
+        web.failures.failed(client_ip(request))
+        return _page(web, request, "index.html", 401, csrf=web.sessions.csrf(login),
                      error="That token is not valid.")
     # a new session id at sign-in: a session id planted before it is worth nothing
     session = new_session(aid=annotator.id, name=annotator.name, role=annotator.role)
@@ -102,10 +139,11 @@ async def login(request: Request, web: Web):
                             SESSION_MAX_AGE)
     response = RedirectResponse("/label", status_code=303)
     web.sessions.write(response, session)
+    web.sessions.clear(response, LOGIN_COOKIE)
     return response
 
 
-@router.post("/logout")
+@router.post("/logout", **PAGES["POST /logout"])
 async def logout(request: Request, web: Web):
     form, session = await _posted_form(web, request)
     if form is None:
@@ -122,10 +160,12 @@ async def logout(request: Request, web: Web):
 
 
 def _show(web: QueueWeb, request: Request, session: dict, assignment: Assignment | None,
-          labeled: int, note: str) -> Response:
-    """The next item's page (or "done"), with the session's lease updated to match."""
+          labeled: int, note: str, guide: dict | None = None) -> Response:
+    """The next item's page (or "done"), with the session's lease updated to match;
+    `guide` is the item's guideline (`guidelines.shown`)."""
     common = {"csrf": web.sessions.csrf(session), "name": session.get("name", ""),
-              "labeled": labeled, "note": NOTES.get(note, "")}
+              "role": session.get("role", ""), "labeled": labeled,
+              "note": NOTES.get(note, ""), "guide": guide, "skip_reasons": REASONS}
     if assignment is None:
         response = _page(web, request, "done.html", **common)
         session = {k: v for k, v in session.items() if k != "lease"}
@@ -133,7 +173,7 @@ def _show(web: QueueWeb, request: Request, session: dict, assignment: Assignment
         it, order = assignment.item, assignment.display_order
         left, right = (it.a, it.b) if order == "ab" else (it.b, it.a)
         response = _page(web, request, "label.html", **common, turns=_turns(it.prompt),
-                         left=left, right=right, item_id=it.item_id,
+                         left=_segments(left), right=_segments(right), item_id=it.item_id,
                          lease_id=assignment.lease_id, display_order=order,
                          order_sig=web.sessions.order_sig(assignment.lease_id, it.item_id, order),
                          idempotency_key=f"web-{uuid.uuid4().hex}")
@@ -142,7 +182,7 @@ def _show(web: QueueWeb, request: Request, session: dict, assignment: Assignment
     return response
 
 
-@router.get("/label")
+@router.get("/label", **PAGES["GET /label"])
 async def label_page(request: Request, web: Web, note: str = ""):
     session = web.sessions.read(request)
     if not session or not session.get("aid"):
@@ -154,13 +194,14 @@ async def label_page(request: Request, web: Web, note: str = ""):
             return None
         if session.get("lease"):   # a reload: hand back the item on screen before
             web.store.release(aid, session["lease"])
-        return web.next_item(aid), web.store.progress(aid)
+        assignment = web.next_item(aid)
+        return assignment, web.store.progress(aid), guidelines.shown(web.store, assignment)
 
     got = await run_in_threadpool(work)
     if got is None:
         return _signed_out(web)
-    assignment, progress = got
-    return _show(web, request, session, assignment, progress.get("labeled", 0), note)
+    assignment, progress, guide = got
+    return _show(web, request, session, assignment, progress.get("labeled", 0), note, guide)
 
 
 def _refusal(web: QueueWeb, f: dict[str, str]) -> tuple[str, str] | None:
@@ -174,7 +215,7 @@ def _refusal(web: QueueWeb, f: dict[str, str]) -> tuple[str, str] | None:
     return None
 
 
-@router.post("/label")
+@router.post("/label", **PAGES["POST /label"])
 async def label_submit(request: Request, web: Web):
     form, session = await _posted_form(web, request)
     if form is None:
@@ -195,7 +236,7 @@ async def label_submit(request: Request, web: Web):
                 session["aid"], item_id=f["item_id"], lease_id=f["lease_id"], choice=choice,
                 confidence=int(f["confidence"]),
                 idempotency_key=f["idempotency_key"] or f"web-{uuid.uuid4().hex}",
-                comment=f["comment"][:4000]))
+                comment=f["comment"]))   # too long: 422, like the API
     except QueueError as e:
         if e.status in (404, 409):
             return RedirectResponse(f"/label?note={'gone' if e.status == 404 else 'conflict'}",

@@ -40,7 +40,7 @@ MIN_SHARED = 5
 
 LABEL_ROWS = (
     "SELECT l.id, l.item_id, i.round, i.slice, i.gold, n.name AS annotator, l.choice, "
-    "l.confidence, l.comment, l.display_order, l.created_at, l.lease_id "
+    "l.confidence, l.comment, l.display_order, l.created_at, l.lease_id, l.guideline_version "
     "FROM labels l JOIN items i ON i.item_id = l.item_id "
     "JOIN annotators n ON n.id = l.annotator_id ORDER BY l.id")
 
@@ -51,13 +51,19 @@ ROUND_COUNTS = (
 
 
 def votes(store, round: int) -> list[HumanVote]:
-    """Every label on the round's (non-gold) items, oldest first."""
+    """Every label on the round's (non-gold) items, oldest first, then the round's
+    adjudicated verdicts (source "adjudicated", by item id)."""
+    from alignloop.labeling.queue.adjudication import verdicts
+
     rows = store.read(
         "SELECT l.item_id, n.name, l.choice, i.round, l.confidence, l.display_order, "
         "l.created_at, l.comment FROM labels l JOIN items i ON i.item_id = l.item_id "
         "JOIN annotators n ON n.id = l.annotator_id WHERE i.round = :r AND i.gold IS NULL "
         "ORDER BY l.id", {"r": round})
-    return [HumanVote(*r) for r in rows]
+    return [HumanVote(*r) for r in rows] + [
+        HumanVote(i, v["reviewer"], v["choice"], v["round"], 3, "ab", v["created_at"],
+                  v["comment"], source="adjudicated")
+        for i, v in verdicts(store, round).items()]
 
 
 def round_counts(store, round: int) -> tuple[int, int, int]:
@@ -166,20 +172,23 @@ def _judge_agreement(rows: Sequence[dict], judge_p: Mapping[str, float]) -> tupl
 
 def export_raw(rows: Sequence[dict]) -> list[dict]:
     """Every vote: item, round, slice, annotator name, choice, confidence, comment,
-    display order, time (Unix seconds and ISO 8601 UTC), lease, and gold answer if any."""
+    display order, time (Unix seconds and ISO 8601 UTC), lease, gold answer if any, and
+    the version of the guideline it was given under (None: no guideline then)."""
     return [{"label_id": r["id"], "item_id": r["item_id"], "round": r["round"],
              "slice": r["slice"], "annotator": r["annotator"], "choice": r["choice"],
              "confidence": r["confidence"], "comment": r["comment"],
              "display_order": r["display_order"], "created_at": r["created_at"],
              "time": datetime.fromtimestamp(r["created_at"], timezone.utc).isoformat(),
-             "lease_id": r["lease_id"], "gold": r["gold"]} for r in rows]
+             "lease_id": r["lease_id"], "gold": r["gold"],
+             "guideline_version": r.get("guideline_version")} for r in rows]
 
 
 def export_pairs(rows: Sequence[dict], items: Sequence[QueueItem], *,
                  prior_reliability: float = 0.75, prior_strength: float = 4.0,
-                 iterations: int = 500) -> list[Pair]:
+                 iterations: int = 500, verdicts: Mapping[str, str] | None = None) -> list[Pair]:
     """Soft-labeled pairs of `items` from every vote in `rows` (Dawid-Skene over all of
-    them, so gold and other rounds' votes inform each annotator's reliability).
+    them, so gold and other rounds' votes inform each annotator's reliability), with
+    `verdicts` (item_id -> adjudicated choice) as strong votes.
 
     chosen = the side the posterior favours, p_chosen = max(p, 1 - p), n_votes = a/b/tie
     votes, source "human". Items without an a/b/tie vote or with p exactly 0.5 are left out.
@@ -188,7 +197,7 @@ def export_pairs(rows: Sequence[dict], items: Sequence[QueueItem], *,
 
     result = aggregate_votes([Vote(r["item_id"], r["annotator"], r["choice"]) for r in rows],
                              prior_reliability=prior_reliability, prior_strength=prior_strength,
-                             iterations=iterations)
+                             iterations=iterations, verdicts=verdicts)
     pairs = []
     for it in items:
         post = result.posteriors.get(it.item_id)

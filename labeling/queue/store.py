@@ -11,7 +11,8 @@ Semantics (what the web app, the terminal labeler and the loop rely on):
 - `next_item` leases the best available item to an annotator: highest priority,
   then oldest; never one the annotator labeled or holds a live lease on; an
   item is available while labels + live leases < votes needed. A lease that
-  expires without a label stops counting, so the item goes back. An annotator
+  expires without a label stops counting, so the item goes back (the row is
+  deleted an hour later, `leases.PURGE_AFTER`). An annotator
   holds at most `max_leases` live leases (default 1): asked again, it gets the
   oldest of them back, so no annotator can lease the queue away from the others.
 - Gold items (known answers) are mixed in at `gold_rate`; every annotator may
@@ -111,6 +112,7 @@ class QueueStore:
         self.url = url
         self.clock = clock
         self._rng = random.Random(seed)
+        self._purged_at = -math.inf     # when `next_item` last purged expired leases
         self.engine = migrations.connect(url, pool_size, max_overflow)
         self.dialect = self.engine.dialect.name
         self._postgres = self.dialect == "postgresql"
@@ -149,6 +151,11 @@ class QueueStore:
                 if attempt == 2 or not _retryable(e):
                     raise
         raise AssertionError("unreachable")
+
+    def transaction(self, fn: Callable[[Connection], object]) -> object:
+        """Run `fn(conn)` in one write transaction (the modules that extend the store:
+        guidelines, skips, adjudication, accounts management)."""
+        return self._write(fn)
 
     def read(self, sql: str, params: Mapping | None = None) -> list:
         """Rows of one read-only query (a short deferred transaction)."""
@@ -281,6 +288,9 @@ class QueueStore:
         """
         if isinstance(max_leases, bool) or not isinstance(max_leases, int) or max_leases < 1:
             raise ValueError(f"max_leases must be a positive integer, got {max_leases!r}")
+        if self.clock() - self._purged_at >= leases.PURGE_EVERY:
+            self._purged_at = self.clock()
+            self.purge_expired_leases()
         rng = rng or self._rng
         want_gold = gold_rate > 0 and rng.random() < gold_rate
         order = "ba" if rng.random() < 0.5 else "ab"
@@ -297,6 +307,11 @@ class QueueStore:
             if got is not False:
                 return got
         return None
+
+    def purge_expired_leases(self, older_than: float = leases.PURGE_AFTER) -> int:
+        """Delete the leases that expired more than `older_than` seconds ago without a
+        label (see `leases.purge_expired`); returns how many."""
+        return self._write(lambda conn: leases.purge_expired(conn, self.clock() - older_than))
 
     def release(self, annotator_id: int, lease_id: str) -> bool:
         """Give a leased item back now (a skip): the lease expires at once. True when a
@@ -349,9 +364,12 @@ class QueueStore:
                      round: int | None = None) -> list[Pair]:
         """Soft-labeled pairs of the regular items (of `round`, or all), from every vote
         through Dawid-Skene (see `stats.export_pairs`)."""
+        from alignloop.labeling.queue.adjudication import verdicts
+
         return stats.export_pairs(stats.label_rows(self), stats.export_items(self, round),
                                   prior_reliability=prior_reliability,
-                                  prior_strength=prior_strength)
+                                  prior_strength=prior_strength,
+                                  verdicts={i: v["choice"] for i, v in verdicts(self).items()})
 
     # ----------------------------------------------------------------- waiting
 

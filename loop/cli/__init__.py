@@ -2,7 +2,7 @@
 so `alignloop --help` never imports torch.
 
     run.py     run, status, report, config     (the loop and looking at it)
-    tools.py   train, generate, judge          (one step on files)
+    tools.py   train, generate, judge          (one step on files); push, export-pairs
     queue.py   queue serve, add-annotator, ... (the human labeling queue)
 """
 
@@ -102,6 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", help="apl: policy model (default model.name)")
     p.add_argument("--reference", help="apl: reference model (default reference.model)")
     p.set_defaults(func=tools.cmd_judge)
+
+    p = sub.add_parser("push", help="upload a round's policy and model card to the Hugging Face Hub",
+                       description=tools.cmd_push.__doc__)
+    p.add_argument("run_dir", help="run directory")
+    p.add_argument("--round", type=int, required=True, help="the round whose policy to upload")
+    p.add_argument("--repo", required=True, help="Hub model repository, e.g. me/my-policy")
+    p.add_argument("--merged", action="store_true",
+                   help="upload the merged full weights of a LoRA round (built if missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.set_defaults(func=tools.cmd_push)
+
+    p = sub.add_parser("export-pairs", help="every pair of a run as a datasets.Dataset (TRL columns)",
+                       description=tools.cmd_export_pairs.__doc__)
+    p.add_argument("run_dir", help="run directory")
+    p.add_argument("--out", required=True, help="output directory (datasets save_to_disk)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty OUT")
+    p.set_defaults(func=tools.cmd_export_pairs)
 
     from alignloop.cli.queue import add_queue_commands
 

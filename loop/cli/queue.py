@@ -215,11 +215,19 @@ def _jsonl_pair(pair) -> dict:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write the votes: `dpo` = soft-labeled pairs (parquet: the pairs.parquet columns;
-    JSONL: rows `read_pairs` reads, conversational for chat prompts), `raw` = every label."""
+    JSONL: rows `read_pairs` reads, conversational for chat prompts), `raw` = every label,
+    `hf` = a `datasets.Dataset` directory with TRL's preference columns plus the votes and
+    soft label (`--push-to-hub REPO` uploads it)."""
     from alignloop.artifacts import write_jsonl, write_parquet
     from alignloop.data import write_pairs
 
+    if args.push_to_hub and args.format != "hf":
+        raise SystemExit("error: --push-to-hub needs --format hf")
     store, out = _open(args), Path(args.out)
+    if args.format == "hf":
+        from alignloop.cli.queue_team import export_hf
+
+        return export_hf(args, store)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "dpo":
         pairs = store.export_pairs(round=args.round)
@@ -238,7 +246,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_label(args: argparse.Namespace) -> int:
     """Label in the terminal: the prompt and the two responses side by side (stacked when the
-    terminal is narrow); keys 1 = A, 2 = B, 3 = tie, 4 = both bad, q = quit. Control
+    terminal is narrow); keys 1 = A, 2 = B, 3 = tie, 4 = both bad, s = skip (with a reason),
+    q = quit; the round's guideline is shown first. Control
     characters in the items are shown as escapes (\x1b), never sent to the terminal."""
     from alignloop.labeling.queue.terminal import label_in_terminal
 
@@ -366,9 +375,17 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
                    help="a bad row stops the import or is skipped (default: %(default)s)")
 
     q = command("export", cmd_export, "write soft-labeled DPO pairs or the raw votes")
-    q.add_argument("--format", choices=["dpo", "raw"], default="dpo")
-    q.add_argument("--out", required=True, help=".parquet or .jsonl")
+    q.add_argument("--format", choices=["dpo", "raw", "hf"], default="dpo")
+    q.add_argument("--out", required=True, help=".parquet or .jsonl (hf: a directory)")
     q.add_argument("--round", type=int, help="only this round (default: every round)")
+    q.add_argument("--push-to-hub", metavar="REPO",
+                   help="hf format: also upload the dataset to this Hub repository")
+    q.add_argument("--public", action="store_true", help="with --push-to-hub: a public "
+                   "dataset (default: private)")
+
+    from alignloop.cli.queue_team import add_team_commands
+
+    add_team_commands(command)
 
     q = command("label", cmd_label, "label in the terminal")
     q.add_argument("--token", help=f"your annotator token (default: ${TOKEN_ENV})")

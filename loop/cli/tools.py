@@ -1,4 +1,5 @@
-"""`alignloop train`, `generate` and `judge`: one step of the loop on files, outside a run."""
+"""`alignloop train`, `generate` and `judge`: one step of the loop on files, outside a run;
+`push` and `export-pairs`: a run's policy and pairs out to Hugging Face formats."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     import shutil
     from dataclasses import replace
 
-    from alignloop.config import dump_config, load_config
+    from alignloop.config import dump_config, load_config, to_dict
     from alignloop.data import read_pairs_from_config
     from alignloop.errors import AlignloopError
     from alignloop.models import resolve_model_path
     from alignloop.placement import placement_for
+    from alignloop.tracking import check_trackers, open_tracker
     from alignloop.training.trainer import train_dpo
 
     cfg = load_config(args.config, args.sets)
@@ -32,19 +34,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         if ref:
             resolve_model_path(ref)
     placement = placement_for(cfg.model)
+    check_trackers(cfg.tracking.report_to)
     logging.getLogger("alignloop").info("read %d pairs (%d rows) from %s; skipped: %s",
                                         report.n_valid, report.n_read, data_path,
                                         report.skipped or "none")
     out = Path(args.out)
     created = not out.exists()
+    tracker = open_tracker(cfg.tracking, out, config=to_dict(cfg))  # tracking.report_to
     try:
         result = train_dpo(pairs, out_dir=out, policy=cfg.model.name,
                            reference=cfg.reference.model, model_cfg=cfg.model,
-                           data_cfg=cfg.data, train_cfg=cfg.train, placement=placement)
+                           data_cfg=cfg.data, train_cfg=cfg.train, placement=placement,
+                           on_log=tracker and tracker.step_logger(None))
     except AlignloopError:
         if created:   # refused inside the trainer (e.g. a pair too long): leave no new folder
             shutil.rmtree(out, ignore_errors=True)
         raise
+    finally:
+        if tracker is not None:
+            tracker.close()
     # With the outputs it describes, atomically, and the placement it ran with.
     ran = replace(cfg.model, device=placement.device, precision=placement.precision)
     dump_config(replace(cfg, model=ran), out / "config.yaml",
@@ -133,4 +141,27 @@ def cmd_judge(args: argparse.Namespace) -> int:
     print(f"{len(groups)} prompts, {len(table.rows)} candidate pairs, {len(table.selected())} "
           f"selected ({lab.selection.strategy}): {counts.get('auto', 0)} auto, "
           f"{counts.get('human', 0)} human, {counts.get('drop', 0)} drop -> {out}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """Upload a round's policy to the Hugging Face Hub with its model card: the weights (or
+    the LoRA adapter, when its base is a Hub model) and the tokenizer; --merged uploads the
+    merged full weights of a LoRA round. Needs a Hub login (`hf auth login` or HF_TOKEN)."""
+    from alignloop.hub import push
+
+    url = push(args.run_dir, args.round, args.repo, merged=args.merged, private=args.private)
+    print(f"pushed round {args.round} of {args.run_dir} to {args.repo}: {url}")
+    return 0
+
+
+def cmd_export_pairs(args: argparse.Namespace) -> int:
+    """Every pair a run trained on, once, as a `datasets.Dataset` directory (save_to_disk):
+    TRL's preference columns prompt/chosen/rejected plus p_chosen, weight, n_votes, source,
+    slice, round (the round that made the pair) and pair_id. Load it with
+    `datasets.load_from_disk(OUT)`."""
+    from alignloop.hub import export_pairs
+
+    n = export_pairs(args.run_dir, args.out, force=args.force)
+    print(f"wrote {n} pairs -> {args.out} (datasets.load_from_disk)")
     return 0

@@ -31,12 +31,13 @@ from alignloop.config.loop import GateConfig, LoopConfig, SlicesConfig
 from alignloop.config.model import LoraConfig, ModelConfig, ReferenceConfig
 from alignloop.config.report import ReportConfig
 from alignloop.config.schema import Config
+from alignloop.config.tracking import TrackingConfig
 from alignloop.config.train import TrainConfig
 
 __all__ = [
     "AggregationConfig", "Config", "ConfigError", "DataConfig", "GateConfig", "GenerationConfig",
     "HumanConfig", "JudgeSpec", "LabelingConfig", "LoopConfig", "LoraConfig", "ModelConfig",
     "ReferenceConfig", "ReportConfig", "RoutingConfig", "SelectionConfig", "SlicesConfig",
-    "TrainConfig", "apply_overrides", "config_from_dict", "dump_config", "field_docs",
+    "TrackingConfig", "TrainConfig", "apply_overrides", "config_from_dict", "dump_config", "field_docs",
     "load_config", "parse_override", "require", "to_dict",
 ]

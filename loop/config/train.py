@@ -10,12 +10,20 @@ from alignloop.config.base import require
 
 @dataclass(frozen=True)
 class TrainConfig:
-    loss: Literal["sigmoid", "ipo", "hinge", "soft", "rdpo"] = "sigmoid"
+    loss: Literal["sigmoid", "ipo", "hinge", "soft", "rdpo", "dpo_norm", "simpo"] = "sigmoid"
     """Preference objective (see alignloop.training.losses): `sigmoid` DPO,
     `ipo`, `hinge` (SLiC), `soft` (cross-entropy against p_chosen), `rdpo`
-    (robust DPO under label flips)."""
+    (robust DPO under label flips), `dpo_norm` (DPO on per-token log-ratios,
+    open-instruct's default), `simpo` (SimPO: reference-free, length-normalised, with
+    margin `simpo_gamma`; no reference pass is run). Every loss is averaged over a step's
+    pairs weighted by their `weight` column (sum w_i l_i / sum w_i)."""
     beta: float = 0.1
-    """KL strength: the implicit reward is beta * log(pi / pi_ref)."""
+    """KL strength: the implicit reward is beta * log(pi / pi_ref). The length-normalised
+    losses (`ipo`, `dpo_norm`, `simpo`) see per-token values and want a larger beta:
+    about 5 for `dpo_norm` (Tulu 3), 2-10 for `simpo` (the SimPO paper)."""
+    simpo_gamma: float = 0.5
+    """`simpo`: target reward margin gamma (the loss is -log sigmoid(beta * avg-logp gap -
+    gamma)); the SimPO paper sets gamma / beta around 0.5. TRL's CPO default is 0.5."""
     flip_rate: float = 0.1
     """`rdpo`: assumed label flip rate epsilon in [0, 0.5)."""
     flip_rate_per_pair: bool = False
@@ -63,6 +71,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(self.beta > 0, "beta", "must be > 0")
+        require(self.simpo_gamma >= 0, "simpo_gamma", "must be >= 0")
         require(0.0 <= self.flip_rate < 0.5, "flip_rate", "must be in [0, 0.5)")
         require(self.rpo_alpha >= 0, "rpo_alpha", "must be >= 0")
         require(self.learning_rate > 0, "learning_rate", "must be > 0")

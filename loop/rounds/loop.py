@@ -12,9 +12,13 @@ writes (`alignloop.artifacts`); the method hands the stage function (`alignloop.
 the config sections and artifacts it needs. Round k starts from the policy of record
 after round k-1 and trains against the reference chosen by `reference.mode`. Every stage
 that runs a model runs it where one placement says (`Loop.placement`, recorded per round
-in state.json). After the report, the gates (`loop.gate`) may flag the round, stop the
+in state.json, with the generation backend `auto` resolved to); a run that samples with
+vLLM keeps one engine for all its rounds (`generation.vllm.engine_session`), reloading
+each round's policy weights into it. After the report, the gates (`loop.gate`) may flag the round, stop the
 loop, or roll it back: the next round then starts from, and refers to, the last policy
-that passed.
+that passed. The report stage also writes the policy's model card (`alignloop.cards`);
+with `tracking.report_to`, every training step and each round's numbers go to the
+experiment trackers (`alignloop.tracking`).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class Loop:
         self._pool = self._panel = None
         self._queue = queue
         self._ensembles: dict[int, tuple] = {}
+        self._tracker = None
 
     # ------------------------------------------------------------------ running
 
@@ -68,6 +73,22 @@ class Loop:
         self.state.check_config(redo=redo)      # every check before any write
         self.preflight(n)
         self.state.begin(redo)
+        from alignloop.generation.vllm import engine_session
+
+        try:
+            with engine_session():  # one vLLM engine for the run, if it samples with vLLM
+                summary = self.run_rounds(n)
+        except BaseException:
+            self.close_tracker(failed=True)
+            raise
+        self.close_tracker()
+        from alignloop.report import write_run_report
+
+        summary["report"] = str(write_run_report(self.dir))
+        return summary
+
+    def run_rounds(self, n: int) -> dict:
+        """Rounds 0..n-1, each run or resumed, until one ends or a gate stops the loop."""
         summary: dict = {"run_dir": str(self.dir), "rounds": []}
         for k in range(n):
             if k > 0 and not self.state.round_done(k - 1):
@@ -87,25 +108,28 @@ class Loop:
             if gate.get("tripped") and gate.get("action") == "stop":
                 summary["stopped"] = f"round {k}: gate tripped ({gate['reason']})"
                 break
-        from alignloop.report import write_run_report
-
-        summary["report"] = str(write_run_report(self.dir))
         return summary
 
     def run_round(self, k: int) -> None:
         self.state.round_state(k).update({"start": self.policy(k - 1),
                                           "reference": self.reference(k),
                                           "policy": str(self.rdir(k) / A.POLICY),
-                                          "placement": self.placement.to_dict()})
+                                          "placement": self.placement.to_dict(),
+                                          "generation": self.generation_backend()})
         for stage in stages_of(k):
             self.state.stage(k, stage.name, lambda s=stage: s.run(self, k), list(stage.outputs))
         self.check_gates(k)
+        self.track_round(k)
 
     def preflight(self, rounds: int) -> None:
         """Fail before any work on what would fail later: the prompt pool, the starting
-        model, the device and precision, the failure-slice metric, the queue database."""
+        model, the device and precision, the failure-slice metric, the queue database, the
+        experiment trackers' packages."""
         from alignloop.models import resolve_model_path
         from alignloop.stages.slices import metric_problem
+        from alignloop.tracking import check_trackers
+
+        check_trackers(self.cfg.tracking.report_to)
 
         _ = self.pool
         resolve_model_path(self.base)
@@ -192,11 +216,17 @@ class Loop:
     def train(self, k: int):
         from alignloop.data import read_pairs_parquet
         from alignloop.stages.train import train
+        from alignloop.tracking import step_offset
 
-        return train(self.rdir(k), pairs=read_pairs_parquet(self.rdir(k) / A.PAIRS),
-                     policy=self.policy(k - 1), reference_model=self.reference(k),
-                     model=self.cfg.model, data=self.cfg.data, train=self.cfg.train,
-                     placement=self.placement)
+        tracker = self.tracker      # each step to the trackers, on the run's global step axis
+        result = train(self.rdir(k), pairs=read_pairs_parquet(self.rdir(k) / A.PAIRS),
+                       policy=self.policy(k - 1), reference_model=self.reference(k),
+                       model=self.cfg.model, data=self.cfg.data, train=self.cfg.train,
+                       placement=self.placement, on_log=tracker and tracker.step_logger(
+                           k, offset=step_offset(self.dir, k)))
+        if tracker is not None:
+            tracker.train_done(k)
+        return result
 
     def evaluate(self, k: int):
         from alignloop.data import read_pairs_parquet
@@ -218,9 +248,13 @@ class Loop:
             chat_template=self.cfg.data.chat_template, placement=self.placement)
 
     def report(self, k: int):
+        """The round's drift report, then its policy's model card (which quotes it)."""
+        from alignloop.cards import write_model_card
         from alignloop.report import write_round_report
 
-        return write_round_report(self.dir, k, config=self.cfg, previous=self.start_round(k))
+        path = write_round_report(self.dir, k, config=self.cfg, previous=self.start_round(k))
+        write_model_card(self.dir, k, self.cfg, reference=self.reference(k))
+        return path
 
     def check_gates(self, k: int) -> None:
         """Check the round's drift against the gates; record the verdict in state.json."""
@@ -237,11 +271,40 @@ class Loop:
             log.warning("round %d gate tripped (%s): %s", k, rs["gate"]["action"],
                         rs["gate"]["reason"])
 
+    def track_round(self, k: int) -> None:
+        """Round k's report and gate to the experiment trackers (each gets a round once)."""
+        if self.tracker is not None:
+            report = json.loads((self.rdir(k) / A.REPORT_JSON).read_text())
+            self.tracker.log_round(k, report, self.state.round_state(k).get("gate"))
+
+    @property
+    def tracker(self):
+        """The run's experiment trackers (`alignloop.tracking`; None when
+        `tracking.report_to` is empty), opened on first use, closed by `run`."""
+        if self._tracker is None and self.cfg.tracking.report_to:
+            from alignloop.config import to_dict
+            from alignloop.tracking import open_tracker
+
+            self._tracker = open_tracker(self.cfg.tracking, self.dir, config=to_dict(self.cfg))
+        return self._tracker
+
+    def close_tracker(self, failed: bool = False) -> None:
+        if self._tracker is not None:
+            self._tracker.close(failed)
+            self._tracker = None
+
     # ------------------------------------------------------------------ what rounds share
 
     @property
     def base(self) -> str:
         return self.cfg.model.name
+
+    def generation_backend(self) -> dict:
+        """The generation backend `generation.backend` resolves to here and its dtype
+        (recorded per round in state.json; `alignloop status` shows it)."""
+        from alignloop.generation import backend_record
+
+        return backend_record(self.cfg.generation, self.base, self.placement)
 
     @property
     def placement(self):
@@ -323,7 +386,7 @@ ROUND0 = (
     Stage("reference", Loop.refresh_reference, (A.REFERENCE_LOGPS,)),
     Stage("train", Loop.train, (A.POLICY, A.TRAIN_LOG)),
     Stage("eval", Loop.evaluate, (A.EVAL_SAMPLES,)),
-    Stage("report", Loop.report, (A.REPORT_JSON,)),
+    Stage("report", Loop.report, (A.REPORT_JSON, A.MODEL_CARD)),
 )
 ONLINE = (
     Stage("slices", Loop.mine_slices, (A.SLICES, A.PROMPTS)),

@@ -53,9 +53,11 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
-# Keys a finished round does not depend on: how many rounds the run has, and how often
-# training saves a resumable checkpoint.
-NOT_FINGERPRINTED = frozenset({"loop.rounds", "train.save_every", "train.save_every_s"})
+# Keys a finished round does not depend on: how many rounds the run has, how often
+# training saves a resumable checkpoint, and where the run is tracked.
+NOT_FINGERPRINTED = frozenset({"loop.rounds", "train.save_every", "train.save_every_s",
+                               "tracking.report_to", "tracking.project", "tracking.run_name",
+                               "tracking.dir", "tracking.mlflow_tracking_uri"})
 
 
 def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -228,6 +230,17 @@ def _maybe_fail(k: int, name: str) -> None:
         os._exit(3)
 
 
+def _round_setup(rs: dict[str, Any]) -> str:
+    """"placement cpu fp32, generation vllm float32 (auto)" for a round's status line."""
+    parts = []
+    if place := rs.get("placement"):
+        parts.append(f"placement {place.get('device')} {place.get('precision')}")
+    if gen := rs.get("generation"):
+        asked = " (auto)" if gen.get("requested") == "auto" else ""
+        parts.append(f"generation {gen.get('backend')} {gen.get('dtype') or ''}".rstrip() + asked)
+    return ", ".join(parts)
+
+
 def status_table(run_dir: str | Path, stage_names: StageNames) -> str:
     """Per round, each stage's state, time and output size (for `alignloop status`)."""
     path = Path(run_dir) / "state.json"
@@ -244,6 +257,8 @@ def status_table(run_dir: str | Path, stage_names: StageNames) -> str:
             size = sum(o["bytes"] for o in info.get("outputs", {}).values())
             secs = f"{info['seconds']:.1f}" if "seconds" in info else "-"
             lines.append(f"{k:>5}  {name:10} {info['status']:8} {secs:>8} {_human(size):>10}")
+        if rs.get("placement") or rs.get("generation"):
+            lines.append(f"{k:>5}  {_round_setup(rs)}")
         gate = rs.get("gate")
         if gate and gate.get("tripped"):
             lines.append(f"{k:>5}  gate tripped: {gate.get('reason')} -> {gate.get('action')}")

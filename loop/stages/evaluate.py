@@ -23,6 +23,7 @@ import logging
 import math
 from pathlib import Path
 
+from alignloop import artifacts as A
 from alignloop.config import GenerationConfig
 from alignloop.evaluation import EvalComparison, EvalSample, HeldoutPair, write_eval
 from alignloop.records import Pair
@@ -64,6 +65,9 @@ def evaluate(rdir: Path, *, generation: GenerationConfig, samples_per_prompt: in
                                   latent_reward=reward))
     comparisons = []
     if ensemble is not None:
+        # served judges keep their answers beside the eval tables: a rerun asks nothing twice
+        (rdir / "eval").mkdir(parents=True, exist_ok=True)
+        ensemble.use_cache(rdir / "eval" / A.JUDGE_CACHE)
         samples = with_judge_scores(samples, ensemble)
         own = [s for s in samples if s.model == "policy"]
         base_rows = base_samples or [s.to_row() for s in samples if s.model == "base"]

@@ -2,7 +2,8 @@
 or to people, and turn judge probabilities and votes into soft-labeled pairs.
 
     make_ensemble   the judges, refit and calibrated on every earlier round's human labels
-    judge           generations -> candidates.parquet (judged, selected, routed)
+    judge           generations -> candidates.parquet (judged, selected, routed); served
+                    judges keep their answers in judge.received.jsonl, usage in judge_usage.json
     label           candidates + the queue's votes -> labels.parquet, labeled_pairs.parquet
 
 The labeling itself lives in `alignloop.labeling` (shared with `alignloop judge`); these
@@ -55,7 +56,16 @@ def judge(rdir: Path, *, generations: list[dict], ensemble, cfg: LabelingConfig,
     if cfg.selection.strategy == "apl":
         groups = with_logprobs(groups, policy=policy, reference=reference,
                                chat_template=chat_template, placement=placement)
+    if ensemble is not None:
+        ensemble.use_cache(rdir / A.JUDGE_CACHE)  # served judges: a rerun asks nothing twice
     table = judge_candidates(groups, ensemble, cfg, round=round, beta=beta)
+    usage = ensemble.usage() if ensemble is not None else {}
+    if usage:
+        A.atomic_write_json(rdir / A.JUDGE_USAGE, usage)
+        for name, u in usage.items():
+            log.info("judge %s: %d questions, %d from cache, %d asked (%d prompt + %d "
+                     "completion tokens)", name, u["questions"], u["from_cache"], u["requests"],
+                     u["prompt_tokens"], u["completion_tokens"])
     A.write_parquet(rdir / A.CANDIDATES, table.rows)
     return table
 

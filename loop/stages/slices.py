@@ -184,7 +184,8 @@ def eval_values(rdir: Path, metric: str) -> list[dict]:
         if not values:
             raise RoundEnded(f"{rdir.name}'s evaluation has no judge scores to rank slices by "
                              "(loop.slices.metric: judge_score needs a judge that scores "
-                             "responses one by one: a python `score` function or a reward model)")
+                             "responses one by one: a python `score` function, a reward model or "
+                             "an llm_score judge)")
         return values
     comparisons = read_comparisons(rdir) or []
     if not comparisons:
@@ -196,11 +197,11 @@ def eval_values(rdir: Path, metric: str) -> list[dict]:
 
 def metric_problem(metric: str, judges: tuple, panel: str) -> str:
     """Why `metric` cannot rank slices with these judges and panel ("" when it can)."""
-    pointwise = any(j.kind == "reward_model" or (j.kind == "python" and j.returns == "score")
-                    for j in judges)
+    pointwise = any(j.kind in ("reward_model", "llm_score")
+                    or (j.kind == "python" and j.returns == "score") for j in judges)
     if metric == "judge_score" and not pointwise:
         return ("judge_score needs a judge that scores responses one by one (a python judge "
-                "with returns: score, or a reward_model); set loop.slices.metric to "
+                "with returns: score, a reward_model or an llm_score judge); set loop.slices.metric to "
                 "win_rate_vs_base" + (" or latent_reward" if panel else "")
                 + " or add such a judge")
     if metric == "win_rate_vs_base" and not judges:

@@ -61,9 +61,11 @@ def reference(rdir: Path, *, pairs: list[Pair], policy: str, reference_model: st
 
 
 def train(rdir: Path, *, pairs: list[Pair], policy: str, reference_model: str, model: ModelConfig,
-          data: DataConfig, train: TrainConfig, placement: Placement):
-    """DPO on `pairs` from `policy` against `reference_model` -> policy/, train_log.jsonl."""
+          data: DataConfig, train: TrainConfig, placement: Placement, on_log=None):
+    """DPO on `pairs` from `policy` against `reference_model` -> policy/, train_log.jsonl
+    (`on_log(metrics)`: called with each step-log line, for experiment trackers)."""
     from alignloop.training.trainer import train_dpo
 
     return train_dpo(pairs, out_dir=rdir, policy=policy, reference=reference_model,
-                     model_cfg=model, data_cfg=data, train_cfg=train, placement=placement)
+                     model_cfg=model, data_cfg=data, train_cfg=train, placement=placement,
+                     on_log=on_log)

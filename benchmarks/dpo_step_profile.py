@@ -1,0 +1,144 @@
+"""Where one alignloop DPO step spends its time, by op class, from torch.profiler.
+
+Runs the trainer's own step (`training.trainer._optimizer_step`: the packed forward, the
+loss, backward, clipping, AdamW) on one batch of the benchmark pairs, once to warm up,
+once timed without the profiler and once under it, and sorts every profiled op's self
+time into classes:
+
+    matmuls       aten::mm / addmm / bmm / baddbmm (the decoder's linear layers, fwd + bwd)
+    LM head       every op with a vocabulary-sized operand: the output projection on the
+                  response positions, the log-softmax over the vocabulary and, for a model
+                  with tied embeddings, the embedding's vocabulary-sized gradient
+    attention     the fused attention kernels (scaled_dot_product_* and their backward)
+    optimizer     AdamW's step and zero_grad (torch labels them `Optimizer.*`) and the
+                  `_foreach_*` ops of gradient clipping
+    elementwise   every other aten op (norms, activations, adds, copies, casts, indexing)
+    other         time in profiler frames that are not aten ops (autograd bookkeeping)
+
+Self times on the calling thread are wall time of the op (intra-op threads included),
+so the classes add up to about the profiled step's wall time (the profiler's own
+overhead included; the step is also timed without it).
+
+    python benchmarks/dpo_step_profile.py [--precision fp32|bf16-mixed] [--lora]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+CLASSES = ("matmuls", "LM head", "attention", "optimizer", "elementwise", "other")
+
+
+def _classify(ev, vocab: int) -> str:
+    """The op class of one profiler event (see the module docstring)."""
+    name, parent = ev.name, ev.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("Optimizer."):
+            return "optimizer"
+        parent = parent.cpu_parent
+    if name.startswith("Optimizer.") or name.startswith("aten::_foreach"):
+        return "optimizer"
+    if not name.startswith("aten::"):
+        return "other"
+    if any(vocab in (shape or ()) for shape in (ev.input_shapes or ())):
+        return "LM head"
+    if name in MATMULS:
+        return "matmuls"
+    if "scaled_dot_product" in name or "flash_attention" in name or "efficient_attention" in name:
+        return "attention"
+    return "elementwise"
+
+
+def profile_step(model_name: str, pairs, *, batch: int, max_length: int, precision: str = "fp32",
+                 lora: dict | None = None) -> dict:
+    """Seconds per op class of one optimizer step of `batch` pairs (see module docstring)."""
+    from alignloop.config import config_from_dict
+    from alignloop.models import load_model, load_tokenizer
+    from alignloop.placement import resolve_placement
+    from alignloop.training.batching import encode_pairs
+    from alignloop.training.reference import ReferenceLogps, compute_reference_logps
+    from alignloop.training.trainer import _build_run, _optimizer_step, make_accelerator
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = config_from_dict({
+        "model": {"name": model_name, "precision": precision,
+                  "lora": {"enabled": bool(lora), **(lora or {})}},
+        "data": {"max_length": max_length, "max_prompt_length": max_length - 1},
+        "train": {"batch_size": batch, "max_steps": 3, "learning_rate": 1e-5},
+    })
+    placement = resolve_placement("cpu", precision)
+    tok = load_tokenizer(model_name)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    encoded, _ = encode_pairs(pairs[:batch], tok, max_length=max_length,
+                              max_prompt_length=max_length - 1, progress=False)
+    accelerator = make_accelerator(placement)
+    model = load_model(model_name, dtype=placement.weights_dtype, device="cpu")
+    vocab = model.get_output_embeddings().weight.shape[0]
+    chosen, rejected = compute_reference_logps(model, encoded, pad_id=pad_id, batch_size=batch,
+                                               placement=placement, progress=False)
+    ref = ReferenceLogps(chosen.float(), rejected.float(), "", False)
+    run = _build_run(accelerator, model, [p.length for p in encoded], cfg.model.lora, cfg.train,
+                     placement)
+    micro = [list(range(len(encoded)))]
+
+    def step():
+        return _optimizer_step(run, micro, encoded, ref, pad_id, cfg.train)
+
+    step()                                   # warm-up: allocator, first-call dispatch
+    t0 = time.perf_counter()
+    tokens = step()["tokens"]
+    plain = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(), profile(activities=[ProfilerActivity.CPU],
+                                                record_shapes=True) as prof:
+        t0 = time.perf_counter()
+        step()
+        profiled = time.perf_counter() - t0
+    seconds = dict.fromkeys(CLASSES, 0.0)
+    for ev in prof.events():
+        seconds[_classify(ev, vocab)] += ev.self_cpu_time_total / 1e6
+    total = sum(seconds.values())
+    return {"precision": precision, "lora": bool(lora), "pairs": len(encoded), "tokens": tokens,
+            "step_s": plain, "profiled_step_s": profiled, "seconds": seconds,
+            "share": {k: v / total for k, v in seconds.items()} if total else {}}
+
+
+def table(profiles: list[dict]) -> str:
+    """Markdown: one row per profiled step, one column per op class (seconds and share)."""
+    head = "| step | step (s) | profiled (s) | " + " | ".join(CLASSES) + " |"
+    lines = [head, "|" + "---|" * (3 + len(CLASSES))]
+    for p in profiles:
+        if "error" in p:
+            lines.append(f"| {p.get('name', '?')} | error: {p['error'][:60]} |" + " |" * len(CLASSES))
+            continue
+        mode = "LoRA" if p["lora"] else "full"
+        cells = " | ".join(f"{p['seconds'][k]:.2f} s ({100 * p['share'][k]:.0f}%)" for k in CLASSES)
+        lines.append(f"| {mode}, {p['precision']}, {p['pairs']} pairs ({p['tokens']} tokens) | "
+                     f"{p['step_s']:.2f} | {p['profiled_step_s']:.2f} | {cells} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from alignloop.data import read_pairs
+    from dpo_throughput import BATCH, LORA, MAX_LENGTH, MODEL
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16-mixed"])
+    ap.add_argument("--lora", action="store_true")
+    args = ap.parse_args()
+    pairs = read_pairs("builtin:demo-pairs", limit=BATCH)[0]
+    p = profile_step(MODEL, pairs, batch=BATCH, max_length=MAX_LENGTH, precision=args.precision,
+                     lora=LORA if args.lora else None)
+    print(json.dumps(p, indent=2))
+    print(table([p]))
+
+
+if __name__ == "__main__":
+    main()
