@@ -67,10 +67,25 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     unchanged while it holds its default."""
     from alignloop.config.load import migrate_flat
 
-    old = migrate_flat(old)
+    old = {k: _with_item_defaults(k, v) for k, v in migrate_flat(old).items()}
     defaults = _flat(to_dict(config_from_dict({})))
     return [key for key in sorted(set(old) | set(new)) if key not in NOT_FINGERPRINTED
             and (old[key] if key in old else defaults.get(key)) != new.get(key)]
+
+
+def _with_item_defaults(key: str, value: Any) -> Any:
+    """A recorded list of judges with the fields a newer alignloop added filled in at their
+    defaults (a list is one flat key, so a new judge field would otherwise count as a change)."""
+    if key != "labeling.judges" or not isinstance(value, list):
+        return value
+    import dataclasses
+
+    from alignloop.config.labeling import JudgeSpec
+
+    defaults = {f.name: to_dict(f.default) if f.default is not dataclasses.MISSING
+                else to_dict(f.default_factory()) for f in dataclasses.fields(JudgeSpec)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    return [{**defaults, **item} if isinstance(item, dict) else item for item in value]
 
 
 def config_fingerprint(cfg: Config) -> tuple[str, dict[str, Any]]:
