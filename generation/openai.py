@@ -104,11 +104,11 @@ class OpenAIGenerator:
     def _load_cache(self) -> dict[str, Completion]:
         if not self.cache_path or not self.cache_path.exists():
             return {}
+        from alignloop.artifacts import iter_jsonl
+
         out = {}
-        for line in self.cache_path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a crash: ask again
+        for _, row, bad in iter_jsonl(self.cache_path):
+            if bad:   # a line cut by a crash: ask again
                 continue
             c = row["completion"]
             out[row["key"]] = Completion(**{**c, "token_ids": tuple(c["token_ids"]),

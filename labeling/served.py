@@ -156,14 +156,10 @@ class ServedVerdictModel:
     def _load_cache(self) -> dict[str, list[dict]]:
         if not self.cache_path or not self.cache_path.exists():
             return {}
-        out = {}
-        for line in self.cache_path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a crash: ask again
-                continue
-            out[row["key"]] = row["top"]
-        return out
+        from alignloop.artifacts import iter_jsonl
+
+        # a line cut by a crash is unreadable: that question is asked again
+        return {row["key"]: row["top"] for _, row, bad in iter_jsonl(self.cache_path) if not bad}
 
     def _remember(self, key: str, question: str, top: list[dict], usage: dict) -> None:
         with self._lock:
