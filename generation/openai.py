@@ -2,8 +2,8 @@
 
 One request per sample (n=1, its own seed) to `POST {base_url}/completions`,
 with the prompt rendered through the model's chat template here so every
-backend sees the same text. Requests run `concurrency` at a time; a 5xx, a
-connection error or a timeout is retried with exponential backoff, and after
+backend sees the same text. Requests run `concurrency` at a time; a 5xx, a 408 or
+429, a connection error or a timeout is retried with exponential backoff, and after
 `retries` attempts the call fails naming the server and the last error.
 Completions received are appended to `cache_path` (JSONL) as they arrive, so a
 rerun after a failure only asks for the missing ones. Standard library HTTP
@@ -59,6 +59,53 @@ def completion_from_choice(prompt_id: str, index: int, seed: int, choice: dict, 
     return Completion(prompt_id, index, choice["text"], ids, reason, float(sum(logps)), logps, seed)
 
 
+RETRY_STATUS = (408, 429)
+"""HTTP answers worth asking again (besides every 5xx): a timeout and "too many requests"."""
+
+
+class HTTPFailure(Exception):
+    """An HTTP error answer that retrying cannot fix: its status `code` and `body`."""
+
+    def __init__(self, code: int, body: bytes):
+        super().__init__(f"HTTP {code}")
+        self.code, self.body = code, body
+
+
+class Unreachable(Exception):
+    """No answer after every attempt; `last` says what the last attempt got."""
+
+    def __init__(self, last: str):
+        super().__init__(last)
+        self.last = last
+
+
+def request_json(url: str, body: dict | None = None, *, method: str = "POST", api_key: str = "",
+                 timeout: float, retries: int, backoff: float, retry_http: bool = True) -> Any:
+    """The JSON answer of one request. A connection error, a timeout, a 5xx, a 408 or a
+    429 is retried `retries` times with exponential backoff (`backoff` s, doubling), then
+    raises `Unreachable`; any other HTTP error (every one when `retry_http` is False)
+    raises `HTTPFailure` at once. A non-JSON answer raises json.JSONDecodeError."""
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    last = ""
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(backoff * 2 ** (attempt - 1))
+        try:
+            req = urllib.request.Request(url, data=data, headers=headers, method=method)
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            last = f"HTTP {e.code}"
+            if not retry_http or (e.code < 500 and e.code not in RETRY_STATUS):
+                raise HTTPFailure(e.code, e.read()) from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+            last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+    raise Unreachable(last)
+
+
 class OpenAIGenerator:
     name = "openai"
 
@@ -77,25 +124,14 @@ class OpenAIGenerator:
         self._lock = threading.Lock()
 
     def _post(self, body: dict) -> dict:
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read())
-            except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code}"
-                if e.code < 500:  # our request is wrong: retrying will not help
-                    raise GenerationError(f"{self.url}: {last}: {e.read()[:300]!r}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-        raise GenerationError(f"{self.url}: no answer after {self.retries + 1} attempts ({last})")
+        try:
+            return request_json(self.url, body, api_key=self.api_key, timeout=self.timeout,
+                                retries=self.retries, backoff=self.backoff)
+        except HTTPFailure as e:  # our request is wrong: retrying will not help
+            raise GenerationError(f"{self.url}: HTTP {e.code}: {e.body[:300]!r}") from None
+        except Unreachable as e:
+            raise GenerationError(f"{self.url}: no answer after {self.retries + 1} attempts "
+                                  f"({e.last})") from None
 
     def _key(self, prompt_id: str, index: int, body: dict) -> str:
         blob = json.dumps([prompt_id, index, body], sort_keys=True).encode()

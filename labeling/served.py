@@ -31,14 +31,12 @@ import logging
 import math
 import os
 import threading
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from alignloop.generation.openai import HTTPFailure, Unreachable, request_json
 from alignloop.labeling import LabelingError
 from alignloop.progress import tqdm
 
@@ -50,8 +48,6 @@ log = logging.getLogger(__name__)
 PROGRESS_MIN_QUESTIONS = 50
 """Fewer questions than this are asked without a progress bar."""
 
-RETRY_STATUS = (408, 429)
-"""Client-side statuses worth retrying (besides every 5xx): timeout, rate limit."""
 
 
 def verdict_probs(top: list[dict], verdicts: tuple[str, ...]) -> list[float]:
@@ -257,33 +253,21 @@ class ServedVerdictModel:
         """The JSON answer; retried as the module says. `http_errors=False`: an HTTP error
         answer gives {} (the server is there), connection failures still raise."""
         url = self.base_url + path
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                req = urllib.request.Request(url, data=data, headers=headers, method=method)
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read())
-            except urllib.error.HTTPError as e:
-                msg = server_message(e.read())
-                last = f"HTTP {e.code}: {msg}"
-                if not http_errors:
-                    return {}
-                if e.code < 500 and e.code not in RETRY_STATUS:
-                    raise LabelingError(self._http_error(e.code, url, msg)) from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-            except json.JSONDecodeError:
-                raise LabelingError(f"judge {self.judge!r}: {url} did not answer with JSON; "
-                                    "is base_url an OpenAI-compatible /v1 endpoint?") from None
-        raise LabelingError(f"judge {self.judge!r}: no answer from the judge server at "
-                            f"{self.base_url} ({method} {path}) after {self.retries + 1} "
-                            f"attempts ({last}); is the server running there?")
+        try:
+            return request_json(url, body, method=method, api_key=self.api_key,
+                                timeout=self.timeout, retries=self.retries, backoff=self.backoff,
+                                retry_http=http_errors)
+        except HTTPFailure as e:
+            if not http_errors:
+                return {}
+            raise LabelingError(self._http_error(e.code, url, server_message(e.body))) from None
+        except Unreachable as e:
+            raise LabelingError(f"judge {self.judge!r}: no answer from the judge server at "
+                                f"{self.base_url} ({method} {path}) after {self.retries + 1} "
+                                f"attempts ({e.last}); is the server running there?") from None
+        except json.JSONDecodeError:
+            raise LabelingError(f"judge {self.judge!r}: {url} did not answer with JSON; "
+                                "is base_url an OpenAI-compatible /v1 endpoint?") from None
 
     def _http_error(self, code: int, url: str, msg: str) -> str:
         if code == 404 and "model" in msg.lower():

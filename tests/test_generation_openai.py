@@ -16,14 +16,15 @@ ITEMS = [PromptItem("a", [{"role": "user", "content": "Hi there"}]),
 
 
 class Server:
-    """A minimal OpenAI-style /v1/completions server; `fail_first` requests get a 500,
-    `slow_first` requests sleep past the client's timeout."""
+    """A minimal OpenAI-style /v1/completions server; `fail_first` requests get
+    `fail_status` (500), `slow_first` requests sleep past the client's timeout."""
 
-    def __init__(self, fail_first=0, slow_first=0):
+    def __init__(self, fail_first=0, slow_first=0, fail_status=500):
         from alignloop.generation.hf import HFGenerator
 
         self.hf = HFGenerator(TINY, progress=False)
         self.calls, self.fail_first, self.slow_first = 0, fail_first, slow_first
+        self.fail_status = fail_status
         self.lock = threading.Lock()
         outer = self
 
@@ -37,7 +38,7 @@ class Server:
                     outer.calls += 1
                     n = outer.calls
                 if n <= outer.fail_first:
-                    self.send_response(500)
+                    self.send_response(outer.fail_status)
                     self.end_headers()
                     return
                 if n <= outer.fail_first + outer.slow_first:
@@ -90,10 +91,18 @@ def test_samples_and_records(server):
     assert server.calls == 4
 
 
-@pytest.mark.parametrize("server", [{"fail_first": 2}], indirect=True)
-def test_retries_on_5xx(server):
+@pytest.mark.parametrize("server", [{"fail_first": 2}, {"fail_first": 2, "fail_status": 429}],
+                         indirect=True)
+def test_retries_on_5xx_and_429(server):
     out = _gen(server, concurrency=1).sample(ITEMS[:1], SamplingParams(n=2, max_new_tokens=3))
     assert len(out) == 2 and server.calls == 4
+
+
+@pytest.mark.parametrize("server", [{"fail_first": 1, "fail_status": 400}], indirect=True)
+def test_a_bad_request_is_not_retried(server):
+    with pytest.raises(GenerationError, match="HTTP 400"):
+        _gen(server, concurrency=1).sample(ITEMS[:1], SamplingParams(n=1, max_new_tokens=3))
+    assert server.calls == 1
 
 
 @pytest.mark.parametrize("server", [{"slow_first": 1}], indirect=True)
