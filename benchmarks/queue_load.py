@@ -132,21 +132,34 @@ def cpu_seconds(root_pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-VARIANTS = {"after": ("fastsql", "httptools"), "before": ("sqlalchemy", "httptools"),
-            "h11": ("fastsql", "h11")}
+# name: (hot statements by, HTTP parser, the app's db_calls, requests per label)
+VARIANTS = {"after": ("fastsql", "httptools", "auto", 2),
+            "next": ("fastsql", "httptools", "auto", 1),
+            "inline": ("fastsql", "httptools", "inline", 2),
+            "thread": ("fastsql", "httptools", "thread", 2),
+            "before": ("sqlalchemy", "httptools", "auto", 2),
+            "h11": ("fastsql", "h11", "auto", 2)}
+DEFAULT_CALLS = {"SQLite": "inline", "PostgreSQL": "thread"}   # what db_calls "auto" picks
+
+
+def redundant(variant: str, database: str) -> bool:
+    """Whether `variant` is the code as it is under another name on `database` (its
+    db_calls is what "auto" picks there): the "after" row already measures it."""
+    return variant != "after" and VARIANTS[variant][2] == DEFAULT_CALLS[database]
 
 
 @contextlib.contextmanager
 def server(target: str, workers: int, variant: str = "after"):
     from alignloop.labeling.queue.store import resolve_url
 
-    port, (sql, http) = _free_port(), VARIANTS[variant]
+    port, (sql, http, calls, _) = _free_port(), VARIANTS[variant]
     cmd = [sys.executable, "-m", "uvicorn", "queue_profile:app_factory", "--factory",
            "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
            "--http", http, "--loop", "uvloop", "--log-level", "warning", "--no-access-log"]
     log = tempfile.NamedTemporaryFile("w+", prefix="queue-server-", suffix=".log", delete=False)
     env = {**os.environ, "ALIGNLOOP_QUEUE_SECRET": uuid.uuid4().hex, "QUEUE_BENCH_SQL": sql,
-           "ALIGNLOOP_QUEUE_DB": resolve_url(target), "ALIGNLOOP_QUEUE_OPTIONS": "{}",
+           "ALIGNLOOP_QUEUE_DB": resolve_url(target),
+           "ALIGNLOOP_QUEUE_OPTIONS": json.dumps({"db_calls": calls}),
            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -171,8 +184,11 @@ def server(target: str, workers: int, variant: str = "after"):
             os.unlink(log.name)
 
 
-def load(url: str, tokens: list[str], warmup: float, seconds: float, server_pid: int) -> dict:
-    """Run the clients for warmup + seconds; stats (and CPU used) over the measured window."""
+def load(url: str, tokens: list[str], warmup: float, seconds: float, server_pid: int,
+         combined: bool = False) -> dict:
+    """Run the clients for warmup + seconds; stats (and CPU used) over the measured window.
+    `combined`: one request per label (`POST /api/labels` with `"next": true` hands out the
+    next lease; its latency is counted as a label's, the "next" column is then empty)."""
     from alignloop.labeling.queue.simulate import ApiClient
 
     stop = threading.Event()
@@ -182,17 +198,21 @@ def load(url: str, tokens: list[str], warmup: float, seconds: float, server_pid:
     def client(i: int, token: str) -> None:
         api, out = ApiClient(url, token), records[i]
         try:
+            item = api.next() if combined else None
             while not stop.is_set():
                 t0 = time.perf_counter()
-                item = api.next()
+                if not combined:
+                    item = api.next()
                 t1 = time.perf_counter()
                 if item is None:
                     errors.append("ran out of items")
                     return
                 status, body = api.label(item["item_id"], item["lease_id"], "a", 2,
-                                         idempotency_key=f"{i}:{item['item_id']}")
+                                         idempotency_key=f"{i}:{item['item_id']}",
+                                         next=combined)
                 t2 = time.perf_counter()
                 out.append((t2, t1 - t0, t2 - t1, body["label_id"], status))
+                item = body.get("next")
         except Exception as e:  # noqa: BLE001
             errors.append(f"{type(e).__name__}: {e}")
         finally:
@@ -217,7 +237,8 @@ def load(url: str, tokens: list[str], warmup: float, seconds: float, server_pid:
         xs = sorted(xs)
         return 1000 * xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
-    nexts, labels = [r[1] for r in window], [r[2] for r in window]
+    nexts = [] if combined else [r[1] for r in window]
+    labels = [r[2] for r in window]
     return {"labels_per_s": len(window) / seconds, "labels_measured": len(window),
             "p50_next_ms": pct(nexts, 0.5), "p99_next_ms": pct(nexts, 0.99),
             "p50_label_ms": pct(labels, 0.5), "p99_label_ms": pct(labels, 0.99),
@@ -244,7 +265,7 @@ def run_setting(name: str, target: str, workers: int, warmup: float, seconds: fl
                 n_items: int, variant: str) -> dict:
     tokens = prepare(target, n_items)
     with server(target, workers, variant) as (url, pid):
-        r = load(url, tokens, warmup, seconds, pid)
+        r = load(url, tokens, warmup, seconds, pid, combined=VARIANTS[variant][3] == 1)
     check = verify(target, r.pop("acked"))
     # the "after" rows carry the database's plain name: they are the code as it is (and
     # what benchmarks/summary.py judges against the target)
@@ -278,8 +299,12 @@ def table(results: list[dict], meta: dict) -> str:
                  f"{meta.get('load_average', '?')} before the run, and per row at the end of "
                  f"its window: other jobs shared the 2 cores); "
                  f"{meta['date']}; `{meta['command']}`. Variants: no suffix = the code as it is "
-                 f"(fastsql, httptools); (before) = SQLAlchemy running the hot statements; "
-                 f"(h11) = the pure-Python HTTP parser.")
+                 f"(fastsql, httptools, the store calls of the API inline on the event loop "
+                 f"for SQLite and in the threadpool for PostgreSQL: `create_app(db_calls="
+                 f"\"auto\")`); (next) = the same with one request per label (`POST "
+                 f"/api/labels` with `\"next\": true`); (inline) / (thread) = the other "
+                 f"`db_calls` for that database; (before) = SQLAlchemy running the hot "
+                 f"statements; (h11) = the pure-Python HTTP parser.")
     if meta.get("profile"):
         http = {(r["database"], r["variant"]): r["server_cpu_ms_per_label"]
                 for r in results if r["workers"] == 1}
@@ -309,7 +334,7 @@ def main() -> None:
     ap.add_argument("--size", choices=["quick", "full"], default="quick")
     ap.add_argument("--workers", default="1,2", help="server worker counts to run (default: %(default)s)")
     ap.add_argument("--databases", default="sqlite,postgresql")
-    ap.add_argument("--variants", default="before,after,h11",
+    ap.add_argument("--variants", default="after,next,inline,thread",
                     help=f"of {list(VARIANTS)}; h11 runs with 1 worker only (default: %(default)s)")
     ap.add_argument("--pg-url", help="use this PostgreSQL server instead of a throwaway cluster "
                                      "(a database is created in it per setting)")
@@ -334,7 +359,7 @@ def main() -> None:
             profiles[names[db]] = queue_profile.profile(_fresh_target(db, stack, pg))
             for workers in (int(w) for w in args.workers.split(",")):
                 for variant in args.variants.split(","):   # interleaved: drift hits all alike
-                    if variant == "h11" and workers > 1:
+                    if (variant == "h11" and workers > 1) or redundant(variant, names[db]):
                         continue
                     print(f"running {db}, {workers} worker(s), {variant} ...", flush=True)
                     r = run_setting(names[db], _fresh_target(db, stack, pg), workers, warmup,

@@ -78,9 +78,9 @@ def test_admin_pages_refuse_anonymous_and_annotators(site):
         r = anon.get(path)
         assert r.status_code == 303 and r.headers["location"] == "/"
     ann, csrf = _browser(url, tokens["ann"])
-    for path in ("/admin", "/admin/adjudicate"):
+    for path, title in (("/admin", "Admins only"), ("/admin/adjudicate", "Reviewers only")):
         r = ann.get(path)
-        assert r.status_code == 403 and "Admins only" in r.text
+        assert r.status_code == 403 and title in r.text
     posts = [("/admin/annotators", {"action": "add", "name": "mallory"}),
              ("/admin/annotators", {"action": "disable", "name": "bea"}),
              ("/admin/guidelines", {"body": "pwned"}),

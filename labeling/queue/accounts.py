@@ -19,7 +19,9 @@ from alignloop.labeling.handoff import QueueError
 from alignloop.labeling.queue import controls
 from sqlalchemy import Connection, text
 
-ROLES = ("annotator", "admin")
+# annotator: labels. reviewer: labels and adjudicates (records final verdicts on disputed
+# items). admin: all of that, plus the dashboard, annotator management and guidelines.
+ROLES = ("annotator", "reviewer", "admin")
 
 
 @dataclass(frozen=True)
@@ -34,9 +36,20 @@ class AnnotatorAccount:
     def is_admin(self) -> bool:
         return self.role == "admin"
 
+    @property
+    def can_adjudicate(self) -> bool:
+        """Admins and reviewers may read disputed items and record verdicts."""
+        return self.role in ("admin", "reviewer")
+
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def check_role(role: str) -> None:
+    """Raise QueueError (422, field "role") unless `role` is one of `ROLES`."""
+    if role not in ROLES:
+        raise QueueError(f"role must be one of {list(ROLES)}, got {role!r}", 422, "role")
 
 
 def check_new(name: str, role: str) -> None:
@@ -44,8 +57,7 @@ def check_new(name: str, role: str) -> None:
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
         raise QueueError("annotator name must be 1-100 characters", 422, "name")
     controls.check(name, "name", "id")
-    if role not in ROLES:
-        raise QueueError(f"role must be one of {list(ROLES)}, got {role!r}", 422, "role")
+    check_role(role)
 
 
 def add(conn: Connection, name: str, role: str, token_hash: str, now: float) -> None:
@@ -63,6 +75,17 @@ def disable(conn: Connection, name: str) -> None:
     if row is None:
         raise QueueError(f"no annotator named {name!r}", 404, "name")
     conn.execute(text("DELETE FROM sessions WHERE annotator_id = :a"), {"a": row.id})
+
+
+def set_role(conn: Connection, name: str, role: str) -> str:
+    """Give annotator `name` the role `role` (one of `ROLES`); returns the role it had.
+    Its sessions stand: every page reads the role from the store on every request."""
+    check_role(role)
+    old = conn.execute(text("SELECT role FROM annotators WHERE name = :n"), {"n": name}).first()
+    if old is None:
+        raise QueueError(f"no annotator named {name!r}", 404, "name")
+    conn.execute(text("UPDATE annotators SET role = :r WHERE name = :n"), {"n": name, "r": role})
+    return old.role
 
 
 def rotate(conn: Connection, name: str, token_hash: str) -> None:

@@ -1,7 +1,7 @@
-"""Adjudication: an admin reads the items whose votes disagree, with every vote and
-comment, and records a final verdict; aggregation counts it as a strong vote
-(`aggregate.aggregate_votes(verdicts=...)`), and the loop writes it to
-`labels.parquet` with source "adjudicated".
+"""Adjudication: an admin or a reviewer (`accounts.ROLES`) reads the items whose votes
+disagree, with every vote and comment, and records a final verdict; aggregation counts
+it as a strong vote (`aggregate.aggregate_votes(verdicts=...)`), and the loop writes it
+to `labels.parquet` with source "adjudicated".
 
 One verdict per item; recording another replaces it (the latest word stands).
 Choices are relative to the item's own `a`/`b`, as votes are.

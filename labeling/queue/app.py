@@ -89,6 +89,7 @@ log = logging.getLogger("alignloop.queue")
 HERE = Path(__file__).parent
 AUTH_CACHE_SECONDS = 5.0
 SECRET_ENV = "ALIGNLOOP_QUEUE_SECRET"
+DB_CALLS = ("auto", "inline", "thread")
 HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
            (b"referrer-policy", b"no-referrer"),
            (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'; "
@@ -191,13 +192,19 @@ def create_app(store: QueueStore, *, max_body_bytes: int = 64 * 1024, lease_seco
                gold_rate: float = 0.0, max_leases: int = MAX_LEASES,
                secure_cookies: bool = False, secret: bytes | str | None = None,
                auth_cache_seconds: float = AUTH_CACHE_SECONDS, seed: int | None = None,
-               auth_failures: int = AUTH_FAILURES) -> FastAPI:
+               auth_failures: int = AUTH_FAILURES, db_calls: str = "auto") -> FastAPI:
     """The web app over `store`. `secret` signs sessions (default: `resolve_secret` of the
     store's URL); a bearer token checked less than `auth_cache_seconds` ago is not looked
     up again (so a disabled token keeps working that long; 0 turns the cache off).
     `max_leases` caps each annotator's live leases. `seed` makes display orders and gold
     draws reproducible (simulated panels; default: fresh). An IP with `auth_failures`
-    failed sign-ins or 401s within a minute gets 429 until the oldest is a minute old."""
+    failed sign-ins or 401s within a minute gets 429 until the oldest is a minute old.
+    `db_calls` "inline" runs the JSON API's store calls on the event loop, "thread" in the
+    threadpool, "auto" inline for SQLite (a local file: a call takes well under a
+    millisecond and a thread hop costs as much) and threads for a server database, whose
+    round trips would otherwise hold the loop (`benchmarks/queue_load.py` measures both)."""
+    if db_calls not in DB_CALLS:
+        raise ValueError(f"db_calls must be one of {list(DB_CALLS)}, got {db_calls!r}")
     for name, value in (("max_leases", max_leases), ("auth_failures", auth_failures)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -214,7 +221,8 @@ def create_app(store: QueueStore, *, max_body_bytes: int = 64 * 1024, lease_seco
         sessions=Sessions(secret.encode() if isinstance(secret, str) else secret,
                           secure_cookies),
         auth_cache_seconds=auth_cache_seconds, max_leases=max_leases,
-        failures=Failures(auth_failures))
+        failures=Failures(auth_failures),
+        inline_db=db_calls == "inline" or (db_calls == "auto" and store.dialect == "sqlite"))
     if seed is not None:
         app.state.queue_web.rng = random.Random(seed)
     app.add_middleware(_Guard, limit=max_body_bytes or 2**62)

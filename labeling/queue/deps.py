@@ -72,11 +72,20 @@ class Sessions:
         return self._mac("csrf", session["sid"])
 
     def csrf_ok(self, session: dict | None, token: object) -> bool:
-        return (session is not None and isinstance(token, str)
-                and hmac.compare_digest(self.csrf(session), token))
+        return session is not None and _same(self.csrf(session), token)
 
     def order_sig(self, lease_id: str, item_id: str, order: str) -> str:
         return self._mac("order", lease_id, item_id, order)
+
+    def order_ok(self, lease_id: str, item_id: str, order: str, sig: object) -> bool:
+        """Whether `sig` is the `order_sig` of the form's lease, item and order."""
+        return order in ("ab", "ba") and _same(self.order_sig(lease_id, item_id, order), sig)
+
+
+def _same(expected: str, given: object) -> bool:
+    """A constant-time comparison with an untrusted form value (which may be anything: a
+    non-ASCII string would make `hmac.compare_digest` raise)."""
+    return isinstance(given, str) and given.isascii() and hmac.compare_digest(expected, given)
 
 
 def new_session(**fields) -> dict:
@@ -142,6 +151,18 @@ class QueueWeb:
     # sha256(token) -> (annotator, time.monotonic() until which it is trusted)
     tokens: dict[bytes, tuple[AnnotatorAccount, float]] = field(default_factory=dict)
     failures: Failures = field(default_factory=Failures)
+    # run the JSON API's store calls on the event loop instead of the threadpool (`call`)
+    inline_db: bool = False
+
+    async def call(self, fn, /, *args, **kwargs):
+        """Run a store call of a request: inline on the event loop when `inline_db`, else
+        in the threadpool. Inline saves the two thread switches of a hop, which cost as
+        much CPU as a label's SQL on SQLite (`benchmarks/queue_profile.py`), but holds the
+        worker's loop for the call's length: right for a local database whose calls take
+        well under a millisecond, wrong for one across a network (see `create_app`)."""
+        if self.inline_db:
+            return fn(*args, **kwargs)
+        return await run_in_threadpool(fn, *args, **kwargs)
 
     def next_item(self, annotator_id: int) -> Assignment | None:
         return self.store.next_item(annotator_id, lease_seconds=self.lease_seconds,

@@ -3,7 +3,10 @@
 `QueueStore.next_item` and `QueueStore.record_label` run these functions inside one
 write transaction each (see the store's module docstring for the locking rules);
 they take the open connection and plain values, and return the records the store
-hands out (`Assignment`, `RecordedLabel`).
+hands out (`Assignment`, `RecordedLabel`). The SQL below is what runs on SQLite; on
+PostgreSQL the same statements run inside the server as one function call per request
+(`pg_hotpath`, built from this module's conditions), with the row locks SQLite does not
+need (SQLite's single writer serialises these transactions).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 
 from alignloop.labeling.aggregate import CHOICES
 from alignloop.labeling.handoff import QueueError, QueueItem
-from alignloop.labeling.queue import controls
+from alignloop.labeling.queue import controls, pg_hotpath
 from alignloop.labeling.queue.fastsql import execute as run  # the hot path (see fastsql)
 from alignloop.labeling.queue.guidelines import GUIDELINE_OF_ITEM
 from sqlalchemy import Connection, text
@@ -83,18 +86,12 @@ _SQL = {k: text(v) for k, v in {
             "ORDER BY i.seq LIMIT 32",
     "next": _NEXT,
     "next_top": _TOP,
-    "next_top_skip": _TOP + " FOR UPDATE SKIP LOCKED",
-    "next_skip": _NEXT + " FOR UPDATE SKIP LOCKED",
-    "next_wait": _NEXT + " FOR UPDATE",
-    "recheck": f"SELECT 1 FROM items i WHERE i.item_id = :id AND {AVAILABLE}",
     "held": f"SELECT s.lease_id, s.display_order, s.expires_at, {ITEM_COLS}, i.gold FROM leases s"
             f" JOIN items i ON i.item_id = s.item_id WHERE s.annotator_id = :ann AND {_LIVE}"
             " ORDER BY s.issued_at, s.lease_id LIMIT :cap",
-    "hold_annotator": "SELECT 1 FROM annotators WHERE id = :ann FOR NO KEY UPDATE",
     "lease": "INSERT INTO leases (lease_id, item_id, annotator_id, display_order, issued_at,"
              " expires_at) VALUES (:l, :id, :ann, :o, :now, :e)",
     "item": ITEM,
-    "item_locked": ITEM + " FOR UPDATE",
     "labels_of": "SELECT id, item_id, annotator_id, idempotency_key, lease_id, choice, "
                  "confidence, comment FROM labels WHERE idempotency_key = :k OR "
                  "(item_id = :i AND annotator_id = :a)",
@@ -129,10 +126,18 @@ def lease_next(conn: Connection, *, annotator_id: int, now: float, lease_seconds
     `max_leases` live leases gets the oldest of them again instead, so one annotator (or a
     client calling in a loop) cannot lease the whole queue. None when nothing is available;
     False when PostgreSQL's recheck under the row lock finds the last slot just taken (the
-    caller tries again). Only on the first attempt does PostgreSQL wait for locked rows."""
+    caller tries again). Only on the first attempt does PostgreSQL wait for locked rows.
+    (PostgreSQL draws its gold item with `rng.random()`, SQLite with `rng.choice`.)"""
     p = {"ann": annotator_id, "now": now, "cap": max_leases}
-    if postgres:   # one annotator's calls take turns, so concurrent ones cannot pass the cap
-        run(conn, _SQL["hold_annotator"], p)   # (SQLite: the write lock does this)
+    if postgres:   # the same statements in one call inside the server (`pg_hotpath`)
+        outcome, row = pg_hotpath.lease_next(conn, run, p={
+            **p, "e": now + lease_seconds, "want_gold": want_gold, "o": order,
+            "pick": rng.random() if want_gold else 0.0, "l": uuid.uuid4().hex,
+            "wait": first_attempt})
+        if outcome in ("none", "lost"):
+            return None if outcome == "none" else False
+        return Assignment(row.lease_id, row_item(row), row.display_order, row.expires_at,
+                          row.gold is not None)
     held = list(run(conn, _SQL["held"], p))
     if len(held) >= max_leases:
         h = held[0]
@@ -142,14 +147,9 @@ def lease_next(conn: Connection, *, annotator_id: int, now: float, lease_seconds
     row = rng.choice(rows) if rows else None
     is_gold = row is not None
     if row is None:
-        row = (run(conn, _SQL["next_top_skip" if postgres else "next_top"], p).first()
-               or run(conn, _SQL["next_skip" if postgres else "next"], p).first())
-        if row is None and postgres and first_attempt:
-            row = run(conn, _SQL["next_wait"], p).first()
+        row = run(conn, _SQL["next_top"], p).first() or run(conn, _SQL["next"], p).first()
         if row is None:
             return None
-        if postgres and run(conn, _SQL["recheck"], {**p, "id": row.item_id}).first() is None:
-            return False          # lost the last slot to a concurrent lease
     lease = Assignment(uuid.uuid4().hex, row_item(row), order, now + lease_seconds, is_gold)
     run(conn, _SQL["lease"], {**p, "l": lease.lease_id, "id": row.item_id, "o": order,
                                  "e": lease.expires_at})
@@ -195,6 +195,19 @@ def _check_replay(prior, **sent) -> None:
                          "new label needs a new key", 409, "idempotency_key")
 
 
+def _replayed(prior, label_id: int, p: dict) -> RecordedLabel:
+    """The answer to a label whose item this annotator labeled already, or whose key was
+    used already (`prior`, that label): a replay of the same request gets its label back
+    (created False); anything else is refused."""
+    if prior.idempotency_key != p["k"]:
+        raise QueueError(f"you already labeled item {p['i']!r}", 409, "item_id")
+    if prior.annotator_id != p["a"] or prior.item_id != p["i"]:
+        raise QueueError("idempotency_key was already used for another label", 409,
+                         "idempotency_key")
+    _check_replay(prior, lease_id=p["l"], choice=p["c"], confidence=p["conf"], comment=p["m"])
+    return RecordedLabel(label_id, False)
+
+
 def record(conn: Connection, *, annotator_id: int, item_id: str, lease_id: str, choice: str,
            confidence: int, idempotency_key: str, comment: str, now: float,
            postgres: bool) -> RecordedLabel:
@@ -206,18 +219,16 @@ def record(conn: Connection, *, annotator_id: int, item_id: str, lease_id: str, 
     """
     p = {"i": item_id, "a": annotator_id, "l": lease_id, "k": idempotency_key, "c": choice,
          "conf": confidence, "m": comment, "now": now}
-    item = run(conn, _SQL["item_locked" if postgres else "item"], p).first()
+    if postgres:   # the same statements in one call inside the server (`pg_hotpath`)
+        row = pg_hotpath.record(conn, run, p=p)
+        if row.outcome == "created":
+            return RecordedLabel(row.label_id, True)
+        return _replayed(row, row.label_id, p)
+    item = run(conn, _SQL["item"], p).first()
     if item is None:
         raise QueueError(f"no item {item_id!r}", 404, "item_id")
     for prior in run(conn, _SQL["labels_of"], p):
-        if prior.idempotency_key != idempotency_key:
-            raise QueueError(f"you already labeled item {item_id!r}", 409, "item_id")
-        if prior.annotator_id != annotator_id or prior.item_id != item_id:
-            raise QueueError("idempotency_key was already used for another label", 409,
-                             "idempotency_key")
-        _check_replay(prior, lease_id=lease_id, choice=choice, confidence=confidence,
-                      comment=comment)
-        return RecordedLabel(prior.id, False)
+        return _replayed(prior, prior.id, p)
     lease = run(conn, _SQL["lease_of"], p).first()
     if lease is None:
         raise QueueError(f"no lease {lease_id!r} of yours on item {item_id!r}", 404, "lease_id")

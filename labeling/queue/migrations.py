@@ -26,6 +26,8 @@ Tables:
   at sign-out and when its annotator is disabled (`accounts.py`).
 - `guidelines`, `skips`, `verdicts` and `labels.guideline_version` (5): see
   `guidelines.py`, `skips.py` and `adjudication.py`.
+- `annotators.role` may be 'reviewer' too (4, applied after 5 on databases made before
+  it): see `accounts.ROLES`.
 """
 
 from __future__ import annotations
@@ -177,13 +179,63 @@ def m005_annotation_team(conn: Connection) -> None:
         conn.execute(text(sql))
 
 
+_OLD_ROLE_CHECK = "CHECK (role IN ('annotator', 'admin'))"
+_NEW_ROLE_CHECK = "CHECK (role IN ('annotator', 'reviewer', 'admin'))"
+
+
+def m004_reviewer_role(conn: Connection) -> None:
+    """Allow the role 'reviewer' (adjudicates, does not administer) in `annotators.role`.
+
+    PostgreSQL replaces the CHECK constraint. SQLite cannot alter a constraint, and
+    rebuilding `annotators` would need foreign keys off (impossible inside this
+    transaction) since five tables reference it; so the table's stored CREATE statement is
+    edited in place, the procedure SQLite documents for loosening a CHECK constraint
+    ("Making Other Kinds Of Table Schema Changes" in its ALTER TABLE page): the new check
+    admits every row the old one did, so no row needs to be looked at."""
+    if conn.dialect.name == "postgresql":
+        names = conn.execute(text(
+            "SELECT conname FROM pg_constraint WHERE conrelid = 'annotators'::regclass "
+            "AND contype = 'c' AND pg_get_constraintdef(oid) LIKE '%role%'")).scalars().all()
+        for name in names:
+            conn.execute(text(f'ALTER TABLE annotators DROP CONSTRAINT "{name}"'))
+        conn.execute(text(f"ALTER TABLE annotators ADD CONSTRAINT annotators_role_check "
+                          f"{_NEW_ROLE_CHECK}"))
+        return
+    sql = conn.execute(text("SELECT sql FROM sqlite_master WHERE type = 'table' "
+                            "AND name = 'annotators'")).scalar_one()
+    if sql.count(_OLD_ROLE_CHECK) != 1:
+        raise RuntimeError(f"m004: the annotators table does not have the expected role "
+                           f"check {_OLD_ROLE_CHECK!r}; its schema is {sql!r}")
+    version = conn.execute(text("PRAGMA schema_version")).scalar_one()
+    conn.execute(text("PRAGMA writable_schema = ON"))
+    conn.execute(text("UPDATE sqlite_master SET sql = :s WHERE type = 'table' "
+                      "AND name = 'annotators'"),
+                 {"s": sql.replace(_OLD_ROLE_CHECK, _NEW_ROLE_CHECK)})
+    conn.execute(text(f"PRAGMA schema_version = {int(version) + 1}"))
+    conn.execute(text("PRAGMA writable_schema = OFF"))
+    problems = conn.execute(text("PRAGMA quick_check")).scalars().all()
+    if problems != ["ok"]:
+        raise RuntimeError(f"m004: SQLite's quick_check after the schema edit: {problems}")
+
+
+def m006_pg_hotpath(conn: Connection) -> None:
+    """PostgreSQL: the functions that lease and label in one round trip (`pg_hotpath`).
+    Nothing on SQLite."""
+    if conn.dialect.name == "postgresql":
+        from alignloop.labeling.queue import pg_hotpath
+
+        pg_hotpath.install(conn)
+
+
 # Append only. (number, function); numbers strictly increase (a gap is allowed: each
 # number is applied once, in order, whatever came before it).
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, m001_initial),
     (2, m002_sessions),
     (3, m003_open_leases_by_annotator),
+    (4, m004_reviewer_role),
     (5, m005_annotation_team),
+    (6, m006_pg_hotpath),
 ]
 
 

@@ -1,5 +1,9 @@
 """The JSON API for scripts and bots (bearer token; see `app` for the reference):
-`POST /api/next` leases the next item, `POST /api/labels` records a label."""
+`POST /api/next` leases the next item, `POST /api/labels` records a label (and, with
+`"next": true`, leases the next item in the same request).
+
+The store calls run through `QueueWeb.call` (inline on the event loop for SQLite, see
+`create_app`): these two routes are the queue's hot path."""
 
 from __future__ import annotations
 
@@ -33,6 +37,8 @@ class LabelIn(BaseModel):
     confidence: int = Field(ge=1, le=3, strict=False)
     idempotency_key: str = Field(min_length=1, max_length=200, json_schema_extra=_ID)
     comment: str = Field(default="", max_length=MAX_COMMENT, json_schema_extra=_TEXT)
+    next: bool = Field(default=False, description="also lease the next item: the answer's "
+                       "`next` is what `POST /api/next` would answer (null for its 204)")
 
     @field_validator("confidence", mode="before")
     @classmethod
@@ -42,21 +48,28 @@ class LabelIn(BaseModel):
         return value
 
 
-@router.post("/api/next", **API["POST /api/next"])
-def api_next(web: Web, annotator: BearerAnnotator):
-    a = web.next_item(annotator.id)
+def _lease(a) -> dict | None:
     if a is None:
-        return Response(status_code=204)
+        return None
     it = a.item
-    return JSONResponse({"item_id": it.item_id, "lease_id": a.lease_id, "round": it.round,
-                         "prompt": it.prompt, "a": it.a, "b": it.b,
-                         "display_order": a.display_order, "expires_at": a.expires_at})
+    return {"item_id": it.item_id, "lease_id": a.lease_id, "round": it.round,
+            "prompt": it.prompt, "a": it.a, "b": it.b, "display_order": a.display_order,
+            "expires_at": a.expires_at}
+
+
+@router.post("/api/next", **API["POST /api/next"])
+async def api_next(web: Web, annotator: BearerAnnotator):
+    lease = _lease(await web.call(web.next_item, annotator.id))
+    return Response(status_code=204) if lease is None else JSONResponse(lease)
 
 
 @router.post("/api/labels", **API["POST /api/labels"])
-def api_labels(body: LabelIn, web: Web, annotator: BearerAnnotator):
-    r = web.store.record_label(annotator.id, item_id=body.item_id, lease_id=body.lease_id,
-                               choice=body.choice, confidence=body.confidence,
-                               idempotency_key=body.idempotency_key, comment=body.comment)
-    return JSONResponse(status_code=201 if r.created else 200,
-                        content={"label_id": r.label_id, "created": r.created})
+async def api_labels(body: LabelIn, web: Web, annotator: BearerAnnotator):
+    r = await web.call(web.store.record_label, annotator.id, item_id=body.item_id,
+                       lease_id=body.lease_id, choice=body.choice,
+                       confidence=body.confidence, idempotency_key=body.idempotency_key,
+                       comment=body.comment)
+    content = {"label_id": r.label_id, "created": r.created}
+    if body.next:   # a label and the next lease: one request per label instead of two
+        content["next"] = _lease(await web.call(web.next_item, annotator.id))
+    return JSONResponse(status_code=201 if r.created else 200, content=content)

@@ -1,27 +1,34 @@
-"""The admin pages (an admin's signed-in web session only): the dashboard (`/admin`:
+"""The admin pages (a signed-in web session only): the dashboard (`/admin`:
 progress, throughput, annotators, agreement, disputed items), annotator management
 (add, disable, rotate a token), the guideline editor, and adjudication
 (`/admin/adjudicate`: disputed items with every vote and comment, and a form for the
 final verdict).
 
-Refusals: no session -> 303 to the sign-in page; a session that no longer stands -> signed
-out; an annotator who is not an admin -> 403. Every POST checks the CSRF token first
-(403). The role is read from the store on every request, not trusted from the cookie.
+Who may: adjudication is for admins and reviewers (`accounts.ROLES`), everything else
+for admins only. Refusals: no session -> 303 to the sign-in page; a session that no
+longer stands -> signed out; a role that may not -> 403. Every POST checks the CSRF token
+first (403). The role is read from the store on every request, not trusted from the
+cookie.
 All text goes through Jinja's autoescape; guidelines are rendered as data
 (`guidelines.blocks`), never as HTML.
 """
 
 from __future__ import annotations
 
-from alignloop.labeling.queue import adjudication, dashboard, guidelines
+import re
+
+from alignloop.labeling.queue import adjudication, controls, dashboard, guidelines
+from alignloop.labeling.queue.contract import ADMIN
 from alignloop.labeling.queue.deps import QueueWeb, Web
 from alignloop.labeling.queue.store import QueueError
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter()
 REFUSED = {"title": "Admins only", "message": "This page is for queue admins."}
+REFUSED_ADJUDICATE = {"title": "Reviewers only",
+                      "message": "Adjudication is for queue admins and reviewers."}
 
 
 def _page(web: QueueWeb, request: Request, template: str, status: int = 200,
@@ -29,8 +36,10 @@ def _page(web: QueueWeb, request: Request, template: str, status: int = 200,
     return web.templates.TemplateResponse(request, template, context, status_code=status)
 
 
-async def _admin(web: QueueWeb, request: Request, session: dict | None):
-    """(session, admin account), or the Response refusing the request."""
+async def _admin(web: QueueWeb, request: Request, session: dict | None, *,
+                 adjudicate: bool = False):
+    """(session, account), or the Response refusing the request: the account must be an
+    admin's (with `adjudicate`: an admin's or a reviewer's)."""
     if not session or not session.get("aid"):
         return RedirectResponse("/", status_code=303)
     who = await run_in_threadpool(web.store.session_annotator, session["sid"])
@@ -38,20 +47,23 @@ async def _admin(web: QueueWeb, request: Request, session: dict | None):
         response = RedirectResponse("/", status_code=303)
         web.sessions.clear(response)
         return response
-    if not who.is_admin:
+    if adjudicate and not who.can_adjudicate:
+        return _page(web, request, "error.html", 403, **REFUSED_ADJUDICATE)
+    if not adjudicate and not who.is_admin:
         return _page(web, request, "error.html", 403, **REFUSED)
     return session, who
 
 
-async def _posted(web: QueueWeb, request: Request):
-    """(form, session, admin) of a CSRF-checked admin form, or the refusing Response."""
+async def _posted(web: QueueWeb, request: Request, *, adjudicate: bool = False):
+    """(form, session, account) of a CSRF-checked form (`_admin` says who may), or the
+    refusing Response."""
     form = await request.form()
     session = web.sessions.read(request)
     if not web.sessions.csrf_ok(session, form.get("csrf")):
         return _page(web, request, "error.html", 403, title="Form refused",
                      message="This form has expired or did not come from this site. "
                              "Reload the page and try again.")
-    got = await _admin(web, request, session)
+    got = await _admin(web, request, session, adjudicate=adjudicate)
     if isinstance(got, Response):
         return got
     return form, got[0], got[1]
@@ -71,7 +83,7 @@ async def _dashboard(web: QueueWeb, request: Request, session: dict, who, *,
                  guide_blocks=guidelines.blocks(guide["body"]) if guide else [])
 
 
-@router.get("/admin")
+@router.get("/admin", **ADMIN["GET /admin"])
 async def admin_page(request: Request, web: Web):
     got = await _admin(web, request, web.sessions.read(request))
     if isinstance(got, Response):
@@ -79,7 +91,7 @@ async def admin_page(request: Request, web: Web):
     return await _dashboard(web, request, *got)
 
 
-@router.post("/admin/annotators")
+@router.post("/admin/annotators", **ADMIN["POST /admin/annotators"])
 async def admin_annotators(request: Request, web: Web):
     """action=add (name, role), disable (name) or rotate (name)."""
     got = await _posted(web, request)
@@ -89,8 +101,9 @@ async def admin_annotators(request: Request, web: Web):
     action, name = str(form.get("action") or ""), str(form.get("name") or "").strip()
     store = web.store
     try:
+        controls.check(name, "name", "id")
         if action == "add":
-            role = "admin" if form.get("role") == "admin" else "annotator"
+            role = str(form.get("role") or "annotator")
             token = await run_in_threadpool(store.add_annotator, name, role)
             return await _dashboard(web, request, session, who,
                                     new_token={"name": name, "token": token, "added": True})
@@ -110,7 +123,7 @@ async def admin_annotators(request: Request, web: Web):
         return await _dashboard(web, request, session, who, status=e.status, error=str(e))
 
 
-@router.post("/admin/guidelines")
+@router.post("/admin/guidelines", **ADMIN["POST /admin/guidelines"])
 async def admin_guidelines(request: Request, web: Web):
     got = await _posted(web, request)
     if isinstance(got, Response):
@@ -118,9 +131,9 @@ async def admin_guidelines(request: Request, web: Web):
     form, session, who = got
     raw_round = str(form.get("round") or "").strip()
     try:
-        if raw_round and not raw_round.isdigit():
-            raise QueueError(f"round must be a number >= 0 or empty, got {raw_round!r}", 422,
-                             "round")
+        if raw_round and not re.fullmatch(r"[0-9]{1,9}", raw_round):
+            raise QueueError(f"round must be a number from 0 to 999999999 or empty, got "
+                             f"{raw_round!r}", 422, "round")
         await run_in_threadpool(lambda: guidelines.set_guideline(
             web.store, str(form.get("body") or ""), author=who.name,
             round=int(raw_round) if raw_round else None))
@@ -136,17 +149,17 @@ async def _adjudicate_page(web: QueueWeb, request: Request, session: dict, who, 
                  items=items, error=error)
 
 
-@router.get("/admin/adjudicate")
+@router.get("/admin/adjudicate", **ADMIN["GET /admin/adjudicate"])
 async def adjudicate_page(request: Request, web: Web):
-    got = await _admin(web, request, web.sessions.read(request))
+    got = await _admin(web, request, web.sessions.read(request), adjudicate=True)
     if isinstance(got, Response):
         return got
     return await _adjudicate_page(web, request, *got)
 
 
-@router.post("/admin/adjudicate")
+@router.post("/admin/adjudicate", **ADMIN["POST /admin/adjudicate"])
 async def adjudicate_submit(request: Request, web: Web):
-    got = await _posted(web, request)
+    got = await _posted(web, request, adjudicate=True)
     if isinstance(got, Response):
         return got
     form, session, who = got

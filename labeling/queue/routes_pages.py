@@ -13,7 +13,6 @@ browser or looking the lease up (see `app` for the whole design).
 
 from __future__ import annotations
 
-import hmac
 import re
 import uuid
 
@@ -206,9 +205,8 @@ async def label_page(request: Request, web: Web, note: str = ""):
 
 def _refusal(web: QueueWeb, f: dict[str, str]) -> tuple[str, str] | None:
     """(title, message) of why an answer form is refused, or None when it is sound."""
-    if (f["display_order"] not in ("ab", "ba") or not hmac.compare_digest(
-            f["order_sig"], web.sessions.order_sig(f["lease_id"], f["item_id"],
-                                                   f["display_order"]))):
+    if not web.sessions.order_ok(f["lease_id"], f["item_id"], f["display_order"],
+                                 f["order_sig"]):
         return "Form altered", "The form did not match the item shown. Reload the page."
     if f["slot"] not in SLOTS or f["confidence"] not in ("1", "2", "3"):
         return "Incomplete answer", "Pick one of the four answers and a confidence of 1 to 3."

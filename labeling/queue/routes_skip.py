@@ -13,11 +13,10 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Literal
 
 from alignloop.labeling.queue import guidelines
-from alignloop.labeling.queue.contract import _AUTH, _BODY, Invalid, Problem, _json
+from alignloop.labeling.queue.contract import _AUTH, _BODY, PAGES, Invalid, Problem, _json
 from alignloop.labeling.queue.deps import BearerAnnotator, Web
 from alignloop.labeling.queue.routes_api import _ID, _TEXT  # no control characters
 from alignloop.labeling.queue.routes_pages import _error, _forbidden, _posted_form, _signed_out
@@ -82,12 +81,16 @@ def api_guidelines(request: Request, web: Web, annotator: BearerAnnotator,
     unknown = sorted(set(request.query_params) - {"round"})
     if unknown:   # strict, like the bodies: an unknown parameter is a mistake, said so
         raise QueueError(f"unknown query parameter {unknown[0]!r}", 422, unknown[0])
+    given = request.query_params.getlist("round")
+    if len(given) > 1 or (given and not given[0].isascii()) or (
+            given and not given[0].isdigit()):   # "0.0", "1e3", " 2": not coerced
+        raise QueueError(f"round must be one whole number, got {given!r}", 422, "round")
     g = guidelines.current(web.store, round)
     return {"guideline": None if g is None else {"version": g.version, "round": g.round,
                                                  "body": g.body}}
 
 
-@router.post("/label/skip", include_in_schema=False)
+@router.post("/label/skip", **PAGES["POST /label/skip"])
 async def label_skip(request: Request, web: Web):
     """The page's skip form: the same CSRF token and order signature as the answer form."""
     form, session = await _posted_form(web, request)
@@ -97,9 +100,8 @@ async def label_skip(request: Request, web: Web):
         return RedirectResponse("/", status_code=303)
     f = {k: str(form.get(k) or "") for k in ("item_id", "lease_id", "display_order",
                                              "order_sig", "reason", "comment")}
-    if f["display_order"] not in ("ab", "ba") or not hmac.compare_digest(
-            f["order_sig"], web.sessions.order_sig(f["lease_id"], f["item_id"],
-                                                   f["display_order"])):
+    if not web.sessions.order_ok(f["lease_id"], f["item_id"], f["display_order"],
+                                 f["order_sig"]):
         return _error(web, request, 400, "Form altered",
                       "The form did not match the item shown. Reload the page.")
     if not await run_in_threadpool(web.signed_in, session):

@@ -86,12 +86,16 @@ class ApiClient:
         return body
 
     def label(self, item_id: str, lease_id: str, choice: str, confidence: int = 2, *,
-              idempotency_key: str | None = None, comment: str = "") -> tuple[int, dict]:
-        """Submit one label: (201 created | 200 replay, {label_id, created})."""
-        status, body = self.request("POST", "/api/labels", {
-            "item_id": item_id, "lease_id": lease_id, "choice": choice,
-            "confidence": confidence, "comment": comment,
-            "idempotency_key": idempotency_key or uuid.uuid4().hex})
+              idempotency_key: str | None = None, comment: str = "",
+              next: bool = False) -> tuple[int, dict]:
+        """Submit one label: (201 created | 200 replay, {label_id, created}); with `next`,
+        the answer's `next` is the next lease (None when nothing is left), as from
+        `next()`, in the same request."""
+        payload = {"item_id": item_id, "lease_id": lease_id, "choice": choice,
+                   "confidence": confidence, "comment": comment,
+                   "idempotency_key": idempotency_key or uuid.uuid4().hex}
+        status, body = self.request("POST", "/api/labels", {**payload, "next": True}
+                                    if next else payload)
         if status not in (200, 201):
             raise ApiError(status, body)
         return status, body

@@ -32,7 +32,8 @@ Semantics (what the web app, the terminal labeler and the loop rely on):
   (`FOR NO KEY UPDATE`, which labels' foreign-key checks do not wait for).
   Transactions are short; one engine per store serves many threads.
 
-Leasing and labeling SQL lives in `leases.py`; annotators and web sessions in
+Leasing and labeling SQL lives in `leases.py` (on PostgreSQL run as one server-side
+function call per request, `pg_hotpath.py`); annotators and web sessions in
 `accounts.py`; reading out counts, agreement and exports in `stats.py`.
 `QueueStore` is the entry point to all of it.
 
@@ -140,11 +141,17 @@ class QueueStore:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _write(self, fn: Callable[[Connection], object]) -> object:
+    def _write(self, fn: Callable[[Connection], object], *, one_call: bool = False) -> object:
         """Run `fn` in one write transaction; a race lost on a UNIQUE constraint (or a
-        PostgreSQL serialisation failure) is retried, and then sees the winner's row."""
+        PostgreSQL serialisation failure) is retried, and then sees the winner's row.
+        `one_call`: on PostgreSQL `fn` runs a single statement (a `pg_hotpath` function),
+        sent in autocommit, where the statement is its own transaction: one round trip
+        instead of three."""
         for attempt in range(3):
             try:
+                if one_call and self._postgres:
+                    with self._reader.connect() as conn:
+                        return fn(conn)
                 with self._write_lock, self._writer.begin() as conn:
                     return fn(conn)
             except (IntegrityError, OperationalError) as e:
@@ -303,7 +310,7 @@ class QueueStore:
                                      first_attempt=attempt == 0)
 
         for attempt in range(_ATTEMPTS):
-            got = self._write(partial(tx, attempt=attempt))
+            got = self._write(partial(tx, attempt=attempt), one_call=True)
             if got is not False:
                 return got
         return None
@@ -331,7 +338,7 @@ class QueueStore:
         return self._write(lambda conn: leases.record(
             conn, annotator_id=annotator_id, item_id=item_id, lease_id=lease_id, choice=choice,
             confidence=confidence, idempotency_key=idempotency_key, comment=comment,
-            now=self.clock(), postgres=self._postgres))
+            now=self.clock(), postgres=self._postgres), one_call=True)
 
     # ----------------------------------------------------------------- reading
 

@@ -76,9 +76,12 @@ def _not_a_run_dir(value: str, what: str) -> None:
 
 def _app_options(args: argparse.Namespace) -> dict:
     options = {"lease_seconds": args.lease_seconds, "gold_rate": args.gold_rate,
-               "max_body_bytes": args.max_body_bytes, "secure_cookies": args.secure_cookies}
+               "max_body_bytes": args.max_body_bytes, "secure_cookies": args.secure_cookies,
+               "db_calls": args.db_calls}
     if args.max_leases is not None:   # else the app's default (`leases.MAX_LEASES`)
         options["max_leases"] = args.max_leases
+    if args.auth_failures is not None:   # else the app's default (`deps.AUTH_FAILURES`)
+        options["auth_failures"] = args.auth_failures
     return options
 
 
@@ -116,7 +119,7 @@ def cmd_add_annotator(args: argparse.Namespace) -> int:
     """Create an annotator and print its token (only its hash is kept: it is shown once)."""
     _not_a_run_dir(args.name, "annotator name")
     store = _open(args)
-    role = "admin" if args.admin else "annotator"
+    role = "admin" if args.admin else args.role
     token = store.add_annotator(args.name, role)
     print(f"added {role} {args.name!r}; the token below is shown only once:", file=sys.stderr)
     print(token)
@@ -342,8 +345,15 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--max-leases", type=_positive_int,
                    help="live leases per annotator; asking again hands back the oldest "
                         "(default: 1)")
+    q.add_argument("--auth-failures", type=_positive_int, metavar="N",
+                   help="failed sign-ins / 401s an address may make in a minute (per worker) "
+                        "before it gets 429 (default: 20)")
     q.add_argument("--gold-rate", type=float, default=0.0,
                    help="share of assignments that are gold items (default: %(default)s)")
+    q.add_argument("--db-calls", choices=["auto", "inline", "thread"], default="auto",
+                   help="run the JSON API's store calls on the event loop (inline) or in "
+                        "threads; auto: inline for SQLite, threads for a database server "
+                        "(default: %(default)s)")
     q.add_argument("--max-body-bytes", type=int, default=64 * 1024,
                    help="larger request bodies are refused with 413 (default: %(default)s)")
     q.add_argument("--secure-cookies", action="store_true",
@@ -354,7 +364,12 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     q = command("add-annotator", cmd_add_annotator, "add an annotator and print its token",
                 creates=True)
     q.add_argument("name", help="annotator name (unique)")
-    q.add_argument("--admin", action="store_true", help="may read /api/status")
+    role = q.add_mutually_exclusive_group()
+    role.add_argument("--role", choices=["annotator", "reviewer", "admin"], default="annotator",
+                      help="annotator: labels; reviewer: also adjudicates disputed items; "
+                           "admin: also the dashboard, /api/status, annotators and "
+                           "guidelines (default: %(default)s)")
+    role.add_argument("--admin", action="store_true", help="same as --role admin")
 
     q = command("disable-annotator", cmd_disable_annotator,
                 "disable an annotator (its token and sessions stop working)")
@@ -407,7 +422,10 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _positive_int(value: str) -> int:
-    n = int(value)
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {value!r}") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {n}")
     return n

@@ -1,6 +1,7 @@
 """`alignloop queue ...` commands an annotation team's admin runs: `guidelines` (show or
-set the labeling guideline), `disable` and `rotate-token` (annotator management), and
-the `hf` format of `queue export` (a `datasets.Dataset`, optionally pushed to the Hub).
+set the labeling guideline), `disable`, `rotate-token` and `set-role` (annotator
+management), and the `hf` format of `queue export` (a `datasets.Dataset`, optionally
+pushed to the Hub).
 Registered by `queue.add_queue_commands`; heavy modules are imported inside commands.
 """
 
@@ -55,6 +56,19 @@ def cmd_rotate_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_set_role(args: argparse.Namespace) -> int:
+    """Change an annotator's role (annotator, reviewer or admin). It applies to the
+    annotator's next request: the web pages read the role from the queue every time (a
+    bearer token checked in the last few seconds may keep its old role that long)."""
+    from alignloop.cli.queue import _open as open_queue
+    from alignloop.labeling.queue import accounts
+
+    old = open_queue(args).transaction(lambda conn: accounts.set_role(conn, args.name,
+                                                                      args.role))
+    print(f"{args.name!r}: {old} -> {args.role}")
+    return 0
+
+
 def export_hf(args: argparse.Namespace, store) -> int:
     """`queue export --format hf`: see `alignloop.labeling.queue.export`."""
     from alignloop.labeling.queue.export import export_hf as write
@@ -83,3 +97,7 @@ def add_team_commands(command) -> None:
     q = command("rotate-token", cmd_rotate_token,
                 "give an annotator a new token (the old one stops working)")
     q.add_argument("name", help="annotator name")
+
+    q = command("set-role", cmd_set_role, "change an annotator's role")
+    q.add_argument("name", help="annotator name")
+    q.add_argument("role", choices=["annotator", "reviewer", "admin"])

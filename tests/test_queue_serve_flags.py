@@ -1,0 +1,111 @@
+"""`alignloop queue serve --auth-failures N` reaches the app: a real `queue serve` process
+(one worker, and two: the uvicorn factory `app_from_env` path) answers the (N+1)th bad
+token from one address with 429; the flag is validated by the parser, naming it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from alignloop.cli import main
+from alignloop.labeling.queue.app import app_from_env
+from alignloop.labeling.queue.store import QueueStore
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(run_dir, *flags: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alignloop.cli", "-q", "queue", "serve", "--run-dir",
+         str(run_dir), "--port", str(port), "--log-level", "warning", "--no-access-log",
+         *flags], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "ALIGNLOOP_QUEUE_SECRET": "s"})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
+
+
+def _bad_tokens(url: str, n: int) -> list[int]:
+    """The statuses of `n` requests with a wrong token, each on a new connection."""
+    return [httpx.post(url + "/api/next", headers={"Authorization": "Bearer wrong"},
+                       timeout=10).status_code for _ in range(n)]
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    with QueueStore.open(tmp_path) as store:
+        token = store.add_annotator("ann")
+    return tmp_path, token
+
+
+def test_serve_auth_failures_flag_limits_bad_tokens(run_dir):
+    path, token = run_dir
+    proc, url = _serve(path, "--auth-failures", "2")
+    try:
+        assert _bad_tokens(url, 3) == [401, 401, 429]
+        r = httpx.post(url + "/api/next", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1   # the address
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_serve_default_allows_more_bad_tokens(run_dir):
+    path, _ = run_dir
+    proc, url = _serve(path)
+    try:
+        assert _bad_tokens(url, 3) == [401, 401, 401]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_serve_auth_failures_flag_reaches_every_worker(run_dir):
+    """Two workers, each counting for itself: of 5 bad tokens, one worker sees a third."""
+    path, _ = run_dir
+    proc, url = _serve(path, "--auth-failures", "2", "--workers", "2")
+    try:
+        statuses = _bad_tokens(url, 5)
+        assert 429 in statuses and set(statuses) <= {401, 429}, statuses
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_app_from_env_takes_auth_failures(tmp_path, monkeypatch):
+    QueueStore.open(tmp_path).close()
+    monkeypatch.setenv("ALIGNLOOP_QUEUE_DB", f"sqlite:///{tmp_path / 'queue.db'}")
+    monkeypatch.setenv("ALIGNLOOP_QUEUE_SECRET", "s")
+    monkeypatch.setenv("ALIGNLOOP_QUEUE_OPTIONS", json.dumps({"auth_failures": 3}))
+    app = app_from_env()
+    assert app.state.queue_web.failures.limit == 3
+    app.state.store.close()
+
+
+@pytest.mark.parametrize("value, message", [("0", "must be 1 or more, got 0"),
+                                            ("-3", "must be 1 or more, got -3"),
+                                            ("two", "must be a whole number, got 'two'")])
+def test_serve_refuses_a_bad_auth_failures_value(tmp_path, capsys, value, message):
+    with pytest.raises(SystemExit) as e:
+        main(["queue", "serve", "--run-dir", str(tmp_path / "run"), "--auth-failures", value])
+    assert e.value.code == 2
+    assert f"argument --auth-failures: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()          # refused: nothing created
