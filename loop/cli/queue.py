@@ -134,119 +134,6 @@ def cmd_disable_annotator(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    """Items, labels and agreement per round and per annotator."""
-    status = _open(args).status()
-    if args.json:
-        print(json.dumps(status, indent=2))
-        return 0
-
-    def num(x, fmt="{:.2f}"):
-        return "-" if x is None else fmt.format(x)
-
-    print(f"{status['items']} items, {status['labels']} labels, {status['gold_items']} gold "
-          f"items; Krippendorff's alpha {num(status['alpha'])}")
-    if status["rounds"]:
-        print(f"\n{'round':>5} {'items':>7} {'complete':>9} {'pending':>8} {'labels':>7} {'alpha':>6}")
-        for r in status["rounds"]:
-            print(f"{r['round']:>5} {r['items']:>7} {r['complete']:>9} {r['pending']:>8} "
-                  f"{r['labels']:>7} {num(r['alpha']):>6}")
-    if status["annotators"]:
-        print(f"\n{'annotator':<24} {'labels':>7} {'gold':>9} {'alpha w/o':>9}")
-        for a in status["annotators"]:
-            gold = f"{a['gold_correct']}/{a['gold_seen']}" if a["gold_seen"] else "-"
-            print(f"{a['name'][:24]:<24} {a['labels']:>7} {gold:>9} {num(a['alpha_without']):>9}")
-    for k in status["kappa"]:
-        print(f"kappa {k['a']} / {k['b']}: {num(k['kappa'])} on {k['shared']} shared items")
-    return 0
-
-
-def cmd_import(args: argparse.Namespace) -> int:
-    """Queue the pairs of a pairs file (any format `alignloop train` reads) for labeling:
-    each pair becomes an item with a = chosen, b = rejected, item_id = pair_id. A row with
-    a control character (other than tab and newline in text) is refused like any invalid
-    row: the error names the file and row, and nothing is queued (or, with --on-invalid
-    skip, the row is dropped)."""
-    from alignloop.data import read_pairs
-
-    _not_a_run_dir(args.file, "pairs file")
-    pairs, report = read_pairs(args.file, on_invalid=args.on_invalid)
-    pairs, refused = _without_control_characters(pairs, args.on_invalid)
-    store = _open(args)
-    new = store.push(pairs, args.round, votes_required=args.votes_required,
-                     max_votes=max(args.max_votes or args.votes_required, args.votes_required))
-    dropped = {**report.skipped, **({"control character": refused} if refused else {})}
-    skipped = f"; skipped {dropped}" if dropped else ""
-    print(f"queued {new} new items for round {args.round} ({len(pairs) - new} already queued, "
-          f"{report.n_read} rows read{skipped})")
-    return 0
-
-
-def _without_control_characters(pairs: list, on_invalid: str) -> tuple[list, int]:
-    """(the pairs free of control characters, how many were dropped); with on_invalid
-    "error" the first such pair raises QueueError naming its file and row."""
-    from alignloop.labeling.queue import controls
-    from alignloop.labeling.queue.store import QueueError
-
-    kept = []
-    for pair in pairs:
-        try:
-            controls.check(pair.pair_id, "pair_id", "id")
-            controls.check_prompt(pair.prompt, "text")
-            for field in ("chosen", "rejected", "slice"):
-                controls.check(getattr(pair, field), field, "text")
-        except QueueError as e:
-            if on_invalid == "error":
-                raise QueueError(f"{pair.origin}: {e} (--on-invalid skip drops such rows)",
-                                 e.status, e.field) from None
-            continue
-        kept.append(pair)
-    return kept, len(pairs) - len(kept)
-
-
-def _jsonl_pair(pair) -> dict:
-    """A pair as a JSONL row `read_pairs` reads back: plain text, or TRL's conversational
-    form (responses as one assistant message) when the prompt is chat messages."""
-    from dataclasses import asdict
-
-    row = {k: v for k, v in asdict(pair).items() if k != "origin"}
-    if isinstance(pair.prompt, list):
-        for k in ("chosen", "rejected"):
-            row[k] = [{"role": "assistant", "content": row[k]}]
-    return row
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    """Write the votes: `dpo` = soft-labeled pairs (parquet: the pairs.parquet columns;
-    JSONL: rows `read_pairs` reads, conversational for chat prompts), `raw` = every label,
-    `hf` = a `datasets.Dataset` directory with TRL's preference columns plus the votes and
-    soft label (`--push-to-hub REPO` uploads it)."""
-    from alignloop.artifacts import write_jsonl, write_parquet
-    from alignloop.data import write_pairs
-
-    if args.push_to_hub and args.format != "hf":
-        raise SystemExit("error: --push-to-hub needs --format hf")
-    store, out = _open(args), Path(args.out)
-    if args.format == "hf":
-        from alignloop.cli.queue_team import export_hf
-
-        return export_hf(args, store)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if args.format == "dpo":
-        pairs = store.export_pairs(round=args.round)
-        if out.suffix == ".parquet":
-            write_pairs(out, pairs)
-        else:
-            write_jsonl(out, [_jsonl_pair(p) for p in pairs])
-        n = len(pairs)
-    else:
-        rows = [r for r in store.export_raw() if args.round is None or r.get("round") == args.round]
-        (write_parquet if out.suffix == ".parquet" else write_jsonl)(out, rows)
-        n = len(rows)
-    print(f"wrote {n} {'pairs' if args.format == 'dpo' else 'labels'} -> {out}")
-    return 0
-
-
 def cmd_label(args: argparse.Namespace) -> int:
     """Label in the terminal: the prompt and the two responses side by side (stacked when the
     terminal is narrow); keys 1 = A, 2 = B, 3 = tie, 4 = both bad, s = skip (with a reason),
@@ -318,6 +205,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def add_queue_commands(sub: argparse._SubParsersAction) -> None:
+    from alignloop.cli.queue_data import cmd_export, cmd_import, cmd_status
+
     p = sub.add_parser("queue", help="the human labeling queue (serve, annotators, import/export)",
                        description=__doc__.split("\n\n")[1].replace("\n", " "))
     qsub = p.add_subparsers(dest="queue_command", required=True, metavar="COMMAND",
