@@ -78,13 +78,18 @@ BEGIN
             got := FOUND;
         END IF;
     END IF;
-    IF NOT got THEN
+    -- Each statement below takes a fresh snapshot. A row locked here may have had its
+    -- last slot leased by a transaction that committed after the search's snapshot was
+    -- taken (the head of the queue, which every caller races for): the recheck sees it,
+    -- and the search runs again, up to 16 times, before 'lost' sends the caller back.
+    FOR attempt IN 1..16 LOOP
+        EXIT WHEN got;
         SELECT {cols} INTO r FROM items i WHERE {top} AND {available} {order}
             FOR UPDATE SKIP LOCKED;
         IF NOT FOUND THEN
             SELECT {cols} INTO r FROM items i WHERE {available} {order} FOR UPDATE SKIP LOCKED;
         END IF;
-        IF NOT FOUND AND p_wait THEN
+        IF NOT FOUND AND p_wait AND attempt = 1 THEN
             SELECT {cols} INTO r FROM items i WHERE {available} {order} FOR UPDATE;
         END IF;
         IF NOT FOUND THEN
@@ -95,12 +100,13 @@ BEGIN
         END IF;
         -- the row is ours now; a fresh snapshot says whether its last slot still is
         PERFORM 1 FROM items i WHERE i.item_id = r.item_id AND {available};
-        IF NOT FOUND THEN
-            RETURN QUERY SELECT 'lost', NULL::text, NULL::text, NULL::double precision,
-                NULL::text, NULL::integer, NULL::text, NULL::text, NULL::text, NULL::text,
-                NULL::double precision, NULL::integer, NULL::integer, NULL::text;
-            RETURN;
-        END IF;
+        got := FOUND;
+    END LOOP;
+    IF NOT got THEN
+        RETURN QUERY SELECT 'lost', NULL::text, NULL::text, NULL::double precision,
+            NULL::text, NULL::integer, NULL::text, NULL::text, NULL::text, NULL::text,
+            NULL::double precision, NULL::integer, NULL::integer, NULL::text;
+        RETURN;
     END IF;
     INSERT INTO leases (lease_id, item_id, annotator_id, display_order, issued_at, expires_at)
         VALUES (p_lease, r.item_id, p_ann, p_order, p_now, p_expires);
