@@ -115,7 +115,7 @@ class Loop:
                                           "reference": self.reference(k),
                                           "policy": str(self.rdir(k) / A.POLICY),
                                           "placement": self.placement.to_dict(),
-                                          "generation": self.generation_backend()})
+                                          "generation": self.generation_backend(k)})
         for stage in stages_of(k):
             self.state.stage(k, stage.name, lambda s=stage: s.run(self, k), list(stage.outputs))
         self.check_gates(k)
@@ -231,12 +231,17 @@ class Loop:
     def evaluate(self, k: int):
         from alignloop.data import read_pairs_parquet
         from alignloop.evaluation import read_samples
-        from alignloop.stages.evaluate import eval_items, evaluate
+        from alignloop.stages.evaluate import eval_items, evaluate, known_heldout_scores
 
         lc, start = self.cfg.loop, self.start_round(k)
         previous = read_samples(self.rdir(start)) if start is not None else None
         base = read_samples(self.rdir(0)) if k > 0 else None
         held = self.rdir(0) / A.HELDOUT_PAIRS
+        where = {key: self.placement.to_dict()[key] for key in ("device", "precision")}
+        earlier = [(self.rdir(j), {"policy": str(self.rdir(j) / A.POLICY),
+                                   "reference": self.reference(j), "base": self.base})
+                   for j in range(k) if where.items()
+                   <= self.state.round_state(j).get("placement", {}).items()]
         return evaluate(
             self.rdir(k), generation=self.cfg.generation, samples_per_prompt=lc.eval_samples,
             seed=lc.seed, tie_margin=lc.eval_tie_margin, items=eval_items(self.pool, lc.eval_prompts),
@@ -245,7 +250,8 @@ class Loop:
             base_samples=[r for r in base or [] if r["model"] == "base"] or None,
             heldout=read_pairs_parquet(held) if held.exists() else [],
             ensemble=self.ensemble(k + 1)[0], panel=self.panel,
-            chat_template=self.cfg.data.chat_template, placement=self.placement)
+            chat_template=self.cfg.data.chat_template, placement=self.placement,
+            heldout_known=known_heldout_scores(earlier))
 
     def report(self, k: int):
         """The round's drift report, then its policy's model card (which quotes it)."""
@@ -299,12 +305,14 @@ class Loop:
     def base(self) -> str:
         return self.cfg.model.name
 
-    def generation_backend(self) -> dict:
-        """The generation backend `generation.backend` resolves to here and its dtype
-        (recorded per round in state.json; `alignloop status` shows it)."""
+    def generation_backend(self, k: int) -> dict:
+        """The generation backend `generation.backend` resolves to here, its dtype and how
+        vLLM serves round k's starting policy (recorded per round in state.json; `alignloop
+        status` shows it)."""
         from alignloop.generation import backend_record
 
-        return backend_record(self.cfg.generation, self.base, self.placement)
+        return backend_record(self.cfg.generation, self.base, self.placement,
+                              policy=self.policy(k - 1))
 
     @property
     def placement(self):

@@ -13,6 +13,18 @@ Models are loaded one at a time and freed before the next (a sampler, then each 
 then the judges), so the stage's peak memory is one model plus the judges. They run where
 the placement says (`alignloop.placement`): samplers with its sampling weights, scorers
 with its scoring weights and autocast (the log-probs behind the KL estimates).
+
+Where the seconds went (cProfile of the demo's round-1 eval, 2 EPYC cores, fp32): scoring
+56%, sampling 27%, sentence embeddings for the judges and the panel 15%, model loads and
+LoRA merges 4%. The forwards are compute-bound, so the stage saves forwards rather than
+speeding them up (demo rounds 1-2: 23.2k scored tokens -> 18.8k, one policy load fewer):
+
+- the held-out pairs are the same sequences every round, scored alone in the same
+  batches, so a model an earlier round already scored them with (the base model every
+  round; the reference when it is an earlier policy) gives the very same numbers, which
+  are read back (`known_heldout_scores`) instead of computed again;
+- the policy sampled last stays loaded for scoring when its sampling and scoring weights
+  are the same (fp32 or bf16 precision, `hf` backend): one load and LoRA merge, not two.
 """
 
 from __future__ import annotations
@@ -35,22 +47,28 @@ def evaluate(rdir: Path, *, generation: GenerationConfig, samples_per_prompt: in
              tie_margin: float, items: list, policy: str, reference: str, base: str,
              previous_samples: list[dict] | None, base_samples: list[dict] | None,
              heldout: list[Pair], ensemble=None, panel=None, chat_template: str = "auto",
-             placement=None) -> None:
+             placement=None, heldout_known: dict[str, dict[str, tuple]] | None = None) -> None:
     """Sample, score and judge; writes eval/samples.parquet, comparisons and held-out pairs.
     `previous_samples` are the policy samples of the round this one started from (None:
     it started from the base model); `base_samples` are round 0's base samples (None in
-    round 0, which draws them)."""
+    round 0, which draws them); `heldout_known` holds earlier rounds' held-out scores
+    with this placement (`known_heldout_scores`): those models do not score them again."""
     from alignloop.models import load_tokenizer
 
     tokenizer = load_tokenizer(policy, chat_template)
+    loaded: dict[str, object] = {}
     draws = sample_heldout(generation, items, policy=policy, base=base, n=samples_per_prompt,
                            seed=seed, with_base=base_samples is None, chat_template=chat_template,
-                           placement=placement)
+                           placement=placement, keep=loaded)
     kl_model = "policy_kl" if _tempered(generation) else "policy"
     kl_seqs = [_completion_tokens(tokenizer, it, c) for m, it, c in draws if m == kl_model]
     held_seqs = [seq for p in heldout for seq in _pair_tokens(tokenizer, p)]
     models = {"policy": policy, "reference": reference, "base": base}
-    kl_scores, held_scores = score_sequences(models, kl_seqs, held_seqs, placement=placement)
+    known = {ref: [x for p in heldout for x in scores[p.pair_id]]
+             for ref, scores in (heldout_known or {}).items()
+             if all(p.pair_id in scores for p in heldout)}
+    kl_scores, held_scores = score_sequences(models, kl_seqs, held_seqs, placement=placement,
+                                             known=[{}, known], loaded=loaded)
 
     samples, at = [], 0
     for model_name, it, c in draws:
@@ -92,10 +110,15 @@ def _tempered(g: GenerationConfig) -> bool:
 
 def sample_heldout(g: GenerationConfig, items: list, *, policy: str, base: str, n: int,
                    seed: int, with_base: bool, chat_template: str = "auto",
-                   placement=None) -> list[tuple]:
+                   placement=None, keep: dict | None = None) -> list[tuple]:
     """(model name, prompt item, Completion) for every held-out sample. The seeds are the
-    same every round, so rounds differ only by their policy. One sampler at a time."""
+    same every round, so rounds differ only by their policy. One sampler at a time, the
+    policy's last: `keep[policy]` is set to its model when it is the one scoring would
+    load (an `hf` sampler whose weights have the scoring dtype)."""
     from alignloop.generation import SamplingParams, generator_for
+    from alignloop.placement import Placement
+
+    scoring_weights = (placement or Placement()).weights_dtype
 
     def params(untempered: bool) -> SamplingParams:
         t, top_p, top_k = (1.0, 1.0, 0) if untempered else (g.temperature, g.top_p, g.top_k)
@@ -106,14 +129,18 @@ def sample_heldout(g: GenerationConfig, items: list, *, policy: str, base: str, 
     by_id = {it.prompt_id: it for it in items}
     runs = [(policy, [("policy", False)] + ([("policy_kl", True)] if _tempered(g) else []))]
     if with_base:
-        runs.insert(1, (base, [("base", False)]))
+        runs.insert(0, (base, [("base", False)]))   # each sample depends on its seed only
     draws = []
     for model_ref, names in runs:
         generator = generator_for(g, model_ref, chat_template=chat_template, placement=placement)
         for name, untempered in names:
             draws += [(name, by_id[c.prompt_id], c)
                       for c in generator.sample(items, params(untempered))]
-        del generator
+        model = getattr(generator, "model", None)
+        if (keep is not None and model_ref == policy and generator.name == "hf"
+                and next(model.parameters()).dtype == scoring_weights):
+            keep[policy] = model
+        del generator, model
         gc.collect()
     order = {"policy": 0, "base": 1, "policy_kl": 2}   # the row order of samples.parquet
     return sorted(draws, key=lambda d: order[d[0]])
@@ -142,32 +169,62 @@ def _pair_tokens(tokenizer, pair: Pair) -> list[tuple[list[int], list[int]]]:
             for r in (pair.chosen, pair.rejected)]
 
 
-def score_sequences(models: dict[str, str], *seq_lists,
-                    placement=None) -> list[dict[str, list[float]]]:
+def score_sequences(models: dict[str, str], *seq_lists, placement=None, known=(),
+                    loaded: dict | None = None) -> list[dict[str, list[float]]]:
     """Per list of (prompt ids, response ids), {model name: summed response log-probs}.
     Each distinct model is loaded once (where `placement` says; None: CPU, fp32), scores
-    every list, and is freed before the next."""
+    every list, and is freed before the next. `known[i]` maps a model reference to scores
+    of `seq_lists[i]` computed before (not computed again; a model known for every list
+    is not loaded); `loaded` maps a reference to its model already in memory (popped)."""
     from alignloop.labeling.logprobs import score_token_sequences
     from alignloop.models import load_model, load_tokenizer
     from alignloop.placement import Placement
 
     placement = placement or Placement()
+    loaded = loaded if loaded is not None else {}
+    known = list(known) + [{}] * (len(seq_lists) - len(known))
     out: list[dict[str, list[float]]] = [{} for _ in seq_lists]
     for ref in dict.fromkeys(models.values()):
-        if not any(seq_lists):
-            break
-        model = load_model(ref, dtype=placement.weights_dtype, device=placement.device)
-        pad = load_tokenizer(ref).pad_token_id
         names = [m for m, r in models.items() if r == ref]
-        for seqs, scores in zip(seq_lists, out, strict=True):
-            if seqs:
-                values = list(score_token_sequences(model, seqs, pad_id=pad,
-                                                    desc=f"log-probs ({names[0]})",
-                                                    placement=placement))
-                scores.update({m: values for m in names})
+        todo = []
+        for seqs, scores, have in zip(seq_lists, out, known, strict=True):
+            if seqs and ref in have:
+                scores.update({m: list(have[ref]) for m in names})
+            elif seqs:
+                todo.append((seqs, scores))
+        if not todo:
+            continue
+        model = loaded.pop(ref, None)
+        if model is None:
+            model = load_model(ref, dtype=placement.weights_dtype, device=placement.device)
+        pad = load_tokenizer(ref).pad_token_id
+        for seqs, scores in todo:
+            values = list(score_token_sequences(model, seqs, pad_id=pad,
+                                                desc=f"log-probs ({names[0]})",
+                                                placement=placement))
+            scores.update({m: values for m in names})
         del model
         gc.collect()
+    loaded.clear()
     return out
+
+
+def known_heldout_scores(earlier: list[tuple[Path, dict[str, str]]]) -> dict[str, dict]:
+    """{model reference: {pair_id: (chosen, rejected) log-probs}} from earlier rounds'
+    eval/heldout_pairs.parquet; `earlier` lists (round dir, {"policy" | "reference" |
+    "base": the reference that round scored with}) for rounds run with this placement.
+    The held-out pairs are the same every round and scored alone, so a model gives the
+    same numbers in every round; the first round that scored it is read."""
+    from alignloop.evaluation import read_heldout_pairs
+
+    known: dict[str, dict] = {}
+    for rdir, models in earlier:
+        for row in read_heldout_pairs(rdir) or []:
+            for name, ref in models.items():
+                pair = (row[f"logp_{name}_chosen"], row[f"logp_{name}_rejected"])
+                if not any(math.isnan(x) for x in pair):
+                    known.setdefault(ref, {}).setdefault(row["pair_id"], pair)
+    return known
 
 
 # --------------------------------------------------------------------------- judge
