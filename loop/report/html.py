@@ -262,12 +262,13 @@ def _run_metrics(done: dict[int, dict]) -> tuple[str, str]:
                      v("win_rate_vs_previous", "overall"), v("win_rate_vs_base", "overall"),
                      v("latent_reward", "models", "policy", "overall"),
                      v("length", "models", "policy", "mean_tokens"),
+                     v("length", "ends_by_eos", "policy"),
                      v("labels", "human_alpha"), v("labels", "judge_human", "kappa"),
                      len(rep.get("alerts", []))))
     header = ("round", th("KL to base (k1), 95% interval", KL_K1_NOTE, "1"),
               th("KL to reference (k1), 95% interval", KL_K1_NOTE, "1"), "win vs previous",
               "win vs base", th("latent reward", LATENT_REWARD_NOTE, "2"), "mean tokens",
-              "annotators' alpha", "judge-human kappa", "alerts")
+              "ends by EOS", "annotators' alpha", "judge-human kappa", "alerts")
     return _table(header, rows), _notes(f"¹ {KL_K1_NOTE}", f"² {LATENT_REWARD_NOTE}")
 
 

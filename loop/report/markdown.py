@@ -93,6 +93,10 @@ def headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
     add("Latent reward, this policy", "latent_reward", "models", "policy", "overall")
     add("Latent reward, previous policy", "latent_reward", "models", "previous", "overall",
         why=get_path(report, "latent_reward", "previous_reason"))
+    add("Ends by EOS, this policy (not cut at the length limit)", "length", "ends_by_eos",
+        "policy")
+    add("Ends by EOS, base model", "length", "ends_by_eos", "base",
+        why="no base-model samples")
     add("Implicit-reward accuracy (held-out pairs)", "implicit_reward", "accuracy")
     add("Implicit-reward margin", "implicit_reward", "margin")
     return rows

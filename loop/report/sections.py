@@ -19,7 +19,8 @@ policy this round started from (`alignloop.report.inputs.previous_round`).
                      delta_vs_previous {overall, by_slice} | null, previous_reason}
     length          {models {policy, base, previous: {n, mean_tokens, median_tokens,
                      share_stop, share_length, histogram {edges, counts}}},
-                     ratio_vs_previous, ratio_vs_base}
+                     ends_by_eos {policy, base, previous: est} (share_stop with its
+                     interval), ratio_vs_previous, ratio_vs_base}
     degeneration    {models {name: {n, distinct_2, repeated_3gram_rate}}}
     implicit_reward {beta, n, accuracy, margin, logp_change_vs_base {chosen, rejected},
                      logp_change_vs_reference {...}, likelihood_displacement, by_slice}
@@ -120,7 +121,7 @@ def _models(inp: RoundInputs) -> dict[str, list[dict]]:
     return {m: rows for m, rows in out.items() if rows}
 
 
-def _length(inp: RoundInputs) -> dict:
+def _length(inp: RoundInputs, boot: dict) -> dict:
     models = _models(inp)
     if "policy" not in models:
         return missing(f"no policy samples in {SAMPLES}" if inp.samples is not None
@@ -129,14 +130,19 @@ def _length(inp: RoundInputs) -> dict:
     stats = {m: metrics.length_stats([r["n_tokens"] for r in rows],
                                      [r["finish_reason"] for r in rows], edges=edges)
              for m, rows in models.items()}
+    # a response cut at max_new_tokens cannot show that it learned to be brief: the share
+    # ending by itself (EOS or a stop string) is the headroom a length preference has
+    eos = {m: metrics.estimate([r["finish_reason"] == "stop" for r in rows],
+                               groups=[r["prompt_id"] for r in rows], **boot)
+           for m, rows in models.items()}
 
     def ratio(other: str):
         if other not in stats or not stats[other]["mean_tokens"]:
             return None
         return stats["policy"]["mean_tokens"] / stats[other]["mean_tokens"]
 
-    return {"available": True, "models": stats, "ratio_vs_previous": ratio("previous"),
-            "ratio_vs_base": ratio("base")}
+    return {"available": True, "models": stats, "ends_by_eos": eos,
+            "ratio_vs_previous": ratio("previous"), "ratio_vs_base": ratio("base")}
 
 
 def _degeneration(inp: RoundInputs) -> dict:
@@ -221,7 +227,7 @@ def build_round_report(inp: RoundInputs, cfg, notes: list[str] = ()) -> dict:
         "win_rate_vs_previous": _win(inp, "previous", boot),
         "win_rate_vs_base": _win(inp, "base", boot),
         "latent_reward": _latent(inp, boot),
-        "length": _length(inp),
+        "length": _length(inp, boot),
         "degeneration": _degeneration(inp),
         "implicit_reward": _implicit(inp, cfg.train.beta, boot),
         "labels": _labels(inp, cfg.labeling.human.budget),
