@@ -38,8 +38,12 @@ def _sql() -> dict[str, str]:
     cols, order = L.ITEM_COLS + ", i.gold", L._ORDER
     top = (f"i.item_id IN (SELECT t.item_id FROM items t WHERE t.is_open = 1 "
            f"ORDER BY t.priority DESC, t.seq, t.item_id LIMIT {L.TOP_WINDOW})")
+    no_lease = ("NULL::text, NULL::text, NULL::double precision, NULL::text, NULL::integer, "
+                "NULL::text, NULL::text, NULL::text, NULL::text, NULL::double precision, "
+                "NULL::integer, NULL::integer, NULL::text")   # a row of the result type
     return {"lease_next": LEASE_NEXT.format(live=live, unseen=unseen, available=available,
-                                             cols=cols, order=order, top=top),
+                                             cols=cols, order=order, top=top,
+                                             no_lease=no_lease),
             "record_label": RECORD_LABEL.replace("{guideline}",
                                                  L.GUIDELINE_OF_ITEM.replace(":i", "p_item"))}
 
@@ -93,9 +97,7 @@ BEGIN
             SELECT {cols} INTO r FROM items i WHERE {available} {order} FOR UPDATE;
         END IF;
         IF NOT FOUND THEN
-            RETURN QUERY SELECT 'none', NULL::text, NULL::text, NULL::double precision,
-                NULL::text, NULL::integer, NULL::text, NULL::text, NULL::text, NULL::text,
-                NULL::double precision, NULL::integer, NULL::integer, NULL::text;
+            RETURN QUERY SELECT 'none', {no_lease};
             RETURN;
         END IF;
         -- the row is ours now; a fresh snapshot says whether its last slot still is
@@ -103,9 +105,7 @@ BEGIN
         got := FOUND;
     END LOOP;
     IF NOT got THEN
-        RETURN QUERY SELECT 'lost', NULL::text, NULL::text, NULL::double precision,
-            NULL::text, NULL::integer, NULL::text, NULL::text, NULL::text, NULL::text,
-            NULL::double precision, NULL::integer, NULL::integer, NULL::text;
+        RETURN QUERY SELECT 'lost', {no_lease};
         RETURN;
     END IF;
     INSERT INTO leases (lease_id, item_id, annotator_id, display_order, issued_at, expires_at)
