@@ -117,6 +117,7 @@ def tiny_run(tmp_path_factory):
     return loop
 
 
+@pytest.mark.slow   # the default run keeps the byte-equality test below
 def test_round_one_reads_held_out_scores_that_equal_fresh_ones(tiny_run):
     loop = tiny_run
     r0 = read_parquet(loop.rdir(0) / "eval" / "heldout_pairs.parquet")
@@ -157,6 +158,7 @@ def test_round_one_eval_skips_known_forwards_and_writes_the_same_bytes(tiny_run,
                               "log-probs (reference)"]   # held-out pairs: only the policy
 
 
+@pytest.mark.slow   # the default run keeps the byte-equality test below
 def test_no_reuse_from_a_round_run_with_another_placement(tiny_run, counted):
     loop = tiny_run
     rs = loop.state.round_state(0)

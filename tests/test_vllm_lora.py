@@ -178,6 +178,7 @@ def _assert_same(ours, theirs):
 
 
 @pytest.mark.vllm
+@pytest.mark.slow   # its own engine (~1-2 min); CPU rounds use merged weights by default
 def test_adapters_match_hf_on_merged_weights(session, smol_chain):
     """Round 0's policy (one adapter), then round 1's (two stacked, a new LoRA id) in the same
     engine: each equals hf's greedy output on the merged model, and each changed the model."""
