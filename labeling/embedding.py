@@ -105,9 +105,9 @@ class EmbeddingEnsembleJudge:
     @property
     def encoder(self):
         if self._encoder is None:
-            from alignloop.embeddings import Encoder
+            from alignloop.embeddings import shared_encoder
 
-            self._encoder = Encoder(self._encoder_ref)
+            self._encoder = shared_encoder(self._encoder_ref)
         return self._encoder
 
     def features(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> np.ndarray:

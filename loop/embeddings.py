@@ -11,6 +11,7 @@ config: mean tokens).
 from __future__ import annotations
 
 import importlib.util
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,20 @@ class Encoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([self._cache[t] for t in texts])
 
+
+
+_SHARED: dict[str, Encoder] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_encoder(ref: str = MINILM) -> Encoder:
+    """The process's one `Encoder` of `ref` (at its default settings).
+
+    The embedding judge, the demo panel and slice clustering embed many of the same
+    texts (every eval response is embedded by the judge and by the panel's ground
+    truth); with one encoder between them a text is embedded once. Sharing changes no
+    number: at batch size 1 a text's vector depends on that text alone."""
+    with _SHARED_LOCK:
+        if ref not in _SHARED:
+            _SHARED[ref] = Encoder(ref)
+        return _SHARED[ref]

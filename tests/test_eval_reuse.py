@@ -154,8 +154,36 @@ def test_round_one_eval_skips_known_forwards_and_writes_the_same_bytes(tiny_run,
     assert after == before
     policy = str(loop.rdir(1) / "policy")
     assert loads.count(policy) == 1                   # the sampler's model scored too
-    assert sorted(scores) == ["log-probs (base)", "log-probs (policy)", "log-probs (policy)",
-                              "log-probs (reference)"]   # held-out pairs: only the policy
+    # the policy scores only the held-out pairs (its KL samples' log-probs are the ones its
+    # sampler recorded); the reference (round 0's policy) and the base only the KL samples
+    assert sorted(scores) == ["log-probs (base)", "log-probs (policy)", "log-probs (reference)"]
+
+
+def test_policy_kl_logprobs_from_the_sampler_match_a_separate_forward(tiny_run, monkeypatch,
+                                                                       counted):
+    """With the sampler's model not handed over, the policy scores its KL samples in a
+    separate forward: the same rows, log-probs within 1e-4 (decode with a KV cache vs one
+    pass), every other column identical."""
+    loop = tiny_run
+    path = loop.rdir(1) / "eval" / "samples.parquet"
+    recorded = read_parquet(path)
+    real = ev.sample_heldout
+    monkeypatch.setattr(ev, "sample_heldout", lambda *a, **k: real(*a, **{**k, "keep": None}))
+    try:
+        scores = list(_redo_eval(loop, counted)[1])
+        separate = read_parquet(path)
+    finally:
+        monkeypatch.setattr(ev, "sample_heldout", real)
+        _redo_eval(loop, counted)                      # the module's run dir as it was
+    assert scores.count("log-probs (policy)") == 2     # KL samples and held-out pairs
+    kl = [n for n, r in enumerate(recorded) if r["logp_policy"] == r["logp_policy"]]
+    assert kl and len(recorded) == len(separate)
+    for n, (a, b) in enumerate(zip(recorded, separate, strict=True)):
+        if n in kl:
+            assert a["logp_policy"] == pytest.approx(b["logp_policy"], abs=1e-4), n
+            assert a["logp_policy"] != 0.0
+        assert {k: v for k, v in a.items() if k != "logp_policy"} == \
+            {k: v for k, v in b.items() if k != "logp_policy"}, n
 
 
 @pytest.mark.slow   # the default run keeps the byte-equality test below

@@ -74,9 +74,9 @@ class Panel:
         if self._encoder is None:
             with self._encoder_lock:
                 if self._encoder is None:
-                    from alignloop.embeddings import Encoder
+                    from alignloop.embeddings import shared_encoder
 
-                    self._encoder = Encoder()
+                    self._encoder = shared_encoder()
         return self._encoder
 
     def features(self, prompt: Prompt, response: str) -> tuple[float, float, float]:

@@ -24,7 +24,10 @@ speeding them up (demo rounds 1-2: 23.2k scored tokens -> 18.8k, one policy load
   round; the reference when it is an earlier policy) gives the very same numbers, which
   are read back (`known_heldout_scores`) instead of computed again;
 - the policy sampled last stays loaded for scoring when its sampling and scoring weights
-  are the same (fp32 or bf16 precision, `hf` backend): one load and LoRA merge, not two.
+  are the same (fp32 or bf16 precision, `hf` backend): one load and LoRA merge, not two;
+- and then its own log-probs of its KL samples are the ones it recorded while sampling
+  (`Completion.logprob_sum`: the same model and weights, a float32 log-softmax of the
+  untempered logits), so the policy scores only the held-out pairs.
 """
 
 from __future__ import annotations
@@ -67,8 +70,10 @@ def evaluate(rdir: Path, *, generation: GenerationConfig, samples_per_prompt: in
     known = {ref: [x for p in heldout for x in scores[p.pair_id]]
              for ref, scores in (heldout_known or {}).items()
              if all(p.pair_id in scores for p in heldout)}
+    kl_known = ({policy: [c.logprob_sum for m, _, c in draws if m == kl_model]}
+                if policy in loaded else {})
     kl_scores, held_scores = score_sequences(models, kl_seqs, held_seqs, placement=placement,
-                                             known=[{}, known], loaded=loaded)
+                                             known=[kl_known, known], loaded=loaded)
 
     samples, at = [], 0
     for model_name, it, c in draws:

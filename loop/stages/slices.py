@@ -44,9 +44,9 @@ def cluster_labels(items: list, n_clusters: int, seed: int = 0, encoder=None) ->
     from sklearn.cluster import KMeans
 
     if encoder is None:
-        from alignloop.embeddings import Encoder
+        from alignloop.embeddings import shared_encoder
 
-        encoder = Encoder()
+        encoder = shared_encoder()
     X = encoder.encode([prompt_text(it.prompt) for it in items], progress=True)
     k = min(n_clusters, len(items))
     labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(X)
