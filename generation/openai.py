@@ -152,7 +152,7 @@ class OpenAIGenerator:
         return out
 
     def sample(self, prompts: list[PromptItem], params: SamplingParams) -> list[Completion]:
-        from alignloop.models import render_prompt
+        from alignloop.chat import render_prompt
 
         if not prompts:
             raise GenerationError("no prompts to generate from")

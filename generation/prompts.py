@@ -10,7 +10,7 @@ def encode_prompt(tokenizer, item: PromptItem, budget: int, truncation: str) -> 
 
     A longer prompt is an error naming it, or with `truncation="keep_end"` loses its
     first tokens; never cut silently."""
-    from alignloop.models import prompt_token_ids
+    from alignloop.chat import prompt_token_ids
 
     ids = prompt_token_ids(tokenizer, item.prompt)  # the ids training and scoring use too
     if not ids:

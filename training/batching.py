@@ -62,7 +62,7 @@ def encode_pair(pair: Pair, tokenizer, *, max_length: int, max_prompt_length: in
 
     The ids are `prompt_token_ids` / `response_token_ids` (alignloop.models), the
     same ones generation and log-prob scoring use."""
-    from alignloop.models import prompt_token_ids, response_token_ids
+    from alignloop.chat import prompt_token_ids, response_token_ids
 
     try:
         prompt = tuple(prompt_token_ids(tokenizer, pair.prompt))

@@ -167,7 +167,7 @@ def _completion_tokens(tokenizer, item, c) -> tuple[list[int], list[int]]:
 
 def _pair_tokens(tokenizer, pair: Pair) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, response ids) of a pair's chosen and rejected responses."""
-    from alignloop.models import prompt_token_ids, response_token_ids
+    from alignloop.chat import prompt_token_ids, response_token_ids
 
     prompt = prompt_token_ids(tokenizer, pair.prompt)
     return [(prompt, response_token_ids(tokenizer, pair.prompt, r))
