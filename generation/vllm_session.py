@@ -37,9 +37,11 @@ class EngineSession:
     one that does not replaces it (one engine at a time: its memory stays bounded). A
     generator that serves an adapter needs an engine with LoRA enabled and a large enough
     `max_lora_rank`: the first one restarts an engine without (once per run; it then serves
-    full weights as well). Closed,
-    with its engine, when the `with engine_session():` block ends, by exception or
-    Ctrl-C too; if the run is killed, the engine's process sees its pipe close and exits."""
+    full weights as well). An engine that died or was stopped (a call failed or was
+    interrupted: `alignloop.generation.vllm_process`) is replaced by a new one at the next
+    call. Closed, with its engine, when the `with engine_session():` block ends, by
+    exception or Ctrl-C too; if the run is killed, the engine's process group is killed
+    with it (`vllm_process`)."""
 
     def __init__(self) -> None:
         self.key = ""
@@ -55,7 +57,7 @@ class EngineSession:
         key = compatibility_key(model_path, engine, env)
         rank = engine.get("max_lora_rank", 0)
         if self.process is not None and (key != self.key or rank > self.lora_rank
-                                         or not self.process.proc.is_alive()):
+                                         or not self.process.is_alive()):
             self.close()
         if self.process is None:
             self.process = V.EngineProcess(model_path, engine, env, progress)

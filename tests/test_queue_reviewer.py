@@ -107,15 +107,31 @@ def test_an_annotator_may_not_adjudicate(site):
     assert adjudication.verdicts(store) == {}
 
 
+def _nav(client: httpx.Client) -> list[str]:
+    """The nav links of the session's labeling page (a fresh GET /label)."""
+    page = client.get("/label")
+    assert page.status_code == 200
+    nav = re.search(r'<nav class="admin-nav">(.*?)</nav>', page.text)
+    return re.findall(r'href="([^"]+)"', nav.group(1)) if nav else []
+
+
 def test_a_role_change_applies_to_the_next_request(site):
     store, url, tokens = site
     ann, csrf = _browser(url, tokens["ann"])
     rev, rev_csrf = _browser(url, tokens["rev"])
+    boss, _ = _browser(url, tokens["boss"])
     assert ann.get("/admin/adjudicate").status_code == 403
+    assert (_nav(ann), _nav(rev)) == ([], ["/label", "/admin/adjudicate"])
+    assert _nav(boss) == ["/label", "/admin", "/admin/adjudicate"]
     assert store.transaction(lambda c: accounts.set_role(c, "ann", "reviewer")) == "annotator"
     assert store.transaction(lambda c: accounts.set_role(c, "rev", "annotator")) == "reviewer"
+    assert store.transaction(lambda c: accounts.set_role(c, "boss", "reviewer")) == "admin"
     assert ann.get("/admin/adjudicate").status_code == 200      # same session, new role
     assert rev.get("/admin/adjudicate").status_code == 403
+    # ... and the same sessions' pages offer the links of the new role, not the old one
+    assert (_nav(ann), _nav(rev)) == (["/label", "/admin/adjudicate"], [])
+    assert _nav(boss) == ["/label", "/admin/adjudicate"]
+    assert boss.get("/admin").status_code == 403
     assert rev.post("/admin/adjudicate", data={"csrf": rev_csrf, "item_id": "it0",
                                                "choice": "a"}).status_code == 403
     with pytest.raises(QueueError, match="role must be one of") as e:

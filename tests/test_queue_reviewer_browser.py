@@ -55,3 +55,26 @@ def test_reviewer_records_a_verdict(browser, team_site, size):  # noqa: F811
     _fits(page, width)
     _shot(page, f"reviewer-after-verdict-{size}")
     context.close()
+
+
+def test_nav_follows_a_role_change_in_an_open_session(browser, team_site):  # noqa: F811
+    """`queue set-role` while the admin's page is open: the next page's nav has the new
+    role's links (no Dashboard for a reviewer, none for an annotator), same session."""
+    from alignloop.labeling.queue import accounts
+
+    store, url, tokens = team_site
+    context = browser.new_context(viewport=WIDTHS["desktop"])
+    page = context.new_page()
+    _sign_in(page, url, tokens["boss"])
+
+    def nav() -> list[str]:
+        page.goto(url + "/label")
+        links = page.locator(".admin-nav a")
+        return [links.nth(i).get_attribute("href") for i in range(links.count())]
+
+    assert nav() == ["/label", "/admin", "/admin/adjudicate"]
+    store.transaction(lambda c: accounts.set_role(c, "boss", "reviewer"))
+    assert nav() == ["/label", "/admin/adjudicate"]
+    store.transaction(lambda c: accounts.set_role(c, "boss", "annotator"))
+    assert nav() == [] and page.locator("input[name=item_id]").count() == 1
+    context.close()

@@ -197,13 +197,13 @@ def test_reloaded_engine_samples_as_a_fresh_one(session, perturbed):
 @pytest.mark.slow
 def test_killed_run_leaves_no_engine(tmp_path):
     """A run killed mid-session (os._exit, as the loop's fault injection does) takes its
-    engine's processes down with it: they see the pipe close and shut down."""
+    engine's processes down with it (the engine's child watches its parent: see also
+    tests/test_vllm_timeout.py, which checks every process of the tree)."""
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(f"""
         import os, sys
         from alignloop.generation import make_generator, PromptItem, SamplingParams
-        from alignloop.generation import vllm as V
-from alignloop.generation import vllm_session as S
+        from alignloop.generation import vllm_session as S
         if __name__ == "__main__":
             with S.engine_session() as s:
                 make_generator("vllm", {SMOL!r}, **{ENGINE!r}).sample(

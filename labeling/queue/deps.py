@@ -169,11 +169,18 @@ class QueueWeb:
                                     gold_rate=self.gold_rate, rng=self.rng,
                                     max_leases=self.max_leases)
 
-    def signed_in(self, session: dict) -> bool:
-        """Whether a signed session cookie still stands on the server: its session has
-        not been signed out and its annotator is active (checked on every request)."""
+    def session_account(self, session: dict) -> AnnotatorAccount | None:
+        """The annotator of a signed session cookie as the store has it now (its role
+        included), or None when the session no longer stands on the server: signed out,
+        expired, or its annotator disabled (checked on every request). Pages take the
+        name and role from here, never from the cookie: `queue set-role` shows in an open
+        session's next page, nav links included, without signing anyone out."""
         who = self.store.session_annotator(session["sid"])
-        return who is not None and who.id == session.get("aid")
+        return who if who is not None and who.id == session.get("aid") else None
+
+    def signed_in(self, session: dict) -> bool:
+        """Whether a signed session cookie still stands on the server (`session_account`)."""
+        return self.session_account(session) is not None
 
 
 async def queue_web(request: Request) -> QueueWeb:

@@ -27,7 +27,7 @@ from alignloop.labeling.queue.deps import (
     new_session,
 )
 from alignloop.labeling.queue.skips import REASONS
-from alignloop.labeling.queue.store import Assignment, QueueError
+from alignloop.labeling.queue.store import AnnotatorAccount, Assignment, QueueError
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -133,7 +133,8 @@ async def login(request: Request, web: Web):
         return _page(web, request, "index.html", 401, csrf=web.sessions.csrf(login),
                      error="That token is not valid.")
     # a new session id at sign-in: a session id planted before it is worth nothing
-    session = new_session(aid=annotator.id, name=annotator.name, role=annotator.role)
+    # no role in the cookie: pages read it from the store (`QueueWeb.session_account`)
+    session = new_session(aid=annotator.id, name=annotator.name)
     await run_in_threadpool(web.store.start_session, annotator.id, session["sid"],
                             SESSION_MAX_AGE)
     response = RedirectResponse("/label", status_code=303)
@@ -158,12 +159,14 @@ async def logout(request: Request, web: Web):
     return _signed_out(web)
 
 
-def _show(web: QueueWeb, request: Request, session: dict, assignment: Assignment | None,
-          labeled: int, note: str, guide: dict | None = None) -> Response:
-    """The next item's page (or "done"), with the session's lease updated to match;
-    `guide` is the item's guideline (`guidelines.shown`)."""
-    common = {"csrf": web.sessions.csrf(session), "name": session.get("name", ""),
-              "role": session.get("role", ""), "labeled": labeled,
+def _show(web: QueueWeb, request: Request, session: dict, who: AnnotatorAccount,
+          assignment: Assignment | None, labeled: int, note: str,
+          guide: dict | None = None) -> Response:
+    """The next item's page (or "done") for `who` (the store's account of the session:
+    its role picks the nav links), with the session's lease updated to match; `guide` is
+    the item's guideline (`guidelines.shown`)."""
+    common = {"csrf": web.sessions.csrf(session), "name": who.name,
+              "role": who.role, "labeled": labeled,
               "note": NOTES.get(note, ""), "guide": guide, "skip_reasons": REASONS}
     if assignment is None:
         response = _page(web, request, "done.html", **common)
@@ -189,18 +192,19 @@ async def label_page(request: Request, web: Web, note: str = ""):
     aid = session["aid"]
 
     def work():
-        if not web.signed_in(session):
+        who = web.session_account(session)
+        if who is None:
             return None
         if session.get("lease"):   # a reload: hand back the item on screen before
             web.store.release(aid, session["lease"])
         assignment = web.next_item(aid)
-        return assignment, web.store.progress(aid), guidelines.shown(web.store, assignment)
+        return who, assignment, web.store.progress(aid), guidelines.shown(web.store, assignment)
 
     got = await run_in_threadpool(work)
     if got is None:
         return _signed_out(web)
-    assignment, progress, guide = got
-    return _show(web, request, session, assignment, progress.get("labeled", 0), note, guide)
+    who, assignment, progress, guide = got
+    return _show(web, request, session, who, assignment, progress.get("labeled", 0), note, guide)
 
 
 def _refusal(web: QueueWeb, f: dict[str, str]) -> tuple[str, str] | None:

