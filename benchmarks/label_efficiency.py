@@ -6,13 +6,17 @@ panel of annotators who disagree systematically (annotator j votes with
 w_j = w* + delta_j) on top of Bradley-Terry noise. The judge is alignloop's
 bootstrap ensemble of Bradley-Terry heads (`BTEnsemble`, the embedding judge's
 learner) on these synthetic features, refit after every batch of labels; pairs
-are chosen by alignloop's own `select_pairs` with the `random`, `uncertainty`
-and `double_thompson` strategies.
+are chosen by alignloop's own `select_pairs`. A variant is a strategy (`random`,
+`uncertainty`, `double_thompson`, `bald`, `bald_diverse`) and an acquisition
+batch size (labels bought between two refits: 25, 10 or 5).
 
 Measured: held-out preference accuracy against the latent truth (sign of
 u_a - u_b over every pair of held-out prompts) as a function of labels spent,
-over several seeds. Target: the best strategy reaches the accuracy random
-selection has at its full budget with at most a third of the labels.
+over several seeds. Target: the best variant reaches the accuracy random
+selection has at its full budget with at most a third of the labels. The
+figure is read off the seed-averaged curves; its interval comes from
+resampling the seeds (each seed is one world, shared by every variant, so
+random and the variant are resampled together).
 
     python benchmarks/label_efficiency.py --size quick|full
 """
@@ -36,11 +40,22 @@ from alignloop.labeling.embedding import BTEnsemble  # noqa: E402
 from alignloop.labeling.select import CandidateGroup, select_pairs  # noqa: E402
 from common import RESULTS, machine, today, write_results  # noqa: E402
 
-STRATEGIES = ("random", "uncertainty", "double_thompson")
+VARIANTS = (("random", 25), ("uncertainty", 25), ("double_thompson", 25), ("bald", 25),
+            ("bald_diverse", 25), ("uncertainty", 10), ("uncertainty", 5),
+            ("double_thompson", 10), ("double_thompson", 5), ("bald", 10), ("bald", 5),
+            ("bald_diverse", 10), ("bald_diverse", 5))
+"""(strategy, labels per refit); the first is the bar every other variant is held to."""
 SIZES = {
-    "quick": {"seeds": 3, "budget": 600, "batch": 25, "pool": 600, "candidates": 150},
-    "full": {"seeds": 8, "budget": 900, "batch": 25, "pool": 1200, "candidates": 200},
+    "quick": {"seeds": 3, "budget": 600, "pool": 600, "candidates": 150},
+    "full": {"seeds": 12, "budget": 900, "pool": 1200, "candidates": 200},
 }
+BOOTSTRAP = 2000   # seed resamples behind each interval
+DEFAULT = SelectionConfig().strategy
+"""Each variant is also compared with the configured default strategy at its batch size."""
+
+
+def variant_name(strategy: str, batch: int) -> str:
+    return f"{strategy}, batch {batch}"
 
 
 @dataclass
@@ -93,9 +108,11 @@ def judged(heads: BTEnsemble, groups_phi: np.ndarray, members: int):
     if heads.fitted:
         diffs = np.stack([groups_phi[:, i] - groups_phi[:, j] for i, j in pairs], 1)  # (G, n, d)
         probs = heads.member_probs(diffs.reshape(-1, d)).reshape(members, G, len(pairs))
+        mean, sd = probs.mean(0), probs.std(0)     # what Judgement.from_members computes
         for g in range(G):
             for n, (i, j) in enumerate(pairs):
-                out[(g, i, j)] = Judgement.from_members(probs[:, g, n])
+                out[(g, i, j)] = Judgement(float(mean[g, n]), tuple(probs[:, g, n].tolist()),
+                                           float(sd[g, n]))
     else:
         for g in range(G):
             for i, j in pairs:
@@ -103,7 +120,10 @@ def judged(heads: BTEnsemble, groups_phi: np.ndarray, members: int):
     return [pairs] * G, out
 
 
-def campaign(strategy: str, seed: int, size: dict, members: int = 8) -> list[tuple[int, float]]:
+def campaign(strategy: str, seed: int, size: dict, batch: int,
+             members: int = 8) -> list[tuple[int, float]]:
+    """One labeling campaign in the world of `seed`: buy `batch` labels chosen by `strategy`,
+    refit, measure; until the budget is spent. Returns [(labels so far, accuracy)]."""
     world = make_world(seed, pool=size["pool"])
     rng = np.random.default_rng(1000 + seed)
     heads = BTEnsemble(members=members, l2=1.0, seed=seed)
@@ -114,16 +134,18 @@ def campaign(strategy: str, seed: int, size: dict, members: int = 8) -> list[tup
         offer = rng.choice(len(world.phi), size=size["candidates"], replace=False)
         groups_phi = world.phi[offer]
         pairs, js = judged(heads, groups_phi, members)
+        # a pair already labeled is not offered again (its prompt can come back)
+        pairs = [[(i, j) for i, j in gp if (int(offer[g]), i, j) not in used]
+                 for g, gp in enumerate(pairs)]
         groups = [CandidateGroup(str(p), "", tuple(str(x) for x in range(groups_phi.shape[1])))
                   for p in offer]
         # The very first batch has no model yet: every strategy starts from random pairs.
         name = strategy if heads.fitted else "random"
-        cfg = SelectionConfig(strategy=name, budget=size["batch"], random_share=0.0,
+        cfg = SelectionConfig(strategy=name, budget=min(batch, size["budget"] - len(y)),
+                              random_share=0.0,
                               seed=int(rng.integers(1 << 31)))
         for p in select_pairs(groups, pairs, js, cfg):
             key = (int(offer[p.group]), p.i, p.j)
-            if key in used:
-                continue
             used.add(key)
             fa, fb = world.phi[key[0], p.i], world.phi[key[0], p.j]
             X.append(fa - fb)
@@ -142,82 +164,172 @@ def mean_curve(runs: list[list[tuple[int, float]]], grid: np.ndarray) -> np.ndar
     return np.mean([np.interp(grid, [x for x, _ in r], [a for _, a in r]) for r in runs], axis=0)
 
 
+def labels_to_bar(runs, bar_runs, grid, bar_grid) -> float:
+    """Labels the seed-averaged curve of `runs` needs to reach the full-budget accuracy of the
+    seed-averaged `bar_runs` (inf: never within the budget)."""
+    bar = mean_curve(bar_runs, bar_grid)[-1]
+    hit = np.nonzero(mean_curve(runs, grid) >= bar)[0]
+    return float(grid[hit[0]]) if len(hit) else math.inf
+
+
+def bootstrap_interval(runs, bar_runs, grid, bar_grid, *, level: float = 0.9,
+                       seed: int = 0) -> tuple[float, float]:
+    """`labels_to_bar` over seed resamples (the same seeds for the variant and the bar, since
+    a seed is a world): the central `level` interval of the labels needed."""
+    rng = np.random.default_rng(seed)
+    n = len(runs)
+    draws = []
+    for _ in range(BOOTSTRAP):
+        idx = rng.integers(0, n, size=n)
+        draws.append(labels_to_bar([runs[i] for i in idx], [bar_runs[i] for i in idx],
+                                   grid, bar_grid))
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], method="lower")
+    return float(lo), float(hi)
+
+
+def paired_difference(a, b, bar_runs, grid_a, grid_b, bar_grid, *, level: float = 0.9,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """Labels variant `a` needs minus labels `b` needs (negative: `a` saves labels), with the
+    central `level` interval over seed resamples shared by both and by the bar. Never
+    reaching the bar counts as infinite; both never reaching it as no difference."""
+    def diff(idx):
+        na = labels_to_bar([a[i] for i in idx], [bar_runs[i] for i in idx], grid_a, bar_grid)
+        nb = labels_to_bar([b[i] for i in idx], [bar_runs[i] for i in idx], grid_b, bar_grid)
+        return 0.0 if math.isinf(na) and math.isinf(nb) else na - nb
+
+    rng = np.random.default_rng(seed)
+    n = len(a)
+    draws = [diff(rng.integers(0, n, size=n)) for _ in range(BOOTSTRAP)]
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], method="lower")
+    return diff(np.arange(n)), float(lo), float(hi)
+
+
+def _grid(batch: int, budget: int) -> np.ndarray:
+    return np.arange(batch, budget + 1, batch)
+
+
 def summarize(curves: dict, size: dict, size_name: str) -> tuple[dict, list[dict], str]:
-    """The table. Primary statistic: on the seed-averaged curves, the labels a strategy needs
-    to reach the accuracy random selection has at its full budget. Per seed, the same with a
-    seed that never gets there counted as needing more than the budget."""
+    """The table. Primary statistic: on the seed-averaged curves, the labels a variant needs
+    to reach the accuracy random selection (batch 25) has at its full budget, with a 90%
+    seed-bootstrap interval. Per seed, the same with a seed that never gets there counted as
+    needing more than the budget."""
     budget = size["budget"]
-    grid = np.arange(size["batch"], budget + 1, size["batch"])
-    bar = float(mean_curve(curves["random"], grid)[-1])
+    bar_name = variant_name(*VARIANTS[0])
+    bar_runs, bar_grid = curves[bar_name], _grid(VARIANTS[0][1], budget)
+    bar = float(mean_curve(bar_runs, bar_grid)[-1])
     rows = []
-    for s in STRATEGIES:
-        m = mean_curve(curves[s], grid)
-        hit = np.nonzero(m >= bar)[0]
-        per_seed = []
-        for seed in range(len(curves[s])):
-            seed_bar = curves["random"][seed][-1][1]
-            per_seed.append(labels_to_reach(curves[s][seed], seed_bar))
-        as_num = [n if n is not None else math.inf for n in per_seed]
-        finals = [run[-1][1] for run in curves[s]]
+    for strategy, batch in VARIANTS:
+        name = variant_name(strategy, batch)
+        if name not in curves:      # re-rendering results saved before the variant existed
+            continue
+        runs, grid = curves[name], _grid(batch, budget)
+        need = labels_to_bar(runs, bar_runs, grid, bar_grid)
+        lo, hi = bootstrap_interval(runs, bar_runs, grid, bar_grid)
+        per_seed = [labels_to_reach(runs[k], bar_runs[k][-1][1]) for k in range(len(runs))]
+        ref = variant_name(DEFAULT, batch)      # the default strategy at the same batch size
+        vs = (paired_difference(runs, curves[ref], bar_runs, grid, grid, bar_grid)
+              if strategy not in ("random", DEFAULT) and ref in curves else None)
+        finals = [run[-1][1] for run in runs]
         rows.append({
-            "strategy": s, "final_accuracy_mean": float(np.mean(finals)),
-            "final_accuracy_sd": float(np.std(finals)),
-            "labels_to_bar_mean_curve": int(grid[hit[0]]) if len(hit) else None,
+            "variant": name, "strategy": strategy, "batch": batch,
+            "final_accuracy_mean": float(np.mean(finals)), "final_accuracy_sd": float(np.std(finals)),
+            "labels_to_bar_mean_curve": None if math.isinf(need) else int(need),
+            "labels_to_bar_interval90": [lo, hi],
+            "vs_default_same_batch": None if vs is None else {
+                "default": ref, "labels_difference": vs[0], "interval90": list(vs[1:])},
             "labels_to_bar_per_seed": per_seed,
-            "labels_to_bar_per_seed_median": float(np.median(as_num)),
+            "labels_to_bar_per_seed_median": float(np.median(
+                [n if n is not None else math.inf for n in per_seed])),
         })
-    best = min((r for r in rows if r["strategy"] != "random" and r["labels_to_bar_mean_curve"]),
-               key=lambda r: r["labels_to_bar_mean_curve"], default=None)
+    best = min((r for r in rows[1:] if r["labels_to_bar_mean_curve"]),
+               key=lambda r: (r["labels_to_bar_mean_curve"], r["labels_to_bar_interval90"][1]),
+               default=None)
     ratio = best["labels_to_bar_mean_curve"] / budget if best else None
     name = "label_efficiency" if size_name == "full" else "label_efficiency.quick"
     meta = {"size": size_name, **size, "machine": machine(), "date": today(),
             "command": f"python benchmarks/label_efficiency.py --size {size_name}",
-            "target": "best strategy reaches random's full-budget accuracy with <= 1/3 of the labels",
+            "target": "best variant reaches random's full-budget accuracy with <= 1/3 of the labels",
             "random_full_budget_accuracy": bar,
-            "best_strategy": best["strategy"] if best else None, "labels_ratio": ratio,
+            "best_strategy": best["variant"] if best else None, "labels_ratio": ratio,
+            "labels_ratio_interval90": ([x / budget for x in best["labels_to_bar_interval90"]]
+                                        if best else None),
             "target_met": bool(ratio is not None and ratio <= 1 / 3)}
-    lines = ["| strategy | accuracy at the full budget (mean ± sd over seeds) | labels to reach "
-             "random's full-budget accuracy (seed-averaged curve) | same, median of per-seed "
-             "curves |", "|---|---|---|---|"]
+    return meta, rows, _table(rows, meta, budget, name)
+
+
+def _table(rows: list[dict], meta: dict, budget: int, name: str) -> str:
+    def labels(x):
+        return "> budget" if x is None or math.isinf(x) else f"{x:.0f}"
+
+    lines = ["| variant (strategy, labels per refit) | accuracy at the full budget (mean ± sd "
+             "over seeds) | labels to reach random's full-budget accuracy (seed-averaged curve) "
+             "| 90% interval (seed bootstrap) | share of the budget | median of per-seed curves "
+             f"| labels vs {DEFAULT} at the same batch (paired, 90% interval) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        need, med = r["labels_to_bar_mean_curve"], r["labels_to_bar_per_seed_median"]
-        lines.append(f"| {r['strategy']} | {r['final_accuracy_mean']:.3f} ± "
-                     f"{r['final_accuracy_sd']:.3f} | {'not reached' if need is None else need} "
-                     f"of {budget} | {'> budget' if math.isinf(med) else f'{med:.0f}'} |")
+        need, (lo, hi) = r["labels_to_bar_mean_curve"], r["labels_to_bar_interval90"]
+        lines.append(f"| {r['variant']} | {r['final_accuracy_mean']:.3f} ± "
+                     f"{r['final_accuracy_sd']:.3f} | {labels(need)} of {budget} | "
+                     f"{labels(lo)} – {labels(hi)} | "
+                     f"{'-' if need is None else f'{need / budget:.2f}'} | "
+                     f"{labels(r['labels_to_bar_per_seed_median'])} | {_vs(r)} |")
+    best, ratio = meta["best_strategy"], meta["labels_ratio"]
+    ci = meta["labels_ratio_interval90"]
     verdict = "met" if meta["target_met"] else "not met"
-    lines += ["", f"Target (best strategy needs ≤ 1/3 of random's labels): **{verdict}** — "
-              f"{best['strategy'] if best else 'no strategy'} reaches random's full-budget "
-              f"accuracy ({bar:.3f}) with {'-' if ratio is None else f'{ratio:.2f}'} of the "
-              f"budget on the seed-averaged curve. Per seed the bar is noisy (random itself "
+    lines += ["", f"Target (best variant needs ≤ 1/3 of random's labels): **{verdict}** — "
+              f"{best or 'no variant'} reaches random's full-budget accuracy "
+              f"({meta['random_full_budget_accuracy']:.3f}) with "
+              f"{'-' if ratio is None else f'{ratio:.2f}'} of the budget on the seed-averaged "
+              f"curve (90% seed-bootstrap interval "
+              f"{'-' if ci is None else f'{ci[0]:.2f} – {ci[1]:.2f}' if math.isfinite(ci[1]) else f'{ci[0]:.2f} – not reached'}). "
+              f"Random, batch 25 sets the bar. Per seed the bar is noisy (random itself "
               f"reaches its own final value early on some seeds), hence the median column. "
-              f"{size['seeds']} seeds, batches of {size['batch']} labels, 5-annotator panel "
-              f"with systematic disagreement; {meta['machine']}; {meta['date']}; "
-              f"`{meta['command']}`; plot: benchmarks/results/{name}.png."]
-    return meta, rows, "\n".join(lines)
+              f"{meta['seeds']} seeds, 5-annotator panel with systematic disagreement, "
+              f"{meta['candidates']} fresh prompts (4 responses each) offered per batch; "
+              f"{meta['machine']}; {meta['date']}; `{meta['command']}`; plot: "
+              f"benchmarks/results/{name}.png."]
+    return "\n".join(lines)
+
+
+def _vs(row: dict) -> str:
+    v = row["vs_default_same_batch"]
+    if v is None:
+        return "-"
+
+    def signed(x):
+        return "∞" if math.isinf(x) and x > 0 else "-∞" if math.isinf(x) else f"{x:+.0f}"
+
+    return f"{signed(v['labels_difference'])} [{signed(v['interval90'][0])}, " \
+           f"{signed(v['interval90'][1])}]"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=list(SIZES), default="quick")
+    ap.add_argument("--seeds", type=int, help="seeds (overrides the size's)")
     ap.add_argument("--table-only", action="store_true",
                     help="re-render the table, plot and README section from the saved curves")
-    ap.add_argument("--batch", type=int, help="labels per refit (overrides the size's)")
     ap.add_argument("--candidates", type=int, help="prompts offered per batch (overrides)")
     ap.add_argument("--name", help="results file name (default: by size)")
     args = ap.parse_args()
     size = dict(SIZES[args.size])
-    size.update({k: v for k, v in (("batch", args.batch), ("candidates", args.candidates)) if v})
+    size.update({k: v for k, v in (("seeds", args.seeds), ("candidates", args.candidates)) if v})
     name = args.name or ("label_efficiency" if args.size == "full" else "label_efficiency.quick")
     if args.table_only:
         saved = json.loads((RESULTS / f"{name}.json").read_text())
         curves = {s: [[tuple(p) for p in run] for run in runs]
                   for s, runs in saved["results"]["curves"].items()}
     else:
-        curves = {s: [] for s in STRATEGIES}
-        for seed in range(size["seeds"]):
-            for s in STRATEGIES:
-                curves[s].append(campaign(s, seed, size))
-                print(f"seed {seed} {s:16s} final accuracy {curves[s][-1][-1][1]:.3f}", flush=True)
+        from threadpoolctl import threadpool_limits
+
+        curves = {variant_name(*v): [] for v in VARIANTS}
+        with threadpool_limits(1):   # small fits: threads only contend on a shared machine
+            for seed in range(size["seeds"]):
+                for strategy, batch in VARIANTS:
+                    runs = curves[variant_name(strategy, batch)]
+                    runs.append(campaign(strategy, seed, size, batch))
+                    print(f"seed {seed} {variant_name(strategy, batch):24s} final accuracy "
+                          f"{runs[-1][-1][1]:.3f}", flush=True)
     meta, rows, md = summarize(curves, size, args.size)
     _plot(curves, RESULTS / f"{name}.png")
     # a quick pass never overwrites the full results the README shows
@@ -232,18 +344,25 @@ def _plot(curves, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120, sharey=True)
     n = np.array(sorted({x for runs in curves.values() for run in runs for x, _ in run}))
-    for s, runs in curves.items():
-        # runs can differ by a label or two per batch (a repeated pair is skipped): interpolate
+    bar = np.mean([run[-1][1] for run in curves[variant_name(*VARIANTS[0])]])
+    for name, runs in curves.items():
+        # variants refit at different label counts: interpolate onto one axis
         acc = np.array([np.interp(n, [x for x, _ in run], [a for _, a in run]) for run in runs])
         m, sd = acc.mean(0), acc.std(0)
-        ax.plot(n, m, label=s)
-        ax.fill_between(n, m - sd, m + sd, alpha=0.2)
-    ax.set_xlabel("labels spent")
-    ax.set_ylabel("held-out accuracy vs latent truth")
-    ax.set_title("Label efficiency by selection strategy")
-    ax.legend()
+        # left: strategies at batch 25; right: batch sizes (and the bar for reference)
+        for ax in [axes[0]] * name.endswith("batch 25") + [axes[1]] * (
+                not name.endswith("batch 25") or name.startswith("random")):
+            ax.plot(n, m, label=name, lw=1.2)
+            ax.fill_between(n, m - sd, m + sd, alpha=0.12)
+    for ax, title in zip(axes, ("strategies, 25 labels per refit", "labels per refit"),
+                         strict=True):
+        ax.axhline(bar, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("labels spent")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("held-out accuracy vs latent truth (mean ± sd)")
     fig.tight_layout()
     path.parent.mkdir(exist_ok=True)
     fig.savefig(path)

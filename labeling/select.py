@@ -15,6 +15,17 @@ prompts. Responses that are identical or near-identical (word-level similarity
 - `double_thompson`: two independent draws of an ensemble member each pick
   their best response (Dwaracherla et al. 2024, "Efficient Exploration for
   LLMs"); when both draws pick the same one, the second is redrawn.
+- `bald`: the pair with the most expected information about the judge ensemble,
+  the mutual information between the label and the ensemble member,
+  I(y; m) = H(E_m p_m) - E_m H(p_m) (BALD, Houlsby et al. 2011). Members that
+  all say p = 0.5 score 0 (a coin flip teaches nothing: aleatoric noise);
+  members that disagree score high (epistemic), up to ln 2 nats.
+- `bald_diverse`: `bald`, but the batch is built greedily: each pair's score is
+  discounted by its squared cosine similarity to the most similar pair already
+  taken, measured on the members' centred log-odds (for a linear ensemble, the
+  part of the feature difference along which the members disagree). Two pairs
+  that move the members alike are picked together only when nothing else is
+  left (the redundancy BatchBALD, Kirsch et al. 2019, avoids).
 - `apl`: prompts with the highest predictive entropy of the policy (Monte
   Carlo: minus the mean sequence log-prob of its samples), then the pair with
   the largest implicit-reward gap beta * |log pi/pi_ref (a) - log pi/pi_ref (b)|
@@ -141,15 +152,15 @@ def _double_thompson(group, pairs, judged, rng, ctx):
     if len(usable) == 0:
         return _uncertainty(group, pairs, judged, rng, ctx)
     w = weights[usable] / weights[usable].sum()
+    best = {int(m): int(np.nanargmax(borda[m])) for m in usable}       # each member's favourite
     allowed = set(pairs)
     out, used = [], set()
     for _ in range(len(pairs)):
-        first = borda[rng.choice(usable, p=w)]
-        i = int(np.nanargmax(first))
+        i = best[int(rng.choice(usable, p=w))]
         j = None
         for _ in range(ctx["redraws"] + 1):
-            second = borda[rng.choice(usable, p=w)]
-            cand = int(np.nanargmax(second))
+            m = int(rng.choice(usable, p=w))
+            second, cand = borda[m], best[m]
             if cand != i and tuple(sorted((i, cand))) in allowed - used:
                 j = cand
                 break
@@ -164,6 +175,100 @@ def _double_thompson(group, pairs, judged, rng, ctx):
         key = tuple(sorted((i, j)))
         used.add(key)
         out.append((key[0], key[1], _spread(judged[key])))
+    return out
+
+
+def _member_matrix(js: list[Judgement]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, M) member probabilities and (N, M) normalised weights of one judge's judgements
+    (members are aligned). An invalid (NaN) member gets weight 0; a judgement without a
+    valid member becomes one neutral p = 0.5."""
+    P = np.array([j.members for j in js], dtype=np.float64)
+    W = np.array([j.weights or (1.0,) * P.shape[1] for j in js], dtype=np.float64)
+    W = np.where(np.isnan(P) | (W <= 0), 0.0, W)
+    P = np.where(W > 0, P, 0.5)
+    W[W.sum(1) == 0] = 1.0
+    return P, W / W.sum(1, keepdims=True)
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    """Binary entropy in nats."""
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    return -(p * np.log(p) + (1 - p) * np.log1p(-p))
+
+
+def information_gains(js: list[Judgement]) -> np.ndarray:
+    """(N,) BALD score of each pair: I(y; m) = H(sum_m w_m p_m) - sum_m w_m H(p_m), in nats.
+
+    y is the label (a beats b), m the ensemble member drawn with weight w_m. The first
+    term is the total predictive entropy, the second the part every member expects
+    anyway (label noise); their difference is what the label says about which member is
+    right. E.g. members (0.1, 0.9): H(0.5) - H(0.1) = 0.693 - 0.325 = 0.368; members
+    (0.5, 0.5): 0.693 - 0.693 = 0."""
+    P, W = _member_matrix(js)
+    return np.maximum(_entropy((W * P).sum(1)) - (W * _entropy(P)).sum(1), 0.0)
+
+
+def information_gain(j: Judgement) -> float:
+    """`information_gains` of one judgement."""
+    return float(information_gains([j])[0])
+
+
+def _bald(group, pairs, judged, rng, ctx):
+    js = [judged[ij] for ij in pairs]
+    ig = information_gains(js)
+    h = _entropy(np.array([_mean_p(j) for j in js]))
+    # ties (one-member judges score 0 everywhere): predictive entropy, then pair order
+    order = sorted(range(len(pairs)), key=lambda n: (-ig[n], -h[n]))
+    return [(*pairs[n], float(ig[n])) for n in order]
+
+
+def _signatures(js: list[Judgement]) -> np.ndarray:
+    """(N, M) the members' log-odds minus their weighted mean, scaled by sqrt(weight) so that
+    a dot product of two signatures is the weighted covariance of the members' log-odds. An
+    invalid (NaN) member counts as 0. Members are aligned across one judge's judgements."""
+    P, W = _member_matrix(js)
+    P = np.clip(P, 1e-6, 1 - 1e-6)
+    Z = np.log(P) - np.log1p(-P)
+    return np.sqrt(W) * (Z - (W * Z).sum(1, keepdims=True))
+
+
+def _take_top(offers: list[Pick], n: int, cap: int, judged) -> list[Pick]:
+    """The n best offers by score, at most `cap` per group (stable: equal scores keep group
+    order)."""
+    out, per_group = [], {}
+    for p in sorted(offers, key=lambda p: -p.score):
+        if len(out) >= n:
+            break
+        if per_group.get(p.group, 0) < cap:
+            per_group[p.group] = per_group.get(p.group, 0) + 1
+            out.append(p)
+    return out
+
+
+def _take_diverse(offers: list[Pick], n: int, cap: int, judged) -> list[Pick]:
+    """Greedy batch: score * (1 - max cos^2 to the pairs already taken), on the members'
+    centred log-odds; at most `cap` per group. A pair whose signature is parallel to one
+    already taken (the same feature difference, or its mirror) scores 0 and comes last."""
+    if not offers or n <= 0:
+        return []
+    S = _signatures([judged[(p.group, p.i, p.j)] for p in offers])             # (N, M)
+    norms = np.linalg.norm(S, axis=1)
+    unit = np.divide(S, norms[:, None], out=np.zeros_like(S), where=norms[:, None] > 1e-9)
+    score = np.array([p.score for p in offers])
+    redundancy = np.zeros(len(offers))                                        # max cos^2 so far
+    open_ = np.ones(len(offers), dtype=bool)
+    out, per_group = [], {}
+    while len(out) < n and open_.any():
+        # lexicographic: any pair not parallel to a taken one first, then the discounted score
+        key = np.where(open_, (redundancy < 1 - 1e-9) * 1e6 + score * (1 - redundancy), -np.inf)
+        k = int(np.argmax(key))                       # argmax: first of equals, so stable
+        p = offers[k]
+        open_[k] = False
+        if per_group.get(p.group, 0) >= cap:
+            continue
+        per_group[p.group] = per_group.get(p.group, 0) + 1
+        out.append(Pick(p.group, p.i, p.j, float(score[k] * (1 - redundancy[k])), p.reason))
+        redundancy = np.maximum(redundancy, (unit @ unit[k]) ** 2)
     return out
 
 
@@ -183,8 +288,10 @@ def _apl(group, pairs, judged, rng, ctx):
 
 STRATEGIES: dict[str, Callable] = {
     "max_min": _max_min, "random": _random, "uncertainty": _uncertainty,
-    "double_thompson": _double_thompson, "apl": _apl,
+    "double_thompson": _double_thompson, "apl": _apl, "bald": _bald, "bald_diverse": _bald,
 }
+BATCH: dict[str, Callable] = {"bald_diverse": _take_diverse}
+"""How a strategy turns its offers into the batch (default: the best scores, `_take_top`)."""
 
 
 def select_pairs(groups: list[CandidateGroup], pairs: list[list[tuple[int, int]]],
@@ -204,16 +311,17 @@ def select_pairs(groups: list[CandidateGroup], pairs: list[list[tuple[int, int]]
         ranked = sorted(ctx["entropy"], key=lambda pid: -ctx["entropy"][pid])
         ctx["apl_prompts"] = set(ranked[:max(1, math.ceil(cfg.apl_prompt_share * len(ranked)))])
 
-    strategy = STRATEGIES[cfg.strategy]
+    strategy, take = STRATEGIES[cfg.strategy], BATCH.get(cfg.strategy, _take_top)
     offers: list[Pick] = []
     for g, (group, gp) in enumerate(zip(groups, pairs, strict=True)):
         if not gp:
             continue
         local = {(i, j): judged[(g, i, j)] for i, j in gp}
-        ranked = strategy(group, gp, local, rng, ctx)[:cfg.pairs_per_prompt]
+        ranked = strategy(group, gp, local, rng, ctx)
+        if take is _take_top:   # only a group's best can be taken; a batch picker sees all
+            ranked = ranked[:cfg.pairs_per_prompt]
         offers += [Pick(g, i, j, float(s), f"strategy {cfg.strategy}") for i, j, s in ranked]
-    offers.sort(key=lambda p: -p.score)   # stable: equal scores keep group order
-    chosen = offers[:max(budget - n_random, 0)]
+    chosen = take(offers, max(budget - n_random, 0), cfg.pairs_per_prompt, judged)
 
     taken = {(p.group, p.i, p.j) for p in chosen}
     per_group: dict[int, int] = {}

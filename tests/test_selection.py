@@ -10,7 +10,7 @@ from alignloop.labeling.ensemble import Ensemble, Member
 from alignloop.labeling.route import route
 from alignloop.labeling.select import CandidateGroup, candidate_pairs, select_pairs, similarity
 
-STRATEGIES = ["max_min", "random", "uncertainty", "double_thompson", "apl"]
+STRATEGIES = ["max_min", "random", "uncertainty", "double_thompson", "apl", "bald", "bald_diverse"]
 
 
 class UtilityJudge:

@@ -6,7 +6,7 @@ people and vote aggregation. Kept beside config.py so each file stays readable;
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args, get_type_hints
 
 from alignloop.config.base import require
 
@@ -142,11 +142,14 @@ class JudgeSpec:
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    strategy: Literal["max_min", "random", "uncertainty", "double_thompson", "apl"] = "uncertainty"
+    strategy: Literal["max_min", "random", "uncertainty", "double_thompson", "apl", "bald",
+                      "bald_diverse"] = "uncertainty"
     """How a pair is chosen among a prompt's k samples: `max_min` (best vs worst by the judge
     mean), `random`, `uncertainty` (the pair the judges are least sure about),
     `double_thompson` (two ensemble draws each pick their best), `apl` (high-entropy prompts,
-    then the largest implicit-reward gap)."""
+    then the largest implicit-reward gap), `bald` (most information about the judge ensemble:
+    the mutual information between the label and the member), `bald_diverse` (`bald`, the
+    batch built greedily away from pairs the members already disagree on alike)."""
     budget: int = 0
     """Most pairs selected per round (0: `pairs_per_prompt` for every prompt)."""
     pairs_per_prompt: int = 1
@@ -163,6 +166,9 @@ class SelectionConfig:
     """Seed of the random choices (random pairs, Thompson draws)."""
 
     def __post_init__(self) -> None:
+        names = get_args(get_type_hints(SelectionConfig)["strategy"])
+        require(self.strategy in names, "strategy", f"must be one of {list(names)}, "
+                f"got {self.strategy!r}")
         require(self.budget >= 0, "budget", "must be >= 0")
         require(self.pairs_per_prompt >= 1, "pairs_per_prompt", "must be >= 1")
         require(0 <= self.random_share <= 1, "random_share", "must be in [0, 1]")

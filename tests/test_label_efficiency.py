@@ -1,0 +1,81 @@
+"""The label-efficiency benchmark's parts: the Newton fit of the Bradley-Terry heads it relies
+on for speed (against scikit-learn's L-BFGS on the same objective), a small real campaign
+(alignloop's own heads and `select_pairs`), and the seed-bootstrap interval of the table."""
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from alignloop.labeling import embedding
+from alignloop.labeling.embedding import BTEnsemble, fit_newton
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import label_efficiency as le  # noqa: E402
+
+
+def _data(n, dim, seed=0):
+    rng = np.random.default_rng(seed)
+    d = rng.normal(size=(n, dim))
+    p = (rng.random(n) < 1 / (1 + np.exp(-d @ rng.normal(size=dim)))).astype(float)
+    p[: n // 5] = 0.7                                   # some soft labels
+    return d, p
+
+
+@pytest.mark.parametrize("n,dim", [(30, 8), (400, 24)])
+def test_newton_heads_match_sklearn_lbfgs(monkeypatch, n, dim):
+    d, p = _data(n, dim)
+    newton = BTEnsemble(members=4, l2=1.0, seed=5).fit(d, p).weights
+    monkeypatch.setattr(embedding, "NEWTON_MAX_DIM", 0)          # force the L-BFGS path
+    lbfgs = BTEnsemble(members=4, l2=1.0, seed=5).fit(d, p).weights
+    # same bootstrap resamples, same strictly convex objective: the same minimum up to
+    # L-BFGS's stopping tolerance
+    assert np.abs(newton - lbfgs).max() < 2e-2 * np.abs(lbfgs).max()
+    # and Newton's is the minimum: the gradient of its objective vanishes there
+    rng = np.random.default_rng(5)
+    counts = np.stack([np.bincount(rng.integers(0, n, size=n), minlength=n)
+                       for _ in range(4)], axis=1).astype(float)
+    s = 1 / (1 + np.exp(-(d @ newton.T)))
+    grad = (counts * (s - p[:, None])).T @ d + 0.5 * newton
+    assert np.abs(grad).max() < 1e-6
+
+
+def test_newton_survives_separable_data():
+    d = np.array([[1.0, 0.0], [2.0, 0.5], [0.5, -0.2]])
+    w = fit_newton(d, np.ones(3), np.ones((3, 2)), l2=1e-3)
+    assert np.all(np.isfinite(w)) and np.all(d @ w.T > 0)
+
+
+TINY = {"seeds": 3, "budget": 60, "pool": 120, "candidates": 30}
+
+
+def test_campaign_is_deterministic_and_learns():
+    a = le.campaign("bald_diverse", 0, TINY, 10)
+    b = le.campaign("bald_diverse", 0, TINY, 10)
+    assert a == b
+    assert [n for n, _ in a] == list(range(10, 61, 10))
+    assert a[-1][1] > 0.6                                          # far above chance (0.5)
+    assert le.campaign("bald_diverse", 1, TINY, 10) != a           # another world
+
+
+def test_labels_to_bar_and_its_seed_bootstrap():
+    grid = np.arange(10, 101, 10)
+
+    def run(acc_at_100, speed):
+        return [(int(n), acc_at_100 * (1 - math.exp(-speed * n / 100))) for n in grid]
+
+    bar = [run(0.9, 3.0), run(0.92, 3.0), run(0.88, 3.0)]
+    fast = [run(0.95, 9.0), run(0.96, 9.0), run(0.94, 9.0)]
+    need = le.labels_to_bar(fast, bar, grid, grid)
+    # hand check: the bar is mean(0.9, 0.92, 0.88) * (1 - e^-3) = 0.855; fast reaches it at
+    # 0.95 * (1 - e^-0.9 n/10) >= 0.855 -> n >= 25.6, the first grid point being 30
+    assert need == 30
+    lo, hi = le.bootstrap_interval(fast, bar, grid, grid)
+    assert lo <= need <= hi
+    assert le.labels_to_bar(bar[:1], bar[1:2], grid, grid) == math.inf      # never gets there
+    assert le.labels_to_bar(bar, bar, grid, grid) == 100                   # the bar itself
+    # paired: fast needs 30, the bar's own curves 100 -> 70 labels saved
+    diff, lo, hi = le.paired_difference(fast, bar, bar, grid, grid, grid)
+    assert diff == -70 and lo <= diff <= hi < 0
+    assert le.paired_difference(bar[:1] * 3, bar[:1] * 3, bar[1:2] * 3, grid, grid, grid)[0] == 0
