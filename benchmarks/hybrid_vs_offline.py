@@ -73,8 +73,9 @@ OFFLINE = {"offline": "offline: one DPO round on static pairs",
 ARMS = (*OFFLINE, *HYBRIDS)
 
 
-def arm_configs(seed: int, size: dict, work: Path) -> dict:
-    """{arm: config} for one seed; writes their static pair files."""
+def arm_configs(seed: int, size: dict, work: Path, extra: dict | None = None) -> dict:
+    """{arm: config} for one seed; writes their static pair files. `extra`: more overrides
+    for every arm (e.g. `{"train.beta": 0.3}`, reward_kl_frontier.py's sweep)."""
     b = size["budget"]
     rows = static_rows()
     random.Random(seed).shuffle(rows)
@@ -83,7 +84,7 @@ def arm_configs(seed: int, size: dict, work: Path) -> dict:
     per_round = (b - b // 2) // 2
     common = {"train.seed": seed, "loop.seed": seed, "loop.eval_prompts": size["eval_prompts"],
               "generation.max_new_tokens": size["max_new_tokens"],
-              "labeling.routing.auto_threshold": 0.5, "loop.gate.action": "flag"}
+              "labeling.routing.auto_threshold": 0.5, "loop.gate.action": "flag", **(extra or {})}
     hybrid = {**common, "data.path": str(hybrid_file), "loop.rounds": 3,
               "train.max_steps": size["steps"] // 3, "labeling.human.budget": per_round,
               "labeling.selection.pairs_per_prompt": 1, "loop.prompts_per_round": per_round}

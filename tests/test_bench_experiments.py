@@ -153,3 +153,60 @@ def test_an_arm_missing_from_a_seed_is_summarised_over_the_seeds_it_ran():
     assert vs["seeds"] == 2 and vs["diff"]["value"] == pytest.approx(0.1)
     assert out["target_met"] == {"hybrid": True, "hybrid_base": True}
     assert "| - |" not in hvo.table(seeds, out, "full", hvo.SIZES["full"]).split("\n")[0]
+
+
+def _frontier_points(arm, kl_reward, seeds=(0, 1), prompts=6, shift=0.0):
+    """Points of one arm: for each (beta, steps, KL, reward) a point per seed whose per-prompt
+    rewards average to `reward` (+ a small seed offset), all prompts in slice "bad"."""
+    import reward_kl_frontier as fr  # noqa: F401
+
+    out = []
+    for beta, steps, kl, reward in kl_reward:
+        for s in seeds:
+            rewards = {f"q{i}": reward + shift + 0.01 * s + 0.02 * (i % 3 - 1) for i in range(prompts)}
+            out.append({"arm": arm, "beta": beta, "steps": steps, "seed": s, "round": 0, "kl": kl,
+                        "chosen_slices": ["bad"] if arm == "hybrid" else [],
+                        "reward": rewards, "slice": {p: "bad" for p in rewards}})
+    return out
+
+
+def test_staircase_is_the_best_reward_at_no_more_kl():
+    import reward_kl_frontier as fr
+
+    rows = [{"kl": 1.0, "r": 0.5}, {"kl": 2.0, "r": 0.4}, {"kl": 3.0, "r": 0.9}, {"kl": 0.5, "r": 0.2}]
+    stair = fr.staircase(rows, key="r")
+    assert stair == [(0.5, 0.2), (1.0, 0.5), (3.0, 0.9)]      # the dominated point drops out
+    assert fr.frontier_at(stair, 2.5) == 0.5 and fr.frontier_at(stair, 3.0) == 0.9
+    assert fr.frontier_at(stair, 0.1) != fr.frontier_at(stair, 0.1)   # NaN below the first point
+
+
+def test_frontier_comparison_pairs_the_offline_best_with_the_hybrid_at_no_more_kl():
+    import reward_kl_frontier as fr
+
+    points = (_frontier_points("offline", [(0.1, 2, 1.0, 0.50), (0.1, 4, 2.0, 0.60), (0.1, 6, 3.0, 0.55)])
+              + _frontier_points("hybrid", [(0.1, 2, 1.2, 0.70), (0.1, 4, 1.8, 0.80), (0.1, 6, 4.0, 0.95)]))
+    failing = fr.failing_slices(points, 0.1)
+    assert failing == {0: {"bad"}, 1: {"bad"}}
+    rows = fr.config_means(points, failing)
+    c = fr.compare(rows, "hybrid")
+    assert c["offline_best"]["kl"] == 2.0
+    assert c["matched"]["kl"] == 1.8                           # best hybrid point with KL <= 2.0
+    assert c["diff"]["value"] == pytest.approx(0.20) and c["diff"]["lo"] > 0
+    assert c["n_pairs"] == 12 and c["above_everywhere"] and fr.verdict(c)
+    assert c["kl_range"] == [1.2, 3.0]
+
+    # an offline arm that is better at low KL: the frontier is not above everywhere
+    points += _frontier_points("offline", [(0.3, 2, 1.1, 0.75)])
+    c = fr.compare(fr.config_means(points, failing), "hybrid")
+    assert c["offline_wins_at"] and not c["above_everywhere"] and not fr.verdict(c)
+
+
+def test_frontier_target_fails_without_a_hybrid_point_at_or_below_offlines_kl():
+    import reward_kl_frontier as fr
+
+    points = (_frontier_points("offline", [(0.1, 6, 1.0, 0.5)])
+              + _frontier_points("hybrid", [(0.1, 6, 5.0, 0.9)]))
+    rows = fr.config_means(points, fr.failing_slices(points, 0.1))
+    c = fr.compare(rows, "hybrid")
+    assert c["matched"] is None and not fr.verdict(c)
+    assert "Target: **not met**" in fr.table(rows, {"hybrid": c}, "smoke")
