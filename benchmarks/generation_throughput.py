@@ -1,5 +1,6 @@
 """Generation throughput, side by side in one run: vLLM-CPU (float32 and bfloat16, eager and
-compiled), the `hf` backend (float32 and bfloat16) and a plain `model.generate` loop.
+compiled), the `hf` backend (float32 and bfloat16; its previous batch-at-a-time decoder,
+benchmarks/hf_batch_reference.py, as `hf-fp32-batch`) and a plain `model.generate` loop.
 
 SmolLM2-135M-Instruct on CPU, chat prompts x n samples x new tokens (sampling,
 temperature 1, per-sample seeds). The plain loop calls `model.generate` once per prompt
@@ -19,7 +20,11 @@ with `num_return_sequences=n`, as a hand-written script would. Per setting:
 Every row states the CPU model and its bf16-relevant flags: bf16 without avx512_bf16/amx
 runs through emulation and a bf16 figure holds only on the CPU it was measured on.
 
+`--in-flight 64,128` runs each hf setting once per count of sequences in flight; every row
+records the 1-minute load average before and after it (the machine may be shared).
+
     python benchmarks/generation_throughput.py [--size quick|full] [--only vllm-fp32-eager,...]
+        [--in-flight 64,128] [--prompts N] [--tokens N]
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ BF16_EMULATED_PROMPTS = 2
 SETTINGS = {
     "plain-fp32": ("plain", "float32", None),
     "hf-fp32": ("hf", "float32", None),
+    "hf-fp32-batch": ("hf-batch", "float32", None),
     "hf-bf16": ("hf", "bfloat16", None),
     "vllm-fp32-eager": ("vllm", "float32", True),
     "vllm-fp32-compiled": ("vllm", "float32", False),
@@ -85,16 +91,19 @@ def plain_loop(items, n: int, tokens: int, dtype: str) -> dict:
             "prompts": len(items)}
 
 
-def hf_backend(items, params, dtype: str, in_flight: int) -> dict:
+def hf_backend(items, params, dtype: str, in_flight: int, batched: bool = False) -> dict:
+    """The hf backend (continuous batching), or with `batched` its previous decoder."""
     from alignloop.generation import make_generator
+    from hf_batch_reference import sample_batched
 
     t0 = time.perf_counter()
     gen = make_generator("hf", MODEL, dtype=dtype, max_batch_sequences=in_flight, progress=False)
     start = time.perf_counter() - t0
     t0 = time.perf_counter()
-    out = gen.sample(items, params)
+    out = sample_batched(gen, items, params) if batched else gen.sample(items, params)
     return {"start_s": start, "tokens": sum(len(c.token_ids) for c in out),
-            "call_s": time.perf_counter() - t0, "prompts": len(items)}
+            "call_s": time.perf_counter() - t0, "prompts": len(items), "in_flight": in_flight,
+            "ended_early": sum(c.finish_reason == "stop" for c in out) / len(out)}
 
 
 def vllm_backend(items, params, dtype: str, eager: bool) -> dict:
@@ -140,8 +149,8 @@ def run_setting(name: str, items, params, in_flight: int) -> dict:
         items = items[:BF16_EMULATED_PROMPTS]
     if backend == "plain":
         return plain_loop(items, params.n, params.max_new_tokens, dtype)
-    if backend == "hf":
-        return hf_backend(items, params, dtype, in_flight)
+    if backend in ("hf", "hf-batch"):
+        return hf_backend(items, params, dtype, in_flight, batched=backend == "hf-batch")
     return vllm_backend(items, params, dtype, eager)
 
 
@@ -163,21 +172,22 @@ def summarise(name: str, r: dict, rounds: int, ceilings: dict) -> dict:
 def table(rows: list[dict], meta: dict) -> str:
     base = next((r["e2e_round_tps"] for r in rows if r["backend"] == "plain"), None)
     lines = ["| setting | start s | 1st call tok/s | warm tok/s | reload s | e2e/round tok/s "
-             "| vs plain loop (e2e/round) | e2e fresh tok/s | of ceiling | CPU |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| vs plain loop (e2e/round) | e2e fresh tok/s | of ceiling | load before / after | CPU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['setting']} | failed: {r['error'][:80]} | | | | | | | | {meta['cpu']} |")
+            lines.append(f"| {r['setting']} | failed: {r['error'][:80]} | | | | | | | | | {meta['cpu']} |")
             continue
         vs = f"{r['e2e_round_tps'] / base:.1f}x" if base else "-"
         reload_s = f"{r['reload_s']:.1f}" if "reload_s" in r else "-"
         fewer = f" ({r['prompts']} prompts)" if r["prompts"] != meta["prompts"] else ""
+        fewer += f", {r['in_flight']} in flight" if "in_flight" in r else ""
         lines.append(f"| {r['setting']}{fewer} | {r['start_s']:.1f} | {r['first_tps']:.0f} | "
                      f"{r['warm_tps']:.0f} | {reload_s} | {r['e2e_round_tps']:.0f} | {vs} | "
-                     f"{r['e2e_fresh_tps']:.0f} | {100 * r['ceiling_fraction']:.0f}% | {meta['cpu']} |")
+                     f"{r['e2e_fresh_tps']:.0f} | {100 * r['ceiling_fraction']:.0f}% | "
+                     f"{r['load'][0]:.1f} / {r['load'][1]:.1f} | {meta['cpu']} |")
     lines += ["", f"SmolLM2-135M, {meta['prompts']} prompts x {meta['n']} samples x "
-              f"{meta['new_tokens']} new tokens, sampling; hf with {meta['in_flight']} sequences "
-              f"in flight; e2e/round spreads a vLLM engine start over {meta['rounds']} rounds. "
+              f"{meta['new_tokens']} new tokens, sampling; e2e/round spreads a vLLM engine start over {meta['rounds']} rounds. "
               f"Ceilings: fp32 {meta['ceiling_tokens_per_s']['float32']:.0f} tokens/s "
               f"(matmul {meta['matmul_peak_gflops']['float32']:.0f} GFLOP/s), bf16 "
               f"{meta['ceiling_tokens_per_s']['bfloat16']:.0f} tokens/s "
@@ -193,13 +203,19 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, help="override the size's prompt count")
     ap.add_argument("--only", default="", help=f"comma-separated settings of {list(SETTINGS)}")
     ap.add_argument("--rounds", type=int, default=3, help="rounds one vLLM engine serves (e2e/round)")
-    ap.add_argument("--in-flight", type=int, default=64, help="hf: sequences decoded together")
+    ap.add_argument("--in-flight", default="64",
+                    help="hf: sequences decoded together; a comma list runs each hf setting per count")
+    ap.add_argument("--tokens", type=int, help="override the size's new tokens per sample")
     args = ap.parse_args()
     names = [s for s in args.only.split(",") if s] or list(SETTINGS)
     unknown = sorted(set(names) - set(SETTINGS))
     if unknown:
         ap.error(f"--only: unknown settings {unknown}; valid: {list(SETTINGS)}")
-    size = {**SIZES[args.size], **({"prompts": args.prompts} if args.prompts else {})}
+    size = {**SIZES[args.size], **({"prompts": args.prompts} if args.prompts else {}),
+            **({"tokens": args.tokens} if args.tokens else {})}
+    counts = [int(x) for x in args.in_flight.split(",")]
+    runs = [(name, c) for c in counts for name in names      # per count, the settings side by side
+            if SETTINGS[name][0].startswith("hf") or c == counts[0]]
     from alignloop.generation import SamplingParams
     from alignloop.models import load_model
 
@@ -209,15 +225,17 @@ def main() -> None:
     peaks = {d: matmul_peak_gflops(dtype=d) for d in ("float32", "bfloat16")}
     ceilings = {d: peak * 1e9 / (2 * n_params) for d, peak in peaks.items()}
     rows = []
-    for name in names:
+    for j, (name, in_flight) in enumerate(runs):
         print(f"running {name} ...", file=sys.stderr, flush=True)
+        load = os.getloadavg()[0]
         try:
-            rows.append(summarise(name, run_setting(name, items, params, args.in_flight),
+            rows.append(summarise(name, run_setting(name, items, params, in_flight),
                                   args.rounds, ceilings))
+            rows[-1]["load"] = (load, os.getloadavg()[0])
         except Exception as e:  # noqa: BLE001 (a setting that fails is a row that says so)
             rows.append({"setting": name, "error": f"{type(e).__name__}: {e}"})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-        md = write(args, size, rows, peaks, ceilings, final=name == names[-1])
+        md = write(args, size, rows, peaks, ceilings, final=j == len(runs) - 1)
     print(md)
 
 
@@ -225,6 +243,8 @@ def write(args, size: dict, rows: list[dict], peaks: dict, ceilings: dict, final
     """Results so far (after every setting: a long run interrupted keeps what it measured);
     the README's table only from a finished full run of every setting."""
     only = (f" --prompts {args.prompts}" if args.prompts else "") + (
+        f" --tokens {args.tokens}" if args.tokens else "") + (
+        f" --in-flight {args.in_flight}" if args.in_flight != "64" else "") + (
         f" --only {args.only}" if args.only else "")
     meta = {"prompts": size["prompts"], "n": size["n"], "new_tokens": size["tokens"],
             "rounds": args.rounds, "in_flight": args.in_flight, "matmul_peak_gflops": peaks,
@@ -233,7 +253,8 @@ def write(args, size: dict, rows: list[dict], peaks: dict, ceilings: dict, final
             "command": f"python benchmarks/generation_throughput.py --size {args.size}{only}"}
     md = table(rows, meta)
     write_results(results_name("generation_throughput", args.size), meta, rows, md,
-                  readme=final and args.size == "full" and not args.only and not args.prompts)
+                  readme=final and args.size == "full" and not args.only and not args.prompts
+                  and not args.tokens)
     return md
 
 

@@ -34,7 +34,8 @@ class GenerationConfig:
     seed: int = 0
     """Base seed; each sample's seed derives from it, its prompt id and its index."""
     max_batch_sequences: int = 64
-    """`hf`: most sequences decoded together (prompts per batch = this // n)."""
+    """`hf`: most sequences decoded together; a finished one's slot is refilled with the next
+    pending sample (continuous batching)."""
     truncation: Literal["error", "keep_end"] = "error"
     """Prompts that leave no room for max_new_tokens in the context: error, or keep their end."""
     tensor_parallel_size: int = 1

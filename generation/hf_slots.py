@@ -1,0 +1,129 @@
+"""Sequence slots for the `hf` backend's continuous batching: a KV cache whose rows
+are independent sequences, and the vectorised draw of one token per row.
+
+The cache holds up to `slots` sequences. Each row is LEFT-aligned: a sequence's
+tokens sit in columns 0..len-1 of its row, so its next token's position id is its
+own length and is written at that column; rows of different lengths need no
+padding and no shared write column, which is what lets a finished row be replaced
+by a new prompt at any step:
+
+    row 0   [p p p p p g g g g . . . .]   len 9: writes column 9, position id 9
+    row 1   [p p p g g g g g g g g . .]   len 11
+    row 2   [p p p p p p p . . . . . .]   refilled this step: a prompt's KV, len 7
+            <-------- span ---------->    decode attends to columns < max(len) + 1,
+                                          each row masked to its own columns <= len
+
+Active rows are always 0..rows-1: a finished row is filled by moving the last
+active row into it (`move`, one row's KV), so a decode step computes only live
+sequences. transformers' attention calls `update(key, value, layer_idx)` on any
+object passed as the cache; with a ready 4D mask and explicit position ids the
+model asks nothing else of it (transformers 5.x; `StaticCache` instead writes
+every row at one shared column, so a row could not restart at its own position).
+"""
+
+from __future__ import annotations
+
+import torch
+
+CANDIDATES = 256
+"""Top-p without top-k first looks for the nucleus among this many most likely tokens
+(exact whenever their mass reaches top_p in every row, else a full sort)."""
+
+
+class SlotCache:
+    """KV of up to `slots` left-aligned sequences of at most `max_len` tokens each."""
+
+    def __init__(self, n_layers: int, slots: int, max_len: int, device):
+        self.n_layers, self.slots, self.max_len, self.device = n_layers, slots, max_len, device
+        self.keys: list[torch.Tensor] = []      # per layer (slots, kv_heads, max_len, head_dim)
+        self.values: list[torch.Tensor] = []
+        self.lengths = [0] * slots               # tokens held per row (host copy: no syncs)
+        self.rows = 0
+        self._step: tuple[torch.Tensor, torch.Tensor, int] | None = None
+
+    def _allocate(self, like: torch.Tensor) -> None:
+        shape = (self.slots, like.shape[0], self.max_len, like.shape[-1])
+        for _ in range(self.n_layers):
+            self.keys.append(torch.zeros(shape, dtype=like.dtype, device=self.device))
+            self.values.append(torch.zeros(shape, dtype=like.dtype, device=self.device))
+
+    def put(self, row: int, prompt_kv: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> None:
+        """Row `row` holds a prompt: per layer its keys and values (kv_heads, length, head_dim)."""
+        if not self.keys:
+            self._allocate(prompt_kv[0][0])
+        for layer, (k, v) in enumerate(prompt_kv):
+            self.keys[layer][row, :, :length] = k
+            self.values[layer][row, :, :length] = v
+        self.lengths[row] = length
+
+    def move(self, src: int, dst: int) -> None:
+        """Row `dst` takes row `src`'s sequence (only its `length` columns are copied)."""
+        n = self.lengths[src]
+        for k, v in zip(self.keys, self.values, strict=True):
+            k[dst, :, :n] = k[src, :, :n]
+            v[dst, :, :n] = v[src, :, :n]
+        self.lengths[dst] = n
+
+    def begin_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Position ids (rows, 1) and the boolean attention mask (rows, 1, 1, span) of a
+        decode step over the active rows; each row's new token goes to column len."""
+        lengths = torch.tensor(self.lengths[:self.rows], device=self.device)
+        span = max(self.lengths[:self.rows]) + 1
+        if span > self.max_len:
+            raise RuntimeError(f"slot cache overflow: {span} > {self.max_len} columns")
+        mask = torch.arange(span, device=self.device)[None, :] <= lengths[:, None]
+        rows = torch.arange(self.rows, device=self.device)
+        self._step = (rows, lengths, span)
+        return lengths[:, None], mask[:, None, None, :]
+
+    def end_step(self) -> None:
+        for r in range(self.rows):
+            self.lengths[r] += 1
+        self._step = None
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        """transformers' per-layer call in a decode step: key/value (rows, kv_heads, 1, head_dim)."""
+        rows, lengths, span = self._step
+        k, v = self.keys[layer_idx], self.values[layer_idx]
+        k[rows, :, lengths] = key_states[:, :, 0]
+        v[rows, :, lengths] = value_states[:, :, 0]
+        return k[:self.rows, :, :span], v[:self.rows, :, :span]
+
+
+def draw_tokens(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int,
+                top_p: float) -> torch.Tensor:
+    """One token per row (B,) from fp32 `logits` (B, V) by inverse CDF: row b takes the
+    first candidate whose cumulative probability exceeds u[b] (uniform in [0, 1), drawn from
+    that sample's own generator, so a token depends on its row's logits and its own seed).
+
+    The distribution is the usual one: logits / temperature, then the top_k most likely,
+    then the smallest most-likely set whose mass reaches top_p (renormalised). Top-p alone
+    works on the `CANDIDATES` most likely tokens when they hold the nucleus in every row
+    (exact), else on the fully sorted vocabulary; with neither filter, on the vocabulary in
+    id order (no sort)."""
+    scaled = logits / temperature
+    V = scaled.shape[-1]
+    if top_k and top_k < V:
+        vals, idx = torch.topk(scaled, top_k)                       # (B, k), descending
+        norm = torch.logsumexp(vals, -1, keepdim=True)
+    elif top_p < 1.0:
+        norm = torch.logsumexp(scaled, -1, keepdim=True)
+        vals, idx = torch.topk(scaled, min(V, CANDIDATES))
+        if bool(((vals - norm).exp().sum(-1) < top_p).any()):
+            vals, idx = torch.sort(scaled, descending=True)
+    else:
+        vals, idx = scaled, None
+        norm = torch.logsumexp(scaled, -1, keepdim=True)
+    probs = (vals - norm).exp().double()                            # (B, K)
+    if top_p < 1.0:
+        before = probs.cumsum(-1) - probs
+        probs = probs.masked_fill(before >= top_p, 0.0)             # keep the smallest set reaching top_p
+    if idx is not None:
+        # invert the CDF in token-id order: sorting by probability would let a float-rounding
+        # swap of two near-equal tokens move whole stretches of u to another token
+        idx, order = idx.sort(-1)
+        probs = probs.gather(1, order)
+    cdf = probs.cumsum(-1)
+    j = torch.searchsorted(cdf, (u.double() * cdf[:, -1])[:, None], right=True)
+    j = j.clamp(max=cdf.shape[-1] - 1)
+    return (j if idx is None else idx.gather(1, j))[:, 0]
