@@ -1,7 +1,7 @@
 """Every process of a vLLM engine ends with it (`alignloop.generation.vllm_process`).
 
 On its own: the step limit reaches the engine's environment and the config checks it; a
-stopped engine refuses further calls. With the real engine (marker `vllm`, SmolLM2, eager
+stopped engine refuses further calls. With the real engine (markers `vllm` and `slow`, SmolLM2, eager
 float32): a step over `generation.vllm_step_timeout_s` (1 s, its worker stopped with
 SIGSTOP: one stuck in a step, on any machine) fails at once with an error naming the field
 and the limit, and no process of the engine survives it. (The orphan `VLLM::Worker` was
@@ -173,6 +173,7 @@ def skip_without_vllm():
 
 
 @pytest.mark.vllm
+@pytest.mark.slow   # an engine start of its own (~1-2 min); the default run keeps the mechanism tests
 def test_step_over_the_limit_leaves_no_process(skip_without_vllm):
     cfg = GenerationConfig(backend="vllm", vllm_step_timeout_s=1, dtype="float32",
                            kv_cache_gib=0.5)
