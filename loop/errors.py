@@ -2,7 +2,12 @@
 
 
 class AlignloopError(Exception):
-    """Base of every error caused by the user's input: config, data, model references."""
+    """Base of every error caused by the user's input: config, data, model references.
+
+    `where` ("round 1, stage generate") is set by the loop when a stage raises, so the
+    CLI's one-line message says where the run stopped."""
+
+    where: str | None = None
 
 
 class RoundEnded(AlignloopError):

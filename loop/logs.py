@@ -7,7 +7,7 @@ warning on every checkpoint save. `quiet_libraries` is the one place that turns 
 the command line calls it through `setup_logging`, and `Loop.run` calls it too, so the
 Python API is as quiet as the command:
 
-    verbosity   alignloop   libraries (transformers, accelerate, peft, hub, ...)
+    verbosity   alignloop   libraries (transformers, accelerate, peft, hub, vLLM, ...)
     -1  (-q)    WARNING     ERROR; no library bars; known-harmless warnings hidden
      0          INFO        ERROR; no library bars; known-harmless warnings hidden
      1  (-v)    INFO        INFO; their bars; every warning
@@ -56,6 +56,9 @@ def quiet_libraries(verbosity: int = 0) -> None:
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(level)
     os.environ["TRANSFORMERS_VERBOSITY"] = logging.getLevelName(level).lower()
+    # vLLM's engine processes read it when they start (`generation.vllm`): without it, a
+    # run printed a dozen start-up WARNING lines (tcmalloc, chunked prefill, Triton) per engine
+    os.environ["VLLM_LOGGING_LEVEL"] = logging.getLevelName(level)
     action = "ignore" if verbosity <= 0 else "default"
     for category, message in HARMLESS_WARNINGS:
         warnings.filterwarnings(action, message=message, category=category)

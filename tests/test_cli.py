@@ -82,3 +82,13 @@ def test_generate_writes_completions(tmp_path):
     prompts.write_text(json.dumps({"prompt": ""}) + "\n")
     bad = run("generate", "configs/tiny.yaml", "--prompts", str(prompts), "--out", str(tmp_path / "x.parquet"))
     assert bad.returncode == 2 and "prompts.jsonl row 1" in bad.stderr
+
+
+def test_a_failed_stage_names_its_round_and_stage(tmp_path):
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text('{"prompt": "Hi", "chosen": "Hello!"}\n')      # no "rejected"
+    out = run("run", "configs/tiny.yaml", "--run-dir", str(tmp_path / "r"), "--set", f"data.path={bad}")
+    assert out.returncode == 2, out.stderr
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: round 0, stage "), line
+    assert "pairs.jsonl" in line and "Traceback" not in out.stderr

@@ -91,7 +91,10 @@ def test_quiet_libraries_turns_them_down_and_back_up():
         assert logging.getLogger("accelerate").level == logging.ERROR
         assert tl.get_verbosity() == logging.ERROR and not tl.is_progress_bar_enabled()
         assert are_progress_bars_disabled() and shown() == ["something else"]
+        import os
+        assert os.environ["VLLM_LOGGING_LEVEL"] == "ERROR"   # read by a vLLM engine started later
         quiet_libraries(1)
+        assert os.environ["VLLM_LOGGING_LEVEL"] == "INFO"
         assert logging.getLogger("accelerate").level == logging.INFO
         assert tl.get_verbosity() == logging.INFO and tl.is_progress_bar_enabled()
         assert not are_progress_bars_disabled() and len(shown()) == 2

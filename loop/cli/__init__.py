@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (AlignloopError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        where = f"{e.where}: " if getattr(e, "where", None) else ""
+        print(f"error: {where}{e}", file=sys.stderr)
         return 2
 
 

@@ -225,7 +225,12 @@ class Run:
         self.save()
         rdir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        fn()
+        try:
+            fn()
+        except AlignloopError as e:
+            # the CLI's one-line error then says where it stopped ("round 1, stage generate")
+            e.where = getattr(e, "where", None) or f"round {k}, stage {name}"
+            raise
         _maybe_fail(k, name)
         rs["stages"][name] = {
             "status": "done", "started": rs["stages"][name]["started"], "finished": time.time(),
