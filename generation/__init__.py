@@ -129,14 +129,31 @@ def make_generator(backend: str, model: str, **options) -> Generator:
     return getattr(importlib.import_module(module), cls)(model, **options)
 
 
-def resolve_backend(backend: str, model: str) -> str:
+FLOAT32_CPU_REASON = ("on a CPU in float32 vLLM samples no faster than hf and adds an engine "
+                      "start (benchmarks/results/generation_throughput.md)")
+
+
+def resolve_backend(backend: str, model: str, placement=None, vllm_dtype: str = "auto") -> str:
     """`backend` itself, or for `auto` the one that serves `model` here: `vllm` when vLLM
-    is installed and supports the model, else `hf`. Says which in one INFO line."""
+    is installed, supports the model and would sample faster, else `hf`. Says which in one
+    INFO line.
+
+    "Faster" is decided from `placement` (None: not considered): on a GPU, or on a CPU in
+    bfloat16 (one with bf16 units, where `alignloop.placement`'s probe picks bf16), vLLM
+    samples several times faster than `hf` (700-780 against ~200 tokens/s on an AVX-512
+    bf16 CPU); on a CPU in float32 the two were level side by side (136 against 124 tokens/s
+    warm on an AVX2 EPYC), and vLLM adds an engine start and cannot hand the eval stage the
+    policy model the `hf` sampler already holds, so a demo round took longer with it
+    (benchmarks/results/loop_timing.md). `vllm_dtype` is `generation.dtype`."""
     if backend != "auto":
         return backend
     from alignloop.generation.vllm import unsupported_reason
 
     reason = unsupported_reason(model)
+    if not reason and placement is not None and placement.device == "cpu":
+        dtype = vllm_dtype if vllm_dtype != "auto" else str(placement.sampling_dtype)
+        if dtype.removeprefix("torch.") == "float32":
+            reason = FLOAT32_CPU_REASON
     chosen = "hf" if reason else "vllm"
     log.info("generation backend auto -> %s%s", chosen, f" ({reason})" if reason else
              " (vLLM is installed and supports the model)")
@@ -160,7 +177,7 @@ def backend_record(cfg, model: str, placement, policy: str = "") -> dict:
     and a `policy` (the round's starting policy), how the engine serves it:
     `policy_weights` "full", or for a LoRA policy "adapter" or "merged"
     (`generation.vllm_lora`). `alignloop status` shows both per round."""
-    backend = resolve_backend(cfg.backend, model)
+    backend = resolve_backend(cfg.backend, model, placement, cfg.dtype)
     record = {"requested": cfg.backend, "backend": backend,
               "dtype": sampling_dtype(backend, cfg, placement)}
     if backend == "vllm" and policy:
@@ -180,7 +197,7 @@ def generator_for(cfg, model: str, *, cache_path: str = "", chat_template: str =
     `vllm` backend's dtype when `generation.dtype` is `auto` (`sampling_dtype`)."""
     from alignloop.placement import Placement
 
-    backend = resolve_backend(cfg.backend, model)
+    backend = resolve_backend(cfg.backend, model, placement, cfg.dtype)
     vllm_dtype = cfg.dtype if placement is None else sampling_dtype(backend, cfg, placement)
     placement = placement or Placement()
     options = {
