@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(BIN)/alignloop run configs/demo.yaml --run-dir runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q --durations=25
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow" -q

@@ -94,6 +94,12 @@ def main() -> None:
     args = ap.parse_args()
     if not (args.before or args.set_before or args.set_after):
         ap.error("nothing to compare: give --before and/or --set-before/--set-after")
+    if not args.config.is_file():
+        ap.error(f"--config: no such file {args.config}")
+    for flag, rev in (("--before", args.before), ("--after", args.after)):
+        if rev and subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet",
+                                   f"{rev}^{{commit}}"], capture_output=True).returncode != 0:
+            ap.error(f"{flag}: {rev!r} is not a commit of this repository")
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True, check=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],

@@ -260,9 +260,16 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, help="override the size's number of seeds")
     ap.add_argument("--no-readme", action="store_true", help="write results/ only")
     args = ap.parse_args()
+    if args.seeds is not None and args.seeds < 1:
+        ap.error(f"--seeds: must be >= 1, got {args.seeds}")
     size = dict(SIZES[args.size], **({"seeds": args.seeds} if args.seeds else {}))
-    points = [p for seed in range(size["seeds"])
-              for p in run_points(seed, size, args.size, list(ARMS))]
+    from alignloop.errors import AlignloopError
+
+    try:
+        points = [p for seed in range(size["seeds"])
+                  for p in run_points(seed, size, args.size, list(ARMS))]
+    except AlignloopError as e:   # e.g. a kept run directory made with another config
+        raise SystemExit(f"error: {e}") from None
     failing = failing_slices(points, demo_raw()["train"]["beta"])
     rows = config_means(points, failing)
     comparisons = {h: compare(rows, h) for h in ("hybrid", "hybrid_base")}
