@@ -169,7 +169,8 @@ def engine_settings(*, max_model_len: int, dtype: str, enforce_eager: bool, kv_c
               "max_model_len": max_model_len,
               # per-request seeds need it off on CPU; then a batch must hold a whole prompt
               "enable_chunked_prefill": False, "max_num_batched_tokens": max_model_len,
-              "gpu_memory_utilization": gpu_memory_utilization}
+              "gpu_memory_utilization": gpu_memory_utilization,
+              "use_tqdm_on_load": False}     # a bar per weight load: the stage has its own
     if kv_cache_gib > 0:
         engine["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
     env = {"VLLM_CPU_OMP_THREADS_BIND": cpu_bind_mask(cpu_bind, tensor_parallel_size),

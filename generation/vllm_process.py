@@ -141,6 +141,17 @@ def _kill_group_when_vllm_dies(stopping: threading.Event) -> None:
     threading.Thread(target=watch, name="alignloop-vllm-watch", daemon=True).start()
 
 
+def vllm_bar(iterable=None, *, desc: str = "", **kwargs):
+    """vLLM's `use_tqdm` callable: its "Processed prompts" bar becomes alignloop's own
+    `generate` bar (a plain line now and then in a log, as every stage's), its quick
+    "Rendering prompts" pass shows none."""
+    from alignloop.progress import tqdm
+
+    if iterable is not None:       # maybe_tqdm around the prompts being rendered
+        return iterable
+    return tqdm(total=kwargs.get("total"), desc="generate", unit="sample")
+
+
 def _serve(conn, model_path: str, engine: dict[str, Any], env: dict[str, str], progress: bool) -> None:
     """In the child: start vLLM, answer ("generate", requests, adapter) and ("load", weights dir)
     messages until ("close",), the parent is gone or the engine dies, then shut the engine
@@ -186,7 +197,8 @@ def _serve(conn, model_path: str, engine: dict[str, Any], env: dict[str, str], p
                 requests, adapter = msg[1], msg[2]
                 outs = llm.generate(
                     [TokensPrompt(prompt_token_ids=r["prompt_token_ids"]) for r in requests],
-                    [VSamplingParams(**r["sampling"]) for r in requests], use_tqdm=progress,
+                    [VSamplingParams(**r["sampling"]) for r in requests],
+                    use_tqdm=vllm_bar if progress else False,
                     lora_request=LoRARequest(*adapter) if adapter else None)
                 conn.send(("ok", [completion_from_output(r, o.outputs[0])
                                   for r, o in zip(requests, outs, strict=True)]))

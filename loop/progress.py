@@ -78,6 +78,11 @@ class PlainProgress:
     def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
         self.postfix = s
 
+    @property
+    def format_dict(self) -> dict:
+        """tqdm's counters (vLLM's bar reads `elapsed` for its token rates)."""
+        return {"n": self.n, "total": self.total, "elapsed": time.monotonic() - self.start_t}
+
     def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
         self.desc = desc or ""
 

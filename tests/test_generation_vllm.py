@@ -287,3 +287,45 @@ def test_engine_shuts_down(engine):
     proc = engine._process.proc
     engine.close()
     assert not proc.is_alive() and proc.exitcode == 0
+
+
+def test_vllm_progress_is_the_stage_bar():
+    """vLLM's own bars become alignloop's `generate` bar; its prompt-rendering bar shows none."""
+    import io
+
+    from alignloop.generation.vllm_process import vllm_bar
+    from alignloop.progress import PlainProgress
+
+    prompts = [1, 2, 3]
+    assert vllm_bar(prompts, desc="Rendering prompts") is prompts
+    bar = vllm_bar(total=8, desc="Processed prompts", dynamic_ncols=True, postfix="x")
+    assert isinstance(bar, PlainProgress) and bar.desc == "generate" and bar.total == 8
+    bar.file = io.StringIO()
+    bar.update(8)
+    assert bar.format_dict["n"] == 8 and bar.format_dict["elapsed"] >= 0
+    bar.postfix = "est. speed output: 1.00 toks/s"     # what vLLM sets per finished request
+    bar.close()
+    assert bar.file.getvalue().startswith("generate: 8/8 samples (100%)")
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_cli_generate_on_vllm_prints_only_its_progress(tmp_path):
+    """By default a vLLM run prints alignloop's progress lines, none of vLLM's bars or
+    start-up warnings (its own engine: about a minute)."""
+    import subprocess
+
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("Hi", "Say yes.")))
+    out = subprocess.run(
+        [sys.executable, "-m", "alignloop.cli", "generate", "configs/demo.yaml", "--prompts",
+         str(prompts), "--out", str(tmp_path / "g.parquet"), "--n", "2",
+         "--set", "generation.backend=vllm", "--set", "generation.max_new_tokens=4"],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "generate: 4/4 samples" in out.stderr
+    for noise in ("Processed prompts", "Rendering prompts", "Loading safetensors", "WARNING"):
+        assert noise not in out.stderr, out.stderr[-3000:]
