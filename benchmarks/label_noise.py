@@ -1,31 +1,37 @@
-"""Noisy and disagreeing labels: hard-label DPO vs soft labels vs robust DPO on the demo task.
+"""Noisy and disagreeing labels with more data: does soft-label or robust DPO converge
+under label noise where hard-label DPO does not? (issue 19)
 
-    python benchmarks/label_noise.py --size quick|full
+    python benchmarks/label_noise.py --size smoke|quick|full [--conditions C,..] [--losses L,..]
 
-One candidate set, sampled once from the embedded SmolLM2-135M-Instruct (4 samples per
-prompt, temperature 0.7, top-p 0.9): on training prompts the pair is the best and worst
-sample by the demo's heuristic judge; on held-out prompts every pair whose ground-truth
-utilities differ by at least 0.1 is a truth-labeled held-out pair. Each training pair
-gets three votes from annotators drawn from a panel, then:
+Candidates: the size's model samples 4 responses per training prompt once (temperature
+0.7, top-p 0.9). The pair pool ranks each prompt's samples by the demo's heuristic judge:
+tier 0 is best vs worst of every prompt, tier 1 second best vs second worst (disjoint
+samples, a smaller judge gap); the pool lists all of tier 0 (prompts in a seeded order)
+before tier 1, and a data size of N pairs trains on the pool's first N, so the sizes are
+nested. Each pair gets three votes from annotators drawn from a panel (a pair's votes
+depend on the seed and the pair only, not on the size):
 
 - clean / flip20 / flip40: the demo panel; each vote flipped with probability 0, 0.2,
   0.4 (nested: a vote flipped at 20% is flipped at 40% too);
-- disagree: a panel with systematic disagreement, two of its five annotators prefer
-  longer answers while the ground truth penalises length.
+- disagree: two of the five annotators prefer longer answers, the ground truth does not.
 
-The votes are aggregated as the loop does (Dawid-Skene) and trained, one DPO round of
-the loop each, with:
+The votes are aggregated as the loop does (Dawid-Skene); one DPO round of the loop (the
+demo's LoRA settings, `train.epochs` passes over the pairs, so the optimizer steps grow
+with the data) then trains each of:
 
 - `sigmoid`: the majority label, as certain;
 - `soft`: the posterior P(chosen preferred) as the label;
-- `rdpo`: the majority label with robust DPO (Chowdhury et al. 2024), flip rate
-  estimated from the posteriors (mean P(majority wrong)); the paper assumes it known.
+- `rdpo`: the majority label, robust DPO (Chowdhury et al. 2024) with the flip rate
+  estimated from the posteriors: the mean posterior probability that the majority is wrong;
+- `rdpo_true` (control): the same with the true flip rate, the share of the training
+  pairs whose majority label disagrees with the ground truth (the panel's mean utility).
 
-Measured: latent-reward gain over the base model on the held-out prompts (ground truth
-= the demo panel's mean utility), KL to the base, gain per nat of KL, and held-out
-preference accuracy of the implicit reward (sign of the policy-vs-base log-ratio gap)
-against the ground truth. Target: at 40% flips, `soft` or `rdpo` keeps at least 70% of
-its clean-label gain while hard-label DPO keeps clearly less (here: at least 0.15 less).
+Measured on the held-out prompts (label_noise_stats.py): panel-reward gain over the base
+model, KL to the base, the kept share of the clean gain (same size, loss and seed), each
+with a 95% two-stage bootstrap interval over seeds x prompts, and the implicit reward's
+accuracy on truth-labeled held-out pairs. Every run is an ordinary run directory under
+runs/bench/label_noise/SIZE/ and its measures are kept in results/NAME.runs.json, so a
+killed sweep continues where it stopped.
 """
 
 from __future__ import annotations
@@ -33,39 +39,44 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import RESULTS, machine, results_name, today, write_results  # noqa: E402
-from loop_bench import (  # noqa: E402
-    RUNS,
-    demo_raw,
-    fmt_ci,
-    kl_to_base,
-    make_config,
-    mean_ci,
-    report,
-    run_loop,
-    samples,
-    write_rows,
+import label_noise_stats as stats  # noqa: E402
+from common import RESULTS, machine, today, update_readme  # noqa: E402
+from label_noise_runs import (  # noqa: E402
+    RunCache,
+    candidates,
+    heldout_pairs,
+    measure,
+    pair_pool,
+    score_pairs,
 )
+from loop_bench import RUNS, demo_raw, make_config, run_loop, write_rows  # noqa: E402
 
 MODEL = "builtin:smollm2-135m-instruct"
-LOSSES = ("sigmoid", "soft", "rdpo")
-SIZES = {
-    "quick": {"seeds": 1, "train_prompts": 48, "heldout_prompts": 16, "steps": 6,
-              "eval_prompts": 16, "conditions": ("clean", "flip40")},
-    "full": {"seeds": 1, "train_prompts": 120, "heldout_prompts": 40, "steps": 20,
-             "eval_prompts": 0, "conditions": ("clean", "flip20", "flip40", "disagree")},
-}
-MAX_NEW_TOKENS = 32
-VOTES = 3
+LOSSES = ("sigmoid", "soft", "rdpo", "rdpo_true")
 FLIPS = {"clean": 0.0, "flip20": 0.2, "flip40": 0.4, "disagree": 0.0}
-MIN_TRUTH_GAP = 0.1
-KEEP_TARGET, HARD_GAP = 0.7, 0.15
+SIZES = {
+    # for tests: the random 2-layer model, two tiny sizes, two losses (8 runs of the loop)
+    "smoke": {"model": "builtin:tiny-random", "pairs": (4, 8), "seeds": 1, "epochs": 1,
+              "conditions": ("clean", "flip40"), "losses": ("sigmoid", "rdpo"),
+              "train_prompts": 6, "heldout_prompts": 2, "eval_prompts": 3, "max_new_tokens": 6},
+    "quick": {"model": MODEL, "pairs": (24, 72), "seeds": 1, "epochs": 2,
+              "conditions": ("clean", "flip40"), "train_prompts": 40, "heldout_prompts": 4,
+              "eval_prompts": 16, "max_new_tokens": 32},
+    "full": {"model": MODEL, "pairs": (120, 240, 480), "seeds": 3, "epochs": 2,
+             "conditions": ("clean", "flip20", "flip40", "disagree"), "train_prompts": 0,
+             "heldout_prompts": 40, "eval_prompts": 0, "max_new_tokens": 32},
+}
+VOTES = 3
+PAIRS_PER_STEP = 8          # the demo's batch_size 4 x grad_accum 2
+MAX_FLIP_RATE = 0.45        # rdpo needs epsilon < 0.5; its loss blows up near 0.5
 
 
 def split_panel():
@@ -77,92 +88,22 @@ def split_panel():
             Annotator("verbose", 1.0, -0.8, 0.8), Annotator("wordy", 0.8, -1.2, 0.6))
 
 
-# --------------------------------------------------------------------------- candidates
-
-
-def candidates(size: dict, work: Path) -> dict:
-    """Base-model samples, their ground-truth utility and judge score (cached as JSON)."""
-    path = work / "candidates.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    from alignloop.demo.judge import heuristic_score
-    from alignloop.demo.panel import Panel
-    from alignloop.generation import SamplingParams, make_generator
-    from alignloop.prompt_pool import load_pool
-
-    cfg = make_config(demo_raw(), {})
-    pool = load_pool(cfg.loop.prompts, cfg.loop.eval_share)
-    rng = random.Random(0)
-    train = rng.sample(pool.train, size["train_prompts"])
-    held = rng.sample(pool.eval, size["heldout_prompts"])
-    gen = make_generator("hf", MODEL)
-    done = gen.sample(train + held, SamplingParams(n=4, temperature=0.7, top_p=0.9,
-                                                   max_new_tokens=MAX_NEW_TOKENS, seed=0))
-    texts: dict[str, list[str]] = {}
-    for c in done:
-        texts.setdefault(c.prompt_id, []).append(c.text.strip())
-    panel = Panel("demo")
-    out = {}
-    for part, items in (("train", train), ("heldout", held)):
-        out[part] = [{"prompt_id": it.prompt_id, "prompt": it.prompt, "slice": it.slice,
-                      "texts": texts[it.prompt_id],
-                      "truth": [panel.latent_reward(it.prompt, t) for t in texts[it.prompt_id]],
-                      "judge": [heuristic_score(it.prompt, t) for t in texts[it.prompt_id]]}
-                     for it in items]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out))
-    return out
-
-
-def train_pairs(cands: dict) -> list[dict]:
-    """Best vs worst sample by the heuristic judge, per training prompt (a/b order random)."""
-    from alignloop.labeling.select import similarity
-
-    rng = random.Random(1)
-    pairs = []
-    for c in cands["train"]:
-        hi = max(range(len(c["texts"])), key=lambda i: c["judge"][i])
-        lo = min(range(len(c["texts"])), key=lambda i: c["judge"][i])
-        a, b = c["texts"][hi], c["texts"][lo]
-        if not a or not b or similarity(a, b) >= 0.9:
-            continue
-        if rng.random() < 0.5:
-            a, b = b, a
-        pairs.append({"key": c["prompt_id"], "prompt": c["prompt"], "slice": c["slice"], "a": a, "b": b})
-    return pairs
-
-
-def heldout_pairs(cands: dict) -> list[dict]:
-    """Every pair of a held-out prompt's samples whose utilities differ by >= MIN_TRUTH_GAP,
-    chosen = the one with the higher ground-truth utility."""
-    out = []
-    for c in cands["heldout"]:
-        n = len(c["texts"])
-        for i in range(n):
-            for j in range(i + 1, n):
-                if abs(c["truth"][i] - c["truth"][j]) < MIN_TRUTH_GAP or c["texts"][i] == c["texts"][j]:
-                    continue
-                w, lo = (i, j) if c["truth"][i] > c["truth"][j] else (j, i)
-                out.append({"prompt": c["prompt"], "chosen": c["texts"][w], "rejected": c["texts"][lo]})
-    return out
-
-
 # --------------------------------------------------------------------------- labels
 
 
 def votes(pairs: list[dict], condition: str, seed: int) -> list:
-    """Three votes per pair from the condition's panel, with the condition's flips.
-
-    The annotators, their votes and the flip draws depend on the seed only, so the flip
-    conditions are nested: each vote flipped at 20% is also flipped at 40%."""
+    """Three votes per pair from the condition's panel, with the condition's flips. A pair's
+    annotators, votes and flip draws come from its own generator (seed, pair key), so they
+    do not depend on the other pairs (the sizes are nested) nor on the flip rate (the flip
+    conditions are nested: each vote flipped at 20% is also flipped at 40%)."""
     from alignloop.demo.panel import PANELS, Panel
     from alignloop.labeling.aggregate import Vote
 
     panel = Panel("demo")
     annotators = split_panel() if condition == "disagree" else PANELS["demo"]
-    rng = random.Random(seed)
     out = []
     for p in pairs:
+        rng = random.Random(f"{seed}/{p['key']}")
         for who in rng.sample(annotators, VOTES):
             choice = panel.vote(p["prompt"], p["a"], p["b"], who, rng)
             if rng.random() < FLIPS[condition]:
@@ -171,205 +112,202 @@ def votes(pairs: list[dict], condition: str, seed: int) -> list:
     return out
 
 
-def labeled_rows(pairs: list[dict], ballots: list, loss: str) -> tuple[list[dict], float]:
-    """Training rows for `loss` and the estimated flip rate of the majority labels.
-
-    sigmoid and rdpo train on the majority label; soft on the Dawid-Skene posterior
-    (its chosen side is the posterior's, which may differ from the majority when the
-    model trusts some annotators more)."""
-    from alignloop.labeling.aggregate import aggregate_votes
-
-    post = aggregate_votes(ballots).posteriors
+def _majority_a(ballots: list) -> dict[str, bool]:
     tally: dict[str, int] = {}
     for v in ballots:
         tally[v.item] = tally.get(v.item, 0) + (1 if v.choice == "a" else -1)
+    return {k: t > 0 for k, t in tally.items()}
+
+
+def labeled_rows(pairs: list[dict], ballots: list, loss: str) -> tuple[list[dict], float]:
+    """Training rows for `loss` and the estimated flip rate of the majority labels (mean
+    posterior P(majority wrong)). sigmoid and rdpo train on the majority label; soft on the
+    Dawid-Skene posterior (its chosen side is the posterior's, which may differ from the
+    majority when the model trusts some annotators more)."""
+    from alignloop.labeling.aggregate import aggregate_votes
+
+    post = aggregate_votes(ballots).posteriors
+    majority = _majority_a(ballots)
     rows, wrong = [], []
     for p in pairs:
         pa = post[p["key"]].p_a
-        majority_a = tally[p["key"]] > 0
-        wrong.append(1 - pa if majority_a else pa)
-        a_wins = pa >= 0.5 if loss == "soft" else majority_a
+        wrong.append(1 - pa if majority[p["key"]] else pa)
+        a_wins = pa >= 0.5 if loss == "soft" else majority[p["key"]]
         chosen, rejected = (p["a"], p["b"]) if a_wins else (p["b"], p["a"])
         prob = max(pa, 1 - pa) if loss == "soft" else 1.0
         rows.append({"prompt": p["prompt"], "chosen": [{"role": "assistant", "content": chosen}],
                      "rejected": [{"role": "assistant", "content": rejected}],
                      "p_chosen": round(prob, 4), "slice": p["slice"]})
-    return rows, min(0.45, sum(wrong) / len(wrong))
+    return rows, min(MAX_FLIP_RATE, sum(wrong) / len(wrong))
 
 
-# --------------------------------------------------------------------------- measuring
+def true_flip_rate(pairs: list[dict], ballots: list) -> float:
+    """Share of the pairs whose majority label disagrees with the ground truth (a tie in
+    the truth counts half): what `rdpo_true` is told."""
+    majority = _majority_a(ballots)
+    wrong = [0.5 if p["truth_a"] == p["truth_b"] else float(majority[p["key"]] != (p["truth_a"] > p["truth_b"]))
+             for p in pairs]
+    return min(MAX_FLIP_RATE, sum(wrong) / len(wrong))
 
 
-def score_pairs(models: dict[str, str], pairs: list[dict]) -> dict[str, list[float]]:
-    """Summed response log-probs of chosen and rejected (interleaved) under each model."""
-    from alignloop.models import load_tokenizer, prompt_token_ids, response_token_ids
-    from alignloop.stages.evaluate import score_sequences
-
-    tok = load_tokenizer(MODEL)
-    seqs = []
-    for p in pairs:
-        prompt_ids = prompt_token_ids(tok, p["prompt"])
-        for resp in (p["chosen"], p["rejected"]):
-            seqs.append((prompt_ids, response_token_ids(tok, p["prompt"], resp)))
-    return score_sequences(models, seqs)[0]
+# --------------------------------------------------------------------------- running
 
 
-def accuracy(policy: list[float], base: list[float]) -> list[float]:
-    """Per held-out pair: 1 if the implicit reward ranks the truth's chosen first (0.5 tie)."""
-    out = []
-    for n in range(0, len(policy), 2):
-        m = (policy[n] - base[n]) - (policy[n + 1] - base[n + 1])
-        out.append(1.0 if m > 0 else 0.5 if m == 0 else 0.0)
-    return out
+def run_config(spec: dict, data: Path, loss: str, flip_rate: float, seed: int):
+    """One DPO round of the loop on `data`: the demo config with the size's model, every
+    pair trained on (none held out), the heuristic judge only (the measures use the
+    panel's ground truth, not the judges), no human labels."""
+    raw = demo_raw()
+    raw["labeling"]["judges"] = [{"kind": "python", "function": "alignloop.demo.judge:heuristic_score"}]
+    return make_config(raw, {
+        "model.name": spec["model"], "data.path": str(data),
+        "train.loss": "rdpo" if loss == "rdpo_true" else loss,
+        "train.flip_rate": round(flip_rate, 4), "train.epochs": spec["epochs"],
+        "train.max_steps": 0, "train.seed": seed, "loop.seed": seed, "loop.rounds": 1,
+        "loop.eval_prompts": spec["eval_prompts"], "loop.heldout_pair_share": 0.0,
+        "labeling.human.budget": 0, "generation.max_new_tokens": spec["max_new_tokens"]})
 
 
-def measure(run_dir: Path, held: list[dict], base_scores: list[float]) -> dict:
-    """Gain, KL and held-out accuracy of a finished run (cached in its run directory)."""
-    cache = run_dir / "label_noise_measure.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
-    pol = {r["prompt_id"]: r["latent_reward"] for r in samples(run_dir, 0)}
-    base = {r["prompt_id"]: r["latent_reward"] for r in samples(run_dir, 0, "base")}
-    ids = sorted(set(pol) & set(base))
-    gains = [pol[i] - base[i] for i in ids]
-    kl = kl_to_base(report(run_dir, 0))
-    acc = accuracy(score_pairs({"policy": str(run_dir / "round_000" / "policy")}, held)["policy"],
-                   base_scores)
-    out = {"gains": gains, "prompt_ids": ids, "gain": mean_ci(gains, ids), "kl": kl,
-           "gain_per_kl": (sum(gains) / len(gains) if gains else math.nan) / max(kl["value"], 1e-6),
-           "heldout_accuracy": mean_ci(acc)}
-    cache.write_text(json.dumps(out))
-    return out
+def steps(spec: dict, n: int) -> int:
+    return spec["epochs"] * math.ceil(n / PAIRS_PER_STEP)
 
 
-def keep(clean: dict, noisy: dict) -> dict:
-    """Share of the clean gain kept under noise, with a paired bootstrap over prompts."""
+def sweep(spec: dict, size: str, work: Path, cache: RunCache, conditions, losses) -> None:
+    """Run every (data size, seed, condition, loss) not yet in the cache."""
+    from alignloop.progress import tqdm
+
+    t0 = time.perf_counter()
+    cands = candidates(spec, work)
+    if "candidates_s" not in cache.meta:
+        cache.note("candidates_s", round(time.perf_counter() - t0, 1))
+    pool = pair_pool(cands)
+    if len(pool) < max(spec["pairs"]):
+        raise SystemExit(f"label_noise: size {size!r} asks for {max(spec['pairs'])} pairs but its "
+                         f"candidates give {len(pool)}; raise SIZES[{size!r}]['train_prompts']")
+    held = heldout_pairs(cands)
+    base_scores = score_pairs(spec["model"], {"base": spec["model"]}, held)["base"] if held else []
+    todo = [(n, s, c, loss) for n in spec["pairs"] for s in range(spec["seeds"])
+            for c in conditions for loss in losses if not cache.has(n, s, c, loss)]
+    with tqdm(total=len(todo), desc=f"label_noise {size}", unit="runs") as bar:
+        for n, seed, cond, loss in todo:
+            pairs = pool[:n]
+            ballots = votes(pairs, cond, seed)
+            rows, eps = labeled_rows(pairs, ballots, loss)
+            if loss == "rdpo_true":
+                eps = true_flip_rate(pairs, ballots)
+            run_dir = work / f"n{n}" / f"seed{seed}" / f"{cond}-{loss}"
+            data = write_rows(run_dir.parent / f"{cond}-{loss}.jsonl", rows)
+            t = time.perf_counter()
+            run_loop(run_config(spec, data, loss, eps, seed), run_dir)
+            m = measure(run_dir, spec["model"], held, base_scores)
+            m.update(flip_rate=round(eps, 6), seconds=round(time.perf_counter() - t, 1),
+                     steps=steps(spec, n))
+            cache.put(n, seed, cond, loss, m)
+            bar.update(1)
+
+
+def full_estimate(cache: RunCache, spec: dict) -> str:
+    """The full sweep's duration extrapolated from this size's timed runs: seconds per run
+    = a + b * optimizer steps (least squares), the fixed part a scaled by the full size's
+    held-out prompts (an over-estimate: model loads do not grow), plus the candidates."""
     import numpy as np
 
-    c = dict(zip(clean["prompt_ids"], clean["gains"], strict=True))
-    n = dict(zip(noisy["prompt_ids"], noisy["gains"], strict=True))
-    ids = sorted(set(c) & set(n))
-    gc, gn = np.array([c[i] for i in ids]), np.array([n[i] for i in ids])
-    rng = np.random.default_rng(0)
-    idx = rng.integers(0, len(ids), size=(2000, len(ids)))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        reps = gn[idx].mean(1) / gc[idx].mean(1)
-    lo, hi = np.nanpercentile(reps, [2.5, 97.5])
-    return {"value": float(gn.mean() / gc.mean()) if gc.mean() else math.nan,
-            "lo": float(lo), "hi": float(hi), "n": len(ids)}
+    timed = [m for m in cache.runs.values() if "seconds" in m]
+    if len({m["steps"] for m in timed}) < 2:
+        return ""
+    b, a = np.polyfit([m["steps"] for m in timed], [m["seconds"] for m in timed], 1)
+    full = SIZES["full"]
+    scale = 91 / spec["eval_prompts"] if spec["eval_prompts"] else 1.0    # 91 held-out prompts
+    runs = [(n, s) for n in full["pairs"] for s in range(full["seeds"])
+            for _ in full["conditions"] for _ in LOSSES]
+    total = sum(a * scale + b * steps(full, n) for n, _ in runs)
+    total += cache.meta.get("candidates_s", 0) * 329 / max(spec["train_prompts"], 1)
+    return (f"Full size extrapolated from these {len(timed)} timed runs ({b:.1f} s per step "
+            f"+ {a:.0f} s per run here): about {total / 3600:.1f} h for {len(runs)} runs "
+            f"under the same load.")
 
 
-def main() -> None:
+# --------------------------------------------------------------------------- main
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments, each checked before anything is read or written."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="quick")
-    ap.add_argument("--no-readme", action="store_true", help="write results/ only")
-    ap.add_argument("--conditions", help="comma-separated conditions to run now, no tables "
-                    "(e.g. one per process); default: all of the size, then the tables")
-    args = ap.parse_args()
-    size = SIZES[args.size]
-    if args.conditions:
-        size = {**size, "conditions": tuple(args.conditions.split(","))}
-    work = RUNS / "label_noise" / args.size
-    cands = candidates(size, work)
-    pairs, held = train_pairs(cands), heldout_pairs(cands)
-    print(f"{len(pairs)} training pairs, {len(held)} truth-labeled held-out pairs", flush=True)
-    base_scores = score_pairs({"base": MODEL}, held)["base"]
-    raw = demo_raw()
-    results: dict = {}
-    for seed in range(size["seeds"]):
-        for cond in size["conditions"]:
-            ballots = votes(pairs, cond, seed)
-            for loss in LOSSES:
-                rows, eps = labeled_rows(pairs, ballots, loss)
-                run_dir = work / f"seed{seed}" / f"{cond}-{loss}"
-                data = write_rows(run_dir.parent / f"{cond}-{loss}.jsonl", rows)
-                cfg = make_config(raw, {
-                    "data.path": str(data), "train.loss": loss, "train.flip_rate": round(eps, 4),
-                    "train.max_steps": size["steps"], "train.seed": seed, "loop.seed": seed,
-                    "loop.rounds": 1, "loop.eval_prompts": size["eval_prompts"],
-                    "labeling.human.budget": 0, "generation.max_new_tokens": MAX_NEW_TOKENS})
-                print(f"== seed {seed} {cond} {loss} (estimated flip rate {eps:.3f})", flush=True)
-                run_loop(cfg, run_dir)
-                m = measure(run_dir, held, base_scores)
-                m["flip_rate_estimate"] = eps
-                results.setdefault(f"{cond}/{loss}", []).append(m)
-    if args.conditions:
+    ap.add_argument("--conditions", help="comma-separated conditions to run now, without "
+                    "tables (e.g. one per process); default: all of the size, then the tables")
+    ap.add_argument("--losses", help="comma-separated losses to run now, without tables")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    ap.add_argument("--work", type=Path, default=RUNS / "label_noise", help="run directories")
+    ap.add_argument("--no-readme", action="store_true", help="write the results files only")
+    args = ap.parse_args(argv)
+    for name, valid in (("conditions", tuple(FLIPS)), ("losses", LOSSES)):
+        value = getattr(args, name)
+        if value is None:
+            continue
+        picked = value.split(",")
+        bad = [x for x in picked if x not in valid]
+        if bad or not value:
+            ap.error(f"argument --{name}: unknown {bad or [value]}; valid: {','.join(valid)}")
+        setattr(args, name, tuple(dict.fromkeys(picked)))
+    for name in ("out", "work"):
+        if getattr(args, name).exists() and not getattr(args, name).is_dir():
+            ap.error(f"argument --{name}: {getattr(args, name)} is a file, not a directory")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    spec = SIZES[args.size]
+    load_start, t0 = os.getloadavg(), time.perf_counter()
+    name = "label_noise" if args.size == "full" else f"label_noise.{args.size}"
+    cache = RunCache(args.out / f"{name}.runs.json", args.size, spec, args.work / args.size)
+    losses = spec.get("losses", LOSSES)
+    sweep(spec, args.size, args.work / args.size, cache, args.conditions or spec["conditions"],
+          args.losses or losses)
+    if args.conditions or args.losses:
         return
-    md, summary = table(results, size, args.size, len(pairs), len(held))
-    meta = {"size": args.size, **{k: v for k, v in size.items() if k != "conditions"},
-            "conditions": list(size["conditions"]), "machine": machine(), "date": today(),
-            "command": f"python benchmarks/label_noise.py --size {args.size}",
-            "target": f"at 40% flips soft or rdpo keeps >= {KEEP_TARGET:.0%} of its clean gain, "
-                      f"hard-label DPO at least {HARD_GAP} less", **summary}
-    slim = {k: [{kk: vv for kk, vv in m.items() if kk not in ("gains", "prompt_ids")} for m in ms]
-            for k, ms in results.items()}
-    name = results_name("label_noise", args.size)
-    RESULTS.mkdir(exist_ok=True)
-    plot(results, size, RESULTS / f"{name}.png")
-    write_results(name, meta, slim, md, readme=args.size == "full" and not args.no_readme)
+    runs = {(n, c, loss): [cache.get(n, s, c, loss) for s in range(spec["seeds"])]
+            for n in spec["pairs"] for c in spec["conditions"] for loss in losses}
+    rows = stats.summarise(runs, spec["pairs"], spec["conditions"], losses)
+    check = stats.target_check(rows, max(spec["pairs"])) if "flip40" in spec["conditions"] else None
+    command = f"python benchmarks/label_noise.py --size {args.size}"
+    load = f"load average {load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+    footer = (f"{args.size} size: {', '.join(map(str, spec['pairs']))} training pairs x {VOTES} "
+              f"votes, {spec['seeds']} seed(s), {spec['epochs']} epochs of {PAIRS_PER_STEP} pairs "
+              f"per step ({', '.join(str(steps(spec, n)) for n in spec['pairs'])} steps), "
+              f"{spec['eval_prompts'] or 'all 91'} held-out prompts for reward and KL. "
+              f"{machine()}; {today()}; {load}; this invocation "
+              f"{(time.perf_counter() - t0) / 60:.1f} min; `{command}`.")
+    estimate = full_estimate(cache, spec) if args.size == "quick" else ""
+    md = stats.table(rows, check) + "\n" + footer + (f"\n{estimate}" if estimate else "")
+    meta = {"size": args.size, **{k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()},
+            "losses": list(losses), "votes": VOTES, "machine": machine(), "date": today(),
+            "command": command}
+    if check is not None:   # the keys benchmarks/summary.py reads
+        meta.update(target_met=check["met"], best_robust=check["best_robust"],
+                    kept_robust=check["kept_robust"]["value"], kept_hard=check["kept_hard"]["value"],
+                    target_check=check)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}.json").write_text(json.dumps(_rounded({"meta": meta, "results": rows}),
+                                                      indent=2) + "\n")
+    (args.out / f"{name}.md").write_text(md + "\n")
+    stats.plot(rows, args.out / f"{name}.png")
+    if args.out.resolve() == RESULTS.resolve() and args.size != "smoke" and not args.no_readme:
+        plot_line = f"\n\n![label noise, quick](benchmarks/results/{name}.png)"   # full: below its block
+        update_readme(md + (plot_line if args.size == "quick" else ""), key=name)
     print(md)
 
 
-def plot(results: dict, size: dict, path: Path) -> None:
-    """Gain over the base and held-out accuracy per condition and loss, with 95% intervals."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    conds = size["conditions"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, metric, label in ((axes[0], "gain", "panel-reward gain over base"),
-                              (axes[1], "heldout_accuracy", "held-out accuracy vs truth")):
-        for j, loss in enumerate(LOSSES):
-            xs = [i * (len(LOSSES) + 1) + j for i in range(len(conds))]
-            es = [results[f"{c}/{loss}"][0][metric] for c in conds]
-            ax.bar(xs, [e["value"] for e in es], label=loss, color=("#d98c3f", "#3f7fd9", "#5aa55a")[j])
-            ax.errorbar(xs, [e["value"] for e in es], fmt="none", color="k", capsize=2,
-                        yerr=[[e["value"] - e["lo"] for e in es], [e["hi"] - e["value"] for e in es]])
-        ax.set_xticks([i * (len(LOSSES) + 1) + 1 for i in range(len(conds))], conds)
-        ax.set_title(label, fontsize=9)
-    axes[1].legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-def table(results: dict, size: dict, size_name: str, n_pairs: int, n_held: int) -> tuple[str, dict]:
-    first = lambda key: results[key][0]  # noqa: E731  (one seed: its figures; seeds: see json)
-    lines = ["| labels | loss | panel-reward gain over base (95% CI) | KL to base (nats/seq) "
-             "| gain per nat | held-out accuracy vs truth | kept of clean gain (95% CI) "
-             "| kept of clean gain per nat |",
-             "|---|---|---|---|---|---|---|---|"]
-    kept, kept_per_kl = {}, {}
-    for cond in size["conditions"]:
-        for loss in LOSSES:
-            m, clean = first(f"{cond}/{loss}"), first(f"clean/{loss}")
-            k = keep(clean, m) if cond != "clean" else None
-            if k is not None:
-                kept[f"{cond}/{loss}"] = k
-                kept_per_kl[f"{cond}/{loss}"] = m["gain_per_kl"] / clean["gain_per_kl"]
-            lines.append(f"| {cond} | {loss} | {fmt_ci(m['gain'])} | {fmt_ci(m['kl'], 2)} | "
-                         f"{m['gain_per_kl']:.3f} | {fmt_ci(m['heldout_accuracy'])} | "
-                         f"{fmt_ci(k) if k else '-'} | "
-                         + (f"{kept_per_kl[f'{cond}/{loss}']:.2f} |" if k else "- |"))
-    summary: dict = {"kept": kept, "kept_per_kl": kept_per_kl}
-    if "flip40" in size["conditions"]:
-        robust = max(("soft", "rdpo"), key=lambda loss: kept[f"flip40/{loss}"]["value"])
-        r, h = kept[f"flip40/{robust}"]["value"], kept["flip40/sigmoid"]["value"]
-        met = r >= KEEP_TARGET and h <= r - HARD_GAP
-        summary.update({"best_robust": robust, "kept_robust": r, "kept_hard": h, "target_met": met})
-        lines += ["", f"- Target (at 40% flips `soft` or `rdpo` keeps >= {KEEP_TARGET:.0%} of its "
-                      f"clean gain, hard-label DPO at least {HARD_GAP} less): "
-                      f"{'**met**' if met else '**not met**'} ({robust} keeps {r:.2f}, "
-                      f"sigmoid keeps {h:.2f}). The same per nat of KL (a reading added after "
-                      f"seeing the data, not the target): soft {kept_per_kl['flip40/soft']:.2f}, "
-                      f"rdpo {kept_per_kl['flip40/rdpo']:.2f}, sigmoid "
-                      f"{kept_per_kl['flip40/sigmoid']:.2f}."]
-    lines.append(f"{n_pairs} training pairs x {VOTES} votes, {size['steps']} optimizer steps "
-                 f"of 8 pairs; {size['eval_prompts'] or 'all'} held-out prompts for reward and KL, "
-                 f"{n_held} truth-labeled held-out pairs. {machine()}; {today()}; "
-                 f"`python benchmarks/label_noise.py --size {size_name}`.")
-    return "\n".join(lines), summary
+def _rounded(x):
+    """Floats to 6 decimals, so the results file reads the same on every platform."""
+    if isinstance(x, float):
+        return round(x, 6) if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_rounded(v) for v in x]
+    return x
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""The experiments' own arithmetic (benchmarks/hybrid_vs_offline.py, label_noise.py):
-label construction per loss, and the paired statistics behind the README verdicts."""
+"""The experiments' own arithmetic (benchmarks/hybrid_vs_offline.py, reward_kl_frontier.py):
+the paired statistics behind the README verdicts (label_noise.py: test_bench_label_noise.py)."""
 
 from __future__ import annotations
 
@@ -11,70 +11,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import hybrid_vs_offline as hvo  # noqa: E402
-import label_noise as ln  # noqa: E402
-from alignloop.labeling.aggregate import Vote  # noqa: E402
-
-
-def _pairs(n):
-    return [{"key": f"k{i}", "prompt": [{"role": "user", "content": f"q{i}"}], "slice": "s",
-             "a": f"answer a {i}", "b": f"answer b {i}"} for i in range(n)]
-
-
-def _ballots(pattern: dict[str, str]):
-    return [Vote(k, f"ann{j}", c) for k, votes in pattern.items() for j, c in enumerate(votes)]
-
-
-def test_labels_per_loss():
-    pairs = _pairs(3)
-    ballots = _ballots({"k0": "aaa", "k1": "abb", "k2": "bba"})
-    hard, eps = ln.labeled_rows(pairs, ballots, "sigmoid")
-    soft, _ = ln.labeled_rows(pairs, ballots, "soft")
-    chosen = [r["chosen"][0]["content"] for r in hard]
-    assert chosen == ["answer a 0", "answer b 1", "answer b 2"]      # majorities
-    assert all(r["p_chosen"] == 1.0 for r in hard)
-    # soft labels: a unanimous pair is surer than a 2-1 pair, and never certain
-    assert 0.5 < soft[1]["p_chosen"] < soft[0]["p_chosen"] < 1.0
-    # the estimated flip rate of the majority labels is the mean posterior they are wrong
-    assert eps == pytest.approx(sum(1 - r["p_chosen"] for r in soft) / 3, abs=1e-3)
-
-
-def test_flip_conditions_are_nested_and_flip_at_their_rate():
-    pairs = _pairs(400)
-
-    class FixedPanel:  # every annotator prefers a: flips are the only source of "b"
-        def __init__(self, *_):
-            pass
-
-        def vote(self, *_args):
-            return "a"
-
-    import alignloop.demo.panel as panel_mod
-
-    real = panel_mod.Panel
-    panel_mod.Panel = FixedPanel
-    try:
-        clean, f20, f40 = (ln.votes(pairs, c, seed=3) for c in ("clean", "flip20", "flip40"))
-    finally:
-        panel_mod.Panel = real
-    assert all(v.choice == "a" for v in clean)
-    share = lambda vs: sum(v.choice == "b" for v in vs) / len(vs)  # noqa: E731
-    assert share(f20) == pytest.approx(0.2, abs=0.03)
-    assert share(f40) == pytest.approx(0.4, abs=0.03)
-    assert all(b.choice == "b" for a, b in zip(f20, f40, strict=True) if a.choice == "b")
-
-
-def test_heldout_pairs_follow_the_truth_and_skip_near_ties():
-    cands = {"heldout": [{"prompt": "p", "texts": ["w", "x", "y"], "truth": [1.0, 0.95, 0.2]}]}
-    pairs = ln.heldout_pairs(cands)
-    assert {(p["chosen"], p["rejected"]) for p in pairs} == {("w", "y"), ("x", "y")}
-
-
-def test_keep_is_the_ratio_of_mean_gains():
-    clean = {"prompt_ids": ["a", "b", "c", "d"], "gains": [0.4, 0.6, 0.5, 0.5]}
-    noisy = {"prompt_ids": ["a", "b", "c", "d"], "gains": [0.2, 0.3, 0.25, 0.25]}
-    k = ln.keep(clean, noisy)
-    assert k["value"] == pytest.approx(0.5)
-    assert k["lo"] <= 0.5 <= k["hi"]
 
 
 def _seed(seed, diff, kl_off, kl_hyb, n=30):
@@ -117,28 +53,6 @@ def test_hybrid_is_judged_against_the_offline_arms_with_at_least_its_kl():
             r["offline_lr3"] = r["hybrid"] + (0.3 if r["failing"] else 0.0)
     assert not hvo.summarise(seeds, hybrids=("hybrid",),
                              offline=("offline", "offline_lr3"))["target_met"]["hybrid"]
-
-
-def test_noise_table_and_plot_from_results(tmp_path):
-    size = dict(ln.SIZES["full"])
-    est = lambda v: {"value": v, "lo": v - 0.1, "hi": v + 0.1, "n": 4}  # noqa: E731
-    kept = {"clean": 1.0, "flip20": 0.8, "flip40": None, "disagree": 0.7}
-    results = {}
-    for cond in size["conditions"]:
-        for loss in ln.LOSSES:
-            f = kept[cond] if kept[cond] is not None else (0.3 if loss == "sigmoid" else 0.8)
-            gains = [0.4 * f] * 4
-            results[f"{cond}/{loss}"] = [{"gains": gains, "prompt_ids": list("abcd"),
-                                          "gain": est(gains[0]), "kl": est(2.0),
-                                          "gain_per_kl": gains[0] / 2.0,
-                                          "heldout_accuracy": est(0.7)}]
-    md, summary = ln.table(results, size, "full", 100, 200)
-    assert summary["target_met"] and summary["kept_hard"] == pytest.approx(0.3)
-    assert "**met**" in md and "flip40 | soft" in md
-    assert all(line.startswith("| ") for line in md.split("\n")[2:14])   # one row per run
-    assert summary["kept_per_kl"]["flip40/sigmoid"] == pytest.approx(0.3)
-    ln.plot(results, size, tmp_path / "noise.png")
-    assert (tmp_path / "noise.png").stat().st_size > 1000
 
 
 def test_an_arm_missing_from_a_seed_is_summarised_over_the_seeds_it_ran():

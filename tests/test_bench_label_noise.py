@@ -1,0 +1,233 @@
+"""benchmarks/label_noise.py: labels per loss, nested votes and pair pool, the two-stage
+bootstrap and the target check, the run cache, refused arguments, and the smoke size end
+to end on the real loop (random 2-layer model) with byte-identical results per seed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import label_noise as ln  # noqa: E402
+import label_noise_runs as lr  # noqa: E402
+import label_noise_stats as st  # noqa: E402
+from alignloop.labeling.aggregate import Vote  # noqa: E402
+
+
+def _pairs(n, truth=None):
+    return [{"key": f"k{i}", "prompt": [{"role": "user", "content": f"q{i}"}], "slice": "s",
+             "a": f"answer a {i}", "b": f"answer b {i}",
+             "truth_a": (truth or [1.0] * n)[i], "truth_b": 0.5} for i in range(n)]
+
+
+def _ballots(pattern: dict[str, str]):
+    return [Vote(k, f"ann{j}", c) for k, votes in pattern.items() for j, c in enumerate(votes)]
+
+
+def test_labels_per_loss_and_both_flip_rates():
+    pairs = _pairs(3, truth=[1.0, 1.0, 0.0])          # truth: a, a, b
+    ballots = _ballots({"k0": "aaa", "k1": "abb", "k2": "bba"})
+    hard, eps = ln.labeled_rows(pairs, ballots, "sigmoid")
+    soft, _ = ln.labeled_rows(pairs, ballots, "soft")
+    assert [r["chosen"][0]["content"] for r in hard] == ["answer a 0", "answer b 1", "answer b 2"]
+    assert all(r["p_chosen"] == 1.0 for r in hard)
+    # soft labels: a unanimous pair is surer than a 2-1 pair, and never certain
+    assert 0.5 < soft[1]["p_chosen"] < soft[0]["p_chosen"] < 1.0
+    # estimated: the mean posterior that the majority is wrong
+    assert eps == pytest.approx(sum(1 - r["p_chosen"] for r in soft) / 3, abs=1e-3)
+    # true: one majority of three (k1 says b, the truth says a) is wrong
+    assert ln.true_flip_rate(pairs, ballots) == pytest.approx(1 / 3)
+    assert ln.true_flip_rate(pairs, _ballots({"k0": "bbb", "k1": "bbb", "k2": "aaa"})) == ln.MAX_FLIP_RATE
+
+
+def test_votes_are_nested_in_flip_rate_and_data_size(monkeypatch):
+    import alignloop.demo.panel as panel_mod
+
+    class FixedPanel:  # every annotator prefers a: flips are the only source of "b"
+        def __init__(self, *_):
+            pass
+
+        def vote(self, *_args):
+            return "a"
+
+    monkeypatch.setattr(panel_mod, "Panel", FixedPanel)
+    pairs = _pairs(400)
+    clean, f20, f40 = (ln.votes(pairs, c, seed=3) for c in ("clean", "flip20", "flip40"))
+    assert all(v.choice == "a" for v in clean)
+    share = lambda vs: sum(v.choice == "b" for v in vs) / len(vs)  # noqa: E731
+    assert share(f20) == pytest.approx(0.2, abs=0.03)
+    assert share(f40) == pytest.approx(0.4, abs=0.03)
+    assert all(b.choice == "b" for a, b in zip(f20, f40, strict=True) if a.choice == "b")
+    # a smaller data size gets the same votes on its pairs; another seed other votes
+    assert ln.votes(pairs[:50], "flip40", seed=3) == f40[:150]
+    assert ln.votes(pairs, "flip40", seed=4) != f40
+
+
+def test_pair_pool_lists_tier_0_before_tier_1_and_keeps_the_truth_with_its_text():
+    cands = {"train": [{"prompt_id": f"p{i}", "prompt": f"q{i}", "slice": "s",
+                        "texts": [f"worst {i}", f"low {i}", f"high {i}", f"best {i}"],
+                        "truth": [0.0, 0.1, 0.2, 0.3], "judge": [0.0, 1.0, 2.0, 3.0]}
+                       for i in range(5)]}
+    pool = lr.pair_pool(cands)
+    assert [p["key"] for p in pool] == [f"p{i}/0" for i in range(5)] + [f"p{i}/1" for i in range(5)]
+    for p in pool:
+        assert {p["a"].split()[0], p["b"].split()[0]} == (
+            {"best", "worst"} if p["key"].endswith("/0") else {"high", "low"})
+        text_truth = {"worst": 0.0, "low": 0.1, "high": 0.2, "best": 0.3}
+        assert p["truth_a"] == text_truth[p["a"].split()[0]]
+        assert p["truth_b"] == text_truth[p["b"].split()[0]]
+    assert {p["a"].startswith("best") for p in pool if p["key"].endswith("/0")} == {True, False}
+
+
+def test_heldout_pairs_follow_the_truth_and_skip_near_ties():
+    cands = {"heldout": [{"prompt": "p", "texts": ["w", "x", "y"], "truth": [1.0, 0.95, 0.2]}]}
+    assert {(p["chosen"], p["rejected"]) for p in lr.heldout_pairs(cands)} == {("w", "y"), ("x", "y")}
+
+
+def test_kept_share_is_paired_and_its_interval_covers_seeds_and_prompts():
+    rng = np.random.default_rng(1)
+    clean = 0.4 + 0.3 * rng.standard_normal((3, 60))
+    noisy = 0.5 * clean                                   # paired: the ratio is exactly 0.5
+    k = st.kept_share(clean, noisy)
+    assert k["value"] == pytest.approx(0.5) and k["lo"] == pytest.approx(0.5) == k["hi"]
+    unpaired = st.kept_share(clean, 0.5 * clean[:, ::-1] + 0.2 * rng.standard_normal((3, 60)))
+    assert unpaired["hi"] - unpaired["lo"] > 0.05
+    # a seed that went its own way widens the gain interval (seed stage of the bootstrap)
+    flat = np.full((3, 60), 0.3)
+    assert st.mean_interval(flat)["hi"] - st.mean_interval(flat)["lo"] < 1e-12
+    off = flat.copy()
+    off[2] += 0.3
+    wide = st.mean_interval(off)
+    assert wide["lo"] <= 0.3 + 1e-9 and wide["hi"] >= 0.6 - 1e-9
+
+
+def _rows(kept: dict[str, tuple[float, float, float]], size=480):
+    rows = []
+    for loss, (v, lo, hi) in kept.items():
+        for cond in ("clean", "flip40"):
+            rows.append({"pairs": size, "condition": cond, "loss": loss, "seeds": 3,
+                         "gain": {"value": 0.3, "lo": 0.2, "hi": 0.4}, "kl": {"value": 3.0, "lo": 2.5, "hi": 3.5},
+                         "gain_per_nat": 0.1, "flip_rate": 0.3, "accuracy": 0.6,
+                         "kept": None if cond == "clean" else {"value": v, "lo": lo, "hi": hi}})
+    return rows
+
+
+@pytest.mark.parametrize("kept, met, best", [
+    ({"sigmoid": (0.3, 0.1, 0.5), "soft": (0.8, 0.6, 1.0), "rdpo": (0.5, 0.3, 0.7)}, True, "soft"),
+    # rdpo passes although soft keeps more: soft's interval overlaps sigmoid's
+    ({"sigmoid": (0.3, 0.1, 0.5), "soft": (0.9, 0.4, 1.4), "rdpo": (0.75, 0.55, 0.95)}, True, "rdpo"),
+    ({"sigmoid": (0.3, 0.1, 0.5), "soft": (0.69, 0.6, 0.8), "rdpo": (0.5, 0.3, 0.7)}, False, "soft"),
+    ({"sigmoid": (0.6, 0.4, 0.8), "soft": (0.9, 0.7, 1.1), "rdpo": (0.5, 0.3, 0.7)}, False, "soft"),
+])
+def test_target_check(kept, met, best):
+    rows = _rows({**kept, "rdpo_true": (0.95, 0.9, 1.0)})   # the control never counts
+    rows += _rows({"sigmoid": (0.0, -1, 0), "soft": (1.0, 0.9, 1.1), "rdpo": (1, 0.9, 1.1)}, size=120)
+    check = st.target_check(rows, 480)
+    assert check["met"] is met and check["best_robust"] == best and check["pairs"] == 480
+    md = st.table(rows, check)
+    assert md.count("**met**" if met else "**not met**") == 1
+    assert f"{best} keeps {kept[best][0]:.2f}" in md and "480 pairs" in md
+
+
+def test_run_cache_resumes_and_refuses_other_settings(tmp_path):
+    spec = dict(ln.SIZES["smoke"])
+    cache = lr.RunCache(tmp_path / "r.json", "smoke", spec, tmp_path / "w")
+    assert not (tmp_path / "r.json").exists()
+    cache.put(4, 0, "clean", "soft", {"gains": [0.1]})
+    again = lr.RunCache(tmp_path / "r.json", "smoke", spec, tmp_path / "w")
+    assert again.has(4, 0, "clean", "soft") and not again.has(8, 0, "clean", "soft")
+    with pytest.raises(SystemExit, match="other 'smoke' settings"):
+        lr.RunCache(tmp_path / "r.json", "smoke", {**spec, "epochs": 3}, tmp_path / "w")
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--size", "huge"], "--size"),
+    (["--losses", "sigmoid,hinge"], "--losses"),
+    (["--conditions", "clean,flip99"], "--conditions"),
+    (["--conditions", ""], "--conditions"),
+])
+def test_bad_arguments_are_refused_naming_them_and_write_nothing(tmp_path, capsys, argv, named):
+    with pytest.raises(SystemExit) as e:
+        ln.main(argv + ["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
+    assert e.value.code == 2 and named in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def _measures(out: Path) -> dict:
+    runs = json.loads((out / "label_noise.smoke.runs.json").read_text())["runs"]
+    return {k: {kk: v for kk, v in m.items() if kk != "seconds"} for k, m in runs.items()}
+
+
+@pytest.mark.slow
+def test_part_of_the_smoke_sweep_runs_the_real_loop_the_same_way_twice(tmp_path):
+    """Slow tier (225 s under load 8: two real loops per call): one condition and loss of the smoke size (both data sizes) on the real
+    loop with the random 2-layer model, twice from scratch: the same measures; a part
+    writes the run cache but no tables."""
+    for n in (1, 2):
+        ln.main(["--size", "smoke", "--conditions", "flip40", "--losses", "rdpo",
+                 "--out", str(tmp_path / f"out{n}"), "--work", str(tmp_path / f"work{n}")])
+    first = _measures(tmp_path / "out1")
+    assert set(first) == {f"{n}/0/flip40/rdpo" for n in ln.SIZES["smoke"]["pairs"]}
+    assert first == _measures(tmp_path / "out2")
+    assert all(len(m["gains"]) == len(m["kls"]) == ln.SIZES["smoke"]["eval_prompts"]
+               and 0 < m["flip_rate"] <= ln.MAX_FLIP_RATE for m in first.values())
+    assert not (tmp_path / "out1" / "label_noise.smoke.json").exists()
+
+
+@pytest.mark.slow
+def test_smoke_runs_end_to_end_and_is_byte_identical_per_seed(tmp_path):
+    """The whole smoke size twice from scratch (16 runs of the loop): the same results
+    file byte for byte, every table row, the plot; a third call finds every run cached."""
+    outs = []
+    for n in (1, 2):
+        out = tmp_path / f"out{n}"
+        ln.main(["--size", "smoke", "--out", str(out), "--work", str(tmp_path / f"work{n}")])
+        outs.append(out)
+    first = (outs[0] / "label_noise.smoke.json").read_bytes()
+    assert first == (outs[1] / "label_noise.smoke.json").read_bytes()
+    data = json.loads(first)
+    spec = ln.SIZES["smoke"]
+    cells = {(r["pairs"], r["condition"], r["loss"]) for r in data["results"]}
+    assert cells == {(n, c, loss) for n in spec["pairs"] for c in spec["conditions"]
+                     for loss in spec["losses"]}
+    assert all(r["kept"] is None for r in data["results"] if r["condition"] == "clean")
+    assert "target_met" in data["meta"] and data["meta"]["target_check"]["pairs"] == max(spec["pairs"])
+    md = (outs[0] / "label_noise.smoke.md").read_text()
+    assert md.count("\n| ") == len(cells) and "Target (at 40% flips" in md
+    assert (outs[0] / "label_noise.smoke.png").stat().st_size > 1000
+    assert len(_measures(outs[0])) == len(cells)
+    before = (outs[0] / "label_noise.smoke.runs.json").read_bytes()
+    ln.main(["--size", "smoke", "--out", str(outs[0]), "--work", str(tmp_path / "work1")])
+    assert (outs[0] / "label_noise.smoke.runs.json").read_bytes() == before
+    assert (outs[0] / "label_noise.smoke.json").read_bytes() == first
+
+
+def test_summarise_pairs_each_noisy_cell_with_its_clean_cell_and_plots(tmp_path):
+    ids = [f"p{i}" for i in range(20)]
+
+    def run(gain, kl):
+        return {"prompt_ids": ids, "gains": [gain + 0.01 * (i % 3) for i in range(20)],
+                "kls": [kl] * 20, "flip_rate": 0.2, "accuracy": 0.6}
+
+    runs = {}
+    for n, scale in ((24, 1.0), (72, 2.0)):
+        for loss in ("sigmoid", "soft"):
+            runs[(n, "clean", loss)] = [run(0.2 * scale, 2.0), run(0.2 * scale, 2.0)]
+            runs[(n, "flip40", loss)] = [run(0.05 * scale if loss == "sigmoid" else 0.15 * scale,
+                                             0.0 if loss == "sigmoid" else 1.0)] * 2
+    rows = st.summarise(runs, (24, 72), ("clean", "flip40"), ("sigmoid", "soft"))
+    by = {(r["pairs"], r["condition"], r["loss"]): r for r in rows}
+    assert len(rows) == 8 and by[(72, "clean", "soft")]["kept"] is None
+    offset = 0.01 * sum(i % 3 for i in range(20)) / 20
+    assert by[(72, "flip40", "soft")]["kept"]["value"] == pytest.approx((0.3 + offset) / (0.4 + offset))
+    assert by[(72, "flip40", "sigmoid")]["gain_per_nat"] is None          # KL 0: undefined
+    assert by[(24, "flip40", "soft")]["gain_per_nat"] == pytest.approx(0.15 + offset)
+    check = st.target_check(rows, 72)
+    assert check["met"] and check["best_robust"] == "soft"
+    st.plot(rows, tmp_path / "noise.png")
+    assert (tmp_path / "noise.png").stat().st_size > 1000
