@@ -16,6 +16,12 @@ Each sample draws its tokens from its own seeded generator (one uniform per toke
 prompt id, sample index) and its own logits only: which samples share its steps changes
 its logits by float rounding at most (different batch shapes), not its random draws.
 
+A decode step of a plain Llama model (SmolLM2) runs `hf_decode.LlamaStep`: the same
+forward written out with fused q|k|v and gate|up matmuls through oneDNN-packed weights,
+one fused RMSNorm kernel, rotary angles gathered once per step for all layers, and no
+transformers mask/cache plumbing; other architectures (`decoder = "model"`) keep the
+transformers forward. Its per-phase profile: `benchmarks/hf_decode_profile.py`.
+
 Why (the previous batch-at-a-time decoder, `benchmarks/hf_batch_reference.py`, under
 torch.profiler: SmolLM2-135M fp32, 2 cores, 64 in flight): matmuls 42% of the time, a
 per-row `torch.multinomial` over the 49k vocabulary 18%, norm/rotary/residual elementwise
@@ -37,6 +43,7 @@ from alignloop.generation import (
     SamplingParams,
     sample_seed,
 )
+from alignloop.generation.hf_decode import LlamaStep, supports
 from alignloop.generation.hf_slots import SlotCache, draw_tokens
 from alignloop.generation.prompts import encode_prompt
 from alignloop.progress import tqdm
@@ -77,6 +84,8 @@ class HFGenerator:
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
         self.stop_ids = {i for i in [*eos, self.tokenizer.eos_token_id] if i is not None}
+        # "llama": decode steps by `hf_decode.LlamaStep`; "model": the transformers forward
+        self.decoder = "llama" if supports(self.model) else "model"
 
     @torch.inference_mode()
     def sample(self, prompts: list[PromptItem], params: SamplingParams) -> list[Completion]:
@@ -90,6 +99,7 @@ class HFGenerator:
         refill_at = max(params.n, slots // 8)
         cache = SlotCache(self.model.config.num_hidden_layers, slots,
                           max(map(len, encoded)) + params.max_new_tokens, self.device)
+        step = LlamaStep(self.model, cache.max_len) if self.decoder == "llama" else self._forward
         running: list[_Running] = []          # row r of the cache is running[r]
         logits = None                         # (rows, V) fp32: each row's next-token logits
         done: dict[tuple[int, int], Completion] = {}
@@ -112,7 +122,7 @@ class HFGenerator:
             keep = self._compact(cache, running, ended)
             running = [running[r] for r in keep]
             cache.rows = len(running)
-            logits = self._decode(cache, tokens[keep]) if running else None
+            logits = self._decode(step, cache, tokens[keep]) if running else None
         bar.close()
         return [done[i, k] for i in range(len(prompts)) for k in range(params.n)]
 
@@ -145,12 +155,13 @@ class HFGenerator:
 
     def _draw(self, logits: torch.Tensor, running: list[_Running], params) -> torch.Tensor:
         """Each row's next token (rows,), appended with its policy log-prob to its sample."""
+        lse = torch.logsumexp(logits, -1, keepdim=True)               # (rows, 1)
         if params.temperature == 0:
             tokens = logits.argmax(-1)
         else:
             u = torch.cat([torch.rand(1, generator=s.rng) for s in running]).to(logits.device)
-            tokens = draw_tokens(logits, u, params.temperature, params.top_k, params.top_p)
-        logp = logits.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(logits, -1)
+            tokens = draw_tokens(logits, u, params.temperature, params.top_k, params.top_p, lse)
+        logp = logits.gather(1, tokens[:, None])[:, 0] - lse[:, 0]
         host = torch.stack([tokens.double(), logp.double()]).tolist()   # one sync
         for s, tok, lp in zip(running, host[0], host[1], strict=True):
             s.tokens.append(int(tok))   # an end token too: the policy chose it (as vLLM records)
@@ -177,8 +188,13 @@ class HFGenerator:
             keep[hole] = mover
         return keep
 
-    def _decode(self, cache: SlotCache, tokens: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _decode(step, cache: SlotCache, tokens: torch.Tensor) -> torch.Tensor:
         """One step for every live row: feed its last token, the next logits (rows, V) fp32."""
+        return step(cache, tokens)
+
+    def _forward(self, cache: SlotCache, tokens: torch.Tensor) -> torch.Tensor:
+        """A decode step by the transformers forward (any architecture)."""
         positions, mask = cache.begin_step()
         out = self.model(input_ids=tokens[:, None].to(self.device), attention_mask=mask,
                          position_ids=positions, use_cache=True, **{self.cache_kw: cache})

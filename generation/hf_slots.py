@@ -91,7 +91,7 @@ class SlotCache:
 
 
 def draw_tokens(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int,
-                top_p: float) -> torch.Tensor:
+                top_p: float, lse: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row (B,) from fp32 `logits` (B, V) by inverse CDF: row b takes the
     first candidate whose cumulative probability exceeds u[b] (uniform in [0, 1), drawn from
     that sample's own generator, so a token depends on its row's logits and its own seed).
@@ -100,22 +100,24 @@ def draw_tokens(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k
     then the smallest most-likely set whose mass reaches top_p (renormalised). Top-p alone
     works on the `CANDIDATES` most likely tokens when they hold the nucleus in every row
     (exact), else on the fully sorted vocabulary; with neither filter, on the vocabulary in
-    id order (no sort)."""
-    scaled = logits / temperature
+    id order (no sort). `lse`, the logsumexp of `logits` (B, 1) if the caller has it, saves
+    two passes over the vocabulary at temperature 1."""
+    scaled = logits if temperature == 1 else logits / temperature  # x / 1 == x exactly
     V = scaled.shape[-1]
     if top_k and top_k < V:
         vals, idx = torch.topk(scaled, top_k)                       # (B, k), descending
         norm = torch.logsumexp(vals, -1, keepdim=True)
-    elif top_p < 1.0:
-        norm = torch.logsumexp(scaled, -1, keepdim=True)
+    else:
+        reuse = lse is not None and temperature == 1
+        norm = lse if reuse else torch.logsumexp(scaled, -1, keepdim=True)
+        vals, idx = scaled, None
+    if idx is None and top_p < 1.0:
         vals, idx = torch.topk(scaled, min(V, CANDIDATES))
         if bool(((vals - norm).exp().sum(-1) < top_p).any()):
             vals, idx = torch.sort(scaled, descending=True)
-    else:
-        vals, idx = scaled, None
-        norm = torch.logsumexp(scaled, -1, keepdim=True)
-    probs = (vals - norm).exp().double()                            # (B, K)
+    probs = (vals - norm).exp_()                                    # (B, K) float32
     if top_p < 1.0:
+        probs = probs.double()
         before = probs.cumsum(-1) - probs
         probs = probs.masked_fill(before >= top_p, 0.0)             # keep the smallest set reaching top_p
     if idx is not None:
@@ -123,7 +125,7 @@ def draw_tokens(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k
         # swap of two near-equal tokens move whole stretches of u to another token
         idx, order = idx.sort(-1)
         probs = probs.gather(1, order)
-    cdf = probs.cumsum(-1)
+    cdf = probs.cumsum(-1, dtype=torch.float64)                     # the fp32 probs, summed in fp64
     j = torch.searchsorted(cdf, (u.double() * cdf[:, -1])[:, None], right=True)
     j = j.clamp(max=cdf.shape[-1] - 1)
     return (j if idx is None else idx.gather(1, j))[:, 0]

@@ -1,0 +1,149 @@
+"""Where one `hf` sample call spends its time (issue 15): the real SmolLM2 on CPU, one
+`sample` call of prompts x n samples x new tokens with a number of sequences in flight.
+
+Two views of the same call size:
+
+    phases    wall-clock seconds of each part of the decode loop, no profiler attached:
+              prefill (refill admissions: prompt forwards + KV writes), decode (the model
+              step over all live rows), draw (sampling + the one host sync per step),
+              compact (moving live rows into freed slots), loop (finish checks, records,
+              Python); tokens/s and the share of the fp32 ceiling measured in this run
+    ops       (--ops) torch.profiler over a second call: each op's self CPU time summed
+              by phase and, inside decode, by kind (layer matmuls, LM head, attention,
+              norms, rotary, MLP/residual elementwise, cache writes, step setup);
+              "python" is a phase's wall time under the profiler minus its ops' time
+
+`--decoder model` profiles the transformers forward instead of the Llama step
+(`generation/hf_decode.py`). Another commit's decoder runs with its code first on
+PYTHONPATH (`loop_timing.export_commit`), e.g. HEAD's then this tree's, back to back.
+
+    python benchmarks/hf_decode_profile.py [--prompts 32] [--n 4] [--tokens 64]
+        [--in-flight 64] [--decoder llama|model] [--ops]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from dpo_throughput import matmul_peak_gflops  # noqa: E402
+from generation_throughput import MODEL, prompts  # noqa: E402
+
+PHASES = {"_admit": "prefill", "_decode": "decode", "_draw": "draw", "_compact": "compact"}
+KINDS = [  # (kind, prefixes of aten op names), first match wins
+    ("attention", ("aten::scaled_dot_product", "aten::_scaled_dot_product", "aten::_softmax")),
+    ("norm", ("aten::rms_norm", "aten::_fused_rms_norm", "aten::pow", "aten::mean", "aten::rsqrt")),
+    ("rotary", ("aten::roll", "aten::addcmul", "aten::neg", "aten::cat")),
+    ("cache write", ("aten::index_put", "aten::_index_put")),
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm")),
+    ("mlp/residual elementwise", ("aten::silu", "aten::mul", "aten::add")),
+    ("copies/casts", ("aten::copy_", "aten::to", "aten::_to_copy", "aten::clone")),
+    ("step setup", ("aten::arange", "aten::le", "aten::embedding", "aten::index", "aten::lift")),
+]
+
+
+def timed_phases(gen, wall: dict):
+    """Wrap the generator's loop methods (instance attributes) to sum their wall time."""
+    import torch
+
+    for method, phase in PHASES.items():
+        original = getattr(gen, method)
+
+        def wrapper(*a, _f=original, _p=phase, **kw):
+            with torch.profiler.record_function(f"phase:{_p}"):
+                t = time.perf_counter()
+                out = _f(*a, **kw)
+                wall[_p] += time.perf_counter() - t
+            return out
+
+        setattr(gen, method, wrapper)
+
+
+def op_kind(evt, vocab: int) -> str:
+    if any(vocab in shape for shape in (evt.input_shapes or [])) and "mm" in evt.name:
+        return "LM head"
+    for kind, keys in KINDS:
+        if evt.name.startswith(keys):
+            return kind
+    return "other"
+
+
+def op_breakdown(prof, vocab: int) -> dict:
+    """Self CPU seconds per (phase, kind) from the profiler's event tree."""
+    out = defaultdict(float)
+    for evt in prof.events():
+        if evt.name.startswith("phase:"):
+            out[evt.name[6:], "wall"] += evt.cpu_time_total / 1e6
+            continue
+        parent, phase = evt.cpu_parent, "loop"
+        while parent is not None:
+            if parent.name.startswith("phase:"):
+                phase = parent.name[6:]
+                break
+            parent = parent.cpu_parent
+        out[phase, op_kind(evt, vocab) if phase == "decode" else "ops"] += evt.self_cpu_time_total / 1e6
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--in-flight", type=int, default=64)
+    ap.add_argument("--decoder", choices=["llama", "model"], default="llama")
+    ap.add_argument("--ops", action="store_true", help="also a torch.profiler op breakdown")
+    args = ap.parse_args()
+    import torch
+    from alignloop.generation import SamplingParams, make_generator
+
+    gen = make_generator("hf", MODEL, max_batch_sequences=args.in_flight, progress=False)
+    if args.decoder == "model":
+        gen.decoder = "model"
+    n_params = sum(p.numel() for p in gen.model.parameters())
+    items = prompts(args.prompts)
+    params = SamplingParams(n=args.n, max_new_tokens=args.tokens, seed=0)
+    load = os.getloadavg()[0]
+    peak = matmul_peak_gflops()
+    ceiling = peak * 1e9 / (2 * n_params)
+    wall = defaultdict(float)
+    timed_phases(gen, wall)
+    t = time.perf_counter()
+    out = gen.sample(items, params)
+    total = time.perf_counter() - t
+    tokens = sum(len(c.token_ids) for c in out)
+    wall["loop"] = total - sum(wall.values())
+    print(f"{args.prompts} prompts x {args.n} x {args.tokens} tokens, {args.in_flight} in flight, "
+          f"decoder {getattr(gen, 'decoder', 'of this alignloop')}, {torch.get_num_threads()} threads: {tokens} tokens in "
+          f"{total:.1f} s = {tokens / total:.0f} tokens/s = {100 * tokens / total / ceiling:.0f}% "
+          f"of the fp32 ceiling ({ceiling:.0f} tokens/s, matmul {peak:.0f} GFLOP/s); "
+          f"load {load:.1f} / {os.getloadavg()[0]:.1f}")
+    for phase, s in sorted(wall.items(), key=lambda kv: -kv[1]):
+        print(f"  {phase:10s} {s:7.2f} s  {100 * s / total:5.1f}%")
+    if not args.ops:
+        return
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                record_shapes=True) as prof:
+        gen.sample(items, params)
+    parts = op_breakdown(prof, gen.model.config.vocab_size)
+    dec_wall = parts.pop(("decode", "wall"), 0.0)
+    decode = {k: v for (p, k), v in parts.items() if p == "decode"}
+    decode["python"] = dec_wall - sum(decode.values())
+    print(f"decode step under the profiler ({dec_wall:.1f} s), by kind:")
+    for kind, s in sorted(decode.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:26s} {s:7.2f} s  {100 * s / dec_wall:5.1f}%")
+    print("other phases under the profiler (wall / op self time):")
+    for phase in ("prefill", "draw", "compact"):
+        print(f"  {phase:10s} {parts.get((phase, 'wall'), 0):7.2f} s / {parts.get((phase, 'ops'), 0):7.2f} s")
+    top = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    print(top)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The Llama decode step of the `hf` backend (generation/hf_decode.py) against the
+transformers forward it replaces: the fused norm, one step's logits over rows of different
+lengths, whole sample calls (greedy tokens equal, log-probs within 1e-5), weights changed
+between calls, and which models take the step."""
+
+import copy
+import types
+
+import pytest
+import torch
+from alignloop.generation import PromptItem, SamplingParams, make_generator
+from alignloop.generation.hf_decode import LlamaStep, rms_norm, supports
+from alignloop.generation.hf_slots import SlotCache
+from alignloop.models import prompt_token_ids
+
+TINY = "builtin:tiny-random"
+PROMPTS = [PromptItem("a", [{"role": "user", "content": "Hello there, how are you today?"}]),
+           PromptItem("b", "Write one word:"),
+           PromptItem("c", [{"role": "user", "content": "My parcel is late again."}]),
+           PromptItem("d", "Tell me about the weather in spring, briefly.")]
+
+
+@pytest.fixture(scope="module")
+def gen():
+    """The tiny Llama with weights at std 0.2 (its own init makes every logit near-equal)."""
+    g = make_generator("hf", TINY, progress=False)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in g.model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+            else:
+                p.uniform_(0.5, 1.5)                                 # the norms' weights
+    return g
+
+
+def _as(gen, decoder: str):
+    other = copy.copy(gen)
+    other.decoder = decoder
+    return other
+
+
+def test_fused_norm_equals_the_models_own():
+    g = make_generator("hf", TINY, progress=False)
+    norm = g.model.model.layers[0].input_layernorm
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        x = torch.randn(7, norm.weight.shape[0]) * 3
+        assert (rms_norm(x, norm.weight, norm.variance_epsilon) - norm(x)).abs().max() <= 1e-5
+        xb, nb = x.bfloat16(), copy.deepcopy(norm).bfloat16()
+        assert torch.equal(rms_norm(xb, nb.weight, nb.variance_epsilon), nb(xb))
+
+
+def _cache_after_prefill(gen, n: int):
+    """A slot cache holding PROMPTS x n rows (prompt lengths differ), as `sample` builds it."""
+    encoded = [prompt_token_ids(gen.tokenizer, p.prompt) for p in PROMPTS]
+    new = [(i, k) for i in range(len(PROMPTS)) for k in range(n)]
+    cache = SlotCache(gen.model.config.num_hidden_layers, len(new), max(map(len, encoded)) + 4, "cpu")
+    with torch.inference_mode():
+        logits = gen._admit(cache, new, PROMPTS, encoded, SamplingParams(n=n))
+    return cache, logits
+
+
+def test_one_step_equals_the_transformers_forward_on_rows_of_different_lengths(gen):
+    cache, logits = _cache_after_prefill(gen, 2)
+    assert len(set(cache.lengths)) >= 3
+    with torch.inference_mode():
+        tokens = logits.argmax(-1)
+        tokens[1::2] = torch.arange(4) * 17 + 5                # rows of one prompt differ
+        theirs_cache = copy.deepcopy(cache)
+        ours = LlamaStep(gen.model, cache.max_len)(cache, tokens)
+        theirs = gen._forward(theirs_cache, tokens)
+        assert (ours - theirs).abs().max() <= 1e-5
+        for layer in range(cache.n_layers):                     # the new keys/values written
+            assert (cache.keys[layer] - theirs_cache.keys[layer]).abs().max() <= 1e-5
+            assert (cache.values[layer] - theirs_cache.values[layer]).abs().max() <= 1e-5
+        assert cache.lengths == theirs_cache.lengths
+        again = LlamaStep(gen.model, cache.max_len)(cache, tokens)   # a second step on top
+        assert (again - gen._forward(theirs_cache, tokens)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_sample_calls_equal_the_transformers_forwards(gen, temperature):
+    assert gen.decoder == "llama"
+    p = SamplingParams(n=3, temperature=temperature, max_new_tokens=10, seed=3)
+    ours = _as(gen, "llama").sample(PROMPTS, p)
+    theirs = _as(gen, "model").sample(PROMPTS, p)
+    assert len({c.token_ids for c in ours}) > 3
+    assert [c.token_ids for c in ours] == [c.token_ids for c in theirs]
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-5)
+
+
+def test_weights_changed_between_calls_are_used(gen):
+    g = make_generator("hf", TINY, progress=False)
+    g.model.load_state_dict(gen.model.state_dict())
+    p = SamplingParams(n=1, temperature=0, max_new_tokens=6)
+    before = g.sample(PROMPTS, p)
+    with torch.no_grad():
+        for lay in g.model.model.layers:
+            lay.mlp.up_proj.weight.mul_(-1)
+            lay.self_attn.k_proj.weight.mul_(1.7)
+    after = g.sample(PROMPTS, p)
+    assert [c.token_ids for c in after] != [c.token_ids for c in before]
+    assert [c.token_ids for c in after] == [c.token_ids for c in _as(g, "model").sample(PROMPTS, p)]
+
+
+def test_which_models_take_the_llama_step(gen):
+    assert supports(gen.model)
+    for change in ({"model_type": "qwen2"}, {"attention_bias": True}, {"hidden_act": "gelu"},
+                   {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0}},
+                   {"sliding_window": 256}):
+        cfg = types.SimpleNamespace(**{**gen.model.config.to_dict(), **change})
+        assert not supports(types.SimpleNamespace(config=cfg)), change
+
+
+def test_real_smollm2_step_equals_the_transformers_forward():
+    """SmolLM2-135M fp32 (30 layers): one step's logits within 1e-4 of the transformers
+    forward, and a sampled call's tokens equal."""
+    smol = make_generator("hf", "builtin:smollm2-135m-instruct", progress=False,
+                          max_batch_sequences=8)
+    cache, logits = _cache_after_prefill(smol, 2)
+    with torch.inference_mode():
+        tokens = logits.argmax(-1)
+        theirs_cache = copy.deepcopy(cache)
+        ours = LlamaStep(smol.model, cache.max_len)(cache, tokens)
+        theirs = smol._forward(theirs_cache, tokens)
+    assert (ours - theirs).abs().max() <= 1e-4
+    p = SamplingParams(n=2, max_new_tokens=8, seed=1)
+    sampled = smol.sample(PROMPTS, p)
+    assert [c.token_ids for c in sampled] == [c.token_ids for c in _as(smol, "model").sample(PROMPTS, p)]
