@@ -13,6 +13,8 @@ from alignloop.generation.hf_decode import LlamaStep, rms_norm, supports
 from alignloop.generation.hf_slots import SlotCache
 from alignloop.models import prompt_token_ids
 
+from tests.tiny_hf import spread_generator
+
 TINY = "builtin:tiny-random"
 PROMPTS = [PromptItem("a", [{"role": "user", "content": "Hello there, how are you today?"}]),
            PromptItem("b", "Write one word:"),
@@ -22,16 +24,7 @@ PROMPTS = [PromptItem("a", [{"role": "user", "content": "Hello there, how are yo
 
 @pytest.fixture(scope="module")
 def gen():
-    """The tiny Llama with weights at std 0.2 (its own init makes every logit near-equal)."""
-    g = make_generator("hf", TINY, progress=False)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in g.model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
-            else:
-                p.uniform_(0.5, 1.5)                                 # the norms' weights
-    return g
+    return spread_generator(norms=True)   # the norms too: the fused norm must use its weight
 
 
 def _as(gen, decoder: str):

@@ -16,6 +16,8 @@ from alignloop.generation import PromptItem, SamplingParams, make_generator
 from alignloop.generation.hf_slots import draw_tokens
 from alignloop.models import prompt_token_ids
 
+from tests.tiny_hf import spread_generator
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from hf_batch_reference import filter_logits, sample_batched  # noqa: E402
 
@@ -29,15 +31,7 @@ PROMPTS = [PromptItem("a", [{"role": "user", "content": "Hello there, how are yo
 
 @pytest.fixture(scope="module")
 def gen():
-    """The tiny model with weights drawn at std 0.2: at its own init (0.02) every prompt's
-    greedy continuation is one repeated token; these vary by prompt and step."""
-    g = make_generator("hf", TINY, progress=False)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in g.model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
-    return g
+    return spread_generator()
 
 
 def _with(gen, slots: int):
