@@ -175,22 +175,33 @@ def _sample(model: str) -> list:
     return make_generator("vllm", model, **ENGINE).sample(PROMPTS, SEEDED)
 
 
+@pytest.fixture(scope="module")
+def reloaded(session, perturbed):
+    """Base, then a policy reloaded into the same engine, then the base again."""
+    return _sample(SMOL), _sample(perturbed), _sample(SMOL)
+
+
 @pytest.mark.vllm
-def test_reloaded_engine_samples_as_a_fresh_one(session, perturbed):
-    """Base, then a policy reloaded into the same engine, then the base again: every call
-    equals (token ids, text, every log-prob float) a fresh engine's on those weights."""
-    base = _sample(SMOL)
-    policy = _sample(perturbed)
-    base_again = _sample(SMOL)
+def test_reload_changes_the_weights_and_back(session, reloaded):
+    """One engine serves three calls; the reloaded policy samples otherwise, and the base
+    reloaded again samples exactly as before (token ids, text, every log-prob float)."""
+    base, policy, base_again = reloaded
     assert session.starts == 1
     assert [c.token_ids for c in policy] != [c.token_ids for c in base]   # the weights changed
     assert base_again == base
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_reloaded_engine_samples_as_a_fresh_one(session, perturbed, reloaded):
+    """The reloaded policy's samples equal a fresh engine's on those weights (slow tier: a
+    second engine start; the default tier keeps the reload test above)."""
     S._SESSION, saved = None, S._SESSION    # outside the session: an engine for this call only
     try:
         fresh = _sample(perturbed)
     finally:
         S._SESSION = saved
-    assert fresh == policy
+    assert fresh == reloaded[1]
 
 
 @pytest.mark.vllm
