@@ -150,10 +150,9 @@ def resolve_backend(backend: str, model: str, placement=None, vllm_dtype: str = 
     from alignloop.generation.vllm import unsupported_reason
 
     reason = unsupported_reason(model)
-    if not reason and placement is not None and placement.device == "cpu":
-        dtype = vllm_dtype if vllm_dtype != "auto" else str(placement.sampling_dtype)
-        if dtype.removeprefix("torch.") == "float32":
-            reason = FLOAT32_CPU_REASON
+    if (not reason and placement is not None and placement.device == "cpu"
+            and _dtype_name(vllm_dtype, placement) == "float32"):
+        reason = FLOAT32_CPU_REASON
     chosen = "hf" if reason else "vllm"
     log.info("generation backend auto -> %s%s", chosen, f" ({reason})" if reason else
              " (vLLM is installed and supports the model)")
@@ -166,9 +165,12 @@ def sampling_dtype(backend: str, cfg, placement) -> str:
     sets `generation.dtype` for vLLM; "" for `openai` (the server decides)."""
     if backend == "openai":
         return ""
-    if backend == "vllm" and cfg.dtype != "auto":
-        return cfg.dtype
-    return str(placement.sampling_dtype).removeprefix("torch.")
+    return _dtype_name(cfg.dtype if backend == "vllm" else "auto", placement)
+
+
+def _dtype_name(dtype: str, placement) -> str:
+    """`dtype` itself, or for "auto" the placement's sampling dtype ("float32", "bfloat16")."""
+    return dtype if dtype != "auto" else str(placement.sampling_dtype).removeprefix("torch.")
 
 
 def backend_record(cfg, model: str, placement, policy: str = "") -> dict:

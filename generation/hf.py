@@ -190,7 +190,8 @@ class HFGenerator:
 
     @staticmethod
     def _decode(step, cache: SlotCache, tokens: torch.Tensor) -> torch.Tensor:
-        """One step for every live row: feed its last token, the next logits (rows, V) fp32."""
+        """One step for every live row: feed its last token, the next logits (rows, V) fp32
+        (a method of its own: the decode phase `benchmarks/hf_decode_profile.py` times)."""
         return step(cache, tokens)
 
     def _forward(self, cache: SlotCache, tokens: torch.Tensor) -> torch.Tensor:
