@@ -132,6 +132,23 @@ def cpu_seconds(root_pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU seconds of this machine's PostgreSQL processes (Linux /proc, by process name):
+    every live backend's user + system time, plus what the postmaster collected from the
+    backends that already exited. A PostgreSQL server on another machine counts 0."""
+    total = 0
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if stat[stat.index("(") + 1:].startswith("postgres"):
+                f = stat.rsplit(")", 1)[1].split()
+                total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 # name: (hot statements by, HTTP parser, the app's db_calls, requests per label)
 VARIANTS = {"after": ("fastsql", "httptools", "auto", 2),
             "next": ("fastsql", "httptools", "auto", 1),
@@ -185,7 +202,7 @@ def server(target: str, workers: int, variant: str = "after"):
 
 
 def load(url: str, tokens: list[str], warmup: float, seconds: float, server_pid: int,
-         combined: bool = False) -> dict:
+         combined: bool = False, postgres: bool = False) -> dict:
     """Run the clients for warmup + seconds; stats (and CPU used) over the measured window.
     `combined`: one request per label (`POST /api/labels` with `"next": true` hands out the
     next lease; its latency is counted as a label's, the "next" column is then empty)."""
@@ -223,9 +240,10 @@ def load(url: str, tokens: list[str], warmup: float, seconds: float, server_pid:
     for t in threads:
         t.start()
     time.sleep(warmup)
-    cpu0 = (time.process_time(), cpu_seconds(server_pid))
+    db = postgres_cpu_seconds if postgres else (lambda: float("nan"))
+    cpu0 = (time.process_time(), cpu_seconds(server_pid), db())
     time.sleep(seconds)
-    cpu1 = (time.process_time(), cpu_seconds(server_pid))
+    cpu1 = (time.process_time(), cpu_seconds(server_pid), db())
     stop.set()
     for t in threads:
         t.join()
@@ -245,6 +263,7 @@ def load(url: str, tokens: list[str], warmup: float, seconds: float, server_pid:
             "p99_ms": pct(nexts + labels, 0.99), "p50_ms": pct(nexts + labels, 0.5),
             "server_cpu_cores": (cpu1[1] - cpu0[1]) / seconds,
             "client_cpu_cores": (cpu1[0] - cpu0[0]) / seconds,
+            "db_cpu_cores": (cpu1[2] - cpu0[2]) / seconds,
             "load_average": os.getloadavg()[0],
             "acked": [(r[3], r[4]) for r in every], "errors": errors}
 
@@ -265,7 +284,8 @@ def run_setting(name: str, target: str, workers: int, warmup: float, seconds: fl
                 n_items: int, variant: str) -> dict:
     tokens = prepare(target, n_items)
     with server(target, workers, variant) as (url, pid):
-        r = load(url, tokens, warmup, seconds, pid, combined=VARIANTS[variant][3] == 1)
+        r = load(url, tokens, warmup, seconds, pid, combined=VARIANTS[variant][3] == 1,
+                 postgres=name == "PostgreSQL")
     check = verify(target, r.pop("acked"))
     # the "after" rows carry the database's plain name: they are the code as it is (and
     # what benchmarks/summary.py judges against the target)
@@ -278,22 +298,28 @@ def run_setting(name: str, target: str, workers: int, warmup: float, seconds: fl
 def table(results: list[dict], meta: dict) -> str:
     lines = ["| database (variant) | server workers | labels/s | p50 next / label (ms) | "
              "p99 next / label (ms) | lost | duplicated | client errors | "
-             "CPU server / clients (cores) | server CPU ms per label | load average |",
+             "CPU server / PostgreSQL / clients (cores) | server + PostgreSQL CPU ms per "
+             "label | load average |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
+        db = r.get("db_cpu_cores", float("nan"))
+        per_label = 1000 * db / max(r["labels_per_s"], 1e-9)
         lines.append(f"| {r['setting']} | {r['workers']} | {r['labels_per_s']:.0f} | "
                      f"{r['p50_next_ms']:.1f} / {r['p50_label_ms']:.1f} | "
                      f"{r['p99_next_ms']:.1f} / {r['p99_label_ms']:.1f} | {r['lost']} | "
                      f"{r['duplicated']} | {len(r['errors'])} | {r['server_cpu_cores']:.2f} / "
-                     f"{r['client_cpu_cores']:.2f} | {r.get('server_cpu_ms_per_label', 0):.2f} | "
+                     f"{'-' if db != db else f'{db:.2f}'} / {r['client_cpu_cores']:.2f} | "
+                     f"{r.get('server_cpu_ms_per_label', 0):.2f}"
+                     f"{'' if db != db else f' + {per_label:.2f}'} | "
                      f"{r.get('load_average', float('nan')):.1f} |")
     lines.append("")
     lines.append(f"{CLIENTS} concurrent clients on loopback (threads of one process, keep-alive "
                  f"HTTP/1.1), each label = `POST /api/next` + `POST /api/labels`; "
                  f"{meta['seconds']:.0f} s measured after {meta['warmup']:.0f} s of warm-up on a "
                  f"fresh "
-                 f"queue of {meta['items']} items; CPU of the server's processes (PostgreSQL's "
-                 f"own not counted) and of the clients; a client error (request still failing "
+                 f"queue of {meta['items']} items; CPU of the server's processes, of the "
+                 f"PostgreSQL cluster's processes (SQLite runs inside the server) and of the "
+                 f"clients; a client error (request still failing "
                  f"after 30 s of retries) stops that client; "
                  f"server and clients share the machine ({meta['machine']}; load average "
                  f"{meta.get('load_average', '?')} before the run, and per row at the end of "
@@ -349,7 +375,7 @@ def main() -> None:
         print(md)
         return
     warmup, seconds = {"quick": (2.0, 8.0), "full": (5.0, 30.0)}[args.size]
-    n_items = int(1000 * (warmup + seconds))   # more than the fastest setting labels
+    n_items = int(2000 * (warmup + seconds))   # more than the fastest setting labels
     load_before = round(os.getloadavg()[0], 1)
     results, profiles, names = [], {}, {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
     with contextlib.ExitStack() as stack:

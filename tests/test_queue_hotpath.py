@@ -87,6 +87,95 @@ def test_one_request_labels_under_concurrency_lose_nothing(store_url, serve_queu
     store.close()
 
 
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+def test_the_server_keeps_its_postgresql_connections_under_load(store_url, serve_queue):
+    """16 clients at once, two requests per label, through the threadpool: every store call
+    reuses a pooled connection. A pool smaller than the calls in flight closes each extra
+    connection when it is returned and opens a new backend for the next call (a fork, a
+    session's catalog caches and PL/pgSQL compiled again): with the old pool (8) that churn
+    cost PostgreSQL several times the CPU per label (benchmarks/queue_load.py)."""
+    from sqlalchemy import event
+
+    store = QueueStore.open(store_url)
+    tokens = [store.add_annotator(f"pool-{i}") for i in range(16)]
+    store.submit(_items(16 * 12, prefix="pool-"))
+    opened, closed = [], []
+    event.listen(store.engine, "connect", lambda *a: opened.append(1))
+    event.listen(store.engine, "close", lambda *a: closed.append(1))
+    url = serve_queue(store, db_calls="thread")
+    failures, done = [], []
+
+    def client(i: int) -> None:
+        api = ApiClient(url, tokens[i], retry_for=30)
+        try:
+            for n in range(12):
+                item = api.next()
+                api.label(item["item_id"], item["lease_id"], "a", idempotency_key=f"{i}:{n}")
+                done.append(1)
+        except Exception as e:  # noqa: BLE001
+            failures.append(f"client {i}: {type(e).__name__}: {e}")
+        finally:
+            api.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(tokens))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:3]
+    assert len(done) == 16 * 12
+    assert closed == [], f"{len(closed)} connections closed and reopened under load"
+    assert len(opened) <= 16, f"{len(opened)} connections opened for 16 clients"
+    store.close()
+
+
+def _lease_buffers(store, annotator_id: int) -> int:
+    """Shared buffers one `alignloop_lease_next` call reads (its statements included), in a
+    new session: PL/pgSQL plans its statements afresh, from the statistics of now."""
+    import re
+    import time
+
+    from sqlalchemy import text
+
+    with store.engine.connect() as conn:
+        plan = conn.execute(text(
+            "EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM alignloop_lease_next(:a, :now, :e, 1, "
+            "false, 0.5, 'ab', :l, false)"), {"a": annotator_id, "now": time.time(),
+                                            "e": time.time() + 600, "l": f"probe-{time.time()}"})
+        text_plan = "\n".join(r[0] for r in plan)
+        conn.rollback()                     # the probe's lease is not kept
+    return int(re.search(r"shared hit=(\d+)", text_plan).group(1))
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+def test_a_lease_reads_as_much_after_many_labels_as_after_few(store_url):
+    """A lease checks up to 64 candidate items; each check must be an index lookup keyed
+    on the item, whatever the statistics say. The statistics here are those of a new queue
+    (taken with no labels or leases, as a fresh deployment has them): the old indexes let
+    the planner walk one annotator's labels per candidate, so a lease's reads grew with
+    the labels that annotator had given (migration 7, `pg_hotpath`)."""
+    store = QueueStore.open(store_url)
+    token = store.add_annotator("many")
+    annotator = store.authenticate(token).id
+    store.submit(_items(700, prefix="reads-"))
+    with store.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE")
+        conn.commit()
+
+    def label(n: int) -> None:
+        for i in range(n):
+            got = store.next_item(annotator)
+            store.record_label(annotator, item_id=got.item.item_id, lease_id=got.lease_id,
+                               choice="a", idempotency_key=f"k{n}-{i}")
+
+    label(10)
+    few = _lease_buffers(store, annotator)
+    label(600)
+    many = _lease_buffers(store, annotator)
+    assert many < 2 * few, (few, many)
+    store.close()
+
+
 def test_db_calls_must_be_known(tmp_path):
     with QueueStore.open(tmp_path) as store, pytest.raises(ValueError, match="db_calls"):
         create_app(store, secret="s", db_calls="sometimes")

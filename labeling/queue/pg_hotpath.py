@@ -5,7 +5,7 @@ its own protocol work on both sides, and the queue server spent most of its CPU 
 (`benchmarks/queue_profile.py`). These PL/pgSQL functions run the same statements inside
 the server, so a request is one round trip (in autocommit: the call is its own
 transaction). They are installed by migration 6 and replaced by later migrations when
-they change. SQLite keeps the Python path in `leases` (an in-process library has no
+they change (7). SQLite keeps the Python path in `leases` (an in-process library has no
 round trips to save); the store tests run both, so the two must agree.
 
 What they keep from `leases`, line for line:
@@ -13,6 +13,12 @@ What they keep from `leases`, line for line:
   item's row before anything about its labels; each later statement of a VOLATILE
   function takes a fresh snapshot under READ COMMITTED, as each statement of the Python
   path did, so a read after a lock wait sees what the lock holder committed;
+- index lookups only (`SET enable_seqscan = off` on both): PL/pgSQL keeps a session's
+  plan for each statement, and a plan made while `leases` and `labels` were nearly empty
+  (a new queue) read them whole, once per candidate item; as they grew under 16 clients,
+  that was 14,000 buffer reads per lease (auto_explain) and PostgreSQL's CPU went to it.
+  Every statement here has its index; with scans off the plan no longer depends on when
+  the statistics were taken;
 - the refusals: the functions answer an `outcome` code and the facts the Python side needs
   (`lease_next`, `record` below turn them into `Assignment`s and `QueueError`s with the
   same messages as `leases`); a replayed key's label comes back for `_check_replay`.
@@ -57,7 +63,7 @@ RETURNS TABLE (outcome text, lease_id text, display_order text, expires_at doubl
                item_id text, round integer, prompt text, a text, b text, slice text,
                priority double precision, votes_required integer, max_votes integer,
                gold text)
-LANGUAGE plpgsql VOLATILE AS $fn$
+LANGUAGE plpgsql VOLATILE SET enable_seqscan = off AS $fn$
 #variable_conflict use_column
 DECLARE
     r record;
@@ -122,7 +128,7 @@ CREATE OR REPLACE FUNCTION alignloop_record_label(
 RETURNS TABLE (outcome text, label_id bigint, item_id text, annotator_id bigint,
                idempotency_key text, lease_id text, choice text, confidence integer,
                comment text)
-LANGUAGE plpgsql VOLATILE AS $fn$
+LANGUAGE plpgsql VOLATILE SET enable_seqscan = off AS $fn$
 #variable_conflict use_column
 DECLARE
     it record;

@@ -105,11 +105,15 @@ class QueueStore:
     """The SQL-backed `LabelQueue` (see module docstring).
 
     `clock` gives the time (tests pass a fake one); `seed` seeds the random display
-    orders and gold draws when `next_item` gets no `rng`.
+    orders and gold draws when `next_item` gets no `rng`. `pool_size`: connections kept
+    open (PostgreSQL; made as needed). The server's store calls run in a threadpool of 40
+    threads (anyio's default), so 40 lets each keep one: SQLAlchemy closes a connection
+    beyond `pool_size` when it is returned, and with 8 a 16-client load opened a new
+    backend for most calls, which tripled PostgreSQL's CPU per label (queue_load.py).
     """
 
     def __init__(self, url: str, *, clock: Callable[[], float] = time.time,
-                 seed: int | None = None, pool_size: int = 8, max_overflow: int = 32):
+                 seed: int | None = None, pool_size: int = 40, max_overflow: int = 8):
         self.url = url
         self.clock = clock
         self._rng = random.Random(seed)
