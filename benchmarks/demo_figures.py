@@ -31,8 +31,17 @@ def _slice_mean(by_slice: dict, names: list[str]) -> float | None:
     return sum(r["value"] * r["n"] for r in rows) / n if n else None
 
 
-def _round_row(k: int, r: dict, failing: list[str]) -> dict:
-    """One round's figures from its report.json."""
+def _gate(state_round: dict) -> str:
+    """What the loop did with the round: kept, or its gate's action when it tripped."""
+    g = state_round.get("gate") or {}
+    if not g.get("tripped"):
+        return "kept"
+    return {"rollback": "rolled back", "stop": "stopped after", "flag": "flagged"}.get(
+        g.get("action"), str(g.get("action")))
+
+
+def _round_row(k: int, r: dict, failing: list[str], gate: str = "kept") -> dict:
+    """One round's figures from its report.json; `gate`: what the loop did with it."""
     lat = r["latent_reward"]["models"]
     kl = r["kl_to_base"]["k1"]["sequence"]
     win = r["win_rate_vs_base"].get("overall") or {}
@@ -41,7 +50,7 @@ def _round_row(k: int, r: dict, failing: list[str]) -> dict:
             "latent_failing": _slice_mean(lat["policy"]["by_slice"], failing),
             "kl_to_base": kl["value"], "kl_lo": kl["lo"], "kl_hi": kl["hi"],
             "win_vs_base": win.get("value"), "win_lo": win.get("lo"), "win_hi": win.get("hi"),
-            "ends_by_eos": (eos.get("policy") or {}).get("value")}
+            "ends_by_eos": (eos.get("policy") or {}).get("value"), "gate": gate}
 
 
 def collect(run: Path) -> dict:
@@ -64,7 +73,7 @@ def collect(run: Path) -> dict:
         path = run / f"round_{k:03d}" / "report" / "report.json"
         if path.exists():
             r = json.loads(path.read_text())
-            rows.append(_round_row(k, r, failing))
+            rows.append(_round_row(k, r, failing, _gate(state["rounds"][str(k)])))
             base_latent = base_latent or r["latent_reward"]["models"].get("base")
             base_eos = base_eos or (r["length"].get("ends_by_eos") or {}).get("base")
     base = {"round": "base", "latent_overall": base_latent["overall"]["value"],
@@ -80,25 +89,36 @@ def _rises(rows: list[dict], key: str) -> bool:
     return first is not None and last is not None and last > first
 
 
+def _never_falls(rows: list[dict], key: str) -> bool:
+    """The value never falls from one kept round to the next (a rolled-back round is not
+    kept: the next round starts from the one before it)."""
+    kept = [r[key] for r in rows if r.get("gate", "kept") != "rolled back"]
+    return all(a is not None and b is not None and b >= a
+               for a, b in zip(kept, kept[1:], strict=False))
+
+
 def render(fig: dict) -> tuple[str, dict]:
     """The README table and target lines, and the targets met."""
     rows, base, budget = fig["rounds"], fig["base"], fig["kl_budget"]
     first, last = rows[0], rows[-1]
+    kept = [r for r in rows if r.get("gate", "kept") != "rolled back"]
     targets = {"failing_rise": _rises(rows, "latent_failing"),
+               "kept_never_falls": _never_falls(rows, "latent_failing"),
                "kl_within": budget is None or all(r["kl_to_base"] <= budget for r in rows),
                "eos_rise": _rises(rows, "ends_by_eos"), "time": fig["wall_s"] <= TIME_BUDGET_S}
     fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     pct = lambda x: "-" if x is None else f"{100 * x:.0f}%"  # noqa: E731
     lines = ["| round | panel reward, all held-out | on the failure slices | KL to base (nats/seq, 95% CI) "
-             "| judge win rate vs base (95% CI) | ends by EOS |", "|---|---|---|---|---|---|"]
+             "| judge win rate vs base (95% CI) | ends by EOS | gate |",
+             "|---|---|---|---|---|---|---|"]
     if base:
         lines.append(f"| base model | {fmt(base['latent_overall'])} | "
-                     f"{fmt(base['latent_failing'])} | 0 | - | {pct(base['ends_by_eos'])} |")
+                     f"{fmt(base['latent_failing'])} | 0 | - | {pct(base['ends_by_eos'])} | - |")
     for r in rows:
         lines.append(f"| {r['round']} | {fmt(r['latent_overall'])} | {fmt(r['latent_failing'])} | "
                      f"{r['kl_to_base']:.2f} [{r['kl_lo']:.2f}, {r['kl_hi']:.2f}] | "
                      f"{fmt(r['win_vs_base'])} [{fmt(r['win_lo'])}, {fmt(r['win_hi'])}] | "
-                     f"{pct(r['ends_by_eos'])} |")
+                     f"{pct(r['ends_by_eos'])} | {r.get('gate', 'kept')} |")
     verdict = lambda ok: "**met**" if ok else "**not met**"  # noqa: E731
     lines += [
         "",
@@ -109,6 +129,9 @@ def render(fig: dict) -> tuple[str, dict]:
         f"- Panel (ground-truth) reward on the failure slices rises from round 0 to round "
         f"{last['round']}: {verdict(targets['failing_rise'])} ({fmt(first['latent_failing'])} → "
         f"{fmt(last['latent_failing'])}).",
+        f"- Panel reward on the failure slices never falls from one kept round to the next "
+        f"(a rolled-back round is not kept): {verdict(targets['kept_never_falls'])} "
+        f"({' → '.join(fmt(r['latent_failing']) for r in kept)}).",
         f"- KL to the base within the configured budget ({budget} nats): "
         f"{verdict(targets['kl_within'])} (largest {max(r['kl_to_base'] for r in rows):.2f}).",
         f"- Share ending by EOS rises from round 0 to round {last['round']}: "

@@ -92,6 +92,23 @@ def _fit(z: np.ndarray, t: np.ndarray) -> tuple[float, str]:
     return temperature, note
 
 
+SLOPE_BOUND = 20.0
+
+
+def agreement_slope(p: Sequence[float], target: Sequence[float]) -> tuple[float, int]:
+    """(a, n): the slope a minimising the NLL of sigmoid(a * logit(p)) against `target`,
+    over a in [-20, 20], and the pairs used. A temperature is 1 / a for a > 0 and cannot
+    say what a <= 0 says: the judge knows nothing (a near 0) or prefers what people do not
+    (a < 0). NaN with fewer than `MIN_ITEMS` pairs, or when every p is 0.5."""
+    p_, t, _ = _clean(p, target)
+    z = _logit(p_)
+    if z.size < MIN_ITEMS or not np.any(np.abs(z) > EPS):
+        return math.nan, int(z.size)
+    res = minimize_scalar(lambda a: _nll(a * z, t), bounds=(-SLOPE_BOUND, SLOPE_BOUND),
+                          method="bounded", options={"xatol": 1e-6})
+    return float(res.x), int(z.size)
+
+
 def fit_temperature(p: Sequence[float], target: Sequence[float]) -> float:
     """The T minimising the NLL of sigmoid(logit(p) / T) against `target` (see module)."""
     p_, t, _ = _clean(p, target)

@@ -35,6 +35,7 @@ class Ensemble:
         if len(set(names)) != len(names):
             raise ValueError(f"judge names must be unique, got {names}")
         self.members = list(members)
+        self.set_aside: dict[str, str] = {}   # judge name -> why it decides nothing (`without`)
 
     @classmethod
     def from_specs(cls, specs, placement=None) -> Ensemble:
@@ -53,9 +54,19 @@ class Ensemble:
     def learns(self) -> bool:
         return any(getattr(m.judge, "learns", False) for m in self.members)
 
+    def without(self, reasons: dict[str, str]) -> Ensemble:
+        """The same judges, those named in `reasons` set aside: they still judge (their
+        verdicts are recorded) but carry no weight, and a pair only they could decide is
+        invalid with their reason, so routing sends it to people."""
+        out = Ensemble(self.members)
+        out.set_aside = {**self.set_aside, **reasons}
+        return out
+
     def with_temperatures(self, temperatures: dict[str, float]) -> Ensemble:
-        return Ensemble([Member(m.judge, m.weight, temperatures.get(m.judge.name, m.temperature))
-                         for m in self.members])
+        out = Ensemble([Member(m.judge, m.weight, temperatures.get(m.judge.name, m.temperature))
+                        for m in self.members])
+        out.set_aside = dict(self.set_aside)
+        return out
 
     def fit(self, items: Sequence[Comparison], p_a: Sequence[float]) -> None:
         """Refit the judges that learn from labels (the embedding ensemble)."""
@@ -91,6 +102,11 @@ class Ensemble:
             for m in self.members:
                 j = by_judge[m.judge.name][i]
                 k = m.judge.n_members
+                if m.judge.name in self.set_aside:
+                    members += [math.nan] * k
+                    weights += [0.0] * k
+                    problems.append(f"{m.judge.name} set aside: {self.set_aside[m.judge.name]}")
+                    continue
                 if not j.valid:
                     members += [math.nan] * k
                     weights += [0.0] * k

@@ -265,11 +265,14 @@ def human_posteriors(labels: list[Label], agg_cfg) -> dict[str, float]:
 
 
 def learn_from_labels(ensemble, labels: list[Label], cfg):
-    """Refit the learning judges on every human label so far and, with `cfg.calibrate`,
-    fit each judge's temperature on the pairs people labeled. The judge probabilities
-    used for calibration are the ones recorded when the pair was judged, i.e. before the
-    learning judges saw its label (out of sample). Returns (ensemble, calibration report)."""
-    from alignloop.labeling.calibration import calibrate
+    """Refit the learning judges on every human label so far; with `cfg.calibrate`, fit
+    each judge's temperature on the pairs people labeled; and set aside a judge whose
+    agreement with people is below `cfg.routing.min_judge_slope` (`calibration.
+    agreement_slope`: a judge that knows nothing or is inverted, which a temperature
+    cannot express), so its pairs go to people. The judge probabilities used are the ones
+    recorded when the pair was judged, i.e. before the learning judges saw its label (out
+    of sample). Returns (ensemble, calibration report)."""
+    from alignloop.labeling.calibration import MIN_ITEMS, agreement_slope, calibrate
 
     human = human_posteriors(labels, cfg.aggregation)
     if not human:
@@ -280,16 +283,23 @@ def learn_from_labels(ensemble, labels: list[Label], cfg):
     items = sorted(human)
     ensemble.fit([Comparison(first[i].prompt, first[i].a, first[i].b) for i in items],
                  [human[i] for i in items])
-    report = {}
-    if cfg.calibrate:
-        temps = {}
-        for name in ensemble.names:
-            seen = {lab.item_id: lab.p_a for lab in labels
-                    if lab.source == "judge" and lab.annotator == name and lab.item_id in human}
-            if not seen:
-                continue
-            c = calibrate([seen[i] for i in seen], [human[i] for i in seen])
-            report[name] = dict(vars(c))
+    report, temps, aside = {}, {}, {}
+    floor = cfg.routing.min_judge_slope
+    for name in ensemble.names:
+        seen = {lab.item_id: lab.p_a for lab in labels
+                if lab.source == "judge" and lab.annotator == name and lab.item_id in human}
+        if not seen:
+            continue
+        p, t = [seen[i] for i in seen], [human[i] for i in seen]
+        slope, n = agreement_slope(p, t)
+        report[name] = {"agreement_slope": slope, "agreement_pairs": n}
+        if n >= MIN_ITEMS and slope <= floor:
+            aside[name] = (f"agreement with people {slope:+.2f} <= min_judge_slope {floor} "
+                           f"on {n} labeled pairs")
+            report[name]["set_aside"] = aside[name]
+        if cfg.calibrate:
+            c = calibrate(p, t)
+            report[name].update(vars(c))
             temps[name] = c.temperature
-        ensemble = ensemble.with_temperatures(temps)
-    return ensemble, report
+    ensemble = ensemble.with_temperatures(temps) if cfg.calibrate else ensemble
+    return (ensemble.without(aside) if aside else ensemble), report

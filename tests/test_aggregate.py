@@ -12,6 +12,7 @@ import pytest
 from alignloop.labeling import LabelingError
 from alignloop.labeling.aggregate import Vote, aggregate_votes
 from alignloop.labeling.calibration import (
+    agreement_slope,
     brier,
     calibrate,
     expected_calibration_error,
@@ -273,3 +274,16 @@ def test_ece_and_brier_by_hand():
     assert brier(p, t) == pytest.approx(0.1375)
     # p = 1.0 falls in the last bin; a soft target 0.5 at p = 0.5 is calibrated
     assert expected_calibration_error([1.0, 0.5], [1.0, 0.5]) == pytest.approx(0.0)
+
+
+def test_agreement_slope_says_what_a_temperature_cannot():
+    """With targets sigmoid(x) and a judge p = sigmoid(c x), the NLL is least at slope 1/c:
+    a sound judge (c = 2) gets 0.5 (= 1 / its temperature), an inverted one (c = -2) -0.5,
+    which no temperature in (0, inf) can express; too few pairs or all 0.5 say nothing."""
+    x = np.linspace(-3, 3, 41)
+    t = 1 / (1 + np.exp(-x))
+    for c in (2.0, -2.0):
+        slope, n = agreement_slope(1 / (1 + np.exp(-c * x)), t)
+        assert n == 41 and slope == pytest.approx(1 / c, abs=1e-4)
+    assert math.isnan(agreement_slope([0.9, 0.1, 0.8], [1, 0, 1])[0])
+    assert math.isnan(agreement_slope([0.5] * 10, [1, 0] * 5)[0])

@@ -176,3 +176,47 @@ def test_cli_judge_names_a_bad_row(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "c.jsonl row 2: " in err and "valid JSON" in err   # the bad row, named
     assert not (tmp_path / "o.parquet").exists()
+
+
+def unkind(prompt, response):
+    """A planted inverted judge: prefers what `score` (the people's utility) does not."""
+    return -score(prompt, response)
+
+
+@pytest.mark.parametrize("judge, set_aside", [("unkind", True), ("score", False)])
+def test_a_judge_that_disagrees_with_people_is_set_aside_and_its_pairs_go_to_them(judge, set_aside):
+    """Round A: people label every selected pair (the judge decides none). Round B: the judge
+    refit on those labels. An inverted judge is set aside (its agreement slope with people
+    is negative; a temperature could only shrink it towards a coin flip), so in round B
+    none of its pairs is labeled automatically: they go to people, with the reason; a sound
+    judge on the same pairs keeps labeling the confident ones itself."""
+    def cfg_with(auto_threshold):
+        return config_from_dict({"labeling": {
+            "judges": [{"kind": "python", "function": f"tests.test_labeler:{judge}",
+                        "name": "j"}],
+            "selection": {"strategy": "max_min", "pairs_per_prompt": 1, "random_share": 0.0},
+            "routing": {"auto_threshold": auto_threshold},
+            "human": {"budget": 6}}}).labeling
+
+    groups = groups_from_completions(completions())
+    first = cfg_with(0.5)                       # nothing is confident enough: all to people
+    table = judge_candidates(groups, Ensemble.from_specs(first.judges), first)
+    assert {r["decision"] for r in table.selected()} <= {"human", "drop"}
+    queue = MemoryQueue()
+    queue.submit(queue_items(table, first.human))
+    queue.answer("ann1", lambda it: "a" if score(it.prompt, it.a) > score(it.prompt, it.b) else "b")
+    labels = soft_labels(table, queue.votes(0), first).labels
+
+    later = cfg_with(0.2)
+    ensemble, report = learn_from_labels(Ensemble.from_specs(later.judges), labels, later)
+    slope = report["j"]["agreement_slope"]
+    assert (slope < 0) if set_aside else (slope > later.routing.min_judge_slope)
+    assert ("set_aside" in report["j"]) is set_aside and set(ensemble.set_aside) == (
+        {"j"} if set_aside else set())
+    again = judge_candidates(groups, ensemble, later, round=1).selected()
+    decisions = [r["decision"] for r in again]
+    if set_aside:
+        assert "auto" not in decisions and decisions.count("human") == 6
+        assert all("j set aside: agreement with people" in r["reason"] for r in again)
+    else:
+        assert "auto" in decisions

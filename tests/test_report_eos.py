@@ -93,10 +93,10 @@ def test_demo_table_shows_the_share_per_round_and_whether_it_rises(run):
     assert fig["base"]["ends_by_eos"] == pytest.approx(EXPECTED[(0, "base")])
     md, targets = demo_figures.render(fig)
     lines = md.splitlines()
-    assert lines[0].endswith("| ends by EOS |")
-    assert lines[2].startswith("| base model |") and lines[2].endswith("| 25% |")
-    assert lines[3].startswith("| 0 |") and lines[3].endswith("| 71% |")
-    assert lines[4].startswith("| 1 |") and lines[4].endswith("| 83% |")
+    assert lines[0].endswith("| ends by EOS | gate |")
+    assert lines[2].startswith("| base model |") and lines[2].endswith("| 25% | - |")
+    assert lines[3].startswith("| 0 |") and lines[3].endswith("| 71% | kept |")
+    assert lines[4].startswith("| 1 |") and lines[4].endswith("| 83% | kept |")
     assert targets["eos_rise"] is True
     assert "rises from round 0 to round 1: **met** (71% → 83%; base model 25%)" in md
     assert f"max_new_tokens = {fig['max_new_tokens']} tokens" in md
@@ -107,3 +107,20 @@ def test_demo_table_says_when_the_share_does_not_rise(run):
     fig["rounds"][1]["ends_by_eos"] = fig["rounds"][0]["ends_by_eos"] - 0.1
     md, targets = demo_figures.render(fig)
     assert targets["eos_rise"] is False and "**not met** (71% → 61%" in md
+
+
+def test_demo_table_shows_a_rolled_back_round_and_judges_the_kept_ones(run):
+    """A round whose gate tripped with rollback is shown as such, and the never-falls target
+    looks only at kept rounds: a fall into a rolled-back round does not count, a fall
+    between kept rounds does."""
+    fig = demo_figures.collect(run)
+    r0, r1 = fig["rounds"]
+    r0["latent_failing"], r1["latent_failing"] = 1.0, 0.8
+    md, targets = demo_figures.render(fig)
+    assert targets["kept_never_falls"] is False and "next (a rolled-back round is not kept): " \
+        "**not met**" in md
+    state = {"gate": {"tripped": True, "action": "rollback", "reason": "slice fell"}}
+    r1["gate"] = demo_figures._gate(state)
+    md, targets = demo_figures.render(fig)
+    assert r1["gate"] == "rolled back" and md.splitlines()[4].endswith("| rolled back |")
+    assert targets["kept_never_falls"] is True

@@ -128,8 +128,12 @@ def cmd_judge(args: argparse.Namespace) -> int:
         history = [x for f in args.labels for x in read_labels(Path(f))]
         ensemble, report = learn_from_labels(ensemble, history, lab)
         for name, c in report.items():
-            print(f"calibration {name}: T={c['temperature']:.2f}  ECE {c['ece_before']:.3f} -> "
-                  f"{c['ece_after']:.3f} on {c['n']} human-labeled pairs {c['note']}".rstrip())
+            if "temperature" in c:
+                print(f"calibration {name}: T={c['temperature']:.2f}  ECE {c['ece_before']:.3f}"
+                      f" -> {c['ece_after']:.3f} on {c['n']} human-labeled pairs "
+                      f"{c['note']}".rstrip())
+            if "set_aside" in c:
+                print(f"judge {name} set aside: {c['set_aside']}")
     if ensemble is None:
         print("no judges configured (labeling.judges): every selected pair is routed to people")
     table = judge_candidates(groups, ensemble, lab, round=args.round, beta=cfg.train.beta)

@@ -186,10 +186,18 @@ class RoutingConfig:
     """Judge spread (std of member probabilities) above which a pair is never auto-labeled."""
     unparsable: Literal["human", "drop"] = "human"
     """Where pairs go whose judge verdict could not be read."""
+    min_judge_slope: float = 0.25
+    """A judge is set aside for the next round when its agreement with people is this low:
+    the slope a of sigmoid(a * logit(p_judge)) fitted to people's soft labels on the pairs
+    it judged and they labeled (a = 1 / temperature for a sound judge; a <= 0: it knows
+    nothing, or prefers what people do not, which no temperature can express). A set-aside
+    judge decides no pair: its pairs go to people (within the budget, then `unparsable`).
+    Needs 5 such pairs; -20 turns the check off."""
 
     def __post_init__(self) -> None:
         require(0 <= self.auto_threshold <= 0.5, "auto_threshold", "must be in [0, 0.5]")
         require(self.max_auto_uncertainty >= 0, "max_auto_uncertainty", "must be >= 0")
+        require(-20 <= self.min_judge_slope <= 20, "min_judge_slope", "must be in [-20, 20]")
 
 
 @dataclass(frozen=True)
