@@ -47,6 +47,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 import queue_profile  # noqa: E402
+from common import machine  # noqa: E402
 from dpo_throughput import update_readme  # noqa: E402
 
 CLIENTS = 16
@@ -394,8 +395,7 @@ def main() -> None:
                     results.append(r)
     meta = {"warmup": warmup, "seconds": seconds, "items": n_items,
             "date": date.today().isoformat(), "load_average": load_before,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                       f"Python {platform.python_version()}",
+            "machine": f"{machine()}, Python {platform.python_version()}",
             "command": f"python benchmarks/queue_load.py --size {args.size}", "target": TARGET,
             "profile": profiles}
     RESULTS.mkdir(exist_ok=True)
