@@ -17,8 +17,13 @@ Two views of the same call size:
 (`generation/hf_decode.py`). Another commit's decoder runs with its code first on
 PYTHONPATH (`loop_timing.export_commit`), e.g. HEAD's then this tree's, back to back.
 
+`--compare-prefill R` instead sets the Llama prefill (`LlamaStep.prefill`) against the
+transformers forward (`HFGenerator._prefill`) in one process, R times alternating: the
+prefill's seconds per prompt in batches of a refill's size and of the first fill's, then
+whole sample calls that differ only in their prefill (both decode by `LlamaStep`).
+
     python benchmarks/hf_decode_profile.py [--prompts 32] [--n 4] [--tokens 64]
-        [--in-flight 64] [--decoder llama|model] [--ops]
+        [--in-flight 64] [--decoder llama|model] [--ops | --compare-prefill R]
 """
 
 from __future__ import annotations
@@ -91,6 +96,58 @@ def op_breakdown(prof, vocab: int) -> dict:
     return out
 
 
+def compare_prefill(gen, items, params, repeats: int, ceiling: float) -> None:
+    """Prefill time per prompt, then tokens/s of whole calls, for the two prefills side by
+    side (each measurement alternates new, old, new, old... so load changes hit both)."""
+    import copy
+    import statistics
+
+    import torch
+    from alignloop.generation.hf import HFGenerator
+    from alignloop.generation.hf_decode import LlamaStep
+    from alignloop.models import prompt_token_ids
+
+    encoded = sorted((prompt_token_ids(gen.tokenizer, it.prompt) for it in items), key=len, reverse=True)
+    step = LlamaStep(gen.model, max(map(len, encoded)))
+    first = max(1, min(len(items), gen.max_batch_sequences // params.n))
+    refill = max(1, max(params.n, gen.max_batch_sequences // 8) // params.n)
+    prefills = {"llama": step.prefill, "transformers": gen._prefill}
+    with torch.inference_mode():
+        for label, size in ((f"refill ({refill} prompts)", refill), (f"first fill ({first})", first)):
+            batches = [encoded[i:i + size] for i in range(0, len(encoded) - size + 1, size)]
+            per_prompt = {name: [] for name in prefills}
+            for _ in range(repeats):
+                for name, prefill in prefills.items():
+                    t = time.perf_counter()
+                    for batch in batches:
+                        prefill(batch)
+                    per_prompt[name].append((time.perf_counter() - t) / (len(batches) * size))
+            ms = {name: 1e3 * statistics.median(v) for name, v in per_prompt.items()}
+            print(f"prefill, {label}: llama {ms['llama']:.1f} ms/prompt, transformers "
+                  f"{ms['transformers']:.1f} ms/prompt: {ms['transformers'] / ms['llama']:.2f}x "
+                  f"(median of {repeats}, {len(batches)} batches each)")
+    old = copy.copy(gen)
+    old._admit = lambda cache, new, enc, _: HFGenerator._admit(old, cache, new, enc, old._prefill)
+    runs = {"llama": (gen, defaultdict(float), []), "transformers": (old, defaultdict(float), [])}
+    for g, wall, _ in runs.values():
+        timed_phases(g, wall)
+    for _ in range(repeats):
+        for g, wall, rates in runs.values():
+            t = time.perf_counter()
+            out = g.sample(items, params)
+            wall["total"] += time.perf_counter() - t
+            rates.append(sum(len(c.token_ids) for c in out) / (time.perf_counter() - t))
+    for name, (_, wall, rates) in runs.items():
+        rate = statistics.median(rates)
+        print(f"sample calls, {name} prefill: {rate:.0f} tokens/s (median of "
+              f"{', '.join(f'{r:.0f}' for r in rates)}) = "
+              f"{100 * rate / ceiling:.0f}% of the ceiling; prefill {wall['prefill']:.1f} s of "
+              f"{wall['total']:.1f} s ({100 * wall['prefill'] / wall['total']:.0f}%)")
+    ratio = statistics.median(runs["llama"][2]) / statistics.median(runs["transformers"][2])
+    print(f"end to end: llama prefill {ratio:.2f}x the transformers prefill's tokens/s; "
+          f"load now {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", type=int, default=32)
@@ -99,6 +156,8 @@ def main() -> None:
     ap.add_argument("--in-flight", type=int, default=64)
     ap.add_argument("--decoder", choices=["llama", "model"], default="llama")
     ap.add_argument("--ops", action="store_true", help="also a torch.profiler op breakdown")
+    ap.add_argument("--compare-prefill", type=int, default=0, metavar="R",
+                    help="Llama prefill vs transformers prefill, R alternating repeats")
     args = ap.parse_args()
     import torch
     from alignloop.generation import SamplingParams, make_generator
@@ -112,6 +171,11 @@ def main() -> None:
     load = os.getloadavg()[0]
     peak = matmul_peak_gflops()
     ceiling = peak * 1e9 / (2 * n_params)
+    if args.compare_prefill:
+        print(f"{args.prompts} prompts x {args.n} x {args.tokens} tokens, {args.in_flight} in flight, "
+              f"{torch.get_num_threads()} threads, ceiling {ceiling:.0f} tokens/s "
+              f"(matmul {peak:.0f} GFLOP/s); load {load:.1f}")
+        return compare_prefill(gen, items, params, args.compare_prefill, ceiling)
     wall = defaultdict(float)
     timed_phases(gen, wall)
     t = time.perf_counter()

@@ -19,8 +19,10 @@ its logits by float rounding at most (different batch shapes), not its random dr
 A decode step of a plain Llama model (SmolLM2) runs `hf_decode.LlamaStep`: the same
 forward written out with fused q|k|v and gate|up matmuls through oneDNN-packed weights,
 one fused RMSNorm kernel, rotary angles gathered once per step for all layers, and no
-transformers mask/cache plumbing; other architectures (`decoder = "model"`) keep the
-transformers forward. Its per-phase profile: `benchmarks/hf_decode_profile.py`.
+transformers mask/cache plumbing; its prompt prefills (first fill and refills) run
+`LlamaStep.prefill`, the same weights over the prompts' tokens packed into one sequence.
+Other architectures (`decoder = "model"`) keep the transformers forward for both. The
+per-phase profile: `benchmarks/hf_decode_profile.py`.
 
 Why (the previous batch-at-a-time decoder, `benchmarks/hf_batch_reference.py`, under
 torch.profiler: SmolLM2-135M fp32, 2 cores, 64 in flight): matmuls 42% of the time, a
@@ -86,6 +88,7 @@ class HFGenerator:
         self.stop_ids = {i for i in [*eos, self.tokenizer.eos_token_id] if i is not None}
         # "llama": decode steps by `hf_decode.LlamaStep`; "model": the transformers forward
         self.decoder = "llama" if supports(self.model) else "model"
+        self._llama: tuple[tuple, tuple, LlamaStep] | None = None   # see `_llama_step`
 
     @torch.inference_mode()
     def sample(self, prompts: list[PromptItem], params: SamplingParams) -> list[Completion]:
@@ -99,7 +102,8 @@ class HFGenerator:
         refill_at = max(params.n, slots // 8)
         cache = SlotCache(self.model.config.num_hidden_layers, slots,
                           max(map(len, encoded)) + params.max_new_tokens, self.device)
-        step = LlamaStep(self.model, cache.max_len) if self.decoder == "llama" else self._forward
+        llama = self._llama_step(cache.max_len) if self.decoder == "llama" else None
+        step, prefill = (llama, llama.prefill) if llama else (self._forward, self._prefill)
         running: list[_Running] = []          # row r of the cache is running[r]
         logits = None                         # (rows, V) fp32: each row's next-token logits
         done: dict[tuple[int, int], Completion] = {}
@@ -108,7 +112,7 @@ class HFGenerator:
             free = slots - len(running)
             if pending and (free >= refill_at or not running or free >= len(pending)):
                 new = [pending.popleft() for _ in range(min(free, len(pending)))]
-                fresh = self._admit(cache, new, prompts, encoded, params)
+                fresh = self._admit(cache, new, encoded, prefill)
                 logits = fresh if logits is None else torch.cat([logits, fresh])
                 running += [_Running(i, k, sd, torch.Generator().manual_seed(sd))
                             for (i, k), sd in zip(new, self._seeds(new, prompts, params), strict=True)]
@@ -126,32 +130,53 @@ class HFGenerator:
         bar.close()
         return [done[i, k] for i in range(len(prompts)) for k in range(params.n)]
 
+    def _llama_step(self, max_len: int) -> LlamaStep:
+        """The model's `LlamaStep`, kept across calls while every weight is the same tensor,
+        not changed in place since (its version counter; an edit through `.data` escapes
+        it): packing SmolLM2's weights took 1.4-2.9 s a call here, and an evaluation samples
+        twice from one generator. A call needing a longer rotary table builds a new one."""
+        weights = tuple(self.model.parameters())
+        versions = tuple(w._version for w in weights)
+        kept = self._llama
+        if (kept is None or len(kept[0]) != len(weights) or kept[1] != versions
+                or any(a is not b for a, b in zip(kept[0], weights, strict=True))
+                or kept[2].max_len < max_len):
+            self._llama = kept = (weights, versions, LlamaStep(self.model, max_len))
+        return kept[2]
+
     @staticmethod
     def _seeds(new, prompts, params) -> list[int]:
         return [sample_seed(params.seed, prompts[i].prompt_id, k) for i, k in new]
 
-    def _admit(self, cache: SlotCache, new, prompts, encoded, params) -> torch.Tensor:
-        """Prefill the prompts of `new` samples (each distinct prompt once, left-padded) and
-        write each sample's prompt KV into the next free row; their first logits (len(new), V)."""
+    def _admit(self, cache: SlotCache, new, encoded, prefill) -> torch.Tensor:
+        """Prefill the prompts of `new` samples (each distinct prompt once) and write each
+        sample's prompt KV into the next free row; their first logits (len(new), V)."""
         distinct = list(dict.fromkeys(i for i, _ in new))
-        P = max(len(encoded[i]) for i in distinct)
-        ids = torch.full((len(distinct), P), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(distinct), P), dtype=torch.long)
-        for b, i in enumerate(distinct):
-            ids[b, P - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[b, P - len(encoded[i]):] = 1
+        logits, kv = prefill([encoded[i] for i in distinct])
+        row_of = {i: b for b, i in enumerate(distinct)}
+        for j, (i, _) in enumerate(new):
+            cache.put(cache.rows + j, kv[row_of[i]], len(encoded[i]))
+        cache.rows += len(new)
+        return logits[[row_of[i] for i, _ in new]]
+
+    def _prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, list[list[tuple]]]:
+        """The prompts' forward by transformers (any architecture), left-padded in one batch:
+        each prompt's next-token logits (N, V) fp32 and its KV per layer, (kv_heads, len,
+        head_dim) each, as `LlamaStep.prefill` returns them."""
+        P = max(map(len, prompts))
+        ids = torch.full((len(prompts), P), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), P), dtype=torch.long)
+        for b, p in enumerate(prompts):
+            ids[b, P - len(p):] = torch.tensor(p)
+            mask[b, P - len(p):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                          use_cache=True, logits_to_keep=1)
         layers = getattr(out, self.cache_kw).layers
-        row_of = {i: b for b, i in enumerate(distinct)}
-        for j, (i, _) in enumerate(new):
-            b, p = row_of[i], len(encoded[i])
-            cache.put(cache.rows + j, [(lay.keys[b, :, P - p:], lay.values[b, :, P - p:])
-                                       for lay in layers], p)
-        cache.rows += len(new)
-        return out.logits[:, -1].float()[[row_of[i] for i, _ in new]]
+        kv = [[(lay.keys[b, :, P - len(p):], lay.values[b, :, P - len(p):]) for lay in layers]
+              for b, p in enumerate(prompts)]
+        return out.logits[:, -1].float(), kv
 
     def _draw(self, logits: torch.Tensor, running: list[_Running], params) -> torch.Tensor:
         """Each row's next token (rows,), appended with its policy log-prob to its sample."""

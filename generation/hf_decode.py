@@ -20,16 +20,25 @@ per row, with fewer and larger kernels:
       h += (silu(g) * u) @ W_down^T
     logits = lm_head(rms_norm(h))
 
-Matmuls run through oneDNN with weights packed once per call (`linear`: 1.5-2.4x MKL's
-`F.linear` at these shapes here). The fused weights (q|k|v and gate|up concatenated) are built from the model's own modules
-when a call starts (`LlamaStep(model, max_len)`), so a model whose weights changed since
-the last call (a new round's policy, a test's edit) is used as it is now; the rotary table
+The prompts of new samples go through `LlamaStep.prefill`, the same layers over all their
+tokens packed into one sequence (T, D) (no padding in matmuls, norms, rotary); attention
+alone runs right-padded (N, H, P, hd) under a causal mask. Each prompt's K/V come back
+left-aligned for `SlotCache.put`, and only its last position reaches the LM head. It
+replaced the transformers forward for refills, 22-26% of a sample call's time before
+(benchmarks/hf_decode_profile.py --compare-prefill measures the two side by side).
+
+Matmuls run through oneDNN with weights packed once (`linear`: 1.5-2.4x MKL's `F.linear`
+at these shapes here). The fused weights (q|k|v and gate|up concatenated) are built from
+the model's own modules (`LlamaStep(model, max_len)`); the `hf` backend keeps a step across
+calls only while the model's weights are unchanged (`HFGenerator._llama_step`), so a model
+whose weights changed since the last call (a test's edit) is used as it is now; the rotary table
 comes from the model's own rotary module for positions 0..max_len-1, so its values are the
 model's exactly. The LM head is called as the model's module (a head with a bias works).
 
 Results equal the transformers forward up to float rounding (fused matmuls and norm may
 round differently): tests/test_generation_hf_decode.py checks logits within 1e-5 and greedy
-tokens equal. The step's cost, profiled, is in benchmarks/hf_decode_profile.py.
+tokens equal, tests/test_generation_hf_prefill.py the prefill's K/V and logits. The step's
+cost, profiled, is in benchmarks/hf_decode_profile.py.
 """
 
 from __future__ import annotations
@@ -92,10 +101,12 @@ class _Layer:
 
 class LlamaStep:
     """The decode step of a Llama model over a `SlotCache` of at most `max_len` columns:
-    `step(cache, tokens (rows,))` -> next logits (rows, V) float32."""
+    `step(cache, tokens (rows,))` -> next logits (rows, V) float32; and the prompts' forward
+    that fills it, `prefill(prompts)`."""
 
     def __init__(self, model, max_len: int):
         cfg, base = model.config, model.model
+        self.max_len = max_len
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
         self.embed = base.embed_tokens.weight
@@ -129,3 +140,43 @@ class LlamaStep:
             h = h + lay.down(F.silu(g) * u)
         cache.end_step()
         return self.head(rms_norm(h, *self.norm)).float()
+
+    def prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, list[list[tuple]]]:
+        """The forward of prompts of different lengths at once: the next-token logits after
+        each prompt (N, V) float32, and each prompt's keys and values per layer, (KV, len, hd)
+        each, left-aligned (what `SlotCache.put` takes).
+
+        The prompts' T tokens are packed into one sequence for everything position-wise
+        (matmuls, norms, rotary: no padding computed); only attention sees them right-padded
+        to the longest, (N, heads, P, hd), where a plain causal mask is exact: a prompt's
+        token t attends to columns <= t, all its own, and the padding after a prompt is seen
+        only by padding queries, which are dropped. Only each prompt's last position goes
+        through the final norm and the LM head."""
+        lengths = [len(p) for p in prompts]
+        N, P, T = len(prompts), max(lengths), sum(lengths)
+        H, KV, hd = self.heads, self.kv_heads, self.head_dim
+        dev = self.embed.device
+        slot = torch.cat([torch.arange(n) + b * P for b, n in enumerate(lengths)]).to(dev)  # (T,)
+        positions = slot % P
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]          # (T, 1, hd)
+
+        def padded(x):                                    # (T, heads, hd) -> (N, heads, P, hd)
+            out = x.new_zeros((N * P, *x.shape[1:])).index_copy_(0, slot, x)
+            return out.view(N, P, *x.shape[1:]).transpose(1, 2)
+
+        h = F.embedding(torch.tensor([t for p in prompts for t in p], device=dev), self.embed)
+        kv = []
+        for lay in self.layers:
+            qkv = lay.qkv(rms_norm(h, *lay.norm_in))             # (T, (H + 2 KV) hd)
+            qk = qkv[:, :(H + KV) * hd].view(T, H + KV, hd)
+            qk = torch.addcmul(qk * cos, qk.roll(hd // 2, -1), sin)
+            keys, values = padded(qk[:, H:]), padded(qkv[:, (H + KV) * hd:].view(T, KV, hd))
+            kv.append((keys, values))                             # (N, KV, P, hd) each
+            a = F.scaled_dot_product_attention(padded(qk[:, :H]), keys, values,
+                                               is_causal=True, enable_gqa=True)  # (N, H, P, hd)
+            h = h + lay.o(a.transpose(1, 2).reshape(N * P, H * hd)[slot])
+            g, u = lay.gate_up(rms_norm(h, *lay.norm_post)).chunk(2, -1)   # (T, I) each
+            h = h + lay.down(F.silu(g) * u)
+        last = torch.tensor(lengths, device=dev).cumsum(0) - 1
+        logits = self.head(rms_norm(h[last], *self.norm)).float()
+        return logits, [[(k[b, :, :n], v[b, :, :n]) for k, v in kv] for b, n in enumerate(lengths)]

@@ -50,7 +50,7 @@ def _cache_after_prefill(gen, n: int):
     new = [(i, k) for i in range(len(PROMPTS)) for k in range(n)]
     cache = SlotCache(gen.model.config.num_hidden_layers, len(new), max(map(len, encoded)) + 4, "cpu")
     with torch.inference_mode():
-        logits = gen._admit(cache, new, PROMPTS, encoded, SamplingParams(n=n))
+        logits = gen._admit(cache, new, encoded, gen._prefill)
     return cache, logits
 
 
@@ -96,6 +96,20 @@ def test_weights_changed_between_calls_are_used(gen):
     after = g.sample(PROMPTS, p)
     assert [c.token_ids for c in after] != [c.token_ids for c in before]
     assert [c.token_ids for c in after] == [c.token_ids for c in _as(g, "model").sample(PROMPTS, p)]
+
+
+def test_the_step_is_kept_across_calls_until_a_weight_changes():
+    g = make_generator("hf", TINY, progress=False)
+    step = g._llama_step(20)
+    assert g._llama_step(20) is step and g._llama_step(12) is step   # packed once
+    longer = g._llama_step(30)
+    assert longer is not step and longer.max_len == 30               # a longer rotary table
+    with torch.no_grad():
+        g.model.model.layers[1].mlp.down_proj.weight.mul_(2)          # edited in place
+    assert g._llama_step(20) is not longer
+    edited = g._llama_step(20)
+    g.model.lm_head.weight = torch.nn.Parameter(g.model.lm_head.weight.clone())  # replaced
+    assert g._llama_step(20) is not edited
 
 
 def test_which_models_take_the_llama_step(gen):
