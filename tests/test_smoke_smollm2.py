@@ -6,6 +6,7 @@ import pytest
 import torch
 from alignloop.config import config_from_dict
 from alignloop.data import read_pairs
+from alignloop.placement import placement_for
 from alignloop.training.trainer import train_dpo
 
 MODEL = "builtin:smollm2-135m-instruct"
@@ -24,7 +25,13 @@ def test_smollm2_lora_dpo_smoke(tmp_path):
                        data_cfg=cfg.data, train_cfg=cfg.train, progress=False)
     log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 2
-    assert log[0]["loss"] == pytest.approx(0.693147, abs=1e-4)   # LoRA B starts at zero: policy == reference
+    # LoRA B starts at zero: policy == reference, so the first loss is ln 2 up to rounding:
+    # fp32 within 1e-4; under bf16-mixed (what `auto` picks on a CPU with fast bf16, e.g. an
+    # AMX Xeon) the policy's autocast forward and the cached reference pass round their
+    # bf16 matmuls differently (other batch shapes): 0.6955 measured there
+    precision = placement_for(cfg.model).precision
+    tol = 1e-4 if precision == "fp32" else 5e-3
+    assert log[0]["loss"] == pytest.approx(0.693147, abs=tol), precision
     assert (result.policy_dir / "adapter_model.safetensors").exists()   # the adapter only
     assert not (result.policy_dir / "model.safetensors").exists()
     model = load_model(str(result.policy_dir))                         # merged when loaded
