@@ -49,27 +49,14 @@ def test_label_with_next_answers_what_api_next_would(store_url, serve_queue, db_
     store.close()
 
 
-@pytest.mark.parametrize("db_calls", ["inline", "thread"])
-def test_one_request_labels_under_concurrency_lose_nothing(store_url, serve_queue, db_calls):
-    store = QueueStore.open(store_url)
-    names = [f"hot-{i}" for i in range(8)]
-    tokens = [store.add_annotator(n) for n in names]
-    store.submit(_items(120, votes=2, prefix="conc-"))
-    url = serve_queue(store, db_calls=db_calls)
-    acks, failures, lock = [], [], threading.Lock()
+def _run_clients(url: str, tokens: list[str], work) -> list[str]:
+    """`work(api, i)` for every token at once, one thread and API client each; the failures."""
+    failures: list[str] = []
 
     def client(i: int) -> None:
         api = ApiClient(url, tokens[i], retry_for=30)
         try:
-            item = api.next()
-            while item is not None:
-                choice = "ab"[(i + len(item["item_id"])) % 2]
-                _, body = api.label(item["item_id"], item["lease_id"], choice,
-                                    idempotency_key=f"{i}:{item['item_id']}", next=True)
-                with lock:
-                    acks.append({"client": i, "item_id": item["item_id"], "choice": choice,
-                                 "label_id": body["label_id"]})
-                item = body["next"]
+            work(api, i)
         except Exception as e:  # noqa: BLE001
             failures.append(f"client {i}: {type(e).__name__}: {e}")
         finally:
@@ -80,6 +67,30 @@ def test_one_request_labels_under_concurrency_lose_nothing(store_url, serve_queu
         t.start()
     for t in threads:
         t.join()
+    return failures
+
+
+@pytest.mark.parametrize("db_calls", ["inline", "thread"])
+def test_one_request_labels_under_concurrency_lose_nothing(store_url, serve_queue, db_calls):
+    store = QueueStore.open(store_url)
+    names = [f"hot-{i}" for i in range(8)]
+    tokens = [store.add_annotator(n) for n in names]
+    store.submit(_items(120, votes=2, prefix="conc-"))
+    url = serve_queue(store, db_calls=db_calls)
+    acks, lock = [], threading.Lock()
+
+    def work(api, i: int) -> None:
+        item = api.next()
+        while item is not None:
+            choice = "ab"[(i + len(item["item_id"])) % 2]
+            _, body = api.label(item["item_id"], item["lease_id"], choice,
+                                idempotency_key=f"{i}:{item['item_id']}", next=True)
+            with lock:
+                acks.append({"client": i, "item_id": item["item_id"], "choice": choice,
+                             "label_id": body["label_id"]})
+            item = body["next"]
+
+    failures = _run_clients(url, tokens, work)
     assert not failures, failures[:3]
     _check_no_label_lost_or_duplicated(store, acks, names)
     assert set(Counter(a["item_id"] for a in acks).values()) == {2}
@@ -103,25 +114,15 @@ def test_the_server_keeps_its_postgresql_connections_under_load(store_url, serve
     event.listen(store.engine, "connect", lambda *a: opened.append(1))
     event.listen(store.engine, "close", lambda *a: closed.append(1))
     url = serve_queue(store, db_calls="thread")
-    failures, done = [], []
+    done = []
 
-    def client(i: int) -> None:
-        api = ApiClient(url, tokens[i], retry_for=30)
-        try:
-            for n in range(12):
-                item = api.next()
-                api.label(item["item_id"], item["lease_id"], "a", idempotency_key=f"{i}:{n}")
-                done.append(1)
-        except Exception as e:  # noqa: BLE001
-            failures.append(f"client {i}: {type(e).__name__}: {e}")
-        finally:
-            api.close()
+    def work(api, i: int) -> None:
+        for n in range(12):
+            item = api.next()
+            api.label(item["item_id"], item["lease_id"], "a", idempotency_key=f"{i}:{n}")
+            done.append(1)
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(tokens))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    failures = _run_clients(url, tokens, work)
     assert not failures, failures[:3]
     assert len(done) == 16 * 12
     assert closed == [], f"{len(closed)} connections closed and reopened under load"
