@@ -128,18 +128,28 @@ class LlamaStep:
         cos, sin = self.cos[positions[:, 0]][:, None], self.sin[positions[:, 0]][:, None]
         h = F.embedding(tokens, self.embed)                      # (B, D)
         for i, lay in enumerate(self.layers):
-            qkv = lay.qkv(rms_norm(h, *lay.norm_in))             # (B, (H + 2 KV) hd)
-            qk = qkv[:, :(H + KV) * hd].view(B, H + KV, hd)
-            qk = torch.addcmul(qk * cos, qk.roll(hd // 2, -1), sin)
-            v = qkv[:, (H + KV) * hd:].view(B, KV, 1, hd)
-            keys, values = cache.update(qk[:, H:, None], v, i)  # (B, KV, span, hd)
+            qk, v = self._qk_v(lay, h, cos, sin)                 # (B, H + KV, hd), (B, KV, hd)
+            keys, values = cache.update(qk[:, H:, None], v[:, :, None], i)  # (B, KV, span, hd)
             q = qk[:, :H].reshape(B, KV, H // KV, hd)           # heads sharing a KV head
             a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-            h = h + lay.o(a.reshape(B, H * hd))
-            g, u = lay.gate_up(rms_norm(h, *lay.norm_post)).chunk(2, -1)   # (B, I) each
-            h = h + lay.down(F.silu(g) * u)
+            h = self._mlp(lay, h + lay.o(a.reshape(B, H * hd)))
         cache.end_step()
         return self.head(rms_norm(h, *self.norm)).float()
+
+    def _qk_v(self, lay: _Layer, h: torch.Tensor, cos, sin):
+        """One layer's rotated queries|keys (rows, H + KV, hd) and values (rows, KV, hd)
+        from the residual stream h (rows, D): one matmul for q, k and v, one rotary pass."""
+        H, KV, hd = self.heads, self.kv_heads, self.head_dim
+        qkv = lay.qkv(rms_norm(h, *lay.norm_in))                 # (rows, (H + 2 KV) hd)
+        qk = qkv[:, :(H + KV) * hd].view(-1, H + KV, hd)
+        qk = torch.addcmul(qk * cos, qk.roll(hd // 2, -1), sin)
+        return qk, qkv[:, (H + KV) * hd:].view(-1, KV, hd)
+
+    @staticmethod
+    def _mlp(lay: _Layer, h: torch.Tensor) -> torch.Tensor:
+        """h + the layer's MLP on it: gate and up as one matmul."""
+        g, u = lay.gate_up(rms_norm(h, *lay.norm_post)).chunk(2, -1)   # (rows, I) each
+        return h + lay.down(F.silu(g) * u)
 
     def prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, list[list[tuple]]]:
         """The forward of prompts of different lengths at once: the next-token logits after
@@ -153,8 +163,8 @@ class LlamaStep:
         only by padding queries, which are dropped. Only each prompt's last position goes
         through the final norm and the LM head."""
         lengths = [len(p) for p in prompts]
-        N, P, T = len(prompts), max(lengths), sum(lengths)
-        H, KV, hd = self.heads, self.kv_heads, self.head_dim
+        N, P = len(prompts), max(lengths)
+        H, hd = self.heads, self.head_dim
         dev = self.embed.device
         slot = torch.cat([torch.arange(n) + b * P for b, n in enumerate(lengths)]).to(dev)  # (T,)
         positions = slot % P
@@ -167,16 +177,12 @@ class LlamaStep:
         h = F.embedding(torch.tensor([t for p in prompts for t in p], device=dev), self.embed)
         kv = []
         for lay in self.layers:
-            qkv = lay.qkv(rms_norm(h, *lay.norm_in))             # (T, (H + 2 KV) hd)
-            qk = qkv[:, :(H + KV) * hd].view(T, H + KV, hd)
-            qk = torch.addcmul(qk * cos, qk.roll(hd // 2, -1), sin)
-            keys, values = padded(qk[:, H:]), padded(qkv[:, (H + KV) * hd:].view(T, KV, hd))
+            qk, v = self._qk_v(lay, h, cos, sin)                 # (T, H + KV, hd), (T, KV, hd)
+            keys, values = padded(qk[:, H:]), padded(v)
             kv.append((keys, values))                             # (N, KV, P, hd) each
             a = F.scaled_dot_product_attention(padded(qk[:, :H]), keys, values,
                                                is_causal=True, enable_gqa=True)  # (N, H, P, hd)
-            h = h + lay.o(a.transpose(1, 2).reshape(N * P, H * hd)[slot])
-            g, u = lay.gate_up(rms_norm(h, *lay.norm_post)).chunk(2, -1)   # (T, I) each
-            h = h + lay.down(F.silu(g) * u)
+            h = self._mlp(lay, h + lay.o(a.transpose(1, 2).reshape(N * P, H * hd)[slot]))
         last = torch.tensor(lengths, device=dev).cumsum(0) - 1
         logits = self.head(rms_norm(h[last], *self.norm)).float()
         return logits, [[(k[b, :, :n], v[b, :, :n]) for k, v in kv] for b, n in enumerate(lengths)]
