@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/label_noise.py --size $(SIZE)
 	$(BIN)/python benchmarks/demo_eos.py --size $(SIZE)
 	if [ -f runs/demo/state.json ]; then $(BIN)/python benchmarks/demo_figures.py runs/demo; fi
+	$(BIN)/python benchmarks/demo_seeds.py
 	$(BIN)/python benchmarks/summary.py
 
 lint: $(STAMP)

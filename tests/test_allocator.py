@@ -41,11 +41,11 @@ def test_fused_adamw_updates_as_the_per_tensor_loop_does():
         opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1, fused=fused,
                                 foreach=None if fused else False)
         for step in grads:
-            for p, g in zip(params, step):
+            for p, g in zip(params, step, strict=True):
                 p.grad = g.clone()
             opt.step()
         results[fused] = [p.detach() for p in params]
-    for a, b in zip(results[False], results[True]):
+    for a, b in zip(results[False], results[True], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
