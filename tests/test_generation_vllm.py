@@ -300,5 +300,8 @@ def test_cli_generate_on_vllm_prints_only_its_progress(tmp_path):
         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "generate: 4/4 samples" in out.stderr
-    for noise in ("Processed prompts", "Rendering prompts", "Loading safetensors", "WARNING"):
+    # on a CPU with bf16 units the engine also warned from torch: a FutureWarning, its C++
+    # "Warning: NUMA binding" and its logger's "W1203 ... Triton not available"
+    for noise in ("Processed prompts", "Rendering prompts", "Loading safetensors", "WARNING",
+                  "Warning", "Triton not available"):
         assert noise not in out.stderr, out.stderr[-3000:]

@@ -3,6 +3,7 @@ progress lines when stderr is not a terminal, and the libraries quiet unless -v.
 
 import argparse
 import io
+import os
 import subprocess
 import sys
 import textwrap
@@ -100,6 +101,44 @@ def test_quiet_libraries_turns_them_down_and_back_up():
         assert not are_progress_bars_disabled() and len(shown()) == 2
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_processes_started_by_a_quiet_run_hide_the_harmless_warnings_only():
+    """vLLM's engine processes read their warning filters and torch's log levels from the
+    environment when they start: quiet, a child shows neither the reduce_op FutureWarning
+    nor torch's logger warnings, but still other warnings and torch's errors."""
+    grandchild = textwrap.dedent("""
+        import logging, warnings, torch
+        warnings.warn("`torch.distributed.reduce_op` is deprecated, use ReduceOp", FutureWarning)
+        warnings.warn("another deprecation", FutureWarning)
+        logging.getLogger("torch._library.triton").warning("Triton not available")
+        logging.getLogger("torch._library.triton").error("a torch error")
+    """)
+    code = textwrap.dedent(f"""
+        import os, subprocess, sys
+        from alignloop.logs import quiet_libraries
+        run = lambda: subprocess.run([sys.executable, "-c", {grandchild!r}],
+                                     capture_output=True, text=True).stderr
+        os.environ["PYTHONWARNINGS"] = "ignore::ResourceWarning"
+        quiet_libraries(0)
+        assert os.environ["TORCH_CPP_LOG_LEVEL"] == "ERROR"
+        err = run()
+        assert "reduce_op" not in err and "Triton" not in err, err
+        assert "another deprecation" in err and "a torch error" in err, err
+        quiet_libraries(1)
+        assert "TORCH_CPP_LOG_LEVEL" not in os.environ and "TORCH_LOGS" not in os.environ
+        assert os.environ["PYTHONWARNINGS"] == "ignore::ResourceWarning"   # the user's filter
+        err = run()
+        assert "reduce_op" in err and "Triton not available" in err, err
+        os.environ["TORCH_CPP_LOG_LEVEL"] = "INFO"                     # the user's own level
+        quiet_libraries(0)
+        assert os.environ["TORCH_CPP_LOG_LEVEL"] == "INFO"
+    """)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TORCH_CPP_LOG_LEVEL", "TORCH_LOGS", "PYTHONWARNINGS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=env)
     assert out.returncode == 0, out.stderr
 
 
