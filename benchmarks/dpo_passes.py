@@ -1,0 +1,113 @@
+"""Cold against warm DPO steps: the same 8 batches trained three times over in one process.
+
+dpo_throughput.py times one epoch in a fresh process, so its tokens/s includes a process's
+first steps. This separates the two: alignloop's trainer (`_optimizer_step`, the packed
+forward, loss, backward, clipping and AdamW) runs the benchmark's 64 pairs as 8 batches of
+8, then the same 8 batches again, twice, in one process, per precision. Pass 0 is what a
+short run pays; passes 1-2 are the steady state of a long one. Each precision runs in its
+own process, one after the other.
+
+    python benchmarks/dpo_passes.py [--precisions fp32,bf16-mixed] [--passes 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import machine, today, write_results  # noqa: E402
+from dpo_throughput import MAX_LENGTH, MODEL, cpu_flags  # noqa: E402
+
+PAIRS, BATCH = 64, 8
+
+
+def worker(precision: str, passes: int) -> dict:
+    """Seconds per step of every pass (in this process)."""
+    from alignloop.config import config_from_dict
+    from alignloop.data import read_pairs
+    from alignloop.models import load_model, load_tokenizer
+    from alignloop.placement import resolve_placement
+    from alignloop.training.batching import encode_pairs
+    from alignloop.training.reference import ReferenceLogps, compute_reference_logps
+    from alignloop.training.trainer import _build_run, _optimizer_step, make_accelerator
+
+    pairs = read_pairs("builtin:demo-pairs", limit=PAIRS)[0]
+    cfg = config_from_dict({
+        "model": {"name": MODEL, "precision": precision, "lora": {"enabled": False}},
+        "data": {"max_length": MAX_LENGTH, "max_prompt_length": MAX_LENGTH - 1},
+        "train": {"batch_size": BATCH, "max_steps": 1, "learning_rate": 1e-5}})
+    placement = resolve_placement("cpu", precision)
+    tok = load_tokenizer(MODEL)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    encoded, _ = encode_pairs(pairs, tok, max_length=MAX_LENGTH, max_prompt_length=MAX_LENGTH - 1,
+                              progress=False)
+    accelerator = make_accelerator(placement)
+    model = load_model(MODEL, dtype=placement.weights_dtype, device="cpu")
+    chosen, rejected = compute_reference_logps(model, encoded, pad_id=pad_id, batch_size=BATCH,
+                                               placement=placement, progress=False)
+    ref = ReferenceLogps(chosen.float(), rejected.float(), "", False)
+    run = _build_run(accelerator, model, [p.length for p in encoded], cfg.model.lora, cfg.train,
+                     placement)
+    batches = [list(range(i, i + BATCH)) for i in range(0, PAIRS, BATCH)]
+    steps, tokens = [], sum(p.length for p in encoded)
+    for _ in range(passes):
+        seconds = []
+        for idx in batches:
+            t0 = time.perf_counter()
+            _optimizer_step(run, [idx], encoded, ref, pad_id, cfg.train)
+            seconds.append(time.perf_counter() - t0)
+        steps.append(seconds)
+    return {"precision": precision, "step_s": steps, "tokens_per_pass": tokens}
+
+
+def table(rows: list[dict], meta: dict) -> str:
+    passes = len(rows[0]["step_s"])
+    lines = ["| precision | " + " | ".join(f"pass {k} (s)" for k in range(passes))
+             + " | tokens/s, pass 0 | tokens/s, last pass |",
+             "|---|" + "---|" * (passes + 2)]
+    for r in rows:
+        totals = [sum(p) for p in r["step_s"]]
+        lines.append(f"| {r['precision']} | " + " | ".join(f"{t:.1f}" for t in totals)
+                     + f" | {r['tokens_per_pass'] / totals[0]:.0f} | "
+                       f"{r['tokens_per_pass'] / totals[-1]:.0f} |")
+    by = {r["precision"]: [sum(p) for p in r["step_s"]] for r in rows}
+    if "fp32" in by and "bf16-mixed" in by:
+        lines += ["", f"bf16-mixed against fp32: {by['fp32'][0] / by['bf16-mixed'][0]:.2f}x in "
+                      f"pass 0, {by['fp32'][-1] / by['bf16-mixed'][-1]:.2f}x in the last pass."]
+    lines.append(f"{PAIRS} pairs as {PAIRS // BATCH} batches of {BATCH}, max length {MAX_LENGTH}, "
+                 f"full fine-tune; {meta['machine']} ({meta['cpu']}); {meta['date']}; "
+                 f"`{meta['command']}`.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--precisions", default="fp32,bf16-mixed")
+    ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.passes)))
+        return
+    rows = []
+    for precision in args.precisions.split(","):
+        print(f"running {precision} ...", file=sys.stderr, flush=True)
+        out = subprocess.run([sys.executable, __file__, "--worker", precision,
+                              "--passes", str(args.passes)],
+                             capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    meta = {"machine": machine(), "cpu": cpu_flags(), "date": today(),
+            "command": "python benchmarks/dpo_passes.py"}
+    md = table(rows, meta)
+    write_results("dpo_passes", meta, rows, md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
