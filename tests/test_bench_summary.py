@@ -51,3 +51,15 @@ def test_bad_benchmark_arguments_are_refused_by_name_and_write_nothing(args, mes
     assert out.returncode == 2 and message in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
     assert {p.name: p.stat().st_mtime_ns for p in results.iterdir()} == before
+
+
+def test_bf16_rows_compare_like_for_like_and_report_a_ceiling_bound_as_nothing():
+    by = {"alignloop": {"tokens_per_s": 200.0}, "trl-default": {"tokens_per_s": 60.0, "peak_rss_mb": 7000},
+          "alignloop-bf16": {"tokens_per_s": 300.0, "peak_rss_mb": 6500, "mfu_bf16": 0.31}}
+    got = {t: (m, ok) for t, m, ok in summary._dpo_bf16("full", by, full=True)}
+    assert got["full: bf16-mixed >= 4x TRL's default (bf16) tokens/s"] == ("5.0x", True)
+    assert got["full: bf16-mixed >= 2x alignloop fp32 tokens/s (cold epoch)"] == ("1.50x", False)
+    assert got["full fine-tune bf16-mixed MFU >= 30% of the bf16 peak"] == ("31%", True)
+    assert got["full: bf16-mixed peak memory <= TRL's default"][1] is True
+    bound = {"alignloop-bf16": {"tokens_per_s_at_most": 0.6}}   # no step in the time limit
+    assert summary._dpo_bf16("LoRA", bound, full=False) == []
