@@ -38,6 +38,7 @@ test-slow: $(STAMP)
 # Each writes benchmarks/results/NAME.{json,md} (and plots) and its README section.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/dpo_throughput.py --size $(SIZE)
+	$(BIN)/python benchmarks/dpo_passes.py
 	$(BIN)/python benchmarks/generation_throughput.py --size $(SIZE)
 	$(BIN)/python benchmarks/label_efficiency.py --size $(SIZE)
 	$(BIN)/python benchmarks/queue_load.py --size $(SIZE)
