@@ -141,7 +141,7 @@ def main() -> None:
     command = "python benchmarks/demo_seeds.py" + (f" --seeds {args.seeds}" if args.seeds != "0,1,2" else "")
     md = render(rows, agg, command)
     meta = {"machine": machine(), "date": today(), "config": str(CONFIG.relative_to(HERE.parent)),
-            "overrides": args.sets, **agg}
+            "overrides": args.sets, "command": command, **agg}
     write_results("demo_seeds", meta, rows, md, readme=not args.sets)
     print(md)
 
