@@ -21,7 +21,6 @@ section between `<!-- bench:demo_seeds -->` markers.
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import machine, today, write_results  # noqa: E402
 from demo_figures import _never_falls, collect  # noqa: E402
+from loop_bench import t_interval  # noqa: E402
 
 CONFIG = HERE.parent / "configs" / "demo.yaml"
 TIME_TARGET_S = 6 * 60
@@ -61,23 +61,14 @@ def seed_row(seed: int, fig: dict) -> dict:
             "kept_never_falls": _never_falls(rows, "latent_failing")}
 
 
-def t_interval(values: list[float]) -> tuple[float, float, float]:
-    """(mean, lo, hi): Student-t 95% interval of the mean; (mean, nan, nan) for one value."""
-    from scipy import stats
-
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / len(values) ** 0.5
-    return mean, mean - half, mean + half
-
-
 def aggregate(rows: list[dict]) -> dict:
     """The over-seeds figures and the targets met."""
-    gain, lo, hi = t_interval([r["gain"] for r in rows])
+    gain = t_interval([r["gain"] for r in rows])
     overall = t_interval([r["gain_overall"] for r in rows])
-    return {"seeds": len(rows), "gain": gain, "gain_lo": lo, "gain_hi": hi,
-            "gain_overall": overall[0], "gain_overall_lo": overall[1], "gain_overall_hi": overall[2],
+    lo = gain["lo"]
+    return {"seeds": len(rows), "gain": gain["value"], "gain_lo": lo, "gain_hi": gain["hi"],
+            "gain_overall": overall["value"], "gain_overall_lo": overall["lo"],
+            "gain_overall_hi": overall["hi"],
             "targets": {"kept_never_falls": all(r["kept_never_falls"] for r in rows),
                         "gain_excludes_zero": lo > 0,
                         "time": all(r["wall_s"] <= TIME_TARGET_S for r in rows)}}

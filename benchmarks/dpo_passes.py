@@ -29,39 +29,21 @@ PAIRS, BATCH = 64, 8
 
 def worker(precision: str, passes: int) -> dict:
     """Seconds per step of every pass (in this process)."""
-    from alignloop.config import config_from_dict
     from alignloop.data import read_pairs
-    from alignloop.models import load_model, load_tokenizer
-    from alignloop.placement import resolve_placement
-    from alignloop.training.batching import encode_pairs
-    from alignloop.training.reference import ReferenceLogps, compute_reference_logps
-    from alignloop.training.trainer import _build_run, _optimizer_step, make_accelerator
+    from dpo_step_profile import trainer_steps
 
     pairs = read_pairs("builtin:demo-pairs", limit=PAIRS)[0]
-    cfg = config_from_dict({
-        "model": {"name": MODEL, "precision": precision, "lora": {"enabled": False}},
-        "data": {"max_length": MAX_LENGTH, "max_prompt_length": MAX_LENGTH - 1},
-        "train": {"batch_size": BATCH, "max_steps": 1, "learning_rate": 1e-5}})
-    placement = resolve_placement("cpu", precision)
-    tok = load_tokenizer(MODEL)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    encoded, _ = encode_pairs(pairs, tok, max_length=MAX_LENGTH, max_prompt_length=MAX_LENGTH - 1,
-                              progress=False)
-    accelerator = make_accelerator(placement)
-    model = load_model(MODEL, dtype=placement.weights_dtype, device="cpu")
-    chosen, rejected = compute_reference_logps(model, encoded, pad_id=pad_id, batch_size=BATCH,
-                                               placement=placement, progress=False)
-    ref = ReferenceLogps(chosen.float(), rejected.float(), "", False)
-    run = _build_run(accelerator, model, [p.length for p in encoded], cfg.model.lora, cfg.train,
-                     placement)
+    step, _ = trainer_steps(MODEL, pairs, batch=BATCH, max_length=MAX_LENGTH, precision=precision)
     batches = [list(range(i, i + BATCH)) for i in range(0, PAIRS, BATCH)]
-    steps, tokens = [], sum(p.length for p in encoded)
-    for _ in range(passes):
+    steps, tokens = [], 0
+    for k in range(passes):
         seconds = []
         for idx in batches:
             t0 = time.perf_counter()
-            _optimizer_step(run, [idx], encoded, ref, pad_id, cfg.train)
+            out = step(idx)
             seconds.append(time.perf_counter() - t0)
+            if k == 0:
+                tokens += out["tokens"]
         steps.append(seconds)
     return {"precision": precision, "step_s": steps, "tokens_per_pass": tokens}
 

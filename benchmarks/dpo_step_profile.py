@@ -53,16 +53,16 @@ def _classify(ev, vocab: int) -> str:
     return "elementwise"
 
 
-def profile_step(model_name: str, pairs, *, batch: int, max_length: int, precision: str = "fp32",
-                 lora: dict | None = None) -> dict:
-    """Seconds per op class of one optimizer step of `batch` pairs (see module docstring)."""
+def trainer_steps(model_name: str, pairs, *, batch: int, max_length: int, precision: str = "fp32",
+                  lora: dict | None = None) -> tuple:
+    """(step, vocabulary size): `step(indices)` runs one optimizer step of the trainer on the
+    pairs at `indices` (one micro-batch), with reference log-probs computed once up front."""
     from alignloop.config import config_from_dict
     from alignloop.models import load_model, load_tokenizer
     from alignloop.placement import resolve_placement
     from alignloop.training.batching import encode_pairs
     from alignloop.training.reference import ReferenceLogps, compute_reference_logps
     from alignloop.training.trainer import _build_run, _optimizer_step, make_accelerator
-    from torch.profiler import ProfilerActivity, profile
 
     cfg = config_from_dict({
         "model": {"name": model_name, "precision": precision,
@@ -73,7 +73,7 @@ def profile_step(model_name: str, pairs, *, batch: int, max_length: int, precisi
     placement = resolve_placement("cpu", precision)
     tok = load_tokenizer(model_name)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    encoded, _ = encode_pairs(pairs[:batch], tok, max_length=max_length,
+    encoded, _ = encode_pairs(pairs, tok, max_length=max_length,
                               max_prompt_length=max_length - 1, progress=False)
     accelerator = make_accelerator(placement)
     model = load_model(model_name, dtype=placement.weights_dtype, device="cpu")
@@ -83,10 +83,24 @@ def profile_step(model_name: str, pairs, *, batch: int, max_length: int, precisi
     ref = ReferenceLogps(chosen.float(), rejected.float(), "", False)
     run = _build_run(accelerator, model, [p.length for p in encoded], cfg.model.lora, cfg.train,
                      placement)
-    micro = [list(range(len(encoded)))]
+
+    def step(indices: list[int]) -> dict:
+        return _optimizer_step(run, [indices], encoded, ref, pad_id, cfg.train)
+
+    return step, vocab
+
+
+def profile_step(model_name: str, pairs, *, batch: int, max_length: int, precision: str = "fp32",
+                 lora: dict | None = None) -> dict:
+    """Seconds per op class of one optimizer step of `batch` pairs (see module docstring)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    train_step, vocab = trainer_steps(model_name, pairs[:batch], batch=batch, max_length=max_length,
+                                      precision=precision, lora=lora)
+    batch_indices = list(range(len(pairs[:batch])))
 
     def step():
-        return _optimizer_step(run, micro, encoded, ref, pad_id, cfg.train)
+        return train_step(batch_indices)
 
     for _ in range(2):   # warm-up: the allocator's heap, first-call dispatch (one was not enough:
         step()           # the second step still ran 20-30% slower than the third)
@@ -102,7 +116,7 @@ def profile_step(model_name: str, pairs, *, batch: int, max_length: int, precisi
     for ev in prof.events():
         seconds[_classify(ev, vocab)] += ev.self_cpu_time_total / 1e6
     total = sum(seconds.values())
-    return {"precision": precision, "lora": bool(lora), "pairs": len(encoded), "tokens": tokens,
+    return {"precision": precision, "lora": bool(lora), "pairs": len(batch_indices), "tokens": tokens,
             "step_s": plain, "profiled_step_s": profiled, "seconds": seconds,
             "share": {k: v / total for k, v in seconds.items()} if total else {}}
 
