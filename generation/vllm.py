@@ -32,6 +32,17 @@ machine's memory), OpenMP threads bound to every core (its default keeps one
 core for the scheduler: 1.6x slower on 2 cores), chunked prefill off (per-request
 seeds fail with it on CPU: "CPU Generator does not use offset") and so
 `max_num_batched_tokens >= max_model_len`.
+
+The engine core runs inside the engine's process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), the
+model in a worker process of its own (`distributed_executor_backend="mp"`, which enforces
+`generation.vllm_step_timeout_s`). With vLLM's default, a separate engine-core process,
+a call's requests reach the scheduler one by one while it is already stepping, so which
+requests share a batch depends on timing; in bf16 a sample's logits depend on its
+batch-mates, and the same call on the same weights gave different samples (8 of 48 held-out
+samples of 128 tokens on a repeat, and demo runs with one config and seed that differed
+from round 0's eval on). In the engine's process, every request of a call is queued
+before the first step: the same call gives the same samples, byte for byte
+(tests/test_generation_vllm.py).
 """
 
 from __future__ import annotations
@@ -170,6 +181,8 @@ def engine_settings(*, max_model_len: int, dtype: str, enforce_eager: bool, kv_c
               # per-request seeds need it off on CPU; then a batch must hold a whole prompt
               "enable_chunked_prefill": False, "max_num_batched_tokens": max_model_len,
               "gpu_memory_utilization": gpu_memory_utilization,
+              # the model in a worker process, so vLLM's step limit applies (module doc)
+              "distributed_executor_backend": "mp",
               "use_tqdm_on_load": False}     # a bar per weight load: the stage has its own
     if kv_cache_gib > 0:
         engine["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
@@ -178,6 +191,9 @@ def engine_settings(*, max_model_len: int, dtype: str, enforce_eager: bool, kv_c
            # `_retie_head` reaches the engine core as a pickled function: local IPC between
            # our own processes (vLLM refuses to pickle a function over it by default)
            "VLLM_ALLOW_INSECURE_SERIALIZATION": "1",
+           # the engine core in the engine's process: a call's requests are all queued
+           # before its first step, so its batches (and bf16 samples) never vary (module doc)
+           "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
            # a step over it kills the engine (`vllm_process` then stops every process of it)
            STEP_LIMIT_ENV: str(step_timeout_s)}
     return engine, env

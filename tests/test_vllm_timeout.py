@@ -14,6 +14,7 @@ the middle of a call takes its engine with it (slow). Processes are read from /p
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -182,7 +183,8 @@ def test_step_over_the_limit_leaves_no_process(skip_without_vllm):
     with gen:
         child = gen._process.proc.pid
         tree = descendants(child)
-        assert {"VLLM::Worker", "VLLM::EngineCore"} <= set(tree.values()), tree
+        # the engine core runs in the child; the model in a worker (`generation.vllm`)
+        assert "VLLM::Worker" in tree.values() and "VLLM::EngineCore" not in tree.values(), tree
         assert all(_stat(p)[2] == child for p in tree)    # one process group: the child's
         # a worker stuck in its step: it answers nothing, not even SIGTERM (as a worker
         # deep in a minutes-long LoRA prefill did); the 1 s step limit passes
@@ -241,10 +243,11 @@ def test_a_terminated_run_takes_its_engine_with_it(tmp_path, skip_without_vllm):
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_a_killed_engine_core_fails_the_call_instead_of_hanging(skip_without_vllm):
-    """vLLM's engine core killed outright in the middle of a call (the OOM killer, or by
-    hand): `LLM.generate` in the child would wait for it for ever. The child's watch on
-    vLLM's processes kills the group after its grace period, so the call fails."""
+def test_a_killed_worker_fails_the_call_instead_of_hanging(skip_without_vllm):
+    """vLLM's worker killed outright in the middle of a call (the OOM killer, or by hand):
+    `LLM.generate` in the child would wait for it until the step limit (300 s). The
+    child's watch on vLLM's processes kills the group after its grace period, so the call
+    fails."""
     import threading
 
     cfg = GenerationConfig(backend="vllm", dtype="float32", kv_cache_gib=0.5)
@@ -254,7 +257,7 @@ def test_a_killed_engine_core_fails_the_call_instead_of_hanging(skip_without_vll
         gen.sample([PromptItem("hi", "Hi")], SamplingParams(n=1, max_new_tokens=2))  # started
         child = gen._process.proc.pid
         tree = descendants(child)
-        (core,) = [p for p, name in tree.items() if name == "VLLM::EngineCore"]
+        (worker,) = [p for p, name in tree.items() if name == "VLLM::Worker"]
         raised: list[BaseException] = []
 
         def call():
@@ -267,9 +270,10 @@ def test_a_killed_engine_core_fails_the_call_instead_of_hanging(skip_without_vll
         caller = threading.Thread(target=call, daemon=True)
         caller.start()
         time.sleep(2)                                   # into the call
-        os.kill(core, signal.SIGKILL)
+        os.kill(worker, signal.SIGKILL)
         caller.join(P.ENGINE_DEATH_GRACE_S + 60)
-        assert not caller.is_alive(), "the call still waits on a dead engine core"
+        assert not caller.is_alive(), "the call still waits on a dead worker"
         assert raised and isinstance(raised[0], GenerationError), raised
-        assert "process died" in str(raised[0]), str(raised[0])
+        # the engine reports it (vLLM's executor cancels the call) or the watch kills it
+        assert re.search(r"VLLM::Worker \(pid \d+\) died|process died", str(raised[0])), str(raised[0])
         assert survivors([child, *tree]) == {}

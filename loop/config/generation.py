@@ -76,9 +76,9 @@ class GenerationConfig:
     vllm_step_timeout_s: int = 300
     """`vllm`: seconds one model step (a batch's prefill, or one decoding step) may take
     before vLLM declares the engine dead (`VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS`; 300 is
-    vLLM's default). Applies where vLLM runs the model in worker processes: always on
-    CPU, with tensor_parallel_size > 1 on a GPU. Past it the call fails with an error
-    naming this field, and every process of the engine (engine core, workers) is stopped."""
+    vLLM's default). Applies on CPU and GPU alike: alignloop runs the model in vLLM worker
+    processes (`alignloop.generation.vllm`). Past it the call fails with an error naming
+    this field, and every process of the engine (the engine and its workers) is stopped."""
     base_url: str = ""
     """`openai`: the server's API root, e.g. http://127.0.0.1:8000/v1."""
     served_model: str = ""
