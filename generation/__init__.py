@@ -129,30 +129,30 @@ def make_generator(backend: str, model: str, **options) -> Generator:
     return getattr(importlib.import_module(module), cls)(model, **options)
 
 
-FLOAT32_CPU_REASON = ("on a CPU in float32 vLLM samples no faster than hf and adds an engine "
-                      "start (benchmarks/results/generation_throughput.md)")
+CPU_REASON = ("on a CPU hf samples as fast as vLLM or faster, without vLLM's engine start "
+              "(benchmarks/results/generation_throughput.md)")
 
 
-def resolve_backend(backend: str, model: str, placement=None, vllm_dtype: str = "auto") -> str:
+def resolve_backend(backend: str, model: str, placement=None) -> str:
     """`backend` itself, or for `auto` the one that serves `model` here: `vllm` when vLLM
     is installed, supports the model and would sample faster, else `hf`. Says which in one
     INFO line.
 
-    "Faster" is decided from `placement` (None: not considered): on a GPU, or on a CPU in
-    bfloat16 (one with bf16 units, where `alignloop.placement`'s probe picks bf16), vLLM
-    samples several times faster than `hf` (700-780 against ~200 tokens/s on an AVX-512
-    bf16 CPU); on a CPU in float32 the two were level side by side (136 against 124 tokens/s
-    warm on an AVX2 EPYC), and vLLM adds an engine start and cannot hand the eval stage the
-    policy model the `hf` sampler already holds, so a demo round took longer with it
-    (benchmarks/results/loop_timing.md). `vllm_dtype` is `generation.dtype`."""
+    "Faster" is decided from `placement` (None: not considered): on a GPU vLLM; on a CPU
+    `hf`, in either dtype. Side by side on a 2-core Xeon with AMX (one run each,
+    benchmarks/results/generation_throughput.md): bf16 `hf` 582 tokens/s per round end to
+    end against vLLM's 410 (vLLM's warm calls were faster, 694 against 596, but every call
+    with new batch sizes is slower and the engine takes ~20 s to start), and the demo
+    took 6.3 min with `hf` against 7.0 with vLLM; in float32 the two were level (136
+    against 124 tokens/s warm on an AVX2 EPYC) and two demo rounds took 1.28x as long on
+    vLLM (benchmarks/results/loop_timing.md)."""
     if backend != "auto":
         return backend
     from alignloop.generation.vllm import unsupported_reason
 
     reason = unsupported_reason(model)
-    if (not reason and placement is not None and placement.device == "cpu"
-            and _dtype_name(vllm_dtype, placement) == "float32"):
-        reason = FLOAT32_CPU_REASON
+    if not reason and placement is not None and placement.device == "cpu":
+        reason = CPU_REASON
     chosen = "hf" if reason else "vllm"
     log.info("generation backend auto -> %s%s", chosen, f" ({reason})" if reason else
              " (vLLM is installed and supports the model)")
@@ -179,7 +179,7 @@ def backend_record(cfg, model: str, placement, policy: str = "") -> dict:
     and a `policy` (the round's starting policy), how the engine serves it:
     `policy_weights` "full", or for a LoRA policy "adapter" or "merged"
     (`generation.vllm_lora`). `alignloop status` shows both per round."""
-    backend = resolve_backend(cfg.backend, model, placement, cfg.dtype)
+    backend = resolve_backend(cfg.backend, model, placement)
     record = {"requested": cfg.backend, "backend": backend,
               "dtype": sampling_dtype(backend, cfg, placement)}
     if backend == "vllm" and policy:
@@ -199,7 +199,7 @@ def generator_for(cfg, model: str, *, cache_path: str = "", chat_template: str =
     `vllm` backend's dtype when `generation.dtype` is `auto` (`sampling_dtype`)."""
     from alignloop.placement import Placement
 
-    backend = resolve_backend(cfg.backend, model, placement, cfg.dtype)
+    backend = resolve_backend(cfg.backend, model, placement)
     vllm_dtype = cfg.dtype if placement is None else sampling_dtype(backend, cfg, placement)
     placement = placement or Placement()
     options = {

@@ -384,3 +384,31 @@ def test_smollm2_conversion_round_trip(monkeypatch, tmp_path):
     ids = tokenizer(models.render_prompt(tokenizer, prompt), return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, ids.shape[1]:])
+
+
+def test_plain_lora_merge_equals_peft_bit_for_bit(tiny, tokenizer, tmp_path):
+    """`load_model` merges a plain LoRA adapter itself (`alignloop.lora_merge`): the same
+    weights as PEFT's merge_and_unload, bit for bit, for every parameter."""
+    from alignloop.lora_merge import merge_lora
+    from peft import PeftModel
+
+    out = weights.save_policy(_lora(tiny, seed=2), tokenizer, tmp_path / "policy", base=TINY)
+    ours = models.load_model(str(out))
+    theirs = PeftModel.from_pretrained(models.load_model(TINY), str(out)).merge_and_unload()
+    mine, ref = ours.state_dict(), theirs.state_dict()
+    assert mine.keys() == ref.keys()
+    assert all(torch.equal(mine[k], ref[k]) for k in ref)
+    assert not torch.equal(mine["model.layers.0.self_attn.q_proj.weight"],
+                           models.load_model(TINY).state_dict()["model.layers.0.self_attn.q_proj.weight"])
+    # a variant it does not implement (here rsLoRA) changes nothing and is left to PEFT
+    config = json.loads((out / "adapter_config.json").read_text())
+    (out / "adapter_config.json").write_text(json.dumps({**config, "use_rslora": True}))
+    untouched = models.load_model(TINY)
+    before = {k: v.clone() for k, v in untouched.state_dict().items()}
+    assert merge_lora(untouched, out) is False
+    assert all(torch.equal(v, before[k]) for k, v in untouched.state_dict().items())
+    rs = models.load_model(str(out))        # PEFT's merge: scale alpha / sqrt(r), not alpha / r
+    rs_peft = PeftModel.from_pretrained(models.load_model(TINY), str(out)).merge_and_unload()
+    assert all(torch.equal(v, rs_peft.state_dict()[k]) for k, v in rs.state_dict().items())
+    assert not torch.equal(rs.state_dict()["model.layers.0.self_attn.q_proj.weight"],
+                           mine["model.layers.0.self_attn.q_proj.weight"])

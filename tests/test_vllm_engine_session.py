@@ -62,7 +62,10 @@ def test_backend_record_says_what_auto_chose(monkeypatch):
     assert rec == {"requested": "auto", "backend": "hf", "dtype": "float32"}
     monkeypatch.setattr(V, "installed_build", lambda: "cpu")
     rec = backend_record(GenerationConfig(), SMOL, Placement("cpu", "bf16-mixed"))
-    assert rec == {"requested": "auto", "backend": "vllm", "dtype": "bfloat16"}
+    assert rec == {"requested": "auto", "backend": "hf", "dtype": "bfloat16"}
+    monkeypatch.setattr(V, "installed_build", lambda: "gpu")
+    rec = backend_record(GenerationConfig(), SMOL, Placement("cuda", "bf16-mixed"))
+    assert rec["backend"] == "vllm" and rec["dtype"] == "bfloat16"
 
 
 def test_loop_records_backend_and_placement_and_status_shows_them(tmp_path):

