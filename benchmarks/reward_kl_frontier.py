@@ -193,7 +193,7 @@ def verdict(cmp: dict) -> bool:
 # --------------------------------------------------------------------------- report
 
 
-def table(rows: list[dict], comparisons: dict[str, dict], size_name: str) -> str:
+def table(rows: list[dict], comparisons: dict[str, dict], command: str) -> str:
     lines = ["| arm | beta | steps | seeds | KL to base (nats/seq) | panel reward, failure slices "
              "| overall |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {ARMS[r['arm']]} | {r['beta']} | {r['steps']} | {r['seeds']} | {r['kl']:.2f} | "
@@ -222,7 +222,7 @@ def table(rows: list[dict], comparisons: dict[str, dict], size_name: str) -> str
         else:
             lines.append(f"- No {h} point has KL at or below offline's best point "
                          f"({ob['kl']:.2f}). Target: **not met**.")
-    lines.append(f"{machine()}; {today()}; `python benchmarks/reward_kl_frontier.py --size {size_name}`.")
+    lines.append(f"{machine()}; {today()}; `{command}`.")
     return "\n".join(lines)
 
 
@@ -254,15 +254,28 @@ def plot(points: list[dict], rows: list[dict], failing: dict, path: Path) -> Non
     fig.savefig(path, dpi=120)
 
 
+def _betas(text: str, ap: argparse.ArgumentParser) -> list[float]:
+    try:
+        betas = sorted({float(b) for b in text.split(",")})
+    except ValueError:
+        ap.error(f"--betas: comma-separated numbers expected, got {text!r}")
+    if not betas or min(betas) <= 0:
+        ap.error(f"--betas: every beta must be > 0, got {text!r}")
+    return betas
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="quick")
     ap.add_argument("--seeds", type=int, help="override the size's number of seeds")
+    ap.add_argument("--betas", help="override the size's beta sweep, comma-separated (e.g. 0.1,0.3)")
     ap.add_argument("--no-readme", action="store_true", help="write results/ only")
     args = ap.parse_args()
     if args.seeds is not None and args.seeds < 1:
         ap.error(f"--seeds: must be >= 1, got {args.seeds}")
     size = dict(SIZES[args.size], **({"seeds": args.seeds} if args.seeds else {}))
+    if args.betas:
+        size["betas"] = _betas(args.betas, ap)
     from alignloop.errors import AlignloopError
 
     try:
@@ -273,12 +286,15 @@ def main() -> None:
     failing = failing_slices(points, demo_raw()["train"]["beta"])
     rows = config_means(points, failing)
     comparisons = {h: compare(rows, h) for h in ("hybrid", "hybrid_base")}
-    md = table(rows, comparisons, args.size)
+    command = " ".join(["python benchmarks/reward_kl_frontier.py", f"--size {args.size}"]
+                       + ([f"--seeds {args.seeds}"] if args.seeds else [])
+                       + ([f"--betas {args.betas}"] if args.betas else []))
+    md = table(rows, comparisons, command)
     name = results_name("reward_kl_frontier", args.size)
     RESULTS.mkdir(exist_ok=True)
     plot(points, rows, failing, RESULTS / f"{name}.png")
     meta = {"size": args.size, **size, "machine": machine(), "date": today(),
-            "command": f"python benchmarks/reward_kl_frontier.py --size {args.size}",
+            "command": command,
             "target_met": {h: verdict(c) for h, c in comparisons.items()}}
     lean = [{k: v for k, v in r.items() if not k.startswith("paired")} for r in rows]
     write_results(name, meta, {"configs": lean, "comparisons": comparisons,
