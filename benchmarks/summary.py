@@ -157,6 +157,23 @@ def _hybrid(meta: dict, rows: dict) -> list[Row]:
     return out
 
 
+def _frontier(meta: dict, rows: dict) -> list[Row]:
+    out: list[Row] = []
+    for arm, c in rows["comparisons"].items():
+        if not c:
+            continue
+        label = "hybrid" if arm == "hybrid" else "hybrid, reference = base"
+        if c.get("matched"):
+            d, ob = c["diff"], c["offline_best"]
+            measured = (f"above everywhere: {'yes' if c['above_everywhere'] else 'no'}; at offline's "
+                        f"best (KL {ob['kl']:.1f}): {d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]")
+        else:
+            measured = "no point at or below offline's best KL"
+        out.append((f"{label} frontier above offline's, and ahead at offline's best point "
+                    f"(95% CI excludes 0)", measured, meta["target_met"][arm]))
+    return out
+
+
 def _noise(meta: dict, rows: dict) -> list[Row]:
     if "target_met" not in meta:
         return [("at 40% flips soft/rdpo keep >= 70% of the clean gain", "not in this size", None)]
@@ -173,6 +190,7 @@ BENCHMARKS: dict[str, tuple[str, Callable]] = {
     "label_efficiency": ("Label efficiency of pair selection", _label_efficiency),
     "queue_load": ("Labeling queue load", _queue),
     "hybrid_vs_offline": ("Hybrid loop vs offline DPO", _hybrid),
+    "reward_kl_frontier": ("Hybrid vs offline on the reward-KL frontier", _frontier),
     "label_noise": ("Noisy labels: hard vs soft vs robust DPO", _noise),
 }
 

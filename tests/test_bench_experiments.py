@@ -125,14 +125,3 @@ def test_frontier_target_fails_without_a_hybrid_point_at_or_below_offlines_kl():
     assert c["matched"] is None and not fr.verdict(c)
     assert "Target: **not met**" in fr.table(rows, {"hybrid": c}, "smoke")
 
-
-def test_frontier_beta_override_is_parsed_sorted_and_refuses_bad_values():
-    import argparse
-
-    import reward_kl_frontier as fr
-
-    ap = argparse.ArgumentParser()
-    assert fr._betas("0.3,0.1,0.3", ap) == [0.1, 0.3]
-    for bad in ("0.1,x", "0,0.1", "-1"):
-        with pytest.raises(SystemExit):
-            fr._betas(bad, ap)

@@ -42,6 +42,8 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
      "--config: no such file"),
     (["loop_timing.py", "--config", "configs/tiny.yaml"], "nothing to compare"),
     (["reward_kl_frontier.py", "--seeds", "0"], "--seeds: must be >= 1"),
+    (["reward_kl_frontier.py", "--betas", "0.1,x"], "--betas: comma-separated numbers expected"),
+    (["reward_kl_frontier.py", "--betas", "0,0.1"], "--betas: every beta must be > 0"),
 ])
 def test_bad_benchmark_arguments_are_refused_by_name_and_write_nothing(args, message):
     results = BENCH / "results"
@@ -63,3 +65,18 @@ def test_bf16_rows_compare_like_for_like_and_report_a_ceiling_bound_as_nothing()
     assert got["full: bf16-mixed peak memory <= TRL's default"][1] is True
     bound = {"alignloop-bf16": {"tokens_per_s_at_most": 0.6}}   # no step in the time limit
     assert summary._dpo_bf16("LoRA", bound, full=False) == []
+
+
+def test_frontier_rows_state_the_paired_gap_or_that_no_hybrid_point_matched():
+    best = {"kl": 3.04, "reward_failing": 0.5}
+    comparisons = {
+        "hybrid": {"matched": {"kl": 2.9}, "above_everywhere": True, "offline_best": best,
+                   "diff": {"value": 0.12, "lo": 0.03, "hi": 0.21}},
+        "hybrid_base": {"matched": None, "above_everywhere": False, "offline_best": best},
+    }
+    got = summary._frontier({"target_met": {"hybrid": True, "hybrid_base": False}},
+                            {"comparisons": comparisons})
+    assert got[0][1:] == ("above everywhere: yes; at offline's best (KL 3.0): +0.120 [+0.030, +0.210]",
+                          True)
+    assert got[1][1:] == ("no point at or below offline's best KL", False)
+    assert "reference = base" in got[1][0]
