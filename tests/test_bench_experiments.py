@@ -124,4 +124,3 @@ def test_frontier_target_fails_without_a_hybrid_point_at_or_below_offlines_kl():
     c = fr.compare(rows, "hybrid")
     assert c["matched"] is None and not fr.verdict(c)
     assert "Target: **not met**" in fr.table(rows, {"hybrid": c}, "smoke")
-
