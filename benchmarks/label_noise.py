@@ -1,7 +1,7 @@
 """Noisy and disagreeing labels with more data: does soft-label or robust DPO converge
 under label noise where hard-label DPO does not? (issue 19)
 
-    python benchmarks/label_noise.py --size smoke|quick|full [--conditions C,..] [--losses L,..]
+    python benchmarks/label_noise.py --size smoke|quick|target|full [--conditions C,..] [--losses L,..]
 
 Candidates: the size's model samples 4 responses per training prompt once (temperature
 0.7, top-p 0.9). The pair pool ranks each prompt's samples by the demo's heuristic judge:
@@ -70,6 +70,11 @@ SIZES = {
     "quick": {"model": MODEL, "pairs": (24, 72), "seeds": 1, "epochs": 2,
               "conditions": ("clean", "flip40"), "train_prompts": 40, "heldout_prompts": 4,
               "eval_prompts": 16, "max_new_tokens": 32},
+    # the target's cell only: the largest data size, 40% flips and its clean control, hard
+    # labels vs rdpo, one epoch: 12 runs of about 9 min on 2 quiet cores (`full`: about 10 h)
+    "target": {"model": MODEL, "pairs": (480,), "seeds": 3, "epochs": 1,
+               "conditions": ("clean", "flip40"), "losses": ("sigmoid", "rdpo"),
+               "train_prompts": 0, "heldout_prompts": 40, "eval_prompts": 0, "max_new_tokens": 32},
     "full": {"model": MODEL, "pairs": (120, 240, 480), "seeds": 3, "epochs": 2,
              "conditions": ("clean", "flip20", "flip40", "disagree"), "train_prompts": 0,
              "heldout_prompts": 40, "eval_prompts": 0, "max_new_tokens": 32},
@@ -186,8 +191,10 @@ def sweep(spec: dict, size: str, work: Path, cache: RunCache, conditions, losses
                          f"candidates give {len(pool)}; raise SIZES[{size!r}]['train_prompts']")
     held = heldout_pairs(cands)
     base_scores = score_pairs(spec["model"], {"base": spec["model"]}, held)["base"] if held else []
-    todo = [(n, s, c, loss) for n in spec["pairs"] for s in range(spec["seeds"])
-            for c in conditions for loss in losses if not cache.has(n, s, c, loss)]
+    # the largest size first: the target is read there, so a sweep stopped early has it
+    todo = [(n, s, c, loss) for n in sorted(spec["pairs"], reverse=True)
+            for s in range(spec["seeds"]) for c in conditions for loss in losses
+            if not cache.has(n, s, c, loss)]
     with tqdm(total=len(todo), desc=f"label_noise {size}", unit="runs") as bar:
         for n, seed, cond, loss in todo:
             pairs = pool[:n]

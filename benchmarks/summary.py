@@ -195,12 +195,18 @@ BENCHMARKS: dict[str, tuple[str, Callable]] = {
 }
 
 
+def result_file(name: str, results: Path = RESULTS) -> Path | None:
+    """A benchmark's results: the full size's, else a reduced size's (`target`: the cells its
+    target is read on; `quick`: a first look), else None."""
+    return next((p for p in (results / f"{name}{part}.json" for part in ("", ".target", ".quick"))
+                 if p.exists()), None)
+
+
 def table() -> str:
     lines = ["| benchmark | target | measured | verdict | command | machine | date |",
              "|---|---|---|---|---|---|---|"]
     for name, (title, rows_of) in BENCHMARKS.items():
-        path = next((p for p in (RESULTS / f"{name}.json", RESULTS / f"{name}.quick.json")
-                     if p.exists()), None)
+        path = result_file(name)
         if path is None:
             lines.append(f"| {title} | - | not run yet | - | - | - | - |")
             continue

@@ -134,6 +134,36 @@ def test_target_check(kept, met, best):
     assert f"{best} keeps {kept[best][0]:.2f}" in md and "480 pairs" in md
 
 
+@pytest.mark.parametrize("size", [s for s in ln.SIZES if "flip40" in ln.SIZES[s]["conditions"]])
+def test_every_size_with_40pct_flips_can_be_checked_against_the_target(size):
+    spec = ln.SIZES[size]
+    losses = spec.get("losses", ln.LOSSES)
+    assert "clean" in spec["conditions"] and "sigmoid" in losses
+    assert set(losses) & set(st.ROBUST), f"{size}: no robust loss to hold against sigmoid"
+
+
+def test_sweep_runs_the_largest_data_size_first_and_skips_cached_cells(tmp_path, monkeypatch):
+    """The target is read at the largest size, so a sweep stopped early has it."""
+    spec = {**ln.SIZES["smoke"], "pairs": (4, 8, 6), "seeds": 2}
+    cache = lr.RunCache(tmp_path / "r.json", "smoke", spec, tmp_path / "w")
+    cache.put(8, 0, "clean", "sigmoid", {"gains": [0.1]})
+    ran = []
+    monkeypatch.setattr(ln, "candidates", lambda spec, work: {})
+    monkeypatch.setattr(ln, "pair_pool", lambda cands: _pairs(8))
+    monkeypatch.setattr(ln, "heldout_pairs", lambda cands: [])
+    monkeypatch.setattr(ln, "votes", lambda pairs, cond, seed: [])
+    monkeypatch.setattr(ln, "labeled_rows", lambda pairs, ballots, loss: ([], 0.1))
+    monkeypatch.setattr(ln, "write_rows", lambda path, rows: path)
+    monkeypatch.setattr(ln, "run_loop", lambda cfg, run_dir: ran.append(run_dir))
+    monkeypatch.setattr(ln, "run_config", lambda *a: None)
+    monkeypatch.setattr(ln, "measure", lambda *a: {"gains": [0.0]})
+    ln.sweep(spec, "smoke", tmp_path / "w", cache, ("clean", "flip40"), ("sigmoid", "rdpo"))
+    sizes = [int(d.parts[-3][1:]) for d in ran]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] == 8
+    assert len(ran) == 3 * 2 * 2 * 2 - 1
+    assert tmp_path / "w" / "n8" / "seed0" / "clean-sigmoid" not in ran
+
+
 def test_run_cache_resumes_and_refuses_other_settings(tmp_path):
     spec = dict(ln.SIZES["smoke"])
     cache = lr.RunCache(tmp_path / "r.json", "smoke", spec, tmp_path / "w")

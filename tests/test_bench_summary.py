@@ -80,3 +80,10 @@ def test_frontier_rows_state_the_paired_gap_or_that_no_hybrid_point_matched():
                           True)
     assert got[1][1:] == ("no point at or below offline's best KL", False)
     assert "reference = base" in got[1][0]
+
+
+def test_the_summary_reads_the_full_size_then_the_target_cells_then_the_quick_pass(tmp_path):
+    assert summary.result_file("label_noise", tmp_path) is None
+    for part in (".quick", ".target", ""):
+        (tmp_path / f"label_noise{part}.json").write_text("{}")
+        assert summary.result_file("label_noise", tmp_path) == tmp_path / f"label_noise{part}.json"
