@@ -162,6 +162,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.axhline(0, color="0.6", lw=0.6)
         ax.set_xscale("log", base=2)
         sizes = sorted({r["pairs"] for r in rows})
+        ax.set_xlim(min(sizes) / 1.3, max(sizes) * 1.3)   # also when one size is swept
+        ax.minorticks_off()
         ax.set_xticks(sizes, [str(s) for s in sizes])
         ax.set_title(cond, fontsize=9)
         ax.set_xlabel("training pairs", fontsize=8)
