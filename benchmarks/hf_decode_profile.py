@@ -7,7 +7,8 @@ Two views of the same call size:
               prefill (refill admissions: prompt forwards + KV writes), decode (the model
               step over all live rows), draw (sampling + the one host sync per step),
               compact (moving live rows into freed slots), loop (finish checks, records,
-              Python); tokens/s and the share of the fp32 ceiling measured in this run
+              Python); tokens/s and the share of the ceiling measured in this run in the
+              sampling dtype (`--dtype`, float32 by default)
     ops       (--ops) torch.profiler over a second call: each op's self CPU time summed
               by phase and, inside decode, by kind (layer matmuls, LM head, attention,
               norms, rotary, MLP/residual elementwise, cache writes, step setup);
@@ -23,7 +24,8 @@ prefill's seconds per prompt in batches of a refill's size and of the first fill
 whole sample calls that differ only in their prefill (both decode by `LlamaStep`).
 
     python benchmarks/hf_decode_profile.py [--prompts 32] [--n 4] [--tokens 64]
-        [--in-flight 64] [--decoder llama|model] [--ops | --compare-prefill R]
+        [--in-flight 64] [--decoder llama|model] [--dtype float32|bfloat16]
+        [--ops | --compare-prefill R]
 """
 
 from __future__ import annotations
@@ -155,6 +157,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--in-flight", type=int, default=64)
     ap.add_argument("--decoder", choices=["llama", "model"], default="llama")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="the sampling weights' dtype; the ceiling is measured in it")
     ap.add_argument("--ops", action="store_true", help="also a torch.profiler op breakdown")
     ap.add_argument("--compare-prefill", type=int, default=0, metavar="R",
                     help="Llama prefill vs transformers prefill, R alternating repeats")
@@ -162,14 +166,15 @@ def main() -> None:
     import torch
     from alignloop.generation import SamplingParams, make_generator
 
-    gen = make_generator("hf", MODEL, max_batch_sequences=args.in_flight, progress=False)
+    gen = make_generator("hf", MODEL, max_batch_sequences=args.in_flight, progress=False,
+                         dtype=getattr(torch, args.dtype))
     if args.decoder == "model":
         gen.decoder = "model"
     n_params = sum(p.numel() for p in gen.model.parameters())
     items = prompts(args.prompts)
     params = SamplingParams(n=args.n, max_new_tokens=args.tokens, seed=0)
     load = os.getloadavg()[0]
-    peak = matmul_peak_gflops()
+    peak = matmul_peak_gflops(dtype=args.dtype)
     ceiling = peak * 1e9 / (2 * n_params)
     if args.compare_prefill:
         print(f"{args.prompts} prompts x {args.n} x {args.tokens} tokens, {args.in_flight} in flight, "
@@ -186,7 +191,7 @@ def main() -> None:
     print(f"{args.prompts} prompts x {args.n} x {args.tokens} tokens, {args.in_flight} in flight, "
           f"decoder {getattr(gen, 'decoder', 'of this alignloop')}, {torch.get_num_threads()} threads: {tokens} tokens in "
           f"{total:.1f} s = {tokens / total:.0f} tokens/s = {100 * tokens / total / ceiling:.0f}% "
-          f"of the fp32 ceiling ({ceiling:.0f} tokens/s, matmul {peak:.0f} GFLOP/s); "
+          f"of the {args.dtype} ceiling ({ceiling:.0f} tokens/s, matmul {peak:.0f} GFLOP/s); "
           f"load {load:.1f} / {os.getloadavg()[0]:.1f}")
     for phase, s in sorted(wall.items(), key=lambda kv: -kv[1]):
         print(f"  {phase:10s} {s:7.2f} s  {100 * s / total:5.1f}%")

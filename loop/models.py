@@ -87,8 +87,10 @@ def resolve_dtype(name: str | torch.dtype, device: str | torch.device) -> torch.
     `auto` is float32 everywhere except a CUDA GPU with bf16 support, where it
     is bfloat16. CUDA GPUs without bf16 (V100, T4) get float32 too: float16
     weights need loss scaling to train, which plain DPO steps do not do. Low
-    precision on CPU is allowed when asked for explicitly, with a warning:
-    CPUs without bf16/fp16 units run it hundreds of times slower than float32.
+    precision on CPU is allowed when asked for explicitly, with a warning where
+    the CPU's flags name no units for it (`_CPU_UNITS`): there it runs 10-500x
+    slower than float32. (Which precision pays on a CPU with the units is the
+    placement's measured choice, `alignloop.placement`.)
     """
     if isinstance(name, torch.dtype):
         return name
@@ -99,9 +101,21 @@ def resolve_dtype(name: str | torch.dtype, device: str | torch.device) -> torch.
         return torch.float32
     if name not in _DTYPES:
         raise ValueError(f"unknown dtype {name!r}; expected one of {['auto', *_DTYPES]}")
-    if dev.type == "cpu" and name != "float32":
-        warnings.warn(f"dtype {name} on CPU is usually far slower than float32", stacklevel=2)
+    if dev.type == "cpu" and name != "float32" and not _cpu_has_units(name):
+        warnings.warn(f"dtype {name} on a CPU without {name} units ({' or '.join(_CPU_UNITS[name])} "
+                      "in its flags) is far slower than float32", stacklevel=2)
     return _DTYPES[name]
+
+
+_CPU_UNITS = {"bfloat16": ("avx512_bf16", "amx_bf16", "bf16"),     # x86 (two kinds), Arm
+              "float16": ("avx512_fp16", "amx_fp16", "fphp")}
+
+
+def _cpu_has_units(name: str) -> bool:
+    """Whether this CPU's flags name units for `name` (unknown flags count as none)."""
+    from alignloop.placement import cpu_info
+
+    return bool(set(_CPU_UNITS[name]) & set(cpu_info()[1] or []))
 
 
 # --------------------------------------------------------------------------- references

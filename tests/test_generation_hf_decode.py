@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 from alignloop.generation import PromptItem, SamplingParams, make_generator
-from alignloop.generation.hf_decode import LlamaStep, rms_norm, supports
+from alignloop.generation.hf_decode import LlamaStep, linear, rms_norm, supports
 from alignloop.generation.hf_slots import SlotCache
 from alignloop.models import prompt_token_ids
 
@@ -42,6 +42,28 @@ def test_fused_norm_equals_the_models_own():
         assert (rms_norm(x, norm.weight, norm.variance_epsilon) - norm(x)).abs().max() <= 1e-5
         xb, nb = x.bfloat16(), copy.deepcopy(norm).bfloat16()
         assert torch.equal(rms_norm(xb, nb.weight, nb.variance_epsilon), nb(xb))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_linear_equals_f_linear(dtype):
+    """The oneDNN-packed matmul (float32; bfloat16 where oneDNN has bf16 kernels) computes
+    what `F.linear` does, bias included, for any number of rows."""
+    torch.manual_seed(0)
+    w, b = (torch.randn(96, 64) * 0.1).to(dtype), torch.randn(96).to(dtype)
+    for rows in (1, 7, 64):
+        x = torch.randn(rows, 64).to(dtype)
+        ours, theirs = linear(w, b)(x), torch.nn.functional.linear(x, w, b)
+        assert ours.dtype == dtype
+        tol = 1e-5 if dtype == torch.float32 else 2e-2   # bf16: a few units in the last place
+        assert (ours.float() - theirs.float()).abs().max() <= tol
+
+
+def test_bf16_weights_are_packed_where_onednn_has_bf16_kernels():
+    """A bf16 step's matmuls go through oneDNN wherever it has bf16 kernels (the probe torch
+    itself uses), else through `F.linear`: the choice follows the machine, not a guess."""
+    w = torch.randn(32, 16).bfloat16()
+    packed = "_linear_pointwise" in linear(w).__code__.co_names
+    assert packed == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _cache_after_prefill(gen, n: int):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from alignloop import models
+from alignloop import models, placement
 from alignloop.config import LoraConfig
 from alignloop.training import weights
 
@@ -51,10 +51,20 @@ def test_cache_dir_follows_env(monkeypatch, tmp_path):
     assert models.cache_dir() == Path.home() / ".cache" / "alignloop"
 
 
-def test_resolve_dtype():
+def test_resolve_dtype(monkeypatch):
     assert models.resolve_dtype("auto", "cpu") == torch.float32
     assert models.resolve_dtype("float32", torch.device("cpu")) == torch.float32
-    with pytest.warns(UserWarning, match="CPU"):
+    with pytest.warns(UserWarning, match="without bfloat16 units"):
+        monkeypatch.setattr(placement, "cpu_info", lambda: ("Some CPU", ["avx2", "fma"]))
+        assert models.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
+
+
+def test_bf16_on_a_cpu_with_bf16_units_does_not_warn(monkeypatch):
+    import warnings
+
+    monkeypatch.setattr(placement, "cpu_info", lambda: ("Some CPU", ["avx2", "amx_bf16"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         assert models.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
     with pytest.raises(ValueError, match="float32"):
         models.resolve_dtype("fp8", "cpu")
