@@ -20,16 +20,27 @@ def _row(setting: str, e2e: float, ceiling: float = 0.1) -> dict:
 
 def test_generation_rows_judge_each_backend_against_the_plain_loop():
     rows = [_row("plain-fp32", 20.0), _row("hf-fp32", 59.0, ceiling=0.36),
-            _row("vllm-fp32-eager", 61.0), {"setting": "vllm-bf16-eager", "error": "boom"}]
+            _row("vllm-fp32-eager", 61.0), {"setting": "vllm-bf16-eager", "error": "boom"},
+            _row("hf-bf16", 90.0, ceiling=0.22)]
     got = {target: (measured, met) for target, measured, met in summary._generation({}, rows)}
     assert got["vllm-fp32-eager >= 3x the plain generate loop, end to end per round"] == ("3.05x", True)
     assert got["hf-fp32 >= 3x the plain generate loop, end to end per round"] == ("2.95x", False)
     assert got[">= 35% of the compute ceiling (hf fp32, 64 in flight)"] == ("36%", True)
+    assert got[">= 35% of the compute ceiling (hf bf16, 64 in flight)"] == ("22%", False)
 
 
 def test_generation_rows_without_a_plain_loop_claim_no_speed_up():
     got = summary._generation({}, [_row("hf-fp32", 100.0, ceiling=0.2)])
     assert [(m, ok) for _, m, ok in got] == [("20%", False)]
+
+
+def test_the_machine_column_names_the_cpu_where_a_benchmark_recorded_it():
+    assert summary.machine({"machine": "x86_64, 2 cores", "cpu": "AMD EPYC: avx512_bf16"}) == \
+        "x86_64, 2 cores; AMD EPYC: avx512_bf16"
+    assert summary.machine({"machine": "x86_64, 2 cores", "cpu_flags": "Xeon: amx_bf16"}) == \
+        "x86_64, 2 cores; Xeon: amx_bf16"
+    assert summary.machine({"machine": "x86_64, 2 cores"}) == "x86_64, 2 cores"
+    assert summary.machine({}) == "-"
 
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
