@@ -88,7 +88,7 @@ def resolve_dtype(name: str | torch.dtype, device: str | torch.device) -> torch.
     is bfloat16. CUDA GPUs without bf16 (V100, T4) get float32 too: float16
     weights need loss scaling to train, which plain DPO steps do not do. Low
     precision on CPU is allowed when asked for explicitly, with a warning where
-    the CPU's flags name no units for it (`_CPU_UNITS`): there it runs 10-500x
+    the CPU's flags name no units for it (`placement.BF16_FLAGS`, `FP16_FLAGS`): there it runs 10-500x
     slower than float32. (Which precision pays on a CPU with the units is the
     placement's measured choice, `alignloop.placement`.)
     """
@@ -101,21 +101,21 @@ def resolve_dtype(name: str | torch.dtype, device: str | torch.device) -> torch.
         return torch.float32
     if name not in _DTYPES:
         raise ValueError(f"unknown dtype {name!r}; expected one of {['auto', *_DTYPES]}")
-    if dev.type == "cpu" and name != "float32" and not _cpu_has_units(name):
-        warnings.warn(f"dtype {name} on a CPU without {name} units ({' or '.join(_CPU_UNITS[name])} "
-                      "in its flags) is far slower than float32", stacklevel=2)
+    if dev.type == "cpu" and name != "float32":
+        units = _cpu_units(name)
+        if units is not None:
+            warnings.warn(f"dtype {name} on a CPU without {name} units ({' or '.join(units)} in "
+                          "its flags) is far slower than float32", stacklevel=2)
     return _DTYPES[name]
 
 
-_CPU_UNITS = {"bfloat16": ("avx512_bf16", "amx_bf16", "bf16"),     # x86 (two kinds), Arm
-              "float16": ("avx512_fp16", "amx_fp16", "fphp")}
+def _cpu_units(name: str) -> list[str] | None:
+    """None where this CPU's flags name units for `name`; else the flags that would
+    (a CPU whose flags are unknown counts as having none)."""
+    from alignloop.placement import BF16_FLAGS, FP16_FLAGS, cpu_info
 
-
-def _cpu_has_units(name: str) -> bool:
-    """Whether this CPU's flags name units for `name` (unknown flags count as none)."""
-    from alignloop.placement import cpu_info
-
-    return bool(set(_CPU_UNITS[name]) & set(cpu_info()[1] or []))
+    units = BF16_FLAGS if name == "bfloat16" else FP16_FLAGS
+    return None if units & set(cpu_info()[1] or []) else sorted(units)
 
 
 # --------------------------------------------------------------------------- references

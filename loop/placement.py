@@ -55,6 +55,7 @@ PRECISIONS = ("fp32", "bf16-mixed", "bf16")
 MIN_SPEEDUP = 2.0
 """`auto` picks bf16-mixed on a CPU whose bf16 matmuls measure at least this many times fp32's."""
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 (two kinds of units), Arm
+FP16_FLAGS = frozenset({"avx512_fp16", "amx_fp16", "fphp"})   # the same for float16
 PROBE_VERSION = 1
 
 
