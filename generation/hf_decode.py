@@ -31,10 +31,9 @@ Matmuls run through oneDNN with weights packed once (`linear`: 1.2-2.4x MKL's `F
 at these shapes here in float32, 1.15-1.25x in bfloat16). The fused weights (q|k|v and
 gate|up concatenated) are built from the model's own modules (`LlamaStep(model, max_len)`);
 the `hf` backend keeps a step across calls only while the model's weights are unchanged
-(`HFGenerator._llama_step`), so a model
-whose weights changed since the last call (a test's edit) is used as it is now; the rotary table
-comes from the model's own rotary module for positions 0..max_len-1, so its values are the
-model's exactly. The LM head is called as the model's module (a head with a bias works).
+(`HFGenerator._llama_step`), so a model whose weights changed since the last call (a
+test's edit) is used as it is now; the rotary table comes from the model's own rotary
+module for positions 0..max_len-1, so its values are the model's exactly. The LM head is called as the model's module (a head with a bias works).
 
 Results equal the transformers forward up to float rounding (fused matmuls and norm may
 round differently): tests/test_generation_hf_decode.py checks logits within 1e-5 and greedy
