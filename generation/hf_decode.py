@@ -33,7 +33,8 @@ gate|up concatenated) are built from the model's own modules (`LlamaStep(model, 
 the `hf` backend keeps a step across calls only while the model's weights are unchanged
 (`HFGenerator._llama_step`), so a model whose weights changed since the last call (a
 test's edit) is used as it is now; the rotary table comes from the model's own rotary
-module for positions 0..max_len-1, so its values are the model's exactly. The LM head is called as the model's module (a head with a bias works).
+module for positions 0..max_len-1, so its values are the model's exactly. The LM head is
+called as the model's module (a head with a bias works).
 
 Results equal the transformers forward up to float rounding (fused matmuls and norm may
 round differently): tests/test_generation_hf_decode.py checks logits within 1e-5 and greedy
@@ -76,9 +77,9 @@ def linear(weight: torch.Tensor, bias: torch.Tensor | None = None):
 
 
 def _packable(dtype: torch.dtype) -> bool:
-    if dtype == torch.float32:
-        return True
-    return dtype == torch.bfloat16 and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """float32, or bfloat16 where torch's own probe says oneDNN has bf16 kernels here."""
+    return dtype == torch.float32 or (
+        dtype == torch.bfloat16 and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

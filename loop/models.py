@@ -88,9 +88,9 @@ def resolve_dtype(name: str | torch.dtype, device: str | torch.device) -> torch.
     is bfloat16. CUDA GPUs without bf16 (V100, T4) get float32 too: float16
     weights need loss scaling to train, which plain DPO steps do not do. Low
     precision on CPU is allowed when asked for explicitly, with a warning where
-    the CPU's flags name no units for it (`placement.BF16_FLAGS`, `FP16_FLAGS`): there it runs 10-500x
-    slower than float32. (Which precision pays on a CPU with the units is the
-    placement's measured choice, `alignloop.placement`.)
+    the CPU's flags name no units for it (`placement.BF16_FLAGS`, `FP16_FLAGS`):
+    there it runs 10-500x slower than float32. (Which precision pays on a CPU
+    with the units is the placement's measured choice, `alignloop.placement`.)
     """
     if isinstance(name, torch.dtype):
         return name

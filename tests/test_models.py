@@ -54,9 +54,11 @@ def test_cache_dir_follows_env(monkeypatch, tmp_path):
 def test_resolve_dtype(monkeypatch):
     assert models.resolve_dtype("auto", "cpu") == torch.float32
     assert models.resolve_dtype("float32", torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(placement, "cpu_info", lambda: ("Some CPU", ["avx2", "fma"]))
     with pytest.warns(UserWarning, match="without bfloat16 units"):
-        monkeypatch.setattr(placement, "cpu_info", lambda: ("Some CPU", ["avx2", "fma"]))
         assert models.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
+    with pytest.raises(ValueError, match="float32"):
+        models.resolve_dtype("fp8", "cpu")
 
 
 def test_bf16_on_a_cpu_with_bf16_units_does_not_warn(monkeypatch):
@@ -66,8 +68,6 @@ def test_bf16_on_a_cpu_with_bf16_units_does_not_warn(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert models.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
-    with pytest.raises(ValueError, match="float32"):
-        models.resolve_dtype("fp8", "cpu")
 
 
 def test_unknown_builtin_lists_valid_ones():
