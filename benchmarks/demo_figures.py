@@ -13,6 +13,7 @@ brief), and the run's wall time; then the acceptance targets with the measured v
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -144,7 +145,13 @@ def render(fig: dict) -> tuple[str, dict]:
 
 
 def main() -> None:
-    run = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE.parent / "runs" / "demo"
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run", nargs="?", type=Path, default=HERE.parent / "runs" / "demo",
+                    help="a finished run's directory (default: runs/demo)")
+    run = ap.parse_args().run
+    if not (run / "state.json").is_file():
+        ap.error(f"run: {run / 'state.json'} does not exist (not a run directory; `make demo` "
+                 "writes runs/demo)")
     fig = collect(run)
     md, targets = render(fig)
     meta = {"run": fig["run"], "machine": machine(), "date": today(),

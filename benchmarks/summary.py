@@ -10,6 +10,7 @@ that was never run is listed as such.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Callable
@@ -230,6 +231,7 @@ def table() -> str:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
     md = table()
     update_readme(md, key="summary")
     print(md)

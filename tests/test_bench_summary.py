@@ -55,6 +55,9 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
     (["reward_kl_frontier.py", "--seeds", "0"], "--seeds: must be >= 1"),
     (["reward_kl_frontier.py", "--betas", "0.1,x"], "--betas: comma-separated numbers expected"),
     (["reward_kl_frontier.py", "--betas", "0,0.1"], "--betas: every beta must be > 0"),
+    (["demo_figures.py", "no-such-run"], "run: no-such-run/state.json does not exist"),
+    (["demo_figures.py", "runs/demo", "extra"], "unrecognized arguments: extra"),
+    (["summary.py", "--size", "full"], "unrecognized arguments: --size full"),
 ])
 def test_bad_benchmark_arguments_are_refused_by_name_and_write_nothing(args, message):
     results = BENCH / "results"
@@ -64,6 +67,18 @@ def test_bad_benchmark_arguments_are_refused_by_name_and_write_nothing(args, mes
     assert out.returncode == 2 and message in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
     assert {p.name: p.stat().st_mtime_ns for p in results.iterdir()} == before
+
+
+@pytest.mark.parametrize("script", ["demo_figures.py", "summary.py"])
+def test_help_prints_usage_and_writes_nothing(script):
+    """These two once read their arguments by position: `--help` was taken for a run
+    directory (or ignored) and the README and results were rewritten."""
+    watched = [*(BENCH / "results").iterdir(), BENCH.parent / "README.md"]
+    before = {p: p.stat().st_mtime_ns for p in watched}
+    out = subprocess.run([sys.executable, str(BENCH / script), "--help"], cwd=BENCH.parent,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("usage:"), out.stderr
+    assert {p: p.stat().st_mtime_ns for p in watched} == before
 
 
 def test_bf16_rows_compare_like_for_like_and_report_a_ceiling_bound_as_nothing():
