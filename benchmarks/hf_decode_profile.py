@@ -18,6 +18,12 @@ Two views of the same call size:
 (`generation/hf_decode.py`). Another commit's decoder runs with its code first on
 PYTHONPATH (`loop_timing.export_commit`), e.g. HEAD's then this tree's, back to back.
 
+`--compare-attention R` sets the two decode attentions of `LlamaStep` side by side in one
+process, R times alternating: the flash kernel over each row's span (what float32 uses)
+and the matmul attention over the cache's window (what bfloat16 on a CPU uses): first
+one layer's attention alone at a range of cache lengths, then whole sample calls that
+differ only in it, with how many of their tokens came out the same.
+
 `--compare-prefill R` instead sets the Llama prefill (`LlamaStep.prefill`) against the
 transformers forward (`HFGenerator._prefill`) in one process, R times alternating: the
 prefill's seconds per prompt in batches of a refill's size and of the first fill's, then
@@ -25,7 +31,7 @@ whole sample calls that differ only in their prefill (both decode by `LlamaStep`
 
     python benchmarks/hf_decode_profile.py [--prompts 32] [--n 4] [--tokens 64]
         [--in-flight 64] [--decoder llama|model] [--dtype float32|bfloat16]
-        [--ops | --compare-prefill R]
+        [--ops | --compare-prefill R | --compare-attention R]
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ KINDS = [  # (kind, prefixes of aten op names), first match wins
     ("norm", ("aten::rms_norm", "aten::_fused_rms_norm", "aten::pow", "aten::mean", "aten::rsqrt")),
     ("rotary", ("aten::roll", "aten::addcmul", "aten::neg", "aten::cat")),
     ("cache write", ("aten::index_put", "aten::_index_put")),
-    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm")),
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise")),
     ("mlp/residual elementwise", ("aten::silu", "aten::mul", "aten::add")),
     ("copies/casts", ("aten::copy_", "aten::to", "aten::_to_copy", "aten::clone")),
     ("step setup", ("aten::arange", "aten::le", "aten::embedding", "aten::index", "aten::lift")),
@@ -73,7 +79,8 @@ def timed_phases(gen, wall: dict):
 
 
 def op_kind(evt, vocab: int) -> str:
-    if any(vocab in shape for shape in (evt.input_shapes or [])) and "mm" in evt.name:
+    if (any(vocab in shape for shape in (evt.input_shapes or []))
+            and ("mm" in evt.name or "linear" in evt.name)):
         return "LM head"
     for kind, keys in KINDS:
         if evt.name.startswith(keys):
@@ -150,6 +157,83 @@ def compare_prefill(gen, items, params, repeats: int, ceiling: float) -> None:
           f"load now {os.getloadavg()[0]:.1f}")
 
 
+def _one_layer(q, k, v, span: int, lengths, repeats: int) -> tuple[float, float, float]:
+    """Milliseconds of one layer's decode attention, the flash kernel over `span` columns
+    vs the matmul over all of the window's (median of alternating repeats), and the
+    largest difference of their outputs."""
+    import statistics
+
+    import torch
+    import torch.nn.functional as F
+
+    columns, hd = k.shape[2], q.shape[-1]
+    mask = (torch.arange(span)[None] <= lengths[:, None])[:, None, None]
+    bias = torch.zeros(len(lengths), 1, 1, columns).masked_fill(
+        torch.arange(columns)[None, None, None] > lengths[:, None, None, None], float("-inf"))
+
+    def flash():
+        return F.scaled_dot_product_attention(q, k[:, :, :span], v[:, :, :span], attn_mask=mask)
+
+    def window():
+        s = torch.matmul(q, k.transpose(-1, -2)).float().mul_(hd ** -0.5).add_(bias)
+        return torch.matmul(s.softmax(-1).to(q.dtype), v)
+
+    secs = {flash: [], window: []}
+    for _ in range(repeats * 5):
+        for f in secs:
+            t = time.perf_counter()
+            for _ in range(10):
+                f()
+            secs[f].append((time.perf_counter() - t) / 10)
+    err = (flash().float() - window().float()).abs().max().item()
+    return 1e3 * statistics.median(secs[flash]), 1e3 * statistics.median(secs[window]), err
+
+
+def compare_attention(gen, items, params, repeats: int, ceiling: float) -> None:
+    """The flash kernel over spans vs the matmul attention over the window, alternating:
+    one layer's attention at the sizes of a decode step, then whole sample calls."""
+    import statistics
+
+    import torch
+    from alignloop.generation.hf import WINDOW_CHUNK
+
+    cfg = gen.model.config
+    B, KV, H = gen.max_batch_sequences, cfg.num_key_value_heads, cfg.num_attention_heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    dtype = next(gen.model.parameters()).dtype
+    g = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for span in (96, 192, 320):
+            # the window at its widest before it shrinks
+            columns = -(-span // WINDOW_CHUNK) * WINDOW_CHUNK + WINDOW_CHUNK
+            k, v = (torch.randn(B, KV, columns, hd, generator=g).to(dtype) for _ in "kv")
+            q = torch.randn(B, KV, H // KV, hd, generator=g).to(dtype)
+            lengths = torch.randint(span // 2, span, (B,), generator=g)
+            lengths[0] = span - 1
+            flash, window, err = _one_layer(q, k, v, span, lengths, repeats)
+            print(f"one layer, {B} rows x {span} columns ({columns} held), {dtype}: flash "
+                  f"{flash:.2f} ms, window {window:.2f} ms: {flash / window:.2f}x; "
+                  f"largest difference {err:.4f}")
+    step = gen._llama_step(gen.context)          # every call below reuses this step
+    rates, outs = {True: [], False: []}, {}
+    for _ in range(repeats):
+        for window_attention in (True, False):
+            step.window_attention = window_attention      # the cache follows the step's choice
+            t = time.perf_counter()
+            out = gen.sample(items, params)
+            rates[window_attention].append(sum(len(c.token_ids) for c in out)
+                                           / (time.perf_counter() - t))
+            outs[window_attention] = out
+    same = sum(a.token_ids == b.token_ids for a, b in zip(outs[True], outs[False], strict=True))
+    for flag, name in ((False, "flash over spans"), (True, "matmul over the window")):
+        r = statistics.median(rates[flag])
+        print(f"sample calls, {name}: {r:.0f} tokens/s (median of "
+              f"{', '.join(f'{x:.0f}' for x in rates[flag])}) = {100 * r / ceiling:.0f}% of the ceiling")
+    ratio = statistics.median(rates[True]) / statistics.median(rates[False])
+    print(f"end to end: window {ratio:.2f}x flash; {same} of {len(outs[True])} samples "
+          f"token for token the same; load now {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", type=int, default=32)
@@ -162,6 +246,9 @@ def main() -> None:
     ap.add_argument("--ops", action="store_true", help="also a torch.profiler op breakdown")
     ap.add_argument("--compare-prefill", type=int, default=0, metavar="R",
                     help="Llama prefill vs transformers prefill, R alternating repeats")
+    ap.add_argument("--compare-attention", type=int, default=0, metavar="R",
+                    help="flash attention over spans vs matmul attention over the window, "
+                         "R alternating repeats")
     args = ap.parse_args()
     import torch
     from alignloop.generation import SamplingParams, make_generator
@@ -181,6 +268,11 @@ def main() -> None:
               f"{torch.get_num_threads()} threads, ceiling {ceiling:.0f} tokens/s "
               f"(matmul {peak:.0f} GFLOP/s); load {load:.1f}")
         return compare_prefill(gen, items, params, args.compare_prefill, ceiling)
+    if args.compare_attention:
+        print(f"{args.prompts} prompts x {args.n} x {args.tokens} tokens, {args.in_flight} in flight, "
+              f"{torch.get_num_threads()} threads, {args.dtype} ceiling {ceiling:.0f} tokens/s "
+              f"(matmul {peak:.0f} GFLOP/s); load {load:.1f}")
+        return compare_attention(gen, items, params, args.compare_attention, ceiling)
     wall = defaultdict(float)
     timed_phases(gen, wall)
     t = time.perf_counter()

@@ -21,6 +21,8 @@ forward written out with fused q|k|v and gate|up matmuls through oneDNN-packed w
 one fused RMSNorm kernel, rotary angles gathered once per step for all layers, and no
 transformers mask/cache plumbing; its prompt prefills (first fill and refills) run
 `LlamaStep.prefill`, the same weights over the prompts' tokens packed into one sequence.
+In bf16 on a CPU the step attends by matmuls over the cache's window, and the cache then
+holds only the columns its live rows need (`WINDOW_CHUNK`; `hf_decode` says why).
 Other architectures (`decoder = "model"`) keep the transformers forward for both. The
 per-phase profile: `benchmarks/hf_decode_profile.py`.
 
@@ -49,6 +51,12 @@ from alignloop.generation.hf_decode import LlamaStep, supports
 from alignloop.generation.hf_slots import SlotCache, draw_tokens
 from alignloop.generation.prompts import encode_prompt
 from alignloop.progress import tqdm
+
+WINDOW_CHUNK = 32
+"""Columns the slot cache grows and shrinks by when the step attends over its whole
+window (`LlamaStep.window_attention`): fewer than twice this many columns past the
+longest live row are computed (masked), and the cache is copied once per this many steps
+at most while rows grow."""
 
 
 @dataclass
@@ -100,9 +108,10 @@ class HFGenerator:
         pending = deque((i, k) for i in order for k in range(params.n))
         slots = max(1, min(self.max_batch_sequences, len(pending)))
         refill_at = max(params.n, slots // 8)
-        cache = SlotCache(self.model.config.num_hidden_layers, slots,
-                          max(map(len, encoded)) + params.max_new_tokens, self.device)
-        llama = self._llama_step(cache.max_len) if self.decoder == "llama" else None
+        max_len = max(map(len, encoded)) + params.max_new_tokens
+        llama = self._llama_step(max_len) if self.decoder == "llama" else None
+        cache = SlotCache(self.model.config.num_hidden_layers, slots, max_len, self.device,
+                          chunk=WINDOW_CHUNK if llama and llama.window_attention else None)
         step, prefill = (llama, llama.prefill) if llama else (self._forward, self._prefill)
         running: list[_Running] = []          # row r of the cache is running[r]
         logits = None                         # (rows, V) fp32: each row's next-token logits

@@ -13,7 +13,7 @@ per row, with fewer and larger kernels:
       qkv = x @ W_qkv^T                               one matmul for q, k and v  (B, (H+2KV) hd)
       q, k = rotary(q, k) on (B, H+KV, hd) at once    roll + mul + addcmul
       K, V = cache.update(k, v)                       k, v written at each row's own column
-      a = sdpa(q as (B, KV, H/KV, hd), K, V, mask)    grouped heads, no repeated KV
+      a = attend(q as (B, KV, H/KV, hd), K, V)        grouped heads, no repeated KV
       h += a @ W_o^T
       x = rms_norm(h)
       g, u = x @ W_gu^T                               one matmul for gate and up  (B, 2I)
@@ -26,6 +26,16 @@ alone runs right-padded (N, H, P, hd) under a causal mask. Each prompt's K/V com
 left-aligned for `SlotCache.put`, and only its last position reaches the LM head. It
 replaced the transformers forward for refills, 22-26% of a sample call's time before
 (benchmarks/hf_decode_profile.py --compare-prefill measures the two side by side).
+
+Attention over the cache: in float32 (and on GPUs) `scaled_dot_product_attention` over each
+row's span under a boolean mask. In bfloat16 on a CPU the flash kernel gained nothing
+from keys half the size (1.7 ms a layer at 64 rows x 330 columns, as fp32's 1.8, on an
+AVX512-BF16 EPYC), so there the step computes what transformers' eager attention does:
+scores q K^T in bf16, softmax in float32, probabilities cast to bf16, times V; over
+the cache's contiguous window (`SlotCache.window`, all held columns, masked by an
+additive bias) because a bf16 batched matmul copies a strided span view first. 1.4-2.3x
+the flash kernel's speed at these shapes, side by side (benchmarks/hf_decode_profile.py
+--compare-attention).
 
 Matmuls run through oneDNN with weights packed once (`linear`: 1.2-2.4x MKL's `F.linear`
 at these shapes here in float32, 1.15-1.25x in bfloat16). The fused weights (q|k|v and
@@ -129,6 +139,10 @@ class LlamaStep:
         self.cos = cos[0]
         # rotate_half(x) * sin == roll(x, half) * [-sin_1, sin_2]: one roll, no negation of x
         self.sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], -1)
+        self.scale = self.head_dim ** -0.5
+        # bf16 on a CPU: matmul attention over the cache's window (see the module doc)
+        self.window_attention = (self.embed.device.type == "cpu"
+                                 and self.embed.dtype != torch.float32)
 
     def __call__(self, cache, tokens: torch.Tensor) -> torch.Tensor:
         positions, mask = cache.begin_step()                     # (B, 1), (B, 1, 1, span)
@@ -139,10 +153,22 @@ class LlamaStep:
             qk, v = self._qk_v(lay, h, cos, sin)                 # (B, H + KV, hd), (B, KV, hd)
             keys, values = cache.update(qk[:, H:, None], v[:, :, None], i)  # (B, KV, span, hd)
             q = qk[:, :H].reshape(B, KV, H // KV, hd)           # heads sharing a KV head
-            a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            if self.window_attention:
+                a = self._window_attention(q, cache, i)
+            else:
+                a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
             h = self._mlp(lay, h + lay.o(a.reshape(B, H * hd)))
         cache.end_step()
         return self.head(rms_norm(h, *self.norm)).float()
+
+    def _window_attention(self, q: torch.Tensor, cache, layer: int) -> torch.Tensor:
+        """softmax(q K^T * scale + bias) V over every held column of the cache, q (B, KV,
+        H/KV, hd): scores in the weights' dtype, softmax in float32 (transformers' eager
+        attention rounds the same way); columns past a row's length get -inf."""
+        keys, values = cache.window(layer)                       # (B, KV, C, hd), contiguous
+        scores = torch.matmul(q, keys.transpose(-1, -2)).float()  # (B, KV, H/KV, C)
+        scores = scores.mul_(self.scale).add_(cache.window_bias())
+        return torch.matmul(scores.softmax(-1).to(q.dtype), values)
 
     def _qk_v(self, lay: _Layer, h: torch.Tensor, cos, sin):
         """One layer's rotated queries|keys (rows, H + KV, hd) and values (rows, KV, hd)

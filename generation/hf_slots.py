@@ -15,7 +15,14 @@ by a new prompt at any step:
 
 Active rows are always 0..rows-1: a finished row is filled by moving the last
 active row into it (`move`, one row's KV), so a decode step computes only live
-sequences. transformers' attention calls `update(key, value, layer_idx)` on any
+sequences.
+
+With `chunk` set, the cache holds only as many columns as the longest live row needs,
+rounded up to a multiple of `chunk` (never more than `max_len`): it grows when a row
+outgrows it and shrinks once the long rows are gone (live rows copied; a resize per
+`chunk` columns at most). Then `window(layer)`, every live row over all held columns,
+is one contiguous block, the shape `LlamaStep`'s matmul attention wants: a span-sliced
+view is strided, and a bf16 batched matmul copies it first. transformers' attention calls `update(key, value, layer_idx)` on any
 object passed as the cache; with a ready 4D mask and explicit position ids the
 model asks nothing else of it (transformers 5.x; `StaticCache` instead writes
 every row at one shared column, so a row could not restart at its own position).
@@ -31,26 +38,51 @@ CANDIDATES = 256
 
 
 class SlotCache:
-    """KV of up to `slots` left-aligned sequences of at most `max_len` tokens each."""
+    """KV of up to `slots` left-aligned sequences of at most `max_len` tokens each; with
+    `chunk`, only the columns the live rows need (rounded up to a multiple of `chunk`)."""
 
-    def __init__(self, n_layers: int, slots: int, max_len: int, device):
+    def __init__(self, n_layers: int, slots: int, max_len: int, device, chunk: int | None = None):
         self.n_layers, self.slots, self.max_len, self.device = n_layers, slots, max_len, device
-        self.keys: list[torch.Tensor] = []      # per layer (slots, kv_heads, max_len, head_dim)
+        self.chunk = chunk
+        self.keys: list[torch.Tensor] = []      # per layer (slots, kv_heads, columns, head_dim)
         self.values: list[torch.Tensor] = []
+        self.columns = 0                         # columns held (max_len without `chunk`)
         self.lengths = [0] * slots               # tokens held per row (host copy: no syncs)
         self.rows = 0
         self._step: tuple[torch.Tensor, torch.Tensor, int] | None = None
+        self._bias: torch.Tensor | None = None
 
-    def _allocate(self, like: torch.Tensor) -> None:
-        shape = (self.slots, like.shape[0], self.max_len, like.shape[-1])
-        for _ in range(self.n_layers):
-            self.keys.append(torch.zeros(shape, dtype=like.dtype, device=self.device))
-            self.values.append(torch.zeros(shape, dtype=like.dtype, device=self.device))
+    def _fit(self, need: int, like: torch.Tensor | None = None) -> None:
+        """Hold at least `need` columns; with `chunk`, at most `need` rounded up to it plus
+        one chunk. Allocated as zeros: a column no row has written is finite, so a masked
+        score over it stays masked (0 * finite value)."""
+        if self.chunk is None:
+            want = self.max_len
+        elif need > self.columns or need + 2 * self.chunk <= self.columns:
+            want = min(self.max_len, -(-need // self.chunk) * self.chunk)
+        else:
+            return
+        if want == self.columns:
+            return
+        like = like if like is not None else self.keys[0]
+        shape = (self.slots, like.shape[1 if like.dim() == 4 else 0], want, like.shape[-1])
+        keep = min(self.columns, want)
+        for store in (self.keys, self.values):
+            old = list(store) or [None] * self.n_layers
+            store.clear()
+            for t in old:
+                new = torch.zeros(shape, dtype=like.dtype, device=self.device)
+                if t is not None:
+                    new[:self.rows, :, :keep] = t[:self.rows, :, :keep]
+                store.append(new)
+        self.columns = want
 
     def put(self, row: int, prompt_kv: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> None:
         """Row `row` holds a prompt: per layer its keys and values (kv_heads, length, head_dim)."""
-        if not self.keys:
-            self._allocate(prompt_kv[0][0])
+        rows = self.rows
+        self.rows = max(rows, row)            # rows below `row` are live: a resize keeps them
+        self._fit(max([length, *self.lengths[:self.rows]]), prompt_kv[0][0])
+        self.rows = rows
         for layer, (k, v) in enumerate(prompt_kv):
             self.keys[layer][row, :, :length] = k
             self.values[layer][row, :, :length] = v
@@ -71,15 +103,31 @@ class SlotCache:
         span = max(self.lengths[:self.rows]) + 1
         if span > self.max_len:
             raise RuntimeError(f"slot cache overflow: {span} > {self.max_len} columns")
+        self._fit(span)
         mask = torch.arange(span, device=self.device)[None, :] <= lengths[:, None]
         rows = torch.arange(self.rows, device=self.device)
         self._step = (rows, lengths, span)
         return lengths[:, None], mask[:, None, None, :]
 
+    def window(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """During a step (after `update`): keys and values of every live row over all held
+        columns, (rows, kv_heads, columns, head_dim) each, contiguous."""
+        return self.keys[layer][:self.rows], self.values[layer][:self.rows]
+
+    def window_bias(self) -> torch.Tensor:
+        """The step's additive float32 mask over the held columns (rows, 1, 1, columns): 0
+        where a row attends (its columns <= its length), -inf elsewhere; built once a step."""
+        if self._bias is None:
+            _, lengths, _ = self._step
+            cols = torch.arange(self.columns, device=self.device)
+            self._bias = torch.zeros((len(lengths), 1, 1, self.columns), device=self.device)
+            self._bias.masked_fill_(cols > lengths[:, None, None, None], float("-inf"))
+        return self._bias
+
     def end_step(self) -> None:
         for r in range(self.rows):
             self.lengths[r] += 1
-        self._step = None
+        self._step = self._bias = None
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         """transformers' per-layer call in a decode step: key/value (rows, kv_heads, 1, head_dim)."""
