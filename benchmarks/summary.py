@@ -84,10 +84,12 @@ def _generation(meta: dict, rows: list) -> list[Row]:
                 x = r["e2e_round_tps"] / plain["e2e_round_tps"]
                 out.append((f"{name} >= 3x the plain generate loop, end to end per round",
                             f"{x:.2f}x", x >= 3))
+    # one row per sequences-in-flight count run (`--in-flight 64,128`), to one decimal:
+    # a 34.7% must not read as a met 35%
     for name, dtype in (("hf-fp32", "fp32"), ("hf-bf16", "bf16")):
-        if hf := done.get(name):
+        for hf in (r for r in rows if r["setting"] == name and "error" not in r):
             out.append((f">= 35% of the compute ceiling (hf {dtype}, {hf.get('in_flight', '?')} "
-                        "in flight)", f"{hf['ceiling_fraction']:.0%}", hf["ceiling_fraction"] >= 0.35))
+                        "in flight)", f"{hf['ceiling_fraction']:.1%}", hf["ceiling_fraction"] >= 0.35))
     return out
 
 
