@@ -143,7 +143,9 @@ def resolve_backend(backend: str, model: str, placement=None) -> str:
     benchmarks/results/generation_throughput.md): bf16 `hf` 582 tokens/s per round end to
     end against vLLM's 410 (vLLM's warm calls were faster, 694 against 596, but every call
     with new batch sizes is slower and the engine takes ~20 s to start), and the demo
-    took 6.3 min with `hf` against 7.0 with vLLM; in float32 the two were level (136
+    took 6.3 min with `hf` against 7.0 with vLLM; on an AVX512-BF16 EPYC, bf16 `hf` with
+    its matmul decode attention sampled 465 tokens/s per round end to end against vLLM's
+    283 (warm calls 474 against 365, eager; 441 compiled); in float32 the two were level (136
     against 124 tokens/s warm on an AVX2 EPYC) and two demo rounds took 1.28x as long on
     vLLM (benchmarks/results/loop_timing.md)."""
     if backend != "auto":

@@ -33,9 +33,10 @@ from keys half the size (1.7 ms a layer at 64 rows x 330 columns, as fp32's 1.8,
 AVX512-BF16 EPYC), so there the step computes what transformers' eager attention does:
 scores q K^T in bf16, softmax in float32, probabilities cast to bf16, times V; over
 the cache's contiguous window (`SlotCache.window`, all held columns, masked by an
-additive bias) because a bf16 batched matmul copies a strided span view first. 1.4-2.3x
-the flash kernel's speed at these shapes, side by side (benchmarks/hf_decode_profile.py
---compare-attention).
+additive bias) because a bf16 batched matmul copies a strided span view first. At 64
+rows, 1.9-2.0x the flash kernel a layer and 1.4x whole sample calls, side by side
+(benchmarks/hf_decode_profile.py --compare-attention). Only bfloat16: float16 scores
+could overflow where bf16's range is float32's, and float32 gains nothing from it.
 
 Matmuls run through oneDNN with weights packed once (`linear`: 1.2-2.4x MKL's `F.linear`
 at these shapes here in float32, 1.15-1.25x in bfloat16). The fused weights (q|k|v and
@@ -142,7 +143,7 @@ class LlamaStep:
         self.scale = self.head_dim ** -0.5
         # bf16 on a CPU: matmul attention over the cache's window (see the module doc)
         self.window_attention = (self.embed.device.type == "cpu"
-                                 and self.embed.dtype != torch.float32)
+                                 and self.embed.dtype == torch.bfloat16)
 
     def __call__(self, cache, tokens: torch.Tensor) -> torch.Tensor:
         positions, mask = cache.begin_step()                     # (B, 1), (B, 1, 1, span)

@@ -156,3 +156,11 @@ def test_bf16_window_attention_is_as_close_to_float32_as_the_flash_kernel(model)
     assert LlamaStep(g16.model, 8).window_attention                # bf16 on a CPU takes it
     err = _step_errors(g32, g16, steps=12)
     assert 0 < err["window"] <= 1.5 * err["flash"] + 0.02, err
+
+
+def test_only_bf16_on_a_cpu_takes_the_window():
+    """float32 keeps the flash kernel (no faster by matmul), and so does float16, whose
+    scores could overflow to inf where a -inf mask would then make NaN."""
+    for dtype, window in ((torch.float32, False), (torch.float16, False), (torch.bfloat16, True)):
+        g = make_generator("hf", "builtin:tiny-random", progress=False, dtype=dtype)
+        assert LlamaStep(g.model, 8).window_attention is window, dtype
