@@ -19,11 +19,13 @@ sequences.
 
 With `chunk` set, the cache holds only as many columns as the longest live row needs,
 rounded up to a multiple of `chunk` (never more than `max_len`): it grows when a row
-outgrows it and shrinks once the long rows are gone (live rows copied; a resize per
-`chunk` columns at most). Then `window(layer)`, every live row over all held columns,
-is one contiguous block, the shape `LlamaStep`'s matmul attention wants: a span-sliced
-view is strided, and a bf16 batched matmul copies it first. transformers' attention calls `update(key, value, layer_idx)` on any
-object passed as the cache; with a ready 4D mask and explicit position ids the
+outgrows it and shrinks once two chunks sit unused (live rows copied; at most one resize
+per `chunk` steps while rows grow). Then `window(layer)`, every live row over all held
+columns, is one contiguous block, the shape `LlamaStep`'s matmul attention wants: a
+span-sliced view is strided, and a bf16 batched matmul copies it first.
+
+transformers' attention calls `update(key, value, layer_idx)` on any object passed as
+the cache; with a ready 4D mask and explicit position ids the
 model asks nothing else of it (transformers 5.x; `StaticCache` instead writes
 every row at one shared column, so a row could not restart at its own position).
 """
@@ -52,10 +54,11 @@ class SlotCache:
         self._step: tuple[torch.Tensor, torch.Tensor, int] | None = None
         self._bias: torch.Tensor | None = None
 
-    def _fit(self, need: int, like: torch.Tensor | None = None) -> None:
-        """Hold at least `need` columns; with `chunk`, at most `need` rounded up to it plus
-        one chunk. Allocated as zeros: a column no row has written is finite, so a masked
-        score over it stays masked (0 * finite value)."""
+    def _fit(self, need: int, like: torch.Tensor | None = None, rows: int | None = None) -> None:
+        """Hold at least `need` columns: `max_len` without `chunk`; with it, `need` rounded up
+        to a chunk when it grows, and fewer than `need` + 2 chunks (it shrinks back). A
+        resize keeps rows 0..rows-1 (default: the live rows). Allocated as zeros: a column
+        no row has written is finite, so a masked score over it stays masked."""
         if self.chunk is None:
             want = self.max_len
         elif need > self.columns or need + 2 * self.chunk <= self.columns:
@@ -66,23 +69,21 @@ class SlotCache:
             return
         like = like if like is not None else self.keys[0]
         shape = (self.slots, like.shape[1 if like.dim() == 4 else 0], want, like.shape[-1])
-        keep = min(self.columns, want)
+        keep, rows = min(self.columns, want), self.rows if rows is None else rows
         for store in (self.keys, self.values):
             old = list(store) or [None] * self.n_layers
             store.clear()
             for t in old:
                 new = torch.zeros(shape, dtype=like.dtype, device=self.device)
                 if t is not None:
-                    new[:self.rows, :, :keep] = t[:self.rows, :, :keep]
+                    new[:rows, :, :keep] = t[:rows, :, :keep]
                 store.append(new)
         self.columns = want
 
     def put(self, row: int, prompt_kv: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> None:
         """Row `row` holds a prompt: per layer its keys and values (kv_heads, length, head_dim)."""
-        rows = self.rows
-        self.rows = max(rows, row)            # rows below `row` are live: a resize keeps them
-        self._fit(max([length, *self.lengths[:self.rows]]), prompt_kv[0][0])
-        self.rows = rows
+        held = max(self.rows, row)         # rows below `row` hold sequences: a resize keeps them
+        self._fit(max([length, *self.lengths[:held]]), prompt_kv[0][0], rows=held)
         for layer, (k, v) in enumerate(prompt_kv):
             self.keys[layer][row, :, :length] = k
             self.values[layer][row, :, :length] = v
