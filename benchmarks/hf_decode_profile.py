@@ -159,26 +159,28 @@ def compare_prefill(gen, items, params, repeats: int, ceiling: float) -> None:
           f"load now {os.getloadavg()[0]:.1f}")
 
 
-def _one_layer(q, k, v, span: int, lengths, repeats: int) -> tuple[float, float, float]:
+def _one_layer(step, q, k, v, span: int, lengths, repeats: int) -> tuple[float, float, float]:
     """Milliseconds of one layer's decode attention, the flash kernel over `span` columns
-    vs the matmul over all of the window's (median of alternating repeats), and the
-    largest difference of their outputs."""
+    vs `step`'s own matmul attention over all of the window's columns (median of
+    alternating repeats), and the largest difference of their outputs."""
     import statistics
+    import types
 
     import torch
     import torch.nn.functional as F
 
-    columns, hd = k.shape[2], q.shape[-1]
+    columns = k.shape[2]
     mask = (torch.arange(span)[None] <= lengths[:, None])[:, None, None]
     bias = torch.zeros(len(lengths), 1, 1, columns).masked_fill(
         torch.arange(columns)[None, None, None] > lengths[:, None, None, None], float("-inf"))
+    # what `_window_attention` reads of a SlotCache mid-step
+    window_cache = types.SimpleNamespace(window=lambda layer: (k, v), window_bias=lambda: bias)
 
     def flash():
         return F.scaled_dot_product_attention(q, k[:, :, :span], v[:, :, :span], attn_mask=mask)
 
     def window():
-        s = torch.matmul(q, k.transpose(-1, -2)).float().mul_(hd ** -0.5).add_(bias)
-        return torch.matmul(s.softmax(-1).to(q.dtype), v)
+        return step._window_attention(q, window_cache, 0)
 
     secs = {flash: [], window: []}
     for _ in range(repeats * 5):
@@ -203,6 +205,7 @@ def compare_attention(gen, items, params, repeats: int, ceiling: float) -> None:
     B, KV, H = gen.max_batch_sequences, cfg.num_key_value_heads, cfg.num_attention_heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
     dtype = next(gen.model.parameters()).dtype
+    step = gen._llama_step(gen.context)          # every call below reuses this step
     g = torch.Generator().manual_seed(0)
     with torch.inference_mode():
         for span in (96, 192, 320):
@@ -212,11 +215,10 @@ def compare_attention(gen, items, params, repeats: int, ceiling: float) -> None:
             q = torch.randn(B, KV, H // KV, hd, generator=g).to(dtype)
             lengths = torch.randint(span // 2, span, (B,), generator=g)
             lengths[0] = span - 1
-            flash, window, err = _one_layer(q, k, v, span, lengths, repeats)
+            flash, window, err = _one_layer(step, q, k, v, span, lengths, repeats)
             print(f"one layer, {B} rows x {span} columns ({columns} held), {dtype}: flash "
                   f"{flash:.2f} ms, window {window:.2f} ms: {flash / window:.2f}x; "
                   f"largest difference {err:.4f}")
-    step = gen._llama_step(gen.context)          # every call below reuses this step
     rates, outs = {True: [], False: []}, {}
     for _ in range(repeats):
         for window_attention in (True, False):
@@ -252,6 +254,9 @@ def main() -> None:
                     help="flash attention over spans vs matmul attention over the window, "
                          "R alternating repeats")
     args = ap.parse_args()
+    for flag in ("compare_prefill", "compare_attention"):
+        if getattr(args, flag) < 0:
+            ap.error(f"--{flag.replace('_', '-')}: repeats must be >= 0, got {getattr(args, flag)}")
     import torch
     from alignloop.generation import SamplingParams, make_generator
 

@@ -102,20 +102,19 @@ def resolve_dtype(name: str | torch.dtype, device: str | torch.device) -> torch.
     if name not in _DTYPES:
         raise ValueError(f"unknown dtype {name!r}; expected one of {['auto', *_DTYPES]}")
     if dev.type == "cpu" and name != "float32":
-        units = _cpu_units(name)
-        if units is not None:
+        if units := _missing_units(name):
             warnings.warn(f"dtype {name} on a CPU without {name} units ({' or '.join(units)} in "
                           "its flags) is far slower than float32", stacklevel=2)
     return _DTYPES[name]
 
 
-def _cpu_units(name: str) -> list[str] | None:
-    """None where this CPU's flags name units for `name`; else the flags that would
-    (a CPU whose flags are unknown counts as having none)."""
+def _missing_units(name: str) -> list[str]:
+    """[] where this CPU's flags name units for `name`; else the flags that would (a CPU
+    whose flags are unknown counts as having none)."""
     from alignloop.placement import BF16_FLAGS, FP16_FLAGS, cpu_info
 
     units = BF16_FLAGS if name == "bfloat16" else FP16_FLAGS
-    return None if units & set(cpu_info()[1] or []) else sorted(units)
+    return [] if units & set(cpu_info()[1] or []) else sorted(units)
 
 
 # --------------------------------------------------------------------------- references
