@@ -1,7 +1,7 @@
 """The demo over several seeds: `make demo`'s config run once per seed, read back, aggregated.
 
     python benchmarks/demo_seeds.py [--seeds 0,1,2] [--runs runs/demo_seeds] [--collect-only]
-                                    [--set KEY=VALUE ...]
+                                    [--set KEY=VALUE ...] [--name demo_seeds]
 
 Each seed S runs `alignloop run configs/demo.yaml --run-dir RUNS/seed_S` with
 `train.seed`, `loop.seed` and `generation.seed` set to S (a finished run is only read
@@ -14,8 +14,9 @@ chooses its own failure slices, so gains are compared within a run, never across
 
 Targets (issue 19 and 15): the failure-slice reward never falls from one kept round to
 the next in any seed; the last kept round beats round 0 with an interval excluding zero;
-every run within 6 minutes. Writes benchmarks/results/demo_seeds.{json,md} and the README
-section between `<!-- bench:demo_seeds -->` markers.
+every run within 6 minutes. Writes benchmarks/results/NAME.{json,md} (NAME: demo_seeds),
+and the README section between `<!-- bench:demo_seeds -->` markers when the runs are the
+demo's own config (no --set) under that name.
 """
 
 from __future__ import annotations
@@ -115,7 +116,11 @@ def main() -> None:
                     help="read the runs already there; run nothing")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="a config override for every seed's run (repeatable)")
+    ap.add_argument("--name", default="demo_seeds",
+                    help="results file name (default: %(default)s); another keeps the README's")
     args = ap.parse_args()
+    if not args.name or "/" in args.name or args.name.startswith("."):
+        ap.error(f"--name: {args.name!r} is not a plain file name")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
@@ -130,10 +135,12 @@ def main() -> None:
         rows.append(seed_row(seed, collect(run_dir)))
     agg = aggregate(rows)
     command = "python benchmarks/demo_seeds.py" + (f" --seeds {args.seeds}" if args.seeds != "0,1,2" else "")
+    command += "".join(f" --set {s}" for s in args.sets) + (
+        f" --runs {args.runs} --name {args.name}" if args.name != "demo_seeds" else "")
     md = render(rows, agg, command)
     meta = {"machine": machine(), "date": today(), "config": str(CONFIG.relative_to(HERE.parent)),
             "overrides": args.sets, "command": command, **agg}
-    write_results("demo_seeds", meta, rows, md, readme=not args.sets)
+    write_results(args.name, meta, rows, md, readme=not args.sets and args.name == "demo_seeds")
     print(md)
 
 

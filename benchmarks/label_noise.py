@@ -70,9 +70,10 @@ SIZES = {
     "quick": {"model": MODEL, "pairs": (24, 72), "seeds": 1, "epochs": 2,
               "conditions": ("clean", "flip40"), "train_prompts": 40, "heldout_prompts": 4,
               "eval_prompts": 16, "max_new_tokens": 32},
-    # the target's cell only: the largest data size, 40% flips and its clean control, hard
-    # labels vs rdpo, one epoch: 12 runs of about 9 min on 2 quiet cores (`full`: about 10 h)
-    "target": {"model": MODEL, "pairs": (480,), "seeds": 3, "epochs": 1,
+    # the target's cells and the data-size axis below them: 40% flips and its clean
+    # control, hard labels vs rdpo, one epoch; 480 pairs is where the target is read (12
+    # runs of about 9 min on 2 quiet cores), 120 and 240 give the axis (`full`: about 10 h)
+    "target": {"model": MODEL, "pairs": (120, 240, 480), "seeds": 3, "epochs": 1,
                "conditions": ("clean", "flip40"), "losses": ("sigmoid", "rdpo"),
                "train_prompts": 0, "heldout_prompts": 40, "eval_prompts": 0, "max_new_tokens": 32},
     "full": {"model": MODEL, "pairs": (120, 240, 480), "seeds": 3, "epochs": 2,
@@ -173,6 +174,16 @@ def run_config(spec: dict, data: Path, loss: str, flip_rate: float, seed: int):
         "labeling.human.budget": 0, "generation.max_new_tokens": spec["max_new_tokens"]})
 
 
+def run_order(spec: dict) -> list[tuple[int, int]]:
+    """(data size, seed) in the order a sweep runs them: every seed of the largest size
+    first (the target is read there), then seed by seed the smaller sizes, largest first,
+    so a sweep stopped early has the target and the whole data-size axis at its first
+    seeds."""
+    sizes = sorted(spec["pairs"], reverse=True)
+    seeds = range(spec["seeds"])
+    return [(sizes[0], s) for s in seeds] + [(n, s) for s in seeds for n in sizes[1:]]
+
+
 def steps(spec: dict, n: int) -> int:
     return spec["epochs"] * math.ceil(n / PAIRS_PER_STEP)
 
@@ -191,9 +202,7 @@ def sweep(spec: dict, size: str, work: Path, cache: RunCache, conditions, losses
                          f"candidates give {len(pool)}; raise SIZES[{size!r}]['train_prompts']")
     held = heldout_pairs(cands)
     base_scores = score_pairs(spec["model"], {"base": spec["model"]}, held)["base"] if held else []
-    # the largest size first: the target is read there, so a sweep stopped early has it
-    todo = [(n, s, c, loss) for n in sorted(spec["pairs"], reverse=True)
-            for s in range(spec["seeds"]) for c in conditions for loss in losses
+    todo = [(n, s, c, loss) for n, s in run_order(spec) for c in conditions for loss in losses
             if not cache.has(n, s, c, loss)]
     with tqdm(total=len(todo), desc=f"label_noise {size}", unit="runs") as bar:
         for n, seed, cond, loss in todo:
@@ -211,6 +220,23 @@ def sweep(spec: dict, size: str, work: Path, cache: RunCache, conditions, losses
                      steps=steps(spec, n))
             cache.put(n, seed, cond, loss, m)
             bar.update(1)
+
+
+def finished_seeds(cache: RunCache, spec: dict, losses) -> dict[int, list[int]]:
+    """{data size: its seeds whose every condition and loss has finished}, sizes with none
+    left out: a partial table compares runs of the same seeds only, so its pairing holds."""
+    out = {n: [s for s in range(spec["seeds"])
+               if all(cache.has(n, s, c, loss) for c in spec["conditions"] for loss in losses)]
+           for n in spec["pairs"]}
+    return {n: s for n, s in out.items() if s}
+
+
+def _seed_counts(seeds: dict[int, list[int]], spec: dict) -> str:
+    counts = {len(s) for s in seeds.values()}
+    if counts == {spec["seeds"]}:
+        return f"{spec['seeds']} seed(s)"
+    return ("seeds " + ", ".join(f"{len(s)} at {n}" for n, s in sorted(seeds.items()))
+            + f" (of {spec['seeds']}: a partial table, `--partial`)")
 
 
 def full_estimate(cache: RunCache, spec: dict) -> str:
@@ -247,7 +273,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     ap.add_argument("--work", type=Path, default=RUNS / "label_noise", help="run directories")
     ap.add_argument("--no-readme", action="store_true", help="write the results files only")
+    ap.add_argument("--partial", action="store_true", help="run nothing: write the tables "
+                    "from the runs finished so far, each data size with the seeds it has "
+                    "complete (e.g. while a sweep runs in another process, or after a stop)")
     args = ap.parse_args(argv)
+    if args.partial and (args.conditions or args.losses):
+        ap.error("argument --partial: runs nothing, so --conditions/--losses do not apply")
     for name, valid in (("conditions", tuple(FLIPS)), ("losses", LOSSES)):
         value = getattr(args, name)
         if value is None:
@@ -270,19 +301,29 @@ def main(argv: list[str] | None = None) -> None:
     name = "label_noise" if args.size == "full" else f"label_noise.{args.size}"
     cache = RunCache(args.out / f"{name}.runs.json", args.size, spec, args.work / args.size)
     losses = spec.get("losses", LOSSES)
-    sweep(spec, args.size, args.work / args.size, cache, args.conditions or spec["conditions"],
-          args.losses or losses)
+    if not args.partial:
+        sweep(spec, args.size, args.work / args.size, cache,
+              args.conditions or spec["conditions"], args.losses or losses)
     if args.conditions or args.losses:
         return
-    runs = {(n, c, loss): [cache.get(n, s, c, loss) for s in range(spec["seeds"])]
-            for n in spec["pairs"] for c in spec["conditions"] for loss in losses}
-    rows = stats.summarise(runs, spec["pairs"], spec["conditions"], losses)
-    check = stats.target_check(rows, max(spec["pairs"])) if "flip40" in spec["conditions"] else None
-    command = f"python benchmarks/label_noise.py --size {args.size}"
+    seeds = finished_seeds(cache, spec, losses) if args.partial else {
+        n: list(range(spec["seeds"])) for n in spec["pairs"]}
+    if not seeds:
+        raise SystemExit(f"label_noise: no data size of {args.size!r} has a finished seed "
+                         f"(every condition and loss) in {cache.path}")
+    sizes = sorted(seeds)
+    runs = {(n, c, loss): [cache.get(n, s, c, loss) for s in seeds[n]]
+            for n in sizes for c in spec["conditions"] for loss in losses}
+    rows = stats.summarise(runs, sizes, spec["conditions"], losses)
+    top = max(spec["pairs"])
+    check = (stats.target_check(rows, top) if "flip40" in spec["conditions"] and top in seeds
+             else None)
+    command = f"python benchmarks/label_noise.py --size {args.size}" + (
+        " --partial" if args.partial else "")
     load = f"load average {load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
-    footer = (f"{args.size} size: {', '.join(map(str, spec['pairs']))} training pairs x {VOTES} "
-              f"votes, {spec['seeds']} seed(s), {spec['epochs']} epochs of {PAIRS_PER_STEP} pairs "
-              f"per step ({', '.join(str(steps(spec, n)) for n in spec['pairs'])} steps), "
+    footer = (f"{args.size} size: {', '.join(map(str, sizes))} training pairs x {VOTES} "
+              f"votes, {_seed_counts(seeds, spec)}, {spec['epochs']} epochs of {PAIRS_PER_STEP} "
+              f"pairs per step ({', '.join(str(steps(spec, n)) for n in sizes)} steps), "
               f"{spec['eval_prompts'] or 'all 91'} held-out prompts for reward and KL. "
               f"{machine()}; {today()}; {load}; this invocation "
               f"{(time.perf_counter() - t0) / 60:.1f} min; `{command}`.")

@@ -158,17 +158,24 @@ def measure(run_dir: Path, model: str, held: list[dict], base_scores: list[float
 # --------------------------------------------------------------------------- cache
 
 
+def _but_sizes(spec: dict | None) -> dict | None:
+    return None if spec is None else {k: v for k, v in spec.items() if k != "pairs"}
+
+
 class RunCache:
     """Measures of finished runs keyed "pairs/seed/condition/loss", in one JSON file that
     is re-read, updated and replaced under a lock, so several processes can run parts of
-    one sweep (the lock file lives in the run directories). A file made for other size settings is refused (delete it to start over).
+    one sweep (the lock file lives in the run directories). A file made for other size
+    settings is refused (delete it to start over), except for its list of data sizes: a
+    run depends on its own size only (the sizes are nested prefixes of one pair pool), so
+    sizes may be added to a size's sweep and its finished runs still count.
     Nothing is written before the candidates are sampled."""
 
     def __init__(self, path: Path, size: str, spec: dict, lock_dir: Path):
         self.path, self.spec = Path(path), json.loads(json.dumps({"size": size, **spec}))
         self.lock = Path(lock_dir) / (self.path.name + ".lock")
         data = self._read()
-        if data and data.get("spec") != self.spec:
+        if data and _but_sizes(data.get("spec")) != _but_sizes(self.spec):
             raise SystemExit(f"label_noise: {self.path} holds runs made with other "
                              f"{size!r} settings; delete it to start this size over")
         self.runs: dict = data.get("runs", {}) if data else {}
@@ -203,7 +210,8 @@ class RunCache:
         self.lock.parent.mkdir(parents=True, exist_ok=True)
         with open(self.lock, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            data = self._read() or {"spec": self.spec, "meta": {}, "runs": {}}
+            data = self._read() or {"meta": {}, "runs": {}}
+            data["spec"] = self.spec
             data["runs"].update(runs or {})
             data["meta"].update(meta or {})
             tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")

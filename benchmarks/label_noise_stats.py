@@ -122,15 +122,15 @@ def verdict_line(check: dict) -> str:
 
 
 def table(rows: list[dict], check: dict | None) -> str:
-    lines = ["| pairs | labels | loss | flip rate given | panel-reward gain over base (95% CI) "
+    lines = ["| pairs | seeds | labels | loss | flip rate given | panel-reward gain over base (95% CI) "
              "| KL to base, nats/seq (95% CI) | gain per nat | kept of clean gain (95% CI) "
              "| held-out accuracy |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         given = f"{r['flip_rate']:.3f}" if r["loss"].startswith("rdpo") else "-"
         acc = f"{r['accuracy']:.3f}" if r["accuracy"] is not None else "-"
         per_nat = f"{r['gain_per_nat']:.3f}" if r["gain_per_nat"] is not None else "-"
-        lines.append(f"| {r['pairs']} | {r['condition']} | {r['loss']} | {given} | "
+        lines.append(f"| {r['pairs']} | {r['seeds']} | {r['condition']} | {r['loss']} | {given} | "
                      f"{fmt(r['gain'])} | {fmt(r['kl'], 2)} | {per_nat} | "
                      f"{fmt(r['kept'], 2)} | {acc} |")
     if check is not None:

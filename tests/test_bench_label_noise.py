@@ -143,7 +143,8 @@ def test_every_size_with_40pct_flips_can_be_checked_against_the_target(size):
 
 
 def test_sweep_runs_the_largest_data_size_first_and_skips_cached_cells(tmp_path, monkeypatch):
-    """The target is read at the largest size, so a sweep stopped early has it."""
+    """The target is read at the largest size, so a sweep stopped early has it; then the
+    smaller sizes seed by seed, so it also has the data-size axis at its first seeds."""
     spec = {**ln.SIZES["smoke"], "pairs": (4, 8, 6), "seeds": 2}
     cache = lr.RunCache(tmp_path / "r.json", "smoke", spec, tmp_path / "w")
     cache.put(8, 0, "clean", "sigmoid", {"gains": [0.1]})
@@ -158,8 +159,8 @@ def test_sweep_runs_the_largest_data_size_first_and_skips_cached_cells(tmp_path,
     monkeypatch.setattr(ln, "run_config", lambda *a: None)
     monkeypatch.setattr(ln, "measure", lambda *a: {"gains": [0.0]})
     ln.sweep(spec, "smoke", tmp_path / "w", cache, ("clean", "flip40"), ("sigmoid", "rdpo"))
-    sizes = [int(d.parts[-3][1:]) for d in ran]
-    assert sizes == sorted(sizes, reverse=True) and sizes[0] == 8
+    order = list(dict.fromkeys((int(d.parts[-3][1:]), int(d.parts[-2][4:])) for d in ran))
+    assert order == [(8, 0), (8, 1), (6, 0), (4, 0), (6, 1), (4, 1)]
     assert len(ran) == 3 * 2 * 2 * 2 - 1
     assert tmp_path / "w" / "n8" / "seed0" / "clean-sigmoid" not in ran
 
@@ -173,6 +174,54 @@ def test_run_cache_resumes_and_refuses_other_settings(tmp_path):
     assert again.has(4, 0, "clean", "soft") and not again.has(8, 0, "clean", "soft")
     with pytest.raises(SystemExit, match="other 'smoke' settings"):
         lr.RunCache(tmp_path / "r.json", "smoke", {**spec, "epochs": 3}, tmp_path / "w")
+
+
+
+def test_run_cache_takes_added_data_sizes_and_keeps_their_runs(tmp_path):
+    spec = dict(ln.SIZES["smoke"])
+    lr.RunCache(tmp_path / "r.json", "smoke", spec, tmp_path / "w").put(8, 0, "clean", "rdpo", {})
+    grown = lr.RunCache(tmp_path / "r.json", "smoke", {**spec, "pairs": (2, 4, 8)}, tmp_path / "w")
+    assert grown.has(8, 0, "clean", "rdpo")
+    grown.put(2, 0, "clean", "rdpo", {})
+    stored = json.loads((tmp_path / "r.json").read_text())
+    assert stored["spec"]["pairs"] == [2, 4, 8] and set(stored["runs"]) == {
+        "8/0/clean/rdpo", "2/0/clean/rdpo"}
+    with pytest.raises(SystemExit, match="other 'smoke' settings"):    # not seeds, not epochs
+        lr.RunCache(tmp_path / "r.json", "smoke", {**spec, "pairs": (2, 4, 8), "seeds": 2},
+                    tmp_path / "w")
+
+
+def test_partial_tables_use_the_seeds_each_size_has_complete(tmp_path, capsys):
+    spec = {**ln.SIZES["smoke"], "seeds": 2}
+    ids = [f"p{i}" for i in range(spec["eval_prompts"])]
+    out, work = tmp_path / "out", tmp_path / "work"
+    cache = lr.RunCache(out / "label_noise.partial_test.runs.json", "partial_test", spec,
+                        work / "partial_test")
+    for n, seeds in ((8, (0, 1)), (4, (0,))):
+        for seed in seeds:
+            for cond in spec["conditions"]:
+                for loss in spec["losses"]:
+                    cache.put(n, seed, cond, loss, {
+                        "prompt_ids": ids, "gains": [0.3 if cond == "clean" else 0.1] * 3,
+                        "kls": [1.0] * 3, "flip_rate": 0.2, "accuracy": 0.6})
+    cache.put(4, 1, "clean", "sigmoid", {})                # seed 1 at size 4 is unfinished
+    ln.SIZES["partial_test"] = spec              # a size of its own: --size checks the name
+    try:
+        ln.main(["--size", "partial_test", "--partial", "--out", str(out), "--work", str(work)])
+    finally:
+        del ln.SIZES["partial_test"]
+    data = json.loads((out / "label_noise.partial_test.json").read_text())
+    seeds = {(r["pairs"], r["condition"], r["loss"]): r["seeds"] for r in data["results"]}
+    assert {s for (n, _, _), s in seeds.items() if n == 8} == {2}
+    assert {s for (n, _, _), s in seeds.items() if n == 4} == {1}
+    md = (out / "label_noise.partial_test.md").read_text()
+    assert "| 4 | 1 | flip40 |" in md and "seeds 1 at 4, 2 at 8 (of 2: a partial table" in md
+    assert "--partial" in md and "Target (at 40% flips" in md
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        ln.main(["--size", "smoke", "--partial", "--losses", "rdpo", "--out", str(out),
+                 "--work", str(work)])
+    assert e.value.code == 2 and "--partial" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, named", [

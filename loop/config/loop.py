@@ -44,6 +44,13 @@ class GateConfig:
     """Largest fall of one slice a round may show against the previous policy: 0.5 minus
     its judge win rate, or the fall of its mean latent reward (demo panel). Slices with
     fewer than `report.min_slice_samples` samples are not judged. 0: no gate."""
+    slice_confidence: float = 0.0
+    """0: a slice that fell by more than `max_slice_drop` trips the gate. c in (0, 1): it
+    also has to be a significant fall, its one-sided bootstrap p-value below (1 - c) / m
+    over the m slice checks judged in the round (Bonferroni), so a round that changed
+    nothing trips it with chance < 1 - c. Falls held back are recorded (state.json's
+    gate `held`, `alignloop status`). At 0, a judge win rate from 9-14 comparisons
+    crosses 0.4 by chance 21-25% of the time per slice when nothing changed."""
     action: Literal["flag", "stop", "rollback"] = "flag"
     """When a gate trips: flag the round in its report, stop the loop after it, or roll
     back (the next round starts from, and refers to, the previous policy)."""
@@ -51,6 +58,7 @@ class GateConfig:
     def __post_init__(self) -> None:
         require(self.max_kl_to_base >= 0, "max_kl_to_base", "must be >= 0")
         require(self.max_slice_drop >= 0, "max_slice_drop", "must be >= 0")
+        require(0 <= self.slice_confidence < 1, "slice_confidence", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,10 @@ def _bad(x) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
+def _p(x) -> float | None:
+    return None if _bad(x) else float(x)
+
+
 def _num(x) -> str:
     return "?" if _bad(x) else f"{x:.2f}"
 
@@ -40,7 +44,10 @@ def slice_checks(report: dict) -> list[dict]:
     - "latent_reward": drop = the fall of the slice's mean latent reward from the
       previous round, n = this round's policy samples of the slice; value = the change;
       `before` and `after` are the two means.
-    Each: {slice, measure, value, drop, n, message}. A drop < 0 means the slice
+    Each: {slice, measure, value, drop, n, p, message}; `p` is the one-sided bootstrap
+    p-value of "the slice fell" (`p_not_below` of its win rate against 0.5, or of its
+    latent reward's change paired by prompt against 0), None where the report has none
+    (fewer than 2 prompts, or a report from before these were written). A drop < 0 means the slice
     improved; callers compare `drop` with their own threshold and `n` with their own
     minimum (`slice_drops`). Missing numbers are left out.
     """
@@ -49,6 +56,7 @@ def slice_checks(report: dict) -> list[dict]:
         v, n = w.get("value"), w.get("n", 0)
         if not _bad(v):
             out.append({"slice": s, "measure": "win_rate", "value": v, "drop": 0.5 - v, "n": n,
+                        "p": _p(w.get("p_not_below")),
                         "message": f"slice '{s}': win rate against the previous policy {v:.2f} "
                                    f"(95% CI {_num(w.get('lo'))}-{_num(w.get('hi'))}, n={n})"})
     deltas = get_path(report, "latent_reward", "delta_vs_previous", "by_slice") or {}
@@ -56,6 +64,8 @@ def slice_checks(report: dict) -> list[dict]:
         n = get_path(report, "latent_reward", "models", "policy", "by_slice", s, "n") or 0
         if not _bad(d):
             out.append({"slice": s, "measure": "latent_reward", "value": d, "drop": -d, "n": n,
+                        "p": _p(get_path(report, "latent_reward", "change_vs_previous",
+                                         "by_slice", s, "p_not_below")),
                         "before": get_path(report, "latent_reward", "models", "previous",
                                            "by_slice", s, "value"),
                         "after": get_path(report, "latent_reward", "models", "policy",
@@ -243,21 +253,37 @@ def alerts(report: dict, thresholds: ReportConfig) -> list[dict]:
 
 
 def gate_verdict(report: dict, gate: GateConfig, *, min_slice_samples: int) -> dict:
-    """{"tripped", "reason", "action"} of the loop's gate on a round report (state.json's
-    "gate" record).
+    """{"tripped", "reason", "action", "held"} of the loop's gate on a round report
+    (state.json's "gate" record).
 
     Trips when KL(policy || base) (k1, nats per response) is above `gate.max_kl_to_base`,
     or when a slice with >= `min_slice_samples` samples fell by more than
-    `gate.max_slice_drop` (`slice_drops`); each threshold 0 = that gate off. `reason`
-    joins the reasons with "; "; `action` is `gate.action` when tripped, else "".
+    `gate.max_slice_drop` (`slice_drops`); each threshold 0 = that gate off. With
+    `gate.slice_confidence` c > 0 such a fall trips the gate only when it is also
+    significant: its p-value (`slice_checks`) below (1 - c) / m, m = the slice checks
+    judged this round (Bonferroni: the chance that any slice of a round that changed
+    nothing trips the gate stays below 1 - c). A fall that is not, or cannot be tested
+    (no p-value), goes into `held`, with its p-value. `reason` and `held` join their
+    messages with "; "; `action` is `gate.action` when tripped, else "".
     Independent of the report's alerts and of their thresholds.
     """
-    reasons = []
+    reasons, held = [], []
     kl = get_path(report, "kl_to_base", "k1", "sequence", "value")
     if gate.max_kl_to_base > 0 and not _bad(kl) and kl > gate.max_kl_to_base:
         reasons.append(f"KL to base {kl:.2f} > budget {gate.max_kl_to_base}")
     if gate.max_slice_drop > 0:
-        reasons += [d["message"] for d in slice_drops(report, min_samples=min_slice_samples)
-                    if d["drop"] > gate.max_slice_drop]
+        judged = slice_drops(report, min_samples=min_slice_samples)
+        alpha = (1 - gate.slice_confidence) / max(len(judged), 1)
+        for d in judged:
+            if d["drop"] <= gate.max_slice_drop:
+                continue
+            if gate.slice_confidence <= 0:
+                reasons.append(d["message"])
+            elif d["p"] is None:
+                held.append(f"{d['message']}: no p-value, so not tested")
+            elif d["p"] < alpha:
+                reasons.append(f"{d['message']}, p = {d['p']:.3g} < {alpha:.3g}")
+            else:
+                held.append(f"{d['message']}, p = {d['p']:.3g} >= {alpha:.3g}: not significant")
     return {"tripped": bool(reasons), "reason": "; ".join(reasons),
-            "action": gate.action if reasons else ""}
+            "action": gate.action if reasons else "", "held": "; ".join(held)}

@@ -217,6 +217,9 @@ def run_status(state: dict | None, rounds: list[int]) -> list[str]:
                                 "this round started from"}.get(action, "flagged")
             lines.append(f"Round {k}: gate tripped ({gate.get('reason', 'no reason given')}); "
                          f"action {action}: {then}.")
+        if gate.get("held"):
+            lines.append(f"Round {k}: the gate held back falls it could not tell from noise: "
+                         f"{gate['held']}.")
         for name, info in (get_path(srounds, k, "stages") or {}).items():
             if info.get("status") in ("running", "failed"):
                 lines.append(f"Round {k}: stage {name} is {info['status']}"

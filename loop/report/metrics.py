@@ -40,22 +40,28 @@ def _cluster_index(n: int, groups: Sequence | None) -> np.ndarray:
 
 
 def estimate(num: Sequence[float], den: Sequence[float] | None = None, groups: Sequence | None = None,
-             *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+             *, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+             null: float | None = None) -> dict:
     """sum(num) / sum(den) (den = ones: the mean) with a cluster-bootstrap percentile interval.
 
     Each replicate draws as many clusters as there are, with replacement: the cluster
     multiplicities are one multinomial draw, so the replicate is (w @ S_num) / (w @ S_den)
     over per-cluster sums S.
+    With `null` (the value meaning "no change"), the estimate adds `p_not_below`: the share
+    of replicates at or above `null`, the one-sided bootstrap p-value of "the value is
+    below null" (it is < a exactly when the one-sided 1 - a percentile interval lies below
+    null); NaN when there is no interval.
     """
     num = np.asarray(num, dtype=np.float64)
     den = np.ones_like(num) if den is None else np.asarray(den, dtype=np.float64)
+    no_p = {} if null is None else {"p_not_below": math.nan}
     if num.size == 0 or den.sum() == 0:
-        return _nan_estimate(int(num.size))
+        return {**_nan_estimate(int(num.size)), **no_p}
     value = float(num.sum() / den.sum())
     inv = _cluster_index(num.size, groups)
     n_clusters = int(inv.max()) + 1
     if n_clusters < 2 or n_boot < 1:
-        return {"value": value, "lo": math.nan, "hi": math.nan, "n": int(num.size)}
+        return {"value": value, "lo": math.nan, "hi": math.nan, "n": int(num.size), **no_p}
     s_num = np.bincount(inv, weights=num, minlength=n_clusters)
     s_den = np.bincount(inv, weights=den, minlength=n_clusters)
     rng = np.random.default_rng(seed)
@@ -67,7 +73,11 @@ def estimate(num: Sequence[float], den: Sequence[float] | None = None, groups: S
             reps[start:start + len(w)] = (w @ s_num) / (w @ s_den)
     tail = 100 * (1 - level) / 2
     lo, hi = np.nanpercentile(reps, [tail, 100 - tail])
-    return {"value": value, "lo": float(lo), "hi": float(hi), "n": int(num.size)}
+    out = {"value": value, "lo": float(lo), "hi": float(hi), "n": int(num.size)}
+    if null is not None:
+        finite = reps[np.isfinite(reps)]
+        out["p_not_below"] = float((finite >= null).mean()) if finite.size else math.nan
+    return out
 
 
 # --------------------------------------------------------------------------- KL
@@ -114,37 +124,70 @@ def outcomes(p_a: Sequence[float], tie: Sequence[bool] | None = None) -> np.ndar
 
 
 def win_rate(p_a: Sequence[float], tie: Sequence[bool] | None = None, groups: Sequence | None = None,
-             *, n_boot: int = 1000, seed: int = 0) -> dict:
+             *, n_boot: int = 1000, seed: int = 0, null: float | None = None) -> dict:
     """Share of comparisons this side wins, ties counted as half, with a bootstrap interval.
 
     Also `wins`, `ties`, `losses` and `mean_p`, the judge's mean probability (ties as 0.5):
     the soft win rate. Comparisons without a judge verdict (NaN, no tie) are left out.
+    `null` adds `p_not_below` (`estimate`).
     """
     o = outcomes(p_a, tie)
     keep = np.isfinite(o)
     o = o[keep]
     p = np.where(o == 0.5, 0.5, np.asarray(p_a, dtype=np.float64)[keep])
     g = None if groups is None else np.asarray(groups, dtype=object)[keep]
-    est = estimate(o, groups=g, n_boot=n_boot, seed=seed)
+    est = estimate(o, groups=g, n_boot=n_boot, seed=seed, null=null)
     est.update(wins=int((o == 1).sum()), ties=int((o == 0.5).sum()), losses=int((o == 0).sum()),
                mean_p=float(p.mean()) if p.size else math.nan)
     return est
 
 
-def win_rates_by_slice(rows: Iterable[dict], *, n_boot: int = 1000, seed: int = 0) -> dict:
+def win_rates_by_slice(rows: Iterable[dict], *, n_boot: int = 1000, seed: int = 0,
+                       null: float | None = None) -> dict:
     """{"overall": win_rate, "by_slice": {slice: win_rate}} over comparison rows (`p_a`,
-    `tie`, `slice`, and `prompt_id` to cluster the bootstrap when present)."""
+    `tie`, `slice`, and `prompt_id` to cluster the bootstrap when present); `null` adds
+    each one's `p_not_below`."""
     rows = list(rows)
 
     def one(sub: list[dict]) -> dict:
         groups = [r["prompt_id"] for r in sub] if sub and "prompt_id" in sub[0] else None
         return win_rate([r["p_a"] for r in sub], [bool(r.get("tie")) for r in sub], groups,
-                        n_boot=n_boot, seed=seed)
+                        n_boot=n_boot, seed=seed, null=null)
 
     by: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by[str(r.get("slice") or "")].append(r)
     return {"overall": one(rows), "by_slice": {s: one(by[s]) for s in sorted(by)}}
+
+
+def paired_change(after: Iterable[dict], before: Iterable[dict], key: str, *,
+                  n_boot: int = 1000, seed: int = 0) -> dict:
+    """How `key` changed from the `before` rows to the `after` rows, paired by prompt:
+    {"overall": est, "by_slice": {slice: est}} of the mean per-prompt change, over the
+    prompts both sides have (a prompt's samples averaged first; its slice is the after
+    side's), with a bootstrap interval over prompts and `p_not_below` against 0 (the
+    p-value of "it fell"). Rows: `prompt_id`, `slice`, `key` (non-finite values dropped)."""
+    def means(rows: Iterable[dict]) -> dict[str, tuple[float, str]]:
+        acc: dict[str, list] = defaultdict(list)
+        where: dict[str, str] = {}
+        for r in rows:
+            v = r.get(key)
+            if v is not None and math.isfinite(v):
+                acc[str(r["prompt_id"])].append(v)
+                where[str(r["prompt_id"])] = str(r.get("slice") or "")
+        return {p: (float(np.mean(v)), where[p]) for p, v in acc.items()}
+
+    a, b = means(after), means(before)
+    ids = sorted(set(a) & set(b))
+    diff = {p: a[p][0] - b[p][0] for p in ids}
+    by: dict[str, list[float]] = defaultdict(list)
+    for p in ids:
+        by[a[p][1]].append(diff[p])
+
+    def est(x: list[float]) -> dict:
+        return estimate(x, n_boot=n_boot, seed=seed, null=0.0)
+
+    return {"overall": est([diff[p] for p in ids]), "by_slice": {s: est(by[s]) for s in sorted(by)}}
 
 
 # --------------------------------------------------------------------------- length, degeneration

@@ -14,9 +14,12 @@ policy this round started from (`alignloop.report.inputs.previous_round`).
                      n_prompts, dropped}: KL(policy || q) from this round's policy samples
     win_rate_vs_previous, win_rate_vs_base
                     {opponent, overall, by_slice {slice: est}}; est adds wins, ties,
-                     losses, mean_p; ties count half
+                     losses, mean_p; ties count half; against the previous policy also
+                     p_not_below (0.5), the p-value of "it lost" the gate can test
     latent_reward   {models {policy, base, previous: {overall, by_slice} | null},
-                     delta_vs_previous {overall, by_slice} | null, previous_reason}
+                     delta_vs_previous {overall, by_slice} | null, change_vs_previous
+                     {overall, by_slice: est + p_not_below} | null (paired by prompt),
+                     previous_reason}
     length          {models {policy, base, previous: {n, mean_tokens, median_tokens,
                      share_stop, share_length, histogram {edges, counts}}},
                      ends_by_eos {policy, base, previous: est} (share_stop with its
@@ -79,7 +82,9 @@ def _win(inp: RoundInputs, opponent: str, boot: dict) -> dict:
     rows = [c for c in inp.comparisons if c["b_model"] == opponent and c["a_model"] == "policy"]
     if not rows:
         return missing(f"no comparisons against the {opponent} model in {COMPARISONS}")
-    return {"available": True, "opponent": opponent, **metrics.win_rates_by_slice(rows, **boot)}
+    null = 0.5 if opponent == "previous" else None
+    return {"available": True, "opponent": opponent,
+            **metrics.win_rates_by_slice(rows, **boot, null=null)}
 
 
 def _latent_summary(rows: list[dict] | None, boot: dict) -> dict | None:
@@ -111,9 +116,11 @@ def _latent(inp: RoundInputs, boot: dict) -> dict:
                               for s, e in policy["by_slice"].items() if s in prev["by_slice"]}}
     reason = None if prev else (inp.previous_reason or "the previous round's samples have no "
                                 "latent_reward")
+    change = (metrics.paired_change(inp.rows("policy"), inp.previous, "latent_reward", **boot)
+              if prev is not None else None)
     return {"available": True, "models": {"policy": policy, "base": _latent_summary(
         inp.base, boot), "previous": prev}, "delta_vs_previous": delta,
-        "previous_reason": reason}
+        "change_vs_previous": change, "previous_reason": reason}
 
 
 def _models(inp: RoundInputs) -> dict[str, list[dict]]:

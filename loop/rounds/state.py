@@ -294,6 +294,8 @@ def status_table(run_dir: str | Path, stage_names: StageNames) -> str:
         gate = rs.get("gate")
         if gate and gate.get("tripped"):
             lines.append(f"{k:>5}  gate tripped: {gate.get('reason')} -> {gate.get('action')}")
+        if gate and gate.get("held"):
+            lines.append(f"{k:>5}  gate held (not significant): {gate['held']}")
     use = disk_use(run_dir)
     line = f"run directory: {_human(use.total)} on disk"
     if use.caches:

@@ -1,0 +1,43 @@
+"""benchmarks/gate_replay.py: which replayed decisions are known, and what they change."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import gate_replay as gr  # noqa: E402
+
+KEEP = {"tripped": False, "reason": "", "action": "", "held": ""}
+BACK = {"tripped": True, "reason": "r", "action": "rollback", "held": ""}
+
+
+def _fig(failing, gates):
+    rounds = [{"round": k, "latent_failing": v, "latent_overall": v, "ends_by_eos": 0.5,
+               "gate": g} for k, (v, g) in enumerate(zip(failing, gates, strict=True))]
+    return {"rounds": rounds, "wall_s": 60.0, "failing_slices": ["s"]}
+
+
+def test_the_runs_own_decisions_replay_exactly():
+    fig = _fig([0.1, 0.5, 1.0], ["kept", "kept", "rolled back"])
+    row = gr.replay_row(0, fig, [KEEP, KEEP, BACK])
+    assert row["exact"] and row["never_falls"] == "yes" and row["gain"] == 0.4
+
+
+def test_a_change_in_the_last_round_is_exact_and_moves_the_gain():
+    fig = _fig([0.1, 0.5, 1.0], ["kept", "kept", "rolled back"])
+    row = gr.replay_row(0, fig, [KEEP, KEEP, KEEP])
+    assert row["exact"] and row["gates"] == ["kept"] * 3
+    assert row["gain"] == 0.9 and row["never_falls"] == "yes"
+    falls = gr.replay_row(0, _fig([0.1, 0.5, 0.2], ["kept", "kept", "rolled back"]),
+                          [KEEP, KEEP, KEEP])
+    assert falls["exact"] and falls["never_falls"] == "no"
+
+
+def test_rounds_after_a_changed_decision_are_unknown():
+    # round 1 kept instead of rolled back: round 2 would have started elsewhere
+    fig = _fig([0.15, 0.04, 0.8], ["kept", "rolled back", "rolled back"])
+    row = gr.replay_row(1, fig, [KEEP, KEEP, KEEP])
+    assert not row["exact"]
+    assert row["never_falls"] == "no"            # the known round 1 already fell
+    rises = gr.replay_row(1, _fig([0.15, 0.3, 0.1], ["kept", "rolled back", "kept"]),
+                          [KEEP, KEEP, KEEP])
+    assert not rises["exact"] and rises["never_falls"] == "unknown"
