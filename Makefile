@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/demo_eos.py --size $(SIZE)
 	if [ -f runs/demo/state.json ]; then $(BIN)/python benchmarks/demo_figures.py runs/demo; fi
 	$(BIN)/python benchmarks/demo_seeds.py
+	$(BIN)/python benchmarks/gate_replay.py --seeds 0,1,2
 	$(BIN)/python benchmarks/summary.py
 
 lint: $(STAMP)

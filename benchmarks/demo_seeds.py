@@ -14,9 +14,9 @@ chooses its own failure slices, so gains are compared within a run, never across
 
 Targets (issue 19 and 15): the failure-slice reward never falls from one kept round to
 the next in any seed; the last kept round beats round 0 with an interval excluding zero;
-every run within 6 minutes. Writes benchmarks/results/NAME.{json,md} (NAME: demo_seeds),
-and the README section between `<!-- bench:demo_seeds -->` markers when the runs are the
-demo's own config (no --set) under that name.
+every run within 6 minutes. Writes benchmarks/results/NAME.{json,md} (NAME: demo_seeds)
+and the README section between `<!-- bench:NAME -->` markers, where there is one; runs
+with --set never write the demo's own section (`demo_seeds`).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="a config override for every seed's run (repeatable)")
     ap.add_argument("--name", default="demo_seeds",
-                    help="results file name (default: %(default)s); another keeps the README's")
+                    help="results file and README section name (default: %(default)s)")
     args = ap.parse_args()
     if not args.name or "/" in args.name or args.name.startswith("."):
         ap.error(f"--name: {args.name!r} is not a plain file name")
@@ -140,7 +140,8 @@ def main() -> None:
     md = render(rows, agg, command)
     meta = {"machine": machine(), "date": today(), "config": str(CONFIG.relative_to(HERE.parent)),
             "overrides": args.sets, "command": command, **agg}
-    write_results(args.name, meta, rows, md, readme=not args.sets and args.name == "demo_seeds")
+    # the README block named NAME, if the README has one; overrides never take the demo's own
+    write_results(args.name, meta, rows, md, readme=not args.sets or args.name != "demo_seeds")
     print(md)
 
 

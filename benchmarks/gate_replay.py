@@ -15,7 +15,8 @@ in the last round is always exact.
 Per c and seed: each round's decision, the failure-slice panel reward by round (the
 figure `demo_seeds.py` reports), whether it never falls between kept rounds, and the last
 kept round's gain over round 0; over exact seeds, the mean gain with a Student-t 95%
-interval. Writes benchmarks/results/NAME.{json,md}.
+interval. Writes benchmarks/results/NAME.{json,md} and the README section between
+`<!-- bench:NAME -->` markers, where there is one.
 """
 
 from __future__ import annotations
@@ -73,12 +74,16 @@ def replay(fig: dict, decided: list[dict]) -> tuple[dict, int]:
 def replay_row(seed: int, fig: dict, decided: list[dict]) -> dict:
     """`demo_seeds.seed_row` of the replayed run, with `exact` (every round known) and
     `never_falls`: "yes", "no" (a fall between kept rounds the replay knows), or
-    "unknown" (none known, but rounds after a changed decision are not)."""
+    "unknown" (none known, but rounds after a changed decision are not). The failure-slice
+    rewards of unknown rounds, and the gain of an inexact replay, are None."""
     replayed, known = replay(fig, decided)
     row = seed_row(seed, replayed)
     prefix = seed_row(seed, {**replayed, "rounds": replayed["rounds"][:known]})
     exact = known == len(fig["rounds"])
-    row.update(exact=exact, never_falls=("no" if not prefix["kept_never_falls"] else
+    if not exact:                  # the rounds after the changed decision would have differed
+        row["failing"] = row["failing"][:known] + [None] * (len(fig["rounds"]) - known)
+        row["gain"] = None
+    row.update(exact=exact, known_rounds=known, never_falls=("no" if not prefix["kept_never_falls"] else
                                          "yes" if exact else "unknown"),
                held=[r["held"] for r in replayed["rounds"]],
                reasons=[r["reason"] for r in replayed["rounds"]])
@@ -98,9 +103,10 @@ def render(table: dict, seeds: list[int], own: float) -> str:
     for c, res in table.items():
         name = _name(c, own)
         for seed, r in zip(seeds, res["rows"], strict=True):
-            rounds = " / ".join(f"{fmt(v)}" + ("" if g == "kept" else f" ({g})")
+            rounds = " / ".join("?" if v is None else fmt(v) + ("" if g == "kept" else f" ({g})")
                                 for v, g in zip(r["failing"], r["gates"], strict=True))
-            lines.append(f"| {name} | {seed} | {rounds} | {r['gain']:+.3f} | "
+            gain = "?" if r["gain"] is None else f"{r['gain']:+.3f}"
+            lines.append(f"| {name} | {seed} | {rounds} | {gain} | "
                          f"{r['never_falls']} | "
                          f"{'yes' if r['exact'] else 'no'} |")
     lines.append("")
@@ -165,7 +171,7 @@ def main() -> None:
     where = where.relative_to(HERE.parent) if where.is_relative_to(HERE.parent) else where
     md = render(table, seeds, own) + f"\n{machine()}; {today()}; runs in `{where}`; `{command}`."
     meta = {"machine": machine(), "date": today(), "runs": str(where), "command": command}
-    write_results(args.name, meta, {str(c): t for c, t in table.items()}, md, readme=False)
+    write_results(args.name, meta, {str(c): t for c, t in table.items()}, md)
     print(md)
 
 

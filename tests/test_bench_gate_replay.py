@@ -36,7 +36,8 @@ def test_rounds_after_a_changed_decision_are_unknown():
     # round 1 kept instead of rolled back: round 2 would have started elsewhere
     fig = _fig([0.15, 0.04, 0.8], ["kept", "rolled back", "rolled back"])
     row = gr.replay_row(1, fig, [KEEP, KEEP, KEEP])
-    assert not row["exact"]
+    assert not row["exact"] and row["known_rounds"] == 2
+    assert row["failing"] == [0.15, 0.04, None] and row["gain"] is None
     assert row["never_falls"] == "no"            # the known round 1 already fell
     rises = gr.replay_row(1, _fig([0.15, 0.3, 0.1], ["kept", "rolled back", "kept"]),
                           [KEEP, KEEP, KEEP])
