@@ -132,6 +132,8 @@ def main() -> None:
                     "the runs' own and the point threshold (0)")
     ap.add_argument("--name", default="gate_replay", help="results file name")
     args = ap.parse_args()
+    if not args.name or "/" in args.name or args.name.startswith("."):
+        ap.error(f"--name: {args.name!r} is not a plain file name")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
         confidences = [float(c) for c in args.confidence.split(",")]

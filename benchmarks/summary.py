@@ -190,6 +190,8 @@ def _noise(meta: dict, rows: dict) -> list[Row]:
 BENCHMARKS: dict[str, tuple[str, Callable]] = {
     "demo": ("The demo (`make demo`)", _demo),
     "demo_seeds": ("The demo over several seeds", _demo_seeds),
+    "demo_seeds_c09": ("The demo over new seeds with the significance gate (c = 0.9, the demo's)",
+                       _demo_seeds),
     "dpo_throughput": ("DPO training throughput vs TRL", _dpo),
     "generation_throughput": ("Generation throughput", _generation),
     "label_efficiency": ("Label efficiency of pair selection", _label_efficiency),

@@ -42,3 +42,15 @@ def test_rounds_after_a_changed_decision_are_unknown():
     rises = gr.replay_row(1, _fig([0.15, 0.3, 0.1], ["kept", "rolled back", "kept"]),
                           [KEEP, KEEP, KEEP])
     assert not rises["exact"] and rises["never_falls"] == "unknown"
+
+
+def test_bad_arguments_are_refused_by_name(monkeypatch, capsys, tmp_path):
+    import pytest
+
+    for argv, named in ((["--name", "../x"], "--name"), (["--confidence", "1.0"], "--confidence"),
+                        (["--seeds", "a"], "--seeds"), (["--runs", str(tmp_path)], "no finished run")):
+        monkeypatch.setattr(sys, "argv", ["gate_replay.py", *argv])
+        with pytest.raises(SystemExit) as e:
+            gr.main()
+        assert e.value.code == 2 and named in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
