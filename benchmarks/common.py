@@ -47,6 +47,13 @@ def update_readme(text: str, key: str) -> None:
         readme.write_text(s)
 
 
+def plain_name(ap, name: str) -> str:
+    """`name` for a results file, refused (argparse error) unless it is a plain file name."""
+    if not name or "/" in name or name.startswith("."):
+        ap.error(f"--name: {name!r} is not a plain file name")
+    return name
+
+
 def write_results(name: str, meta: dict, rows: list | dict, table_md: str, *,
                   readme: bool = True) -> None:
     RESULTS.mkdir(exist_ok=True)

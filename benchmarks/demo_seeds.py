@@ -28,7 +28,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import machine, today, write_results  # noqa: E402
+from common import machine, plain_name, today, write_results  # noqa: E402
 from demo_figures import _never_falls, collect  # noqa: E402
 from loop_bench import t_interval  # noqa: E402
 
@@ -119,8 +119,7 @@ def main() -> None:
     ap.add_argument("--name", default="demo_seeds",
                     help="results file and README section name (default: %(default)s)")
     args = ap.parse_args()
-    if not args.name or "/" in args.name or args.name.startswith("."):
-        ap.error(f"--name: {args.name!r} is not a plain file name")
+    plain_name(ap, args.name)
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:

@@ -28,12 +28,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import machine, today, write_results  # noqa: E402
-from demo_figures import collect  # noqa: E402
+from common import machine, plain_name, today, write_results  # noqa: E402
+from demo_figures import _gate, collect  # noqa: E402
 from demo_seeds import seed_row  # noqa: E402
 from loop_bench import t_interval  # noqa: E402
-
-ACTIONS = {"rollback": "rolled back", "stop": "stopped after", "flag": "flagged"}
 
 
 def own_confidence(run: Path) -> float:
@@ -64,7 +62,7 @@ def replay(fig: dict, decided: list[dict]) -> tuple[dict, int]:
     knows: all of them, or up to the first round whose decision changed."""
     rows, known = [], len(fig["rounds"])
     for i, (r, v) in enumerate(zip(fig["rounds"], decided, strict=True)):
-        gate = ACTIONS.get(v["action"], v["action"]) if v["tripped"] else "kept"
+        gate = _gate({"gate": v})
         if gate != r.get("gate", "kept") and known == len(fig["rounds"]):
             known = i + 1
         rows.append({**r, "gate": gate, "held": v["held"], "reason": v["reason"]})
@@ -132,8 +130,7 @@ def main() -> None:
                     "the runs' own and the point threshold (0)")
     ap.add_argument("--name", default="gate_replay", help="results file name")
     args = ap.parse_args()
-    if not args.name or "/" in args.name or args.name.startswith("."):
-        ap.error(f"--name: {args.name!r} is not a plain file name")
+    plain_name(ap, args.name)
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
         confidences = [float(c) for c in args.confidence.split(",")]
