@@ -29,6 +29,22 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores"
 
 
+def measured_text(where: list[dict]) -> str:
+    """Where and when a result's seeds were measured (`where`: [{"seeds", "by"}]): the one
+    "machine; date", or "seeds 0-2: machine; date; seed 3: ..." when several measured."""
+    if len(where) == 1:
+        return where[0]["by"]
+    return "; ".join(f"seed{'s' * (len(w['seeds']) > 1)} {span(w['seeds'])}: {w['by']}"
+                     for w in where)
+
+
+def span(seeds: list[int]) -> str:
+    """0-2 for three or more consecutive seeds, else 0, 2."""
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
 def today() -> str:
     return date.today().isoformat()
 

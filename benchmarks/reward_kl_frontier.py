@@ -38,7 +38,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import RESULTS, machine, results_name, today, write_results  # noqa: E402
+from common import RESULTS, machine, measured_text, results_name, today, write_results  # noqa: E402
 from hybrid_vs_offline import arm_configs  # noqa: E402
 from loop_bench import RUNS, demo_raw, fmt_ci, kl_to_base, mean_ci, report, run_loop, samples  # noqa: E402
 
@@ -78,6 +78,42 @@ def run_points(seed: int, size: dict, size_name: str, arms: list[str]) -> list[d
     return points
 
 
+SWEEP_KEYS = ("budget", "steps", "eval_prompts", "max_new_tokens")
+"""What a saved result must share with this sweep for its points to join it."""
+
+
+def saved_points(path: Path, size: dict) -> dict[int, list[dict]]:
+    """{seed: points} measured before, from a results file of the same sweep (perhaps written
+    on another machine), each point tagged with the machine and date that measured it. A seed
+    is taken only when the file has every beta of this sweep for it; points of other betas
+    are left out. A file of another sweep is refused (ValueError) by the setting that differs."""
+    try:
+        saved = json.loads(path.read_text())
+        meta, points = saved["meta"], saved["results"]["points"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a reward_kl_frontier results file ({e})") from None
+    for key in SWEEP_KEYS:
+        if meta.get(key) != size[key]:
+            raise ValueError(f"{path}: measured with {key} = {meta.get(key)!r}, this sweep has "
+                             f"{size[key]!r}")
+    by_seed: dict[int, list[dict]] = {}
+    for p in points:
+        if p["beta"] in size["betas"]:
+            by_seed.setdefault(p["seed"], []).append(
+                {**p, "measured": p.get("measured", f"{meta['machine']}; {meta['date']}")})
+    return {seed: ps for seed, ps in by_seed.items()
+            if {p["beta"] for p in ps} == set(size["betas"])}
+
+
+def provenance(points: list[dict]) -> list[dict]:
+    """Which machine measured which seeds: [{"seeds": [...], "by": "machine; date"}], in
+    seed order (one entry when every seed ran in one place)."""
+    seeds: dict[str, set[int]] = {}
+    for p in points:
+        seeds.setdefault(p.get("measured", f"{machine()}; {today()}"), set()).add(p["seed"])
+    return [{"seeds": sorted(s), "by": by} for by, s in sorted(seeds.items(), key=lambda kv: min(kv[1]))]
+
+
 def _rounds_done(run_dir: Path) -> int:
     state = json.loads((run_dir / "state.json").read_text())["rounds"]
     return sum(1 for r in state.values() if "report" in r.get("stages", {}))
@@ -94,6 +130,7 @@ def _point(run_dir: Path, k: int, arm: str, beta: float, steps: int, seed: int) 
         chosen = json.loads((run_dir / f"round_{k:03d}" / "slices.json").read_text())["chosen"]
     return {"arm": arm, "beta": beta, "steps": steps, "seed": seed, "round": k,
             "kl": kl_to_base(report(run_dir, k))["value"], "chosen_slices": chosen,
+            "measured": f"{machine()}; {today()}",
             "reward": {p: float(np.mean(v)) for p, v in rewards.items()}, "slice": slices}
 
 
@@ -193,7 +230,8 @@ def verdict(cmp: dict) -> bool:
 # --------------------------------------------------------------------------- report
 
 
-def table(rows: list[dict], comparisons: dict[str, dict], command: str) -> str:
+def table(rows: list[dict], comparisons: dict[str, dict], command: str,
+          measured: str | None = None) -> str:
     lines = ["| arm | beta | steps | seeds | KL to base (nats/seq) | panel reward, failure slices "
              "| overall |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {ARMS[r['arm']]} | {r['beta']} | {r['steps']} | {r['seeds']} | {r['kl']:.2f} | "
@@ -222,7 +260,7 @@ def table(rows: list[dict], comparisons: dict[str, dict], command: str) -> str:
         else:
             lines.append(f"- No {h} point has KL at or below offline's best point "
                          f"({ob['kl']:.2f}). Target: **not met**.")
-    lines.append(f"{machine()}; {today()}; `{command}`.")
+    lines.append(f"{measured or f'{machine()}; {today()}'}; `{command}`.")
     return "\n".join(lines)
 
 
@@ -270,6 +308,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, help="override the size's number of seeds")
     ap.add_argument("--betas", help="override the size's beta sweep, comma-separated (e.g. 0.1,0.3)")
     ap.add_argument("--no-readme", action="store_true", help="write results/ only")
+    ap.add_argument("--saved", type=Path, metavar="RESULTS_JSON",
+                    help="take the seeds this results file of the same sweep measured (e.g. "
+                         "on another machine) instead of running them; the others run here, "
+                         "and the table says which machine measured which seeds")
     args = ap.parse_args()
     if args.seeds is not None and args.seeds < 1:
         ap.error(f"--seeds: must be >= 1, got {args.seeds}")
@@ -279,8 +321,12 @@ def main() -> None:
     from alignloop.errors import AlignloopError
 
     try:
+        saved = saved_points(args.saved, size) if args.saved else {}
+    except ValueError as e:
+        ap.error(f"--saved: {e}")
+    try:
         points = [p for seed in range(size["seeds"])
-                  for p in run_points(seed, size, args.size, list(ARMS))]
+                  for p in saved.get(seed) or run_points(seed, size, args.size, list(ARMS))]
     except AlignloopError as e:   # e.g. a kept run directory made with another config
         raise SystemExit(f"error: {e}") from None
     failing = failing_slices(points, demo_raw()["train"]["beta"])
@@ -288,13 +334,15 @@ def main() -> None:
     comparisons = {h: compare(rows, h) for h in ("hybrid", "hybrid_base")}
     command = " ".join(["python benchmarks/reward_kl_frontier.py", f"--size {args.size}"]
                        + ([f"--seeds {args.seeds}"] if args.seeds else [])
-                       + ([f"--betas {args.betas}"] if args.betas else []))
-    md = table(rows, comparisons, command)
+                       + ([f"--betas {args.betas}"] if args.betas else [])
+                       + ([f"--saved {args.saved}"] if args.saved else []))
+    where = provenance(points)
+    md = table(rows, comparisons, command, measured_text(where))
     name = results_name("reward_kl_frontier", args.size)
     RESULTS.mkdir(exist_ok=True)
     plot(points, rows, failing, RESULTS / f"{name}.png")
     meta = {"size": args.size, **size, "machine": machine(), "date": today(),
-            "command": command,
+            "command": command, "measured": where,
             "target_met": {h: verdict(c) for h, c in comparisons.items()}}
     lean = [{k: v for k, v in r.items() if not k.startswith("paired")} for r in rows]
     write_results(name, meta, {"configs": lean, "comparisons": comparisons,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import RESULTS, update_readme  # noqa: E402
+from common import RESULTS, measured_text, update_readme  # noqa: E402
 
 Row = tuple[str, str, bool | None]   # (target, measured, met)
 
@@ -213,6 +213,8 @@ def machine(meta: dict) -> str:
     """The machine a result was measured on: the benchmark's own note, then the CPU model and
     its bf16-relevant flags where the benchmark recorded them (a bf16 figure holds only there)."""
     cpu = meta.get("cpu") or meta.get("cpu_flags")
+    if len(meta.get("measured") or ()) > 1:   # seeds measured on several machines
+        return measured_text(meta["measured"])
     return "; ".join(str(x) for x in (meta.get("machine", "-"), cpu) if x)
 
 

@@ -124,3 +124,47 @@ def test_frontier_target_fails_without_a_hybrid_point_at_or_below_offlines_kl():
     c = fr.compare(rows, "hybrid")
     assert c["matched"] is None and not fr.verdict(c)
     assert "Target: **not met**" in fr.table(rows, {"hybrid": c}, "smoke")
+
+
+def _saved_file(tmp_path, points, **meta):
+    import json
+
+    import reward_kl_frontier as fr
+
+    meta = {**{k: fr.SIZES["full"][k] for k in fr.SWEEP_KEYS}, "machine": "Intel Xeon, 2 cores",
+            "date": "2026-12-04", **meta}
+    path = tmp_path / "reward_kl_frontier.json"
+    path.write_text(json.dumps({"meta": meta, "results": {"points": points}}))
+    return path
+
+
+def test_saved_seeds_join_a_sweep_only_whole_and_say_where_they_were_measured(tmp_path):
+    import reward_kl_frontier as fr
+
+    size = dict(fr.SIZES["full"], betas=[0.1, 0.3])
+    points = (_frontier_points("offline", [(0.1, 8, 1.0, 0.5), (0.3, 8, 0.8, 0.4)], seeds=(0,))
+              + _frontier_points("offline", [(0.1, 8, 1.0, 0.5), (1.0, 8, 0.5, 0.3)], seeds=(1,)))
+    saved = fr.saved_points(_saved_file(tmp_path, points), size)
+    # seed 1 lacks beta 0.3: it is not taken (it runs again); seed 0's beta-1.0 point would
+    # be left out too, as it is not in this sweep
+    assert sorted(saved) == [0] and {p["beta"] for p in saved[0]} == {0.1, 0.3}
+    assert {p["measured"] for p in saved[0]} == {"Intel Xeon, 2 cores; 2026-12-04"}
+
+    here = [{**p, "seed": 3, "measured": "AMD EPYC, 2 cores; 2026-12-05"} for p in saved[0]]
+    where = fr.provenance(saved[0] + [{**p, "seed": s} for s in (1, 2) for p in saved[0]] + here)
+    assert where == [{"seeds": [0, 1, 2], "by": "Intel Xeon, 2 cores; 2026-12-04"},
+                     {"seeds": [3], "by": "AMD EPYC, 2 cores; 2026-12-05"}]
+    text = fr.measured_text(where)
+    assert text == "seeds 0-2: Intel Xeon, 2 cores; 2026-12-04; seed 3: AMD EPYC, 2 cores; 2026-12-05"
+    assert fr.measured_text(where[:1]) == "Intel Xeon, 2 cores; 2026-12-04"
+
+
+def test_a_saved_result_of_another_sweep_is_refused_by_the_setting_that_differs(tmp_path):
+    import reward_kl_frontier as fr
+
+    size = dict(fr.SIZES["full"], betas=[0.1])
+    with pytest.raises(ValueError, match="max_new_tokens = 64, this sweep has 32"):
+        fr.saved_points(_saved_file(tmp_path, [], max_new_tokens=64), size)
+    (tmp_path / "junk.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="junk.json: not a reward_kl_frontier results file"):
+        fr.saved_points(tmp_path / "junk.json", size)

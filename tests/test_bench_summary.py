@@ -58,6 +58,8 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
     (["reward_kl_frontier.py", "--seeds", "0"], "--seeds: must be >= 1"),
     (["reward_kl_frontier.py", "--betas", "0.1,x"], "--betas: comma-separated numbers expected"),
     (["reward_kl_frontier.py", "--betas", "0,0.1"], "--betas: every beta must be > 0"),
+    (["reward_kl_frontier.py", "--saved", "no-such.json"],
+     "--saved: no-such.json: not a reward_kl_frontier results file"),
     (["demo_figures.py", "no-such-run"], "run: no-such-run/state.json does not exist"),
     (["demo_figures.py", "runs/demo", "extra"], "unrecognized arguments: extra"),
     (["summary.py", "--size", "full"], "unrecognized arguments: --size full"),
@@ -116,3 +118,13 @@ def test_the_summary_reads_the_full_size_then_the_target_cells_then_the_quick_pa
     for part in (".quick", ".target", ""):
         (tmp_path / f"label_noise{part}.json").write_text("{}")
         assert summary.result_file("label_noise", tmp_path) == tmp_path / f"label_noise{part}.json"
+
+
+def test_a_result_measured_on_several_machines_names_each_with_its_seeds():
+    meta = {"machine": "AMD EPYC, 2 cores", "measured": [
+        {"seeds": [0, 1, 2], "by": "Intel Xeon, 2 cores; 2026-12-04"},
+        {"seeds": [3], "by": "AMD EPYC, 2 cores; 2026-12-05"}]}
+    assert summary.machine(meta) == ("seeds 0-2: Intel Xeon, 2 cores; 2026-12-04; "
+                                     "seed 3: AMD EPYC, 2 cores; 2026-12-05")
+    meta["measured"] = meta["measured"][1:]       # one machine: the plain machine column
+    assert summary.machine(meta) == "AMD EPYC, 2 cores"
