@@ -252,9 +252,10 @@ def write(args, size: dict, rows: list[dict], peaks: dict, ceilings: dict, final
             "machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": today(),
             "command": f"python benchmarks/generation_throughput.py --size {args.size}{only}"}
     md = table(rows, meta)
-    write_results(results_name("generation_throughput", args.size), meta, rows, md,
-                  readme=final and args.size == "full" and not args.only and not args.prompts
-                  and not args.tokens)
+    # a run of some settings, or of another workload, never replaces the full run's results
+    partial = bool(args.only or args.prompts or args.tokens)
+    name = results_name("generation_throughput", args.size) + (".partial" if partial else "")
+    write_results(name, meta, rows, md, readme=final and args.size == "full" and not partial)
     return md
 
 

@@ -1,0 +1,43 @@
+"""benchmarks/generation_throughput.py: where its results go (the throughput itself is
+measured by running it, never asserted in a test)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import generation_throughput as gt  # noqa: E402
+
+DTYPES = ("float32", "bfloat16")
+
+ROW = {"setting": "hf-bf16", "backend": "hf", "dtype": "bfloat16", "start_s": 0.3, "tokens": 100,
+       "call_s": 1.0, "prompts": 2, "in_flight": 64, "first_tps": 100.0, "warm_tps": 100.0,
+       "e2e_round_tps": 100.0, "e2e_fresh_tps": 100.0, "ceiling_fraction": 0.3,
+       "load": [0.1, 0.2]}
+
+
+def _args(**kw):
+    base = {"size": "full", "only": "", "prompts": None, "tokens": None, "in_flight": "64",
+            "rounds": 3}
+    return argparse.Namespace(**{**base, **kw})
+
+
+@pytest.mark.parametrize("kw, name, readme", [
+    ({}, "generation_throughput", True),
+    ({"only": "hf-bf16"}, "generation_throughput.partial", False),
+    ({"prompts": 4}, "generation_throughput.partial", False),
+    ({"size": "quick"}, "generation_throughput.quick", False),
+])
+def test_a_run_of_some_settings_never_replaces_the_full_results(monkeypatch, kw, name, readme):
+    written = []
+    monkeypatch.setattr(gt, "write_results",
+                        lambda n, meta, rows, md, readme: written.append((n, readme)))
+    monkeypatch.setattr(gt, "cpu_flags", lambda: "test CPU")
+    gt.write(_args(**kw), gt.SIZES[kw.get("size", "full")], [ROW], dict.fromkeys(DTYPES, 1.0),
+             dict.fromkeys(DTYPES, 300.0), final=True)
+    assert written == [(name, readme)]
