@@ -113,8 +113,15 @@ def read_rows(path: Path, error: type[Exception] = ValueError, name: str = "") -
     the first unreadable line raises `error` naming the file (`name`, default the path)
     and the line."""
     path = Path(path)
+    if path.is_dir():
+        raise error(f"{name or path} is a directory, not a file of rows")
     if path.suffix == ".parquet":
-        return read_parquet(path)
+        import pyarrow as pa
+
+        try:
+            return read_parquet(path)
+        except (OSError, pa.ArrowException) as e:
+            raise error(f"{name or path}: not a readable parquet file ({e})") from None
     rows = []
     for n, value, problem in iter_jsonl(path):
         if problem:

@@ -140,6 +140,9 @@ def _open_rows(path: str, split: str, subset: str) -> tuple[str, Iterator[tuple[
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"pairs file not found: {path}")
+    if p.is_dir():
+        raise DataError(f"{path} is a directory; a pairs file is .jsonl, .json or .parquet "
+                        "(a saved datasets directory is read as hf:PATH)")
     readers = {".jsonl": _jsonl_rows, ".json": _json_rows, ".parquet": _parquet_rows}
     if p.suffix not in readers:
         raise DataError(f"{path}: unsupported file type '{p.suffix}'; expected .jsonl, .json, "

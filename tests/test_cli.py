@@ -49,6 +49,15 @@ def test_config_error_names_key(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_a_config_that_is_not_yaml_is_one_line_and_no_run_directory(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [1, 2\n")
+    out = run("run", str(broken), "--run-dir", str(tmp_path / "r"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "broken.yaml is not valid YAML (line 2, column 1" in out.stderr
+    assert not (tmp_path / "r").exists()
+
+
 def test_bad_row_names_file_and_row(tmp_path):
     bad = tmp_path / "pairs.jsonl"
     good = {"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}

@@ -65,6 +65,25 @@ def test_yaml_file_errors(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+@pytest.mark.parametrize("content, fragment", [
+    (b"model: [1, 2\n", r"broken.yaml is not valid YAML \(line 2, column 1: expected ','"),
+    (b"train:\n  beta: 0.1\n\tseed: 1\n", r"broken.yaml is not valid YAML \(line 3, column 1"),
+    (b"\xff\xfe\x00", r"broken.yaml cannot be read as a UTF-8 text file"),
+])
+def test_a_config_file_that_is_not_yaml_is_refused_by_file_and_line(tmp_path, content, fragment):
+    path = tmp_path / "broken.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(path)
+    with pytest.raises(ConfigError, match="cannot be read as a UTF-8 text file"):
+        load_config(tmp_path)                         # a directory
+
+
+def test_an_override_value_that_is_not_yaml_names_its_key():
+    with pytest.raises(ConfigError, match=r"'train.beta': value '\[1,' is not valid YAML \(line 1"):
+        load_config(None, ["train.beta=[1,"])
+
+
 def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(ROOT / "configs/demo.yaml", ["train.beta=0.3"])
     path = dump_config(cfg, tmp_path / "config.yaml")

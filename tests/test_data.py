@@ -233,6 +233,9 @@ def test_missing_sources_name_the_path(tmp_path):
     (tmp_path / "pairs.csv").write_text("prompt,chosen,rejected\n")
     with pytest.raises(DataError, match="unsupported file type '.csv'"):
         read_pairs(str(tmp_path / "pairs.csv"))
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(DataError, match="dir.jsonl is a directory; a pairs file is"):
+        read_pairs(str(tmp_path / "dir.jsonl"))
 
 
 def test_limit_keeps_the_first_valid_pairs(tmp_path):

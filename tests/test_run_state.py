@@ -31,6 +31,26 @@ def test_stage_runs_once_and_records_outputs(tmp_path):
     assert "assemble" in status_table(tmp_path, stage_names)
 
 
+@pytest.mark.parametrize("text, why", [
+    ('{"rounds": {', "is not a readable run state (Expecting"),
+    ("[]", "is not a run state (no 'rounds' mapping)"),
+    ('{"rounds": 3}', "is not a run state (no 'rounds' mapping)"),
+])
+def test_a_state_file_that_is_not_one_is_refused_by_name_and_left_as_it_is(tmp_path, text, why):
+    from alignloop.report.inputs import previous_round
+    from alignloop.report.write import write_run_report
+
+    (tmp_path / "state.json").write_text(text)
+    for use in (lambda: Run(tmp_path, config_from_dict({}), stage_names=stage_names),
+                lambda: status_table(tmp_path, stage_names), lambda: write_run_report(tmp_path),
+                lambda: previous_round(tmp_path, 1)):
+        with pytest.raises(RunError, match=f"state.json {why}".replace("(", r"\(").replace(")", r"\)")
+                           .replace("[", r"\[")):
+            use()
+    assert (tmp_path / "state.json").read_text() == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
 def test_interrupted_stage_is_redone(tmp_path):
     run = Run(tmp_path, config_from_dict({}), stage_names=stage_names)
 
@@ -108,6 +128,12 @@ def test_pool_split_and_bad_rows(tmp_path):
         load_pool(_pool_file(tmp_path, [{"prompt": "hi"}, {"text": "x"}]))
     with pytest.raises(PromptError, match="row 1: 'split' must be train or eval"):
         load_pool(_pool_file(tmp_path, [{"prompt": "hi", "split": "dev"}]))
+    (tmp_path / "broken.parquet").write_text("not parquet")
+    with pytest.raises(PromptError, match="broken.parquet: not a readable parquet file"):
+        load_pool(tmp_path / "broken.parquet")
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(PromptError, match="dir.jsonl is a directory, not a file of rows"):
+        load_pool(tmp_path / "dir.jsonl")
     rows = [{"prompt": f"question {i}"} for i in range(200)]
     split = load_pool(_pool_file(tmp_path, rows), eval_share=0.25)
     assert 30 < len(split.eval) < 70     # by id, about a quarter

@@ -163,6 +163,13 @@ def migrate_flat(flat: dict[str, Any]) -> dict[str, Any]:
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """One line for a YAML error: where it is and what is wrong, without the echoed text."""
+    mark = getattr(e, "problem_mark", None)
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {what}" if mark else what
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`a.b=value` -> (["a", "b"], value); the value is parsed as YAML (`1e-5`, `true`, `[a, b]`)."""
     if "=" not in item:
@@ -171,7 +178,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key:
         raise ConfigError(item, "an override needs a key before '='")
-    value = yaml.safe_load(text) if text.strip() else ""
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(key, f"value {text!r} is not valid YAML ({yaml_problem(e)})") from None
     # YAML 1.1 reads `1e-5` as a string; accept it as a number.
     if isinstance(value, str) and _FLOAT.match(value.strip()):
         value = float(value)
@@ -221,7 +231,13 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"config file not found: {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError("<root>", f"{path} is not valid YAML ({yaml_problem(e)})") from None
+        except (OSError, UnicodeDecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise ConfigError("<root>", f"{path} cannot be read as a UTF-8 text file ({reason})") from None
         if not isinstance(raw, dict):
             raise ConfigError("<root>", f"{path} must hold a mapping at the top level")
     return config_from_dict(raw, overrides)

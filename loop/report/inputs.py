@@ -77,10 +77,10 @@ def previous_round(run_dir: str | Path, k: int) -> int | None:
     whose gate tripped with action "rollback" in RUN_DIR/state.json (no state.json: k - 1).
     None when round k started from the base model (round 0, or every earlier round
     rolled back)."""
-    from alignloop.rounds.state import start_round
+    from alignloop.rounds.state import read_state, start_round
 
     path = Path(run_dir) / STATE_FILE
-    return start_round(json.loads(path.read_text()).get("rounds", {}) if path.exists() else {}, k)
+    return start_round(read_state(path)["rounds"] if path.exists() else {}, k)
 
 
 def load_round(run_dir: str | Path, k: int, *,

@@ -91,7 +91,9 @@ def write_run_report(run_dir: str | Path) -> Path:
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
     state_path = run_dir / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else None
+    from alignloop.rounds.state import read_state
+
+    state = read_state(state_path) if state_path.exists() else None
     rounds = sorted(set(round_numbers(run_dir)) | {int(k) for k in (state or {}).get("rounds", {})})
     reports = {k: read_round_report(run_dir, k) for k in rounds}
     return atomic_write_text(run_dir / "report.html", render_run_html(run_dir, reports, state))

@@ -44,6 +44,19 @@ class RunError(AlignloopError, RuntimeError):
     """A run directory that cannot be used as asked (config changed, unknown stage, ...)."""
 
 
+def read_state(path: str | Path) -> dict[str, Any]:
+    """A run's state.json, checked to be one (a mapping with a `rounds` mapping). The loop
+    writes it atomically, so only a hand edit or another program's file fails here: with a
+    RunError naming the file, before anything is written."""
+    try:
+        state = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RunError(f"{path} is not a readable run state ({e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("rounds"), dict):
+        raise RunError(f"{path} is not a run state (no 'rounds' mapping)")
+    return state
+
+
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(d, dict):
         out = {}
@@ -126,7 +139,7 @@ class Run:
         self.stage_names = stage_names
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.dir / "state.json"
-        self.state: dict[str, Any] = (json.loads(self.state_path.read_text())
+        self.state: dict[str, Any] = (read_state(self.state_path)
                                       if self.state_path.exists() else
                                       {"version": STATE_VERSION, "rounds": {}})
         self.config_hash, self._flat = config_fingerprint(cfg)
@@ -278,7 +291,7 @@ def status_table(run_dir: str | Path, stage_names: StageNames) -> str:
     path = Path(run_dir) / "state.json"
     if not path.exists():
         raise FileNotFoundError(f"no run here: {path} not found")
-    state = json.loads(path.read_text())
+    state = read_state(path)
     lines = [f"{'round':>5}  {'stage':10} {'status':8} {'seconds':>8} {'output':>10}"]
     for k, rs in sorted(state["rounds"].items(), key=lambda t: int(t[0])):
         for name in stage_names(int(k)):
