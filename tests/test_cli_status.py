@@ -43,9 +43,13 @@ def test_status_shows_each_rounds_backend_and_policy(run_dir, capsys):
     state = json.loads((run_dir / "state.json").read_text())["rounds"]
     for k, start in ((0, "builtin:tiny-random"), (1, "round_000/policy")):
         rec = state[str(k)]["generation"]
-        assert rec == {"requested": "auto", "backend": "hf", "dtype": "float32"}
+        # the hf sampler holds the weights the placement resolved to on this machine: bf16
+        # where the probe chose bf16 mixed precision, float32 elsewhere
+        bf16 = state[str(k)]["placement"]["precision"] in ("bf16-mixed", "bf16")
+        dtype = "bfloat16" if bf16 else "float32"
+        assert rec == {"requested": "auto", "backend": "hf", "dtype": dtype}
         setup = _round_lines(out, k)[-1]
-        assert setup.endswith(f"generation hf float32 (auto), policy {start}"), out
+        assert setup.endswith(f"generation hf {dtype} (auto), policy {start}"), out
 
 
 @pytest.mark.slow

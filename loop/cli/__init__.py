@@ -14,6 +14,7 @@ from pathlib import Path
 
 import alignloop
 from alignloop.cli import run, tools
+from alignloop.cli.argtypes import round_number
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="drift reports: RUN_DIR/report.html across rounds",
                        description=run.cmd_report.__doc__)
     p.add_argument("run_dir", help="run directory")
-    p.add_argument("--round", type=int, help="also (re)write this round's report")
+    p.add_argument("--round", type=round_number, help="also (re)write this round's report")
     p.set_defaults(func=run.cmd_report)
 
     p = sub.add_parser("judge", help="judge, select and route pairs of sampled completions",
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", required=True,
                    help="completions (parquet/JSONL from `alignloop generate`)")
     p.add_argument("--out", required=True, help="candidate table (.parquet or .jsonl)")
-    p.add_argument("--round", type=int, default=0, help="round number recorded in the table")
+    p.add_argument("--round", type=round_number, default=0, help="round number recorded in the table")
     p.add_argument("--labels", action="append", default=[], metavar="FILE",
                    help="labels.parquet of earlier rounds: the learning judges refit on its human "
                         "labels and every judge is calibrated on them (repeatable)")
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("push", help="upload a round's policy and model card to the Hugging Face Hub",
                        description=tools.cmd_push.__doc__)
     p.add_argument("run_dir", help="run directory")
-    p.add_argument("--round", type=int, required=True, help="the round whose policy to upload")
+    p.add_argument("--round", type=round_number, required=True, help="the round whose policy to upload")
     p.add_argument("--repo", required=True, help="Hub model repository, e.g. me/my-policy")
     p.add_argument("--merged", action="store_true",
                    help="upload the merged full weights of a LoRA round (built if missing)")

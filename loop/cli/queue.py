@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from alignloop.cli.argtypes import number, positive, round_number, whole
+
 TOKEN_ENV = "ALIGNLOOP_TOKEN"
 
 
@@ -223,27 +225,28 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
         return q
 
     def app_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--lease-seconds", type=float, default=600,
+        q.add_argument("--lease-seconds", type=number(0, above=True), default=600,
                        help="an unanswered item goes back after this long (default: %(default)s)")
 
     q = command("serve", cmd_serve, "serve the labeling page and JSON API")
     q.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    q.add_argument("--port", type=int, default=8080, help="(default: %(default)s)")
-    q.add_argument("--workers", type=int, default=1, help="server processes (default: %(default)s)")
+    q.add_argument("--port", type=whole(0, 65535), default=8080,
+                   help="(default: %(default)s; 0: any free port)")
+    q.add_argument("--workers", type=positive, default=1, help="server processes (default: %(default)s)")
     app_args(q)
-    q.add_argument("--max-leases", type=_positive_int,
+    q.add_argument("--max-leases", type=positive,
                    help="live leases per annotator; asking again hands back the oldest "
                         "(default: 1)")
-    q.add_argument("--auth-failures", type=_positive_int, metavar="N",
+    q.add_argument("--auth-failures", type=positive, metavar="N",
                    help="failed sign-ins / 401s an address may make in a minute (per worker) "
                         "before it gets 429 (default: 20)")
-    q.add_argument("--gold-rate", type=float, default=0.0,
+    q.add_argument("--gold-rate", type=number(0, 1), default=0.0,
                    help="share of assignments that are gold items (default: %(default)s)")
     q.add_argument("--db-calls", choices=["auto", "inline", "thread"], default="auto",
                    help="run the JSON API's store calls on the event loop (inline) or in "
                         "threads; auto: inline for SQLite, threads for a database server "
                         "(default: %(default)s)")
-    q.add_argument("--max-body-bytes", type=int, default=64 * 1024,
+    q.add_argument("--max-body-bytes", type=positive, default=64 * 1024,
                    help="larger request bodies are refused with 413 (default: %(default)s)")
     q.add_argument("--secure-cookies", action="store_true",
                    help="mark the session cookie Secure (serve behind HTTPS)")
@@ -270,10 +273,10 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     q = command("import", cmd_import, "queue the pairs of a pairs file for labeling",
                 creates=True)
     q.add_argument("file", help="pairs file (JSONL, JSON, parquet, hf:...)")
-    q.add_argument("--round", type=int, default=0, help="(default: %(default)s)")
-    q.add_argument("--votes-required", type=int, default=1,
+    q.add_argument("--round", type=round_number, default=0, help="(default: %(default)s)")
+    q.add_argument("--votes-required", type=positive, default=1,
                    help="labels each item needs (default: %(default)s)")
-    q.add_argument("--max-votes", type=int,
+    q.add_argument("--max-votes", type=positive,
                    help="labels an item needs when its votes disagree (default: votes required)")
     q.add_argument("--on-invalid", choices=["error", "skip"], default="error",
                    help="a bad row stops the import or is skipped (default: %(default)s)")
@@ -281,7 +284,7 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     q = command("export", cmd_export, "write soft-labeled DPO pairs or the raw votes")
     q.add_argument("--format", choices=["dpo", "raw", "hf"], default="dpo")
     q.add_argument("--out", required=True, help=".parquet or .jsonl (hf: a directory)")
-    q.add_argument("--round", type=int, help="only this round (default: every round)")
+    q.add_argument("--round", type=round_number, help="only this round (default: every round)")
     q.add_argument("--push-to-hub", metavar="REPO",
                    help="hf format: also upload the dataset to this Hub repository")
     q.add_argument("--public", action="store_true", help="with --push-to-hub: a public "
@@ -293,7 +296,7 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
 
     q = command("label", cmd_label, "label in the terminal")
     q.add_argument("--token", help=f"your annotator token (default: ${TOKEN_ENV})")
-    q.add_argument("--limit", type=int, help="stop after this many labels")
+    q.add_argument("--limit", type=positive, help="stop after this many labels")
     app_args(q)
 
     q = command("simulate", cmd_simulate, "bot annotators labeling through the JSON API",
@@ -301,20 +304,10 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--panel", default="demo",
                    help="panel of simulated annotators, from alignloop.demo.panel "
                         "(default: %(default)s)")
-    q.add_argument("--annotators", type=int, default=3, help="bots (default: %(default)s)")
+    q.add_argument("--annotators", type=positive, default=3, help="bots (default: %(default)s)")
     q.add_argument("--url", help="a running server (default: start one in this process)")
     q.add_argument("--token", action="append", default=[],
                    help="with --url and no --run-dir/--db: one bot per token (repeatable)")
-    q.add_argument("--max-labels", type=int, help="per bot (default: until nothing is left)")
+    q.add_argument("--max-labels", type=positive, help="per bot (default: until nothing is left)")
     q.add_argument("--seed", type=int, default=0)
     app_args(q)
-
-
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {n}")
-    return n

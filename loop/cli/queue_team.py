@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from alignloop.cli.argtypes import round_number
+
 
 def cmd_guidelines(args: argparse.Namespace) -> int:
     """Show the labeling guideline (the queue's, or --round K's), or store a new version of
@@ -84,7 +86,7 @@ def add_team_commands(command) -> None:
     """Register the commands with `command(name, func, help)` of `add_queue_commands`."""
     q = command("guidelines", cmd_guidelines, "show or set the labeling guideline")
     q.add_argument("--set", metavar="FILE", help="store FILE (markdown) as the new version")
-    q.add_argument("--round", type=int, help="the guideline of this round only "
+    q.add_argument("--round", type=round_number, help="the guideline of this round only "
                                              "(default: the queue-wide one)")
     q.add_argument("--author", default="", help="who wrote it (recorded with the version)")
 
