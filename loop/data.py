@@ -291,7 +291,8 @@ def _parse_row(row: Any, fmt: str, columns: dict[str, str]) -> Pair:
 
 def read_pairs(path: str | Path, *, format: str = "auto", columns: dict[str, str] | None = None,
                split: str = "train", subset: str = "", limit: int = 0,
-               on_invalid: str = "error") -> tuple[list[Pair], LoadReport]:
+               on_invalid: str = "error",
+               skip_hint: str = "set data.on_invalid=skip") -> tuple[list[Pair], LoadReport]:
     """Read and validate preference pairs from `path`.
 
     `path` is `builtin:demo-pairs` (the bundled demo set), a `.jsonl`, `.json` (a list of objects) or `.parquet` file, or
@@ -301,7 +302,8 @@ def read_pairs(path: str | Path, *, format: str = "auto", columns: dict[str, str
     configuration, `split` the split). `columns` maps our fields to source
     columns, e.g. `{"prompt": "question"}`. `limit` keeps the first N valid
     pairs. Invalid rows raise `DataError` (`on_invalid="error"`) or are
-    dropped and counted by reason (`"skip"`). Zero valid pairs is an error.
+    dropped and counted by reason (`"skip"`); the error says how to skip them (`skip_hint`,
+    the caller's own setting or flag). Zero valid pairs is an error.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
@@ -333,8 +335,8 @@ def read_pairs(path: str | Path, *, format: str = "auto", columns: dict[str, str
                                                         f"by {other.origin} for a different pair")
             except _Invalid as bad:
                 if on_invalid == "error":
-                    raise DataError(f"{origin}: {bad.detail} (set data.on_invalid=skip to drop "
-                                    "invalid rows)") from None
+                    raise DataError(f"{origin}: {bad.detail} ({skip_hint} to drop invalid "
+                                    "rows)") from None
                 skipped[bad.reason] += 1
                 continue
             pair = replace(pair, origin=origin)

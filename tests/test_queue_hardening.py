@@ -292,6 +292,15 @@ def test_import_names_the_file_and_row_of_a_control_character(store_url, tmp_pat
     assert "queued 1 new items" in capsys.readouterr().out
 
 
+def test_an_invalid_import_row_points_to_the_commands_own_flag(store_url, tmp_path, capsys):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "p", "chosen": "same", "rejected": "same"}\n')
+    assert main(["-q", "queue", "import", "--db", store_url, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} row 1" in err and "(add --on-invalid skip to drop invalid rows)" in err
+    assert "data.on_invalid" not in err          # a config key this command does not read
+
+
 # --------------------------------------------------------------------------- migrations
 
 

@@ -46,7 +46,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     from alignloop.data import read_pairs
 
     _not_a_run_dir(args.file, "pairs file")
-    pairs, report = read_pairs(args.file, on_invalid=args.on_invalid)
+    pairs, report = read_pairs(args.file, on_invalid=args.on_invalid,
+                               skip_hint="add --on-invalid skip")
     pairs, refused = _without_control_characters(pairs, args.on_invalid)
     store = _open(args)
     new = store.push(pairs, args.round, votes_required=args.votes_required,
