@@ -75,8 +75,9 @@ def push_files(run_dir: str | Path, k: int, *, merged: bool = False) -> dict[str
         source = Path(merged_model_dir(str(policy)))
     files = {str(p.relative_to(source)): p for p in sorted(source.rglob("*"))
              if p.is_file() and p.relative_to(source).parts[0] not in NOT_PUSHED}
-    state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").exists() \
-        else {}
+    from alignloop.rounds.state import read_state
+
+    state = read_state(run_dir / "state.json") if (run_dir / "state.json").exists() else {}
     reference = state.get("rounds", {}).get(str(k), {}).get("reference", cfg.model.name)
     card = Path(tempfile.mkdtemp(prefix="alignloop-card-")) / "README.md"
     card.write_text(model_card(run_dir, k, cfg, reference=reference, merged=merged and is_adapter))
