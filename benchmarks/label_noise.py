@@ -224,7 +224,9 @@ def sweep(spec: dict, size: str, work: Path, cache: RunCache, conditions, losses
 
 def finished_seeds(cache: RunCache, spec: dict, losses) -> dict[int, list[int]]:
     """{data size: its seeds whose every condition and loss has finished}, sizes with none
-    left out: a partial table compares runs of the same seeds only, so its pairing holds."""
+    left out: a partial table compares runs of the same seeds only, so its pairing holds.
+    A loss outside the size's own list (`--losses soft` on `target`) gets rows for the
+    seeds it finished by this rule, on its own."""
     out = {n: [s for s in range(spec["seeds"])
                if all(cache.has(n, s, c, loss) for c in spec["conditions"] for loss in losses)]
            for n in spec["pairs"]}
@@ -237,6 +239,12 @@ def _seed_counts(seeds: dict[int, list[int]], spec: dict) -> str:
         return f"{spec['seeds']} seed(s)"
     return ("seeds " + ", ".join(f"{len(s)} at {n}" for n, s in sorted(seeds.items()))
             + f" (of {spec['seeds']}: a partial table, `--partial`)")
+
+
+def _extra_note(loss: str, done: dict[int, list[int]]) -> str:
+    seeds = ", ".join(f"{len(ss)} at {n} pairs" for n, ss in sorted(done.items()))
+    return (f"`{loss}` is outside this size's sweep (run with `--losses {loss}`): its rows "
+            f"are the seeds it finished, {seeds}. ")
 
 
 def full_estimate(cache: RunCache, spec: dict) -> str:
@@ -311,10 +319,14 @@ def main(argv: list[str] | None = None) -> None:
     if not seeds:
         raise SystemExit(f"label_noise: no data size of {args.size!r} has a finished seed "
                          f"(every condition and loss) in {cache.path}")
-    sizes = sorted(seeds)
+    extra = {loss: done for loss in LOSSES if loss not in losses
+             for done in [finished_seeds(cache, spec, (loss,))] if done}
+    sizes = sorted({*seeds, *(n for done in extra.values() for n in done)})
     runs = {(n, c, loss): [cache.get(n, s, c, loss) for s in seeds[n]]
-            for n in sizes for c in spec["conditions"] for loss in losses}
-    rows = stats.summarise(runs, sizes, spec["conditions"], losses)
+            for n in seeds for c in spec["conditions"] for loss in losses}
+    runs.update({(n, c, loss): [cache.get(n, s, c, loss) for s in ss]
+                 for loss, done in extra.items() for n, ss in done.items() for c in spec["conditions"]})
+    rows = stats.summarise(runs, sizes, spec["conditions"], [*losses, *extra])
     top = max(spec["pairs"])
     check = (stats.target_check(rows, top) if "flip40" in spec["conditions"] and top in seeds
              else None)
@@ -325,12 +337,13 @@ def main(argv: list[str] | None = None) -> None:
               f"votes, {_seed_counts(seeds, spec)}, {spec['epochs']} epochs of {PAIRS_PER_STEP} "
               f"pairs per step ({', '.join(str(steps(spec, n)) for n in sizes)} steps), "
               f"{spec['eval_prompts'] or 'all 91'} held-out prompts for reward and KL. "
+              f"{''.join(_extra_note(loss, done) for loss, done in extra.items())}"
               f"{machine()}; {today()}; {load}; this invocation "
               f"{(time.perf_counter() - t0) / 60:.1f} min; `{command}`.")
     estimate = full_estimate(cache, spec) if args.size == "quick" else ""
     md = stats.table(rows, check) + "\n" + footer + (f"\n{estimate}" if estimate else "")
     meta = {"size": args.size, **{k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()},
-            "losses": list(losses), "votes": VOTES, "machine": machine(), "date": today(),
+            "losses": [*losses, *extra], "votes": VOTES, "machine": machine(), "date": today(),
             "command": command}
     if check is not None:   # the keys benchmarks/summary.py reads
         meta.update(target_met=check["met"], best_robust=check["best_robust"],

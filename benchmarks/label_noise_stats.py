@@ -67,11 +67,14 @@ def kept_share(clean: np.ndarray, noisy: np.ndarray) -> dict:
 def summarise(runs: dict, sizes, conditions, losses) -> list[dict]:
     """One row per (size, condition, loss): gain, KL, gain per nat, kept share of the clean
     gain (same size and loss), the flip rate rdpo was given, and held-out accuracy.
-    `runs[(size, condition, loss)]` lists that cell's run measures, one per seed."""
+    `runs[(size, condition, loss)]` lists that cell's run measures, one per seed; a cell
+    not in `runs` (a loss run at some sizes only) has no row."""
     rows = []
     for n in sizes:
         for cond in conditions:
             for loss in losses:
+                if (n, cond, loss) not in runs:
+                    continue
                 cell = runs[(n, cond, loss)]
                 gain, kl = matrix(cell, "gains"), matrix(cell, "kls")
                 row = {"pairs": n, "condition": cond, "loss": loss, "seeds": len(cell),

@@ -224,6 +224,45 @@ def test_partial_tables_use_the_seeds_each_size_has_complete(tmp_path, capsys):
     assert e.value.code == 2 and "--partial" in capsys.readouterr().err
 
 
+def test_a_loss_outside_the_sweep_gets_rows_where_it_finished(tmp_path, capsys):
+    """`--losses soft` on a size that sweeps sigmoid and rdpo: soft's finished seeds at the
+    largest size join the table and the target check; the other sizes keep their rows."""
+    spec = {**ln.SIZES["smoke"], "seeds": 2}
+    ids = [f"p{i}" for i in range(spec["eval_prompts"])]
+    out, work = tmp_path / "out", tmp_path / "work"
+    cache = lr.RunCache(out / "label_noise.extra_test.runs.json", "extra_test", spec,
+                        work / "extra_test")
+    gains = {"clean": 0.4, "flip40": 0.1}
+    for n in spec["pairs"]:
+        for seed in range(2):
+            for cond in spec["conditions"]:
+                for loss in spec["losses"]:
+                    cache.put(n, seed, cond, loss, {"prompt_ids": ids, "gains": [gains[cond]] * 3,
+                                                    "kls": [1.0] * 3, "flip_rate": 0.2})
+    for seed in range(2):     # soft keeps 0.35 / 0.4 of its clean gain, at 8 pairs only
+        for cond in spec["conditions"]:
+            cache.put(8, seed, cond, "soft", {"prompt_ids": ids, "gains": [0.35 if cond == "flip40"
+                                                                           else 0.4] * 3,
+                                              "kls": [1.0] * 3, "flip_rate": 0.0})
+    cache.put(4, 0, "clean", "soft", {"prompt_ids": ids, "gains": [0.4] * 3, "kls": [1.0] * 3,
+                                      "flip_rate": 0.0})          # no flip40 run: no row at 4
+    ln.SIZES["extra_test"] = spec
+    try:
+        ln.main(["--size", "extra_test", "--out", str(out), "--work", str(work), "--no-readme"])
+    finally:
+        del ln.SIZES["extra_test"]
+    capsys.readouterr()
+    data = json.loads((out / "label_noise.extra_test.json").read_text())
+    cells = {(r["pairs"], r["condition"], r["loss"]): r for r in data["results"]}
+    assert {k for k in cells if k[2] == "soft"} == {(8, "clean", "soft"), (8, "flip40", "soft")}
+    assert {(n, loss) for n, _, loss in cells} >= {(4, "sigmoid"), (4, "rdpo"), (8, "sigmoid")}
+    assert cells[8, "flip40", "soft"]["kept"]["value"] == pytest.approx(0.875)
+    meta = data["meta"]
+    assert meta["losses"] == ["sigmoid", "rdpo", "soft"] and meta["best_robust"] == "soft"
+    md = (out / "label_noise.extra_test.md").read_text()
+    assert "`soft` is outside this size's sweep" in md and "2 at 8 pairs" in md
+
+
 @pytest.mark.parametrize("argv, named", [
     (["--size", "huge"], "--size"),
     (["--losses", "sigmoid,hinge"], "--losses"),
