@@ -8,8 +8,10 @@ with `num_return_sequences=n`, as a hand-written script would. Per setting:
 
     start s         engine start (vLLM) or model load (hf, plain loop)
     1st call        generated tokens/s of the first call after the start
-    warm call       tokens/s of a call after reloading the weights into the live engine
-                    (vLLM: `load`, as the loop does each round; the reload's seconds too)
+    warm call       vLLM: tokens/s of a call after reloading the weights into the live
+                    engine (`load`, as the loop does each round; the reload's seconds too);
+                    hf: the median of `HF_WARM_CALLS` more calls on the same generator (one
+                    call's tokens/s spread by +-8% run to run on this 2-core machine)
     e2e/round       tokens per second of a round of the loop: for vLLM one engine per run,
                     so the start is spread over `--rounds` rounds plus a reload and a warm
                     call each; for hf a model load and a call each round
@@ -45,6 +47,8 @@ from dpo_throughput import cpu_flags, matmul_peak_gflops  # noqa: E402
 
 MODEL = os.environ.get("BENCH_MODEL", "builtin:smollm2-135m-instruct")
 SIZES = {"quick": {"prompts": 16, "n": 4, "tokens": 32}, "full": {"prompts": 32, "n": 4, "tokens": 64}}
+HF_WARM_CALLS = 2
+"""Calls after the first on one hf generator; their median is the row's warm tokens/s."""
 # name -> (backend, dtype, enforce_eager)
 BF16_EMULATED_PROMPTS = 2
 """Prompts for the hf bf16 row on a CPU without bf16 units (the row says so)."""
@@ -91,18 +95,29 @@ def plain_loop(items, n: int, tokens: int, dtype: str) -> dict:
             "prompts": len(items)}
 
 
-def hf_backend(items, params, dtype: str, in_flight: int, batched: bool = False) -> dict:
-    """The hf backend (continuous batching), or with `batched` its previous decoder."""
+def hf_backend(items, params, dtype: str, in_flight: int, batched: bool = False,
+               warm_calls: int = HF_WARM_CALLS) -> dict:
+    """The hf backend (continuous batching), or with `batched` its previous decoder: a first
+    call, then `warm_calls` more on the same generator, each giving the same samples."""
+    import statistics
+
     from alignloop.generation import make_generator
     from hf_batch_reference import sample_batched
 
     t0 = time.perf_counter()
     gen = make_generator("hf", MODEL, dtype=dtype, max_batch_sequences=in_flight, progress=False)
     start = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = sample_batched(gen, items, params) if batched else gen.sample(items, params)
+    calls = []
+    for _ in range(1 + warm_calls):
+        t0 = time.perf_counter()
+        out = sample_batched(gen, items, params) if batched else gen.sample(items, params)
+        calls.append((time.perf_counter() - t0, [c.token_ids for c in out]))
+    assert all(ids == calls[0][1] for _, ids in calls), "a repeated call sampled differently"
+    warm = [s for s, _ in calls[1:]]
     return {"start_s": start, "tokens": sum(len(c.token_ids) for c in out),
-            "call_s": time.perf_counter() - t0, "prompts": len(items), "in_flight": in_flight,
+            "call_s": calls[0][0], **({"warm_s": statistics.median(warm), "warm_calls_s": warm}
+                                      if warm else {}),
+            "prompts": len(items), "in_flight": in_flight,
             "ended_early": sum(c.finish_reason == "stop" for c in out) / len(out)}
 
 
@@ -157,11 +172,10 @@ def run_setting(name: str, items, params, in_flight: int) -> dict:
 def summarise(name: str, r: dict, rounds: int, ceilings: dict) -> dict:
     backend, dtype, _ = SETTINGS[name]
     toks = r["tokens"]
+    warm_s = r.get("warm_s", r["call_s"])
     if backend == "vllm":
-        warm_s = r["warm_s"]
         per_round = r["start_s"] / rounds + r["reload_s"] + warm_s
     else:
-        warm_s = r["call_s"]
         per_round = r["start_s"] + r["call_s"]
     return {"setting": name, "backend": backend, "dtype": dtype, **r,
             "first_tps": toks / r["call_s"], "warm_tps": toks / warm_s,

@@ -41,3 +41,18 @@ def test_a_run_of_some_settings_never_replaces_the_full_results(monkeypatch, kw,
     gt.write(_args(**kw), gt.SIZES[kw.get("size", "full")], [ROW], dict.fromkeys(DTYPES, 1.0),
              dict.fromkeys(DTYPES, 300.0), final=True)
     assert written == [(name, readme)]
+
+
+def test_hf_rows_time_warm_calls_and_read_the_ceiling_off_their_median(monkeypatch):
+    """A first call and two warm calls on one generator (the tiny model): the warm figure
+    is the warm calls' median, never the first call's, and the samples repeat exactly."""
+    from alignloop.generation import SamplingParams
+
+    monkeypatch.setattr(gt, "MODEL", "builtin:tiny-random")
+    r = gt.hf_backend(gt.prompts(2), SamplingParams(n=2, max_new_tokens=4, seed=0), "float32", 4)
+    assert len(r["warm_calls_s"]) == gt.HF_WARM_CALLS == 2
+    assert r["warm_s"] == pytest.approx(sum(r["warm_calls_s"]) / 2)     # median of two
+    row = gt.summarise("hf-fp32", {**r, "call_s": 1e3}, 3, dict.fromkeys(DTYPES, 1e6))
+    assert row["warm_tps"] == pytest.approx(r["tokens"] / r["warm_s"])
+    assert row["first_tps"] == pytest.approx(r["tokens"] / 1e3)
+    assert row["ceiling_fraction"] == pytest.approx(row["warm_tps"] / 1e6)
