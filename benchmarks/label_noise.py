@@ -55,6 +55,7 @@ from label_noise_runs import (  # noqa: E402
     heldout_pairs,
     measure,
     pair_pool,
+    provenance,
     score_pairs,
 )
 from loop_bench import RUNS, demo_raw, make_config, run_loop, write_rows  # noqa: E402
@@ -217,7 +218,7 @@ def sweep(spec: dict, size: str, work: Path, cache: RunCache, conditions, losses
             run_loop(run_config(spec, data, loss, eps, seed), run_dir)
             m = measure(run_dir, spec["model"], held, base_scores)
             m.update(flip_rate=round(eps, 6), seconds=round(time.perf_counter() - t, 1),
-                     steps=steps(spec, n))
+                     steps=steps(spec, n), **provenance(run_dir, work))
             cache.put(n, seed, cond, loss, m)
             bar.update(1)
 
@@ -245,6 +246,32 @@ def _extra_note(loss: str, done: dict[int, list[int]]) -> str:
     seeds = ", ".join(f"{len(ss)} at {n} pairs" for n, ss in sorted(done.items()))
     return (f"`{loss}` is outside this size's sweep (run with `--losses {loss}`): its rows "
             f"are the seeds it finished, {seeds}. ")
+
+
+def provenance_note(runs: dict) -> str:
+    """A footer sentence when the table's runs differ in precision or in the candidates
+    their pairs came from (e.g. a loss run later on a machine where `auto` resolved to
+    another precision); nothing when they all agree."""
+    seen: dict[str, set] = {}
+    for (_, _, loss), measured in runs.items():
+        seen.setdefault(loss, set()).update(
+            (m.get("precision", "not recorded"), m.get("candidates", "not recorded"))
+            for m in measured)
+    if len(set().union(*seen.values())) <= 1:
+        return ""
+    groups: dict[tuple, list[str]] = {}
+    for loss, kinds in seen.items():
+        groups.setdefault(tuple(sorted(kinds)), []).append(f"`{loss}`")
+    said = "; ".join(", ".join(losses) + ": " + ", ".join(
+        "precision and candidates not recorded" if p == c == "not recorded"
+        else f"{p}, candidates {c}" for p, c in kinds) for kinds, losses in groups.items())
+    mixed = [f"`{loss}`" for loss, kinds in seen.items() if len(kinds) > 1]
+    within = (f"{', '.join(mixed)} mixes them within the loss, so its kept share pairs clean "
+              "and noisy runs of different kinds. " if mixed else
+              "Each loss's clean and noisy runs share theirs, so its kept share is paired; "
+              "compare kept shares rather than gains across losses. ")
+    return (f"The runs differ in precision or candidates ({said}): runs on other candidates "
+            f"trained on other pairs. {within}")
 
 
 def full_estimate(cache: RunCache, spec: dict) -> str:
@@ -338,6 +365,7 @@ def main(argv: list[str] | None = None) -> None:
               f"pairs per step ({', '.join(str(steps(spec, n)) for n in sizes)} steps), "
               f"{spec['eval_prompts'] or 'all 91'} held-out prompts for reward and KL. "
               f"{''.join(_extra_note(loss, done) for loss, done in extra.items())}"
+              f"{provenance_note(runs)}"
               f"{machine()}; {today()}; {load}; this invocation "
               f"{(time.perf_counter() - t0) / 60:.1f} min; `{command}`.")
     estimate = full_estimate(cache, spec) if args.size == "quick" else ""

@@ -6,6 +6,7 @@ measured by, and the cache of measured runs that lets a killed sweep continue.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import random
@@ -153,6 +154,17 @@ def measure(run_dir: Path, model: str, held: list[dict], base_scores: list[float
         scores = score_pairs(model, {"policy": str(run_dir / "round_000" / "policy")}, held)
         out["accuracy"] = round(accuracy(scores["policy"], base_scores), 6)
     return out
+
+
+def provenance(run_dir: Path, work: Path) -> dict:
+    """What a finished run's figures rest on besides its cell: the precision its models
+    ran in (the round's recorded placement; `auto` resolves per machine) and a digest of
+    the candidates its pairs came from (sampled in the generator's precision, so a cache
+    continued on another machine may hold runs on other pairs)."""
+    state = json.loads((run_dir / "state.json").read_text())
+    place = state["rounds"]["0"].get("placement", {})
+    digest = hashlib.sha256((work / CANDIDATES).read_bytes()).hexdigest()[:12]
+    return {"precision": place.get("precision", "not recorded"), "candidates": digest}
 
 
 # --------------------------------------------------------------------------- cache

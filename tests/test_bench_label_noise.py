@@ -158,6 +158,7 @@ def test_sweep_runs_the_largest_data_size_first_and_skips_cached_cells(tmp_path,
     monkeypatch.setattr(ln, "run_loop", lambda cfg, run_dir: ran.append(run_dir))
     monkeypatch.setattr(ln, "run_config", lambda *a: None)
     monkeypatch.setattr(ln, "measure", lambda *a: {"gains": [0.0]})
+    monkeypatch.setattr(ln, "provenance", lambda *a: {})
     ln.sweep(spec, "smoke", tmp_path / "w", cache, ("clean", "flip40"), ("sigmoid", "rdpo"))
     order = list(dict.fromkeys((int(d.parts[-3][1:]), int(d.parts[-2][4:])) for d in ran))
     assert order == [(8, 0), (8, 1), (6, 0), (4, 0), (6, 1), (4, 1)]
@@ -243,7 +244,8 @@ def test_a_loss_outside_the_sweep_gets_rows_where_it_finished(tmp_path, capsys):
         for cond in spec["conditions"]:
             cache.put(8, seed, cond, "soft", {"prompt_ids": ids, "gains": [0.35 if cond == "flip40"
                                                                            else 0.4] * 3,
-                                              "kls": [1.0] * 3, "flip_rate": 0.0})
+                                              "kls": [1.0] * 3, "flip_rate": 0.0,
+                                              "precision": "fp32", "candidates": "c0ffee"})
     cache.put(4, 0, "clean", "soft", {"prompt_ids": ids, "gains": [0.4] * 3, "kls": [1.0] * 3,
                                       "flip_rate": 0.0})          # no flip40 run: no row at 4
     ln.SIZES["extra_test"] = spec
@@ -261,6 +263,27 @@ def test_a_loss_outside_the_sweep_gets_rows_where_it_finished(tmp_path, capsys):
     assert meta["losses"] == ["sigmoid", "rdpo", "soft"] and meta["best_robust"] == "soft"
     md = (out / "label_noise.extra_test.md").read_text()
     assert "`soft` is outside this size's sweep" in md and "2 at 8 pairs" in md
+    # soft ran later, elsewhere: the footer says its runs rest on other candidates
+    assert ("(`sigmoid`, `rdpo`: precision and candidates not recorded; `soft`: fp32, "
+            "candidates c0ffee)") in md and "its kept share is paired" in md
+
+
+def test_provenance_is_read_off_the_run_and_a_mixed_table_says_so(tmp_path):
+    run_dir = tmp_path / "n8" / "seed0" / "clean-soft"
+    run_dir.mkdir(parents=True)
+    (run_dir / "state.json").write_text(json.dumps(
+        {"rounds": {"0": {"placement": {"device": "cpu", "precision": "bf16-mixed"}}}}))
+    (tmp_path / lr.CANDIDATES).write_text('{"spec": {}}')
+    got = lr.provenance(run_dir, tmp_path)
+    assert got["precision"] == "bf16-mixed" and len(got["candidates"]) == 12
+    (tmp_path / lr.CANDIDATES).write_text('{"spec": {"other": 1}}')
+    assert lr.provenance(run_dir, tmp_path)["candidates"] != got["candidates"]
+    same = {"precision": "fp32", "candidates": "a"}
+    runs = {(8, "clean", "sigmoid"): [same], (8, "flip40", "sigmoid"): [same]}
+    assert ln.provenance_note(runs) == ""
+    runs[8, "flip40", "sigmoid"] = [{"precision": "bf16-mixed", "candidates": "b"}]
+    note = ln.provenance_note(runs)
+    assert "bf16-mixed, candidates b" in note and "`sigmoid` mixes them within the loss" in note
 
 
 @pytest.mark.parametrize("argv, named", [
@@ -294,6 +317,8 @@ def test_part_of_the_smoke_sweep_runs_the_real_loop_the_same_way_twice(tmp_path)
     assert first == _measures(tmp_path / "out2")
     assert all(len(m["gains"]) == len(m["kls"]) == ln.SIZES["smoke"]["eval_prompts"]
                and 0 < m["flip_rate"] <= ln.MAX_FLIP_RATE for m in first.values())
+    assert {m["precision"] for m in first.values()} <= {"fp32", "bf16-mixed"}
+    assert len({m["candidates"] for m in first.values()}) == 1
     assert not (tmp_path / "out1" / "label_noise.smoke.json").exists()
 
 
