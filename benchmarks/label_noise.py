@@ -201,10 +201,12 @@ def sweep(spec: dict, size: str, work: Path, cache: RunCache, conditions, losses
     if len(pool) < max(spec["pairs"]):
         raise SystemExit(f"label_noise: size {size!r} asks for {max(spec['pairs'])} pairs but its "
                          f"candidates give {len(pool)}; raise SIZES[{size!r}]['train_prompts']")
-    held = heldout_pairs(cands)
-    base_scores = score_pairs(spec["model"], {"base": spec["model"]}, held)["base"] if held else []
     todo = [(n, s, c, loss) for n, s in run_order(spec) for c in conditions for loss in losses
             if not cache.has(n, s, c, loss)]
+    if not todo:            # tables only: no base-model pass over the held-out pairs
+        return
+    held = heldout_pairs(cands)
+    base_scores = score_pairs(spec["model"], {"base": spec["model"]}, held)["base"] if held else []
     with tqdm(total=len(todo), desc=f"label_noise {size}", unit="runs") as bar:
         for n, seed, cond, loss in todo:
             pairs = pool[:n]

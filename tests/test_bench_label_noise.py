@@ -164,6 +164,10 @@ def test_sweep_runs_the_largest_data_size_first_and_skips_cached_cells(tmp_path,
     assert order == [(8, 0), (8, 1), (6, 0), (4, 0), (6, 1), (4, 1)]
     assert len(ran) == 3 * 2 * 2 * 2 - 1
     assert tmp_path / "w" / "n8" / "seed0" / "clean-sigmoid" not in ran
+    # all cached (e.g. a call for the tables only): no run and no base-model pass
+    monkeypatch.setattr(ln, "heldout_pairs", lambda cands: pytest.fail("base pass with nothing to run"))
+    ln.sweep(spec, "smoke", tmp_path / "w", cache, ("clean", "flip40"), ("sigmoid", "rdpo"))
+    assert len(ran) == 3 * 2 * 2 * 2 - 1
 
 
 def test_run_cache_resumes_and_refuses_other_settings(tmp_path):
