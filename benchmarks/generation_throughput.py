@@ -112,7 +112,9 @@ def hf_backend(items, params, dtype: str, in_flight: int, batched: bool = False,
         t0 = time.perf_counter()
         out = sample_batched(gen, items, params) if batched else gen.sample(items, params)
         calls.append((time.perf_counter() - t0, [c.token_ids for c in out]))
-    assert all(ids == calls[0][1] for _, ids in calls), "a repeated call sampled differently"
+    if any(ids != calls[0][1] for _, ids in calls):
+        raise RuntimeError(f"hf {dtype}, {in_flight} in flight: a repeated call on one "
+                           "generator sampled other tokens; its timings do not compare")
     warm = [s for s, _ in calls[1:]]
     return {"start_s": start, "tokens": sum(len(c.token_ids) for c in out),
             "call_s": calls[0][0], **({"warm_s": statistics.median(warm), "warm_calls_s": warm}

@@ -56,3 +56,22 @@ def test_hf_rows_time_warm_calls_and_read_the_ceiling_off_their_median(monkeypat
     assert row["warm_tps"] == pytest.approx(r["tokens"] / r["warm_s"])
     assert row["first_tps"] == pytest.approx(r["tokens"] / 1e3)
     assert row["ceiling_fraction"] == pytest.approx(row["warm_tps"] / 1e6)
+
+
+def test_hf_rows_refuse_warm_calls_that_sample_other_tokens(monkeypatch):
+    """Warm calls time the same work as the first: a generator whose repeat samples other
+    tokens (a seeding bug) stops the row rather than timing different work."""
+    from types import SimpleNamespace
+
+    import alignloop.generation as generation
+
+    class Drifting:
+        calls = 0
+
+        def sample(self, items, params):
+            self.calls += 1
+            return [SimpleNamespace(token_ids=[1, self.calls], finish_reason="length")]
+
+    monkeypatch.setattr(generation, "make_generator", lambda *a, **k: Drifting())
+    with pytest.raises(RuntimeError, match="sampled other tokens"):
+        gt.hf_backend([], None, "float32", 4)
