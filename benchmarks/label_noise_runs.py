@@ -6,7 +6,6 @@ measured by, and the cache of measured runs that lets a killed sweep continue.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import random
@@ -161,10 +160,12 @@ def provenance(run_dir: Path, work: Path) -> dict:
     ran in (the round's recorded placement; `auto` resolves per machine) and a digest of
     the candidates its pairs came from (sampled in the generator's precision, so a cache
     continued on another machine may hold runs on other pairs)."""
-    state = json.loads((run_dir / "state.json").read_text())
-    place = state["rounds"]["0"].get("placement", {})
-    digest = hashlib.sha256((work / CANDIDATES).read_bytes()).hexdigest()[:12]
-    return {"precision": place.get("precision", "not recorded"), "candidates": digest}
+    from alignloop.artifacts import file_sha256
+    from alignloop.rounds.state import read_state
+
+    place = read_state(run_dir / "state.json")["rounds"]["0"].get("placement", {})
+    return {"precision": place.get("precision", "not recorded"),
+            "candidates": file_sha256(work / CANDIDATES)[:12]}
 
 
 # --------------------------------------------------------------------------- cache
