@@ -8,7 +8,10 @@ bootstrap ensemble of Bradley-Terry heads (`BTEnsemble`, the embedding judge's
 learner) on these synthetic features, refit after every batch of labels; pairs
 are chosen by alignloop's own `select_pairs`. A variant is a strategy (`random`,
 `uncertainty`, `double_thompson`, `bald`, `bald_diverse`) and an acquisition
-batch size (labels bought between two refits: 25, 10 or 5).
+batch size (labels bought between two refits: 25, 10 or 5). Two references say how
+far selection can go in this world: `oracle_d_optimal` picks knowing the truth (greedy
+D-optimal design; never counted as the best variant), and the ceiling is the accuracy
+of heads fit on 20,000 random labels, where every curve flattens.
 
 Measured: held-out preference accuracy against the latent truth (sign of
 u_a - u_b over every pair of held-out prompts) as a function of labels spent,
@@ -43,8 +46,12 @@ from common import RESULTS, machine, today, write_results  # noqa: E402
 VARIANTS = (("random", 25), ("uncertainty", 25), ("double_thompson", 25), ("bald", 25),
             ("bald_diverse", 25), ("uncertainty", 10), ("uncertainty", 5),
             ("double_thompson", 10), ("double_thompson", 5), ("bald", 10), ("bald", 5),
-            ("bald_diverse", 10), ("bald_diverse", 5))
+            ("bald_diverse", 10), ("bald_diverse", 5), ("oracle_d_optimal", 25),
+            ("oracle_d_optimal", 5))
 """(strategy, labels per refit); the first is the bar every other variant is held to."""
+ORACLE = "oracle_d_optimal"
+"""A reference, not a strategy: it picks knowing the truth (`_oracle_picks`), so it never
+counts as the best variant; it bounds what selection can save in this world."""
 SIZES = {
     "quick": {"seeds": 3, "budget": 600, "pool": 600, "candidates": 150},
     "full": {"seeds": 12, "budget": 900, "pool": 1200, "candidates": 200},
@@ -129,6 +136,7 @@ def campaign(strategy: str, seed: int, size: dict, batch: int,
     heads = BTEnsemble(members=members, l2=1.0, seed=seed)
     X, y, curve = [], [], []
     used: set[tuple[int, int, int]] = set()
+    info = np.eye(world.phi.shape[-1])      # the labels' Fisher information under the truth
     while len(y) < size["budget"]:
         # a fresh slice of the pool is offered each batch, like a new round's prompts
         offer = rng.choice(len(world.phi), size=size["candidates"], replace=False)
@@ -141,18 +149,67 @@ def campaign(strategy: str, seed: int, size: dict, batch: int,
                   for p in offer]
         # The very first batch has no model yet: every strategy starts from random pairs.
         name = strategy if heads.fitted else "random"
-        cfg = SelectionConfig(strategy=name, budget=min(batch, size["budget"] - len(y)),
+        cfg = SelectionConfig(strategy=name if name != ORACLE else "random",
+                              budget=min(batch, size["budget"] - len(y)),
                               random_share=0.0,
                               seed=int(rng.integers(1 << 31)))
-        for p in select_pairs(groups, pairs, js, cfg):
-            key = (int(offer[p.group]), p.i, p.j)
+        picks = (_oracle_picks(world, offer, pairs, cfg.budget, info) if name == ORACLE
+                 else [(p.group, p.i, p.j) for p in select_pairs(groups, pairs, js, cfg)])
+        for g, i, j in picks:
+            key = (int(offer[g]), i, j)
             used.add(key)
-            fa, fb = world.phi[key[0], p.i], world.phi[key[0], p.j]
+            fa, fb = world.phi[key[0], i], world.phi[key[0], j]
             X.append(fa - fb)
             y.append(vote(world, rng, fa, fb))
+            if strategy == ORACLE:
+                info += _true_weight(world, fa - fb) * np.outer(fa - fb, fa - fb)
         heads.fit(np.array(X), np.array(y))
         curve.append((len(y), accuracy(heads, world)))
     return curve
+
+
+CEILING_LABELS = 20_000
+
+
+def ceiling_accuracy(seed: int, size: dict, labels: int = CEILING_LABELS) -> float:
+    """Held-out accuracy of the heads fit on `labels` uniformly random votes in the world of
+    `seed`: where every curve flattens (the panel's systematic disagreement and the heads'
+    prior keep it below 1)."""
+    world = make_world(seed, pool=size["pool"])
+    rng = np.random.default_rng(2000 + seed)
+    g = rng.integers(0, world.phi.shape[0], labels)
+    a = rng.integers(0, world.phi.shape[1], labels)
+    b = (a + rng.integers(1, world.phi.shape[1], labels)) % world.phi.shape[1]
+    X = world.phi[g, a] - world.phi[g, b]
+    y = [vote(world, rng, x, np.zeros_like(x)) for x in X]
+    return accuracy(BTEnsemble(members=8, l2=1.0, seed=seed).fit(X, np.array(y)), world)
+
+
+def _true_weight(world: World, x: np.ndarray) -> np.ndarray:
+    """p (1 - p) of the panel's vote on feature differences `x` (..., d): the Fisher weight
+    of one label under the true Bradley-Terry model (p: a random annotator prefers a)."""
+    p = (1 / (1 + np.exp(-(x @ world.panel.T)))).mean(-1)
+    return p * (1 - p)
+
+
+def _oracle_picks(world: World, offer, pairs, n: int, info: np.ndarray):
+    """`n` offered pairs chosen greedily for the largest gain in log det of the labels' Fisher
+    information under the true model (D-optimal design with the truth known; `info` starts
+    at the heads' L2 prior, the identity). Not a strategy a labeler can run: it knows the
+    panel's weights. It tells how many labels selection could save in this world at all."""
+    keys = [(g, i, j) for g, gp in enumerate(pairs) for i, j in gp]
+    x = np.stack([world.phi[offer[g], i] - world.phi[offer[g], j] for g, i, j in keys])
+    lam = _true_weight(world, x)
+    inv = np.linalg.inv(info)
+    taken: list[int] = []
+    for _ in range(min(n, len(keys))):
+        gain = np.log1p(lam * np.einsum("nd,de,ne->n", x, inv, x))
+        gain[taken] = -np.inf
+        k = int(np.argmax(gain))
+        taken.append(k)
+        v = inv @ x[k]
+        inv -= lam[k] * np.outer(v, v) / (1 + lam[k] * x[k] @ v)
+    return [keys[k] for k in taken]
 
 
 def labels_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
@@ -208,7 +265,8 @@ def _grid(batch: int, budget: int) -> np.ndarray:
     return np.arange(batch, budget + 1, batch)
 
 
-def summarize(curves: dict, size: dict, size_name: str) -> tuple[dict, list[dict], str]:
+def summarize(curves: dict, size: dict, size_name: str,
+              ceiling: list[float] | None = None) -> tuple[dict, list[dict], str]:
     """The table. Primary statistic: on the seed-averaged curves, the labels a variant needs
     to reach the accuracy random selection (batch 25) has at its full budget, with a 90%
     seed-bootstrap interval. Per seed, the same with a seed that never gets there counted as
@@ -241,7 +299,7 @@ def summarize(curves: dict, size: dict, size_name: str) -> tuple[dict, list[dict
             "labels_to_bar_per_seed_median": float(np.median(
                 [n if n is not None else math.inf for n in per_seed])),
         })
-    best = min((r for r in rows[1:] if r["labels_to_bar_mean_curve"]),
+    best = min((r for r in rows[1:] if r["labels_to_bar_mean_curve"] and r["strategy"] != ORACLE),
                key=lambda r: (r["labels_to_bar_mean_curve"], r["labels_to_bar_interval90"][1]),
                default=None)
     ratio = best["labels_to_bar_mean_curve"] / budget if best else None
@@ -253,8 +311,21 @@ def summarize(curves: dict, size: dict, size_name: str) -> tuple[dict, list[dict
             "best_strategy": best["variant"] if best else None, "labels_ratio": ratio,
             "labels_ratio_interval90": ([x / budget for x in best["labels_to_bar_interval90"]]
                                         if best else None),
-            "target_met": bool(ratio is not None and ratio <= 1 / 3)}
+            "target_met": bool(ratio is not None and ratio <= 1 / 3),
+            "oracle": _oracle_summary(rows, budget),
+            "ceiling_accuracy": None if not ceiling else float(np.mean(ceiling)),
+            "ceiling_labels": CEILING_LABELS}
     return meta, rows, _table(rows, meta, budget, name)
+
+
+def _oracle_summary(rows: list[dict], budget: int) -> dict | None:
+    """The oracle's best batch size: its share of the budget and interval (None: not run)."""
+    done = [r for r in rows if r["strategy"] == ORACLE and r["labels_to_bar_mean_curve"]]
+    if not done:
+        return None
+    r = min(done, key=lambda r: r["labels_to_bar_mean_curve"])
+    return {"variant": r["variant"], "labels_ratio": r["labels_to_bar_mean_curve"] / budget,
+            "labels_ratio_interval90": [x / budget for x in r["labels_to_bar_interval90"]]}
 
 
 def _table(rows: list[dict], meta: dict, budget: int, name: str) -> str:
@@ -282,6 +353,7 @@ def _table(rows: list[dict], meta: dict, budget: int, name: str) -> str:
               f"{'-' if ratio is None else f'{ratio:.2f}'} of the budget on the seed-averaged "
               f"curve (90% seed-bootstrap interval "
               f"{'-' if ci is None else f'{ci[0]:.2f} – {ci[1]:.2f}' if math.isfinite(ci[1]) else f'{ci[0]:.2f} – not reached'}). "
+              f"{_oracle_sentence(meta.get('oracle'))}{_ceiling_sentence(meta)}"
               f"Random, batch 25 sets the bar. Per seed the bar is noisy (random itself "
               f"reaches its own final value early on some seeds), hence the median column. "
               f"{meta['seeds']} seeds, 5-annotator panel with systematic disagreement, "
@@ -289,6 +361,26 @@ def _table(rows: list[dict], meta: dict, budget: int, name: str) -> str:
               f"{meta['machine']}; {meta['date']}; `{meta['command']}`; plot: "
               f"benchmarks/results/{name}.png."]
     return "\n".join(lines)
+
+
+def _oracle_sentence(oracle: dict | None) -> str:
+    if oracle is None:
+        return ""
+    lo, hi = oracle["labels_ratio_interval90"]
+    return (f"The {oracle['variant']} reference, which picks the pairs of most Fisher "
+            f"information under the true utilities (no labeler can), needs "
+            f"{oracle['labels_ratio']:.2f} of the budget ({lo:.2f} – {hi:.2f}). ")
+
+
+def _ceiling_sentence(meta: dict) -> str:
+    top = meta.get("ceiling_accuracy")
+    if top is None:
+        return ""
+    gap = top - meta["random_full_budget_accuracy"]
+    return (f"Heads fit on {meta['ceiling_labels']:,} random labels reach {top:.3f} (mean "
+            f"over seeds), so random's bar sits {gap:.3f} below where the curves flatten; if "
+            f"that gap shrinks as 1/√labels, reaching the bar with a third of the budget "
+            f"takes labels that each carry 3× a random label's information. ")
 
 
 def _vs(row: dict) -> str:
@@ -311,31 +403,64 @@ def main() -> None:
                     help="re-render the table, plot and README section from the saved curves")
     ap.add_argument("--candidates", type=int, help="prompts offered per batch (overrides)")
     ap.add_argument("--name", help="results file name (default: by size)")
+    ap.add_argument("--variants", help="run only these variants (e.g. 'oracle_d_optimal:5,"
+                    "bald:25') and merge them into the saved curves of the same size")
     args = ap.parse_args()
     size = dict(SIZES[args.size])
     size.update({k: v for k, v in (("seeds", args.seeds), ("candidates", args.candidates)) if v})
     name = args.name or ("label_efficiency" if args.size == "full" else "label_efficiency.quick")
     if args.table_only:
-        saved = json.loads((RESULTS / f"{name}.json").read_text())
-        curves = {s: [[tuple(p) for p in run] for run in runs]
-                  for s, runs in saved["results"]["curves"].items()}
+        curves, ceiling = _saved_curves(name, size), _saved_ceiling(name)
     else:
         from threadpoolctl import threadpool_limits
 
-        curves = {variant_name(*v): [] for v in VARIANTS}
+        todo = _parse_variants(args.variants) if args.variants else VARIANTS
+        curves = _saved_curves(name, size) if args.variants else {}
+        curves.update({variant_name(*v): [] for v in todo})
         with threadpool_limits(1):   # small fits: threads only contend on a shared machine
             for seed in range(size["seeds"]):
-                for strategy, batch in VARIANTS:
+                for strategy, batch in todo:
                     runs = curves[variant_name(strategy, batch)]
                     runs.append(campaign(strategy, seed, size, batch))
                     print(f"seed {seed} {variant_name(strategy, batch):24s} final accuracy "
                           f"{runs[-1][-1][1]:.3f}", flush=True)
-    meta, rows, md = summarize(curves, size, args.size)
+            ceiling = [ceiling_accuracy(seed, size) for seed in range(size["seeds"])]
+    meta, rows, md = summarize(curves, size, args.size, ceiling)
     _plot(curves, RESULTS / f"{name}.png")
     # a quick pass never overwrites the full results the README shows
-    write_results(name, meta, {"rows": rows, "curves": curves}, md,
+    write_results(name, meta, {"rows": rows, "curves": curves, "ceiling": ceiling}, md,
                   readme=args.size == "full" and not args.name)
     print(md)
+
+
+def _parse_variants(text: str) -> list[tuple[str, int]]:
+    known = {variant_name(*v): v for v in VARIANTS}
+    out = []
+    for item in text.split(","):
+        strategy, _, batch = item.strip().partition(":")
+        v = known.get(variant_name(strategy, int(batch) if batch.isdigit() else -1))
+        if v is None:
+            raise SystemExit(f"--variants: unknown variant {item.strip()!r}; known: "
+                             f"{', '.join(f'{s}:{b}' for s, b in VARIANTS)}")
+        out.append(v)
+    return out
+
+
+def _saved_curves(name: str, size: dict) -> dict:
+    """The curves of an earlier run of the same size (same seeds, budget, pool and offer)."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        raise SystemExit(f"{path} does not exist: run every variant first")
+    saved = json.loads(path.read_text())
+    differ = [k for k in size if saved["meta"].get(k) != size[k]]
+    if differ:
+        raise SystemExit(f"{path} was run with other settings ({', '.join(differ)})")
+    return {s: [[tuple(p) for p in run] for run in runs]
+            for s, runs in saved["results"]["curves"].items()}
+
+
+def _saved_ceiling(name: str) -> list[float] | None:
+    return json.loads((RESULTS / f"{name}.json").read_text())["results"].get("ceiling")
 
 
 def _plot(curves, path: Path) -> None:

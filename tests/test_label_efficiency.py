@@ -79,3 +79,47 @@ def test_labels_to_bar_and_its_seed_bootstrap():
     diff, lo, hi = le.paired_difference(fast, bar, bar, grid, grid, grid)
     assert diff == -70 and lo <= diff <= hi < 0
     assert le.paired_difference(bar[:1] * 3, bar[:1] * 3, bar[1:2] * 3, grid, grid, grid)[0] == 0
+
+
+def test_the_oracle_buys_more_information_than_any_random_batch_and_is_never_the_best():
+    world = le.make_world(0, pool=40)
+    offer = np.arange(40)
+    pairs = [[(i, j) for i in range(4) for j in range(i + 1, 4)]] * 40
+    info = np.eye(world.phi.shape[-1])
+
+    def logdet(keys):
+        x = np.stack([world.phi[g, i] - world.phi[g, j] for g, i, j in keys])
+        lam = le._true_weight(world, x)
+        return np.linalg.slogdet(info + (lam[:, None] * x).T @ x)[1]
+
+    picked = le._oracle_picks(world, offer, pairs, 8, info)
+    assert len(set(picked)) == 8
+    rng = np.random.default_rng(0)
+    every = [(g, i, j) for g in range(40) for i, j in pairs[g]]
+    randoms = [logdet([every[k] for k in rng.choice(len(every), 8, replace=False)])
+               for _ in range(200)]
+    assert logdet(picked) > max(randoms)        # greedy D-optimal beats 200 random batches
+    # a campaign with the oracle learns and repeats; the table never names it the best
+    a = le.campaign(le.ORACLE, 0, TINY, 10)
+    assert a == le.campaign(le.ORACLE, 0, TINY, 10) and a[-1][1] > 0.55   # above chance
+    curves = {le.variant_name("random", 25): [[(25, 0.6), (50, 0.7)]] * 2,
+              le.variant_name("uncertainty", 25): [[(25, 0.65), (50, 0.72)]] * 2,
+              le.variant_name(le.ORACLE, 25): [[(25, 0.75), (50, 0.8)]] * 2}
+    meta, rows, md = le.summarize(curves, {**TINY, "budget": 50}, "quick")
+    assert meta["best_strategy"] == "uncertainty, batch 25" and meta["labels_ratio"] == 1.0
+    assert meta["oracle"]["labels_ratio"] == 0.5 and "oracle_d_optimal, batch 25 reference" in md
+
+
+def test_unknown_variant_is_named():
+    with pytest.raises(SystemExit, match="'bald:7'"):
+        le._parse_variants("bald:25,bald:7")
+    assert le._parse_variants(" oracle_d_optimal:5") == [(le.ORACLE, 5)]
+
+
+def test_the_ceiling_is_where_many_random_labels_get_and_the_table_says_so():
+    few, many = (le.ceiling_accuracy(0, TINY, labels=n) for n in (30, 3000))
+    assert many > few + 0.05 and many > 0.85                     # more labels, near the top
+    curves = {le.variant_name("random", 25): [[(25, 0.6), (50, 0.7)]] * 2}
+    meta, _, md = le.summarize(curves, {**TINY, "budget": 50}, "quick", [0.8, 0.9])
+    assert meta["ceiling_accuracy"] == pytest.approx(0.85)
+    assert "reach 0.850" in md and "0.150 below" in md
