@@ -42,6 +42,14 @@ from alignloop.labeling import Judgement  # noqa: E402
 from alignloop.labeling.embedding import BTEnsemble  # noqa: E402
 from alignloop.labeling.select import CandidateGroup, select_pairs  # noqa: E402
 from common import RESULTS, machine, today, write_results  # noqa: E402
+from label_efficiency_stats import (  # noqa: E402
+    bootstrap_interval,
+    grid_of,
+    labels_to_bar,
+    labels_to_reach,
+    mean_curve,
+    paired_difference,
+)
 
 VARIANTS = (("random", 25), ("uncertainty", 25), ("double_thompson", 25), ("bald", 25),
             ("bald_diverse", 25), ("uncertainty", 10), ("uncertainty", 5),
@@ -56,7 +64,6 @@ SIZES = {
     "quick": {"seeds": 3, "budget": 600, "pool": 600, "candidates": 150},
     "full": {"seeds": 12, "budget": 900, "pool": 1200, "candidates": 200},
 }
-BOOTSTRAP = 2000   # seed resamples behind each interval
 DEFAULT = SelectionConfig().strategy
 """Each variant is also compared with the configured default strategy at its batch size."""
 
@@ -212,59 +219,6 @@ def _oracle_picks(world: World, offer, pairs, n: int, info: np.ndarray):
     return [keys[k] for k in taken]
 
 
-def labels_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
-    return next((n for n, acc in curve if acc >= target), None)
-
-
-def mean_curve(runs: list[list[tuple[int, float]]], grid: np.ndarray) -> np.ndarray:
-    """Accuracy averaged over seeds on a common grid of label counts."""
-    return np.mean([np.interp(grid, [x for x, _ in r], [a for _, a in r]) for r in runs], axis=0)
-
-
-def labels_to_bar(runs, bar_runs, grid, bar_grid) -> float:
-    """Labels the seed-averaged curve of `runs` needs to reach the full-budget accuracy of the
-    seed-averaged `bar_runs` (inf: never within the budget)."""
-    bar = mean_curve(bar_runs, bar_grid)[-1]
-    hit = np.nonzero(mean_curve(runs, grid) >= bar)[0]
-    return float(grid[hit[0]]) if len(hit) else math.inf
-
-
-def bootstrap_interval(runs, bar_runs, grid, bar_grid, *, level: float = 0.9,
-                       seed: int = 0) -> tuple[float, float]:
-    """`labels_to_bar` over seed resamples (the same seeds for the variant and the bar, since
-    a seed is a world): the central `level` interval of the labels needed."""
-    rng = np.random.default_rng(seed)
-    n = len(runs)
-    draws = []
-    for _ in range(BOOTSTRAP):
-        idx = rng.integers(0, n, size=n)
-        draws.append(labels_to_bar([runs[i] for i in idx], [bar_runs[i] for i in idx],
-                                   grid, bar_grid))
-    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], method="lower")
-    return float(lo), float(hi)
-
-
-def paired_difference(a, b, bar_runs, grid_a, grid_b, bar_grid, *, level: float = 0.9,
-                      seed: int = 0) -> tuple[float, float, float]:
-    """Labels variant `a` needs minus labels `b` needs (negative: `a` saves labels), with the
-    central `level` interval over seed resamples shared by both and by the bar. Never
-    reaching the bar counts as infinite; both never reaching it as no difference."""
-    def diff(idx):
-        na = labels_to_bar([a[i] for i in idx], [bar_runs[i] for i in idx], grid_a, bar_grid)
-        nb = labels_to_bar([b[i] for i in idx], [bar_runs[i] for i in idx], grid_b, bar_grid)
-        return 0.0 if math.isinf(na) and math.isinf(nb) else na - nb
-
-    rng = np.random.default_rng(seed)
-    n = len(a)
-    draws = [diff(rng.integers(0, n, size=n)) for _ in range(BOOTSTRAP)]
-    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], method="lower")
-    return diff(np.arange(n)), float(lo), float(hi)
-
-
-def _grid(batch: int, budget: int) -> np.ndarray:
-    return np.arange(batch, budget + 1, batch)
-
-
 def summarize(curves: dict, size: dict, size_name: str,
               ceiling: list[float] | None = None) -> tuple[dict, list[dict], str]:
     """The table. Primary statistic: on the seed-averaged curves, the labels a variant needs
@@ -273,14 +227,14 @@ def summarize(curves: dict, size: dict, size_name: str,
     needing more than the budget."""
     budget = size["budget"]
     bar_name = variant_name(*VARIANTS[0])
-    bar_runs, bar_grid = curves[bar_name], _grid(VARIANTS[0][1], budget)
+    bar_runs, bar_grid = curves[bar_name], grid_of(VARIANTS[0][1], budget)
     bar = float(mean_curve(bar_runs, bar_grid)[-1])
     rows = []
     for strategy, batch in VARIANTS:
         name = variant_name(strategy, batch)
         if name not in curves:      # re-rendering results saved before the variant existed
             continue
-        runs, grid = curves[name], _grid(batch, budget)
+        runs, grid = curves[name], grid_of(batch, budget)
         need = labels_to_bar(runs, bar_runs, grid, bar_grid)
         lo, hi = bootstrap_interval(runs, bar_runs, grid, bar_grid)
         per_seed = [labels_to_reach(runs[k], bar_runs[k][-1][1]) for k in range(len(runs))]

@@ -13,6 +13,7 @@ from alignloop.labeling.embedding import BTEnsemble, fit_newton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import label_efficiency as le  # noqa: E402
+import label_efficiency_stats as stats  # noqa: E402
 
 
 def _data(n, dim, seed=0):
@@ -67,18 +68,18 @@ def test_labels_to_bar_and_its_seed_bootstrap():
 
     bar = [run(0.9, 3.0), run(0.92, 3.0), run(0.88, 3.0)]
     fast = [run(0.95, 9.0), run(0.96, 9.0), run(0.94, 9.0)]
-    need = le.labels_to_bar(fast, bar, grid, grid)
+    need = stats.labels_to_bar(fast, bar, grid, grid)
     # hand check: the bar is mean(0.9, 0.92, 0.88) * (1 - e^-3) = 0.855; fast reaches it at
     # 0.95 * (1 - e^-0.9 n/10) >= 0.855 -> n >= 25.6, the first grid point being 30
     assert need == 30
-    lo, hi = le.bootstrap_interval(fast, bar, grid, grid)
+    lo, hi = stats.bootstrap_interval(fast, bar, grid, grid)
     assert lo <= need <= hi
-    assert le.labels_to_bar(bar[:1], bar[1:2], grid, grid) == math.inf      # never gets there
-    assert le.labels_to_bar(bar, bar, grid, grid) == 100                   # the bar itself
+    assert stats.labels_to_bar(bar[:1], bar[1:2], grid, grid) == math.inf      # never gets there
+    assert stats.labels_to_bar(bar, bar, grid, grid) == 100                   # the bar itself
     # paired: fast needs 30, the bar's own curves 100 -> 70 labels saved
-    diff, lo, hi = le.paired_difference(fast, bar, bar, grid, grid, grid)
+    diff, lo, hi = stats.paired_difference(fast, bar, bar, grid, grid, grid)
     assert diff == -70 and lo <= diff <= hi < 0
-    assert le.paired_difference(bar[:1] * 3, bar[:1] * 3, bar[1:2] * 3, grid, grid, grid)[0] == 0
+    assert stats.paired_difference(bar[:1] * 3, bar[:1] * 3, bar[1:2] * 3, grid, grid, grid)[0] == 0
 
 
 def test_the_oracle_buys_more_information_than_any_random_batch_and_is_never_the_best():
