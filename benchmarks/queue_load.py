@@ -367,6 +367,8 @@ def main() -> None:
                                      "(a database is created in it per setting)")
     ap.add_argument("--table-only", action="store_true",
                     help="re-render the table and README section from results/queue_load.json")
+    ap.add_argument("--name", help="results file stem for a full pass kept beside the README's "
+                                   "(e.g. another machine's); the README is not touched")
     args = ap.parse_args()
     if args.table_only:
         saved = json.loads((RESULTS / "queue_load.json").read_text())
@@ -399,11 +401,11 @@ def main() -> None:
             "command": f"python benchmarks/queue_load.py --size {args.size}", "target": TARGET,
             "profile": profiles}
     RESULTS.mkdir(exist_ok=True)
-    stem = "queue_load" if args.size == "full" else "queue_load.quick"
+    stem = args.name or ("queue_load" if args.size == "full" else "queue_load.quick")
     (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     md = table(results, meta)
     (RESULTS / f"{stem}.md").write_text(md + "\n")
-    if args.size == "full":
+    if args.size == "full" and not args.name:
         update_readme(md, key="queue_load")
     print(md)
 
