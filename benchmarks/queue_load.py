@@ -398,7 +398,8 @@ def main() -> None:
     meta = {"warmup": warmup, "seconds": seconds, "items": n_items,
             "date": date.today().isoformat(), "load_average": load_before,
             "machine": f"{machine()}, Python {platform.python_version()}",
-            "command": f"python benchmarks/queue_load.py --size {args.size}", "target": TARGET,
+            "command": f"python benchmarks/queue_load.py --size {args.size}"
+                       + (f" --name {args.name}" if args.name else ""), "target": TARGET,
             "profile": profiles}
     RESULTS.mkdir(exist_ok=True)
     stem = args.name or ("queue_load" if args.size == "full" else "queue_load.quick")

@@ -196,6 +196,7 @@ BENCHMARKS: dict[str, tuple[str, Callable]] = {
     "generation_throughput": ("Generation throughput", _generation),
     "label_efficiency": ("Label efficiency of pair selection", _label_efficiency),
     "queue_load": ("Labeling queue load", _queue),
+    "queue_load.epyc_zen1": ("Labeling queue load on a slower CPU", _queue),
     "hybrid_vs_offline": ("Hybrid loop vs offline DPO", _hybrid),
     "reward_kl_frontier": ("Hybrid vs offline on the reward-KL frontier", _frontier),
     "label_noise": ("Noisy labels: hard vs soft vs robust DPO", _noise),
