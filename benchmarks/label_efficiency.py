@@ -59,7 +59,8 @@ VARIANTS = (("random", 25), ("uncertainty", 25), ("double_thompson", 25), ("bald
 """(strategy, labels per refit); the first is the bar every other variant is held to."""
 ORACLE = "oracle_d_optimal"
 """A reference, not a strategy: it picks knowing the truth (`_oracle_picks`), so it never
-counts as the best variant; it bounds what selection can save in this world."""
+counts as the best variant. It is not a bound: it designs for parameter information, not
+accuracy, and uncertainty sampling does as well (README)."""
 SIZES = {
     "quick": {"seeds": 3, "budget": 600, "pool": 600, "candidates": 150},
     "full": {"seeds": 12, "budget": 900, "pool": 1200, "candidates": 200},
@@ -187,9 +188,9 @@ def ceiling_accuracy(seed: int, size: dict, labels: int = CEILING_LABELS) -> flo
     g = rng.integers(0, world.phi.shape[0], labels)
     a = rng.integers(0, world.phi.shape[1], labels)
     b = (a + rng.integers(1, world.phi.shape[1], labels)) % world.phi.shape[1]
-    X = world.phi[g, a] - world.phi[g, b]
-    y = [vote(world, rng, x, np.zeros_like(x)) for x in X]
-    return accuracy(BTEnsemble(members=8, l2=1.0, seed=seed).fit(X, np.array(y)), world)
+    fa, fb = world.phi[g, a], world.phi[g, b]
+    y = [vote(world, rng, x, z) for x, z in zip(fa, fb, strict=True)]
+    return accuracy(BTEnsemble(members=8, l2=1.0, seed=seed).fit(fa - fb, np.array(y)), world)
 
 
 def _true_weight(world: World, x: np.ndarray) -> np.ndarray:
@@ -203,7 +204,7 @@ def _oracle_picks(world: World, offer, pairs, n: int, info: np.ndarray):
     """`n` offered pairs chosen greedily for the largest gain in log det of the labels' Fisher
     information under the true model (D-optimal design with the truth known; `info` starts
     at the heads' L2 prior, the identity). Not a strategy a labeler can run: it knows the
-    panel's weights. It tells how many labels selection could save in this world at all."""
+    panel's weights: a reference for what informed selection saves in this world."""
     keys = [(g, i, j) for g, gp in enumerate(pairs) for i, j in gp]
     x = np.stack([world.phi[offer[g], i] - world.phi[offer[g], j] for g, i, j in keys])
     lam = _true_weight(world, x)
@@ -364,12 +365,12 @@ def main() -> None:
     size.update({k: v for k, v in (("seeds", args.seeds), ("candidates", args.candidates)) if v})
     name = args.name or ("label_efficiency" if args.size == "full" else "label_efficiency.quick")
     if args.table_only:
-        curves, ceiling = _saved_curves(name, size), _saved_ceiling(name)
+        curves, ceiling = _saved(name, size)
     else:
         from threadpoolctl import threadpool_limits
 
         todo = _parse_variants(args.variants) if args.variants else VARIANTS
-        curves = _saved_curves(name, size) if args.variants else {}
+        curves = _saved(name, size)[0] if args.variants else {}
         curves.update({variant_name(*v): [] for v in todo})
         with threadpool_limits(1):   # small fits: threads only contend on a shared machine
             for seed in range(size["seeds"]):
@@ -400,8 +401,9 @@ def _parse_variants(text: str) -> list[tuple[str, int]]:
     return out
 
 
-def _saved_curves(name: str, size: dict) -> dict:
-    """The curves of an earlier run of the same size (same seeds, budget, pool and offer)."""
+def _saved(name: str, size: dict) -> tuple[dict, list[float] | None]:
+    """The curves and ceiling of an earlier run of the same size (same seeds, budget, pool
+    and offer)."""
     path = RESULTS / f"{name}.json"
     if not path.exists():
         raise SystemExit(f"{path} does not exist: run every variant first")
@@ -409,12 +411,9 @@ def _saved_curves(name: str, size: dict) -> dict:
     differ = [k for k in size if saved["meta"].get(k) != size[k]]
     if differ:
         raise SystemExit(f"{path} was run with other settings ({', '.join(differ)})")
-    return {s: [[tuple(p) for p in run] for run in runs]
-            for s, runs in saved["results"]["curves"].items()}
-
-
-def _saved_ceiling(name: str) -> list[float] | None:
-    return json.loads((RESULTS / f"{name}.json").read_text())["results"].get("ceiling")
+    curves = {s: [[tuple(p) for p in run] for run in runs]
+              for s, runs in saved["results"]["curves"].items()}
+    return curves, saved["results"].get("ceiling")
 
 
 def _plot(curves, path: Path) -> None:

@@ -1,5 +1,5 @@
 """The same vLLM call gives the same samples, byte for byte, in the dtype the loop samples in
-here (marker `vllm`: its own engine, 1-2.5 minutes on 2 cores).
+here (marker `vllm`: 1-2.5 minutes on 2 cores; in float32 on the run's shared engine).
 
 With vLLM's default engine-core process, a call's requests reached the scheduler one by
 one while it was already stepping: which requests shared a batch depended on timing, and
