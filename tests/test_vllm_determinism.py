@@ -52,10 +52,8 @@ def test_a_call_repeated_gives_the_same_samples_in_the_loops_dtype(request):
     params = SamplingParams(n=1, temperature=0.7, top_p=0.9, max_new_tokens=tokens, seed=1)
     with _generator(request, dtype) as gen:
         calls = [gen.sample(items, params) for _ in range(2)]
-    first = [(c.prompt_id, c.token_ids, c.text, c.finish_reason, c.token_logprobs)
-             for c in calls[0]]
+    first, same = ([(c.prompt_id, c.token_ids, c.text, c.finish_reason, c.token_logprobs)
+                    for c in call] for call in calls)
     assert len(first) == count and len({ids for _, ids, *_ in first}) > count * 0.8   # varied
-    same = [(c.prompt_id, c.token_ids, c.text, c.finish_reason, c.token_logprobs)
-            for c in calls[1]]
     differ = [a[0] for a, b in zip(first, same, strict=True) if a != b]
     assert not differ, f"{dtype}: {len(differ)} of {count} samples differ on a repeat: {differ[:5]}"
