@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/queue_load.py --size $(SIZE)
 	$(BIN)/python benchmarks/hybrid_vs_offline.py --size $(SIZE)
 	$(BIN)/python benchmarks/label_noise.py --size $(SIZE)
+	$(BIN)/python benchmarks/flip_rate_estimates.py --size target
 	$(BIN)/python benchmarks/demo_eos.py --size $(SIZE)
 	if [ -f runs/demo/state.json ]; then $(BIN)/python benchmarks/demo_figures.py runs/demo; fi
 	$(BIN)/python benchmarks/demo_seeds.py

@@ -23,6 +23,13 @@ with the data) then trains each of:
 - `soft`: the posterior P(chosen preferred) as the label;
 - `rdpo`: the majority label, robust DPO (Chowdhury et al. 2024) with the flip rate
   estimated from the posteriors: the mean posterior probability that the majority is wrong;
+- `rdpo_gold`: the same with the flip rate measured on gold items: the held-out prompts'
+  pairs, built as the training pairs are (tiers 0 and 1) and voted on by the same panel
+  with the same flips, their answers the ground truth; the posteriors of training and
+  gold pairs (one Dawid-Skene fit) are rescaled by the temperature that fits the gold
+  answers (`alignloop.labeling.gold`), and the flip rate is the mean calibrated
+  probability that the majority is wrong. Its gold votes are spent on top of the
+  training pairs' (the table's footer gives how many);
 - `rdpo_true` (control): the same with the true flip rate, the share of the training
   pairs whose majority label disagrees with the ground truth (the panel's mean utility).
 
@@ -37,6 +44,7 @@ killed sweep continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -61,7 +69,7 @@ from label_noise_runs import (  # noqa: E402
 from loop_bench import RUNS, demo_raw, make_config, run_loop, write_rows  # noqa: E402
 
 MODEL = "builtin:smollm2-135m-instruct"
-LOSSES = ("sigmoid", "soft", "rdpo", "rdpo_true")
+LOSSES = ("sigmoid", "soft", "rdpo", "rdpo_gold", "rdpo_true")
 FLIPS = {"clean": 0.0, "flip20": 0.2, "flip40": 0.4, "disagree": 0.0}
 SIZES = {
     # for tests: the random 2-layer model, two tiny sizes, two losses (8 runs of the loop)
@@ -103,10 +111,10 @@ def votes(pairs: list[dict], condition: str, seed: int) -> list:
     annotators, votes and flip draws come from its own generator (seed, pair key), so they
     do not depend on the other pairs (the sizes are nested) nor on the flip rate (the flip
     conditions are nested: each vote flipped at 20% is also flipped at 40%)."""
-    from alignloop.demo.panel import PANELS, Panel
+    from alignloop.demo import panel as demo_panel
     from alignloop.labeling.aggregate import Vote
 
-    panel = Panel("demo")
+    panel, PANELS = _panel(demo_panel.Panel), demo_panel.PANELS
     annotators = split_panel() if condition == "disagree" else PANELS["demo"]
     out = []
     for p in pairs:
@@ -117,6 +125,14 @@ def votes(pairs: list[dict], condition: str, seed: int) -> list:
                 choice = "b" if choice == "a" else "a"
             out.append(Vote(p["key"], who.name, choice))
     return out
+
+
+@functools.lru_cache(maxsize=2)
+def _panel(cls):
+    """One demo panel (of class `cls`, looked up at each call so a test may replace it) for
+    every call: it keeps each response's features, so a response is encoded once however
+    many votes, conditions and seeds read it."""
+    return cls("demo")
 
 
 def _majority_a(ballots: list) -> dict[str, bool]:
@@ -148,6 +164,34 @@ def labeled_rows(pairs: list[dict], ballots: list, loss: str) -> tuple[list[dict
     return rows, min(MAX_FLIP_RATE, sum(wrong) / len(wrong))
 
 
+def gold_flip_rate(pairs: list[dict], ballots: list, gold: list[dict], condition: str,
+                   seed: int) -> tuple[float, dict]:
+    """(flip rate, what it came from) for `rdpo_gold`: the gold pairs get votes as the
+    training pairs do (same panel, flips and seed), one Dawid-Skene fit takes every vote,
+    and the temperature fitted on the gold posteriors against the truth rescales the
+    training pairs' posteriors before the mean P(majority wrong) is taken."""
+    from alignloop.labeling.aggregate import aggregate_votes
+    from alignloop.labeling.gold import calibrate_to_gold, flip_rate
+
+    gold_ballots = votes(gold, condition, seed)
+    post = aggregate_votes([*ballots, *gold_ballots]).posteriors
+    answers = {g["key"]: "tie" if g["truth_a"] == g["truth_b"] else
+               ("a" if g["truth_a"] > g["truth_b"] else "b") for g in gold}
+    fit = calibrate_to_gold({k: p.p_a for k, p in post.items()}, answers)
+    majority = _majority_a(ballots)
+    eps = flip_rate([post[p["key"]].p_a for p in pairs], [majority[p["key"]] for p in pairs],
+                    fit.temperature)
+    return min(MAX_FLIP_RATE, eps), {"gold_items": fit.n, "gold_votes": len(gold_ballots),
+                                     "gold_temperature": round(fit.temperature, 4),
+                                     "gold_note": fit.note}
+
+
+def gold_pairs(cands: dict) -> list[dict]:
+    """The gold items of `rdpo_gold`: the held-out prompts' pairs, built as the training
+    pool is (never trained on; the held-out measures use the samples, not these votes)."""
+    return pair_pool({"train": cands["heldout"]})
+
+
 def true_flip_rate(pairs: list[dict], ballots: list) -> float:
     """Share of the pairs whose majority label disagrees with the ground truth (a tie in
     the truth counts half): what `rdpo_true` is told."""
@@ -168,7 +212,7 @@ def run_config(spec: dict, data: Path, loss: str, flip_rate: float, seed: int):
     raw["labeling"]["judges"] = [{"kind": "python", "function": "alignloop.demo.judge:heuristic_score"}]
     return make_config(raw, {
         "model.name": spec["model"], "data.path": str(data),
-        "train.loss": "rdpo" if loss == "rdpo_true" else loss,
+        "train.loss": "rdpo" if loss.startswith("rdpo") else loss,
         "train.flip_rate": round(flip_rate, 4), "train.epochs": spec["epochs"],
         "train.max_steps": 0, "train.seed": seed, "loop.seed": seed, "loop.rounds": 1,
         "loop.eval_prompts": spec["eval_prompts"], "loop.heldout_pair_share": 0.0,
@@ -212,15 +256,18 @@ def sweep(spec: dict, size: str, work: Path, cache: RunCache, conditions, losses
             pairs = pool[:n]
             ballots = votes(pairs, cond, seed)
             rows, eps = labeled_rows(pairs, ballots, loss)
+            gold = {}
             if loss == "rdpo_true":
                 eps = true_flip_rate(pairs, ballots)
+            elif loss == "rdpo_gold":
+                eps, gold = gold_flip_rate(pairs, ballots, gold_pairs(cands), cond, seed)
             run_dir = work / f"n{n}" / f"seed{seed}" / f"{cond}-{loss}"
             data = write_rows(run_dir.parent / f"{cond}-{loss}.jsonl", rows)
             t = time.perf_counter()
             run_loop(run_config(spec, data, loss, eps, seed), run_dir)
             m = measure(run_dir, spec["model"], held, base_scores)
             m.update(flip_rate=round(eps, 6), seconds=round(time.perf_counter() - t, 1),
-                     steps=steps(spec, n), **provenance(run_dir, work))
+                     steps=steps(spec, n), **gold, **provenance(run_dir, work))
             cache.put(n, seed, cond, loss, m)
             bar.update(1)
 

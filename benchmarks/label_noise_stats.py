@@ -20,8 +20,10 @@ import numpy as np
 
 N_BOOT = 2000
 KEEP_TARGET = 0.7
-ROBUST = ("soft", "rdpo")
-MIN_KL = 0.05                  # nats per sequence: below it "gain per nat" is not reported      # the objectives the target asks about; rdpo_true is a control
+# the objectives the target asks about (rdpo_gold is rdpo with its flip rate measured on
+# gold items, which spends their votes); rdpo_true is a control
+ROBUST = ("soft", "rdpo", "rdpo_gold")
+MIN_KL = 0.05                  # nats per sequence: below it "gain per nat" is not reported
 
 
 def matrix(runs: list[dict], key: str) -> np.ndarray:
@@ -118,9 +120,10 @@ def fmt(e: dict | None, digits: int = 3) -> str:
 def verdict_line(check: dict) -> str:
     r, h = check["kept_robust"], check["kept_hard"]
     return (f"- Target (at 40% flips and the largest data size, {check['pairs']} pairs: `soft` "
-            f"or `rdpo` keeps >= {KEEP_TARGET:.0%} of its clean-label gain, and `sigmoid`'s kept "
+            f"or `rdpo` (its flip rate from the posteriors or, `rdpo_gold`, from gold items) "
+            f"keeps >= {KEEP_TARGET:.0%} of its clean-label gain, and `sigmoid`'s kept "
             f"share is lower with non-overlapping 95% intervals): "
-            f"{'**met**' if check['met'] else '**not met**'} ({check['best_robust']} keeps "
+            f"{'**met**' if check['met'] else '**not met**'} (best: {check['best_robust']} keeps "
             f"{fmt(r, 2)}, sigmoid keeps {fmt(h, 2)}).")
 
 
@@ -150,7 +153,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
     conds = list(dict.fromkeys(r["condition"] for r in rows))
     losses = list(dict.fromkeys(r["loss"] for r in rows))
-    colors = {"sigmoid": "#d98c3f", "soft": "#3f7fd9", "rdpo": "#5aa55a", "rdpo_true": "#8a5ad9"}
+    colors = {"sigmoid": "#d98c3f", "soft": "#3f7fd9", "rdpo": "#5aa55a", "rdpo_gold": "#2f8f8f",
+              "rdpo_true": "#8a5ad9"}
     fig, axes = plt.subplots(1, len(conds), figsize=(3.0 * len(conds) + 1.2, 3.0),
                              sharey=True, squeeze=False)
     for ax, cond in zip(axes[0], conds, strict=True):

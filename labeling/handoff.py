@@ -106,10 +106,14 @@ class LabelQueue(Protocol):
         """Every vote recorded so far on the round's items."""
         ...
 
+# A queue that holds gold items (pairs with known answers) may also offer
+#     gold_votes() -> (every vote on a gold item, {gold item id: answer})
+# which `labeling.aggregation.gold_calibration` needs; QueueStore and MemoryQueue do.
+
 
 class MemoryQueue:
     """A `LabelQueue` in memory: `answer(annotator, fn)` lets a function vote on every item
-    that still needs a vote from that annotator.
+    that still needs a vote from that annotator, and on every gold item once.
 
     Votes arrive only through `answer`, on the caller's thread, so none can come while
     `wait_or_exit` blocks: "block" returns at once with what there is (a warning when the
@@ -117,23 +121,38 @@ class MemoryQueue:
 
     def __init__(self):
         self.items: dict[str, QueueItem] = {}
+        self.gold: dict[str, str] = {}
         self._votes: list[HumanVote] = []
 
-    def submit(self, items: Sequence[QueueItem]) -> int:
+    def submit(self, items: Sequence[QueueItem], gold: dict[str, str] | None = None) -> int:
+        """As `LabelQueue.submit`; `gold[item_id]` marks a new item as gold with that answer."""
+        gold = dict(gold or {})
+        bad = {k: v for k, v in gold.items() if v not in CHOICES}
+        if bad or set(gold) - {it.item_id for it in items}:
+            raise QueueError(f"gold answers must be one of {list(CHOICES)}, for submitted "
+                             f"items: {bad or sorted(set(gold) - {it.item_id for it in items})}",
+                             422, "gold")
         new = [it for it in items if it.item_id not in self.items]
         self.items.update({it.item_id: it for it in new})
+        self.gold.update({it.item_id: gold[it.item_id] for it in new if it.item_id in gold})
         return len(new)
 
     def votes(self, round: int) -> list[HumanVote]:
-        return [v for v in self._votes if v.round == round]
+        return [v for v in self._votes if v.round == round and v.item_id not in self.gold]
+
+    def gold_votes(self) -> tuple[list[HumanVote], dict[str, str]]:
+        """(every vote on a gold item; {gold item: answer})."""
+        return [v for v in self._votes if v.item_id in self.gold], dict(self.gold)
+
+    def _regular(self, round: int) -> list[QueueItem]:
+        return [it for it in self.items.values() if it.round == round and it.item_id not in self.gold]
 
     def _count(self, item_id: str) -> int:
         return sum(v.item_id == item_id for v in self._votes)
 
     def pending(self, round: int) -> int:
         """Items of the round that still need votes."""
-        return sum(1 for it in self.items.values()
-                   if it.round == round and self._count(it.item_id) < it.votes_required)
+        return sum(1 for it in self._regular(round) if self._count(it.item_id) < it.votes_required)
 
     def wait_or_exit(self, round: int, min_labels: int, *, mode: str = "block",
                      timeout_s: float = 3600.0) -> int:
@@ -141,7 +160,7 @@ class MemoryQueue:
         check_wait_mode(mode)
         have = len(self.votes(round))
         missing = sum(max(0, it.votes_required - self._count(it.item_id))
-                      for it in self.items.values() if it.round == round)
+                      for it in self._regular(round))
         target = min_labels if min_labels > 0 else have + missing
         if have >= target:
             return have
@@ -155,7 +174,8 @@ class MemoryQueue:
         done = 0
         for it in self.items.values():
             seen = any(v.item_id == it.item_id and v.annotator == annotator for v in self._votes)
-            if seen or self._count(it.item_id) >= it.votes_required:
+            full = it.item_id not in self.gold and self._count(it.item_id) >= it.votes_required
+            if seen or full:
                 continue
             self._votes.append(HumanVote(it.item_id, annotator, fn(it), it.round))
             done += 1

@@ -157,6 +157,7 @@ class SoftLabelResult:
     dropped: dict[str, str]                   # item_id -> why no pair came out of it
     reliability: dict[str, float]
     calibration: dict[str, dict] = field(default_factory=dict)
+    gold: dict = field(default_factory=dict)  # the human posteriors' gold calibration, if any
 
 
 def _oriented(row: dict, p_a: float, **fields) -> Pair:
@@ -177,7 +178,8 @@ def confidence_weight(votes) -> float:
 
 
 def soft_labels(candidates: Candidates, votes, cfg, *, round: int = 0,
-                temperatures: dict[str, float] | None = None, ensemble=None) -> SoftLabelResult:
+                temperatures: dict[str, float] | None = None, ensemble=None,
+                gold: tuple[list, dict[str, str]] | None = None) -> SoftLabelResult:
     """Soft-labeled pairs from the judges (auto) and from people (human).
 
     Human votes go through Dawid-Skene aggregation (`aggregate.aggregate_votes`); a vote
@@ -185,6 +187,11 @@ def soft_labels(candidates: Candidates, votes, cfg, *, round: int = 0,
     With `cfg.calibrate` and human-labeled pairs that the judges also saw, each
     judge's temperature is fitted on them and the auto labels are recomputed with
     the calibrated ensemble (`ensemble` is needed for that).
+
+    `gold` = (votes on gold items, {gold item: answer}) (`aggregation.gold_calibration`):
+    the gold votes join the Dawid-Skene fit, and the human posteriors are rescaled by the
+    temperature that fits the gold items' posteriors to their answers
+    (`alignloop.labeling.gold`; reported in `SoftLabelResult.gold`).
     """
     from alignloop.labeling.aggregate import Vote, aggregate_votes
 
@@ -199,7 +206,8 @@ def soft_labels(candidates: Candidates, votes, cfg, *, round: int = 0,
     agg = cfg.aggregation
     judge_lo = {i: logit(r["p_a"]) for i, (_, r) in rows.items() if r["valid"]}
     verdicts = {v.item_id: v.choice for v in votes if getattr(v, "source", "") == "adjudicated"}
-    human_votes = [Vote(v.item_id, v.annotator, v.choice) for v in votes
+    gold_votes, answers = gold if gold is not None else ([], {})
+    human_votes = [Vote(v.item_id, v.annotator, v.choice) for v in [*votes, *gold_votes]
                    if getattr(v, "source", "human") != "adjudicated"]
 
     def posteriors(judge_weight: float):
@@ -217,7 +225,7 @@ def soft_labels(candidates: Candidates, votes, cfg, *, round: int = 0,
     if cfg.calibrate and ensemble is not None and candidates.by_judge:
         from alignloop.labeling.calibration import calibrate
 
-        human = {i: p.p_a for i, p in votes_only.posteriors.items() if p.n_votes > 0}
+        human = {i: p.p_a for i, p in votes_only.posteriors.items() if p.n_votes > 0 and i in rows}
         idx = [rows[i][0] for i in human]
         temps = dict(temperatures or {})
         for name, js in candidates.by_judge.items():
@@ -226,6 +234,15 @@ def soft_labels(candidates: Candidates, votes, cfg, *, round: int = 0,
             temps[name] = c.temperature
         recal = ensemble.with_temperatures(temps).combine(candidates.by_judge)
         auto_p = {i: recal[n].p_a for i, (n, _) in rows.items()}
+
+    temperature, gold_report = 1.0, {}
+    if gold is not None:
+        from alignloop.labeling.gold import calibrate_to_gold, calibrated
+
+        fit = calibrate_to_gold({i: p.p_a for i, p in votes_only.posteriors.items()
+                                 if p.n_votes > 0}, answers)
+        temperature = fit.temperature
+        gold_report = {**vars(fit), "gold_items": len(answers), "gold_votes": len(gold_votes)}
 
     pairs, dropped = [], {}
     mixed = agg.judge_vote_weight > 0
@@ -242,11 +259,12 @@ def soft_labels(candidates: Candidates, votes, cfg, *, round: int = 0,
             else:
                 weight = 1.0 if agg.pair_weight == "none" or item_id in verdicts else \
                     confidence_weight([v for v in votes if v.item_id == item_id])
-                pairs.append(_oriented(row, post.p_a, n_votes=post.n_votes, weight=weight,
+                p_a = post.p_a if temperature == 1.0 else float(calibrated(post.p_a, temperature))
+                pairs.append(_oriented(row, p_a, n_votes=post.n_votes, weight=weight,
                                        source="mixed" if mixed else "human", round=round))
         else:
             dropped[item_id] = row["reason"]
-    return SoftLabelResult(pairs, labels, dropped, result.reliability, calibration)
+    return SoftLabelResult(pairs, labels, dropped, result.reliability, calibration, gold_report)
 
 
 # --------------------------------------------------------------------------- learning from history

@@ -68,6 +68,32 @@ def test_votes_are_nested_in_flip_rate_and_data_size(monkeypatch):
     assert ln.votes(pairs, "flip40", seed=4) != f40
 
 
+def test_gold_flip_rate_measures_the_majority_against_the_truth(monkeypatch):
+    import alignloop.demo.panel as panel_mod
+
+    truth = [float(i % 3 == 0) for i in range(600)]   # a better on a third, b on the rest
+    train = _pairs(600, truth)
+    gold = [dict(p, key=f"g{i}") for i, p in enumerate(_pairs(300, truth[:300]))]
+    better = {p["a"]: "a" if p["truth_a"] > p["truth_b"] else "b" for p in train}
+
+    class Coin:  # each vote right with probability 0.65, drawn from the pair's own generator
+        def __init__(self, *_):
+            pass
+
+        def vote(self, prompt, a, b, who, rng):
+            worse = "b" if better[a] == "a" else "a"
+            return better[a] if rng.random() < 0.65 else worse
+
+    monkeypatch.setattr(panel_mod, "Panel", Coin)
+    ballots = ln.votes(train, "clean", seed=1)
+    true = ln.true_flip_rate(train, ballots)          # ~ 3 x 0.35^2 x 0.65 + 0.35^3 = 0.28
+    _, from_posteriors = ln.labeled_rows(train, ballots, "rdpo")
+    eps, info = ln.gold_flip_rate(train, ballots, gold, "clean", seed=1)
+    assert info["gold_items"] == 300 and info["gold_votes"] == 900 and not info["gold_note"]
+    assert abs(eps - true) < 0.04 < abs(from_posteriors - true)
+    assert ln.gold_flip_rate(train, ballots, gold, "clean", seed=1) == (eps, info)
+
+
 def test_pair_pool_lists_tier_0_before_tier_1_and_keeps_the_truth_with_its_text():
     cands = {"train": [{"prompt_id": f"p{i}", "prompt": f"q{i}", "slice": "s",
                         "texts": [f"worst {i}", f"low {i}", f"high {i}", f"best {i}"],
@@ -378,3 +404,21 @@ def test_summarise_pairs_each_noisy_cell_with_its_clean_cell_and_plots(tmp_path)
     assert check["met"] and check["best_robust"] == "soft"
     st.plot(rows, tmp_path / "noise.png")
     assert (tmp_path / "noise.png").stat().st_size > 1000
+
+
+def test_flip_rate_estimates_on_the_smoke_size(tmp_path, capsys):
+    import flip_rate_estimates as fre
+
+    fre.main(["--size", "smoke", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w")])
+    got = json.loads((tmp_path / "out" / "flip_rate_estimates.smoke.json").read_text())["results"]
+    assert [(r["condition"], r["seed"]) for r in got] == [
+        (c, s) for c in fre.CONDITIONS for s in range(fre.SEEDS)]
+    for r in got:
+        assert r["pairs"] == max(ln.SIZES["smoke"]["pairs"])
+        for k in ("true", "posteriors", "gold"):
+            assert 0 <= r[k] <= ln.MAX_FLIP_RATE
+        # two held-out prompts give at most 4 gold items: too few to fit, and it says so
+        assert r["gold_items"] <= 4 and r["gold_temperature"] == 1.0 and "only" in r["gold_note"]
+    md = (tmp_path / "out" / "flip_rate_estimates.smoke.md").read_text()
+    assert "| flip40 | 3 |" in md and "Gold fit: only" in md
+    assert md.strip() in capsys.readouterr().out

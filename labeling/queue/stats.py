@@ -37,6 +37,9 @@ from alignloop.labeling.queue.leases import AVAILABLE
 from alignloop.records import Pair
 
 MIN_SHARED = 5
+VOTES = ("SELECT l.item_id, n.name, l.choice, i.round, l.confidence, l.display_order, "
+         "l.created_at, l.comment FROM labels l JOIN items i ON i.item_id = l.item_id "
+         "JOIN annotators n ON n.id = l.annotator_id ")   # the columns of a HumanVote
 
 LABEL_ROWS = (
     "SELECT l.id, l.item_id, i.round, i.slice, i.gold, n.name AS annotator, l.choice, "
@@ -55,15 +58,18 @@ def votes(store, round: int) -> list[HumanVote]:
     adjudicated verdicts (source "adjudicated", by item id)."""
     from alignloop.labeling.queue.adjudication import verdicts
 
-    rows = store.read(
-        "SELECT l.item_id, n.name, l.choice, i.round, l.confidence, l.display_order, "
-        "l.created_at, l.comment FROM labels l JOIN items i ON i.item_id = l.item_id "
-        "JOIN annotators n ON n.id = l.annotator_id WHERE i.round = :r AND i.gold IS NULL "
-        "ORDER BY l.id", {"r": round})
+    rows = store.read(VOTES + "WHERE i.round = :r AND i.gold IS NULL ORDER BY l.id", {"r": round})
     return [HumanVote(*r) for r in rows] + [
         HumanVote(i, v["reviewer"], v["choice"], v["round"], 3, "ab", v["created_at"],
                   v["comment"], source="adjudicated")
         for i, v in verdicts(store, round).items()]
+
+
+def gold_votes(store) -> tuple[list[HumanVote], dict[str, str]]:
+    """(every label on a gold item, oldest first; each gold item's known answer)."""
+    rows = store.read(VOTES + "WHERE i.gold IS NOT NULL ORDER BY l.id")
+    answers = store.read("SELECT item_id, gold FROM items WHERE gold IS NOT NULL ORDER BY seq")
+    return [HumanVote(*r) for r in rows], {r.item_id: r.gold for r in answers}
 
 
 def round_counts(store, round: int) -> tuple[int, int, int]:

@@ -66,7 +66,7 @@ from alignloop.labeling.handoff import (
 from alignloop.labeling.queue import accounts, controls, leases, migrations, stats
 from alignloop.labeling.queue.accounts import AnnotatorAccount, hash_token
 from alignloop.labeling.queue.leases import Assignment, RecordedLabel
-from alignloop.records import Pair
+from alignloop.records import Pair, unit_interval
 from sqlalchemy import Connection, bindparam, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -271,17 +271,24 @@ class QueueStore:
         return self._write(tx)
 
     def push(self, pairs_or_items: Iterable[Pair | QueueItem], round: int, *,
-             votes_required: int = 1, max_votes: int = 3) -> int:
+             votes_required: int = 1, max_votes: int = 3, gold: bool = False) -> int:
         """Loop side: queue pairs (a=chosen, b=rejected, item_id=pair_id) or items for
-        `round`; returns how many were new."""
-        items = []
+        `round`; returns how many were new. `gold`: each is a gold item whose known answer
+        is its chosen side (item `a`); a pair's sides are swapped on a stable coin of its
+        id (answer `b`), so that gold answers are not all one side and a temperature can
+        be fitted to them (`alignloop.labeling.gold`)."""
+        items, answers = [], {}
         for x in pairs_or_items:
             if isinstance(x, Pair):
-                items.append(QueueItem(x.pair_id, round, x.prompt, x.chosen, x.rejected, x.slice,
+                swap = gold and unit_interval(f"gold/{x.pair_id}") < 0.5
+                a, b = (x.rejected, x.chosen) if swap else (x.chosen, x.rejected)
+                items.append(QueueItem(x.pair_id, round, x.prompt, a, b, x.slice,
                                        0.0, votes_required, max_votes))
+                answers[x.pair_id] = "b" if swap else "a"
             else:
                 items.append(replace(x, round=round))
-        return self.submit(items)
+                answers[x.item_id] = "a"
+        return self.submit(items, gold=answers if gold else None)
 
     # ----------------------------------------------------------------- leases and labels
 
@@ -349,6 +356,10 @@ class QueueStore:
     def votes(self, round: int) -> list[HumanVote]:
         """Every label on the round's (non-gold) items, oldest first."""
         return stats.votes(self, round)
+
+    def gold_votes(self) -> tuple[list[HumanVote], dict[str, str]]:
+        """(every label on a gold item, of any round, oldest first; {gold item: answer})."""
+        return stats.gold_votes(self)
 
     def round_counts(self, round: int) -> tuple[int, int, int]:
         """(labels, votes still missing, items pending) of the round's regular items."""

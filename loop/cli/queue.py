@@ -280,6 +280,8 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
                    help="labels an item needs when its votes disagree (default: votes required)")
     q.add_argument("--on-invalid", choices=["error", "skip"], default="error",
                    help="a bad row stops the import or is skipped (default: %(default)s)")
+    q.add_argument("--gold", action="store_true",
+                   help="queue them as gold items, the chosen side the known answer")
 
     q = command("export", cmd_export, "write soft-labeled DPO pairs or the raw votes")
     q.add_argument("--format", choices=["dpo", "raw", "hf"], default="dpo")

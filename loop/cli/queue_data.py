@@ -39,7 +39,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Queue the pairs of a pairs file (any format `alignloop train` reads) for labeling:
-    each pair becomes an item with a = chosen, b = rejected, item_id = pair_id. A row with
+    each pair becomes an item with a = chosen, b = rejected, item_id = pair_id (with
+    --gold, a gold item whose known answer is the chosen side, a or b by a stable coin of
+    the pair id: annotators meet gold items at the server's --gold-rate, and
+    `labeling.aggregation.gold_calibration` fits the human labels to them). A row with
     a control character (other than tab and newline in text) is refused like any invalid
     row: the error names the file and row, and nothing is queued (or, with --on-invalid
     skip, the row is dropped)."""
@@ -51,10 +54,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     pairs, refused = _without_control_characters(pairs, args.on_invalid)
     store = _open(args)
     new = store.push(pairs, args.round, votes_required=args.votes_required,
-                     max_votes=max(args.max_votes or args.votes_required, args.votes_required))
+                     max_votes=max(args.max_votes or args.votes_required, args.votes_required),
+                     gold=args.gold)
     dropped = {**report.skipped, **({"control character": refused} if refused else {})}
     skipped = f"; skipped {dropped}" if dropped else ""
-    print(f"queued {new} new items for round {args.round} ({len(pairs) - new} already queued, "
+    kind = "gold items" if args.gold else "items"
+    print(f"queued {new} new {kind} for round {args.round} ({len(pairs) - new} already queued, "
           f"{report.n_read} rows read{skipped})")
     return 0
 

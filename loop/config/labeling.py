@@ -251,6 +251,15 @@ class AggregationConfig:
     with it). `none`: 1 for every pair. `confidence`: the mean confidence of its a/b/tie
     votes over 3 (1 unsure, 2 fairly sure, 3 sure: all-sure votes weigh 1, all-unsure
     1/3); an admin's adjudicated verdict weighs 1. Judge-labeled pairs always weigh 1."""
+    gold_calibration: bool = False
+    """Rescale the human-labeled pairs' posteriors by a temperature fitted on the queue's
+    gold items (known answers; every vote on them so far) against their answers
+    (`alignloop.labeling.gold`), so `p_chosen` says how often such labels are right, not
+    only how much the votes agree: what the `soft` loss trains on and what `rdpo` with
+    `train.flip_rate_per_pair` reads as each pair's flip rate. The gold votes also join
+    the Dawid-Skene fit. Needs a queue that holds gold items (`alignloop queue add
+    --gold`); with fewer than 5 voted gold items the temperature stays 1 and
+    calibration.json says why."""
 
     def __post_init__(self) -> None:
         require(self.pair_weight in ("none", "confidence"), "pair_weight",

@@ -24,6 +24,7 @@ from alignloop.demo.judge import sentiment
 from alignloop.records import Prompt
 
 FREE_WORDS = 30
+FEATURE_CACHE = 200_000     # (prompt, response) features a Panel keeps
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,10 @@ def last_user_message(prompt: Prompt) -> str:
 
 class Panel:
     """Scores and votes of a named panel. The encoder is loaded on first use (once, even
-    when several bot threads score their first item at the same moment)."""
+    when several bot threads score their first item at the same moment). A response's
+    features are computed once per (prompt, response) and kept (up to `FEATURE_CACHE`):
+    every annotator's vote on a pair reads the same two, and the encoder gives the same
+    numbers for the same input, so votes do not change."""
 
     def __init__(self, name: str = "demo", encoder=None):
         if name not in PANELS:
@@ -65,6 +69,7 @@ class Panel:
         self.annotators = PANELS[name]
         self._encoder = encoder
         self._encoder_lock = threading.Lock()
+        self._features: dict[tuple[str, str], tuple[float, float, float]] = {}
         n = len(self.annotators)
         self.mean = Annotator("truth", *(sum(getattr(a, f) for a in self.annotators) / n
                                          for f in ("w_sentiment", "w_length", "w_topic")))
@@ -81,9 +86,16 @@ class Panel:
 
     def features(self, prompt: Prompt, response: str) -> tuple[float, float, float]:
         """(sentiment, overlength, topicality) of a response."""
+        key = (last_user_message(prompt), response)
+        if (known := self._features.get(key)) is not None:
+            return known
         words = len(response.split())
-        e = self.encoder.encode([last_user_message(prompt), response])
-        return sentiment(response), max(0, words - FREE_WORDS) / FREE_WORDS, float(e[0] @ e[1])
+        e = self.encoder.encode(list(key))
+        out = sentiment(response), max(0, words - FREE_WORDS) / FREE_WORDS, float(e[0] @ e[1])
+        if len(self._features) >= FEATURE_CACHE:
+            self._features.clear()
+        self._features[key] = out
+        return out
 
     def utility(self, prompt: Prompt, response: str, annotator: Annotator | None = None) -> float:
         a = annotator or self.mean

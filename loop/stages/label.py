@@ -18,6 +18,7 @@ from pathlib import Path
 from alignloop import artifacts as A
 from alignloop.config import LabelingConfig
 from alignloop.data import write_pairs
+from alignloop.labeling import LabelingError
 from alignloop.records import Pair
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,11 @@ def label(rdir: Path, *, candidates, ensemble, queue, cfg: LabelingConfig, round
     from alignloop.labeling.labels import write_labels
 
     human = cfg.human
+    use_gold = cfg.aggregation.gold_calibration and queue is not None
+    if use_gold and not hasattr(queue, "gold_votes"):     # refused before anything is queued
+        raise LabelingError(f"labeling.aggregation.gold_calibration: the queue "
+                            f"({type(queue).__name__}) holds no gold items (it has no "
+                            "gold_votes()); turn the option off or use the SQL queue")
     items = queue_items(candidates, human)
     votes = []
     if items and queue is not None:
@@ -90,11 +96,17 @@ def label(rdir: Path, *, candidates, ensemble, queue, cfg: LabelingConfig, round
         votes = queue.votes(round)
     elif items:
         log.warning("%d pairs were routed to people but no queue is configured", len(items))
-    result = soft_labels(candidates, votes, cfg, round=round, ensemble=ensemble)
+    gold = queue.gold_votes() if use_gold else None
+    result = soft_labels(candidates, votes, cfg, round=round, ensemble=ensemble, gold=gold)
+    if result.gold:
+        log.info("round %d: human labels calibrated on %d voted gold items: temperature %.3g%s",
+                 round, result.gold["n"], result.gold["temperature"],
+                 f" ({result.gold['note']})" if result.gold["note"] else "")
     write_labels(rdir / A.LABELS, result.labels)
     A.atomic_write_json(rdir / A.CALIBRATION, {"before_round": calibration or {},
                                                "this_round": result.calibration,
                                                "reliability": result.reliability,
-                                               "dropped": len(result.dropped)})
+                                               "dropped": len(result.dropped),
+                                               **({"human_gold": result.gold} if result.gold else {})})
     write_pairs(rdir / A.LABELED_PAIRS, result.pairs)
     return result.pairs
