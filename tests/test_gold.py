@@ -220,3 +220,27 @@ def test_gold_import_puts_the_chosen_side_on_both_a_and_b(tmp_path):
     with QueueStore.open(tmp_path / "again") as store:
         store.push(pairs, 0, gold=True)
         assert store.gold_votes()[1] == answers
+
+
+def test_label_stage_calibrates_on_the_sqlite_queues_gold_items(tmp_path):
+    cfg, table = _table(gold_calibration=True)
+    gold = [Pair(f"Say hi {k}.", f"Hi {k}!", f"No {k}.") for k in range(10)]
+    with QueueStore.open(tmp_path / "q") as store:
+        store.push(gold, 0, gold=True)
+        anns = [store.authenticate(store.add_annotator(f"ann{k}")).id for k in range(3)]
+
+        def simulate(round):   # everyone votes a on every item, gold or not
+            for ann in anns:
+                while (got := store.next_item(ann, gold_rate=1.0, rng=random.Random(ann))) is not None:
+                    store.record_label(ann, item_id=got.item.item_id, lease_id=got.lease_id,
+                                       choice="a", idempotency_key=got.lease_id)
+
+        pairs = label(tmp_path, candidates=table, ensemble=None, queue=store, cfg=cfg, round=1,
+                      simulate=simulate)
+        _, answers = store.gold_votes()
+    fit = json.loads((tmp_path / "calibration.json").read_text())["human_gold"]
+    assert fit["gold_items"] == 10 and fit["n"] == 10 and fit["gold_votes"] == 30
+    wrong = sum(a == "b" for a in answers.values()) / 10        # "always a" is wrong this often
+    assert 0.2 <= wrong <= 0.8 and fit["temperature"] > 1.5     # so the votes are overconfident
+    human = [p for p in pairs if p.source == "human"]
+    assert len(human) == 4 and all(0.5 <= p.p_chosen < 0.75 for p in human)
