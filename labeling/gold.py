@@ -10,7 +10,7 @@ wrong is the flip rate robust DPO needs (Chowdhury et al. 2024, "Provably Robust
 where epsilon is assumed known).
 
     gold_targets(answers)                  "a"/"b"/"tie" -> 1 / 0 / 0.5 (both_bad left out)
-    calibrate_to_gold(posteriors, answers) the temperature, with ECE and NLL before/after
+    calibrate_to_gold(posteriors, answers) the temperature (>= 1), with ECE and NLL before/after
     calibrated(p, temperature)             sigmoid(logit(p) / T)
     flip_rate(p_a, a_chosen, temperature)  mean calibrated P(the chosen side is wrong)
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 from alignloop.labeling import LabelingError
@@ -46,13 +47,22 @@ def gold_targets(answers: Mapping[str, str]) -> dict[str, float]:
 
 
 def calibrate_to_gold(posteriors: Mapping[str, float], answers: Mapping[str, str]) -> CalibrationResult:
-    """The temperature T that makes sigmoid(logit(p_a) / T) of the gold items' posteriors
-    best match their answers (binary NLL), with ECE and NLL before and after. Gold items
-    without a posterior (no vote yet) are left out; with fewer than
-    `calibration.MIN_ITEMS` left, T stays 1.0 and the result's note says why."""
+    """The temperature T >= 1 that makes sigmoid(logit(p_a) / T) of the gold items'
+    posteriors best match their answers (binary NLL), with ECE and NLL before and after.
+    Gold items without a posterior (no vote yet) are left out; with fewer than
+    `calibration.MIN_ITEMS` left, T stays 1.0 and the result's note says why.
+
+    Gold items only soften: they show labels wrong more often than the votes say, never
+    surer. A fit below 1 is left at 1, since a small gold set the panel gets all right
+    would otherwise drive T to its lower bound and every human label to certainty."""
     targets = gold_targets(answers)
     items = sorted(i for i in targets if i in posteriors)
-    return calibrate([posteriors[i] for i in items], [targets[i] for i in items])
+    fit = calibrate([posteriors[i] for i in items], [targets[i] for i in items])
+    if fit.temperature >= 1.0:
+        return fit
+    return replace(fit, temperature=1.0, ece_after=fit.ece_before, nll_after=fit.nll_before,
+                   note=f"the gold items would sharpen the posteriors (fitted T = "
+                        f"{fit.temperature:.3g} < 1): left at 1, gold calibration only softens")
 
 
 def calibrated(p: Sequence[float] | np.ndarray, temperature: float) -> np.ndarray:

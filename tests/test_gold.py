@@ -244,3 +244,13 @@ def test_label_stage_calibrates_on_the_sqlite_queues_gold_items(tmp_path):
     assert 0.2 <= wrong <= 0.8 and fit["temperature"] > 1.5     # so the votes are overconfident
     human = [p for p in pairs if p.source == "human"]
     assert len(human) == 4 and all(0.5 <= p.p_chosen < 0.75 for p in human)
+
+
+def test_gold_items_the_panel_gets_all_right_do_not_make_labels_certain():
+    # every gold item answered as its (unsure) posterior leans: the unbounded fit would
+    # sharpen to T = 0.05 and p = 1; gold calibration only softens, so T stays 1
+    post = {f"g{k}": 0.7 if k % 2 else 0.3 for k in range(16)}
+    answers = {f"g{k}": "a" if k % 2 else "b" for k in range(16)}
+    fit = calibrate_to_gold(post, answers)
+    assert fit.temperature == 1.0 and "only softens" in fit.note and "0.05" in fit.note
+    assert fit.nll_after == fit.nll_before and fit.n == 16

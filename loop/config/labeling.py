@@ -214,8 +214,10 @@ class HumanConfig:
     lease_minutes: float = 10.0
     """How long an item handed to an annotator stays reserved; unanswered, it goes back."""
     gold_rate: float = 0.0
-    """Share of assignments that are gold items (known answers), to measure each
-    annotator's accuracy."""
+    """Share of assignments that are gold items (known answers, `alignloop queue import
+    --gold`) for the simulated panel (`loop.simulate_labels`); people meet them at `queue
+    serve --gold-rate`. They measure each annotator's accuracy and feed
+    `aggregation.gold_calibration`."""
     wait: Literal["block", "exit"] = "block"
     """When the round needs labels: `block` waits (up to `wait_timeout_s`, with a progress
     line) and goes on with what it has; `exit` stops the run with a "waiting for N labels"

@@ -54,15 +54,16 @@ def panel_tokens(store, run_dir: Path, panel: Panel) -> list[tuple[str, str]]:
 
 
 def simulate_round(store, run_dir: str | Path, *, panel: str = "demo", seed: int = 0,
-                   encoder=None) -> list:
-    """Serve the queue on a free loopback port and let every panel bot label until nothing
-    is left for it; returns the bots' reports (labels, retries, errors)."""
+                   encoder=None, gold_rate: float = 0.0) -> list:
+    """Serve the queue on a free loopback port (gold items handed out at `gold_rate`) and
+    let every panel bot label until nothing is left for it; returns the bots' reports
+    (labels, retries, errors)."""
     from alignloop.labeling.queue.app import ServerThread, create_app
     from alignloop.labeling.queue.simulate import run_panel_in_turn
 
     p = Panel(panel, encoder=encoder)
     tokens = panel_tokens(store, Path(run_dir), p)
-    with ServerThread(create_app(store, seed=seed)) as url:
+    with ServerThread(create_app(store, seed=seed, gold_rate=gold_rate)) as url:
         # in turn, until a whole turn finds nothing left (a vote that disagrees with the
         # first reopens an item for the others): the same labels run to run
         reports = run_panel_in_turn(url, tokens, [PanelBot(p, a) for a in p.annotators],

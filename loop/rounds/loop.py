@@ -381,11 +381,13 @@ class Loop:
         return self._queue
 
     def simulate_labels(self, k: int) -> None:
-        """The demo panel labels this round's queue through the real JSON API."""
+        """The demo panel labels this round's queue through the real JSON API (meeting gold
+        items at `labeling.human.gold_rate`)."""
         from alignloop.demo.labelers import simulate_round
 
         simulate_round(self.queue, self.dir, panel=self.cfg.loop.panel,
-                       seed=self.cfg.loop.seed + k, encoder=self.panel.encoder)
+                       seed=self.cfg.loop.seed + k, encoder=self.panel.encoder,
+                       gold_rate=self.cfg.labeling.human.gold_rate)
 
 
 # One table of stages: the state machine (`state.Run`) and `run_round` both read it.
