@@ -51,6 +51,16 @@ def check_wait_mode(mode: str) -> None:
         raise QueueError(f"wait mode must be block or exit, got {mode!r}", 422, "wait")
 
 
+def check_gold(gold: dict[str, str], items: Sequence) -> None:
+    """Gold answers must name submitted items and be a choice (QueueError 422, "gold")."""
+    unknown = sorted(set(gold) - {it.item_id for it in items})
+    if unknown:
+        raise QueueError(f"gold answers for items not submitted: {unknown[:5]}", 422, "gold")
+    bad = {k: v for k, v in gold.items() if v not in CHOICES}
+    if bad:
+        raise QueueError(f"gold answers must be one of {list(CHOICES)}: {bad}", 422, "gold")
+
+
 @dataclass(frozen=True)
 class QueueItem:
     item_id: str
@@ -127,11 +137,7 @@ class MemoryQueue:
     def submit(self, items: Sequence[QueueItem], gold: dict[str, str] | None = None) -> int:
         """As `LabelQueue.submit`; `gold[item_id]` marks a new item as gold with that answer."""
         gold = dict(gold or {})
-        bad = {k: v for k, v in gold.items() if v not in CHOICES}
-        if bad or set(gold) - {it.item_id for it in items}:
-            raise QueueError(f"gold answers must be one of {list(CHOICES)}, for submitted "
-                             f"items: {bad or sorted(set(gold) - {it.item_id for it in items})}",
-                             422, "gold")
+        check_gold(gold, items)
         new = [it for it in items if it.item_id not in self.items]
         self.items.update({it.item_id: it for it in new})
         self.gold.update({it.item_id: gold[it.item_id] for it in new if it.item_id in gold})

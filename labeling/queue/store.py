@@ -55,12 +55,12 @@ from dataclasses import replace
 from functools import lru_cache, partial
 from pathlib import Path
 
-from alignloop.labeling.aggregate import CHOICES
 from alignloop.labeling.handoff import (
     HumanVote,
     QueueError,
     QueueItem,
     WaitingForLabels,
+    check_gold,
     check_wait_mode,
 )
 from alignloop.labeling.queue import accounts, controls, leases, migrations, stats
@@ -232,12 +232,7 @@ class QueueStore:
         batch = list(firsts.values())
         for it in batch:
             _check_item(it)
-        unknown = sorted(set(gold) - {it.item_id for it in batch})
-        if unknown:
-            raise QueueError(f"gold answers for items not submitted: {unknown[:5]}", 422, "gold")
-        bad = {k: v for k, v in gold.items() if v not in CHOICES}
-        if bad:
-            raise QueueError(f"gold answers must be one of {list(CHOICES)}: {bad}", 422, "gold")
+        check_gold(gold, batch)
         if not batch:
             return 0
 
