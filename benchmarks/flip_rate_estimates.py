@@ -14,8 +14,9 @@ benchmarks/label_noise.py (the same candidates, pairs, votes and gold items):
   items (the held-out prompts' pairs, voted on by the same panel; `alignloop.labeling.gold`;
   what `rdpo_gold` is told).
 
-Takes seconds once label_noise.py has sampled the candidates (they are cached in its work
-directory); otherwise it samples them first, as label_noise.py would.
+No training: a few minutes, mostly the panel's sentence embeddings of each response (once
+each), once label_noise.py has sampled the candidates (cached in its work directory);
+otherwise it samples them first, as label_noise.py would.
 """
 
 from __future__ import annotations
