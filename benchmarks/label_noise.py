@@ -323,6 +323,23 @@ def provenance_note(runs: dict) -> str:
             f"trained on other pairs. {within}")
 
 
+def measured_note(runs: dict) -> str:
+    """Which machines measured the table's runs, and on which days, per loss: a cache
+    gathers runs made on several machines (runs from before 2026-12-06 recorded neither)."""
+    seen: dict[str, dict[str, set]] = {}
+    for (_, _, loss), measured in runs.items():
+        for m in measured:
+            by = m.get("machine", "machine and day not recorded")
+            seen.setdefault(loss, {}).setdefault(by, set()).update([m["date"]] if "date" in m else [])
+    groups: dict[str, list[str]] = {}
+    for loss, machines in seen.items():
+        said = "; ".join(by + "".join(f", {d}" for d in sorted(days))
+                         for by, days in sorted(machines.items()))
+        groups.setdefault(said, []).append(f"`{loss}`")
+    return "Runs measured on: " + "; ".join(
+        f"{', '.join(losses)}: {said}" for said, losses in groups.items()) + ". "
+
+
 def full_estimate(cache: RunCache, spec: dict) -> str:
     """The full sweep's duration extrapolated from this size's timed runs: seconds per run
     = a + b * optimizer steps (least squares), the fixed part a scaled by the full size's
@@ -414,8 +431,8 @@ def main(argv: list[str] | None = None) -> None:
               f"pairs per step ({', '.join(str(steps(spec, n)) for n in sizes)} steps), "
               f"{spec['eval_prompts'] or 'all 91'} held-out prompts for reward and KL. "
               f"{''.join(_extra_note(loss, done) for loss, done in extra.items())}"
-              f"{provenance_note(runs)}"
-              f"{machine()}; {today()}; {load}; this invocation "
+              f"{provenance_note(runs)}{measured_note(runs)}"
+              f"Tables written on {machine()}; {today()}; {load}; this invocation "
               f"{(time.perf_counter() - t0) / 60:.1f} min; `{command}`.")
     estimate = full_estimate(cache, spec) if args.size == "quick" else ""
     md = stats.table(rows, check) + "\n" + footer + (f"\n{estimate}" if estimate else "")

@@ -159,13 +159,16 @@ def provenance(run_dir: Path, work: Path) -> dict:
     """What a finished run's figures rest on besides its cell: the precision its models
     ran in (the round's recorded placement; `auto` resolves per machine) and a digest of
     the candidates its pairs came from (sampled in the generator's precision, so a cache
-    continued on another machine may hold runs on other pairs)."""
+    continued on another machine may hold runs on other pairs), and the machine and day
+    that measured it (a cache gathers runs from several machines)."""
     from alignloop.artifacts import file_sha256
     from alignloop.rounds.state import read_state
+    from common import machine, today
 
     place = read_state(run_dir / "state.json")["rounds"]["0"].get("placement", {})
     return {"precision": place.get("precision", "not recorded"),
-            "candidates": file_sha256(work / CANDIDATES)[:12]}
+            "candidates": file_sha256(work / CANDIDATES)[:12],
+            "machine": machine(), "date": today()}
 
 
 # --------------------------------------------------------------------------- cache

@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
+import common  # noqa: E402
 import label_noise as ln  # noqa: E402
 import label_noise_runs as lr  # noqa: E402
 import label_noise_stats as st  # noqa: E402
@@ -314,6 +315,19 @@ def test_provenance_is_read_off_the_run_and_a_mixed_table_says_so(tmp_path):
     runs[8, "flip40", "sigmoid"] = [{"precision": "bf16-mixed", "candidates": "b"}]
     note = ln.provenance_note(runs)
     assert "bf16-mixed, candidates b" in note and "`sigmoid` mixes them within the loss" in note
+    assert got["machine"] == common.machine() and got["date"] == common.today()
+
+
+def test_the_footer_names_the_machines_and_days_that_measured_each_loss():
+    old = {"precision": "fp32", "candidates": "a"}
+    xeon = {**old, "machine": "Xeon, 2 cores", "date": "2026-12-04"}
+    epyc = {**old, "machine": "EPYC, 2 cores", "date": "2026-12-06"}
+    runs = {(8, "clean", "sigmoid"): [old, old], (8, "clean", "soft"): [xeon, epyc],
+            (8, "flip40", "soft"): [{**epyc, "date": "2026-12-05"}],
+            (8, "clean", "rdpo"): [old]}
+    note = ln.measured_note(runs)
+    assert note.startswith("Runs measured on: `sigmoid`, `rdpo`: machine and day not recorded; ")
+    assert "`soft`: EPYC, 2 cores, 2026-12-05, 2026-12-06; Xeon, 2 cores, 2026-12-04." in note
 
 
 @pytest.mark.parametrize("argv, named", [
