@@ -75,7 +75,24 @@ def read_verdict(first: Sequence[float], second: Sequence[float], min_mass: floa
     return Judgement.from_members(members, order_consistent=consistent, detail=masses)
 
 
-class LLMPairwiseJudge:
+class VerdictModelJudge:
+    """What a judge that reads a `VerdictModel` (its `model`) shares: a served model's
+    answer cache and usage counts."""
+
+    model: VerdictModel
+
+    def use_cache(self, path) -> None:
+        """Keep a served model's answers in `path` (a local model has no cache)."""
+        if hasattr(self.model, "use_cache"):
+            self.model.use_cache(path)
+
+    @property
+    def usage(self) -> dict | None:
+        """A served model's request and token counts since `use_cache` (None: local)."""
+        return getattr(self.model, "usage", None)
+
+
+class LLMPairwiseJudge(VerdictModelJudge):
     """A generative model as a pairwise judge; its two members are the two orders."""
 
     n_members = 2
@@ -102,16 +119,6 @@ class LLMPairwiseJudge:
         ref = spec.models[0]
         return cls(verdict_model_for(spec, placement), name=spec.label, template=spec.template,
                    verdicts=spec.verdicts, min_verdict_mass=spec.min_verdict_mass, model_ref=ref)
-
-    def use_cache(self, path) -> None:
-        """Keep a served model's answers in `path` (a local model has no cache)."""
-        if hasattr(self.model, "use_cache"):
-            self.model.use_cache(path)
-
-    @property
-    def usage(self) -> dict | None:
-        """A served model's request and token counts since `use_cache` (None: local)."""
-        return getattr(self.model, "usage", None)
 
     def judge(self, items: Sequence[Comparison]) -> list[Judgement]:
         if not items:

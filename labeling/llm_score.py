@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from alignloop.config.labeling import DEFAULT_SCORE_TEMPLATE
 from alignloop.labeling import Comparison, Judgement, LabelingError, prompt_text, sigmoid
-from alignloop.labeling.llm_pairwise import VerdictModel, verdict_model_for
+from alignloop.labeling.llm_pairwise import VerdictModel, VerdictModelJudge, verdict_model_for
 from alignloop.records import Prompt
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def expected_rating(probs: Sequence[float], digits: Sequence[int], min_mass: flo
     return float(sum(d * p for d, p in zip(digits, probs, strict=True)) / mass), f"digit mass {mass:.3g}"
 
 
-class LLMScoreJudge:
+class LLMScoreJudge(VerdictModelJudge):
     """A generative model's expected digit rating as a pointwise judge (one member)."""
 
     n_members = 1
@@ -82,16 +82,6 @@ class LLMScoreJudge:
         return cls(verdict_model_for(spec, placement), name=spec.label,
                    template=spec.score_template, score_range=spec.score_range,
                    min_verdict_mass=spec.min_verdict_mass)
-
-    def use_cache(self, path) -> None:
-        """Keep a served model's answers in `path` (a local model has no cache)."""
-        if hasattr(self.model, "use_cache"):
-            self.model.use_cache(path)
-
-    @property
-    def usage(self) -> dict | None:
-        """A served model's request and token counts since `use_cache` (None: local)."""
-        return getattr(self.model, "usage", None)
 
     def ratings(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[tuple[float, str]]:
         """(expected rating, detail) of each response; each distinct one is asked once."""
