@@ -331,6 +331,8 @@ def measured_note(runs: dict) -> str:
         for m in measured:
             by = m.get("machine", "machine and day not recorded")
             seen.setdefault(loss, {}).setdefault(by, set()).update([m["date"]] if "date" in m else [])
+    if all(set(machines) == {"machine and day not recorded"} for machines in seen.values()):
+        return "The runs do not record their machine and day (runs made since 2026-12-06 do). "
     groups: dict[str, list[str]] = {}
     for loss, machines in seen.items():
         said = "; ".join(by + "".join(f", {d}" for d in sorted(days))

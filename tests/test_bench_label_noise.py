@@ -328,6 +328,9 @@ def test_the_footer_names_the_machines_and_days_that_measured_each_loss():
     note = ln.measured_note(runs)
     assert note.startswith("Runs measured on: `sigmoid`, `rdpo`: machine and day not recorded; ")
     assert "`soft`: EPYC, 2 cores, 2026-12-05, 2026-12-06; Xeon, 2 cores, 2026-12-04." in note
+    none = {key: [old] for key in runs}
+    assert ln.measured_note(none) == ("The runs do not record their machine and day (runs "
+                                      "made since 2026-12-06 do). ")
 
 
 @pytest.mark.parametrize("argv, named", [
