@@ -326,12 +326,13 @@ def provenance_note(runs: dict) -> str:
 def measured_note(runs: dict) -> str:
     """Which machines measured the table's runs, and on which days, per loss: a cache
     gathers runs made on several machines (runs from before 2026-12-06 recorded neither)."""
+    unrecorded = "machine and day not recorded"
     seen: dict[str, dict[str, set]] = {}
     for (_, _, loss), measured in runs.items():
         for m in measured:
-            by = m.get("machine", "machine and day not recorded")
-            seen.setdefault(loss, {}).setdefault(by, set()).update([m["date"]] if "date" in m else [])
-    if all(set(machines) == {"machine and day not recorded"} for machines in seen.values()):
+            days = seen.setdefault(loss, {}).setdefault(m.get("machine", unrecorded), set())
+            days.update([m["date"]] if "date" in m else [])
+    if all(set(machines) == {unrecorded} for machines in seen.values()):
         return "The runs do not record their machine and day (runs made since 2026-12-06 do). "
     groups: dict[str, list[str]] = {}
     for loss, machines in seen.items():
