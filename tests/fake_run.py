@@ -2,6 +2,7 @@
 writes (DESIGN.md layout, the eval schema of alignloop.evaluation), with known drift.
 
     make_fake_run(tmp_path, rounds=2)   -> RUN_DIR with config.yaml, state.json, round_000/ ...
+    make_reported_run(tmp_path)         -> the same with each round's report written
     write_fake_eval(round_dir, k, ...)  -> only eval/*.parquet (for a round trained for real)
 """
 
@@ -176,4 +177,14 @@ def make_fake_run(tmp_path: Path, rounds: int = 2, *, gate_round: int | None = N
             state["rounds"][str(k)]["gate"] = {"tripped": True, "action": "stop",
                                                "reason": "KL to base 2.1 over the budget 2.0"}
     atomic_write_json(run / "state.json", state)
+    return run
+
+
+def make_reported_run(root: Path, rounds: int = 2) -> Path:
+    """A fake run whose rounds have their reports written, as a finished run has."""
+    from alignloop.report import write_round_report
+
+    run = make_fake_run(root, rounds=rounds)
+    for k in range(rounds):
+        write_round_report(run, k)
     return run

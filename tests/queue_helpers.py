@@ -1,5 +1,6 @@
 """What the queue tests read or change past the store's API (which has no methods that only
-tests need): counts of a round; `disable` names the store's call the tests use."""
+tests need): counts of a round; `disable` names the store's call the tests use; a clock
+the test moves by hand."""
 
 from __future__ import annotations
 
@@ -17,3 +18,13 @@ def label_count(store, round: int) -> int:
 def disable(store, name: str) -> None:
     """Disable an annotator: its token and web sessions stop working."""
     store.disable_annotator(name)
+
+
+class Clock:
+    """A clock the test moves by hand (`clock.t += 60`)."""
+
+    def __init__(self, t: float = 1_000_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t

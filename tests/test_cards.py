@@ -15,18 +15,14 @@ from alignloop.artifacts import read_parquet
 from alignloop.cards import model_card, write_model_card
 from alignloop.config import config_from_dict, load_config
 from alignloop.hub import HubError, push, push_files
-from alignloop.report import write_round_report
 from alignloop.report.markdown import fmt
 
-from tests.fake_run import make_fake_run
+from tests.fake_run import make_reported_run
 
 
 @pytest.fixture(scope="module")
 def fake_run(tmp_path_factory):
-    run = make_fake_run(tmp_path_factory.mktemp("fake"), rounds=2)
-    for k in range(2):
-        write_round_report(run, k)
-    return run
+    return make_reported_run(tmp_path_factory.mktemp("fake"))
 
 
 @pytest.fixture

@@ -22,17 +22,7 @@ from alignloop.labeling.queue import migrations
 from alignloop.labeling.queue.store import QueueError, QueueStore, WaitingForLabels
 from alignloop.records import Pair
 
-from .queue_helpers import disable, pending
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, t: float = 1_000_000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from .queue_helpers import Clock, disable, pending
 
 
 @pytest.fixture

@@ -15,13 +15,7 @@ from alignloop.labeling.queue import adjudication, dashboard, guidelines, migrat
 from alignloop.labeling.queue.store import QueueStore
 from sqlalchemy import text
 
-
-class Clock:
-    def __init__(self, t: float = 1_000_000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from .queue_helpers import Clock
 
 
 @pytest.fixture

@@ -17,22 +17,18 @@ from pathlib import Path
 
 import pytest
 from alignloop.config import TrackingConfig, config_from_dict, to_dict
-from alignloop.report import write_round_report
 from alignloop.rounds.state import config_fingerprint
 from alignloop.tracking import TrackingError, open_tracker, step_offset
 from alignloop.tracking.metrics import HEADLINE
 
-from tests.fake_run import make_fake_run
+from tests.fake_run import make_reported_run
 
 GATE = {"tripped": False, "reason": "", "action": ""}
 
 
 @pytest.fixture(scope="module")
 def fake_run(tmp_path_factory):
-    run = make_fake_run(tmp_path_factory.mktemp("fake"), rounds=2)
-    for k in range(2):
-        write_round_report(run, k)
-    return run
+    return make_reported_run(tmp_path_factory.mktemp("fake"))
 
 
 @pytest.fixture
