@@ -119,6 +119,40 @@ def test_failed_sign_ins_and_401s_are_limited_per_ip(site):
     assert int(api.headers["retry-after"]) >= 1
 
 
+def test_a_burst_of_guesses_is_limited_like_guesses_one_by_one(site):
+    """30 wrong tokens sent at once from one address: only the limit's 5 reach the
+    database (the others saw no recorded failure yet when they were checked, before the
+    gate), while 12 right tokens at once, another time, all get through."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store, url, tokens = site
+    more = {f"ok{i}": store.add_annotator(f"ok{i}") for i in range(11)}
+    good = [tokens["ann"], *more.values()]
+    with ThreadPoolExecutor(12) as pool:
+        assert {r.status for r in pool.map(
+            lambda t: _http(url, "POST", "/api/next", token=t), good)} <= {200, 204}
+        statuses = list(pool.map(lambda _: _http(url, "POST", "/api/next",
+                                                 token="guess").status, range(30)))
+    assert statuses.count(401) == 5 and statuses.count(429) == 25, statuses
+
+
+def test_the_failure_table_forgets_old_addresses_first_never_all(monkeypatch):
+    from alignloop.labeling.queue import deps
+
+    failures = deps.Failures(limit=2, window=60)
+    monkeypatch.setattr(deps.Failures, "MAX_IPS", 3)
+    now = [0.0]
+    monkeypatch.setattr(deps.time, "monotonic", lambda: now[0])
+    for t, ip in ((0, "old"), (1, "a"), (100, "b"), (101, "c")):
+        now[0] = t
+        failures.failed(ip)                # at "c" the table is full: both aged-out go
+    assert list(failures.seen) == ["b", "c"]
+    for t, ip in ((102, "d"), (103, "e")):
+        now[0] = t
+        failures.failed(ip)                # at "e": full, none aged out: only "b" goes
+    assert list(failures.seen) == ["c", "d", "e"]
+
+
 # --------------------------------------------------------------------------- in Chromium
 
 

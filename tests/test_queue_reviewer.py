@@ -167,6 +167,22 @@ def test_admin_adds_a_reviewer_and_bad_admin_forms_are_422(site):
     assert guidelines.current(store) is None
 
 
+def test_a_long_guideline_in_any_script_fits_the_admin_form(site):
+    """The form is URL-encoded: a CJK character costs 9 bytes, an emoji 12, so the
+    queue-wide body limit (64 KiB) refused guidelines far below their 50,000 characters."""
+    store, url, tokens = site
+    boss, csrf = _browser(url, tokens["boss"])
+    body = ("标注指南 😀 " * 10_000)[:guidelines.MAX_BODY]
+    r = boss.post("/admin/guidelines", data={"csrf": csrf, "body": body})
+    assert r.status_code == 303, r.text[:200]
+    assert guidelines.current(store).body == body.strip()
+    r = boss.post("/admin/guidelines", data={"csrf": csrf, "body": "x" * 700_000})
+    assert r.status_code == 413                               # still bounded
+    api = httpx.post(f"{url}/api/labels", headers={"Authorization": f"Bearer {tokens['ann']}"},
+                     content=b"{" + b" " * 70_000 + b"}")
+    assert api.status_code == 413                             # the rest keeps 64 KiB
+
+
 def test_a_queue_made_before_the_reviewer_role_gets_it(store_url, monkeypatch):
     """m004 on a database migrated without it (every other number): applied afterwards,
     the rows and references kept, 'reviewer' allowed and other roles still refused."""

@@ -79,6 +79,14 @@ def test_token_is_stored_only_as_its_hash(store):
     assert store.authenticate(token) is None
 
 
+def test_disabling_gives_the_annotators_items_back(store):
+    store.submit(items(1))
+    a1, a2 = annotators(store, 2)
+    assert store.next_item(a1) is not None and store.next_item(a2) is None
+    disable(store, "ann0")                          # not after the lease's 10 minutes: now
+    assert store.next_item(a2).item.item_id == "i0"
+
+
 def test_adaptive_redundancy(store):
     store.submit(items(2, votes_required=2, max_votes=3))
     a1, a2, a3, a4 = annotators(store, 4)
@@ -159,9 +167,76 @@ def test_idempotency_key_and_errors(store):
     fresh = ({"i0", "i1"} - {got.item.item_id}).pop()
     assert status(a1, item_id=fresh, lease_id="nope") == (404, "lease_id")
     assert status(a1, item_id=fresh) == (404, "lease_id")      # a lease of another item
-    other = store.next_item(a2)
-    assert status(a2, item_id=other.item.item_id, lease_id=other.lease_id,
+    mine = store.next_item(a1)                                  # a1's own key, reused
+    assert status(a1, item_id=mine.item.item_id, lease_id=mine.lease_id,
                   idempotency_key="k1") == (409, "idempotency_key")
+    # keys are each annotator's own: a2 may use "k1" too, and learns nothing of a1's
+    assert status(a2, item_id=fresh, lease_id="nope", idempotency_key="k1") == (404, "lease_id")
+    other = store.next_item(a2)
+    theirs = store.record_label(a2, item_id=other.item.item_id, lease_id=other.lease_id,
+                                choice="b", idempotency_key="k1")
+    assert theirs.created and theirs.label_id != first.label_id
+
+
+def test_a_reload_does_not_void_the_answer_on_screen(store):
+    """The web page releases the lease on screen and leases again on every load, usually
+    the same item: an answer from the first tab still counts (the annotator's own newer
+    lease takes no slot from it), and the newer lease gives its slot back."""
+    store.submit(items(1, votes_required=2))
+    a1, a2, a3 = annotators(store, 3)
+    tab1 = store.next_item(a1)
+    assert store.release(a1, tab1.lease_id)
+    tab2 = store.next_item(a1)
+    assert tab2.item.item_id == tab1.item.item_id and tab2.lease_id != tab1.lease_id
+    other = store.next_item(a2)                              # the item's second slot
+    store.record_label(a1, item_id="i0", lease_id=tab1.lease_id, choice="a",
+                       idempotency_key="tab1")
+    with pytest.raises(QueueError) as e:                     # the second tab: labeled already
+        store.record_label(a1, item_id="i0", lease_id=tab2.lease_id, choice="b",
+                           idempotency_key="tab2")
+    assert (e.value.status, e.value.field) == (409, "item_id")
+    assert store.next_item(a3) is None                       # a2 holds the last slot
+    assert store.release(a2, other.lease_id)
+    assert store.next_item(a3).item.item_id == "i0"          # tab2's lease holds none
+    assert [v.choice for v in store.votes(0)] == ["a"]
+
+
+def test_a_skipped_item_cannot_be_labeled_through_its_lease(store):
+    from alignloop.labeling.queue.skips import record_skip
+
+    store.submit(items(1))
+    (a1,) = annotators(store, 1)
+    got = store.next_item(a1)
+    assert record_skip(store, a1, item_id="i0", lease_id=got.lease_id, reason="cant_judge").created
+    with pytest.raises(QueueError) as e:                     # e.g. the Back button after a skip
+        store.record_label(a1, item_id="i0", lease_id=got.lease_id, choice="a",
+                           idempotency_key="after-skip")
+    assert (e.value.status, e.value.field) == (409, "item_id")
+    assert store.votes(0) == [] and pending(store, 0) == 1
+
+
+def test_m008_keeps_every_label_and_scopes_keys_to_their_annotator(store_url, monkeypatch):
+    """A queue labeled under migrations 1-7 (queue-wide keys) upgrades in place: every
+    label kept with its id and key; afterwards two annotators may use one key."""
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:7])
+    with QueueStore(store_url, seed=0) as old:
+        old.submit(items(3, votes_required=2))
+        a1, a2 = annotators(old, 2)
+        for ann in (a1, a1, a2):
+            label(old, ann, key=f"{ann}-key-{len(old.votes(0))}")
+        before = old.read("SELECT id, item_id, annotator_id, idempotency_key, choice, "
+                          "guideline_version FROM labels ORDER BY id")
+        assert migrations.applied(old.engine) == list(range(1, 8))
+    monkeypatch.undo()
+    with QueueStore(store_url, seed=0) as store:
+        assert migrations.applied(store.engine)[-1] == 8
+        after = store.read("SELECT id, item_id, annotator_id, idempotency_key, choice, "
+                           "guideline_version FROM labels ORDER BY id")
+        assert [tuple(r) for r in after] == [tuple(r) for r in before] and len(after) == 3
+        got = store.next_item(a2)
+        reused = store.record_label(a2, item_id=got.item.item_id, lease_id=got.lease_id,
+                                    choice="a", idempotency_key=before[0].idempotency_key)
+        assert reused.created and len(store.votes(0)) == 4
 
 
 def test_display_order_is_random_and_recorded(store):
@@ -198,7 +273,7 @@ def test_gold_items_mixed_in_at_the_rate(store):
     p = store.progress(ann)
     assert p["gold_seen"] == n_gold and p["gold_correct"] == correct
     assert p["gold_accuracy"] == pytest.approx(correct / n_gold)
-    assert p["labeled"] == 200 and p["available"] == 300 - (200 - n_gold)
+    assert p["labeled"] == 200 == store.labeled(ann) and p["available"] == 300 - (200 - n_gold)
     assert len(store.votes(0)) == 200 - n_gold      # gold votes are not the round's votes
     status = store.status()
     assert status["gold_items"] == 100 and status["rounds"][0]["items"] == 300

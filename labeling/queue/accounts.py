@@ -68,13 +68,16 @@ def add(conn: Connection, name: str, role: str, token_hash: str, now: float) -> 
                  {"n": name, "r": role, "h": token_hash, "t": now})
 
 
-def disable(conn: Connection, name: str) -> None:
-    """Refuse the annotator's token from now on and end its web sessions."""
+def disable(conn: Connection, name: str, now: float) -> None:
+    """Refuse the annotator's token from now on, end its web sessions, and give back the
+    items it holds (its live leases expire now: nobody can label through them)."""
     row = conn.execute(text("UPDATE annotators SET active = 0 WHERE name = :n RETURNING id"),
                        {"n": name}).first()
     if row is None:
         raise QueueError(f"no annotator named {name!r}", 404, "name")
     conn.execute(text("DELETE FROM sessions WHERE annotator_id = :a"), {"a": row.id})
+    conn.execute(text("UPDATE leases SET expires_at = :now WHERE annotator_id = :a AND "
+                      "completed_at IS NULL AND expires_at > :now"), {"a": row.id, "now": now})
 
 
 def set_role(conn: Connection, name: str, role: str) -> str:

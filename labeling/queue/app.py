@@ -38,7 +38,8 @@ JSON API (bearer token: `Authorization: Bearer <token>`):
                       `confidence` 1-3. 201 {label_id, created: true} for a new label,
                       200 {label_id, created: false} for a replay of the same
                       idempotency key (a retried request records one label); the same
-                      key with a different label is a 409 that says so.
+                      key with a different label is a 409 that says so. Keys are
+                      each annotator's own.
     GET  /api/status  admin only (403 otherwise): `QueueStore.status()`.
     GET  /healthz     200 {"ok": true} when the database answers, 503 otherwise.
 
@@ -69,6 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from alignloop.labeling.queue import (
+    guidelines,
     routes_admin,
     routes_api,
     routes_dashboard,
@@ -126,14 +128,20 @@ def resolve_secret(url: str | None = None) -> bytes:
 
 # --------------------------------------------------------------------------- ASGI guard
 
+# A guideline of guidelines.MAX_BODY characters, form-encoded: a 4-byte UTF-8 character
+# is 12 bytes (%XX x 4), a CJK one 9; so the admin's form may reach about 600 kB.
+GUIDELINE_FORM_BYTES = 12 * guidelines.MAX_BODY + 4096
+
 
 class _Guard:
     """Pure ASGI middleware: refuses request bodies over `limit` bytes with 413, judged by
     Content-Length and by counting what is actually streamed (the body is buffered, at
-    most `limit` bytes, before the app runs), and adds security headers to responses."""
+    most `limit` bytes, before the app runs), and adds security headers to responses.
+    The guideline form may be larger (`GUIDELINE_FORM_BYTES`)."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
+        self.limits = {"/admin/guidelines": max(limit, GUIDELINE_FORM_BYTES)}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -146,8 +154,9 @@ class _Guard:
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
+        limit = self.limits.get(scope["path"], self.limit)
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
+        if length is not None and (not length.isdigit() or int(length) > limit):
             return await _refuse(send_with_headers, 413 if length.isdigit() else 400)
         if scope["method"] in ("POST", "PUT", "PATCH"):
             chunks, total = [], 0
@@ -157,7 +166,7 @@ class _Guard:
                     return
                 chunk = message.get("body", b"")
                 total += len(chunk)
-                if total > self.limit:
+                if total > limit:
                     return await _refuse(send_with_headers, 413)
                 chunks.append(chunk)
                 if not message.get("more_body", False):

@@ -8,12 +8,14 @@ every route reaches it through the request (`queue_web`).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import random
 import secrets
 import time
 from collections import deque
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -51,7 +53,8 @@ class Sessions:
         if not raw:
             return None
         try:
-            data = self.serializer.loads(raw, max_age=SESSION_MAX_AGE)
+            data = self.serializer.loads(
+                raw, max_age=SESSION_MAX_AGE if cookie == COOKIE else LOGIN_MAX_AGE)
         except BadSignature:
             return None
         return data if isinstance(data, dict) and isinstance(data.get("sid"), str) else None
@@ -98,37 +101,86 @@ class Failures:
     after `limit` within `window` seconds the IP is refused (429, Retry-After) until the
     oldest failure ages out, so guessing tokens costs `window / limit` seconds a guess.
     Successes are not counted and cost one dict lookup. The address is uvicorn's: the
-    peer, or `X-Forwarded-For` from a proxy it trusts (by default only one on loopback)."""
+    peer, or `X-Forwarded-For` from a proxy it trusts (by default only one on loopback).
+
+    A check runs before the database lookup and a failure is known only after it, so a
+    burst of guesses sent at once would all pass the check. `attempt` lets at most
+    `limit` lookups of one address run at a time, and once the address has a failure on
+    record, counts the lookups still running as failures to come: a burst gets as many
+    guesses as one sent one by one. Clients with no failure are never refused by it,
+    only made to wait their turn."""
 
     MAX_IPS = 10_000
 
     def __init__(self, limit: int = AUTH_FAILURES, window: float = AUTH_FAILURE_WINDOW):
         self.limit, self.window = limit, window
         self.seen: dict[str, deque[float]] = {}
+        self.gates: dict[str, _Gate] = {}
 
-    def retry_after(self, ip: str) -> int:
-        """Seconds until `ip` may try again (0: now)."""
+    @asynccontextmanager
+    async def attempt(self, ip: str):
+        """Hold one of the address's `limit` lookup slots (waiting for one if need be)
+        for an authentication; yields the seconds to wait before trying (0: go on)."""
+        gate = self.gates.get(ip)
+        if gate is None:
+            gate = self.gates[ip] = _Gate(asyncio.Semaphore(max(1, self.limit)))
+        gate.users += 1
+        try:
+            async with gate.slots:
+                gate.running += 1
+                try:
+                    yield self.retry_after(ip, running=gate.running - 1)
+                finally:
+                    gate.running -= 1
+        finally:
+            gate.users -= 1
+            if gate.users == 0:
+                del self.gates[ip]
+
+    def retry_after(self, ip: str, running: int = 0) -> int:
+        """Seconds until `ip` may try again (0: now); `running`: its other lookups under
+        way, which count once it has a failure on record."""
         times = self.seen.get(ip)
         if not times:
             return 0
         now = time.monotonic()
         while times and times[0] <= now - self.window:
             times.popleft()
-        if len(times) < self.limit:
+        if not times or len(times) + running < self.limit:
             return 0
+        if len(times) < self.limit:
+            return 1          # the lookups under way may fill the limit: ask again soon
         return max(1, int(times[0] + self.window - now + 0.999))
 
     def failed(self, ip: str) -> None:
-        if len(self.seen) > self.MAX_IPS:
-            self.seen.clear()
+        if len(self.seen) >= self.MAX_IPS and ip not in self.seen:
+            self._make_room()
         self.seen.setdefault(ip, deque(maxlen=self.limit)).append(time.monotonic())
 
-    def refuse(self, request: Request) -> None:
-        """Raise 429 when the request's IP has failed too often."""
-        wait = self.retry_after(client_ip(request))
+    def _make_room(self) -> None:
+        """Forget the addresses whose failures all aged out; if that frees nothing, the
+        one tracked longest (never everyone at once: that would reset every counter)."""
+        old = time.monotonic() - self.window
+        for ip in [ip for ip, times in self.seen.items() if not times or times[-1] <= old]:
+            del self.seen[ip]
+        if len(self.seen) >= self.MAX_IPS:
+            del self.seen[next(iter(self.seen))]
+
+    @staticmethod
+    def refuse(wait: int) -> None:
+        """Raise 429 when `wait` (from `retry_after` or `attempt`) is not 0."""
         if wait:
             raise HTTPException(429, f"too many failed sign-ins from this address; try again "
                                      f"in {wait} s", headers={"Retry-After": str(wait)})
+
+
+@dataclass
+class _Gate:
+    """One address's lookup slots, the requests using them, and the lookups running."""
+
+    slots: asyncio.Semaphore
+    users: int = 0
+    running: int = 0
 
 
 def client_ip(request: Request) -> str:
@@ -207,20 +259,22 @@ async def bearer(request: Request, web: Web,
     """
     token = credentials.credentials.strip() if credentials else ""
     if not token:
-        web.failures.refuse(request)
+        web.failures.refuse(web.failures.retry_after(client_ip(request)))
         web.failures.failed(client_ip(request))
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     key, now = hashlib.sha256(token.encode()).digest(), time.monotonic()
     hit = web.tokens.get(key)
     if hit is not None and hit[1] > now:
         return hit[0]
-    web.failures.refuse(request)
-    annotator = await run_in_threadpool(web.store.authenticate, token)
-    if annotator is None:
-        web.tokens.pop(key, None)
-        web.failures.failed(client_ip(request))
-        raise HTTPException(401, "unknown or disabled token",
-                            headers={"WWW-Authenticate": "Bearer"})
+    ip = client_ip(request)
+    async with web.failures.attempt(ip) as wait:
+        web.failures.refuse(wait)
+        annotator = await run_in_threadpool(web.store.authenticate, token)
+        if annotator is None:
+            web.tokens.pop(key, None)
+            web.failures.failed(ip)
+            raise HTTPException(401, "unknown or disabled token",
+                                headers={"WWW-Authenticate": "Bearer"})
     if web.auth_cache_seconds > 0:
         if len(web.tokens) > TOKEN_CACHE_MAX:
             web.tokens.clear()

@@ -92,17 +92,27 @@ _SQL = {k: text(v) for k, v in {
     "lease": "INSERT INTO leases (lease_id, item_id, annotator_id, display_order, issued_at,"
              " expires_at) VALUES (:l, :id, :ann, :o, :now, :e)",
     "item": ITEM,
+    # idempotency keys are the annotator's own (migration 8): another annotator's key
+    # neither blocks a label nor answers whether it was used
     "labels_of": "SELECT id, item_id, annotator_id, idempotency_key, lease_id, choice, "
-                 "confidence, comment FROM labels WHERE idempotency_key = :k OR "
-                 "(item_id = :i AND annotator_id = :a)",
+                 "confidence, comment FROM labels WHERE annotator_id = :a AND "
+                 "(idempotency_key = :k OR item_id = :i)",
+    # `live`: the other annotators' live leases on the item (the slots an expired lease's
+    # late label would take from them; the annotator's own newer lease, from a reload,
+    # takes none); `skipped`: the annotator gave the item back with a reason
     "lease_of": "SELECT display_order, expires_at, completed_at, (SELECT COUNT(*) FROM leases s "
-                f"WHERE s.item_id = :i AND {_LIVE}) AS live FROM leases WHERE lease_id = :l AND "
-                "annotator_id = :a AND item_id = :i",
+                f"WHERE s.item_id = :i AND s.annotator_id <> :a AND {_LIVE}) AS live, "
+                "(SELECT COUNT(*) FROM skips k WHERE k.item_id = :i AND k.annotator_id = :a) "
+                "AS skipped FROM leases WHERE lease_id = :l AND annotator_id = :a AND "
+                "item_id = :i",
     # guideline_version: the guideline the item is labeled under (`guidelines.py`)
     "label": "INSERT INTO labels (item_id, annotator_id, lease_id, choice, confidence, comment,"
              " display_order, idempotency_key, created_at, guideline_version) VALUES (:i, :a,"
              f" :l, :c, :conf, :m, :o, :k, :now, ({GUIDELINE_OF_ITEM})) RETURNING id",
     "complete": "UPDATE leases SET completed_at = :now WHERE lease_id = :l",
+    # the annotator's other live leases on the item they just labeled give their slot back
+    "release_own": "UPDATE leases SET expires_at = :now WHERE item_id = :i AND annotator_id "
+                   "= :a AND lease_id <> :l AND completed_at IS NULL AND expires_at > :now",
     "count": "UPDATE items SET n_labels = :n, needed = :needed, first_choice = :f, is_open = :o"
              " WHERE item_id = :i",
     "purge": "DELETE FROM leases WHERE completed_at IS NULL AND expires_at < :before AND NOT "
@@ -234,12 +244,15 @@ def record(conn: Connection, *, annotator_id: int, item_id: str, lease_id: str, 
         raise QueueError(f"no lease {lease_id!r} of yours on item {item_id!r}", 404, "lease_id")
     if lease.completed_at is not None:
         raise QueueError(f"lease {lease_id!r} was used already", 409, "lease_id")
+    if lease.skipped:
+        raise QueueError(f"you skipped item {item_id!r}; it cannot be labeled", 409, "item_id")
     if item.gold is None and lease.expires_at <= now and (
             item.n_labels + lease.live >= item.needed):
         raise QueueError(f"lease {lease_id!r} expired and item {item_id!r} has the "
                          "votes it needs", 409, "lease_id")
     label_id = run(conn, _SQL["label"], {**p, "o": lease.display_order}).scalar_one()
     run(conn, _SQL["complete"], p)
+    run(conn, _SQL["release_own"], p)
     n = item.n_labels + 1
     disagree = item.first_choice is not None and item.first_choice != choice
     needed = item.max_votes if disagree else item.needed

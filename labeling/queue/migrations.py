@@ -21,7 +21,8 @@ Tables:
 - `leases`: one assignment of an item to an annotator, with the display order
   chosen for it; live while `completed_at` is NULL and `expires_at` > now.
 - `labels`: one vote; `choice` is relative to the item's a/b whatever the
-  display order; UNIQUE(item_id, annotator_id) and UNIQUE(idempotency_key).
+  display order; UNIQUE(item_id, annotator_id) and, since 8, UNIQUE(idempotency_key,
+  annotator_id) (an annotator's keys are their own; 1-7 had them queue-wide).
 - `sessions` (2): a signed-in web session, keyed by the sha256 hex of its id; deleted
   at sign-out and when its annotator is disabled (`accounts.py`).
 - `guidelines`, `skips`, `verdicts` and `labels.guideline_version` (5): see
@@ -244,6 +245,66 @@ def m007_lookups_by_item(conn: Connection) -> None:
     m006_pg_hotpath(conn)
 
 
+_LABEL_COLUMNS = ("id, item_id, annotator_id, lease_id, choice, confidence, comment, "
+                  "display_order, idempotency_key, created_at, guideline_version")
+
+
+def m008_idempotency_keys_per_annotator(conn: Connection) -> None:
+    """Idempotency keys unique per annotator instead of queue-wide. A queue-wide key let
+    one annotator's label block another's (two clients keying labels by item id, or a
+    guessed key) and told anyone whether a key was used. The lookups change with it, so
+    PostgreSQL's functions are replaced too.
+
+    PostgreSQL swaps the constraint. SQLite cannot drop a column's UNIQUE, so `labels` is
+    rebuilt: a new table, the rows copied with their ids, the old one dropped, the new one
+    renamed. No table references `labels`, so this is safe with foreign keys on, inside
+    the migration's transaction.
+
+    The key leads the new index: led by the annotator, PostgreSQL's planner took it for
+    the lease's "has this annotator labeled this item" check and read every label of the
+    annotator per candidate item (`tests/test_queue_hotpath.py`)."""
+    if conn.dialect.name == "postgresql":
+        names = conn.execute(text(
+            "SELECT conname FROM pg_constraint WHERE conrelid = 'labels'::regclass "
+            "AND contype = 'u' AND pg_get_constraintdef(oid) = 'UNIQUE (idempotency_key)'"
+        )).scalars().all()
+        if len(names) != 1:
+            raise RuntimeError(f"m008: expected one UNIQUE (idempotency_key) on labels, "
+                               f"found {names}")
+        conn.execute(text(f'ALTER TABLE labels DROP CONSTRAINT "{names[0]}"'))
+        conn.execute(text("ALTER TABLE labels ADD CONSTRAINT labels_annotator_key "
+                          "UNIQUE (idempotency_key, annotator_id)"))
+        from alignloop.labeling.queue import pg_hotpath
+
+        pg_hotpath.install(conn)
+        return
+    for sql in (
+        f"""CREATE TABLE labels_m008 (
+            id {_id_column(conn)},
+            item_id TEXT NOT NULL REFERENCES items (item_id),
+            annotator_id BIGINT NOT NULL REFERENCES annotators (id),
+            lease_id TEXT REFERENCES leases (lease_id),
+            choice TEXT NOT NULL,
+            confidence SMALLINT NOT NULL DEFAULT 2,
+            comment TEXT NOT NULL DEFAULT '',
+            display_order TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            guideline_version INTEGER,
+            UNIQUE (item_id, annotator_id),
+            UNIQUE (idempotency_key, annotator_id),
+            CHECK (choice IN ('a', 'b', 'tie', 'both_bad')),
+            CHECK (confidence BETWEEN 1 AND 3),
+            CHECK (display_order IN ('ab', 'ba'))
+        )""",
+        f"INSERT INTO labels_m008 ({_LABEL_COLUMNS}) SELECT {_LABEL_COLUMNS} FROM labels",
+        "DROP TABLE labels",
+        "ALTER TABLE labels_m008 RENAME TO labels",
+        "CREATE INDEX ix_labels_annotator ON labels (annotator_id, item_id)",
+    ):
+        conn.execute(text(sql))
+
+
 # Append only. (number, function); numbers strictly increase (a gap is allowed: each
 # number is applied once, in order, whatever came before it).
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
@@ -254,6 +315,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (5, m005_annotation_team),
     (6, m006_pg_hotpath),
     (7, m007_lookups_by_item),
+    (8, m008_idempotency_keys_per_annotator),
 ]
 
 

@@ -5,7 +5,7 @@ its own protocol work on both sides, and the queue server spent most of its CPU 
 (`benchmarks/queue_profile.py`). These PL/pgSQL functions run the same statements inside
 the server, so a request is one round trip (in autocommit: the call is its own
 transaction). They are installed by migration 6 and replaced by later migrations when
-they change (7). SQLite keeps the Python path in `leases` (an in-process library has no
+they change (7, 8). SQLite keeps the Python path in `leases` (an in-process library has no
 round trips to save); the store tests run both, so the two must agree.
 
 What they keep from `leases`, line for line:
@@ -147,20 +147,25 @@ BEGIN
     END IF;
     RETURN QUERY SELECT 'prior', l.id, l.item_id, l.annotator_id, l.idempotency_key,
         l.lease_id, l.choice, l.confidence::integer, l.comment FROM labels l
-        WHERE l.idempotency_key = p_key OR (l.item_id = p_item AND l.annotator_id = p_ann)
+        WHERE l.annotator_id = p_ann AND (l.idempotency_key = p_key OR l.item_id = p_item)
         LIMIT 1;
     IF FOUND THEN
         RETURN;
     END IF;
     SELECT s.display_order, s.expires_at, s.completed_at,
            (SELECT COUNT(*) FROM leases s2 WHERE s2.item_id = p_item
-            AND s2.completed_at IS NULL AND s2.expires_at > p_now) AS live
+            AND s2.annotator_id <> p_ann AND s2.completed_at IS NULL
+            AND s2.expires_at > p_now) AS live,
+           (SELECT COUNT(*) FROM skips k WHERE k.item_id = p_item
+            AND k.annotator_id = p_ann) AS skipped
         INTO ls FROM leases s
         WHERE s.lease_id = p_lease AND s.annotator_id = p_ann AND s.item_id = p_item;
     IF NOT FOUND THEN
         refused := 'no_lease';
     ELSIF ls.completed_at IS NOT NULL THEN
         refused := 'lease_used';
+    ELSIF ls.skipped > 0 THEN
+        refused := 'skipped';
     ELSIF it.gold IS NULL AND ls.expires_at <= p_now AND it.n_labels + ls.live >= it.needed THEN
         refused := 'expired_full';
     END IF;
@@ -175,6 +180,8 @@ BEGIN
                 p_key, p_now, ({guideline}))
         RETURNING id INTO lid;
     UPDATE leases SET completed_at = p_now WHERE lease_id = p_lease;
+    UPDATE leases SET expires_at = p_now WHERE item_id = p_item AND annotator_id = p_ann
+        AND lease_id <> p_lease AND completed_at IS NULL AND expires_at > p_now;
     n := it.n_labels + 1;
     need := CASE WHEN it.first_choice IS NOT NULL AND it.first_choice <> p_choice
                  THEN it.max_votes ELSE it.needed END;
@@ -213,6 +220,8 @@ def record(conn: Connection, run, *, p: dict):
         raise QueueError(f"no lease {lease_id!r} of yours on item {item_id!r}", 404, "lease_id")
     if row.outcome == "lease_used":
         raise QueueError(f"lease {lease_id!r} was used already", 409, "lease_id")
+    if row.outcome == "skipped":
+        raise QueueError(f"you skipped item {item_id!r}; it cannot be labeled", 409, "item_id")
     if row.outcome == "expired_full":
         raise QueueError(f"lease {lease_id!r} expired and item {item_id!r} has the "
                          "votes it needs", 409, "lease_id")

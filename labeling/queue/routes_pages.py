@@ -120,18 +120,19 @@ async def login(request: Request, web: Web):
     form, login = await _posted_form(web, request, LOGIN_COOKIE)
     if form is None:
         return _forbidden(web, request)
-    wait = web.failures.retry_after(client_ip(request))
-    if wait:
-        response = _page(web, request, "index.html", 429, csrf=web.sessions.csrf(login),
-                         error=f"Too many failed sign-ins. Try again in {wait} s.")
-        response.headers["Retry-After"] = str(wait)
-        return response
-    token = str(form.get("token") or "").strip()
-    annotator = await run_in_threadpool(web.store.authenticate, token) if token else None
-    if annotator is None:
-        web.failures.failed(client_ip(request))
-        return _page(web, request, "index.html", 401, csrf=web.sessions.csrf(login),
-                     error="That token is not valid.")
+    ip = client_ip(request)
+    async with web.failures.attempt(ip) as wait:   # see `Failures`: bursts count too
+        if wait:
+            response = _page(web, request, "index.html", 429, csrf=web.sessions.csrf(login),
+                             error=f"Too many failed sign-ins. Try again in {wait} s.")
+            response.headers["Retry-After"] = str(wait)
+            return response
+        token = str(form.get("token") or "").strip()
+        annotator = await run_in_threadpool(web.store.authenticate, token) if token else None
+        if annotator is None:
+            web.failures.failed(ip)
+            return _page(web, request, "index.html", 401, csrf=web.sessions.csrf(login),
+                         error="That token is not valid.")
     # a new session id at sign-in: a session id planted before it is worth nothing
     # no role in the cookie: pages read it from the store (`QueueWeb.session_account`)
     session = new_session(aid=annotator.id, name=annotator.name)
@@ -198,13 +199,13 @@ async def label_page(request: Request, web: Web, note: str = ""):
         if session.get("lease"):   # a reload: hand back the item on screen before
             web.store.release(aid, session["lease"])
         assignment = web.next_item(aid)
-        return who, assignment, web.store.progress(aid), guidelines.shown(web.store, assignment)
+        return who, assignment, web.store.labeled(aid), guidelines.shown(web.store, assignment)
 
     got = await run_in_threadpool(work)
     if got is None:
         return _signed_out(web)
-    who, assignment, progress, guide = got
-    return _show(web, request, session, who, assignment, progress.get("labeled", 0), note, guide)
+    who, assignment, labeled, guide = got
+    return _show(web, request, session, who, assignment, labeled, note, guide)
 
 
 def _refusal(web: QueueWeb, f: dict[str, str]) -> tuple[str, str] | None:

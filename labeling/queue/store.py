@@ -183,9 +183,9 @@ class QueueStore:
         return token
 
     def disable_annotator(self, name: str) -> None:
-        """Disable an annotator: its token is refused and its web sessions end. Labels
-        already given stay."""
-        self._write(lambda conn: accounts.disable(conn, name))
+        """Disable an annotator: its token is refused, its web sessions end and its
+        leases give their items back now. Labels already given stay."""
+        self._write(lambda conn: accounts.disable(conn, name, self.clock()))
 
     def start_session(self, annotator_id: int, session_id: str, max_age: float) -> None:
         """Record a signed-in web session (see `accounts`), valid for `max_age` seconds
@@ -363,6 +363,12 @@ class QueueStore:
     def ping(self) -> None:
         """One trivial query: raises when the database does not answer (health checks)."""
         self.read("SELECT 1")
+
+    def labeled(self, annotator_id: int) -> int:
+        """How many labels the annotator gave (gold items included): one indexed count,
+        for the labeling page's every load (`progress` also counts what is available)."""
+        return int(self.read("SELECT COUNT(*) FROM labels WHERE annotator_id = :a",
+                             {"a": annotator_id})[0][0])
 
     def progress(self, annotator_id: int) -> dict:
         """{labeled, available, gold_seen, gold_correct, gold_accuracy} of one annotator

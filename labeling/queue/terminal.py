@@ -37,7 +37,7 @@ def label_in_terminal(store: QueueStore, me: AnnotatorAccount, *, limit: int | N
             console.print("Nothing to label right now.")
             break
         shown_version = _show_guideline(console, store, a.item.round, shown_version)
-        _show(console, me, store.progress(me.id)["labeled"], a)
+        _show(console, me, store.labeled(me.id), a)
         try:
             key = Prompt.ask("1 = A, 2 = B, 3 = tie, 4 = both bad, s = skip, q = quit",
                              choices=[*KEYS, "s", "q"], console=console)
