@@ -153,6 +153,27 @@ def test_the_failure_table_forgets_old_addresses_first_never_all(monkeypatch):
     assert list(failures.seen) == ["c", "d", "e"]
 
 
+def test_the_sign_in_cookie_expires_after_its_own_hour(monkeypatch):
+    """The sign-in form's cookie is set for an hour; read back, it was trusted for the
+    session's 12 hours."""
+    import itsdangerous.timed
+    from alignloop.labeling.queue import deps
+    from starlette.requests import Request
+
+    sessions = deps.Sessions(b"k" * 32, secure=False)
+    signed = sessions.serializer.dumps({"sid": "s1"})
+    later = int(time.time()) + 2 * 3600
+    monkeypatch.setattr(itsdangerous.timed.TimestampSigner, "get_timestamp", lambda self: later)
+
+    def read(cookie: str):
+        request = Request({"type": "http", "headers": [
+            (b"cookie", f"{cookie}={signed}".encode())]})
+        return sessions.read(request, cookie)
+
+    assert read(deps.COOKIE) == {"sid": "s1"}              # 2 h: within the session's 12
+    assert read(deps.LOGIN_COOKIE) is None                 # past the sign-in form's hour
+
+
 # --------------------------------------------------------------------------- in Chromium
 
 
