@@ -245,8 +245,8 @@ def m007_lookups_by_item(conn: Connection) -> None:
     m006_pg_hotpath(conn)
 
 
-_LABEL_COLUMNS = ("id, item_id, annotator_id, lease_id, choice, confidence, comment, "
-                  "display_order, idempotency_key, created_at, guideline_version")
+_KEY_COLUMN = "idempotency_key TEXT NOT NULL UNIQUE,"
+_PAIR_UNIQUE = "UNIQUE (item_id, annotator_id),"
 
 
 def m008_idempotency_keys_per_annotator(conn: Connection) -> None:
@@ -255,14 +255,15 @@ def m008_idempotency_keys_per_annotator(conn: Connection) -> None:
     guessed key) and told anyone whether a key was used. The lookups change with it, so
     PostgreSQL's functions are replaced too.
 
-    PostgreSQL swaps the constraint. SQLite cannot drop a column's UNIQUE, so `labels` is
-    rebuilt: a new table, the rows copied with their ids, the old one dropped, the new one
-    renamed. No table references `labels`, so this is safe with foreign keys on, inside
-    the migration's transaction.
-
     The key leads the new index: led by the annotator, PostgreSQL's planner took it for
     the lease's "has this annotator labeled this item" check and read every label of the
-    annotator per candidate item (`tests/test_queue_hotpath.py`)."""
+    annotator per candidate item (`tests/test_queue_hotpath.py`).
+
+    PostgreSQL swaps the constraint. SQLite cannot drop a column's UNIQUE, so `labels` is
+    rebuilt from its own stored CREATE statement with the constraint moved: a new table,
+    the rows copied with their ids, the old one dropped, the new one renamed. No table
+    references `labels`, so this is safe with foreign keys on, inside the migration's
+    transaction."""
     if conn.dialect.name == "postgresql":
         names = conn.execute(text(
             "SELECT conname FROM pg_constraint WHERE conrelid = 'labels'::regclass "
@@ -278,31 +279,18 @@ def m008_idempotency_keys_per_annotator(conn: Connection) -> None:
 
         pg_hotpath.install(conn)
         return
-    for sql in (
-        f"""CREATE TABLE labels_m008 (
-            id {_id_column(conn)},
-            item_id TEXT NOT NULL REFERENCES items (item_id),
-            annotator_id BIGINT NOT NULL REFERENCES annotators (id),
-            lease_id TEXT REFERENCES leases (lease_id),
-            choice TEXT NOT NULL,
-            confidence SMALLINT NOT NULL DEFAULT 2,
-            comment TEXT NOT NULL DEFAULT '',
-            display_order TEXT NOT NULL,
-            idempotency_key TEXT NOT NULL,
-            created_at DOUBLE PRECISION NOT NULL,
-            guideline_version INTEGER,
-            UNIQUE (item_id, annotator_id),
-            UNIQUE (idempotency_key, annotator_id),
-            CHECK (choice IN ('a', 'b', 'tie', 'both_bad')),
-            CHECK (confidence BETWEEN 1 AND 3),
-            CHECK (display_order IN ('ab', 'ba'))
-        )""",
-        f"INSERT INTO labels_m008 ({_LABEL_COLUMNS}) SELECT {_LABEL_COLUMNS} FROM labels",
-        "DROP TABLE labels",
-        "ALTER TABLE labels_m008 RENAME TO labels",
-        "CREATE INDEX ix_labels_annotator ON labels (annotator_id, item_id)",
-    ):
-        conn.execute(text(sql))
+    sql = conn.execute(text("SELECT sql FROM sqlite_master WHERE type = 'table' "
+                            "AND name = 'labels'")).scalar_one()
+    if sql.count(_KEY_COLUMN) != 1 or sql.count(_PAIR_UNIQUE) != 1:
+        raise RuntimeError(f"m008: the labels table does not have the expected "
+                           f"{_KEY_COLUMN!r} and {_PAIR_UNIQUE!r}; its schema is {sql!r}")
+    rebuilt = (sql.replace("CREATE TABLE labels", "CREATE TABLE labels_m008", 1)
+               .replace(_KEY_COLUMN, "idempotency_key TEXT NOT NULL,")
+               .replace(_PAIR_UNIQUE, f"{_PAIR_UNIQUE} UNIQUE (idempotency_key, annotator_id),"))
+    for statement in (rebuilt, "INSERT INTO labels_m008 SELECT * FROM labels",
+                      "DROP TABLE labels", "ALTER TABLE labels_m008 RENAME TO labels",
+                      "CREATE INDEX ix_labels_annotator ON labels (annotator_id, item_id)"):
+        conn.execute(text(statement))
 
 
 # Append only. (number, function); numbers strictly increase (a gap is allowed: each
