@@ -109,10 +109,12 @@ _SQL = {k: text(v) for k, v in {
     "label": "INSERT INTO labels (item_id, annotator_id, lease_id, choice, confidence, comment,"
              " display_order, idempotency_key, created_at, guideline_version) VALUES (:i, :a,"
              f" :l, :c, :conf, :m, :o, :k, :now, ({GUIDELINE_OF_ITEM})) RETURNING id",
-    "complete": "UPDATE leases SET completed_at = :now WHERE lease_id = :l",
-    # the annotator's other live leases on the item they just labeled give their slot back
-    "release_own": "UPDATE leases SET expires_at = :now WHERE item_id = :i AND annotator_id "
-                   "= :a AND lease_id <> :l AND completed_at IS NULL AND expires_at > :now",
+    # one statement: the label's lease is completed, and the annotator's other live leases
+    # on the item (a reload's) give their slot back
+    "complete": "UPDATE leases SET completed_at = CASE WHEN lease_id = :l THEN :now ELSE "
+                "completed_at END, expires_at = CASE WHEN lease_id = :l THEN expires_at ELSE "
+                ":now END WHERE item_id = :i AND annotator_id = :a AND (lease_id = :l OR "
+                "(completed_at IS NULL AND expires_at > :now))",
     "count": "UPDATE items SET n_labels = :n, needed = :needed, first_choice = :f, is_open = :o"
              " WHERE item_id = :i",
     "purge": "DELETE FROM leases WHERE completed_at IS NULL AND expires_at < :before AND NOT "
@@ -252,7 +254,6 @@ def record(conn: Connection, *, annotator_id: int, item_id: str, lease_id: str, 
                          "votes it needs", 409, "lease_id")
     label_id = run(conn, _SQL["label"], {**p, "o": lease.display_order}).scalar_one()
     run(conn, _SQL["complete"], p)
-    run(conn, _SQL["release_own"], p)
     n = item.n_labels + 1
     disagree = item.first_choice is not None and item.first_choice != choice
     needed = item.max_votes if disagree else item.needed

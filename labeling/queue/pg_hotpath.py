@@ -179,9 +179,11 @@ BEGIN
         VALUES (p_item, p_ann, p_lease, p_choice, p_conf, p_comment, ls.display_order,
                 p_key, p_now, ({guideline}))
         RETURNING id INTO lid;
-    UPDATE leases SET completed_at = p_now WHERE lease_id = p_lease;
-    UPDATE leases SET expires_at = p_now WHERE item_id = p_item AND annotator_id = p_ann
-        AND lease_id <> p_lease AND completed_at IS NULL AND expires_at > p_now;
+    UPDATE leases SET
+        completed_at = CASE WHEN lease_id = p_lease THEN p_now ELSE completed_at END,
+        expires_at = CASE WHEN lease_id = p_lease THEN expires_at ELSE p_now END
+        WHERE item_id = p_item AND annotator_id = p_ann
+        AND (lease_id = p_lease OR (completed_at IS NULL AND expires_at > p_now));
     n := it.n_labels + 1;
     need := CASE WHEN it.first_choice IS NOT NULL AND it.first_choice <> p_choice
                  THEN it.max_votes ELSE it.needed END;

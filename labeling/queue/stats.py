@@ -229,7 +229,7 @@ def export_items(store, round: int | None = None) -> list[QueueItem]:
 def progress(store, annotator_id: int) -> dict:
     """{labeled, available, gold_seen, gold_correct, gold_accuracy} of one annotator."""
     p = {"ann": annotator_id, "now": store.clock()}
-    labeled = store.read("SELECT COUNT(*) FROM labels WHERE annotator_id = :ann", p)[0][0]
+    labeled = store.labeled(annotator_id)
     available = store.read(f"SELECT COUNT(*) FROM items i WHERE {AVAILABLE}", p)[0][0]
     seen, correct = store.read(
         "SELECT COUNT(*), COALESCE(SUM(CASE WHEN l.choice = i.gold THEN 1 ELSE 0 END), 0) "
