@@ -9,7 +9,11 @@ time into classes:
     LM head       every op with a vocabulary-sized operand: the output projection on the
                   response positions, the log-softmax over the vocabulary and, for a model
                   with tied embeddings, the embedding's vocabulary-sized gradient
-    attention     the fused attention kernels (scaled_dot_product_* and their backward)
+    attention     the fused attention kernels (scaled_dot_product_* and their backward), and
+                  the ops of the packed batches' matmul attention (alignloop.training.attention):
+                  aten::bmm (it is the only batched matmul of a step but for the rotary
+                  embedding's tiny one), the attention softmax and the mask fill, forward and
+                  backward
     optimizer     AdamW's step and zero_grad (torch labels them `Optimizer.*`) and the
                   `_foreach_*` ops of gradient clipping
     elementwise   every other aten op (norms, activations, adds, copies, casts, indexing)
@@ -29,7 +33,9 @@ import json
 import tempfile
 import time
 
-MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+MATMULS = {"aten::mm", "aten::addmm", "aten::baddbmm"}
+MATMUL_ATTENTION = {"aten::bmm", "aten::_softmax", "aten::_softmax_backward_data", "aten::masked_fill",
+                    "aten::masked_fill_"}
 CLASSES = ("matmuls", "LM head", "attention", "optimizer", "elementwise", "other")
 
 
@@ -48,7 +54,7 @@ def _classify(ev, vocab: int) -> str:
         return "LM head"
     if name in MATMULS:
         return "matmuls"
-    if "scaled_dot_product" in name or "flash_attention" in name or "efficient_attention" in name:
+    if name in MATMUL_ATTENTION or "scaled_dot_product" in name or "flash_attention" in name or "efficient_attention" in name:
         return "attention"
     return "elementwise"
 

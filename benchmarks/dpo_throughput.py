@@ -8,6 +8,9 @@ set: chat prompts longer than the responses, as in dialogue data), same batch si
                  reference log-probs computed once and cached), model.precision fp32
   alignloop-bf16 the same with model.precision bf16-mixed (fp32 master weights, bf16
                  autocast around the forwards, log-probs in fp32; alignloop.placement)
+  alignloop-bf16-fused  alignloop-bf16 with PyTorch's fused attention kernel instead of the
+                 packed batches' matmul attention (alignloop.training.attention): what that
+                 path is worth, side by side
   alignloop-gc   the same with train.gradient_checkpointing (memory first)
   trl-default    TRL's DPOTrainer with its defaults (bf16 and gradient checkpointing
                  on, the reference model run at every step)
@@ -124,10 +127,14 @@ def cpu_flags() -> str:
 
 
 def work_alignloop(lora: bool, steps: int, n_pairs: int, checkpointing: bool = False,
-                   precision: str = "fp32") -> dict:
+                   precision: str = "fp32", fused_attention: bool = False) -> dict:
     from alignloop.config import config_from_dict
     from alignloop.data import read_pairs
+    from alignloop.training import attention
     from alignloop.training.trainer import train_dpo
+
+    if fused_attention:
+        attention.MATMUL_SCORES = 0   # every call over the limit: PyTorch's fused kernel
 
     pairs = read_pairs("builtin:demo-pairs", limit=n_pairs)[0]
     cfg = config_from_dict({
@@ -208,6 +215,8 @@ def worker(spec: dict) -> dict:
     fn = {"alignloop": lambda: work_alignloop(spec["lora"], spec["steps"], spec["pairs"]),
           "alignloop-bf16": lambda: work_alignloop(spec["lora"], spec["steps"], spec["pairs"],
                                                    precision="bf16-mixed"),
+          "alignloop-bf16-fused": lambda: work_alignloop(spec["lora"], spec["steps"], spec["pairs"],
+                                                         precision="bf16-mixed", fused_attention=True),
           "alignloop-gc": lambda: work_alignloop(spec["lora"], spec["steps"], spec["pairs"], True),
           "trl-default": lambda: work_trl(spec["lora"], spec["steps"], spec["pairs"], {}),
           "trl-default-fp32": lambda: work_trl(spec["lora"], spec["steps"], spec["pairs"],
@@ -234,7 +243,8 @@ def run_setting(spec: dict, timeout: float) -> dict:
     return {**spec, **out, "wall_s": time.perf_counter() - t}
 
 
-PRECISION = {"alignloop-bf16": "bf16-mixed", "trl-default": "bf16 autocast"}
+PRECISION = {"alignloop-bf16": "bf16-mixed", "alignloop-bf16-fused": "bf16-mixed, fused attention",
+             "trl-default": "bf16 autocast"}
 
 
 def summarise(r: dict, epoch_tokens: int, steps_per_epoch: int, n_params: int,
@@ -319,9 +329,9 @@ def update_readme(text: str, key: str = "dpo_throughput") -> None:
     update(text, key)
 
 
-SETTINGS = ["alignloop", "alignloop-bf16", "alignloop-gc", "trl-fastest", "trl-default-fp32",
-            "trl-default"]
-BF16_SETTINGS = ("alignloop-bf16", "trl-default")
+SETTINGS = ["alignloop", "alignloop-bf16", "alignloop-bf16-fused", "alignloop-gc", "trl-fastest",
+            "trl-default-fp32", "trl-default"]
+BF16_SETTINGS = ("alignloop-bf16", "alignloop-bf16-fused", "trl-default")
 
 
 def plan(size: str) -> tuple[int, list[str], dict[str, int], float]:

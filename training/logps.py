@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from alignloop.training.attention import scoring_attention
 from alignloop.training.batching import PackedBatch
 from torch import nn
 
@@ -31,8 +32,9 @@ class PairScorer(nn.Module):
                 targets: torch.Tensor, segment: torch.Tensor, n_segments: int) -> torch.Tensor:
         """Summed log-probs per response, shape (n_segments,) = (2B,): [c0, r0, c1, r1, ...]."""
         decoder = self.model.get_decoder()
-        hidden = decoder(input_ids=input_ids, position_ids=position_ids,
-                         attention_mask=attention_mask, use_cache=False).last_hidden_state  # (B, L, H)
+        with scoring_attention(self.model):
+            hidden = decoder(input_ids=input_ids, position_ids=position_ids,
+                             attention_mask=attention_mask, use_cache=False).last_hidden_state  # (B, L, H)
         hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, gather_index)       # (N, H)
         logits = self.model.get_output_embeddings()(hidden)                                # (N, V)
         # The log-softmax over the vocabulary and the sums in float32, whatever the precision.

@@ -1,0 +1,100 @@
+"""Attention for the packed pair batches of training, the reference pass and scoring.
+
+A packed batch carries its own boolean mask (prefix sharing, see `batching.py`), so
+PyTorch's fused attention on a CPU takes its masked path. For the short rows of preference
+data that path is slow in bf16: on a 2-core AMD EPYC with `avx512_bf16`, 30 layers of it
+took 1.15 s of a 4.97 s bf16-mixed step (8 pairs, 151 tokens a row; fp32 was no faster).
+The same attention written as two batched matmuls and a float32 softmax runs the matmuls
+on the bf16 units; its cost is memory: the (B, H, L, L) probabilities are kept for the
+backward pass (6 bytes an element: the float32 softmax output and its bf16 copy).
+
+So `packed_attention` takes the matmul path on a CPU, under bf16, while one layer's score
+matrix has at most `MATMUL_SCORES` elements (the bf16 probabilities of a 30-layer model
+then keep at most 30 x 6 x 4M bytes = 720 MB for the backward pass), and PyTorch's fused
+kernel otherwise: on a GPU, in float32, and for long batches. `benchmarks/dpo_throughput.py`
+measures the step either way (`--attention`).
+
+`scoring_attention(model)` switches a Hugging Face model to it for the duration of one
+forward pass; the model's config is restored after, so a saved checkpoint never names it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+NAME = "alignloop_packed"
+MATMUL_SCORES = 8 * 2**20   # elements of one layer's (B, H, L, L) scores
+_registered = False
+
+
+def _matmul_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      mask: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Attention by batched matmuls. query (B, H, L, D); key, value (B, KV, S, D), each of
+    the KV heads shared by H / KV query heads (grouped-query attention, no copies of K or V);
+    mask (B, 1, L, S) bool, True = may attend, no row all False. Returns (B, L, H, D)."""
+    B, H, L, D = query.shape
+    KV, S = key.shape[1], key.shape[2]
+    query, key, value = (t.to(torch.bfloat16) for t in (query, key, value))
+    q = (query * scaling).reshape(B, KV, (H // KV) * L, D)
+    scores = torch.matmul(q, key.transpose(-1, -2)).view(B, KV, H // KV, L, S)
+    scores = scores.masked_fill(~mask.unsqueeze(2), float("-inf"))
+    probs = torch.softmax(scores, dim=-1)   # bf16 in and out; the CPU kernel sums in float32
+    out = torch.matmul(probs.view(B, KV, (H // KV) * L, S), value)   # (B, KV, G*L, D)
+    return out.view(B, H, L, D).transpose(1, 2)
+
+
+def _bf16(query: torch.Tensor) -> bool:
+    """bf16 weights, or bf16 autocast (where the rotary embedding hands attention float32
+    queries, keys and values, and PyTorch's fused kernel then runs in float32)."""
+    return query.dtype == torch.bfloat16 or (
+        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
+def uses_matmul_path(query: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    """Whether `packed_attention` computes this call by matmuls (see the module docstring)."""
+    B, H, L, _ = query.shape
+    return (query.device.type == "cpu" and _bf16(query)
+            and mask is not None and mask.dtype == torch.bool and mask.dim() == 4
+            and B * H * L * mask.shape[-1] <= MATMUL_SCORES)
+
+
+def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """A Hugging Face attention function (`AttentionInterface`): the matmul path where it is
+    faster, PyTorch's fused attention (transformers' own `sdpa` function) elsewhere."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if uses_matmul_path(query, attention_mask) and not (dropout and module.training):
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        return _matmul_attention(query, key, value, attention_mask, scale), None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                  scaling=scaling, **kwargs)
+
+
+def _register() -> None:
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+        AttentionInterface.register(NAME, packed_attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
+        _registered = True
+
+
+@contextlib.contextmanager
+def scoring_attention(model):
+    """Run `model`'s attention through `packed_attention` inside the block. Models that do
+    not read `config._attn_implementation` keep their own attention."""
+    config = getattr(model, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    if before not in ("sdpa", NAME):   # eager, flash or a custom choice of the user: theirs
+        yield
+        return
+    _register()
+    config._attn_implementation = NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
