@@ -47,6 +47,7 @@ def score_token_sequences(model, seqs: Sequence[tuple[Sequence[int], Sequence[in
 
     import torch
     from alignloop.progress import tqdm
+    from alignloop.training.attention import scoring_attention
 
     autocast = placement.autocast if placement is not None else contextlib.nullcontext
     out = np.zeros(len(seqs))
@@ -64,7 +65,7 @@ def score_token_sequences(model, seqs: Sequence[tuple[Sequence[int], Sequence[in
                 mask[row, :len(full)] = 1
             # The decoder runs over whole sequences; the output projection (a 49k-wide
             # matmul for SmolLM2) only over the positions that predict response tokens.
-            with autocast():
+            with autocast(), scoring_attention(model):
                 hidden = model.get_decoder()(input_ids=ids.to(model.device),
                                              attention_mask=mask.to(model.device),
                                              use_cache=False).last_hidden_state      # (B, T, H)

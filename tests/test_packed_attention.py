@@ -108,3 +108,20 @@ def test_a_model_with_its_own_attention_keeps_it(monkeypatch, batch):
         with attention.scoring_attention(model):
             assert model.config._attn_implementation == "eager"
     assert not calls
+
+
+def test_evaluation_log_probs_take_the_matmul_path_in_bf16_mixed(monkeypatch):
+    from alignloop.labeling.logprobs import score_token_sequences
+
+    calls = []
+    real = attention._matmul_attention
+    monkeypatch.setattr(attention, "_matmul_attention", lambda *a: calls.append(1) or real(*a))
+    model = load_model(TINY)
+    seqs = [([5, 6, 7, 8], [9, 10, 11]), ([5, 6], [12, 13, 14, 15, 16]), ([7], [8])]
+    fp32 = score_token_sequences(model, seqs, pad_id=0, progress=False)
+    assert not calls
+    mixed = score_token_sequences(model, seqs, pad_id=0, progress=False,
+                                  placement=Placement("cpu", "bf16-mixed"))
+    assert len(calls) == model.config.num_hidden_layers          # one padded batch of three
+    tokens = [len(r) for _, r in seqs]
+    assert max(abs(a - b) / n for a, b, n in zip(fp32, mixed, tokens, strict=True)) <= 0.05
