@@ -27,9 +27,10 @@ from alignloop.models import load_model, load_tokenizer
 from alignloop.placement import Placement
 from alignloop.report.metrics import kl_estimate
 from alignloop.stages.evaluate import score_sequences
-from alignloop.training.batching import collate, encode_pairs
 from alignloop.training.logps import PairScorer, score_batch
 from alignloop.training.trainer import dpo_objective, train_dpo
+
+from tests.tiny_hf import demo_pair_batch
 
 TINY = "builtin:tiny-random"
 FP32, MIXED = Placement("cpu", "fp32"), Placement("cpu", "bf16-mixed")
@@ -63,10 +64,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def batch():
-    tok = load_tokenizer(TINY)
-    pairs = read_pairs("builtin:demo-pairs")[0][:4]
-    encoded, _ = encode_pairs(pairs, tok, max_length=512, max_prompt_length=384, progress=False)
-    return collate(encoded, tok.pad_token_id)
+    return demo_pair_batch(4, max_length=512)
 
 
 def _dpo(policy, ref_logps, batch, placement):

@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from alignloop.data import read_pairs
-from alignloop.models import load_model, load_tokenizer
+from alignloop.models import load_model
 from alignloop.placement import Placement
 from alignloop.training import attention
-from alignloop.training.batching import collate, encode_pairs
 from alignloop.training.logps import PairScorer, score_batch
+
+from tests.tiny_hf import demo_pair_batch
 
 TINY = "builtin:tiny-random"
 
@@ -71,10 +71,7 @@ def test_path_choice(monkeypatch, bf16, limit, expected):
 
 @pytest.fixture(scope="module")
 def batch():
-    tok = load_tokenizer(TINY)
-    pairs = read_pairs("builtin:demo-pairs")[0][:3]
-    encoded, _ = encode_pairs(pairs, tok, max_length=256, max_prompt_length=192, progress=False)
-    return collate(encoded, tok.pad_token_id)
+    return demo_pair_batch(3, max_length=256)
 
 
 def test_the_scorer_takes_the_matmul_path_in_bf16_mixed_and_restores_the_config(

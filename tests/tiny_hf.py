@@ -19,3 +19,17 @@ def spread_generator(*, norms: bool = False):
             elif norms:
                 p.uniform_(0.5, 1.5)
     return g
+
+
+def demo_pair_batch(n: int, *, max_length: int = 512):
+    """The first `n` bundled demo pairs packed into one micro-batch for the tiny model
+    (prompts cut at three quarters of `max_length`)."""
+    from alignloop.data import read_pairs
+    from alignloop.models import load_tokenizer
+    from alignloop.training.batching import collate, encode_pairs
+
+    tok = load_tokenizer(TINY)
+    pairs = read_pairs("builtin:demo-pairs")[0][:n]
+    encoded, _ = encode_pairs(pairs, tok, max_length=max_length,
+                              max_prompt_length=max_length * 3 // 4, progress=False)
+    return collate(encoded, tok.pad_token_id)
