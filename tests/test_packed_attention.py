@@ -122,3 +122,17 @@ def test_evaluation_log_probs_take_the_matmul_path_in_bf16_mixed(monkeypatch):
     assert len(calls) == model.config.num_hidden_layers          # one padded batch of three
     tokens = [len(r) for _, r in seqs]
     assert max(abs(a - b) / n for a, b, n in zip(fp32, mixed, tokens, strict=True)) <= 0.05
+
+
+@pytest.mark.parametrize("extra", [{}, {"softcap": 30.0}, {"s_aux": torch.zeros(6)}])
+def test_arguments_the_matmul_path_does_not_compute_go_to_the_fused_path(monkeypatch, extra):
+    import transformers.integrations.sdpa_attention as sdpa
+
+    fused = []
+    monkeypatch.setattr(sdpa, "sdpa_attention_forward", lambda *a, **k: fused.append(k) or ("fused", None))
+    q, k, v, mask = _inputs()
+    module = torch.nn.Module()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = attention.packed_attention(module, q, k, v, mask, scaling=0.25, **extra)
+    assert isinstance(out, str) is bool(extra)     # "fused": the fused path answered
+    assert len(fused) == (1 if extra else 0)

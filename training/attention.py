@@ -25,6 +25,10 @@ import contextlib
 import torch
 
 NAME = "alignloop_packed"
+UNSUPPORTED = ("softcap", "s_aux", "position_bias", "head_mask")
+"""Attention arguments some architectures pass (Gemma 2's logit soft-capping, gpt-oss's
+sinks, ...) that the matmul path does not compute: a call with any of them set goes to
+the fused path, which applies or refuses them."""
 MATMUL_SCORES = 8 * 2**20   # elements of one layer's (B, H, L, L) scores
 _registered = False
 
@@ -65,7 +69,8 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
     faster, PyTorch's fused attention (transformers' own `sdpa` function) elsewhere."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if uses_matmul_path(query, attention_mask) and not (dropout and module.training):
+    if (uses_matmul_path(query, attention_mask) and not (dropout and module.training)
+            and all(kwargs.get(k) is None for k in UNSUPPORTED)):
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         return _matmul_attention(query, key, value, attention_mask, scale), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
