@@ -1,18 +1,19 @@
 """Attention for the packed pair batches of training, the reference pass and scoring.
 
 A packed batch carries its own boolean mask (prefix sharing, see `batching.py`), so
-PyTorch's fused attention on a CPU takes its masked path. For the short rows of preference
-data that path is slow in bf16: on a 2-core AMD EPYC with `avx512_bf16`, 30 layers of it
-took 1.15 s of a 4.97 s bf16-mixed step (8 pairs, 151 tokens a row; fp32 was no faster).
-The same attention written as two batched matmuls and a float32 softmax runs the matmuls
-on the bf16 units; its cost is memory: the (B, H, L, L) probabilities are kept for the
-backward pass (6 bytes an element: the float32 softmax output and its bf16 copy).
+PyTorch's fused attention on a CPU takes its masked path. Under bf16 autocast that path
+runs in float32 (the rotary embedding hands it float32 queries, keys and values): on a
+2-core AMD EPYC with `avx512_bf16`, 30 layers of it took 1.15 s of a 4.97 s bf16-mixed
+step (8 pairs, 151 tokens a row), no faster than in fp32. Written as two bf16 batched
+matmuls around a bf16 softmax (the CPU kernel sums in float32), the same attention runs
+on the bf16 units; its cost is memory: the (B, H, L, S) bf16 probabilities are kept for
+the backward pass, 2 bytes an element.
 
 So `packed_attention` takes the matmul path on a CPU, under bf16, while one layer's score
-matrix has at most `MATMUL_SCORES` elements (the bf16 probabilities of a 30-layer model
-then keep at most 30 x 6 x 4M bytes = 720 MB for the backward pass), and PyTorch's fused
-kernel otherwise: on a GPU, in float32, and for long batches. `benchmarks/dpo_throughput.py`
-measures the step either way (`--attention`).
+matrix has at most `MATMUL_SCORES` elements (a 30-layer model then keeps at most
+30 x 2 x 8M bytes = 480 MB of them for the backward pass), and PyTorch's fused kernel
+otherwise: on a GPU, in float32, and for long batches. `benchmarks/dpo_throughput.py`
+measures training either way, side by side (its `alignloop-bf16-fused` rows).
 
 `scoring_attention(model)` switches a Hugging Face model to it for the duration of one
 forward pass; the model's config is restored after, so a saved checkpoint never names it.
