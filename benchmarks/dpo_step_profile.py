@@ -10,7 +10,7 @@ time into classes:
                   response positions, the log-softmax over the vocabulary and, for a model
                   with tied embeddings, the embedding's vocabulary-sized gradient
     attention     the fused attention kernels (scaled_dot_product_* and their backward), and
-                  the ops of the packed batches' matmul attention (alignloop.training.attention):
+                  the ops of the packed batches' matmul attention (alignloop.attention):
                   aten::bmm (it is the only batched matmul of a step but for the rotary
                   embedding's tiny one), the attention softmax and the mask fill, forward and
                   backward

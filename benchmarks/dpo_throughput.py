@@ -9,7 +9,7 @@ set: chat prompts longer than the responses, as in dialogue data), same batch si
   alignloop-bf16 the same with model.precision bf16-mixed (fp32 master weights, bf16
                  autocast around the forwards, log-probs in fp32; alignloop.placement)
   alignloop-bf16-fused  alignloop-bf16 with PyTorch's fused attention kernel instead of the
-                 packed batches' matmul attention (alignloop.training.attention): what that
+                 packed batches' matmul attention (alignloop.attention): what that
                  path is worth, side by side
   alignloop-gc   the same with train.gradient_checkpointing (memory first)
   trl-default    TRL's DPOTrainer with its defaults (bf16 and gradient checkpointing
@@ -128,9 +128,9 @@ def cpu_flags() -> str:
 
 def work_alignloop(lora: bool, steps: int, n_pairs: int, checkpointing: bool = False,
                    precision: str = "fp32", fused_attention: bool = False) -> dict:
+    from alignloop import attention
     from alignloop.config import config_from_dict
     from alignloop.data import read_pairs
-    from alignloop.training import attention
     from alignloop.training.trainer import train_dpo
 
     if fused_attention:

@@ -46,8 +46,8 @@ def score_token_sequences(model, seqs: Sequence[tuple[Sequence[int], Sequence[in
     import contextlib
 
     import torch
+    from alignloop.attention import scoring_attention
     from alignloop.progress import tqdm
-    from alignloop.training.attention import scoring_attention
 
     autocast = placement.autocast if placement is not None else contextlib.nullcontext
     out = np.zeros(len(seqs))

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from alignloop import attention
 from alignloop.models import load_model
 from alignloop.placement import Placement
-from alignloop.training import attention
 from alignloop.training.logps import PairScorer, score_batch
 
 from tests.tiny_hf import demo_pair_batch

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from alignloop.training.attention import scoring_attention
+from alignloop.attention import scoring_attention
 from alignloop.training.batching import PackedBatch
 from torch import nn
 

@@ -1,6 +1,7 @@
-"""Attention for the packed pair batches of training, the reference pass and scoring.
+"""Attention for packed pair batches: training, the reference pass and evaluation's log-probs
+(`training.logps`, `labeling.logprobs`), so it lives in the core both import.
 
-A packed batch carries its own boolean mask (prefix sharing, see `batching.py`), so
+A packed batch carries its own boolean mask (prefix sharing, see `training/batching.py`), so
 PyTorch's fused attention on a CPU takes its masked path. Under bf16 autocast that path
 runs in float32 (the rotary embedding hands it float32 queries, keys and values): on a
 2-core AMD EPYC with `avx512_bf16`, 30 layers of it took 1.15 s of a 4.97 s bf16-mixed
