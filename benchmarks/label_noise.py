@@ -85,6 +85,14 @@ SIZES = {
     "target": {"model": MODEL, "pairs": (120, 240, 480), "seeds": 3, "epochs": 1,
                "conditions": ("clean", "flip40"), "losses": ("sigmoid", "rdpo"),
                "train_prompts": 0, "heldout_prompts": 40, "eval_prompts": 0, "max_new_tokens": 32},
+    # the noise levels and the disagreeing panel the target size leaves out, at its largest
+    # data size, hard vs soft labels (8 runs of about 12 min on 2 cores with bf16 units;
+    # seeds may be added): how the kept share falls with the flip rate, and what a panel
+    # that disagrees systematically does
+    "conditions": {"model": MODEL, "pairs": (480,), "seeds": 1, "epochs": 1,
+                   "conditions": ("clean", "flip20", "disagree", "flip40"),
+                   "losses": ("sigmoid", "soft"), "train_prompts": 0, "heldout_prompts": 40,
+                   "eval_prompts": 0, "max_new_tokens": 32},
     "full": {"model": MODEL, "pairs": (120, 240, 480), "seeds": 3, "epochs": 2,
              "conditions": ("clean", "flip20", "flip40", "disagree"), "train_prompts": 0,
              "heldout_prompts": 40, "eval_prompts": 0, "max_new_tokens": 32},

@@ -215,18 +215,41 @@ def test_gold_import_puts_the_chosen_side_on_both_a_and_b(tmp_path):
     with QueueStore.open(tmp_path) as store:
         assert store.push(pairs, 0, gold=True) == 40
         _, answers = store.gold_votes()
-    # a stable coin per pair: both sides occur, so a temperature can be fitted
-    assert 10 <= sum(a == "a" for a in answers.values()) <= 30
-    with QueueStore.open(tmp_path / "again") as store:
-        store.push(pairs, 0, gold=True)
+        store.push(pairs, 0, gold=True)                  # queued already: the answers stay
         assert store.gold_votes()[1] == answers
+    # both sides occur, so a temperature can be fitted
+    assert 10 <= sum(a == "a" for a in answers.values()) <= 30
+    with QueueStore.open(tmp_path / "seeded") as store:
+        store.push(pairs, 0, gold=True, coin=random.Random(7))
+        seeded = store.gold_votes()[1]
+    with QueueStore.open(tmp_path / "seeded again") as store:
+        store.push(pairs, 0, gold=True, coin=random.Random(7))
+        assert store.gold_votes()[1] == seeded
+
+
+def test_gold_answers_cannot_be_computed_from_the_item_ids(tmp_path):
+    # annotators see item ids: an answer that is a function of the id (a hash coin) lets a
+    # bot pass every gold check unread. Two queues importing the same gold pairs draw
+    # their sides independently (equal by chance with probability 2^-40), and neither
+    # follows the public coin of the id the importer used before
+    from alignloop.records import unit_interval
+
+    pairs = [Pair(f"Say hi {k}.", f"Hi {k}!", f"No {k}.") for k in range(40)]
+    drawn = []
+    for name in ("one", "two"):
+        with QueueStore.open(tmp_path / name) as store:
+            store.push(pairs, 0, gold=True)
+            drawn.append(store.gold_votes()[1])
+    public = {p.pair_id: "b" if unit_interval(f"gold/{p.pair_id}") < 0.5 else "a" for p in pairs}
+    assert drawn[0].keys() == drawn[1].keys() == public.keys()
+    assert drawn[0] != drawn[1] and public not in drawn
 
 
 def test_label_stage_calibrates_on_the_sqlite_queues_gold_items(tmp_path):
     cfg, table = _table(gold_calibration=True)
     gold = [Pair(f"Say hi {k}.", f"Hi {k}!", f"No {k}.") for k in range(10)]
     with QueueStore.open(tmp_path / "q") as store:
-        store.push(gold, 0, gold=True)
+        store.push(gold, 0, gold=True, coin=random.Random(0))
         anns = [store.authenticate(store.add_annotator(f"ann{k}")).id for k in range(3)]
 
         def simulate(round):   # everyone votes a on every item, gold or not

@@ -1,6 +1,8 @@
 """`alignloop queue serve --auth-failures N` reaches the app: a real `queue serve` process
 (one worker, and two: the uvicorn factory `app_from_env` path) answers the (N+1)th bad
-token from one address with 429; the flag is validated by the parser, naming it."""
+token from one address with 429, and a forged `X-Forwarded-For` names no new address
+unless `--forwarded-allow-ips` trusts the proxy; the flag is validated by the parser,
+naming it."""
 
 from __future__ import annotations
 
@@ -43,10 +45,13 @@ def _serve(run_dir, *flags: str) -> tuple[subprocess.Popen, str]:
     raise AssertionError(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
 
 
-def _bad_tokens(url: str, n: int) -> list[int]:
-    """The statuses of `n` requests with a wrong token, each on a new connection."""
-    return [httpx.post(url + "/api/next", headers={"Authorization": "Bearer wrong"},
-                       timeout=10).status_code for _ in range(n)]
+def _bad_tokens(url: str, n: int, forged: bool = False) -> list[int]:
+    """The statuses of `n` requests with a wrong token, each on a new connection (`forged`:
+    each naming another client address in X-Forwarded-For)."""
+    return [httpx.post(url + "/api/next", timeout=10, headers={
+        "Authorization": "Bearer wrong",
+        **({"X-Forwarded-For": f"203.0.113.{k + 1}"} if forged else {})}).status_code
+        for k in range(n)]
 
 
 @pytest.fixture
@@ -63,6 +68,30 @@ def test_serve_auth_failures_flag_limits_bad_tokens(run_dir):
         assert _bad_tokens(url, 3) == [401, 401, 429]
         r = httpx.post(url + "/api/next", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1   # the address
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_serve_believes_no_forwarded_address_by_default(run_dir):
+    # uvicorn's default trusts X-Forwarded-For from loopback: a new address per guess
+    # would never meet the limit
+    path, _ = run_dir
+    proc, url = _serve(path, "--auth-failures", "2")
+    try:
+        assert _bad_tokens(url, 4, forged=True) == [401, 401, 429, 429]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_serve_forwarded_allow_ips_counts_each_forwarded_client(run_dir):
+    # behind a trusted proxy (here: loopback) each forwarded client has its own count
+    path, _ = run_dir
+    proc, url = _serve(path, "--auth-failures", "2", "--forwarded-allow-ips", "127.0.0.1")
+    try:
+        assert _bad_tokens(url, 4, forged=True) == [401] * 4
+        assert _bad_tokens(url, 3) == [401, 401, 429]       # loopback itself: its own count
     finally:
         proc.terminate()
         proc.wait(timeout=10)

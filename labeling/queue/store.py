@@ -66,7 +66,7 @@ from alignloop.labeling.handoff import (
 from alignloop.labeling.queue import accounts, controls, leases, migrations, stats
 from alignloop.labeling.queue.accounts import AnnotatorAccount, hash_token
 from alignloop.labeling.queue.leases import Assignment, RecordedLabel
-from alignloop.records import Pair, unit_interval
+from alignloop.records import Pair
 from sqlalchemy import Connection, bindparam, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -266,16 +266,22 @@ class QueueStore:
         return self._write(tx)
 
     def push(self, pairs_or_items: Iterable[Pair | QueueItem], round: int, *,
-             votes_required: int = 1, max_votes: int = 3, gold: bool = False) -> int:
+             votes_required: int = 1, max_votes: int = 3, gold: bool = False,
+             coin: random.Random | None = None) -> int:
         """Loop side: queue pairs (a=chosen, b=rejected, item_id=pair_id) or items for
         `round`; returns how many were new. `gold`: each is a gold item whose known answer
-        is its chosen side (item `a`); a pair's sides are swapped on a stable coin of its
-        id (answer `b`), so that gold answers are not all one side and a temperature can
-        be fitted to them (`alignloop.labeling.gold`)."""
+        is its chosen side (item `a`); a pair's sides are swapped on a coin (answer `b`), so
+        that gold answers are not all one side and a temperature can be fitted to them
+        (`alignloop.labeling.gold`). The coin is drawn from the system's randomness
+        (`coin`: a seeded generator instead, for tests), never from the pair id: annotators
+        see item ids, and a coin of the id would let a bot answer every gold item without
+        reading it. The answer is stored when the item is queued, so it need not be drawn
+        again."""
+        coin = coin or random.SystemRandom()
         items, answers = [], {}
         for x in pairs_or_items:
             if isinstance(x, Pair):
-                swap = gold and unit_interval(f"gold/{x.pair_id}") < 0.5
+                swap = gold and coin.random() < 0.5
                 a, b = (x.rejected, x.chosen) if swap else (x.chosen, x.rejected)
                 items.append(QueueItem(x.pair_id, round, x.prompt, a, b, x.slice,
                                        0.0, votes_required, max_votes))

@@ -103,18 +103,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}, not only loopback: put TLS in front and pass "
               "--secure-cookies", file=sys.stderr)
+    server = {"host": args.host, "port": args.port, "log_level": args.log_level,
+              "access_log": args.access_log, **_proxy_options(args)}
     if args.workers <= 1:
         app = create_app(store, secret=secret, **_app_options(args))
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                    access_log=args.access_log)
+        uvicorn.run(app, **server)
         return 0
     store.close()
     os.environ.update({"ALIGNLOOP_QUEUE_DB": url, SECRET_ENV: secret.decode(),
                        "ALIGNLOOP_QUEUE_OPTIONS": json.dumps(_app_options(args))})
-    uvicorn.run("alignloop.labeling.queue.app:app_from_env", factory=True, host=args.host,
-                port=args.port, workers=args.workers, log_level=args.log_level,
-                access_log=args.access_log)
+    uvicorn.run("alignloop.labeling.queue.app:app_from_env", factory=True,
+                workers=args.workers, **server)
     return 0
+
+
+def _proxy_options(args: argparse.Namespace) -> dict:
+    """uvicorn's proxy settings. By default a client's address is the connection's own:
+    uvicorn would otherwise take `X-Forwarded-For` from any loopback connection, so a
+    client on the host (or behind a proxy that passes the header through) could name a new
+    address with every wrong token and never meet the failed sign-in limit. With
+    `--forwarded-allow-ips` (the proxy's addresses) those proxies' header is believed."""
+    if not args.forwarded_allow_ips:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": args.forwarded_allow_ips}
 
 
 def cmd_add_annotator(args: argparse.Namespace) -> int:
@@ -240,6 +251,10 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--auth-failures", type=positive, metavar="N",
                    help="failed sign-ins / 401s an address may make in a minute (per worker) "
                         "before it gets 429 (default: 20)")
+    q.add_argument("--forwarded-allow-ips", metavar="IPS",
+                   help="comma-separated addresses of reverse proxies whose X-Forwarded-For "
+                        "names the client (default: none; every client is its connection's "
+                        "address, so behind a proxy give the proxy's address here)")
     q.add_argument("--gold-rate", type=number(0, 1), default=0.0,
                    help="share of assignments that are gold items (default: %(default)s)")
     q.add_argument("--db-calls", choices=["auto", "inline", "thread"], default="auto",
