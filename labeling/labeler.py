@@ -21,14 +21,16 @@ from alignloop.labeling import Comparison, Judgement, LabelingError, logit
 from alignloop.labeling.labels import Label, judge_label, vote_label
 from alignloop.labeling.route import route
 from alignloop.labeling.select import CandidateGroup, candidate_pairs, select_pairs
-from alignloop.records import Pair, pair_id_for
+from alignloop.records import Pair, messages_from_json, pair_id_for
 
 # --------------------------------------------------------------------------- candidates
 
 
 def groups_from_completions(rows: list[dict], source: str = "completions") -> list[CandidateGroup]:
-    """Group completion rows (the output of `alignloop generate`) by prompt. Needs
-    `prompt_id`, `prompt` and `text`; uses `slice`, `logprob_sum`, `reference_logprob`.
+    """Group completion rows (the output of `alignloop generate`, or a user's own file) by
+    prompt. Needs `prompt_id`, `prompt` and `text`; uses `sample_index`, `slice`,
+    `logprob_sum`, `reference_logprob`. A bad row is a LabelingError naming `source`, the
+    row and the field, before any judge loads.
 
     `logprob_sum` is the policy's log-prob of the sampled `token_ids` (end token included,
     see `Completion`), so a `reference_logprob` column must score those same tokens. The
@@ -36,26 +38,81 @@ def groups_from_completions(rows: list[dict], source: str = "completions") -> li
     `labeling.logprobs.with_logprobs` (policy and reference on the rendered turn)."""
     by_prompt: dict[str, list[tuple[int, dict]]] = defaultdict(list)
     for n, row in enumerate(rows, start=1):
-        for col in ("prompt_id", "prompt", "text"):
-            if row.get(col) is None:
-                raise LabelingError(f"{source} row {n}: missing column '{col}'")
+        _check_row(row, f"{source} row {n}")
         by_prompt[str(row["prompt_id"])].append((n, row))
     groups = []
     for pid, members in by_prompt.items():
-        members.sort(key=lambda t: t[1].get("sample_index", t[0]))
-        first = members[0][1]
-        prompt = first["prompt"]
-        if isinstance(prompt, str) and prompt[:1] in '"[':
-            prompt = json.loads(prompt)  # stored as JSON text, like pairs.parquet
+        members.sort(key=lambda t: t[0] if t[1].get("sample_index") is None else t[1]["sample_index"])
+        n, first = members[0]
+        prompt = _prompt(first["prompt"], f"{source} row {n}")
 
         def column(name, members=members):
-            values = [r.get(name) for _, r in members]
-            return None if any(v is None for v in values) else tuple(float(v) for v in values)
+            values = [_float(r.get(name), f"{source} row {m}", name) for m, r in members]
+            return None if any(v is None for v in values) else tuple(values)
 
-        groups.append(CandidateGroup(pid, prompt, tuple(str(r["text"]) for _, r in members),
+        groups.append(CandidateGroup(pid, prompt, tuple(r["text"] for _, r in members),
                                      str(first.get("slice") or ""), column("logprob_sum"),
                                      column("reference_logprob")))
     return groups
+
+
+def _check_row(row, where: str) -> None:
+    """The columns every completion row needs, of the types grouping relies on."""
+    from alignloop.data import DataError, check_text
+
+    if not isinstance(row, dict):
+        raise LabelingError(f"{where}: the row is a {type(row).__name__}, not an object")
+    for col in ("prompt_id", "prompt", "text"):
+        if row.get(col) is None:
+            raise LabelingError(f"{where}: missing column '{col}'")
+    if not isinstance(row["text"], str):
+        raise LabelingError(f"{where}: text is not a string (got {type(row['text']).__name__})")
+    try:
+        for col in ("prompt_id", "text", "slice"):   # a sample's text may be empty (an early end)
+            if isinstance(row.get(col), str):
+                check_text(row[col], col, empty_ok=True)
+    except DataError as e:
+        raise LabelingError(f"{where}: {e}") from None
+    index = row.get("sample_index")
+    if index is not None and (isinstance(index, bool) or not isinstance(index, int)):
+        raise LabelingError(f"{where}: sample_index is not an integer (got {index!r})")
+
+
+def _prompt(value, where: str):
+    """A completion row's prompt. `alignloop generate` stores it as JSON text (a JSON string
+    or message list, like pairs.parquet); a user's file may hold plain text or messages.
+    Text is decoded only when it is exactly such JSON, so "[urgent] ..." stays text (a text
+    prompt that is itself one JSON string, quotes included, loses its quotes)."""
+    from alignloop.data import DataError, check_messages, check_text
+
+    if isinstance(value, str):
+        decoded = messages_from_json(value)
+        if decoded is None and value[:1] == '"':
+            try:
+                decoded = json.loads(value)   # a JSON string (nothing else starts with ")
+            except ValueError:
+                decoded = None
+        value = value if decoded is None else decoded
+    try:
+        if isinstance(value, list):
+            check_messages(value, "prompt")   # kept as given: the item ids hash it
+        else:
+            check_text(value, "prompt")
+    except DataError as e:
+        raise LabelingError(f"{where}: {e}") from None
+    return value
+
+
+def _float(value, where: str, name: str) -> float | None:
+    """A log-prob column's value as a float (None when absent)."""
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError, OverflowError):
+            pass
+    raise LabelingError(f"{where}: {name} is not a number (got {value!r:.40})")
 
 
 @dataclass

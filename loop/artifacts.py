@@ -76,7 +76,8 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
 
 
 def write_parquet(path: Path, rows: list[dict[str, Any]], schema: Any = None) -> Path:
-    """Write rows (dicts with the same keys) as one parquet file, atomically."""
+    """Write rows (dicts with the same keys) as one parquet file, atomically. `schema`
+    fixes the column types. The same rows and schema give the same bytes."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -103,9 +104,17 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any, str | None]]:
             if not line.strip():
                 continue
             try:
-                yield n, json.loads(line), None
+                value = json.loads(line)
             except json.JSONDecodeError as e:
                 yield n, None, f"line is not valid JSON ({e.msg}, column {e.colno})"
+                continue
+            except RecursionError:
+                yield n, None, "line is not valid JSON (nested too deeply)"
+                continue
+            except ValueError as e:  # an integer of more than 4300 digits
+                yield n, None, f"line is not valid JSON ({str(e).split(':')[0]})"
+                continue
+            yield n, value, None
 
 
 def read_rows(path: Path, error: type[Exception] = ValueError, name: str = "") -> list[Any]:

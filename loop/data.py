@@ -16,15 +16,17 @@ Row formats (`format="auto"` decides per row):
 - hh: Anthropic-HH transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ...") in
   `chosen`/`rejected` only; the turns before the final "Assistant:" are the
   prompt and must be the same in both.
+
+A parquet file written by `write_pairs` (a round's pairs.parquet, `queue export`)
+is recognised by its columns, exactly `PAIR_COLUMNS`: its prompts are JSON text and
+are decoded, and its pairs keep their id, votes, source and round.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
-import math
-import numbers
-import re
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
@@ -35,21 +37,18 @@ from typing import Any
 from alignloop.artifacts import iter_jsonl, read_parquet, write_parquet
 from alignloop.config import DataConfig
 from alignloop.errors import AlignloopError
-from alignloop.records import PAIR_COLUMNS, Message, Pair, Prompt
+from alignloop.pair_rows import FIELDS, InvalidRow, checked_messages, checked_text, parse_row
+from alignloop.records import PAIR_COLUMNS, Message, Pair
 
 log = logging.getLogger("alignloop.data")
 
-FIELDS = ("prompt", "chosen", "rejected", "p_chosen", "weight", "pair_id", "slice")
 FORMATS = ("auto", "plain", "conversational", "hh")
-ROLES = ("system", "user", "assistant")
-# `hf:BUILDER:FILES` loads local files with one of the packaged `datasets` builders.
 _DEMO_DATA = Path(__file__).parent / "demo" / "data"
 # Pair sets shipped with the package, usable from any working directory.
 BUILTIN_SOURCES = {"builtin:demo-pairs": str(_DEMO_DATA / "static_pairs.jsonl"),
                    "builtin:demo-static": str(_DEMO_DATA / "demo_static_pairs.jsonl")}
+# `hf:BUILDER:FILES` loads local files with one of the packaged `datasets` builders.
 HF_BUILDERS = ("json", "csv", "parquet", "arrow")
-_HH_ANSWER = "\n\nAssistant:"
-_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
 class DataError(AlignloopError, ValueError):
@@ -65,24 +64,19 @@ class LoadReport:
     skipped: dict[str, int] = field(default_factory=dict)
 
 
-class _Invalid(Exception):
-    """A row that cannot become a Pair: `reason` is counted in `LoadReport.skipped`, `detail` shown."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
-
-
 # --------------------------------------------------------------------------- reading rows
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
     for n, value, error in iter_jsonl(path):
-        yield n, (_Invalid("invalid JSON", error) if error else value)
+        yield n, (InvalidRow("invalid JSON", error) if error else value)
 
 
 def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 (a bad byte at offset {e.start})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -90,20 +84,53 @@ def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
             yield from _jsonl_rows(path)
             return
         raise DataError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}, column {e.colno})") from None
+    except RecursionError:
+        raise DataError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError as e:  # an integer of more than 4300 digits
+        raise DataError(f"{path}: not valid JSON ({str(e).split(':')[0]})") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: holds a JSON {type(data).__name__}; expected a list of objects")
     yield from enumerate(data, 1)
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """Rows of a parquet file; a `write_pairs` file's rows come decoded (`_stored_pair`).
+    The file is read lazily, so damage found mid-file is reported too."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    n = 0
     try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"{path}: not a readable parquet file ({e})") from None
-    yield from enumerate((row for batch in batches for row in batch.to_pylist()), 1)
+        parquet = pq.ParquetFile(path)
+        stored = _is_pairs_file(parquet.schema_arrow)
+        for batch in parquet.iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                n += 1
+                yield n, (_stored_pair(row) if stored else row)
+    except (pa.ArrowException, OSError) as e:
+        after = f" after row {n}" if n else ""
+        raise DataError(f"{path}: not a readable parquet file{after} ({_first_line(e)})") from None
+
+
+def _is_pairs_file(schema) -> bool:
+    """Written by `write_pairs`: exactly the pairs.parquet columns, in their order (a
+    marker in the schema would change the bytes of every pairs.parquet, which runs made
+    before it compare against)."""
+    return tuple(schema.names) == PAIR_COLUMNS
+
+
+def _stored_pair(row: dict) -> Pair | InvalidRow:
+    """A `write_pairs` row decoded as `read_pairs_parquet` does (the prompt is JSON text);
+    `parse_row` still validates it."""
+    missing = [c for c in ("prompt", "chosen", "rejected") if row.get(c) is None]
+    if missing:
+        return InvalidRow("missing field", f"missing field '{missing[0]}'")
+    try:
+        return Pair.from_row(row)
+    except json.JSONDecodeError as e:
+        return InvalidRow("invalid JSON", f"prompt is not JSON text as pairs.parquet stores it ({e.msg})")
+    except (ValueError, TypeError, RecursionError) as e:
+        return InvalidRow("malformed pairs row", f"not a pairs.parquet row ({type(e).__name__}: {e})")
 
 
 def _load_hf(spec: str, split: str, subset: str):
@@ -114,6 +141,8 @@ def _load_hf(spec: str, split: str, subset: str):
     if builder in HF_BUILDERS and files:
         if not any(c in files for c in "*?[") and not Path(files).exists():
             raise FileNotFoundError(f"pairs file not found: {files}")
+        if "://" not in files and not Path(files).exists() and not glob.glob(files):
+            raise FileNotFoundError(f"no pairs file matches: {files}")
         return datasets.load_dataset(builder, data_files={split: files}, split=split)
     local = Path(spec).expanduser()
     if local.is_dir():
@@ -132,10 +161,41 @@ def _load_hf(spec: str, split: str, subset: str):
     return datasets.load_dataset(spec, subset or None, split=split)
 
 
+def _cause(error: BaseException) -> str:
+    """The root of an exception chain, one line: `datasets` wraps the useful reason."""
+    while True:
+        inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if inner is None:
+            break
+        error = inner
+    text = _first_line(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:300] if lines else ""
+
+
+def _load_hf_or_fail(spec: str, split: str, subset: str):
+    """`_load_hf`, with whatever `datasets` raises turned into a DataError naming `hf:SPEC`
+    (its exception types vary by loader and version). A missing local path stays a
+    FileNotFoundError, which names it already."""
+    if not spec.strip():
+        raise DataError("hf: names no source; use hf:json:FILE (also csv, parquet, arrow), "
+                        "hf:DIR or hf:OWNER/NAME")
+    try:
+        return _load_hf(spec, split, subset)
+    except (AlignloopError, FileNotFoundError):
+        raise
+    except Exception as e:  # noqa: BLE001 (a user's source: any failure is a data error)
+        raise DataError(f"hf:{spec}: cannot load it ({_cause(e)})") from None
+
+
 def _open_rows(path: str, split: str, subset: str) -> tuple[str, Iterator[tuple[int, Any]]]:
     """(name used in messages, iterator of (1-based row number, row))."""
     if path.startswith("hf:"):
-        ds = _load_hf(path[3:], split, subset)
+        ds = _load_hf_or_fail(path[3:], split, subset)
         return f"{path}[{split}]", (row for row in enumerate(ds, 1))
     p = Path(path)
     if not p.exists():
@@ -150,140 +210,24 @@ def _open_rows(path: str, split: str, subset: str) -> tuple[str, Iterator[tuple[
     return path, readers[p.suffix](p)
 
 
-# --------------------------------------------------------------------------- parsing one row
+def check_messages(value: Any, name: str = "prompt") -> list[Message]:
+    """`value` as chat messages checked as pairs are (roles, non-empty string contents),
+    for readers of other files with prompts (prompt pools, candidate files): raises
+    DataError with the reason only; the caller adds its file and row."""
+    try:
+        return checked_messages(value, name)
+    except InvalidRow as bad:
+        raise DataError(bad.detail) from None
 
 
-def _field(row: dict, name: str, columns: dict[str, str], required: bool) -> Any:
-    """The row's value for our field `name` (None when absent and optional)."""
-    col = columns.get(name, name)
-    value = row.get(col)
-    # A column named in the mapping must exist even for an optional field (catches typos).
-    if value is None and (required or (name in columns and col not in row)):
-        where = f" (column '{col}')" if col != name else ""
-        raise _Invalid("missing field", f"missing field '{name}'{where}")
-    return value
+def check_text(value: Any, name: str, empty_ok: bool = False) -> str:
+    """`value` as text checked as pairs' text is (a string, valid Unicode, non-empty
+    unless `empty_ok`); raises DataError with the reason only, like `check_messages`."""
+    try:
+        return checked_text(value, name, empty_ok)
+    except InvalidRow as bad:
+        raise DataError(bad.detail) from None
 
-
-def _text(value: Any, name: str) -> str:
-    if not isinstance(value, str):
-        raise _Invalid("non-string text", f"{name} is not a string (got {type(value).__name__})")
-    if not value.strip():
-        raise _Invalid("empty text", f"{name} is empty")
-    return value
-
-
-def _messages(value: Any, name: str, text_ok: bool = False) -> list[Message]:
-    if text_ok and isinstance(value, str):  # a text prompt beside message-list responses
-        return [{"role": "user", "content": _text(value, name)}]
-    if not isinstance(value, list):
-        raise _Invalid("malformed message", f"{name} is not a list of messages (got {type(value).__name__})")
-    out = []
-    for i, m in enumerate(value, 1):
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise _Invalid("malformed message",
-                           f"{name} message {i} is not a {{role, content}} mapping of strings")
-        if m["role"] not in ROLES:
-            raise _Invalid("malformed message",
-                           f"{name} message {i} has role '{m['role']}'; expected one of {', '.join(ROLES)}")
-        _text(m["content"], f"{name} message {i}")
-        out.append({"role": m["role"], "content": m["content"]})  # extra keys are dropped
-    return out
-
-
-def _conversational(prompt: Any, chosen: Any, rejected: Any) -> tuple[Prompt, str, str]:
-    head = _messages(prompt, "prompt", text_ok=True) if prompt is not None else []
-    convs = {"chosen": _messages(chosen, "chosen"), "rejected": _messages(rejected, "rejected")}
-    for name, conv in convs.items():
-        if not conv:
-            raise _Invalid("empty text", f"{name} has no messages")
-        if conv[-1]["role"] != "assistant":
-            raise _Invalid("malformed message",
-                           f"the last {name} message has role '{conv[-1]['role']}'; expected assistant")
-    c, r = convs["chosen"], convs["rejected"]
-    shared = c[:-1]
-    if shared != r[:-1]:
-        raise _Invalid("mismatched prompts", "chosen and rejected differ before their final message")
-    messages = shared if shared[: len(head)] == head else head + shared
-    if not messages:
-        raise _Invalid("missing field", "missing field 'prompt' (chosen and rejected hold only the answer)")
-    return messages, c[-1]["content"], r[-1]["content"]
-
-
-def _hh_split(text: Any, name: str) -> tuple[list[Message], str]:
-    """An HH transcript -> (the turns before the final Assistant answer, that answer)."""
-    text = _text(text, name)
-    if not text.startswith("\n\n"):
-        text = "\n\n" + text.lstrip()
-    cut = text.rfind(_HH_ANSWER)
-    if cut < 0:
-        raise _Invalid("malformed transcript", f"{name} has no '\\n\\nAssistant:' turn")
-    parts = _HH_TURN.split(text[:cut])
-    if parts[0].strip() or len(parts) < 3:
-        raise _Invalid("malformed transcript", f"{name} does not start with a '\\n\\nHuman:' turn")
-    turns = []
-    for speaker, content in zip(parts[1::2], parts[2::2], strict=True):
-        if not content.strip():
-            raise _Invalid("empty text", f"{name} has an empty {speaker} turn")
-        turns.append({"role": "user" if speaker == "Human" else "assistant", "content": content.strip()})
-    answer = text[cut + len(_HH_ANSWER):].strip()
-    if not answer:
-        raise _Invalid("empty text", f"{name} has an empty final answer")
-    return turns, answer
-
-
-def _detect(prompt: Any, chosen: Any) -> str:
-    if isinstance(prompt, list) or isinstance(chosen, list):
-        return "conversational"
-    if prompt is None and isinstance(chosen, str) and _HH_ANSWER in chosen:
-        return "hh"
-    return "plain"
-
-
-def _number(value: Any, name: str, default: float) -> float:
-    if value is None:
-        return default
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
-        raise _Invalid(f"invalid {name}", f"{name} is not a finite number (got {value!r})")
-    return float(value)
-
-
-def _parse_row(row: Any, fmt: str, columns: dict[str, str]) -> Pair:
-    """One source row -> Pair (without origin); raises _Invalid."""
-    if isinstance(row, _Invalid):
-        raise row
-    if not isinstance(row, dict):
-        raise _Invalid("not an object", f"row is a {type(row).__name__}, not an object")
-    chosen = _field(row, "chosen", columns, required=True)
-    rejected = _field(row, "rejected", columns, required=True)
-    kind = _detect(row.get(columns.get("prompt", "prompt")), chosen) if fmt == "auto" else fmt
-    if kind == "hh":
-        (prompt, chosen), (other, rejected) = _hh_split(chosen, "chosen"), _hh_split(rejected, "rejected")
-        if prompt != other:
-            raise _Invalid("mismatched prompts",
-                           "chosen and rejected have different turns before the final Assistant answer")
-    elif kind == "conversational":
-        raw_prompt = _field(row, "prompt", columns, required=False)
-        prompt, chosen, rejected = _conversational(raw_prompt, chosen, rejected)
-    else:
-        prompt = _text(_field(row, "prompt", columns, required=True), "prompt")
-        chosen, rejected = _text(chosen, "chosen"), _text(rejected, "rejected")
-    if chosen.strip() == rejected.strip():
-        raise _Invalid("identical responses", "chosen is identical to rejected")
-
-    p_chosen = _number(_field(row, "p_chosen", columns, required=False), "p_chosen", 1.0)
-    if not 0.0 <= p_chosen <= 1.0:
-        raise _Invalid("invalid p_chosen", f"p_chosen is {p_chosen}, outside [0, 1]")
-    weight = _number(_field(row, "weight", columns, required=False), "weight", 1.0)
-    if weight <= 0:
-        raise _Invalid("invalid weight", f"weight is {weight}; it must be positive")
-    pair_id = _field(row, "pair_id", columns, required=False)
-    if pair_id is not None and (isinstance(pair_id, bool) or not isinstance(pair_id, (str, int))):
-        raise _Invalid("invalid pair_id", f"pair_id is not a string or integer (got {pair_id!r})")
-    slice_ = _field(row, "slice", columns, required=False)
-    if slice_ is not None and not isinstance(slice_, str):
-        raise _Invalid("invalid slice", f"slice is not a string (got {slice_!r})")
-    return Pair(prompt=prompt, chosen=chosen, rejected=rejected, p_chosen=p_chosen, weight=weight,
-                source="static", slice=slice_ or "", pair_id="" if pair_id is None else str(pair_id))
 
 
 # --------------------------------------------------------------------------- public API
@@ -327,13 +271,13 @@ def read_pairs(path: str | Path, *, format: str = "auto", columns: dict[str, str
             n_read += 1
             origin = f"{name} row {n}"
             try:
-                pair = _parse_row(row, format, columns)
+                pair = parse_row(row, format, columns)
                 # A reused id would make the reference log-prob cache mix up two pairs.
                 other = seen.get(pair.pair_id)
                 if other is not None and other != pair:
-                    raise _Invalid("duplicate pair_id", f"pair_id '{pair.pair_id}' is already used "
+                    raise InvalidRow("duplicate pair_id", f"pair_id '{pair.pair_id}' is already used "
                                                         f"by {other.origin} for a different pair")
-            except _Invalid as bad:
+            except InvalidRow as bad:
                 if on_invalid == "error":
                     raise DataError(f"{origin}: {bad.detail} ({skip_hint} to drop invalid "
                                     "rows)") from None
@@ -368,7 +312,7 @@ def write_pairs(path: str | Path, pairs: list[Pair]) -> Path:
 
     # An explicit schema keeps the column types fixed, even for zero pairs.
     types = {"p_chosen": pa.float64(), "weight": pa.float64(), "n_votes": pa.int64(), "round": pa.int64()}
-    schema = pa.schema([(c, types.get(c, pa.string())) for c in PAIR_COLUMNS])
+    schema = pa.schema([(c, types.get(c, pa.string())) for c in PAIR_COLUMNS], )
     return write_parquet(Path(path), [p.to_row() for p in pairs], schema=schema)
 
 

@@ -16,3 +16,8 @@ class RoundEnded(AlignloopError):
 
 class HeldoutLeak(AlignloopError, RuntimeError):
     """A held-out evaluation prompt reached generation or training: a bug, never ignored."""
+
+
+class TrainingDiverged(AlignloopError, ArithmeticError):
+    """A training step's loss or gradient is not finite: the step is not applied and the
+    policy is not saved (the last checkpoint, if any, stays as it was)."""

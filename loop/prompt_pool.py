@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignloop.errors import AlignloopError
-from alignloop.records import unit_interval
+from alignloop.records import messages_from_json, unit_interval
 
 BUILTIN_POOLS = {"builtin:demo-prompts": Path(__file__).parent / "demo" / "data" / "demo_prompts.jsonl"}
 
@@ -35,7 +35,8 @@ def _prompt_id(prompt) -> str:
 
 
 def read_prompt_rows(path: str | Path) -> list[dict]:
-    """Rows of a JSONL or parquet prompt file (or a built-in pool), each checked."""
+    """Rows of a JSONL or parquet prompt file (or a built-in pool), each checked here so
+    that a bad prompt fails before any model loads, naming the file and row."""
     from alignloop.artifacts import read_rows
 
     name = str(path)
@@ -44,22 +45,34 @@ def read_prompt_rows(path: str | Path) -> list[dict]:
         raise FileNotFoundError(f"prompts file not found: {name}")
     rows = read_rows(p, PromptError, name)
     for n, row in enumerate(rows, start=1):
-        prompt = row.get("prompt") if isinstance(row, dict) else None
-        if isinstance(prompt, str) and prompt[:1] == "[":
-            try:
-                prompt = json.loads(prompt)  # chat messages stored as JSON text (parquet)
-            except json.JSONDecodeError:
-                pass
-        if not prompt or not isinstance(prompt, (str, list)):
-            raise PromptError(f"{name} row {n}: missing or empty 'prompt' (text or messages)")
-        if isinstance(prompt, list) and not all(
-                isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
-            raise PromptError(f"{name} row {n}: 'prompt' messages need 'role' and 'content'")
+        where = f"{name} row {n}"
+        if not isinstance(row, dict):
+            raise PromptError(f"{where}: the row is a {type(row).__name__}, not an object")
+        row["prompt"] = _checked_prompt(row.get("prompt"), where)
         split = row.get("split")
         if split not in (None, "", "train", "eval"):
-            raise PromptError(f"{name} row {n}: 'split' must be train or eval, got {split!r}")
-        row["prompt"] = prompt
+            raise PromptError(f"{where}: 'split' must be train or eval, got {split!r}")
     return rows
+
+
+def _checked_prompt(prompt, where: str):
+    """The row's prompt, text or chat messages, checked as the pairs reader checks them
+    (known roles, non-empty string contents). Text holding a JSON message list is chat
+    messages (parquet stores them so); any other text, even valid JSON, is a text prompt."""
+    from alignloop.data import DataError, check_messages, check_text
+
+    if isinstance(prompt, str):
+        prompt = messages_from_json(prompt) or prompt
+    if not prompt or not isinstance(prompt, (str, list)):
+        raise PromptError(f"{where}: missing or empty 'prompt' (text or messages)")
+    try:
+        if isinstance(prompt, list):
+            check_messages(prompt, "prompt")   # the messages are kept as given (extra keys too)
+        else:
+            check_text(prompt, "prompt")
+    except DataError as e:
+        raise PromptError(f"{where}: {e}") from None
+    return prompt
 
 
 def _rows_with_ids(path: str | Path) -> list[tuple[str, dict]]:

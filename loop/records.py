@@ -30,6 +30,23 @@ def pair_id_for(prompt: Prompt, chosen: str, rejected: str) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
+def messages_from_json(text: str) -> list[dict] | None:
+    """The chat messages held by JSON text (how parquet files store chat prompts), or None
+    when `text` is not a JSON list of objects that each have `role` and `content`: a plain
+    prompt that merely looks like JSON (`["a", "b"]`, `[urgent] ...`) stays text. The
+    messages are not checked further; callers validate them."""
+    if not text.lstrip().startswith("["):
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(value, list) and value and all(
+            isinstance(m, dict) and "role" in m and "content" in m for m in value):
+        return value
+    return None
+
+
 def unit_interval(key: str) -> float:
     """A stable draw in [0, 1] from a string, the same on every machine and run (held-out
     splits of prompts and of static pairs)."""

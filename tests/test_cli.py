@@ -93,11 +93,51 @@ def test_generate_writes_completions(tmp_path):
     assert bad.returncode == 2 and "prompts.jsonl row 1" in bad.stderr
 
 
-def test_a_failed_stage_names_its_round_and_stage(tmp_path):
+def test_invalid_pairs_are_refused_before_the_run_starts(tmp_path):
     bad = tmp_path / "pairs.jsonl"
     bad.write_text('{"prompt": "Hi", "chosen": "Hello!"}\n')      # no "rejected"
     out = run("run", "configs/tiny.yaml", "--run-dir", str(tmp_path / "r"), "--set", f"data.path={bad}")
     assert out.returncode == 2, out.stderr
     line = out.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: round 0, stage "), line
-    assert "pairs.jsonl" in line and "Traceback" not in out.stderr
+    assert line == f"error: {bad} row 1: missing field 'rejected' (set data.on_invalid=skip to drop invalid rows)"
+    assert not (tmp_path / "r").exists() and "Traceback" not in out.stderr
+
+
+def test_a_failed_stage_names_its_round_and_stage(tmp_path):
+    # every pair is longer than data.max_length: found when round 0 tokenises them
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "Hi " * 40, "chosen": "Hello!", "rejected": "Go."}) + "\n")
+    out = run("run", "configs/tiny.yaml", "--run-dir", str(tmp_path / "r"), "--set", f"data.path={pairs}",
+              "--set", "data.max_length=16", "--set", "data.max_prompt_length=8",
+              "--set", "data.truncation=error", "--set", "loop.rounds=1")
+    assert out.returncode == 2, out.stderr
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: round 0, stage reference: "), line
+    assert "pairs.parquet row 1: prompt has" in line and "Traceback" not in out.stderr
+
+
+def test_train_and_generate_refuse_unusable_out_paths_before_any_work(tmp_path):
+    trained = tmp_path / "t"
+    (trained / "policy").mkdir(parents=True)
+    out = run("train", "configs/tiny.yaml", "--out", str(trained), "--set", "data.limit=8")
+    assert out.returncode == 2 and "holds a trained policy already" in out.stderr, out.stderr
+    assert "--force" in out.stderr and sorted(trained.iterdir()) == [trained / "policy"]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    out = run("train", "configs/tiny.yaml", "--out", str(afile), "--set", "data.limit=8")
+    assert out.returncode == 2 and f"--out {afile}: is a file" in out.stderr, out.stderr
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Say hi"}) + "\n")
+    for target, message in ((afile / "g.parquet", "is a file, not a directory"),
+                            (tmp_path / "g.jsonl", "ending in .parquet"),
+                            (tmp_path, "ending in .parquet")):
+        out = run("generate", "configs/tiny.yaml", "--prompts", str(prompts), "--out", str(target))
+        assert out.returncode == 2 and message in out.stderr, (target, out.stderr)
+        assert "Traceback" not in out.stderr
+    assert not (tmp_path / "g.jsonl").exists()
+
+
+def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
+    out = run("report", str(tmp_path))
+    assert out.returncode == 2 and "is not a run directory" in out.stderr, out.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -292,6 +292,21 @@ def test_import_names_the_file_and_row_of_a_control_character(store_url, tmp_pat
     assert "queued 1 new items" in capsys.readouterr().out
 
 
+def test_import_refuses_a_pair_id_the_queue_cannot_hold_naming_the_row(tmp_path, capsys):
+    rows = [{"pair_id": "ok", "prompt": "fine", "chosen": "yes", "rejected": "no"},
+            {"pair_id": "x" * 201, "prompt": "p", "chosen": "a", "rejected": "b"}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    assert main(["-q", "queue", "import", "--run-dir", str(run), str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} row 2" in err and "pair_id must be 1-200 characters, got 201" in err
+    assert not run.exists()                                  # refused: no queue made
+    assert main(["-q", "queue", "import", "--run-dir", str(run), str(path),
+                 "--on-invalid", "skip"]) == 0
+    assert "queued 1 new items" in capsys.readouterr().out
+
+
 def test_an_invalid_import_row_points_to_the_commands_own_flag(store_url, tmp_path, capsys):
     path = tmp_path / "pairs.jsonl"
     path.write_text('{"prompt": "p", "chosen": "same", "rejected": "same"}\n')

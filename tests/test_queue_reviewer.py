@@ -246,3 +246,36 @@ def test_cli_role_choices_are_the_stores_roles():
     for command, dest in (("add-annotator", "role"), ("set-role", "role")):
         action = next(a for a in commands[command]._actions if a.dest == dest)
         assert tuple(action.choices) == accounts.ROLES, command
+
+
+RLO = "\u202e"
+
+
+def test_adjudication_page_shows_bidi_controls_as_marks(store_url, serve_queue):
+    # an annotator's comment (and the item's text) with U+202E must not reverse how the
+    # reviewer reads the rest of the line: shown as the mark, as on the labeling page
+    store = QueueStore(store_url, seed=1)
+    tokens = {n: store.add_annotator(n, r) for n, r in (
+        ("ann", "annotator"), ("bea", "annotator"), ("rev", "reviewer"))}
+    store.submit([QueueItem("it0", 0, f"prompt {RLO}here", f"a{RLO}x", f"b{RLO}y",
+                            votes_required=2, max_votes=2)])
+    for name, choice in (("ann", "a"), ("bea", "b")):
+        me = store.authenticate(tokens[name]).id
+        job = store.next_item(me)
+        store.record_label(me, item_id="it0", lease_id=job.lease_id, choice=choice,
+                           idempotency_key=f"k-{name}", comment=f"{name} {RLO}evil")
+    url = serve_queue(store, auth_cache_seconds=0)
+    rev, _ = _browser(url, tokens["rev"])
+    page = rev.get("/admin/adjudicate")
+    assert page.status_code == 200 and 'data-item="it0"' in page.text
+    assert RLO not in page.text
+    assert page.text.count('<span class="bidi-mark"') == 5      # prompt, a, b, two comments
+    assert "ann U+202E" not in page.text and 'ann <span class="bidi-mark"' in page.text
+    store.close()
+
+
+@pytest.mark.parametrize("name", ["adm\u200b", f"ev{RLO}il", "\ufeffboss", "a\u2066b"])
+def test_annotator_names_refuse_invisible_formatting_characters(tmp_path, name):
+    # "adm\u200b" would pass for "adm" on the dashboard; a bidi control reorders the header
+    with QueueStore.open(tmp_path) as store, pytest.raises(QueueError, match="control character"):
+        store.add_annotator(name)

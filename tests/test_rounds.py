@@ -61,6 +61,25 @@ def test_slice_metric_without_a_pointwise_judge_fails_in_preflight(tmp_path):
     Loop(cfg, tmp_path).preflight(1)
 
 
+def test_invalid_static_pairs_are_refused_before_the_run_directory_exists(tmp_path):
+    # refused in preflight, the run leaves no directory behind: the corrected config (or
+    # the error's own advice, on_invalid=skip) then starts the run instead of being
+    # refused as a config change against a round that never ran
+    from alignloop.data import DataError
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "Hi", "chosen": "Hello", "rejected": "Go"}\n'
+                   '{"prompt": "Yo", "chosen": "Hey"}\n')
+    run_dir = tmp_path / "run"
+    cfg = load_config(TINY, [f"data.path={bad}", *FAST])
+    with pytest.raises(DataError, match=r"bad.jsonl row 2: missing field 'rejected'"):
+        Loop(cfg, run_dir).run(rounds=1)
+    assert not run_dir.exists()
+    skip = load_config(TINY, [f"data.path={bad}", "data.on_invalid=skip", *FAST])
+    loop = Loop(skip, run_dir)
+    loop.preflight(1, static_pairs=True)          # the same file, the row dropped: accepted
+
+
 def test_a_held_out_prompt_reaching_generation_is_an_error(tmp_path):
     from alignloop.stages.slices import mine_slices
 

@@ -2,6 +2,7 @@
 the data plan."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -266,3 +267,26 @@ def test_gradient_checkpointing_gives_the_same_weights(pairs, tmp_path, lora):
     _assert_same_weights(_weights(a), _weights(b), atol=1e-6)
     assert a.metrics["grad_norm"] > 0
     assert b.metrics["grad_norm"] == pytest.approx(a.metrics["grad_norm"], rel=1e-5)
+
+
+def test_a_diverging_run_stops_without_saving_a_policy(pairs, tmp_path):
+    # a learning rate this large sends the weights far out after one step: the next step's
+    # gradient is NaN, and the run stops there instead of saving a NaN policy and exiting 0
+    from alignloop.errors import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match=r"training diverged: loss .*, gradient norm nan .*learning_rate 1e\+30"):
+        _train(pairs, tmp_path / "t", _cfg(learning_rate=1e30, max_steps=3))
+    assert not (tmp_path / "t" / "policy").exists()
+
+
+def test_config_refuses_non_finite_numbers_and_reads_exponents_without_a_dot():
+    from alignloop.config import ConfigError
+
+    for text, value in ((".inf", math.inf), ("-.inf", -math.inf), (".nan", math.nan),
+                        ("1e999", math.inf)):
+        with pytest.raises(ConfigError, match=r"'train.learning_rate': expected a finite number"):
+            config_from_dict({"train": {"learning_rate": value}}, [])     # as YAML reads it
+        with pytest.raises(ConfigError, match=r"'train.beta': expected a finite number"):
+            config_from_dict({}, [f"train.beta={text}"])
+    # YAML 1.1 reads 5e-7 (no dot) as a string: in a config file it is the number
+    assert config_from_dict({"train": {"learning_rate": "5e-7"}}, []).train.learning_rate == 5e-7

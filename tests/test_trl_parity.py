@@ -71,12 +71,12 @@ def ours(models, trl_outputs):
 
 def test_same_token_ids_as_trl(models, trl_outputs):
     """Our tokenisation of these chat rows gives TRL's ids exactly (so the batch really is the same)."""
-    from alignloop.data import _parse_row  # the reader's row parser
+    from alignloop.pair_rows import parse_row  # the reader's row parser
 
     tok = models[0]
     trl = trl_outputs["sigmoid"]
     for i, row in enumerate(ROWS):
-        pair = _parse_row(row, "auto", {})
+        pair = parse_row(row, "auto", {})
         prompt, chosen, rejected = encode_pair(pair, tok, max_length=1024, max_prompt_length=1000,
                                                truncation="error")
         assert list(prompt) == trl["prompt_ids"][i]

@@ -389,6 +389,7 @@ def _optimizer_step(run: _Run, micro_batches: list[list[int]], encoded: list[Enc
         grad_norm = torch.linalg.vector_norm(
             torch.stack([p.grad.norm() for p in run.params if p.grad is not None]))
     lr = run.scheduler.get_last_lr()[0]
+    _refuse_non_finite(grad_norm, sums[0], cfg)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -397,6 +398,21 @@ def _optimizer_step(run: _Run, micro_batches: list[list[int]], encoded: list[Enc
     totals.update({k: float(sums[i] / n_pairs) for i, k in enumerate(stats, start=1)})
     totals.update({"grad_norm": float(grad_norm), "lr": lr, "pairs": n_pairs, "tokens": int(sums[7])})
     return totals
+
+
+def _refuse_non_finite(grad_norm: torch.Tensor, local_loss: torch.Tensor, cfg: TrainConfig) -> None:
+    """Stop before an optimizer step with a non-finite gradient norm (the same on every
+    process: clipping reduces it over them) or, on one process, a non-finite loss: such a
+    step would write NaN into every weight and the run would save a broken policy."""
+    if math.isfinite(float(grad_norm)) and math.isfinite(float(local_loss)):
+        return
+    from alignloop.errors import TrainingDiverged
+
+    raise TrainingDiverged(
+        f"training diverged: loss {float(local_loss):.4g}, gradient norm {float(grad_norm):.4g} "
+        f"(train.learning_rate {cfg.learning_rate:g}, train.beta {cfg.beta:g}); the step was "
+        "not applied and no policy was saved. Lower the learning rate, check the pairs' "
+        "weights, or train in fp32 (model.precision: fp32)")
 
 
 def _save_trained(accelerator, scorer, tokenizer, policy_dir: Path, *, base: str) -> Path:

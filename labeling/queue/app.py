@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from alignloop.labeling.queue import (
+    controls,
     guidelines,
     routes_admin,
     routes_api,
@@ -221,6 +222,7 @@ def create_app(store: QueueStore, *, max_body_bytes: int = 64 * 1024, lease_seco
         secret = resolve_secret(getattr(store, "url", None))
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.autoescape = True   # every template, whatever its file name
+    templates.env.filters["marks"] = controls.bidi_segments   # `_text.html` renders them
 
     app = FastAPI(title="alignloop labeling queue", docs_url=None, redoc_url=None,
                   openapi_url="/openapi.json", version="1")

@@ -4,7 +4,8 @@ A control character here is C0 (U+0000-U+001F) or DEL (U+007F). PostgreSQL canno
 store NUL in text at all, and the others have no business in an id or a comment, so:
 
 - identifiers and keys (item_id, lease_id, idempotency_key, an annotator's name)
-  refuse every control character;
+  refuse every control character, and the invisible formatting characters (zero-width,
+  bidi) that would make one name look like another;
 - free text people type (a label's comment) and rows a person imports refuse all but
   tab, newline and carriage return (a browser sends a textarea's newlines as CR LF);
 - item text the loop queues (prompts and responses from a model) refuses only NUL: a
@@ -20,7 +21,10 @@ import re
 
 from alignloop.labeling.handoff import QueueError
 
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+# ids also refuse what is invisible but changes how they read: zero-width characters and
+# marks (U+200B-U+200F), bidi embeddings, overrides and isolates, word joiners, the BOM;
+# else "adm\u200b" passes for "adm" on the dashboard
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 _CONTROLS_BUT_WHITESPACE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _NUL = re.compile(r"\x00")
 # What a terminal must never receive raw: C0 but tab and newline, DEL, C1 (U+0080-U+009F,
@@ -29,6 +33,10 @@ _NUL = re.compile(r"\x00")
 _UNSAFE_IN_TERMINAL = re.compile(r"\r(?!\n)|[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f"
                                  r"\u202a-\u202e\u2066-\u2069]")
 RULES = {"id": _CONTROLS, "text": _CONTROLS_BUT_WHITESPACE, "model_text": _NUL}
+# Bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069): on a
+# page they are shown as a visible mark, never applied (`bidi_segments`), so a response or
+# a comment cannot reverse how the text after it reads.
+_BIDI = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
 _ALLOWED = {"id": "none is allowed", "text": "only tab and newline are allowed",
             "model_text": "NUL cannot be stored"}
 
@@ -66,3 +74,15 @@ def visible(text: str) -> str:
         return "\\r" if code == 13 else f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
     return _UNSAFE_IN_TERMINAL.sub(escape, text)
+
+
+def bidi_segments(text: object) -> list[tuple[str, bool]]:
+    """`text` as (piece, is_bidi_control) pieces for a page; a template shows a control as
+    the mark `U+XXXX` (one piece, `(text, False)`, for the usual text without any). The
+    pages' `marks` filter."""
+    text = "" if text is None else str(text)
+    out, at = [], 0
+    for m in _BIDI.finditer(text):
+        out += [(text[at:m.start()], False), (f"U+{ord(m.group()):04X}", True)]
+        at = m.end()
+    return [*out, (text[at:], False)]

@@ -13,11 +13,11 @@ browser or looking the lease up (see `app` for the whole design).
 
 from __future__ import annotations
 
-import re
 import uuid
 
 from alignloop.labeling.queue import guidelines
 from alignloop.labeling.queue.contract import PAGES
+from alignloop.labeling.queue.controls import bidi_segments
 from alignloop.labeling.queue.deps import (
     LOGIN_COOKIE,
     SESSION_MAX_AGE,
@@ -42,31 +42,16 @@ FORM_FIELDS = ("item_id", "lease_id", "display_order", "order_sig", "slot", "con
                "comment", "idempotency_key")
 
 
-# Bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069): shown
-# as a visible mark, never applied, so a response cannot reverse how its text reads.
-_BIDI = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
-
-
-def _segments(text: str) -> list[tuple[str, bool]]:
-    """`text` as (piece, is_bidi_control) pieces; the template shows a control as `U+XXXX`
-    (one piece, `(text, False)`, for the usual text without any)."""
-    out, at = [], 0
-    for m in _BIDI.finditer(text):
-        out += [(text[at:m.start()], False), (f"U+{ord(m.group()):04X}", True)]
-        at = m.end()
-    return [*out, (text[at:], False)]
-
-
 def _turns(prompt) -> list[dict]:
     """A prompt as turns for the template: chat messages, or one block of plain text."""
     if isinstance(prompt, str):
-        return [{"role": "prompt", "css": "user", "content": _segments(prompt)}]
+        return [{"role": "prompt", "css": "user", "content": bidi_segments(prompt)}]
     out = []
     for m in prompt:
         role = str(m.get("role", "user")) if isinstance(m, dict) else "user"
         content = m.get("content", "") if isinstance(m, dict) else str(m)
         css = role if role in ("system", "user", "assistant") else "other"
-        out.append({"role": role, "css": css, "content": _segments(str(content))})
+        out.append({"role": role, "css": css, "content": bidi_segments(str(content))})
     return out
 
 
@@ -176,7 +161,7 @@ def _show(web: QueueWeb, request: Request, session: dict, who: AnnotatorAccount,
         it, order = assignment.item, assignment.display_order
         left, right = (it.a, it.b) if order == "ab" else (it.b, it.a)
         response = _page(web, request, "label.html", **common, turns=_turns(it.prompt),
-                         left=_segments(left), right=_segments(right), item_id=it.item_id,
+                         left=bidi_segments(left), right=bidi_segments(right), item_id=it.item_id,
                          lease_id=assignment.lease_id, display_order=order,
                          order_sig=web.sessions.order_sig(assignment.lease_id, it.item_id, order),
                          idempotency_key=f"web-{uuid.uuid4().hex}")

@@ -86,10 +86,15 @@ def _text(sql: str):
     return text(sql)
 
 
+MAX_ITEM_ID = 200
+"""Characters in an item id (a pair id)."""
+
+
 def _check_item(it: QueueItem) -> None:
     where = f"queue item {it.item_id!r}"
-    if not isinstance(it.item_id, str) or not it.item_id or len(it.item_id) > 200:
-        raise QueueError(f"{where}: item_id must be a string of 1-200 characters", 422, "item_id")
+    if not isinstance(it.item_id, str) or not it.item_id or len(it.item_id) > MAX_ITEM_ID:
+        raise QueueError(f"{where}: item_id must be a string of 1-{MAX_ITEM_ID} characters",
+                         422, "item_id")
     controls.check(it.item_id, "item_id", "id", where)
     controls.check_prompt(it.prompt, "model_text", where)
     for field in ("a", "b", "slice"):

@@ -52,13 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", help="pairs source; overrides data.path")
     p.add_argument("--reference", help="reference model; overrides reference.model")
     p.add_argument("--out", default="alignloop-train", help="output directory (default: %(default)s)")
+    p.add_argument("--force", action="store_true",
+                   help="train even if --out holds a trained policy (it is replaced)")
     p.set_defaults(func=tools.cmd_train)
 
     p = sub.add_parser("generate", help="sample completions for a prompts file",
                        description=tools.cmd_generate.__doc__)
     _add_config_args(p)
     p.add_argument("--prompts", required=True, help="JSONL or parquet with a `prompt` field")
-    p.add_argument("--out", required=True, help="output parquet")
+    p.add_argument("--out", required=True, help="output parquet (a path ending in .parquet)")
     p.add_argument("--n", type=int, help="samples per prompt; overrides generation.n")
     p.add_argument("--model", help="policy checkpoint; overrides model.name")
     p.set_defaults(func=tools.cmd_generate)

@@ -40,8 +40,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     """Queue the pairs of a pairs file (any format `alignloop train` reads) for labeling:
     each pair becomes an item with a = chosen, b = rejected, item_id = pair_id (with
-    --gold, a gold item whose known answer is the chosen side, a or b by a stable coin of
-    the pair id: annotators meet gold items at the server's --gold-rate, and
+    --gold, a gold item whose known answer is the chosen side, a or b by a random coin
+    drawn at import: annotators meet gold items at the server's --gold-rate, and
     `labeling.aggregation.gold_calibration` fits the human labels to them). A row with
     a control character (other than tab and newline in text) is refused like any invalid
     row: the error names the file and row, and nothing is queued (or, with --on-invalid
@@ -56,7 +56,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     new = store.push(pairs, args.round, votes_required=args.votes_required,
                      max_votes=max(args.max_votes or args.votes_required, args.votes_required),
                      gold=args.gold)
-    dropped = {**report.skipped, **({"control character": refused} if refused else {})}
+    dropped = {**report.skipped, **({"control character or id length": refused} if refused else {})}
     skipped = f"; skipped {dropped}" if dropped else ""
     kind = "gold items" if args.gold else "items"
     print(f"queued {new} new {kind} for round {args.round} ({len(pairs) - new} already queued, "
@@ -65,14 +65,18 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _without_control_characters(pairs: list, on_invalid: str) -> tuple[list, int]:
-    """(the pairs free of control characters, how many were dropped); with on_invalid
-    "error" the first such pair raises QueueError naming its file and row."""
+    """(the pairs free of control characters and with ids the queue takes, how many were
+    dropped); with on_invalid "error" the first such pair raises QueueError naming its file
+    and row, before the queue is opened."""
     from alignloop.labeling.queue import controls
-    from alignloop.labeling.queue.store import QueueError
+    from alignloop.labeling.queue.store import MAX_ITEM_ID, QueueError
 
     kept = []
     for pair in pairs:
         try:
+            if not 1 <= len(pair.pair_id) <= MAX_ITEM_ID:     # the queue's item id limit
+                raise QueueError(f"pair_id must be 1-{MAX_ITEM_ID} characters, got "
+                                 f"{len(pair.pair_id)}", 422, "pair_id")
             controls.check(pair.pair_id, "pair_id", "id")
             controls.check_prompt(pair.prompt, "text")
             for field in ("chosen", "rejected", "slice"):

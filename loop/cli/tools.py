@@ -39,6 +39,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                         report.n_valid, report.n_read, data_path,
                                         report.skipped or "none")
     out = Path(args.out)
+    _check_train_out(out, force=args.force)
     created = not out.exists()
     tracker = open_tracker(cfg.tracking, out, config=to_dict(cfg))  # tracking.report_to
     try:
@@ -68,6 +69,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_train_out(out: Path, *, force: bool) -> None:
+    """OUT must be a directory or not exist, and must not hold a finished training run (its
+    policy/) unless --force: training again would replace that policy silently. A killed
+    run (a checkpoint, no policy/) is resumed as before."""
+    from alignloop.errors import AlignloopError
+
+    if out.exists() and not out.is_dir():
+        raise AlignloopError(f"--out {out}: is a file; give a directory")
+    if (out / "policy").exists() and not force:
+        raise AlignloopError(f"--out {out}: holds a trained policy already; give another "
+                             "directory, or --force to train again and replace it")
+
+
+def _check_generate_out(out: Path) -> None:
+    """Before sampling: OUT names a .parquet file that can be written, so a long sampling
+    run does not end in an error on its output path."""
+    from alignloop.errors import AlignloopError
+
+    if out.suffix != ".parquet":
+        raise AlignloopError(f"--out {out}: completions are written as parquet; give a path "
+                             "ending in .parquet")
+    if out.is_dir():
+        raise AlignloopError(f"--out {out}: is a directory; give a file path")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise AlignloopError(f"--out {out}: {parent} is a file, not a directory")
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """Sample completions for a prompts file; writes a parquet of Completion rows."""
     from alignloop.artifacts import write_parquet
@@ -79,6 +110,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     sets = [*args.sets, f"generation.n={args.n}"] if args.n is not None else args.sets
     cfg = load_config(args.config, sets)
     g = cfg.generation
+    _check_generate_out(Path(args.out))
     prompts = read_prompts(args.prompts)
     params = SamplingParams.from_config(g)
     # a rerun after a failure asks an openai server only for what is missing

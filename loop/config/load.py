@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 import types
 import typing
@@ -59,8 +60,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                  f"expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT.match(value.strip()):
+            value = float(value)     # YAML 1.1 reads `5e-7` (no dot) as a string
         require(isinstance(value, (int, float)) and not isinstance(value, bool), key,
                  f"expected a number, got {value!r}")
+        require(math.isfinite(value), key, f"expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         require(isinstance(value, str), key, f"expected a string, got {value!r}")

@@ -95,5 +95,9 @@ def write_run_report(run_dir: str | Path) -> Path:
 
     state = read_state(state_path) if state_path.exists() else None
     rounds = sorted(set(round_numbers(run_dir)) | {int(k) for k in (state or {}).get("rounds", {})})
+    if state is None and not rounds:     # write no report.html into a folder that is no run
+        from alignloop.rounds.state import RunError
+
+        raise RunError(f"{run_dir} is not a run directory: no state.json and no round_NNN")
     reports = {k: read_round_report(run_dir, k) for k in rounds}
     return atomic_write_text(run_dir / "report.html", render_run_html(run_dir, reports, state))

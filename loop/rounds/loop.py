@@ -71,7 +71,8 @@ class Loop:
         n = rounds if rounds is not None else self.cfg.loop.rounds
         redo = self.state.plan_redo(redo_from) if redo_from else None
         self.state.check_config(redo=redo)      # every check before any write
-        self.preflight(n)
+        self.preflight(n, static_pairs=redo is not None and redo[0] == 0
+                       or not self.state.is_done(0, "assemble"))
         self.state.begin(redo)
         from alignloop.generation.vllm import engine_session
 
@@ -121,15 +122,21 @@ class Loop:
         self.check_gates(k)
         self.track_round(k)
 
-    def preflight(self, rounds: int) -> None:
+    def preflight(self, rounds: int, *, static_pairs: bool = True) -> None:
         """Fail before any work on what would fail later: the prompt pool, the starting
         model, the device and precision, the failure-slice metric, the queue database, the
-        experiment trackers' packages."""
+        experiment trackers' packages, and (`static_pairs`: round 0 will assemble them) the
+        static pairs: a file with an invalid row must be refused before the run directory
+        is made, or the run would hold a config that the fixed one is refused against."""
         from alignloop.models import resolve_model_path
         from alignloop.stages.slices import metric_problem
         from alignloop.tracking import check_trackers
 
         check_trackers(self.cfg.tracking.report_to)
+        if static_pairs:
+            from alignloop.data import read_pairs_from_config
+
+            read_pairs_from_config(self.cfg.data)
 
         _ = self.pool
         resolve_model_path(self.base)
@@ -139,6 +146,8 @@ class Loop:
         if rounds > 1 and problem:
             raise RunError(f"config key 'loop.slices.metric': {problem}")
         if self.cfg.labeling.human.budget > 0:
+            if not self.cfg.labeling.human.db:
+                self.dir.mkdir(parents=True, exist_ok=True)     # the last check: queue.db
             try:
                 _ = self.queue
             except Exception as e:  # noqa: BLE001 (any driver error: name the database)

@@ -137,7 +137,6 @@ class Run:
         self.dir = Path(run_dir)
         self.cfg = cfg
         self.stage_names = stage_names
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.dir / "state.json"
         self.state: dict[str, Any] = (read_state(self.state_path)
                                       if self.state_path.exists() else
@@ -220,6 +219,7 @@ class Run:
         for rs in self.state["rounds"].values():
             if rs["stages"]:
                 rs["config_hash"] = self.config_hash
+        self.dir.mkdir(parents=True, exist_ok=True)    # not before: a refused run makes none
         self.save()
         atomic_write_json(self.dir / ".config_flat.json", self._flat)
         dump_config(self.cfg, self.dir / "config.yaml")
