@@ -106,6 +106,12 @@ def test_invalid_fields_are_422_naming_the_field(queue):
         assert answer["field"] == field and f"'{field}'" in answer["detail"], answer
     status, answer = _call(url, "POST", "/api/labels", token=tokens["ann"], raw=b"{not json")
     assert status == 422 and answer["field"] == "body"
+    # JSON nested past the parser's recursion limit: FastAPI's own 400, answered as a 422 too
+    deep = b"[" * 2000 + b"]" * 2000
+    status, answer = _call(url, "POST", "/api/labels", token=tokens["ann"], raw=deep)
+    assert status == 422 and answer["field"] == "body" and "nested too deeply" in answer["detail"]
+    status, answer = _call(url, "GET", "/api/no-such-route", token=tokens["ann"])
+    assert status == 404 and answer == {"detail": "Not Found"}      # other errors as before
     # the store's own checks and statuses come through too
     status, answer = _call(url, "POST", "/api/labels", token=tokens["ann"],
                            body={**good, "item_id": "no-such-item"})

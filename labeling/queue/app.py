@@ -82,10 +82,12 @@ from alignloop.labeling.queue.deps import AUTH_FAILURES, Failures, QueueWeb, Ses
 from alignloop.labeling.queue.leases import MAX_LEASES
 from alignloop.labeling.queue.store import QueueError, QueueStore
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("alignloop.queue")
 
@@ -239,6 +241,7 @@ def create_app(store: QueueStore, *, max_body_bytes: int = 64 * 1024, lease_seco
     app.add_middleware(_Guard, limit=max_body_bytes or 2**62)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.add_exception_handler(RequestValidationError, _invalid_field)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(QueueError, _queue_error)
     for routes in (routes_api, routes_skip, routes_admin, routes_pages, routes_dashboard):
         app.include_router(routes.router)
@@ -258,6 +261,22 @@ async def _invalid_field(request: Request, exc: RequestValidationError) -> JSONR
     return JSONResponse(status_code=422, content={
         "detail": f"invalid field '{first['field']}': {first['message']}",
         "field": first["field"], "errors": errors})
+
+
+BODY_PARSE_FAILED = "There was an error parsing the body"
+"""FastAPI's 400 for a body its JSON parser gave up on other than by a syntax error (JSON
+nested thousands deep: a RecursionError)."""
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """FastAPI's own 400 for an unparseable body answered like every other bad body: the
+    422 `{"detail", "field", "errors"}`; any other HTTP error as FastAPI answers it."""
+    if exc.status_code == 400 and exc.detail == BODY_PARSE_FAILED:
+        message = "the body is not JSON this API can read (nested too deeply?)"
+        return JSONResponse(status_code=422, content={
+            "detail": f"invalid field 'body': {message}", "field": "body",
+            "errors": [{"field": "body", "message": message}]})
+    return await http_exception_handler(request, exc)
 
 
 async def _queue_error(request: Request, exc: QueueError) -> JSONResponse:
