@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -26,7 +27,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(run_dir, *flags: str) -> tuple[subprocess.Popen, str]:
+@contextmanager
+def serving(run_dir, *flags: str, stop_timeout: float = 10):
+    """A real `queue serve` process with `flags`; yields its URL, stopped on the way out."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
@@ -38,11 +41,17 @@ def _serve(run_dir, *flags: str) -> tuple[subprocess.Popen, str]:
     while time.monotonic() < deadline:
         try:
             if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                return proc, url
+                break
         except httpx.TransportError:
             time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
+    else:
+        proc.kill()
+        raise AssertionError(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=stop_timeout)
 
 
 def _bad_tokens(url: str, n: int, forged: bool = False) -> list[int]:
@@ -63,60 +72,40 @@ def run_dir(tmp_path):
 
 def test_serve_auth_failures_flag_limits_bad_tokens(run_dir):
     path, token = run_dir
-    proc, url = _serve(path, "--auth-failures", "2")
-    try:
+    with serving(path, "--auth-failures", "2") as url:
         assert _bad_tokens(url, 3) == [401, 401, 429]
         r = httpx.post(url + "/api/next", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1   # the address
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_serve_believes_no_forwarded_address_by_default(run_dir):
     # uvicorn's default trusts X-Forwarded-For from loopback: a new address per guess
     # would never meet the limit
     path, _ = run_dir
-    proc, url = _serve(path, "--auth-failures", "2")
-    try:
+    with serving(path, "--auth-failures", "2") as url:
         assert _bad_tokens(url, 4, forged=True) == [401, 401, 429, 429]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_serve_forwarded_allow_ips_counts_each_forwarded_client(run_dir):
     # behind a trusted proxy (here: loopback) each forwarded client has its own count
     path, _ = run_dir
-    proc, url = _serve(path, "--auth-failures", "2", "--forwarded-allow-ips", "127.0.0.1")
-    try:
+    with serving(path, "--auth-failures", "2", "--forwarded-allow-ips", "127.0.0.1") as url:
         assert _bad_tokens(url, 4, forged=True) == [401] * 4
         assert _bad_tokens(url, 3) == [401, 401, 429]       # loopback itself: its own count
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_serve_default_allows_more_bad_tokens(run_dir):
     path, _ = run_dir
-    proc, url = _serve(path)
-    try:
+    with serving(path) as url:
         assert _bad_tokens(url, 3) == [401, 401, 401]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_serve_auth_failures_flag_reaches_every_worker(run_dir):
     """Two workers, each counting for itself: of 5 bad tokens, one worker sees a third."""
     path, _ = run_dir
-    proc, url = _serve(path, "--auth-failures", "2", "--workers", "2")
-    try:
+    with serving(path, "--auth-failures", "2", "--workers", "2", stop_timeout=20) as url:
         statuses = _bad_tokens(url, 5)
         assert 429 in statuses and set(statuses) <= {401, 429}, statuses
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def test_app_from_env_takes_auth_failures(tmp_path, monkeypatch):
