@@ -97,7 +97,7 @@ def model_card(run_dir: str | Path, k: int, cfg, *, reference: str, merged: bool
     round k trained against). `merged`: the card of its merged full weights (a LoRA
     round's `policy/` holds only an adapter)."""
     from alignloop.report.alerts import gate_verdict
-    from alignloop.report.markdown import fmt, headline_rows
+    from alignloop.report.markdown import fmt, headline_rows, md_text
 
     run_dir = Path(run_dir)
     rdir = A.round_dir(run_dir, k)
@@ -147,10 +147,10 @@ def model_card(run_dir: str | Path, k: int, cfg, *, reference: str, merged: bool
     else:
         lines += _table(("metric", "value", "95% interval", "n"), headline_rows(report))
         alerts = report.get("alerts") or []
-        lines += ["", f"Alerts: {len(alerts)}."] + [f"- {a['message']}" for a in alerts]
+        lines += ["", f"Alerts: {len(alerts)}."] + [f"- {md_text(a['message'])}" for a in alerts]
         gate = gate_verdict(report, cfg.loop.gate,
                             min_slice_samples=cfg.report.min_slice_samples)
-        lines += ["", "Gate: " + (f"tripped ({gate['reason']}), action {gate['action']}."
+        lines += ["", "Gate: " + (f"tripped ({md_text(gate['reason'])}), action {gate['action']}."
                                   if gate["tripped"] else "passed.")]
     header = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
     return f"---\n{header}---\n\n" + "\n".join(lines) + "\n"

@@ -73,8 +73,10 @@ def push_files(run_dir: str | Path, k: int, *, merged: bool = False) -> dict[str
         from alignloop.models import merged_model_dir
 
         source = Path(merged_model_dir(str(policy)))
+    # a symlink is not pushed: its target may lie anywhere (a token file, say)
     files = {str(p.relative_to(source)): p for p in sorted(source.rglob("*"))
-             if p.is_file() and p.relative_to(source).parts[0] not in NOT_PUSHED}
+             if p.is_file() and not p.is_symlink()
+             and p.relative_to(source).parts[0] not in NOT_PUSHED}
     from alignloop.rounds.state import read_state
 
     state = read_state(run_dir / "state.json") if (run_dir / "state.json").exists() else {}
@@ -152,6 +154,9 @@ def export_pairs(run_dir: str | Path, out: str | Path, *, force: bool = False) -
     run_dir, out = Path(run_dir), Path(out)
     if not run_dir.is_dir():
         raise HubError(f"run directory not found: {run_dir}")
+    if out.resolve() == run_dir.resolve() or out.resolve() in run_dir.resolve().parents:
+        # --force replaces `out` whole: it would delete the run it exports
+        raise HubError(f"--out {out} is the run directory or holds it; give another path")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise HubError(f"{out} exists and is not empty: pass --force to replace it")
     pairs = run_pairs(run_dir)

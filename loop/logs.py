@@ -116,3 +116,21 @@ def quiet_libraries(verbosity: int = 0) -> None:
                 transformers_logging.disable_progress_bar()
             else:
                 transformers_logging.enable_progress_bar()
+
+
+# What a terminal must never receive raw: C0 but tab and newline, DEL, C1 (U+0080-U+009F,
+# CSI and OSC among them), and the bidirectional overrides and isolates (which reorder
+# what follows them on the line).
+_UNSAFE_IN_TERMINAL = re.compile(r"\r(?!\n)|[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f"
+                                 r"\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """`text` safe to print on a terminal: every character that could move the cursor,
+    clear the screen, set the title or reorder the line is written as its escape
+    (`\\x1b`, `\\r`, `\\u202e`); tab, newline and CR LF are kept."""
+    def escape(m: re.Match) -> str:
+        code = ord(m.group())
+        return "\\r" if code == 13 else f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return _UNSAFE_IN_TERMINAL.sub(escape, text)

@@ -11,7 +11,7 @@ import struct
 from dataclasses import replace
 from typing import Any
 
-from alignloop.records import Message, Pair, Prompt
+from alignloop.records import Message, Pair, Prompt, label_problem
 
 FIELDS = ("prompt", "chosen", "rejected", "p_chosen", "weight", "pair_id", "slice")
 ROLES = ("system", "user", "assistant")
@@ -193,6 +193,8 @@ def parse_row(row: Any, fmt: str, columns: dict[str, str]) -> Pair:
         raise InvalidRow("invalid slice", f"slice is not a string (got {slice_!r})")
     if slice_:
         _unicode(slice_, "slice")
+        if problem := label_problem(slice_):
+            raise InvalidRow("invalid slice", f"slice {problem}")
     return Pair(prompt=prompt, chosen=chosen, rejected=rejected, p_chosen=p_chosen, weight=weight,
                 source="static", slice=slice_ or "", pair_id="" if pair_id is None else str(pair_id))
 

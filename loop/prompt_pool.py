@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignloop.errors import AlignloopError
-from alignloop.records import messages_from_json, unit_interval
+from alignloop.records import label_problem, messages_from_json, unit_interval
 
 BUILTIN_POOLS = {"builtin:demo-prompts": Path(__file__).parent / "demo" / "data" / "demo_prompts.jsonl"}
 
@@ -49,10 +49,22 @@ def read_prompt_rows(path: str | Path) -> list[dict]:
         if not isinstance(row, dict):
             raise PromptError(f"{where}: the row is a {type(row).__name__}, not an object")
         row["prompt"] = _checked_prompt(row.get("prompt"), where)
+        _check_slice(row.get("slice"), where)
         split = row.get("split")
         if split not in (None, "", "train", "eval"):
             raise PromptError(f"{where}: 'split' must be train or eval, got {split!r}")
     return rows
+
+
+def _check_slice(value, where: str) -> None:
+    """A slice name is a label (`records.label_problem`)."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise PromptError(f"{where}: 'slice' must be text, got {type(value).__name__}")
+    problem = label_problem(value)
+    if problem:
+        raise PromptError(f"{where}: 'slice' {problem}")
 
 
 def _checked_prompt(prompt, where: str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Union
 
@@ -45,6 +46,21 @@ def messages_from_json(text: str) -> list[dict] | None:
             isinstance(m, dict) and "role" in m and "content" in m for m in value):
         return value
     return None
+
+
+_LABEL_REFUSED = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+
+
+def label_problem(value: str) -> str | None:
+    """Why `value` cannot be a label such as a slice name, or None. A label reaches
+    `alignloop status`, gate messages, the reports and the model card, so it may hold no
+    control character (a terminal escape would act on the screen, a newline would add lines
+    to Markdown) and no invisible formatting character (zero-width, bidi)."""
+    found = _LABEL_REFUSED.search(value)
+    if found is None:
+        return None
+    return (f"contains a control or invisible character (U+{ord(found.group()):04X}) at "
+            f"position {found.start()}")
 
 
 def unit_interval(key: str) -> float:

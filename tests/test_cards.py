@@ -138,6 +138,17 @@ def test_push_uploads_the_policy_and_its_card(run, hub):
     assert uploaded["README.md"] == (policy / "README.md").read_bytes()   # the same card
 
 
+def test_push_leaves_out_symlinks(run, hub, tmp_path):
+    # a link in policy/ could point at anything (a token file): its target is not uploaded
+    policy = _fake_policy(run, 1)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("hf_token")
+    (policy / "notes.txt").symlink_to(secret)
+    assert "notes.txt" not in push_files(run, 1)
+    push(run, 1, "me/policy")
+    assert all(b"hf_token" not in data for data in hub[-1][2].values())
+
+
 def test_push_refuses_what_cannot_work(run, hub, capsys):
     from alignloop.cli import main
 

@@ -55,6 +55,23 @@ def test_prune_removes_only_merged_caches(tmp_path):
     assert "merged-weight" not in status_table(run, stage_names)
 
 
+def test_prune_leaves_caches_reached_through_symlinks(tmp_path):
+    # a symlinked cache or round points outside the run: pruning would delete what it
+    # points at (or die on the link halfway)
+    run = _fake_run(tmp_path)
+    other = _fake_run(tmp_path / "other")
+    linked_round = run / "round_007"
+    linked_round.symlink_to(A.round_dir(other, 0), target_is_directory=True)
+    cache = A.round_dir(run, 0) / A.MERGED
+    moved = tmp_path / "elsewhere"
+    cache.rename(moved)
+    cache.symlink_to(moved, target_is_directory=True)
+    assert disk_use(run).caches == []
+    prune(run)
+    assert (moved / "model.safetensors").exists()
+    assert (A.round_dir(other, 0) / A.MERGED / "model.safetensors").exists()
+
+
 def test_prune_cli_and_refusal(tmp_path, capsys):
     run = _fake_run(tmp_path)
     assert main(["prune", str(run)]) == 0

@@ -78,6 +78,16 @@ def test_non_empty_out_is_refused_without_force(fake_run, tmp_path, capsys):
     assert len(datasets.load_from_disk(str(out))) == len(_pairs_by_id(fake_run))
 
 
+def test_out_that_is_or_holds_the_run_is_refused_even_with_force(fake_run, capsys):
+    # --force replaces --out whole: with the run (or a folder above it) as --out it would
+    # have deleted the run it exports
+    before = sorted(p.relative_to(fake_run) for p in fake_run.rglob("*"))
+    for out in (fake_run, fake_run.parent):
+        assert main(["export-pairs", str(fake_run), "--out", str(out), "--force"]) == 2
+        assert "is the run directory or holds it" in capsys.readouterr().err
+    assert sorted(p.relative_to(fake_run) for p in fake_run.rglob("*")) == before
+
+
 def test_same_run_same_files(fake_run, tmp_path):
     for name in ("a", "b"):
         assert main(["export-pairs", str(fake_run), "--out", str(tmp_path / name)]) == 0

@@ -390,6 +390,34 @@ def test_latent_reward_legends_do_not_cover_the_plot(run, monkeypatch):
         assert legend.y1 <= ax.get_tightbbox(renderer).y0 + 1, title   # below the x labels
 
 
+def test_alert_messages_from_data_are_shown_as_written_in_markdown():
+    # a slice name comes from a user's prompt file: in report.md and the model card it
+    # must not become a link, an image, a heading or a table cell
+    from alignloop.report.markdown import md_text
+
+    name = "[click](javascript:alert(1)) <img src=x onerror=alert(1)> *x* a|b"
+    shown = md_text(f"slice '{name}' fell\n# heading")
+    assert shown == ("slice '\\[click\\](javascript:alert(1)) \\<img src=x onerror=alert(1)\\> "
+                     "\\*x\\* a\\|b' fell \\# heading")
+
+
+def test_slice_names_with_dollar_signs_are_drawn_as_written():
+    # matplotlib reads text between two `$` as TeX math: "tier_$5_to_$10" failed savefig
+    # and with it the report stage, on every resume
+    from alignloop.report import plots
+
+    est = {"value": 0.6, "lo": 0.4, "hi": 0.8}
+    names = ["tier_$5_to_$10", "expensive ($$)", r"$\foo$ x"]
+    report = {"latent_reward": {"available": True, "models": {"policy": {
+                  "overall": est, "by_slice": {n: est for n in names}}}},
+              "win_rate_vs_base": {"available": True, "overall": est,
+                                   "by_slice": {n: est for n in names}}}
+    for draw in (plots._latent, plots._win_rates):
+        assert draw(report)[:4] == b"\x89PNG"
+    figs = plots.run_figures({0: report, 1: report})
+    assert figs["latent_reward"][:4] == b"\x89PNG"
+
+
 # --------------------------------------------------------------------------- browser
 
 

@@ -59,8 +59,29 @@ def test_interrupted_stage_is_redone(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         run.stage(0, "train", boom, [])
-    assert Run(tmp_path, config_from_dict({}), stage_names=stage_names).round_state(0)["stages"]["train"]["status"] == "running"
+    info = Run(tmp_path, config_from_dict({}), stage_names=stage_names).round_state(0)["stages"]["train"]
+    assert (info["status"], info["error"]) == ("stopped", "KeyboardInterrupt")
     assert run.stage(0, "train", lambda: None, []) is True
+
+
+def test_a_failed_stage_says_so_and_why_in_status(tmp_path):
+    # before, a stage that raised stayed "running" in status for ever; a slice name with
+    # a terminal escape in the error is shown escaped
+    run = Run(tmp_path, config_from_dict({}), stage_names=stage_names)
+
+    def boom():
+        raise ValueError("bad slice \x1b]0;PWNED\x07 label\nsecond line")
+
+    with pytest.raises(ValueError):
+        run.stage(0, "report", boom, [])
+    info = json.loads((tmp_path / "state.json").read_text())["rounds"]["0"]["stages"]["report"]
+    assert info["status"] == "failed"
+    assert info["error"] == "ValueError: bad slice \x1b]0;PWNED\x07 label second line"
+    table = status_table(tmp_path, stage_names)
+    assert "report failed: ValueError: bad slice \\x1b]0;PWNED\\x07 label second line" in table
+    assert "\x1b" not in table and "\x07" not in table
+    assert run.stage(0, "report", lambda: None, []) is True          # a rerun retries it
+    assert "failed" not in status_table(tmp_path, stage_names)
 
 
 def test_changed_config_is_refused_naming_the_key_unless_redone(tmp_path):
@@ -134,6 +155,9 @@ def test_pool_split_and_bad_rows(tmp_path):
     (tmp_path / "dir.jsonl").mkdir()
     with pytest.raises(PromptError, match="dir.jsonl is a directory, not a file of rows"):
         load_pool(tmp_path / "dir.jsonl")
+    for slice_ in ("a\x1b[31mred", "two\nlines", "rtl\u202eevil", "zero\u200bwidth"):
+        with pytest.raises(PromptError, match=r"row 1: 'slice' contains a control or invisible"):
+            load_pool(_pool_file(tmp_path, [{"prompt": "hi", "slice": slice_}]))
     rows = [{"prompt": f"question {i}"} for i in range(200)]
     split = load_pool(_pool_file(tmp_path, rows), eval_share=0.25)
     assert 30 < len(split.eval) < 70     # by id, about a quarter

@@ -109,6 +109,8 @@ BAD_ROWS = [
         {"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]},
      "prompt message 1 is not valid Unicode"),
     ("invalid text", {**PLAIN, "slice": "\ud800"}, "slice is not valid Unicode"),
+    ("invalid slice", {**PLAIN, "slice": "a\x1b]0;title\x07"}, "slice contains a control or invisible character (U+001B)"),
+    ("invalid slice", {**PLAIN, "slice": "two\nlines"}, "slice contains a control or invisible character (U+000A)"),
     ("invalid JSON", DEEP, "line is not valid JSON (nested too deeply)"),
     ("invalid JSON", '{"weight": 1%s}' % ("0" * 5000), "line is not valid JSON (Exceeds the limit"),
 ]

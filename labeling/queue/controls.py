@@ -1,4 +1,5 @@
-"""Control characters: which fields refuse them, and how a terminal shows the rest.
+"""Control characters: which fields refuse them (a terminal shows the rest through
+`alignloop.logs.visible`; a page through `bidi_segments`).
 
 A control character here is C0 (U+0000-U+001F) or DEL (U+007F). PostgreSQL cannot
 store NUL in text at all, and the others have no business in an id or a comment, so:
@@ -10,7 +11,7 @@ store NUL in text at all, and the others have no business in an id or a comment,
   tab, newline and carriage return (a browser sends a textarea's newlines as CR LF);
 - item text the loop queues (prompts and responses from a model) refuses only NUL: a
   model may emit any other byte, and a run must not stop for it. Such text is shown
-  escaped (the page escapes everything; the terminal uses `visible`).
+  escaped (the page escapes everything; the terminal uses `alignloop.logs.visible`).
 
 Every refusal is a `QueueError` (422) naming the field, on SQLite and PostgreSQL alike.
 """
@@ -27,11 +28,6 @@ from alignloop.labeling.handoff import QueueError
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 _CONTROLS_BUT_WHITESPACE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _NUL = re.compile(r"\x00")
-# What a terminal must never receive raw: C0 but tab and newline, DEL, C1 (U+0080-U+009F,
-# CSI and OSC among them), and the bidirectional overrides and isolates (which reorder
-# what follows them on the line).
-_UNSAFE_IN_TERMINAL = re.compile(r"\r(?!\n)|[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f"
-                                 r"\u202a-\u202e\u2066-\u2069]")
 RULES = {"id": _CONTROLS, "text": _CONTROLS_BUT_WHITESPACE, "model_text": _NUL}
 # Bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069): on a
 # page they are shown as a visible mark, never applied (`bidi_segments`), so a response or
@@ -63,17 +59,6 @@ def check_prompt(prompt: object, rule: str, where: str = "") -> None:
         if isinstance(message, dict):
             for part in ("role", "content"):
                 check(message.get(part), "prompt", rule, where)
-
-
-def visible(text: str) -> str:
-    """`text` safe to print on a terminal: every character that could move the cursor,
-    clear the screen, set the title or reorder the line is written as its escape
-    (`\\x1b`, `\\r`, `\\u202e`); tab, newline and CR LF are kept."""
-    def escape(m: re.Match) -> str:
-        code = ord(m.group())
-        return "\\r" if code == 13 else f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-    return _UNSAFE_IN_TERMINAL.sub(escape, text)
 
 
 def bidi_segments(text: object) -> list[tuple[str, bool]]:

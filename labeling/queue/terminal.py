@@ -3,7 +3,7 @@ by side (stacked when the terminal is narrow), keys 1 = A, 2 = B, 3 = tie, 4 = b
 s = skip (with a reason; the item goes to someone else), q = quit. The guideline of the
 item's round is shown before the first item and again whenever it changes.
 
-Everything from the queue is printed through `controls.visible` and as rich `Text`: an
+Everything from the queue is printed through `alignloop.logs.visible` and as rich `Text`: an
 item's escape sequences appear as `\\x1b[2J` instead of clearing the screen or setting
 the window title, and rich markup in it is not interpreted.
 """
@@ -14,9 +14,9 @@ import random
 import uuid
 
 from alignloop.labeling.queue import guidelines
-from alignloop.labeling.queue.controls import visible
 from alignloop.labeling.queue.skips import record_skip
 from alignloop.labeling.queue.store import AnnotatorAccount, QueueError, QueueStore
+from alignloop.logs import visible
 
 KEYS = {"1": 0, "2": 1, "3": "tie", "4": "both_bad"}
 SKIP_KEYS = {"1": "cant_judge", "2": "offensive", "3": "needs_expertise", "4": "other"}

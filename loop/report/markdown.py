@@ -6,6 +6,8 @@ the same numbers in the same order.
 
 from __future__ import annotations
 
+import re
+
 from alignloop.report.lookup import get_path
 
 
@@ -162,6 +164,16 @@ def train_row(tr: dict) -> tuple[str, ...]:
             fmt(tr["tokens_per_s"]))
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
+
+
+def md_text(text: object) -> str:
+    """`text` as Markdown that shows it as written: its characters with a meaning there
+    (emphasis, links, HTML tags, headings, table bars) escaped, newlines as spaces. For
+    text that comes from data (alert messages name slices from a user's prompt file)."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).splitlines()))
+
+
 def _table(header: tuple[str, ...], rows) -> list[str]:
     esc = [tuple(str(c).replace("|", "\\|").replace("\n", " ") for c in r) for r in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -175,7 +187,7 @@ def render_markdown(report: dict, figures: dict | None = None) -> str:
           "Intervals are bootstrap 95% percentile intervals over prompts. "
           "Plots: [report.html](report.html).", ""]
     md += ["## Alerts", ""]
-    md += [f"- **{a['kind']}**: {a['message']}" for a in report["alerts"]] or ["None."]
+    md += [f"- **{a['kind']}**: {md_text(a['message'])}" for a in report["alerts"]] or ["None."]
     if skipped_lines(report):
         md += ["", "Checks skipped (they could not alert; **bold**: the number is past the "
                    "threshold):", ""]

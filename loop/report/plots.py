@@ -98,6 +98,12 @@ def _kl(report: dict) -> bytes | None:
     return _png(fig)
 
 
+def _label(name: str) -> str:
+    """A slice name as a tick or legend label, shown as written: matplotlib reads text
+    between two `$` as TeX math (and fails on most of it: `tier_$5_to_$10`)."""
+    return (name or "(none)").replace("$", r"\$")
+
+
 def _win_rates(report: dict) -> bytes | None:
     secs = [(name, report[f"win_rate_vs_{name}"]) for name in ("previous", "base")
             if get_path(report, f"win_rate_vs_{name}", "available")]
@@ -112,7 +118,7 @@ def _win_rates(report: dict) -> bytes | None:
         _errorbars(ax, [r + 0.15 * (i - 0.5) for r in range(len(rows))], ests,
                    color=COLORS[name], label=f"vs {name}")
     ax.axvline(0.5, color="black", lw=0.7, ls="--")
-    ax.set_yticks(range(len(rows)), [s or "(none)" for s in rows])
+    ax.set_yticks(range(len(rows)), [_label(s) for s in rows])
     ax.set_xlim(-0.03, 1.03)
     ax.invert_yaxis()
     ax.set_xlabel("win rate of this round's policy (ties ½), 95% interval")
@@ -136,7 +142,7 @@ def _latent(report: dict) -> bytes | None:
             ax.bar([p[0] for p in pts], [p[1][0] for p in pts], width,
                    yerr=[[p[1][1] for p in pts], [p[1][2] for p in pts]], capsize=2,
                    color=COLORS[name], label="this round" if name == "policy" else name)
-    ax.set_xticks(range(len(slices)), [s or "(none)" for s in slices], rotation=20, ha="right")
+    ax.set_xticks(range(len(slices)), [_label(s) for s in slices], rotation=20, ha="right")
     ax.axhline(0, color="black", lw=0.5)
     ax.set_ylabel("mean latent reward")
     _legend_below(fig, ax)
@@ -225,7 +231,7 @@ def run_figures(reports: dict[int, dict]) -> dict[str, bytes]:
             "#17becf", "#bcbd22"]
     figs["latent_reward"] = _trend(reports, {
         "overall": ("black", ("latent_reward", "models", "policy", "overall")),
-        **{s or "(none)": (cmap[i % len(cmap)], ("latent_reward", "models", "policy", "by_slice", s))
+        **{_label(s): (cmap[i % len(cmap)], ("latent_reward", "models", "policy", "by_slice", s))
            for i, s in enumerate(slices)}}, "Latent reward per slice (simulated ground truth)",
         "mean latent reward")
     figs["agreement"] = _trend(reports, {

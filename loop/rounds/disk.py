@@ -28,7 +28,11 @@ def tree_bytes(path: Path) -> int:
 
 def disk_use(run_dir: str | Path) -> DiskUse:
     run = Path(run_dir)
-    caches = sorted(p for p in run.glob(f"round_*/{A.MERGED}") if p.is_dir())
+    # only real folders inside the run: a symlinked round or cache points elsewhere (prune
+    # would delete what it points at, or refuse it halfway)
+    root = run.resolve()
+    caches = sorted(p for p in run.glob(f"round_*/{A.MERGED}")
+                    if p.is_dir() and p.resolve() == root / p.relative_to(run))
     return DiskUse(tree_bytes(run), caches, sum(tree_bytes(c) for c in caches))
 
 

@@ -30,6 +30,7 @@ from typing import Any
 from alignloop.artifacts import atomic_write_json, file_sha256, round_dir
 from alignloop.config import Config, config_from_dict, dump_config, to_dict
 from alignloop.errors import AlignloopError
+from alignloop.logs import visible
 from alignloop.rounds.disk import disk_use
 from alignloop.rounds.disk import human_bytes as _human
 
@@ -240,9 +241,16 @@ class Run:
         t0 = time.perf_counter()
         try:
             fn()
-        except AlignloopError as e:
-            # the CLI's one-line error then says where it stopped ("round 1, stage generate")
-            e.where = getattr(e, "where", None) or f"round {k}, stage {name}"
+        except BaseException as e:
+            if isinstance(e, AlignloopError):
+                # the CLI's one-line error then says where it stopped ("round 1, stage generate")
+                e.where = getattr(e, "where", None) or f"round {k}, stage {name}"
+            # `status` then says it failed and why, not "running" (a killed process cannot
+            # say so: its stage stays "running"); a rerun retries it as before
+            rs["stages"][name] = {"status": "stopped" if isinstance(e, KeyboardInterrupt)
+                                  else "failed", "started": rs["stages"][name]["started"],
+                                  "error": _one_line(e)}
+            self.save()
             raise
         _maybe_fail(k, name)
         rs["stages"][name] = {
@@ -252,6 +260,13 @@ class Run:
         }
         self.save()
         return True
+
+
+def _one_line(e: BaseException) -> str:
+    """What a stage failed with, on one line of at most 300 characters."""
+    text = " ".join(str(e).split())
+    text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _maybe_fail(k: int, name: str) -> None:
@@ -302,13 +317,16 @@ def status_table(run_dir: str | Path, stage_names: StageNames) -> str:
             size = sum(o["bytes"] for o in info.get("outputs", {}).values())
             secs = f"{info['seconds']:.1f}" if "seconds" in info else "-"
             lines.append(f"{k:>5}  {name:10} {info['status']:8} {secs:>8} {_human(size):>10}")
+            if info.get("error"):
+                lines.append(f"{k:>5}  {name} {info['status']}: {visible(info['error'])}")
         if rs.get("placement") or rs.get("generation") or rs.get("start"):
             lines.append(f"{k:>5}  {_round_setup(rs, Path(run_dir))}")
         gate = rs.get("gate")
         if gate and gate.get("tripped"):
-            lines.append(f"{k:>5}  gate tripped: {gate.get('reason')} -> {gate.get('action')}")
+            lines.append(f"{k:>5}  gate tripped: {visible(str(gate.get('reason')))} -> "
+                         f"{gate.get('action')}")
         if gate and gate.get("held"):
-            lines.append(f"{k:>5}  gate held (not significant): {gate['held']}")
+            lines.append(f"{k:>5}  gate held (not significant): {visible(str(gate['held']))}")
     use = disk_use(run_dir)
     line = f"run directory: {_human(use.total)} on disk"
     if use.caches:
