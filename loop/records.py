@@ -48,7 +48,10 @@ def messages_from_json(text: str) -> list[dict] | None:
     return None
 
 
-_LABEL_REFUSED = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+CONTROL_OR_INVISIBLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+"""C0 and C1 controls, DEL, and the invisible formatting characters (zero-width characters
+and marks, bidi embeddings, overrides and isolates, word joiners, the BOM): what no label or
+identifier may hold (slice names here; ids and names in the queue, `controls`)."""
 
 
 def label_problem(value: str) -> str | None:
@@ -56,7 +59,7 @@ def label_problem(value: str) -> str | None:
     `alignloop status`, gate messages, the reports and the model card, so it may hold no
     control character (a terminal escape would act on the screen, a newline would add lines
     to Markdown) and no invisible formatting character (zero-width, bidi)."""
-    found = _LABEL_REFUSED.search(value)
+    found = CONTROL_OR_INVISIBLE.search(value)
     if found is None:
         return None
     return (f"contains a control or invisible character (U+{ord(found.group()):04X}) at "

@@ -21,11 +21,11 @@ from __future__ import annotations
 import re
 
 from alignloop.labeling.handoff import QueueError
+from alignloop.records import CONTROL_OR_INVISIBLE
 
-# ids also refuse what is invisible but changes how they read: zero-width characters and
-# marks (U+200B-U+200F), bidi embeddings, overrides and isolates, word joiners, the BOM;
-# else "adm\u200b" passes for "adm" on the dashboard
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+# ids also refuse what is invisible but changes how they read (else "adm\u200b" passes for
+# "adm" on the dashboard), and C1 controls
+_CONTROLS = CONTROL_OR_INVISIBLE
 _CONTROLS_BUT_WHITESPACE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _NUL = re.compile(r"\x00")
 RULES = {"id": _CONTROLS, "text": _CONTROLS_BUT_WHITESPACE, "model_text": _NUL}
