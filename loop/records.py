@@ -48,10 +48,12 @@ def messages_from_json(text: str) -> list[dict] | None:
     return None
 
 
-CONTROL_OR_INVISIBLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
-"""C0 and C1 controls, DEL, and the invisible formatting characters (zero-width characters
-and marks, bidi embeddings, overrides and isolates, word joiners, the BOM): what no label or
-identifier may hold (slice names here; ids and names in the queue, `controls`)."""
+INVISIBLE = "\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff"
+"""The invisible formatting characters, as a regex character range: zero-width characters
+and marks, bidi embeddings, overrides and isolates, word joiners, the BOM. Neither a label
+here nor an id or name in the queue (`controls`) may hold one."""
+CONTROL_OR_INVISIBLE = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{INVISIBLE}]")
+"""What a label (a slice name) may not hold: C0 and C1 controls, DEL, `INVISIBLE`."""
 
 
 def label_problem(value: str) -> str | None:

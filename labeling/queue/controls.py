@@ -21,11 +21,11 @@ from __future__ import annotations
 import re
 
 from alignloop.labeling.handoff import QueueError
-from alignloop.records import CONTROL_OR_INVISIBLE
+from alignloop.records import INVISIBLE
 
 # ids also refuse what is invisible but changes how they read (else "adm\u200b" passes for
-# "adm" on the dashboard), and C1 controls
-_CONTROLS = CONTROL_OR_INVISIBLE
+# "adm" on the dashboard)
+_CONTROLS = re.compile(f"[\\x00-\\x1f\\x7f{INVISIBLE}]")
 _CONTROLS_BUT_WHITESPACE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _NUL = re.compile(r"\x00")
 RULES = {"id": _CONTROLS, "text": _CONTROLS_BUT_WHITESPACE, "model_text": _NUL}
