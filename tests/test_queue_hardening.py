@@ -407,3 +407,21 @@ def test_eight_annotators_storming_next_cannot_starve_each_other(store_url, serv
     assert max(idle_pending) <= (n_ann - 1) * cap, idle_pending
     assert pending(store, 0) == 0
     store.close()
+
+
+# --------------------------------------------------------------------------- Host header
+
+
+def test_no_redirect_takes_its_host_from_the_request(site):
+    """Starlette's trailing-slash redirect built an absolute URL from the Host header, so a
+    link to `/label/` with a forged Host sent the browser to another site."""
+    _, url, _ = site
+    for path in ("/label/", "/admin/", "/login/", "/api/next/", "/static"):
+        conn = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=30)
+        conn.request("GET", path, headers={"Host": "evil.example"})
+        r = conn.getresponse()
+        r.read()
+        conn.close()
+        assert "evil.example" not in (r.getheader("location") or ""), path
+        assert r.status == 404, (path, r.status)
+    assert _http(url, "GET", "/").status == 200

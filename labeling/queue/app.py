@@ -226,8 +226,10 @@ def create_app(store: QueueStore, *, max_body_bytes: int = 64 * 1024, lease_seco
     templates.env.autoescape = True   # every template, whatever its file name
     templates.env.filters["marks"] = controls.bidi_segments   # `_text.html` renders them
 
+    # redirect_slashes off: Starlette builds that redirect's URL from the request's Host
+    # header, so `/label/` with a forged Host sent the browser to another site
     app = FastAPI(title="alignloop labeling queue", docs_url=None, redoc_url=None,
-                  openapi_url="/openapi.json", version="1")
+                  openapi_url="/openapi.json", version="1", redirect_slashes=False)
     app.state.store = store
     app.state.queue_web = QueueWeb(
         store=store, templates=templates, lease_seconds=lease_seconds, gold_rate=gold_rate,
