@@ -80,6 +80,23 @@ def test_invalid_static_pairs_are_refused_before_the_run_directory_exists(tmp_pa
     loop.preflight(1, static_pairs=True)          # the same file, the row dropped: accepted
 
 
+def test_round_0_assembles_the_pairs_preflight_read(tmp_path, monkeypatch):
+    # a large `hf:` dataset is loaded once per run, not once to check and again to use
+    import alignloop.data as data
+
+    reads = []
+    real = data.read_pairs_from_config
+    monkeypatch.setattr(data, "read_pairs_from_config",
+                        lambda cfg: reads.append(cfg.path) or real(cfg))
+    loop = Loop(load_config(TINY, FAST), tmp_path / "run")
+    loop.preflight(1)
+    loop.rdir(0).mkdir(parents=True)
+    train = loop.assemble_static(0)
+    assert len(reads) == 1 and train
+    assert loop.assemble_static(0) == train      # a resumed round reads them again
+    assert len(reads) == 2
+
+
 def test_a_held_out_prompt_reaching_generation_is_an_error(tmp_path):
     from alignloop.stages.slices import mine_slices
 

@@ -53,6 +53,7 @@ class Loop:
         self.state = Run(run_dir, cfg, stage_names=stage_names)
         self.dir = self.state.dir
         self._pool = self._panel = None
+        self._static = None        # the static pairs as preflight read them
         self._queue = queue
         self._ensembles: dict[int, tuple] = {}
         self._tracker = None
@@ -136,7 +137,7 @@ class Loop:
         if static_pairs:
             from alignloop.data import read_pairs_from_config
 
-            read_pairs_from_config(self.cfg.data)
+            self._static = read_pairs_from_config(self.cfg.data)   # round 0 reuses them
 
         _ = self.pool
         resolve_model_path(self.base)
@@ -160,8 +161,10 @@ class Loop:
         from alignloop.stages.assemble import assemble_static
 
         lc = self.cfg.loop
+        read, self._static = self._static, None
         return assemble_static(self.rdir(k), data=self.cfg.data, eval_prompts=self.pool.eval,
-                               heldout_share=lc.heldout_pair_share, heldout_min=lc.heldout_pair_min)
+                               heldout_share=lc.heldout_pair_share, heldout_min=lc.heldout_pair_min,
+                               read=read)
 
     def mine_slices(self, k: int):
         from alignloop.stages.slices import eval_values, mine_slices, used_prompts

@@ -24,12 +24,13 @@ log = logging.getLogger(__name__)
 
 
 def assemble_static(rdir: Path, *, data: DataConfig, eval_prompts: list, heldout_share: float,
-                    heldout_min: int) -> list[Pair]:
+                    heldout_min: int, read: tuple | None = None) -> list[Pair]:
     """Static pairs -> pairs.parquet; a `heldout_share` of them (by pair id; none when there
     are fewer than `heldout_min`) go to heldout_pairs.parquet instead, never trained on, for
     the implicit-reward drift figures. Pairs whose prompt is a held-out evaluation prompt
-    are left out entirely."""
-    pairs, report = read_pairs_from_config(data)
+    are left out entirely. `read`: `read_pairs_from_config(data)` already done (the run's
+    preflight reads the pairs once, to refuse a bad row before the run directory exists)."""
+    pairs, report = read if read is not None else read_pairs_from_config(data)
     held_prompts = {json.dumps(it.prompt, sort_keys=True) for it in eval_prompts}
     leaking = [p for p in pairs if json.dumps(p.prompt, sort_keys=True) in held_prompts]
     if leaking:
