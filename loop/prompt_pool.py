@@ -44,6 +44,8 @@ def read_prompt_rows(path: str | Path) -> list[dict]:
     if not p.exists():
         raise FileNotFoundError(f"prompts file not found: {name}")
     rows = read_rows(p, PromptError, name)
+    if p.suffix == ".parquet":
+        rows = _decoded_round_prompts(rows)
     for n, row in enumerate(rows, start=1):
         where = f"{name} row {n}"
         if not isinstance(row, dict):
@@ -54,6 +56,27 @@ def read_prompt_rows(path: str | Path) -> list[dict]:
         if split not in (None, "", "train", "eval"):
             raise PromptError(f"{where}: 'split' must be train or eval, got {split!r}")
     return rows
+
+
+ROUND_PROMPT_COLUMNS = {"prompt_id", "prompt", "slice"}   # a round's prompts.parquet
+
+
+def _decoded_round_prompts(rows: list) -> list:
+    """A round's `prompts.parquet` stores every prompt as JSON (text prompts quoted), so
+    passed back as a prompts file its prompts are decoded: known by its exact columns and
+    by every prompt being JSON text or a JSON list. Any other parquet is read as given."""
+    decoded = []
+    for row in rows:
+        if not isinstance(row, dict) or set(row) != ROUND_PROMPT_COLUMNS:
+            return rows
+        try:
+            prompt = json.loads(row["prompt"]) if isinstance(row["prompt"], str) else None
+        except (ValueError, RecursionError):
+            return rows
+        if not isinstance(prompt, (str, list)):
+            return rows
+        decoded.append({**row, "prompt": prompt})
+    return decoded
 
 
 def _check_slice(value, where: str) -> None:

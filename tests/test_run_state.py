@@ -218,3 +218,22 @@ def test_a_repeated_prompt_id_names_both_rows(tmp_path, rows, what):
     for read in (read_prompts, load_pool):
         with pytest.raises(PromptError, match=what.replace("(", r"\(").replace(")", r"\)")):
             read(path)
+
+
+def test_a_rounds_prompts_file_read_back_gives_its_prompts(tmp_path):
+    # round_*/prompts.parquet stores every prompt as JSON; passed back (e.g. to `generate`)
+    # it gives the prompts, not their JSON text; a user's own parquet stays as written
+    from alignloop import artifacts as A
+    from alignloop.stages.slices import read_prompt_items, write_prompt_items
+
+    chat = [{"role": "user", "content": "Where is my order?"}]
+    items = [PromptItem("p1", "Say hi.", "greeting"), PromptItem("p2", chat, "order_status"),
+             PromptItem("p3", '"quoted"', "")]
+    write_prompt_items(tmp_path / "prompts.parquet", items)
+    assert read_prompts(tmp_path / "prompts.parquet") == items
+    assert read_prompt_items(tmp_path / "prompts.parquet") == items
+    own = [{"prompt_id": "a", "prompt": '"quoted"', "slice": "s"},
+           {"prompt_id": "b", "prompt": "plain text", "slice": "s"}]
+    A.write_parquet(tmp_path / "own.parquet", own)
+    assert [p.prompt for p in read_prompts(tmp_path / "own.parquet")] == ['"quoted"',
+                                                                         "plain text"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import random
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -145,13 +145,19 @@ def mine_slices(rdir: Path, *, cfg: SlicesConfig, pool, previous_eval: list[dict
     report = slices_report(stats, metric=cfg.metric, by=by)
     report["prompts"] = len(prompts)
     A.atomic_write_json(rdir / A.SLICES, report)
-    A.write_parquet(rdir / A.PROMPTS, [
-        {"prompt_id": p.prompt_id, "prompt": json.dumps(p.prompt, ensure_ascii=False),
-         "slice": slice_of.get(p.prompt_id, p.slice)} for p in prompts])
+    write_prompt_items(rdir / A.PROMPTS, [replace(p, slice=slice_of.get(p.prompt_id, p.slice))
+                                           for p in prompts])
     if not prompts:
         raise RoundEnded("no failure slice was found in the previous round's evaluation "
                          f"({len(stats)} slices ranked by {cfg.metric}; see {A.SLICES})")
     return prompts
+
+
+def write_prompt_items(path: Path, prompts: list) -> None:
+    """A round's prompts.parquet: id, prompt as JSON (text or messages), slice."""
+    A.write_parquet(path, [
+        {"prompt_id": p.prompt_id, "prompt": json.dumps(p.prompt, ensure_ascii=False),
+         "slice": p.slice} for p in prompts])
 
 
 def read_prompt_items(path: Path) -> list:
