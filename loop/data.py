@@ -135,6 +135,13 @@ def _stored_pair(row: dict) -> Pair | InvalidRow:
 
 def _load_hf(spec: str, split: str, subset: str):
     """The `datasets.Dataset` behind `hf:SPEC`; only a hub id (the last case) goes online."""
+    from alignloop.logs import datasets_bars
+
+    with datasets_bars():
+        return _load_hf_dataset(spec, split, subset)
+
+
+def _load_hf_dataset(spec: str, split: str, subset: str):
     import datasets
 
     builder, _, files = spec.partition(":")

@@ -23,6 +23,7 @@ from pathlib import Path
 from alignloop import artifacts as A
 from alignloop.cards import _HUB_ID, adapter_base, model_card
 from alignloop.errors import AlignloopError
+from alignloop.logs import datasets_bars
 from alignloop.records import Pair
 
 NOT_PUSHED = ("merged", "alignloop_base.json", "README.md")
@@ -145,12 +146,19 @@ def run_pairs(run_dir: Path) -> list[Pair]:
     return out
 
 
+def content_dataset(rows: list[dict]):
+    """A `datasets.Dataset` of the rows, fingerprinted from their content (not at random):
+    the same rows give the same files."""
+    import datasets
+
+    fingerprint = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
+    return datasets.Dataset(datasets.Dataset.from_list(rows)._data, fingerprint=fingerprint)
+
+
 def export_pairs(run_dir: str | Path, out: str | Path, *, force: bool = False) -> int:
     """Write every pair of the run (`run_pairs`) as a `datasets.Dataset` to `out`
     (`save_to_disk`); returns the number of rows. A non-empty `out` is refused unless
     `force`."""
-    import datasets
-
     run_dir, out = Path(run_dir), Path(out)
     if not run_dir.is_dir():
         raise HubError(f"run directory not found: {run_dir}")
@@ -162,21 +170,11 @@ def export_pairs(run_dir: str | Path, out: str | Path, *, force: bool = False) -
     pairs = run_pairs(run_dir)
     if not pairs:
         raise HubError(f"{run_dir} has no pairs yet (no round_*/{A.PAIRS})")
-    rows = preference_rows(pairs)
-    # a fingerprint from the content (not a random one): the same run gives the same files
-    fingerprint = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
-    ds = datasets.Dataset(datasets.Dataset.from_list(rows)._data, fingerprint=fingerprint)
+    ds = content_dataset(preference_rows(pairs))
     tmp = out.with_name(f".{out.name}.tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
-    from datasets.utils import logging as ds_logging
-
-    bars = ds_logging.is_progress_bar_enabled()
-    ds_logging.disable_progress_bar()                  # prints nothing but its one line
-    try:
+    with datasets_bars():
         ds.save_to_disk(str(tmp))
-    finally:
-        if bars:
-            ds_logging.enable_progress_bar()
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     tmp.rename(out)

@@ -23,6 +23,7 @@ import os
 import re
 import sys
 import warnings
+from contextlib import contextmanager
 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
@@ -45,6 +46,7 @@ HARMLESS_WARNINGS = (
 # it starts, so they reach vLLM's engine process and workers but not this process.
 QUIET_CHILD_ENV = {"TORCH_CPP_LOG_LEVEL": "ERROR", "TORCH_LOGS": "-torch"}
 _set_by_us: dict[str, str] = {}
+_library_verbosity: int | None = None      # the last `quiet_libraries` setting
 
 
 def setup_logging(verbosity: int = 0) -> None:
@@ -88,6 +90,8 @@ def quiet_libraries(verbosity: int = 0) -> None:
     huggingface_hub's) when first imported, so both are set that way for a later import,
     and through transformers' own functions if it is loaded already. Importing
     transformers here would cost `alignloop status` a second."""
+    global _library_verbosity
+    _library_verbosity = verbosity
     level = logging.ERROR if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(level)
@@ -116,6 +120,26 @@ def quiet_libraries(verbosity: int = 0) -> None:
                 transformers_logging.disable_progress_bar()
             else:
                 transformers_logging.enable_progress_bar()
+
+
+@contextmanager
+def datasets_bars():
+    """Wrap each `datasets` call that may draw a bar (loading, saving): the bars are off in
+    the block when `quiet_libraries` asked for quiet. `datasets` has its own switch, which
+    huggingface_hub's does not reach, and importing it in `quiet_libraries` would cost every
+    command the import; a driver that never asked keeps the library's own behaviour."""
+    if _library_verbosity is None or _library_verbosity > 0:
+        yield
+        return
+    from datasets.utils import logging as ds_logging
+
+    was_on = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            ds_logging.enable_progress_bar()
 
 
 # What a terminal must never receive raw: C0 but tab and newline, DEL, C1 (U+0080-U+009F,

@@ -164,3 +164,33 @@ def test_a_train_prints_plain_progress_and_no_library_noise_unless_verbose(tmp_p
     err = train("--out", str(tmp_path / "verbose"), "-v")
     assert "INFO accelerate" in err and "FutureWarning" in err
     assert "[transformers]" in err                         # transformers' own INFO lines
+
+
+def test_datasets_bars_are_quiet_unless_verbose(tmp_path):
+    # `datasets` draws its bars through its own switch: an `hf:` pairs source and the hf
+    # exports printed "Generating train split" / "Saving the dataset" without -v
+    code = textwrap.dedent("""
+        import json, sys
+        from pathlib import Path
+        from alignloop.data import read_pairs
+        from alignloop.hub import content_dataset
+        from alignloop.logs import datasets_bars, quiet_libraries
+
+        work = Path(sys.argv[1])
+        for name in ("quiet", "verbose"):
+            quiet_libraries(0 if name == "quiet" else 1)
+            src = work / f"{name}.jsonl"
+            src.write_text(json.dumps({"prompt": "Hi", "chosen": "Hello", "rejected": "Go"}))
+            assert len(read_pairs(f"hf:json:{src}")[0]) == 1
+            with datasets_bars():
+                content_dataset([{"a": 1}]).save_to_disk(str(work / f"{name}.hf"))
+            print(f"=={name}==", file=sys.stderr, flush=True)
+    """)
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "cache")}
+    env.pop("HF_DATASETS_DISABLE_PROGRESS_BARS", None)
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    quiet, verbose = out.stderr.split("==quiet==")
+    assert "Generating train split" not in quiet and "Saving the dataset" not in quiet, quiet
+    assert "Generating train split" in verbose and "Saving the dataset" in verbose, verbose

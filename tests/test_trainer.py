@@ -255,6 +255,22 @@ def test_too_long_pair_names_file_and_row(pairs, tmp_path):
     assert result.n_pairs == 4 and sum(result.skipped.values()) == 1
 
 
+def test_skipped_pairs_are_counted_under_their_own_reason():
+    # a response over max_length was counted as "prompt", the long-prompt reason's key
+    from alignloop.models import load_tokenizer
+    from alignloop.training.batching import encode_pairs
+
+    rows = [Pair(prompt="hi", chosen="word " * 100, rejected="no"),
+            Pair(prompt="long " * 100, chosen="yes", rejected="no"),
+            Pair(prompt="hi", chosen="same", rejected="same"),
+            Pair(prompt="hi", chosen="yes", rejected="no")]
+    encoded, skipped = encode_pairs(rows, load_tokenizer(TINY), max_length=90,
+                                    max_prompt_length=60, truncation="error", on_invalid="skip")
+    assert len(encoded) == 1
+    assert skipped == {"over max_length": 1, "prompt over max_prompt_length": 1,
+                       "identical tokens": 1}
+
+
 @pytest.mark.parametrize("lora", [False, True])
 def test_gradient_checkpointing_gives_the_same_weights(pairs, tmp_path, lora):
     def cfg(gc):

@@ -56,6 +56,17 @@ class EncodedPair:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def skip_reason(message: str) -> str:
+    """The short reason an `encode_pair` message is counted under when rows are skipped."""
+    if message.startswith("prompt has "):
+        return "prompt over max_prompt_length"
+    if "is longer than max_length" in message:
+        return "over max_length"
+    if message.startswith("chosen and rejected have identical tokens"):
+        return "identical tokens"
+    return message.split(" (")[0]
+
+
 def encode_pair(pair: Pair, tokenizer, *, max_length: int, max_prompt_length: int,
                 truncation: str) -> tuple[tuple[int, ...], ...] | str:
     """Token ids (prompt, chosen, rejected), or the reason the pair is invalid.
@@ -96,7 +107,7 @@ def encode_pairs(pairs: list[Pair], tokenizer, *, max_length: int, max_prompt_le
             where = pair.origin or f"pair {i} (id {pair.pair_id})"
             if on_invalid == "error":
                 raise TokenizationError(f"{where}: {result} (set data.on_invalid=skip to drop such rows)")
-            skipped[result.split(" (")[0].split(" has ")[0]] += 1
+            skipped[skip_reason(result)] += 1
             continue
         prompt, chosen, rejected = result
         encoded.append(EncodedPair(i, pair.pair_id, prompt, chosen, rejected,

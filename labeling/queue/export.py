@@ -70,33 +70,24 @@ def preference_rows(store, *, round: int | None = None, prior_reliability: float
     return rows
 
 
-def to_dataset(rows: list[dict]):
-    """A `datasets.Dataset` of the rows, with a fingerprint from their content (so the same
-    queue gives the same files)."""
-    import hashlib
-    import json
-
-    import datasets
-
-    fingerprint = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
-    table = datasets.Dataset.from_list(rows)._data
-    return datasets.Dataset(table, fingerprint=fingerprint)
-
-
 def export_hf(store, out: str | Path, *, round: int | None = None,
               push_to_hub: str | None = None, private: bool = True) -> int:
     """Write the dataset to `out` (`save_to_disk`) and, with `push_to_hub`, upload it to that
     Hub repository (needs a Hugging Face login). Returns the number of rows."""
     from alignloop.errors import AlignloopError
+    from alignloop.hub import content_dataset
 
     rows = preference_rows(store, round=round)
     if not rows:
         raise AlignloopError("nothing to export: no item has a vote that prefers a side yet")
-    dataset = to_dataset(rows)
+    dataset = content_dataset(rows)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise AlignloopError(f"--out {out} is a file; the hf format writes a directory")
-    dataset.save_to_disk(str(out))
+    from alignloop.logs import datasets_bars
+
+    with datasets_bars():
+        dataset.save_to_disk(str(out))
     if push_to_hub:
         dataset.push_to_hub(push_to_hub, private=private)
     return len(rows)
