@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from alignloop.errors import AlignloopError
+from alignloop.errors import AlignloopError, Paused
 from alignloop.labeling import LabelingError
 from alignloop.labeling.aggregate import CHOICES
 from alignloop.records import Prompt
@@ -37,7 +37,7 @@ class QueueError(AlignloopError):
         self.field = field
 
 
-class WaitingForLabels(AlignloopError):
+class WaitingForLabels(Paused):
     """The round needs more human labels; a later run resumes where this one stopped."""
 
     def __init__(self, round: int, needed: int, have: int):

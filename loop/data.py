@@ -72,7 +72,10 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
         yield n, (InvalidRow("invalid JSON", error) if error else value)
 
 
-def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
+def json_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """(row number, value) of a `.json` file holding a list (JSON lines under a .json name
+    too); an unreadable file raises DataError naming it, an unreadable line is an
+    InvalidRow value."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
@@ -210,7 +213,7 @@ def _open_rows(path: str, split: str, subset: str) -> tuple[str, Iterator[tuple[
     if p.is_dir():
         raise DataError(f"{path} is a directory; a pairs file is .jsonl, .json or .parquet "
                         "(a saved datasets directory is read as hf:PATH)")
-    readers = {".jsonl": _jsonl_rows, ".json": _json_rows, ".parquet": _parquet_rows}
+    readers = {".jsonl": _jsonl_rows, ".json": json_rows, ".parquet": _parquet_rows}
     if p.suffix not in readers:
         raise DataError(f"{path}: unsupported file type '{p.suffix}'; expected .jsonl, .json, "
                         ".parquet or an hf: source")

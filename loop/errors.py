@@ -10,6 +10,15 @@ class AlignloopError(Exception):
     where: str | None = None
 
 
+class Paused(AlignloopError):
+    """The run stopped on purpose and a rerun resumes it (human labels still to come, with
+    `labeling.human.wait: exit`): the stage is recorded as `waiting`, not failed, and the
+    command exits with `PAUSED_EXIT` instead of an error's 2."""
+
+
+PAUSED_EXIT = 3
+
+
 class RoundEnded(AlignloopError):
     """The round cannot go on (no failure slice, no labeled pair); the loop stops cleanly."""
 

@@ -43,19 +43,37 @@ def read_prompt_rows(path: str | Path) -> list[dict]:
     p = BUILTIN_POOLS.get(name, Path(path))
     if not p.exists():
         raise FileNotFoundError(f"prompts file not found: {name}")
-    rows = read_rows(p, PromptError, name)
+    rows = _json_list(p, name) if p.suffix == ".json" else read_rows(p, PromptError, name)
     if p.suffix == ".parquet":
         rows = _decoded_round_prompts(rows)
     for n, row in enumerate(rows, start=1):
         where = f"{name} row {n}"
         if not isinstance(row, dict):
             raise PromptError(f"{where}: the row is a {type(row).__name__}, not an object")
+        if "prompt" not in row:
+            raise PromptError(f"{where}: no 'prompt' field (the row has {sorted(row)[:6]}); "
+                              "a prompt is text, or chat messages as a list of "
+                              "{role, content} objects, under 'prompt'")
         row["prompt"] = _checked_prompt(row.get("prompt"), where)
         _check_slice(row.get("slice"), where)
         split = row.get("split")
         if split not in (None, "", "train", "eval"):
             raise PromptError(f"{where}: 'split' must be train or eval, got {split!r}")
     return rows
+
+
+def _json_list(path: Path, name: str) -> list:
+    """The rows of a `.json` prompt file: a list of rows, as pairs files may be."""
+    from alignloop.data import DataError, InvalidRow, json_rows
+
+    try:
+        rows = list(json_rows(path))
+    except DataError as e:
+        raise PromptError(str(e).replace(str(path), name, 1)) from None
+    for n, row in rows:
+        if isinstance(row, InvalidRow):
+            raise PromptError(f"{name} row {n}: {row.detail}")
+    return [row for _, row in rows]
 
 
 ROUND_PROMPT_COLUMNS = {"prompt_id", "prompt", "slice"}   # a round's prompts.parquet

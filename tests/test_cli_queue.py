@@ -218,3 +218,25 @@ def test_only_import_and_add_annotator_create_a_queue(tmp_path, capsys, argv):
         assert main(["-q", "queue", argv[0], *where, *argv[1:]]) == 2
         assert f"no queue at {missing / 'queue.db'}" in capsys.readouterr().err
     assert not missing.exists()
+
+
+def test_run_pauses_for_labels_with_its_own_exit_code_and_says_how_to_go_on(tmp_path, capsys):
+    # labeling.human.wait: exit is a planned pause: exit code 3 (an error is 2), the stage
+    # is "waiting" in status (not failed), and the message names the commands that label
+    run_dir = tmp_path / "run"
+    sets = ["loop.eval_prompts=6", "loop.prompts_per_round=4", "generation.n=3",
+            "generation.max_new_tokens=8", "train.max_steps=2", "labeling.human.budget=4",
+            "loop.simulate_labels=false", "labeling.human.wait=exit", "loop.rounds=2"]
+    argv = ["-q", "run", "configs/tiny.yaml", "--run-dir", str(run_dir),
+            *[a for s in sets for a in ("--set", s)]]
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert ("paused at round 1, stage label: waiting for 8 labels on round 1 (0 so far); "
+            "rerun to resume.\nLabel them first") in err                  # 4 pairs, 2 votes
+    assert f"alignloop queue serve --run-dir {run_dir}" in err
+    assert f"alignloop queue label --run-dir {run_dir}" in err
+    assert "error" not in err
+    assert main(["-q", "status", str(run_dir)]) == 0
+    status = capsys.readouterr().out
+    assert "label      waiting" in status and "failed" not in status, status
+    assert main(argv) == 3                       # still short: paused again, nothing lost

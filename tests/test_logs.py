@@ -4,6 +4,7 @@ progress lines when stderr is not a terminal, and the libraries quiet unless -v.
 import argparse
 import io
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -43,6 +44,12 @@ def test_help_is_whole_sentences():
     for name, sub in _commands(parser):
         description = " ".join((sub.description or "").split())
         assert description.endswith("."), (name, description)
+        # help reaches a terminal: no raw control character (a "\x1b" in a docstring was
+        # an ESC byte), and every option says what it does
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", sub.format_help()), name
+        for action in sub._actions:
+            if action.option_strings and not isinstance(action, argparse._HelpAction):
+                assert action.help, (name, action.option_strings)
 
 
 def test_plain_progress_writes_a_line_per_tenth_and_the_last_postfix():

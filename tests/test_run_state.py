@@ -1,6 +1,7 @@
 """Run state, stage markers, config-change refusal; prompt pool; failure slices."""
 
 import json
+from dataclasses import astuple
 
 import pytest
 from alignloop.config import config_from_dict
@@ -145,8 +146,21 @@ def test_pool_split_and_bad_rows(tmp_path):
     assert len(pool.train) > 200 and len(pool.eval) > 50
     assert not {p.prompt_id for p in pool.train} & {p.prompt_id for p in pool.eval}
     assert len({p.slice for p in pool.eval}) >= 6
-    with pytest.raises(PromptError, match="row 2: missing or empty 'prompt'"):
+    with pytest.raises(PromptError, match=r"row 2: no 'prompt' field \(the row has \['text'\]"):
         load_pool(_pool_file(tmp_path, [{"prompt": "hi"}, {"text": "x"}]))
+    with pytest.raises(PromptError, match="row 2: missing or empty 'prompt'"):
+        load_pool(_pool_file(tmp_path, [{"prompt": "hi"}, {"prompt": ""}]))
+    # a .json prompt file holds a list of rows, as a pairs file may
+    listed = tmp_path / "pool.json"
+    listed.write_text(json.dumps([{"prompt": f"q{i}?", "split": s}
+                                  for i, s in enumerate(["train", "eval"])]))
+    assert [len(x) for x in astuple(load_pool(listed))] == [1, 1]
+    listed.write_text('[{"prompt": "q?"}, 3]')
+    with pytest.raises(PromptError, match="pool.json row 2: the row is a int"):
+        read_prompts(listed)
+    listed.write_text('{"prompt": "q?"}')
+    with pytest.raises(PromptError, match="pool.json: holds a JSON dict"):
+        read_prompts(listed)
     with pytest.raises(PromptError, match="row 1: 'split' must be train or eval"):
         load_pool(_pool_file(tmp_path, [{"prompt": "hi", "split": "dev"}]))
     (tmp_path / "broken.parquet").write_text("not parquet")

@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="sample completions for a prompts file",
                        description=tools.cmd_generate.__doc__)
     _add_config_args(p)
-    p.add_argument("--prompts", required=True, help="JSONL or parquet with a `prompt` field")
+    p.add_argument("--prompts", required=True, help="JSONL, JSON (a list) or parquet with a `prompt` field (optional "
+                                                        "`prompt_id`, `slice`)")
     p.add_argument("--out", required=True, help="output parquet (a path ending in .parquet)")
     p.add_argument("--n", type=int, help="samples per prompt; overrides generation.n")
     p.add_argument("--model", help="policy checkpoint; overrides model.name")
@@ -96,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description=tools.cmd_judge.__doc__)
     _add_config_args(p)
     p.add_argument("--candidates", required=True,
-                   help="completions (parquet/JSONL from `alignloop generate`)")
+                   help="completions: `alignloop generate`'s parquet, or parquet/JSONL rows "
+                        "with prompt_id, prompt and text (samples of a prompt share its "
+                        "prompt_id)")
     p.add_argument("--out", required=True, help="candidate table (.parquet or .jsonl)")
     p.add_argument("--round", type=round_number, default=0, help="round number recorded in the table")
     p.add_argument("--labels", action="append", default=[], metavar="FILE",
@@ -130,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved config or the documented schema",
                        description=run.cmd_config.__doc__)
     p.add_argument("config", type=Path, nargs="?", help="YAML config file (default: only defaults)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.beta=0.2 (repeatable)")
     p.add_argument("--docs", action="store_true", help="list every key with its documentation")
     p.set_defaults(func=run.cmd_config)
     _add_verbosity_args(parser)

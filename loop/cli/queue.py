@@ -151,7 +151,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     """Label in the terminal: the prompt and the two responses side by side (stacked when the
     terminal is narrow); keys 1 = A, 2 = B, 3 = tie, 4 = both bad, s = skip (with a reason),
     q = quit; the round's guideline is shown first. Control
-    characters in the items are shown as escapes (\x1b), never sent to the terminal."""
+    characters in the items are shown as escapes (\\x1b), never sent to the terminal."""
     from alignloop.labeling.queue.terminal import label_in_terminal
 
     token = args.token or os.environ.get(TOKEN_ENV)
@@ -265,8 +265,10 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
                    help="larger request bodies are refused with 413 (default: %(default)s)")
     q.add_argument("--secure-cookies", action="store_true",
                    help="mark the session cookie Secure (serve behind HTTPS)")
-    q.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    q.add_argument("--no-access-log", dest="access_log", action="store_false")
+    q.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="the web server's log level (default: %(default)s)")
+    q.add_argument("--no-access-log", dest="access_log", action="store_false",
+                   help="do not log one line per request")
 
     q = command("add-annotator", cmd_add_annotator, "add an annotator and print its token",
                 creates=True)
@@ -299,7 +301,9 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
                    help="queue them as gold items, the chosen side the known answer")
 
     q = command("export", cmd_export, "write soft-labeled DPO pairs or the raw votes")
-    q.add_argument("--format", choices=["dpo", "raw", "hf"], default="dpo")
+    q.add_argument("--format", choices=["dpo", "raw", "hf"], default="dpo",
+                   help="dpo: one soft-labeled pair per item; raw: every vote; hf: a "
+                        "datasets.Dataset directory of TRL preference rows (default: %(default)s)")
     q.add_argument("--out", required=True, help=".parquet or .jsonl (hf: a directory)")
     q.add_argument("--round", type=round_number, help="only this round (default: every round)")
     q.add_argument("--push-to-hub", metavar="REPO",
@@ -326,5 +330,7 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--token", action="append", default=[],
                    help="with --url and no --run-dir/--db: one bot per token (repeatable)")
     q.add_argument("--max-labels", type=positive, help="per bot (default: until nothing is left)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0,
+                   help="a bot's vote depends on it, the bot and the item only "
+                        "(default: %(default)s)")
     app_args(q)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -10,12 +11,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run, or resume, the hybrid loop: round 0 offline DPO, then online rounds on failure
     slices, each with a drift report. Rerunning skips every finished stage."""
     from alignloop.config import load_config
+    from alignloop.errors import PAUSED_EXIT, Paused
     from alignloop.rounds import Loop
 
     sets = [*args.sets, f"loop.rounds={args.rounds}"] if args.rounds is not None else args.sets
     cfg = load_config(args.config, sets)
     run_dir = args.run_dir or f"runs/{Path(args.config).stem}"
-    summary = Loop(cfg, run_dir).run(redo_from=args.redo_from, verbosity=args.verbosity)
+    try:
+        summary = Loop(cfg, run_dir).run(redo_from=args.redo_from, verbosity=args.verbosity)
+    except Paused as e:      # labeling.human.wait: exit, and the round is short of labels
+        queue = "--db URL" if cfg.labeling.human.db else f"--run-dir {run_dir}"
+        print(f"paused{' at ' + e.where if e.where else ''}: {e}.\nLabel them first, in the "
+              f"browser (alignloop queue serve {queue}) or the terminal (alignloop queue "
+              f"label {queue}).", file=sys.stderr)
+        return PAUSED_EXIT
     if summary.get("stopped"):
         print(f"stopped: {summary['stopped']}")
     print(f"rounds finished: {summary['rounds']}")

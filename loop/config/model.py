@@ -13,7 +13,9 @@ DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
 @dataclass(frozen=True)
 class LoraConfig:
     enabled: bool = False
-    """Train LoRA adapters (peft) instead of all weights; a merged copy is saved for generation."""
+    """Train LoRA adapters (peft) instead of all weights. A round's `policy/` holds the adapter
+    (and the model it applies to); stages merge it when they load it, and only vLLM gets a
+    merged copy on disk (`policy/merged/`, removed by `alignloop prune`)."""
     r: int = 16
     """LoRA rank."""
     alpha: int = 32

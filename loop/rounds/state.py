@@ -29,7 +29,7 @@ from typing import Any
 
 from alignloop.artifacts import atomic_write_json, file_sha256, round_dir
 from alignloop.config import Config, config_from_dict, dump_config, to_dict
-from alignloop.errors import AlignloopError
+from alignloop.errors import AlignloopError, Paused
 from alignloop.logs import visible
 from alignloop.rounds.disk import disk_use
 from alignloop.rounds.disk import human_bytes as _human
@@ -247,8 +247,9 @@ class Run:
                 e.where = getattr(e, "where", None) or f"round {k}, stage {name}"
             # `status` then says it failed and why, not "running" (a killed process cannot
             # say so: its stage stays "running"); a rerun retries it as before
-            rs["stages"][name] = {"status": "stopped" if isinstance(e, KeyboardInterrupt)
-                                  else "failed", "started": rs["stages"][name]["started"],
+            status = ("stopped" if isinstance(e, KeyboardInterrupt) else
+                      "waiting" if isinstance(e, Paused) else "failed")
+            rs["stages"][name] = {"status": status, "started": rs["stages"][name]["started"],
                                   "error": _one_line(e)}
             self.save()
             raise
