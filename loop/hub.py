@@ -24,6 +24,7 @@ from alignloop import artifacts as A
 from alignloop.cards import _HUB_ID, adapter_base, model_card
 from alignloop.errors import AlignloopError
 from alignloop.logs import datasets_bars
+from alignloop.outputs import check_not_in_run
 from alignloop.records import Pair
 
 NOT_PUSHED = ("merged", "alignloop_base.json", "README.md")
@@ -165,6 +166,7 @@ def export_pairs(run_dir: str | Path, out: str | Path, *, force: bool = False) -
     if out.resolve() == run_dir.resolve() or out.resolve() in run_dir.resolve().parents:
         # --force replaces `out` whole: it would delete the run it exports
         raise HubError(f"--out {out} is the run directory or holds it; give another path")
+    check_not_in_run(out)                       # another run's round, say
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise HubError(f"{out} exists and is not empty: pass --force to replace it")
     pairs = run_pairs(run_dir)

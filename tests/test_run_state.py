@@ -110,6 +110,12 @@ def test_changed_config_is_refused_naming_the_key_unless_redone(tmp_path):
     changed.begin(redo)
     assert "assemble" not in changed.round_state(0)["stages"]
     assert "1" not in changed.state["rounds"]
+    # a round that ended (no failure slice, say) is run again when redone, not skipped
+    changed.stage(0, "assemble", lambda: None, [])
+    changed.end_round(0, "no failure slice")
+    again = Run(tmp_path, config_from_dict({"train": {"beta": 0.3}}), stage_names=stage_names)
+    again.begin(again.plan_redo("0:reference"))
+    assert "ended" not in again.round_state(0)
 
 
 @pytest.mark.parametrize("recorded, now, same", [("auto", {}, True), ("float32", {"precision": "fp32"}, True),

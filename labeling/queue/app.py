@@ -240,6 +240,7 @@ def create_app(store: QueueStore, *, max_body_bytes: int = 64 * 1024, lease_seco
         inline_db=db_calls == "inline" or (db_calls == "auto" and store.dialect == "sqlite"))
     if seed is not None:
         app.state.queue_web.rng = random.Random(seed)
+        app.state.queue_web.seed = seed
     app.add_middleware(_Guard, limit=max_body_bytes or 2**62)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.add_exception_handler(RequestValidationError, _invalid_field)

@@ -200,6 +200,8 @@ class QueueWeb:
     max_leases: int
     # one generator shared by the request threads: its draws are atomic under the GIL
     rng: random.Random = field(default_factory=lambda: random.Random(secrets.randbits(64)))
+    # a seeded app (a simulation) keys each lease's draws instead (`QueueStore.next_item`)
+    seed: int | None = None
     # sha256(token) -> (annotator, time.monotonic() until which it is trusted)
     tokens: dict[bytes, tuple[AnnotatorAccount, float]] = field(default_factory=dict)
     failures: Failures = field(default_factory=Failures)
@@ -219,7 +221,7 @@ class QueueWeb:
     def next_item(self, annotator_id: int) -> Assignment | None:
         return self.store.next_item(annotator_id, lease_seconds=self.lease_seconds,
                                     gold_rate=self.gold_rate, rng=self.rng,
-                                    max_leases=self.max_leases)
+                                    max_leases=self.max_leases, keyed_seed=self.seed)
 
     def session_account(self, session: dict) -> AnnotatorAccount | None:
         """The annotator of a signed session cookie as the store has it now (its role

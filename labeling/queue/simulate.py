@@ -211,26 +211,31 @@ def run_panel(url: str, tokens: Sequence[tuple[str, str]], answerers: Sequence[A
 
 
 def run_panel_in_turn(url: str, tokens: Sequence[tuple[str, str]],
-                      answerers: Sequence[Answerer], *, seed: int = 0) -> list[BotReport]:
+                      answerers: Sequence[Answerer], *, seed: int = 0,
+                      start: int = 0) -> list[BotReport]:
     """The bots take turns, one item each in a fixed order, through the same JSON API, until
     a whole turn finds nothing left. Which bot gets which item, and what it answers, then
     depend only on the queue and the seed: a simulated round is the same run to run (a
-    concurrent panel, `run_panel`, is what load tests want instead)."""
+    concurrent panel, `run_panel`, is what load tests want instead). `start`: the first
+    turn begins at that bot (a resumed turn, whose earlier bots labeled in it)."""
     if len(answerers) != len(tokens):
         raise ValueError(f"{len(answerers)} answerers for {len(tokens)} tokens")
+    if not 0 <= start < len(tokens):
+        raise ValueError(f"start {start} is not a bot of the {len(tokens)}")
     clients = [ApiClient(url, token) for _, token in tokens]
     reports = [BotReport(name) for name, _ in tokens]
     try:
-        busy = True
+        busy, first = True, start
         while busy:
-            busy = False
-            for (name, _), client, answerer, report in zip(tokens, clients, answerers, reports,
-                                                           strict=True):
+            busy = first > 0            # a resumed turn goes on into the next one
+            for (name, _), client, answerer, report in list(zip(
+                    tokens, clients, answerers, reports, strict=True))[first:]:
                 item = client.next()
                 if item is None:
                     continue
                 busy = True
                 _answer(client, name, answerer, item, seed, report)
+            first = 0
     finally:
         for client, report in zip(clients, reports, strict=True):
             report.retries = client.retries

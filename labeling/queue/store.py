@@ -300,7 +300,8 @@ class QueueStore:
 
     def next_item(self, annotator_id: int, *, lease_seconds: float = 600.0,
                   gold_rate: float = 0.0, rng: random.Random | None = None,
-                  max_leases: int = leases.MAX_LEASES) -> Assignment | None:
+                  max_leases: int = leases.MAX_LEASES,
+                  keyed_seed: int | None = None) -> Assignment | None:
         """Lease the next item to this annotator, or None when nothing is available.
 
         An annotator holding `max_leases` live leases gets the oldest of them again.
@@ -309,12 +310,20 @@ class QueueStore:
         different items, and then rechecked under the lock (a fresh snapshot), since the
         lock may be won just after another caller leased the item's last slot. When every
         available row is locked (items being labeled right now) it waits for the first.
+
+        `keyed_seed`: this lease's draws (gold or not, which gold item, display order) come
+        from the seed, the annotator and how many labels they gave, not from a stream, so
+        the same queue state gives the same lease in any process: a seeded simulation
+        killed mid-round and resumed labels as the uninterrupted one (a stream restarts
+        with the process). It costs one count per lease, so only simulations use it.
         """
         if isinstance(max_leases, bool) or not isinstance(max_leases, int) or max_leases < 1:
             raise ValueError(f"max_leases must be a positive integer, got {max_leases!r}")
         if self.clock() - self._purged_at >= leases.PURGE_EVERY:
             self._purged_at = self.clock()
             self.purge_expired_leases()
+        if keyed_seed is not None:
+            rng = random.Random(f"{keyed_seed}:{annotator_id}:{self.labeled(annotator_id)}")
         rng = rng or self._rng
         want_gold = gold_rate > 0 and rng.random() < gold_rate
         order = "ba" if rng.random() < 0.5 else "ab"

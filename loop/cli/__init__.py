@@ -59,9 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="sample completions for a prompts file",
                        description=tools.cmd_generate.__doc__)
     _add_config_args(p)
-    p.add_argument("--prompts", required=True, help="JSONL, JSON (a list) or parquet with a `prompt` field (optional "
-                                                        "`prompt_id`, `slice`)")
+    p.add_argument("--prompts", required=True, help="JSONL, JSON (a list) or parquet with a "
+                                                    "`prompt` field (optional `prompt_id`, `slice`)")
     p.add_argument("--out", required=True, help="output parquet (a path ending in .parquet)")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
     p.add_argument("--n", type=int, help="samples per prompt; overrides generation.n")
     p.add_argument("--model", help="policy checkpoint; overrides model.name")
     p.set_defaults(func=tools.cmd_generate)

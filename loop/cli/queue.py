@@ -305,6 +305,7 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
                    help="dpo: one soft-labeled pair per item; raw: every vote; hf: a "
                         "datasets.Dataset directory of TRL preference rows (default: %(default)s)")
     q.add_argument("--out", required=True, help=".parquet or .jsonl (hf: a directory)")
+    q.add_argument("--force", action="store_true", help="replace an existing OUT")
     q.add_argument("--round", type=round_number, help="only this round (default: every round)")
     q.add_argument("--push-to-hub", metavar="REPO",
                    help="hf format: also upload the dataset to this Hub repository")

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from alignloop.cli.queue import _not_a_run_dir, _open
+from alignloop.errors import AlignloopError
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -109,10 +110,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     soft label (`--push-to-hub REPO` uploads it)."""
     from alignloop.artifacts import write_jsonl, write_parquet
     from alignloop.data import write_pairs
+    from alignloop.outputs import check_new_output
 
     if args.push_to_hub and args.format != "hf":
         raise SystemExit("error: --push-to-hub needs --format hf")
-    store, out = _open(args), Path(args.out)
+    out = Path(args.out)
+    check_new_output(out, force=args.force)      # before the queue is opened
+    if args.format != "hf" and out.is_dir():
+        raise AlignloopError(f"--out {out}: is a directory; the {args.format} format writes "
+                             "a .parquet or .jsonl file")
+    store = _open(args)
     if args.format == "hf":
         from alignloop.cli.queue_team import export_hf
 

@@ -7,6 +7,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from alignloop.outputs import check_new_output, check_not_in_run
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     """One DPO training run on a pairs file: OUT/policy, OUT/train_log.jsonl, OUT/reference_logps.parquet."""
@@ -77,14 +79,16 @@ def _check_train_out(out: Path, *, force: bool) -> None:
 
     if out.exists() and not out.is_dir():
         raise AlignloopError(f"--out {out}: is a file; give a directory")
+    check_not_in_run(out)
     if (out / "policy").exists() and not force:
         raise AlignloopError(f"--out {out}: holds a trained policy already; give another "
                              "directory, or --force to train again and replace it")
 
 
-def _check_generate_out(out: Path) -> None:
+def _check_generate_out(out: Path, *, force: bool) -> None:
     """Before sampling: OUT names a .parquet file that can be written, so a long sampling
-    run does not end in an error on its output path."""
+    run does not end in an error on its output path, and replaces no file unless --force
+    (never a run's)."""
     from alignloop.errors import AlignloopError
 
     if out.suffix != ".parquet":
@@ -92,6 +96,7 @@ def _check_generate_out(out: Path) -> None:
                              "ending in .parquet")
     if out.is_dir():
         raise AlignloopError(f"--out {out}: is a directory; give a file path")
+    check_new_output(out, force=force)
     parent = out.parent
     while not parent.exists():
         parent = parent.parent
@@ -110,7 +115,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     sets = [*args.sets, f"generation.n={args.n}"] if args.n is not None else args.sets
     cfg = load_config(args.config, sets)
     g = cfg.generation
-    _check_generate_out(Path(args.out))
+    _check_generate_out(Path(args.out), force=args.force)
     prompts = read_prompts(args.prompts)
     params = SamplingParams.from_config(g)
     # a rerun after a failure asks an openai server only for what is missing

@@ -215,6 +215,7 @@ class Run:
             for s in order[order.index(stage):]:
                 rs["stages"].pop(s, None)
             rs.pop("gate", None)
+            rs.pop("ended", None)        # a round that ended is run again from there
             for later in [r for r in self.state["rounds"] if int(r) > k]:
                 del self.state["rounds"][later]
         for rs in self.state["rounds"].values():
