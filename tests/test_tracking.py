@@ -256,6 +256,9 @@ def test_trackio_local_run(run, tmp_path):
     out = subprocess.run([sys.executable, "-c", TRACKIO_SCRIPT, str(run)], env=env, text=True,
                          capture_output=True, timeout=300, check=True).stdout
     got = json.loads(next(x for x in out.splitlines() if x.startswith("RESULT "))[7:])
+    # nothing but the script's own line: trackio's exit hook once finished the closed run
+    # again and printed "* Run finished. Uploading logs ..." after the command's output
+    assert [x for x in out.splitlines() if x.strip()] == [f"RESULT {json.dumps(got)}"], out
     assert got["runs"] == ["run"]                      # both processes: one tracked run
     losses = [(r["step"], r["train/loss"]) for r in got["logs"] if "train/loss" in r]
     assert _same(losses, _expected_losses(run, 2))

@@ -203,8 +203,13 @@ class Trackio:
         pass    # given to trackio.init (again on every resume: trackio replaces it)
 
     def close(self, failed=False):
+        import trackio
+
         with _quiet():
-            self.run.finish()
+            if trackio.context_vars.current_run.get() is self.run:
+                trackio.finish()    # also forgets the run: its exit hook finished it again, aloud
+            else:
+                self.run.finish()
 
 
 def _escape(text: str) -> str:
