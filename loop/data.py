@@ -131,7 +131,10 @@ def _stored_pair(row: dict) -> Pair | InvalidRow:
     try:
         return Pair.from_row(row)
     except json.JSONDecodeError as e:
-        return InvalidRow("invalid JSON", f"prompt is not JSON text as pairs.parquet stores it ({e.msg})")
+        return InvalidRow("invalid JSON", f"prompt is not JSON text as pairs.parquet stores it "
+                          f"({e.msg}); the file has exactly alignloop's pairs.parquet "
+                          "columns, so it is read as one (a file of your own: store its "
+                          "prompts as JSON text, or add a column)")
     except (ValueError, TypeError, RecursionError) as e:
         return InvalidRow("malformed pairs row", f"not a pairs.parquet row ({type(e).__name__}: {e})")
 
