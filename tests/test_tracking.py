@@ -306,3 +306,28 @@ def test_real_train_logs_every_step_through_the_hook(tmp_path):
     assert _same([(e.step, e.value) for e in acc.Scalars("train/loss")],
                  [(r["step"], r["loss"]) for r in rows])
     assert len(rows) == 2 and "train/round" not in acc.Tags()["scalars"]
+
+
+def test_a_tracker_that_cannot_start_stops_the_run_before_any_stage(tmp_path, monkeypatch):
+    # wandb online without a login raised its own UsageError at round 0's train stage, a
+    # traceback after the reference pass; now one line naming the tracker, before stage one
+    import alignloop.tracking as tracking
+    from alignloop.config import load_config
+    from alignloop.rounds import Loop
+
+    class UsageError(Exception):
+        pass
+
+    real = tracking.open_backend
+
+    def no_login(name, **kw):
+        if name == "wandb":
+            raise UsageError("api_key not configured (no-tty). call wandb.login(key=...)")
+        return real(name, **kw)
+
+    monkeypatch.setattr(tracking, "open_backend", no_login)
+    cfg = load_config("configs/tiny.yaml", ["tracking.report_to=[tensorboard,wandb]"])
+    with pytest.raises(TrackingError, match=r"tracking.report_to': wandb could not start: "
+                                            r"api_key not configured"):
+        Loop(cfg, tmp_path / "run").run()
+    assert not (tmp_path / "run" / "round_000").exists()

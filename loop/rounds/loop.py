@@ -78,6 +78,7 @@ class Loop:
         from alignloop.generation.vllm import engine_session
 
         try:
+            _ = self.tracker        # a tracker that cannot start fails before any stage runs
             with engine_session():  # one vLLM engine for the run, if it samples with vLLM
                 summary = self.run_rounds(n)
         except BaseException:

@@ -134,9 +134,15 @@ def open_tracker(cfg, run_dir: str | Path, *, config: dict) -> Tracker | None:
     backends: dict[str, Backend] = {}
     for name in cfg.report_to:
         old = state.get(name, {})
-        backend, ids = open_backend(name, where=where, project=cfg.project, run_name=run_name,
-                                    mlflow_uri=cfg.mlflow_tracking_uri, resume=old.get("ids", {}),
-                                    config=config)
+        try:
+            backend, ids = open_backend(name, where=where, project=cfg.project,
+                                        run_name=run_name, mlflow_uri=cfg.mlflow_tracking_uri,
+                                        resume=old.get("ids", {}), config=config)
+        except Exception as e:  # noqa: BLE001 (a login or server a tracker wants: one line)
+            Tracker(backends, state, path, run_dir).close(failed=True)
+            why = " ".join(str(e).split())[:300] or type(e).__name__
+            raise TrackingError(f"config key 'tracking.report_to': {name} could not start: "
+                                f"{why}") from None
         if ids != old.get("ids"):           # a new tracked run: it holds nothing yet
             old = {"ids": ids}
         if not old.get("config"):
