@@ -83,11 +83,13 @@ def test_invalid_static_pairs_are_refused_before_the_run_directory_exists(tmp_pa
 def test_round_0_assembles_the_pairs_preflight_read(tmp_path, monkeypatch):
     # a large `hf:` dataset is loaded once per run, not once to check and again to use
     import alignloop.data as data
+    import alignloop.stages.assemble as assemble
 
     reads = []
     real = data.read_pairs_from_config
-    monkeypatch.setattr(data, "read_pairs_from_config",
-                        lambda cfg: reads.append(cfg.path) or real(cfg))
+    for module in (data, assemble):      # the stage holds its own reference to the reader
+        monkeypatch.setattr(module, "read_pairs_from_config",
+                            lambda cfg: reads.append(cfg.path) or real(cfg))
     loop = Loop(load_config(TINY, FAST), tmp_path / "run")
     loop.preflight(1)
     loop.rdir(0).mkdir(parents=True)
