@@ -61,6 +61,19 @@ def test_slice_metric_without_a_pointwise_judge_fails_in_preflight(tmp_path):
     Loop(cfg, tmp_path).preflight(1)
 
 
+def test_a_queue_database_in_a_missing_folder_is_refused_before_anything_is_made(tmp_path):
+    # a mistyped sqlite path had its missing folders created (`/nonexistent/dir/`)
+    missing = tmp_path / "no" / "such" / "q.db"
+    cfg = load_config(TINY, [*FAST, f"labeling.human.db=sqlite:///{missing}"])
+    with pytest.raises(RunError, match=r"cannot open the queue database .*q.db: .*such is not "
+                                       r"a folder \(config key 'labeling.human.db'\)"):
+        Loop(cfg, tmp_path / "run").run()
+    assert not (tmp_path / "no").exists() and not (tmp_path / "run").exists()
+    (tmp_path / "no" / "such").mkdir(parents=True)
+    Loop(cfg, tmp_path / "run").preflight(1)        # the folder exists: accepted
+    assert missing.exists()
+
+
 def test_invalid_static_pairs_are_refused_before_the_run_directory_exists(tmp_path):
     # refused in preflight, the run leaves no directory behind: the corrected config (or
     # the error's own advice, on_invalid=skip) then starts the run instead of being

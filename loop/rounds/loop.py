@@ -148,6 +148,7 @@ class Loop:
         if rounds > 1 and problem:
             raise RunError(f"config key 'loop.slices.metric': {problem}")
         if self.cfg.labeling.human.budget > 0:
+            _check_sqlite_folder(self.cfg.labeling.human.db)
             if not self.cfg.labeling.human.db:
                 self.dir.mkdir(parents=True, exist_ok=True)     # the last check: queue.db
             try:
@@ -401,6 +402,24 @@ class Loop:
         simulate_round(self.queue, self.dir, panel=self.cfg.loop.panel,
                        seed=self.cfg.loop.seed + k, encoder=self.panel.encoder,
                        gold_rate=self.cfg.labeling.human.gold_rate)
+
+
+def _check_sqlite_folder(db: str) -> None:
+    """An SQLite URL in `labeling.human.db` names a file in a folder that exists: the queue
+    would otherwise create every missing folder of a mistyped path (`sqlite:////nonexistent/
+    dir/q.db` made /nonexistent/dir)."""
+    if not db.startswith("sqlite:"):
+        return
+    from sqlalchemy.engine import make_url
+
+    try:
+        path = make_url(db).database
+    except Exception as e:  # noqa: BLE001 (sqlalchemy's ArgumentError: name the key)
+        raise RunError(f"config key 'labeling.human.db': not a database URL ({e})") from None
+    if path and path != ":memory:" and not Path(path).parent.is_dir():
+        raise RunError(f"cannot open the queue database {db}: {Path(path).parent} is not a "
+                       "folder (config key 'labeling.human.db'); create it, or give a run "
+                       "directory (its queue.db is made there)")
 
 
 # One table of stages: the state machine (`state.Run`) and `run_round` both read it.
