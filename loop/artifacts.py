@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+RUN_STATE = "state.json"                      # RUN_DIR/state.json: what makes a run directory
+
 # --------------------------------------------------------------------------- names (RUN_DIR/round_NNN/...)
 
 SLICES = "slices.json"                        # failure slices mined from the previous eval

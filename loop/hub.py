@@ -81,7 +81,7 @@ def push_files(run_dir: str | Path, k: int, *, merged: bool = False) -> dict[str
              and p.relative_to(source).parts[0] not in NOT_PUSHED}
     from alignloop.rounds.state import read_state
 
-    state = read_state(run_dir / "state.json") if (run_dir / "state.json").exists() else {}
+    state = read_state(run_dir / A.RUN_STATE) if (run_dir / A.RUN_STATE).exists() else {}
     reference = state.get("rounds", {}).get(str(k), {}).get("reference", cfg.model.name)
     card = Path(tempfile.mkdtemp(prefix="alignloop-card-")) / "README.md"
     card.write_text(model_card(run_dir, k, cfg, reference=reference, merged=merged and is_adapter))

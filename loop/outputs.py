@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alignloop.artifacts import RUN_STATE
 from alignloop.errors import AlignloopError
-
-RUN_STATE = "state.json"      # what makes a directory a run directory (`rounds.state`)
 
 
 def enclosing_run(path: Path) -> Path | None:

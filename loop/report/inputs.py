@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from alignloop.artifacts import RUN_STATE
 from alignloop.errors import AlignloopError
 from alignloop.evaluation import (
     COMPARISONS,
@@ -25,7 +26,7 @@ from alignloop.evaluation import (
 )
 
 CONFIG_FILE = "config.yaml"
-STATE_FILE = "state.json"
+STATE_FILE = RUN_STATE
 
 
 class MissingRunConfig(AlignloopError, FileNotFoundError):

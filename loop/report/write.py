@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
+from alignloop.artifacts import RUN_STATE
 from alignloop.errors import AlignloopError
 from alignloop.evaluation import SAMPLES, round_dir
 from alignloop.report.inputs import MissingRunConfig, load_round, resolve_config
@@ -90,7 +91,7 @@ def write_run_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
-    state_path = run_dir / "state.json"
+    state_path = run_dir / RUN_STATE
     from alignloop.rounds.state import read_state
 
     state = read_state(state_path) if state_path.exists() else None

@@ -39,7 +39,7 @@ def disk_use(run_dir: str | Path) -> DiskUse:
 def prune(run_dir: str | Path, *, dry_run: bool = False) -> DiskUse:
     """Remove the run's rebuildable caches; returns what was (or, dry, would be) removed."""
     run = Path(run_dir)
-    if not (run / "state.json").is_file():
+    if not (run / A.RUN_STATE).is_file():
         raise FileNotFoundError(f"no run here: {run / 'state.json'} not found")
     use = disk_use(run)
     if not dry_run:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from alignloop.artifacts import atomic_write_json, file_sha256, round_dir
+from alignloop.artifacts import RUN_STATE, atomic_write_json, file_sha256, round_dir
 from alignloop.config import Config, config_from_dict, dump_config, to_dict
 from alignloop.errors import AlignloopError, Paused
 from alignloop.logs import visible
@@ -138,7 +138,7 @@ class Run:
         self.dir = Path(run_dir)
         self.cfg = cfg
         self.stage_names = stage_names
-        self.state_path = self.dir / "state.json"
+        self.state_path = self.dir / RUN_STATE
         self.state: dict[str, Any] = (read_state(self.state_path)
                                       if self.state_path.exists() else
                                       {"version": STATE_VERSION, "rounds": {}})
@@ -305,7 +305,7 @@ _SERVED = {"full": "full weights", "merged": "merged weights", "adapter": "a LoR
 
 def status_table(run_dir: str | Path, stage_names: StageNames) -> str:
     """Per round, each stage's state, time and output size (for `alignloop status`)."""
-    path = Path(run_dir) / "state.json"
+    path = Path(run_dir) / RUN_STATE
     if not path.exists():
         raise FileNotFoundError(f"no run here: {path} not found")
     state = read_state(path)
