@@ -146,7 +146,7 @@ def work_alignloop(lora: bool, steps: int, n_pairs: int, checkpointing: bool = F
     with tempfile.TemporaryDirectory() as out:
         r = train_dpo(pairs, out_dir=out, policy=MODEL, model_cfg=cfg.model, data_cfg=cfg.data,
                       train_cfg=cfg.train, progress=False)
-        log = [json.loads(x) for x in (Path(out) / "train_log.jsonl").read_text().splitlines()]
+        log = [json.loads(x) for x in (Path(out) / "train_timing.jsonl").read_text().splitlines()]
     return {"step_s": [x["step_time_s"] for x in log], "step_tokens": [x["tokens"] for x in log],
             "reference_s": r.reference_seconds}
 

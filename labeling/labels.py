@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +37,9 @@ class Label:
     slice: str = ""
     confidence: int = 0
     display_order: str = ""
+    # when a person gave the vote (Unix seconds, the queue's clock); 0 for a judge's
+    # probability (a function of the pair, not of the time) and for the simulated panel's
+    # votes, so that the same config and seed give labels.parquet byte for byte
     created_at: float = 0.0
     detail: str = ""
 
@@ -55,7 +57,7 @@ class Label:
 
 def judge_label(item: dict, judge: str, p_a: float, detail: str, round: int) -> Label:
     return Label(item["item_id"], round, "judge", judge, "", float(p_a), item["prompt"],
-                 item["a"], item["b"], item.get("slice", ""), created_at=time.time(), detail=detail)
+                 item["a"], item["b"], item.get("slice", ""), detail=detail)
 
 
 def vote_label(item: dict, vote) -> Label:

@@ -142,8 +142,7 @@ def write_train_log(rdir: Path, steps: int = 6, seed: int = 0) -> None:
                      "rewards/chosen": margin / 2, "rewards/rejected": -margin / 2,
                      "rewards/margin": margin, "rewards/accuracy": min(1.0, 0.5 + 0.08 * s),
                      "logps/chosen": -40.0, "logps/rejected": -42.0, "grad_norm": 1.0,
-                     "lr": 1e-3, "pairs": 8, "tokens": 900, "tokens_per_s": 180.0 + s,
-                     "step_time_s": 5.0})
+                     "lr": 1e-3, "pairs": 8, "tokens": 900})
     write_jsonl(rdir / "train_log.jsonl", rows)
 
 

@@ -33,7 +33,7 @@ def run_cli(run_dir: Path, *extra: str, env: dict | None = None) -> subprocess.C
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("baseline")
+    run_dir = tmp_path_factory.mktemp("baseline") / "run"   # the runs compared are all "run"
     r = run_cli(run_dir)
     assert r.returncode == 0, r.stderr[-3000:]
     return run_dir
@@ -85,55 +85,36 @@ ALL_STAGES = [f"0:{s}" for s in stage_names(0)] + [f"1:{s}" for s in stage_names
 QUICK = ("0:train", "1:label")
 
 
-TIMING = {"created_at", "generated_at", "tokens_per_s", "step_time_s", "train_seconds",
-          "seconds", "started", "finished"}
+# Wall-clock measures, the one file of a round that is not the same in every run.
+TIMED = {"train_timing.jsonl"}
 
 
-def _untimed(obj):
-    if isinstance(obj, float) and obj != obj:
-        return "nan"                       # NaN != NaN: compare it as a value
-    if isinstance(obj, dict):
-        return {k: _untimed(v) for k, v in obj.items() if k not in TIMING}
-    return [_untimed(v) for v in obj] if isinstance(obj, list) else obj
-
-
-def artifacts(run_dir: Path) -> dict[str, object]:
-    """Every artifact of the rounds, as content with the timestamps and timings left out:
-    parquet tables without their time columns, JSON and JSONL without time keys, everything
-    else as bytes (report.md/html and PNGs show timings and are left out)."""
+def artifacts(run_dir: Path) -> dict[str, str]:
+    """The sha256 of every file of the rounds (reports, plots and model cards included)
+    but the step timings and dot-files (markers, temporary names). Runs compared must have
+    run directories of the same name: the model cards name the run by it."""
     import hashlib
 
-    out = {}
-    for p in sorted(run_dir.glob("round_*/**/*")):
-        name = str(p.relative_to(run_dir))
-        if not p.is_file() or p.suffix in (".md", ".html", ".png") or p.name.startswith("."):
-            continue
-        if p.suffix == ".parquet":
-            out[name] = _untimed(read_parquet(p))
-        elif p.suffix == ".json":
-            out[name] = _untimed(json.loads(p.read_text()))
-        elif p.suffix == ".jsonl":
-            out[name] = [_untimed(json.loads(x)) for x in p.read_text().splitlines() if x.strip()]
-        else:
-            out[name] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run_dir.glob("round_*/**/*"))
+            if p.is_file() and p.name not in TIMED and not p.name.startswith(".")}
 
 
 def assert_same_artifacts(got: dict, want: dict) -> None:
     assert sorted(got) == sorted(want)
-    for name in want:
-        assert got[name] == want[name], name
+    assert [n for n in want if got[n] != want[n]] == [], "files that differ byte for byte"
 
 
 @pytest.mark.slow
 def test_same_config_and_seed_give_the_same_artifacts(baseline, tmp_path):
     """Two uninterrupted runs, the simulated panel labeling through the real queue server:
-    every artifact is the same, timestamps aside (labels, pairs, policy, report numbers).
+    every file of the rounds is the same byte for byte (labels, pairs, policy, reports and
+    plots), the step timings aside.
     Slow tier: the default tier's kill-and-resume test compares a run made by three other
     processes with the same baseline, which fails on any unrepeatable stage too."""
-    again = run_cli(tmp_path)
+    again = run_cli(tmp_path / "run")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert_same_artifacts(artifacts(tmp_path), artifacts(baseline))
+    assert_same_artifacts(artifacts(tmp_path / "run"), artifacts(baseline))
 
 
 def kill_at(run_dir: Path, where: str) -> None:
@@ -149,20 +130,22 @@ def test_killed_twice_and_resumed_gives_the_same_artifacts(baseline, tmp_path):
     """One run killed inside round 0's training, resumed and killed again inside round 1's
     labeling (the queue's votes in), then resumed to the end: every artifact equals the
     uninterrupted run's. Both kills in one run cost one run, not two."""
+    run = tmp_path / "run"
     for where in QUICK:
-        kill_at(tmp_path, where)
-    resumed = run_cli(tmp_path)
+        kill_at(run, where)
+    resumed = run_cli(run)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_artifacts(artifacts(tmp_path), artifacts(baseline))
+    assert_same_artifacts(artifacts(run), artifacts(baseline))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ALL_STAGES)
 def test_kill_and_resume_at_every_stage(baseline, tmp_path, where):
-    kill_at(tmp_path, where)
-    resumed = run_cli(tmp_path)
+    run = tmp_path / "run"
+    kill_at(run, where)
+    resumed = run_cli(run)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_artifacts(artifacts(tmp_path), artifacts(baseline))
+    assert_same_artifacts(artifacts(run), artifacts(baseline))
 
 
 def test_changed_config_refused_then_redone(baseline, tmp_path):
@@ -177,6 +160,33 @@ def test_changed_config_refused_then_redone(baseline, tmp_path):
     state = json.loads((run / "state.json").read_text())
     assert state["rounds"]["0"]["stages"]["report"]["status"] == "done"
     assert "1" not in state["rounds"]                  # later rounds are forgotten
+
+
+def _tree(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_a_changed_output_is_refused_before_anything_runs(baseline, tmp_path):
+    """A done stage's file that changed since (an edit, a bad copy) would feed the later
+    stages: the rerun refuses it, naming the file and the --redo-from that recomputes it,
+    and writes nothing; the report, which `alignloop report` renders again, is not checked."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(baseline, run)
+    (run / "round_001/report/report.md").write_text("edited")
+    pairs = run / "round_001/pairs.parquet"
+    pairs.write_bytes(pairs.read_bytes() + b"\0")
+    before = _tree(run)
+    r = run_cli(run)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert f"{pairs} changed since round 1's stage assemble wrote it" in r.stderr
+    assert "--redo-from 1:assemble" in r.stderr
+    assert _tree(run) == before
+    loop = Loop(load_config(TINY, FAST), run)
+    loop.state.check_outputs(redo=(1, "assemble"))        # redone from there: not checked
+    with pytest.raises(RunError, match="pairs.parquet changed"):
+        loop.state.check_outputs(redo=(1, "reference"))
 
 
 @pytest.mark.slow

@@ -69,8 +69,13 @@ def test_one_step_lowers_loss_and_changes_weights(pairs, tmp_path):
     trained = _weights(result)
     changed = [k for k in trained if not torch.equal(trained[k], start[k.removeprefix("model.") if k not in start else k])]
     assert changed, "no weight changed"
-    for key in ("grad_norm", "lr", "tokens_per_s", "logps/chosen", "rewards/accuracy"):
+    for key in ("grad_norm", "lr", "logps/chosen", "rewards/accuracy"):
         assert key in log[0]
+    # the wall-clock measures are beside the log, so that the log repeats byte for byte
+    timing = [json.loads(x) for x in (tmp_path / "run/train_timing.jsonl").read_text().splitlines()]
+    assert [t["step"] for t in timing] == [1, 2, 3]
+    assert all(t["tokens_per_s"] > 0 and t["step_time_s"] > 0 for t in timing)
+    assert not {"tokens_per_s", "step_time_s"} & set(log[0])
 
 
 def _resume_cfg(**train):
@@ -81,15 +86,15 @@ def _resume_cfg(**train):
 
 @pytest.fixture(scope="module")
 def straight(pairs, tmp_path_factory):
-    """An uninterrupted run: its weights and its step log without the timings."""
+    """An uninterrupted run: its weights, and its step log with the steps timed."""
     out = tmp_path_factory.mktemp("straight")
     return _weights(_train(pairs, out, _resume_cfg())), _log_rows(out)
 
 
 def _log_rows(out):
-    """train_log.jsonl, each line as written but for its wall-clock fields."""
-    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "step_time_s")} for r in rows]
+    """(train_log.jsonl's bytes, the steps train_timing.jsonl times)."""
+    timing = (out / "train_timing.jsonl").read_text().splitlines()
+    return (out / "train_log.jsonl").read_bytes(), [json.loads(x)["step"] for x in timing]
 
 
 def _kill_at(pairs, out, cfg, step, monkeypatch):
@@ -111,7 +116,7 @@ def test_resume_equals_uninterrupted(pairs, tmp_path, monkeypatch, straight):
     resumed = _train(pairs, tmp_path, cfg)
     assert resumed.reference_reused
     _assert_same_weights(weights, _weights(resumed), atol=0)   # bit for bit
-    assert _log_rows(tmp_path) == log and [r["step"] for r in log] == [1, 2, 3, 4]
+    assert _log_rows(tmp_path) == log and log[1] == [1, 2, 3, 4]
     assert not (tmp_path / "checkpoint").exists()
 
 
@@ -135,8 +140,9 @@ def test_resume_continues_a_log_cut_by_the_kill(pairs, tmp_path, monkeypatch, st
     cfg = _resume_cfg(save_every=2, save_every_s=0)
     _kill_at(pairs, tmp_path, cfg, 3, monkeypatch)
     assert _checkpoint_step(tmp_path) == 2
-    with open(tmp_path / "train_log.jsonl", "a") as f:
-        f.write('{"step": 4, "epoch": 1.0, "lo')
+    for name in ("train_log.jsonl", "train_timing.jsonl"):
+        with open(tmp_path / name, "a") as f:
+            f.write('{"step": 4, "epoch": 1.0, "lo')
     _train(pairs, tmp_path, _resume_cfg())   # another checkpoint cadence is the same run
     assert _log_rows(tmp_path) == straight[1]
 

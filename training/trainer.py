@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from alignloop.artifacts import TRAIN_LOG, TRAIN_TIMING
 from alignloop.config import DataConfig, LoraConfig, ModelConfig, TrainConfig, to_dict
 from alignloop.models import load_model, load_tokenizer
 from alignloop.placement import Placement, placement_for
@@ -54,6 +55,9 @@ FAIL_AT_STEP_ENV = "ALIGNLOOP_FAIL_AT_STEP"  # fault injection for resume tests
 # How often checkpoints are written does not change what is trained: left out of the
 # run's fingerprint, so a run may resume with other values.
 CHECKPOINT_CADENCE = ("save_every", "save_every_s")
+# Wall-clock measures of a step: written to train_timing.jsonl, not to train_log.jsonl,
+# so that the step log of a run repeats byte for byte (`on_log` gets both).
+TIMING_KEYS = ("tokens_per_s", "step_time_s")
 
 
 @dataclass
@@ -151,10 +155,11 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
               on_log: Callable[[dict], None] | None = None) -> TrainResult:
     """Train `policy` on `pairs` with DPO against `reference` (default: the policy itself),
     placed as `placement` says (default: as `model_cfg` asks, `placement_for`).
-    `on_log(metrics)` is called (main process) with every train_log.jsonl line as written:
-    the hook experiment trackers hang on (`alignloop.tracking`).
+    `on_log(metrics)` is called (main process) with every train_log.jsonl line as written,
+    its timing included: the hook experiment trackers hang on (`alignloop.tracking`).
 
-    Writes OUT/reference_logps.parquet, OUT/train_log.jsonl, OUT/policy/ and, while
+    Writes OUT/reference_logps.parquet, OUT/train_log.jsonl (the step metrics),
+    OUT/train_timing.jsonl (each logged step's seconds and tokens/s), OUT/policy/ and, while
     running, OUT/checkpoint/ (every `save_every_s` seconds and/or `save_every` steps;
     removed at the end). A rerun with the same arguments resumes from the checkpoint
     and ends with the weights and step log of an uninterrupted run.
@@ -303,15 +308,35 @@ def _plan_run(lengths: list[int], cfg: TrainConfig,
 
 def _resume(accelerator, out_dir: Path, *, fingerprint: str, total: int) -> int:
     """Restore OUT/checkpoint, and the step log saved with it, if this run left one;
-    return the number of finished steps (0 for a fresh start, whose old log is removed)."""
-    log_path = out_dir / "train_log.jsonl"
+    return the number of finished steps (0 for a fresh start, whose old logs are removed).
+    The timing log keeps the steps up to the checkpoint's (a killed run may have logged
+    steps after it, which are trained again)."""
+    log_path, timing_path = out_dir / TRAIN_LOG, out_dir / TRAIN_TIMING
     start = load_checkpoint(accelerator, out_dir, fingerprint=fingerprint, log_path=log_path)
     if accelerator.is_main_process:
         if start:
             log.info("resuming from step %d of %d", start, total)
+            _keep_steps(timing_path, start)
         else:
             log_path.unlink(missing_ok=True)
+            timing_path.unlink(missing_ok=True)
     return start
+
+
+def _keep_steps(path: Path, last: int) -> None:
+    """Keep the rows of the JSONL step log at `path` up to step `last` (atomic rewrite)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= last:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass                      # a line the kill cut short
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(x + "\n" for x in kept))
+    os.replace(tmp, path)
 
 
 def _train_steps(run: _Run, encoded: list[EncodedPair], ref: ReferenceLogps, pad_id: int,
@@ -326,7 +351,7 @@ def _train_steps(run: _Run, encoded: list[EncodedPair], ref: ReferenceLogps, pad
     fail_at = int(os.environ.get(FAIL_AT_STEP_ENV, "0"))
     bar = tqdm(total=run.total, initial=start, desc="train", unit="step", disable=not progress)
     saves = CheckpointSchedule(run.accelerator, every_steps=cfg.save_every, every_s=cfg.save_every_s)
-    log_path = out_dir / "train_log.jsonl"
+    log_path, timing_path = out_dir / TRAIN_LOG, out_dir / TRAIN_TIMING
     metrics: dict = {}
     for step in range(start, run.total):
         t0 = time.perf_counter()
@@ -336,7 +361,11 @@ def _train_steps(run: _Run, encoded: list[EncodedPair], ref: ReferenceLogps, pad
                    "tokens_per_s": totals["tokens"] / elapsed, "step_time_s": elapsed}
         if main and ((step + 1) % cfg.log_every == 0 or step + 1 == run.total):
             with open(log_path, "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+                f.write(json.dumps({k: v for k, v in metrics.items() if k not in TIMING_KEYS})
+                        + "\n")
+            with open(timing_path, "a") as f:
+                f.write(json.dumps({"step": step + 1, "tokens": totals["tokens"],
+                                    **{k: metrics[k] for k in TIMING_KEYS}}) + "\n")
             if on_log is not None:
                 on_log(metrics)
         bar.update(1)

@@ -159,9 +159,8 @@ def render_round_html(report: dict, figures: dict[str, bytes], examples: list[di
     notes = "".join(f'<p class="note">{escape(n)}</p>' for n in report.get("notes", []))
     body = [
         f"<h1>Round {k} drift report</h1>",
-        f'<p class="note">report.json schema v{report["schema_version"]}, generated '
-        f"{escape(report['generated_at'])}. Intervals: bootstrap 95% percentile intervals over "
-        "prompts. Win rates count ties as half.</p>",
+        f'<p class="note">report.json schema v{report["schema_version"]}. Intervals: bootstrap '
+        "95% percentile intervals over prompts. Win rates count ties as half.</p>",
         _section("summary", "Summary", _alerts(report["alerts"]), _skipped(report), notes,
                  _table(("metric", "value", "95% interval", "n / why missing"),
                         headline_rows(report)), _notes(KL_K1_NOTE, LATENT_REWARD_NOTE)),

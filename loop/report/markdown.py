@@ -127,7 +127,7 @@ KL_HEADER = ("KL(policy ‖ q)", "estimator", "nats/response", "95% interval", "
 LENGTH_HEADER = ("model", "responses", "mean tokens", "ends by EOS", "hits length limit",
                  "distinct-2", "repeated 3-grams")
 IMPLICIT_HEADER = ("log-prob change of", "vs base", "95% interval", "vs reference", "95% interval")
-TRAIN_HEADER = ("steps", "final loss", "margin", "accuracy", "tokens/s", "step log")
+TRAIN_HEADER = ("steps", "final loss", "margin", "accuracy", "step log")
 
 
 def kl_rows(report: dict) -> list[tuple[str, ...]]:
@@ -160,8 +160,7 @@ def implicit_rows(ir: dict) -> list[tuple[str, ...]]:
 
 def train_row(tr: dict) -> tuple[str, ...]:
     f = tr["final"]
-    return (fmt(tr["steps"]), fmt(f["loss"], 4), fmt(f["margin"], 4), fmt(f["accuracy"]),
-            fmt(tr["tokens_per_s"]))
+    return (fmt(tr["steps"]), fmt(f["loss"], 4), fmt(f["margin"], 4), fmt(f["accuracy"]))
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
@@ -183,9 +182,8 @@ def _table(header: tuple[str, ...], rows) -> list[str]:
 def render_markdown(report: dict, figures: dict | None = None) -> str:
     k = report["round"]
     md = [f"# Round {k} drift report", "",
-          f"Schema v{report['schema_version']}, generated {report['generated_at']}. "
-          "Intervals are bootstrap 95% percentile intervals over prompts. "
-          "Plots: [report.html](report.html).", ""]
+          f"Schema v{report['schema_version']}. Intervals are bootstrap 95% percentile "
+          "intervals over prompts. Plots: [report.html](report.html).", ""]
     md += ["## Alerts", ""]
     md += [f"- **{a['kind']}**: {md_text(a['message'])}" for a in report["alerts"]] or ["None."]
     if skipped_lines(report):

@@ -1,13 +1,16 @@
 """The report.json object of a round, section by section, from its `RoundInputs`.
 
-report.json, schema version 1 (`schema.json`, checked by `validate_report`).
+report.json, schema version 2 (`schema.json`, checked by `validate_report`; version 1,
+which older runs wrote, also had `generated_at` and the training speed: a report now holds
+no wall-clock figure, so that the same config and seed give it byte for byte; the stage
+times are in state.json and the step timings in train_timing.jsonl).
 Every metric section is either `{"available": false, "reason": ...}` or
 `{"available": true, ...}`; an estimate is `{"value", "lo", "hi", "n"}` with a
 bootstrap 95% percentile interval over prompts (`alignloop.report.metrics`); undefined
 numbers are null. Paths are relative to the report directory. "previous" is the
 policy this round started from (`alignloop.report.inputs.previous_round`).
 
-    schema_version, round, generated_at, inputs {name: path | null}, notes [str],
+    schema_version, round, inputs {name: path | null}, notes [str],
     thresholds      the ReportConfig used
     kl_to_reference, kl_to_base
                     {against, estimator, k1 {sequence, per_token}, k3 {...}, n_samples,
@@ -29,8 +32,7 @@ policy this round started from (`alignloop.report.inputs.previous_round`).
                      logp_change_vs_reference {...}, likelihood_displacement, by_slice}
     labels          `metrics.label_stats` (sources, routing, budget, agreement and why
                      it is missing, gold, intransitivity)
-    train           {steps, final {loss, margin, accuracy, ...}, tokens_per_s,
-                     train_seconds, log: "../train_log.jsonl"}
+    train           {steps, final {loss, margin, accuracy, ...}, log: "../train_log.jsonl"}
     alerts          [{kind, message, value, threshold, slice, drop}] (`alerts.check_report`)
     skipped_checks  [{kind, reason, slice, measure, n, value, would_alert}]: the alert
                      checks that did not run (off, a number missing, a slice with fewer
@@ -42,14 +44,13 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
-from datetime import datetime, timezone
 
 from alignloop.evaluation import COMPARISONS, HELDOUT_PAIRS, SAMPLES
 from alignloop.report import metrics
 from alignloop.report.alerts import check_report
 from alignloop.report.inputs import RoundInputs
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def missing(reason: str) -> dict:
@@ -183,15 +184,12 @@ def _train(inp: RoundInputs) -> dict:
     if not inp.train_log:
         return missing("no train_log.jsonl (training has not run)")
     last = inp.train_log[-1]
-    speeds = [r["tokens_per_s"] for r in inp.train_log if r.get("tokens_per_s") is not None]
     return {"available": True, "steps": int(last.get("step", len(inp.train_log))),
             "final": {"loss": last.get("loss"), "margin": last.get("rewards/margin"),
                       "accuracy": last.get("rewards/accuracy"),
                       "rewards_chosen": last.get("rewards/chosen"),
                       "rewards_rejected": last.get("rewards/rejected"),
                       "grad_norm": last.get("grad_norm"), "lr": last.get("lr")},
-            "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
-            "train_seconds": sum(r.get("step_time_s", 0.0) for r in inp.train_log),
             "log": "../train_log.jsonl"}
 
 
@@ -226,7 +224,6 @@ def build_round_report(inp: RoundInputs, cfg, notes: list[str] = ()) -> dict:
     boot = {"n_boot": rc.n_boot, "seed": rc.seed}
     report = {
         "schema_version": SCHEMA_VERSION, "round": inp.k,
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "inputs": dict(inp.inputs), "notes": list(notes) + _previous_note(inp),
         "thresholds": to_dict(rc),
         "kl_to_reference": _kl(inp, "logp_reference", "reference", boot),

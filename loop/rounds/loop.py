@@ -72,6 +72,7 @@ class Loop:
         n = rounds if rounds is not None else self.cfg.loop.rounds
         redo = self.state.plan_redo(redo_from) if redo_from else None
         self.state.check_config(redo=redo)      # every check before any write
+        self.state.check_outputs(redo=redo)
         self.preflight(n, static_pairs=redo is not None and redo[0] == 0
                        or not self.state.is_done(0, "assemble"))
         self.state.begin(redo)

@@ -204,6 +204,32 @@ class Run:
                     f"{shown or 'unknown'}); rerun with --redo-from {k}:STAGE to redo from a "
                     f"stage with the new config, or use a new run directory")
 
+    def check_outputs(self, *, redo: tuple[int, str] | None = None) -> None:
+        """Refuse to go on from files that changed since their stage wrote them: a done
+        stage's file outputs must still have the size and hash recorded in state.json
+        (later stages read them; the redone stages and everything after them are not
+        checked, nor the reports, which `alignloop report` renders again, nor folders such
+        as a policy, which later stages add to). A missing output is no error: its stage
+        runs again. Writes nothing."""
+        for k, rs in sorted(self.state["rounds"].items(), key=lambda t: int(t[0])):
+            order = self.stage_names(int(k))
+            for name in order:
+                if redo is not None and (int(k), order.index(name)) >= (
+                        redo[0], self.stage_names(redo[0]).index(redo[1])):
+                    return
+                info = rs["stages"].get(name, {})
+                if info.get("status") != "done" or name == "report":
+                    continue
+                for out, want in info.get("outputs", {}).items():
+                    path = self.round_dir(int(k)) / out
+                    if not path.is_file() or _output_info(path) == want:
+                        continue
+                    raise RunError(
+                        f"{path} changed since round {k}'s stage {name} wrote it (recorded "
+                        f"{want['bytes']} bytes, sha256 {want['sha256']}...; now "
+                        f"{path.stat().st_size} bytes); put the file back, or rerun with "
+                        f"--redo-from {k}:{name} to compute it and what follows again")
+
     def begin(self, redo: tuple[int, str] | None = None) -> None:
         """After `check_config` (and `plan_redo`) passed: forget the redone stage of its round
         and everything after it (later rounds too), stamp the config on the rounds it matches,

@@ -12,6 +12,7 @@ functions wire it to the round directory.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -94,6 +95,8 @@ def label(rdir: Path, *, candidates, ensemble, queue, cfg: LabelingConfig, round
         queue.wait_or_exit(round, human.min_labels, mode=human.wait,
                            timeout_s=human.wait_timeout_s)
         votes = queue.votes(round)
+        if simulate is not None:      # simulated votes carry no wall-clock time (labels.py)
+            votes = [dataclasses.replace(v, created_at=0.0) for v in votes]
     elif items:
         log.warning("%d pairs were routed to people but no queue is configured", len(items))
     gold = queue.gold_votes() if use_gold else None

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from alignloop.artifacts import TRAIN_LOG, atomic_write_json, round_dir
+from alignloop.artifacts import TRAIN_LOG, TRAIN_TIMING, atomic_write_json, round_dir
 from alignloop.errors import AlignloopError
 from alignloop.tracking.backends import PACKAGES, Backend, missing_packages, open_backend
 from alignloop.tracking.metrics import round_scalars, round_text, step_scalars
@@ -46,8 +46,13 @@ def check_trackers(report_to: tuple[str, ...]) -> None:
 
 
 def read_train_log(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] \
-        if path.exists() else []
+    """The rows of a train_log.jsonl, each with its step's timing from the train_timing.jsonl
+    beside it (what the trainer's `on_log` gave the trackers live)."""
+    def rows(p: Path) -> list[dict]:
+        return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] \
+            if p.exists() else []
+    timing = {r["step"]: r for r in rows(path.with_name(TRAIN_TIMING))}
+    return [{**r, **timing.get(r["step"], {})} for r in rows(path)]
 
 
 def step_offset(run_dir: str | Path, k: int) -> int:
