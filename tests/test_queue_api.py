@@ -258,7 +258,7 @@ def _start_server(run_dir, port: int) -> subprocess.Popen:
            "--port", str(port), "--lease-seconds", "3", "--log-level", "warning",
            "--no-access-log"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "ALIGNLOOP_QUEUE_SECRET": "s"})
+                            env={**os.environ, "ALIGNLOOP_QUEUE_SECRET": "s" * 32})
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:

@@ -425,3 +425,111 @@ def test_no_redirect_takes_its_host_from_the_request(site):
         assert "evil.example" not in (r.getheader("location") or ""), path
         assert r.status == 404, (path, r.status)
     assert _http(url, "GET", "/").status == 200
+
+
+# --------------------------------------------------------------------------- second audit
+
+
+def _hidden(page: str) -> dict[str, str]:
+    return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page))
+
+
+def _two_tabs(url: str, token: str) -> tuple[str, dict, dict]:
+    """Sign in, then load /label twice (a second tab): (cookie, tab 1's form, tab 2's).
+    The reload gives the first lease back and leases the same item anew."""
+    cookie = _sign_in(url, token)
+    first = _http(url, "GET", "/label", cookie=cookie)
+    cookie = first.cookie or cookie           # the session remembers the lease on screen
+    second = _http(url, "GET", "/label", cookie=cookie)
+    tab1, tab2 = _hidden(first.text), _hidden(second.text)
+    assert tab1["item_id"] == tab2["item_id"] and tab1["lease_id"] != tab2["lease_id"]
+    return second.cookie or cookie, tab1, tab2
+
+
+def _skip(url: str, token: str, form: dict) -> Answer:
+    return _http(url, "POST", "/api/skip", token=token, body={
+        "item_id": form["item_id"], "lease_id": form["lease_id"], "reason": "cant_judge"})
+
+
+def test_a_skip_gives_back_every_lease_the_annotator_holds_on_the_item(site):
+    """Skipping through tab 1's (released) lease left tab 2's live: /api/next kept handing
+    the skipped item back, which could be neither labeled nor skipped again until the lease
+    ran out, and it kept a slot from the others."""
+    store, url, tokens = site
+    _, tab1, _ = _two_tabs(url, tokens["ann"])
+    assert _skip(url, tokens["ann"], tab1).status == 201
+    nxt = _http(url, "POST", "/api/next", token=tokens["ann"])
+    assert nxt.status == 200 and nxt.json()["item_id"] != tab1["item_id"]
+    other = _http(url, "POST", "/api/next", token=tokens["other"])
+    assert other.json()["item_id"] == tab1["item_id"]        # its slot went to someone else
+
+
+def test_an_item_labeled_in_another_tab_cannot_be_skipped(site):
+    """A skip through tab 1's lease after tab 2 labeled the item stored a skip and a label
+    for the same annotator and item; it is a 409 now, as for the lease that labeled."""
+    store, url, tokens = site
+    cookie, tab1, tab2 = _two_tabs(url, tokens["ann"])
+    labeled = _http(url, "POST", "/label", cookie=cookie,
+                    form={**tab2, "slot": "left", "confidence": "2"})
+    assert labeled.status == 303, labeled.text[:300]
+    refused = _skip(url, tokens["ann"], tab1)
+    assert refused.status == 409 and "labeled already" in refused.json()["detail"]
+    assert store.read("SELECT COUNT(*) FROM skips")[0][0] == 0
+
+
+def test_dashboard_buttons_act_on_the_exact_name(site):
+    """The dashboard stripped the posted name, so Disable on an "alice " row (which a page
+    shows as "alice") disabled alice. New names with a space at either end are refused."""
+    store, url, tokens = site
+    admin = store.add_annotator("boss", role="admin")
+    store.add_annotator("alice")
+    with pytest.raises(QueueError, match="starts or ends with a space"):
+        store.add_annotator("alice ")
+    with store.engine.begin() as conn:             # an older queue may hold such a name
+        conn.execute(text("INSERT INTO annotators (name, role, token_hash, created_at, active) "
+                          "VALUES ('alice ', 'annotator', 'x', 0, 1)"))
+    cookie = _sign_in(url, admin)
+    page = _http(url, "GET", "/admin", cookie=cookie).text
+    done = _http(url, "POST", "/admin/annotators", cookie=cookie,
+                 form={"csrf": _csrf(page), "name": "alice ", "action": "disable"})
+    assert done.status == 303
+    active = dict(store.read("SELECT name, active FROM annotators WHERE name LIKE 'alice%'"))
+    assert active == {"alice": 1, "alice ": 0}
+
+
+def test_a_lone_carriage_return_in_a_guideline_cannot_reach_the_terminal(tmp_path, capsys):
+    """A CR stored from the web editor made `queue guidelines` print one sentence over the
+    other. It is stored as a line end now, and one stored before is shown escaped."""
+    from alignloop.labeling.queue import guidelines
+
+    store = QueueStore(f"sqlite:///{tmp_path}/queue.db")
+    guidelines.set_guideline(store, "Pick the SAFER answer.\rNever the other.", round=3)
+    assert guidelines.current(store, 3).body == "Pick the SAFER answer.\nNever the other."
+    with store.engine.begin() as conn:
+        conn.execute(text("INSERT INTO guidelines (round, version, body, author, created_at) "
+                          "VALUES (4, 9, 'Pick the SAFER one.\rNever it.', '', 0)"))
+    store.close()
+    assert main(["-q", "queue", "guidelines", "--run-dir", str(tmp_path), "--round", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "\r" not in out and "Pick the SAFER one.\\rNever it." in out
+
+
+@pytest.mark.parametrize("where", ["env", "file", "mode"])
+def test_a_weak_or_exposed_signing_key_is_refused(tmp_path, monkeypatch, where):
+    from alignloop.labeling.queue.app import SECRET_ENV, resolve_secret
+
+    url = f"sqlite:///{tmp_path}/q.db"
+    secret = tmp_path / "q.db.secret"
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    assert len(resolve_secret(url)) == 64 and secret.stat().st_mode & 0o777 == 0o600
+    if where == "env":
+        monkeypatch.setenv(SECRET_ENV, "x")
+        match = f"{SECRET_ENV}: the key that signs sessions has 1 bytes"
+    elif where == "file":
+        secret.write_text("")
+        match = "q.db.secret: the key that signs sessions has 0 bytes"
+    else:
+        secret.chmod(0o644)
+        match = "can be read by other users: chmod 600"
+    with pytest.raises(QueueError, match=match):
+        resolve_secret(url)

@@ -36,7 +36,7 @@ def serving(run_dir, *flags: str, stop_timeout: float = 10):
         [sys.executable, "-m", "alignloop.cli", "-q", "queue", "serve", "--run-dir",
          str(run_dir), "--port", str(port), "--log-level", "warning", "--no-access-log",
          *flags], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env={**os.environ, "ALIGNLOOP_QUEUE_SECRET": "s"})
+        env={**os.environ, "ALIGNLOOP_QUEUE_SECRET": "s" * 32})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -111,7 +111,7 @@ def test_serve_auth_failures_flag_reaches_every_worker(run_dir):
 def test_app_from_env_takes_auth_failures(tmp_path, monkeypatch):
     QueueStore.open(tmp_path).close()
     monkeypatch.setenv("ALIGNLOOP_QUEUE_DB", f"sqlite:///{tmp_path / 'queue.db'}")
-    monkeypatch.setenv("ALIGNLOOP_QUEUE_SECRET", "s")
+    monkeypatch.setenv("ALIGNLOOP_QUEUE_SECRET", "s" * 32)
     monkeypatch.setenv("ALIGNLOOP_QUEUE_OPTIONS", json.dumps({"auth_failures": 3}))
     app = app_from_env()
     assert app.state.queue_web.failures.limit == 3

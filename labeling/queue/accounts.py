@@ -56,6 +56,9 @@ def check_new(name: str, role: str) -> None:
     """Raise QueueError (422, naming the field) for an invalid new annotator."""
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
         raise QueueError("annotator name must be 1-100 characters", 422, "name")
+    if name != name.strip():
+        # "alice " would look like "alice" on every page that lists annotators
+        raise QueueError(f"annotator name {name!r} starts or ends with a space", 422, "name")
     controls.check(name, "name", "id")
     check_role(role)
 

@@ -110,7 +110,7 @@ def resolve_secret(url: str | None = None) -> bytes:
     worker on that file); otherwise a random key for this process only (sessions end
     when it restarts, and several processes need the environment variable)."""
     if os.environ.get(SECRET_ENV):
-        return os.environ[SECRET_ENV].encode()
+        return _strong(os.environ[SECRET_ENV].encode(), f"the environment variable {SECRET_ENV}")
     if url and url.startswith("sqlite:///") and ":memory:" not in url:
         path = Path(url.removeprefix("sqlite:///").split("?")[0] + ".secret")
         if not path.exists():
@@ -124,9 +124,26 @@ def resolve_secret(url: str | None = None) -> bytes:
                 pass
             finally:
                 os.unlink(tmp)
-        return path.read_text().strip().encode()
+        if path.stat().st_mode & 0o077:
+            raise QueueError(f"{path} (the key that signs sessions) can be read by other "
+                             f"users: chmod 600 {path}, or delete it to have a new one made "
+                             "(signed-in sessions then end)", 500, "secret")
+        return _strong(path.read_text().strip().encode(), str(path))
     log.warning("no %s set: sessions are signed with a key of this process only", SECRET_ENV)
     return secrets.token_bytes(32)
+
+
+MIN_SECRET_BYTES = 32
+
+
+def _strong(key: bytes, where: str) -> bytes:
+    """`key`, or QueueError when it is too short to sign with: anyone could compute the
+    forms' CSRF tokens and the order signatures from a guessable key."""
+    if len(key) < MIN_SECRET_BYTES:
+        raise QueueError(f"{where}: the key that signs sessions has {len(key)} bytes; at "
+                         f"least {MIN_SECRET_BYTES} are needed (e.g. python -c 'import "
+                         "secrets; print(secrets.token_hex(32))')", 500, "secret")
+    return key
 
 
 # --------------------------------------------------------------------------- ASGI guard

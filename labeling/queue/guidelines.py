@@ -51,7 +51,9 @@ def check_body(body: object) -> str:
     if not isinstance(body, str) or not body.strip() or len(body) > MAX_BODY:
         raise QueueError(f"guideline must be 1-{MAX_BODY} characters of text", 422, "guideline")
     controls.check(body, "guideline", "text")
-    return body.replace("\r\n", "\n")
+    # line ends as a file read in text mode has them: a lone CR would make a terminal
+    # print the next sentence over the one before
+    return body.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def set_guideline(store, body: str, *, round: int | None = None, author: str = "") -> int:

@@ -98,11 +98,14 @@ async def admin_annotators(request: Request, web: Web):
     if isinstance(got, Response):
         return got
     form, session, who = got
-    action, name = str(form.get("action") or ""), str(form.get("name") or "").strip()
+    # a row's buttons post its exact name: stripping it could act on a look-alike account
+    # ("alice " is refused as a new name, but an older queue may hold one)
+    action, name = str(form.get("action") or ""), str(form.get("name") or "")
     store = web.store
     try:
         controls.check(name, "name", "id")
         if action == "add":
+            name = name.strip()            # what the add form's user typed
             role = str(form.get("role") or "annotator")
             token = await run_in_threadpool(store.add_annotator, name, role)
             return await _dashboard(web, request, session, who,

@@ -20,6 +20,12 @@ REASONS = {"cant_judge": "can't judge", "offensive": "offensive",
 MAX_COMMENT = 4000
 
 
+# A skip gives back every live lease the annotator holds on the item (a reload in a second
+# tab holds one of its own), as a label does: none keeps a slot, none is offered again.
+_RELEASE = text("UPDATE leases SET expires_at = :now WHERE item_id = :i AND annotator_id = :a "
+                "AND completed_at IS NULL AND expires_at > :now")
+
+
 @dataclass(frozen=True)
 class RecordedSkip:
     skip_id: int
@@ -52,20 +58,22 @@ def record_skip(store, annotator_id: int, *, item_id: str, lease_id: str, reason
         prior = conn.execute(text("SELECT id FROM skips WHERE item_id = :i AND "
                                   "annotator_id = :a"), p).first()
         if prior is not None:
+            conn.execute(_RELEASE, p)      # a second tab's lease on it goes back too
             return RecordedSkip(prior.id, False)
         lease = conn.execute(text("SELECT completed_at FROM leases WHERE lease_id = :l AND "
                                   "annotator_id = :a AND item_id = :i"), p).first()
         if lease is None:
             raise QueueError(f"no lease {lease_id!r} of yours on item {item_id!r}", 404,
                              "lease_id")
-        if lease.completed_at is not None:
+        # labeled through this lease, or through another one (a second tab's)
+        if lease.completed_at is not None or conn.execute(text(
+                "SELECT 1 FROM labels WHERE item_id = :i AND annotator_id = :a"), p).first():
             raise QueueError(f"item {item_id!r} is labeled already; it cannot be skipped",
                              409, "item_id")
         skip_id = conn.execute(text(
             "INSERT INTO skips (item_id, annotator_id, lease_id, reason, comment, created_at) "
             "VALUES (:i, :a, :l, :r, :m, :now) RETURNING id"), p).scalar_one()
-        conn.execute(text("UPDATE leases SET expires_at = :now WHERE lease_id = :l AND "
-                          "expires_at > :now"), p)
+        conn.execute(_RELEASE, p)
         return RecordedSkip(int(skip_id), True)
 
     return store.transaction(tx)

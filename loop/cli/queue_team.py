@@ -41,7 +41,11 @@ def cmd_guidelines(args: argparse.Namespace) -> int:
         print("no guideline yet: alignloop queue guidelines --set FILE", file=sys.stderr)
         return 0
     scope = f"round {g.round}" if g.round >= 0 else "every round"
-    print(f"# guideline version {g.version} ({scope})\n{g.body}")
+    from alignloop.logs import visible
+
+    # escaped for the terminal, as `queue label` shows it (a queue may hold text stored
+    # before check_body normalised line ends)
+    print(f"# guideline version {g.version} ({scope})\n{visible(g.body)}")
     return 0
 
 
