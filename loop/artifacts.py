@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterable, Iterator
@@ -75,7 +76,22 @@ def atomic_write_json(path: Path, obj: Any) -> Path:
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
-    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    """One JSON object per line, strict JSON (NaN and infinities, which JSON has not, are
+    written as null), atomically."""
+    return atomic_write_text(path, "".join(
+        json.dumps(strict_json(r), ensure_ascii=False, allow_nan=False) + "\n" for r in rows))
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, inf) replaced by None, in nested lists and
+    dicts too: what JSON readers other than Python's accept."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def write_parquet(path: Path, rows: list[dict[str, Any]], schema: Any = None) -> Path:

@@ -5,6 +5,7 @@ without `--force`."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from alignloop.artifacts import RUN_STATE
@@ -12,12 +13,24 @@ from alignloop.errors import AlignloopError
 
 
 def enclosing_run(path: Path) -> Path | None:
-    """The run directory `path` is or lies in (the nearest one holding state.json)."""
+    """The run directory `path` is or lies in: the nearest folder holding a run's
+    state.json (a JSON object with a "rounds" mapping; other tools write files of that
+    name too: `datasets.save_to_disk` does, into every dataset folder)."""
     p = Path(path).resolve()
     for d in (p, *p.parents):
-        if (d / RUN_STATE).is_file():
+        if _is_run_state(d / RUN_STATE):
             return d
     return None
+
+
+def _is_run_state(path: Path) -> bool:
+    try:
+        if not path.is_file() or path.stat().st_size > 64 << 20:
+            return False
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and isinstance(state.get("rounds"), dict)
 
 
 def check_not_in_run(out: Path, flag: str = "--out") -> None:

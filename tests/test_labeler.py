@@ -150,6 +150,39 @@ def test_cli_judge_on_the_tiny_config(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+def test_cli_judge_guards_its_output(tmp_path, capsys):
+    """`judge --out` replaced any file without a word: its own --candidates, a run's
+    candidates.parquet, a file named .csv written as JSONL. Its JSONL had NaN (not JSON)
+    and the prompt as JSON text inside a string."""
+    cfg = str(ROOT / "configs/tiny.yaml")
+    src = tmp_path / "completions.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in completions()))
+    before = src.read_bytes()
+    run = tmp_path / "run"
+    (run / "round_001").mkdir(parents=True)
+    (run / "state.json").write_text(json.dumps({"version": 1, "rounds": {}}))
+    (run / "round_001" / "candidates.parquet").write_bytes(b"the run's own")
+    for out, want in ((src, "is the --candidates file itself"),
+                      (run / "round_001" / "candidates.parquet", "is in the run"),
+                      (tmp_path / "c.csv", "written as .parquet or .jsonl")):
+        assert main(["judge", cfg, "--candidates", str(src), "--out", str(out), "--force"]) == 2
+        assert want in capsys.readouterr().err
+    assert src.read_bytes() == before and not (tmp_path / "c.csv").exists()
+    assert (run / "round_001" / "candidates.parquet").read_bytes() == b"the run's own"
+
+    out = tmp_path / "c.jsonl"
+    assert main(["judge", cfg, "--candidates", str(src), "--out", str(out)]) == 0
+    text = out.read_text()
+    rows = [json.loads(x, parse_constant=lambda c: pytest.fail(f"{c} in JSONL")) for x in
+            text.splitlines()]
+    given = {json.dumps(json.loads(c["prompt"])) for c in completions()}   # chat messages
+    assert {json.dumps(r["prompt"]) for r in rows} <= given       # as given, not JSON text
+    assert any(r["selection_score"] is None for r in rows)        # NaN in parquet: null
+    assert main(["judge", cfg, "--candidates", str(src), "--out", str(out)]) == 2
+    assert "exists; give another path, or --force" in capsys.readouterr().err
+    assert main(["judge", cfg, "--candidates", str(src), "--out", str(out), "--force"]) == 0
+
+
 def test_candidates_survive_a_round_trip_through_parquet(tmp_path):
     from alignloop.artifacts import write_parquet
     from alignloop.labeling.labeler import candidates_from_rows

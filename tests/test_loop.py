@@ -189,6 +189,32 @@ def test_a_changed_output_is_refused_before_anything_runs(baseline, tmp_path):
         loop.state.check_outputs(redo=(1, "reference"))
 
 
+def test_one_process_per_run_directory(baseline, tmp_path):
+    """Two processes in one run both trained every round into the same policy and appended
+    to the same step log. While one holds the run, another `run`, `report` or `prune` is
+    refused and writes nothing; `status` tells a running stage from one whose process died."""
+    import shutil
+
+    from alignloop.rounds.state import run_lock, status_table
+
+    run = tmp_path / "run"
+    shutil.copytree(baseline, run)
+    state = json.loads((run / "state.json").read_text())
+    state["rounds"]["1"]["stages"]["train"]["status"] = "running"   # as a kill leaves it
+    (run / "state.json").write_text(json.dumps(state))
+    before = _tree(run)
+    assert "1  train      stopped" in status_table(run, stage_names)
+    with run_lock(run):
+        assert "1  train      running" in status_table(run, stage_names)
+        for cmd in (["run", str(TINY), "--run-dir", str(run)], ["report", str(run)],
+                    ["prune", str(run)]):
+            r = subprocess.run([sys.executable, "-m", "alignloop.cli", "-q", *cmd],
+                               capture_output=True, text=True, timeout=600)
+            assert r.returncode == 2, (cmd, r.stderr[-2000:])
+            assert "another alignloop process is using this run directory" in r.stderr, cmd
+        assert _tree(run) == before
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["base", "ema"])
 def test_reference_modes(tmp_path, mode):

@@ -77,3 +77,27 @@ def test_an_existing_output_is_replaced_only_with_force(run, tmp_path, capsys):
     assert main(["-q", "queue", "export", "--run-dir", str(run), "--format", "raw", "--out",
                  str(run / "votes.jsonl")]) == 0
     assert main(["-q", *q, "--force"]) == 0 and out.read_text() != "mine\n"
+
+
+def test_a_folder_is_a_run_only_by_a_run_state(run, tmp_path, capsys):
+    """Any folder with a state.json counted as a run: `datasets` writes one into every
+    dataset folder, so `--format hf --force` could never replace an earlier export, and
+    another tool's state.json made its folder a run."""
+    store = QueueStore.open(run)
+    ann = store.authenticate(store.add_annotator("ann")).id
+    lease = store.next_item(ann)
+    store.record_label(ann, item_id=lease.item.item_id, lease_id=lease.lease_id, choice="a",
+                       confidence=3, idempotency_key="k1")
+    store.close()
+    out = tmp_path / "hf_export"
+    q = ["queue", "export", "--run-dir", str(run), "--format", "hf", "--out", str(out)]
+    assert main(["-q", *q]) == 0 and (out / "state.json").is_file()
+    _refused(capsys, q, "exists; give another path, or --force to replace it")
+    assert main(["-q", *q, "--force"]) == 0
+    other = tmp_path / "other_tool"
+    other.mkdir()
+    (other / "state.json").write_text('{"app": "my other tool"}')
+    (other / "votes.jsonl").write_text("old\n")
+    assert main(["-q", "queue", "export", "--run-dir", str(run), "--format", "raw", "--out",
+                 str(other / "votes.jsonl"), "--force"]) == 0
+    assert (other / "votes.jsonl").read_text() != "old\n"

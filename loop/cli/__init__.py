@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="completions: `alignloop generate`'s parquet, or parquet/JSONL rows "
                         "with prompt_id, prompt and text (samples of a prompt share its "
                         "prompt_id)")
-    p.add_argument("--out", required=True, help="candidate table (.parquet or .jsonl)")
+    p.add_argument("--out", required=True, help="candidate table (.parquet or .jsonl; not in a "
+                                                "run directory)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--round", type=round_number, default=0, help="round number recorded in the table")
     p.add_argument("--labels", action="append", default=[], metavar="FILE",
                    help="labels.parquet of earlier rounds: the learning judges refit on its human "

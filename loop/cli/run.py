@@ -44,11 +44,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     """Remove what a run directory can rebuild: the merged full weights of LoRA rounds
     (policy/merged/, built for backends that read a model directory, such as vLLM). Each
-    round keeps its adapter, so every policy still loads; run it while no loop is running
-    in that directory."""
+    round keeps its adapter, so every policy still loads. Refused while a loop runs in that
+    directory."""
     from alignloop.rounds.disk import human_bytes, prune
+    from alignloop.rounds.state import run_lock
 
-    use = prune(args.run_dir, dry_run=args.dry_run)
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no run here: {run_dir} is not a folder")
+    with run_lock(run_dir):        # never under a running loop, which may be reading them
+        use = prune(run_dir, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for cache in use.caches:
         print(f"{verb} {cache}")
@@ -61,11 +66,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Render RUN_DIR/report.html (every headline metric across rounds, where the loop stopped
     or was gated) and, with --round, that round's report (report.json, report.md, report.html)."""
     from alignloop.report import write_round_report, write_run_report
+    from alignloop.rounds.state import run_lock
 
-    if args.round is not None:
-        path = write_round_report(args.run_dir, args.round)
-        print(f"round {args.round}: {path.parent / 'report.html'} (report.json, report.md)")
-    print(f"run: {write_run_report(args.run_dir)}")
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no run here: {run_dir} is not a folder")
+    with run_lock(run_dir):        # a running loop writes these reports itself
+        if args.round is not None:
+            path = write_round_report(run_dir, args.round)
+            print(f"round {args.round}: {path.parent / 'report.html'} (report.json, report.md)")
+        print(f"run: {write_run_report(run_dir)}")
     return 0
 
 

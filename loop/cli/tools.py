@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
+from alignloop.errors import AlignloopError
 from alignloop.outputs import check_new_output, check_not_in_run
 
 
@@ -150,9 +152,15 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.sets)
     lab = cfg.labeling
-    path = Path(args.candidates)
+    path, out = Path(args.candidates), Path(args.out)
     if not path.exists():
         raise FileNotFoundError(f"candidates file not found: {path}")
+    if out.suffix not in (".parquet", ".jsonl"):
+        raise AlignloopError(f"--out {out}: the candidate table is written as .parquet or "
+                             f".jsonl, not {out.suffix or 'a name without a suffix'}")
+    if out.resolve() == path.resolve():
+        raise AlignloopError(f"--out {out}: is the --candidates file itself; give another path")
+    check_new_output(out, force=args.force)     # before any judge runs
     rows = read_rows(path, LabelingError)
     groups = groups_from_completions(rows, source=str(path))
     if lab.selection.strategy == "apl":
@@ -176,8 +184,10 @@ def cmd_judge(args: argparse.Namespace) -> int:
     table = judge_candidates(groups, ensemble, lab, round=args.round, beta=cfg.train.beta)
     if not table.rows:
         raise LabelingError(f"{path}: no prompt has two distinct responses to compare")
-    out = Path(args.out)
-    (write_parquet if out.suffix == ".parquet" else write_jsonl)(out, table.rows)
+    if out.suffix == ".parquet":
+        write_parquet(out, table.rows)
+    else:                          # the prompt as given (parquet holds it as JSON text)
+        write_jsonl(out, [{**r, "prompt": json.loads(r["prompt"])} for r in table.rows])
     counts = Counter(r["decision"] for r in table.selected())
     print(f"{len(groups)} prompts, {len(table.rows)} candidate pairs, {len(table.selected())} "
           f"selected ({lab.selection.strategy}): {counts.get('auto', 0)} auto, "

@@ -26,13 +26,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from alignloop import artifacts as A
 from alignloop.config import Config
 from alignloop.errors import RoundEnded
-from alignloop.rounds.state import Run, RunError, start_round
+from alignloop.rounds.state import Run, RunError, run_lock, start_round
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +70,29 @@ class Loop:
             from alignloop.logs import quiet_libraries
 
             quiet_libraries(verbosity)
+        with ExitStack() as held:
+            # one process per run directory, from the first read of its state to the end;
+            # a new directory is locked once it exists (`begin` makes it)
+            if self.dir.is_dir():
+                held.enter_context(run_lock(self.dir))
+                self.state.reload()
+            summary = self._run_locked(rounds, redo_from, held)
+            from alignloop.report import write_run_report
+
+            summary["report"] = str(write_run_report(self.dir))
+        return summary
+
+    def _run_locked(self, rounds: int | None, redo_from: str | None, held: ExitStack) -> dict:
         n = rounds if rounds is not None else self.cfg.loop.rounds
         redo = self.state.plan_redo(redo_from) if redo_from else None
         self.state.check_config(redo=redo)      # every check before any write
         self.state.check_outputs(redo=redo)
         self.preflight(n, static_pairs=redo is not None and redo[0] == 0
                        or not self.state.is_done(0, "assemble"))
+        fresh = not self.dir.is_dir()
         self.state.begin(redo)
+        if fresh:
+            held.enter_context(run_lock(self.dir))
         from alignloop.generation.vllm import engine_session
 
         try:
@@ -86,9 +103,6 @@ class Loop:
             self.close_tracker(failed=True)
             raise
         self.close_tracker()
-        from alignloop.report import write_run_report
-
-        summary["report"] = str(write_run_report(self.dir))
         return summary
 
     def run_rounds(self, n: int) -> dict:

@@ -24,6 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,12 @@ class Run:
 
     def save(self) -> None:
         atomic_write_json(self.state_path, self.state)
+
+    def reload(self) -> None:
+        """Read state.json again (under the run's lock: another process may have written
+        it since this object was made)."""
+        if self.state_path.exists():
+            self.state = read_state(self.state_path)
 
     def round_state(self, k: int) -> dict[str, Any]:
         return self.state["rounds"].setdefault(str(k), {"stages": {}})
@@ -329,12 +336,45 @@ def _round_setup(rs: dict[str, Any], run_dir: Path) -> str:
 _SERVED = {"full": "full weights", "merged": "merged weights", "adapter": "a LoRA adapter"}
 
 
+@contextmanager
+def run_lock(run_dir: Path, what: str = "run directory"):
+    """Hold an exclusive lock on `run_dir` (an existing folder) while the block runs, or
+    raise RunError when another process holds it: two processes in one run would both
+    compute every stage and write over each other. The lock is the kernel's (flock on the
+    folder itself): nothing is written, and a killed process leaves none behind."""
+    import fcntl
+
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"{run_dir}: another alignloop process is using this {what}; let "
+                           "it finish (or stop it: a rerun then resumes), then run again"
+                           ) from None
+        yield
+    finally:
+        os.close(fd)              # closing the folder's descriptor releases the lock
+
+
+def in_use(run_dir: Path) -> bool:
+    """True while a process holds `run_lock` on `run_dir`."""
+    try:
+        with run_lock(run_dir):
+            return False
+    except RunError:
+        return True
+
+
 def status_table(run_dir: str | Path, stage_names: StageNames) -> str:
     """Per round, each stage's state, time and output size (for `alignloop status`)."""
     path = Path(run_dir) / RUN_STATE
     if not path.exists():
         raise FileNotFoundError(f"no run here: {path} not found")
     state = read_state(path)
+    # a stage marked running with no process in the run was stopped (killed, or the
+    # machine went down): a rerun redoes it
+    alive = in_use(Path(run_dir))
     lines = [f"{'round':>5}  {'stage':10} {'status':8} {'seconds':>8} {'output':>10}"]
     for k, rs in sorted(state["rounds"].items(), key=lambda t: int(t[0])):
         for name in stage_names(int(k)):
@@ -344,7 +384,14 @@ def status_table(run_dir: str | Path, stage_names: StageNames) -> str:
                 continue
             size = sum(o["bytes"] for o in info.get("outputs", {}).values())
             secs = f"{info['seconds']:.1f}" if "seconds" in info else "-"
-            lines.append(f"{k:>5}  {name:10} {info['status']:8} {secs:>8} {_human(size):>10}")
+            shown = info["status"]
+            if shown == "running" and not alive:
+                shown = "stopped"
+                lines.append(f"{k:>5}  {name:10} {shown:8} {secs:>8} {_human(size):>10}")
+                lines.append(f"{k:>5}  {name} stopped: no process is running it (killed?); "
+                             "rerun the command to resume")
+                continue
+            lines.append(f"{k:>5}  {name:10} {shown:8} {secs:>8} {_human(size):>10}")
             if info.get("error"):
                 lines.append(f"{k:>5}  {name} {info['status']}: {visible(info['error'])}")
         if rs.get("placement") or rs.get("generation") or rs.get("start"):
