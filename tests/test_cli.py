@@ -141,3 +141,38 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
     out = run("report", str(tmp_path))
     assert out.returncode == 2 and "is not a run directory" in out.stderr, out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_train_refuses_another_runs_checkpoint_before_any_work_and_force_starts_over(tmp_path):
+    """A changed config on an interrupted --out died with a RuntimeError traceback after the
+    reference pass had rewritten reference_logps.parquet, and --force did not help."""
+    r = tmp_path / "r"
+    (r / "checkpoint").mkdir(parents=True)
+    (r / "checkpoint" / "trainer_state.json").write_text('{"step": 1, "fingerprint": "other"}')
+    (r / "reference_logps.parquet").write_bytes(b"as the interrupted run left it")
+    before = _tree(r)
+    args = ("train", "configs/tiny.yaml", "--out", str(r), "--set", "train.max_steps=1",
+            "--set", "data.limit=8")
+    out = run(*args)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "was left by a different training run" in out.stderr and "--force" in out.stderr
+    assert _tree(r) == before
+    out = run(*args, "--force")
+    assert out.returncode == 0, out.stderr
+    assert not (r / "checkpoint").exists() and (r / "policy").is_dir()
+
+
+def test_train_and_run_keep_a_users_config_yaml_in_their_folder(tmp_path):
+    """`train --out D` and `run --run-dir D` wrote their resolved config over D/config.yaml,
+    the user's own file (often the config the command was given)."""
+    for cmd in ("train", "run"):
+        d = tmp_path / cmd
+        d.mkdir()
+        mine = (ROOT / "configs/tiny.yaml").read_text() + "# my notes\n"
+        (d / "config.yaml").write_text(mine)
+        flag = "--out" if cmd == "train" else "--run-dir"
+        out = run(cmd, str(d / "config.yaml"), flag, str(d), "--set", "train.max_steps=1")
+        assert out.returncode == 2 and "config.yaml" in out.stderr, out.stderr
+        assert "move it out of the folder" in out.stderr or "move your config.yaml" in out.stderr
+        assert [p.name for p in d.iterdir()] == ["config.yaml"]
+        assert (d / "config.yaml").read_text() == mine

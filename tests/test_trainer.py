@@ -189,7 +189,9 @@ def test_checkpoint_of_another_run_is_refused(pairs, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         _train(pairs, tmp_path / "run", _cfg(save_every=1, max_steps=2))
     monkeypatch.delenv(FAIL_AT_STEP_ENV)
-    with pytest.raises(RuntimeError, match="different training run"):
+    from alignloop.training.checkpoints import ForeignCheckpoint
+
+    with pytest.raises(ForeignCheckpoint, match="different training run"):
         _train(pairs, tmp_path / "run", _cfg(save_every=1, max_steps=2, beta=0.5))
 
 

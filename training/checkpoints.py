@@ -20,8 +20,30 @@ import shutil
 import time
 from pathlib import Path
 
+from alignloop.errors import AlignloopError
+
 CHECKPOINT = "checkpoint"
 STATE_FILE = "trainer_state.json"
+
+
+class ForeignCheckpoint(AlignloopError):
+    """OUT/checkpoint was written by a training run with other pairs, settings or
+    starting weights: continuing it would train neither run."""
+
+
+def check_checkpoint(out_dir: Path, *, fingerprint: str, discard: bool = False) -> None:
+    """Before any work: refuse a checkpoint of another run in `out_dir` (or, with
+    `discard`, delete it, so that the run starts over). Main process only."""
+    ckpt = Path(out_dir) / CHECKPOINT
+    state_file = ckpt / STATE_FILE
+    if not state_file.exists() or json.loads(state_file.read_text())["fingerprint"] == fingerprint:
+        return
+    if not discard:
+        raise ForeignCheckpoint(
+            f"{ckpt} was left by a different training run (other pairs, settings or starting "
+            "weights), so it cannot be resumed with these: rerun with the settings it was "
+            "made with to finish it, or add --force to start over (the checkpoint is deleted)")
+    shutil.rmtree(ckpt)
 
 
 def save_checkpoint(accelerator, out_dir: Path, *, step: int, fingerprint: str,
@@ -56,9 +78,7 @@ def load_checkpoint(accelerator, out_dir: Path, *, fingerprint: str, log_path: P
         return 0
     state = json.loads(state_file.read_text())
     if state["fingerprint"] != fingerprint:
-        raise RuntimeError(
-            f"{ckpt} belongs to a different training run (other pairs, config or starting "
-            f"weights). Delete it to start over, or use another output directory.")
+        check_checkpoint(out_dir, fingerprint=fingerprint)     # raises ForeignCheckpoint
     accelerator.load_state(str(ckpt))
     if accelerator.is_main_process:
         saved_log = ckpt / log_path.name

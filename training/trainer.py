@@ -34,6 +34,7 @@ from alignloop.training.allocator import keep_freed_memory
 from alignloop.training.batching import EncodedPair, PackedBatch, collate, encode_pairs, plan_steps
 from alignloop.training.checkpoints import (
     CheckpointSchedule,
+    check_checkpoint,
     load_checkpoint,
     remove_checkpoint,
     save_checkpoint,
@@ -152,7 +153,8 @@ def make_accelerator(placement: Placement):
 def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference: str = "",
               model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
               progress: bool = True, placement: Placement | None = None,
-              on_log: Callable[[dict], None] | None = None) -> TrainResult:
+              on_log: Callable[[dict], None] | None = None,
+              restart: bool = False) -> TrainResult:
     """Train `policy` on `pairs` with DPO against `reference` (default: the policy itself),
     placed as `placement` says (default: as `model_cfg` asks, `placement_for`).
     `on_log(metrics)` is called (main process) with every train_log.jsonl line as written,
@@ -162,7 +164,9 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
     OUT/train_timing.jsonl (each logged step's seconds and tokens/s), OUT/policy/ and, while
     running, OUT/checkpoint/ (every `save_every_s` seconds and/or `save_every` steps;
     removed at the end). A rerun with the same arguments resumes from the checkpoint
-    and ends with the weights and step log of an uninterrupted run.
+    and ends with the weights and step log of an uninterrupted run; a checkpoint of
+    another run (other pairs, settings or starting weights) is refused before any work,
+    or deleted with `restart`.
     """
     from accelerate.utils import set_seed
 
@@ -183,6 +187,12 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
                                     progress=show)
     model = load_model(policy, dtype=placement.weights_dtype, device=accelerator.device)
     start_hash = weights_hash(model)
+    # A checkpoint OUT holds must be this run's, known before the reference pass writes
+    # anything (with `restart`, one of another run is deleted and training starts over).
+    fingerprint = run_fingerprint(encoded, train_cfg, model_cfg, start_hash, placement.precision)
+    if accelerator.is_main_process:
+        check_checkpoint(out_dir, fingerprint=fingerprint, discard=restart)
+    accelerator.wait_for_everyone()
     t_ref = time.perf_counter()
     if train_cfg.loss in REFERENCE_FREE:  # SimPO: no reference model, no reference pass
         ref = ReferenceLogps(torch.zeros(len(encoded)), torch.zeros(len(encoded)), "", False)
@@ -197,7 +207,6 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
     #    then continue from OUT/checkpoint if an identical run left one.
     run = _build_run(accelerator, model, [p.length for p in encoded], model_cfg.lora, train_cfg,
                      placement)
-    fingerprint = run_fingerprint(encoded, train_cfg, model_cfg, start_hash, placement.precision)
     start = _resume(accelerator, out_dir, fingerprint=fingerprint, total=run.total)
 
     # 3. The step loop.

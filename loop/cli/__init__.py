@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="reference model; overrides reference.model")
     p.add_argument("--out", default="alignloop-train", help="output directory (default: %(default)s)")
     p.add_argument("--force", action="store_true",
-                   help="train even if --out holds a trained policy (it is replaced)")
+                   help="train even if --out holds a trained policy (it is replaced) or "
+                        "another run's checkpoint (it is deleted: training starts over)")
     p.set_defaults(func=tools.cmd_train)
 
     p = sub.add_parser("generate", help="sample completions for a prompts file",

@@ -50,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train_dpo(pairs, out_dir=out, policy=cfg.model.name,
                            reference=cfg.reference.model, model_cfg=cfg.model,
                            data_cfg=cfg.data, train_cfg=cfg.train, placement=placement,
-                           on_log=tracker and tracker.step_logger(None))
+                           on_log=tracker and tracker.step_logger(None), restart=args.force)
     except AlignloopError:
         if created:   # refused inside the trainer (e.g. a pair too long): leave no new folder
             shutil.rmtree(out, ignore_errors=True)
@@ -85,6 +85,11 @@ def _check_train_out(out: Path, *, force: bool) -> None:
     if (out / "policy").exists() and not force:
         raise AlignloopError(f"--out {out}: holds a trained policy already; give another "
                              "directory, or --force to train again and replace it")
+    ours = any((out / name).exists() for name in ("policy", "checkpoint", "train_log.jsonl"))
+    if (out / "config.yaml").exists() and not ours:
+        # the resolved config is written there at the end: it would replace the user's own
+        raise AlignloopError(f"--out {out}: holds a config.yaml that is not a training run's; "
+                             "move it out of the folder, or give another directory")
 
 
 def _check_generate_out(out: Path, *, force: bool) -> None:

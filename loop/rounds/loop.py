@@ -85,7 +85,8 @@ class Loop:
     def _run_locked(self, rounds: int | None, redo_from: str | None, held: ExitStack) -> dict:
         n = rounds if rounds is not None else self.cfg.loop.rounds
         redo = self.state.plan_redo(redo_from) if redo_from else None
-        self.state.check_config(redo=redo)      # every check before any write
+        self.state.check_new_dir()               # every check before any write
+        self.state.check_config(redo=redo)
         self.state.check_outputs(redo=redo)
         self.preflight(n, static_pairs=redo is not None and redo[0] == 0
                        or not self.state.is_done(0, "assemble"))

@@ -211,6 +211,16 @@ class Run:
                     f"{shown or 'unknown'}); rerun with --redo-from {k}:STAGE to redo from a "
                     f"stage with the new config, or use a new run directory")
 
+    def check_new_dir(self) -> None:
+        """A folder that is not a run yet must not hold a config.yaml: the run writes its
+        resolved config there, and would replace the user's own file (often the very
+        config the run was started with). Writes nothing."""
+        own = self.dir / "config.yaml"
+        if not self.state_path.exists() and own.exists():
+            raise RunError(f"{own} exists, and {self.dir} is not a run yet: the run writes its "
+                           "resolved config there; move your config.yaml out of the folder, "
+                           "or give another --run-dir")
+
     def check_outputs(self, *, redo: tuple[int, str] | None = None) -> None:
         """Refuse to go on from files that changed since their stage wrote them: a done
         stage's file outputs must still have the size and hash recorded in state.json
