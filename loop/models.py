@@ -151,6 +151,34 @@ def resolve_model_path(ref: str) -> Path | str:
     return ref
 
 
+def check_model(ref: str, key: str = "model.name") -> None:
+    """Refuse, in one line naming the config `key`, a model reference that cannot be loaded:
+    what `resolve_model_path` refuses, and a Hugging Face id that is neither in the local
+    cache nor on a reachable Hub. Checked before a run writes anything (the Hub is asked
+    once, without retries: a typo or no network fails in a second, not after the reference
+    pass)."""
+    try:
+        found = resolve_model_path(ref)
+    except (ModelReferenceError, FileNotFoundError) as e:
+        raise ModelReferenceError(f"config key {key!r}: {e}") from None
+    if isinstance(found, Path):
+        return
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(ref, "config.json"), str):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise ModelReferenceError(f"config key {key!r}: {ref!r} is not a local folder nor in "
+                                  "the Hugging Face cache, and HF_HUB_OFFLINE is set")
+    try:
+        get_hf_file_metadata(hf_hub_url(ref, "config.json"), timeout=10)
+    except Exception as e:  # noqa: BLE001 (no network, no such repository, gated, ...)
+        why = " ".join(str(e).split())[:200]
+        raise ModelReferenceError(
+            f"config key {key!r}: {ref!r} is not a local folder nor in the Hugging Face cache, "
+            f"and the Hub did not give it ({type(e).__name__}: {why})") from None
+
+
 def load_tokenizer(ref: str, chat_template: str = "auto"):
     """The tokenizer for `ref`, with a pad token (the EOS token if it had none), set to
     render plain-text prompts as `chat_template` says (`data.chat_template`; see

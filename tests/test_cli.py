@@ -176,3 +176,40 @@ def test_train_and_run_keep_a_users_config_yaml_in_their_folder(tmp_path):
         assert "move it out of the folder" in out.stderr or "move your config.yaml" in out.stderr
         assert [p.name for p in d.iterdir()] == ["config.yaml"]
         assert (d / "config.yaml").read_text() == mine
+
+
+def test_ctrl_c_and_a_closed_pipe_end_in_one_line(monkeypatch, capsys):
+    """Ctrl-C printed the 40-line stack it came through; `alignloop config --docs | head -1`
+    a BrokenPipeError traceback."""
+    from alignloop import cli
+
+    def interrupted(args):
+        e = KeyboardInterrupt()
+        e.where = "round 1, stage train"        # as `Run.stage` marks it
+        raise e
+
+    monkeypatch.setattr(cli.run, "cmd_run", interrupted)
+    assert cli.main(["run", "configs/tiny.yaml", "--run-dir", "nowhere"]) == 130
+    assert capsys.readouterr().err.strip() == (
+        "interrupted at round 1, stage train; rerun the same command to resume")
+
+    p = subprocess.Popen([sys.executable, "-m", "alignloop.cli", "config", "--docs"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    p.stdout.read(10)
+    p.stdout.close()                             # as `head` does after its line
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 1 and "Traceback" not in err, err
+
+
+def test_a_hub_model_that_cannot_be_had_is_refused_before_anything_is_written(tmp_path):
+    """An unreachable Hub id failed in the reference stage with a 23-frame traceback, after
+    the run directory and round 0's pairs were written. (This machine has no Hub access,
+    as a machine offline or a typo in the id would.)"""
+    run_dir = tmp_path / "run"
+    for cmd in (("run", "configs/tiny.yaml", "--run-dir", str(run_dir)),
+                ("train", "configs/tiny.yaml", "--out", str(tmp_path / "t"))):
+        out = run(*cmd, "--set", "model.name=Some/NonexistentModel")
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert "config key 'model.name': 'Some/NonexistentModel' is not a local folder" in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -287,6 +287,7 @@ def test_cli_judge_takes_plain_prompts_and_names_a_bad_row(tmp_path, capsys):
     assert main(["judge", config, "--candidates", src, "--out", str(tmp_path / "o.parquet")]) == 0
     capsys.readouterr()
     src = jsonl(tmp_path / "bad.jsonl", [*rows, {**rows[0], "logprob_sum": "abc"}])
-    assert main(["judge", config, "--candidates", src, "--out", str(tmp_path / "o.parquet")]) == 2
+    assert main(["judge", config, "--candidates", src, "--out", str(tmp_path / "o.parquet"),
+                 "--force"]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl row 5: logprob_sum is not a number" in err and "Traceback" not in err

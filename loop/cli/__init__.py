@@ -9,6 +9,7 @@ so `alignloop --help` never imports torch.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -159,6 +160,15 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.where}: " if getattr(e, "where", None) else ""
         print(f"error: {where}{e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:      # Ctrl-C: one line, not the stack it came through
+        where = f" at {e.where}" if getattr(e, "where", None) else ""
+        resumes = args.func in (run.cmd_run, tools.cmd_train)
+        print(f"\ninterrupted{where}" + ("; rerun the same command to resume" if resumes else ""),
+              file=sys.stderr)
+        return 130
+    except BrokenPipeError:             # the reader went away (`alignloop ... | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 1
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from alignloop.config import dump_config, load_config, to_dict
     from alignloop.data import read_pairs_from_config
     from alignloop.errors import AlignloopError
-    from alignloop.models import resolve_model_path
+    from alignloop.models import check_model
     from alignloop.placement import placement_for
     from alignloop.tracking import check_trackers, open_tracker
     from alignloop.training.trainer import train_dpo
@@ -34,9 +34,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = replace(cfg, reference=replace(cfg.reference, model=args.reference))
     # Every check before anything is written: a refused command leaves OUT as it was.
     pairs, report = read_pairs_from_config(cfg.data)
-    for ref in (cfg.model.name, cfg.reference.model):
+    for key, ref in (("model.name", cfg.model.name), ("reference.model", cfg.reference.model)):
         if ref:
-            resolve_model_path(ref)
+            check_model(ref, key)
     placement = placement_for(cfg.model)
     check_trackers(cfg.tracking.report_to)
     logging.getLogger("alignloop").info("read %d pairs (%d rows) from %s; skipped: %s",

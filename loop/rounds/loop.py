@@ -146,7 +146,7 @@ class Loop:
         experiment trackers' packages, and (`static_pairs`: round 0 will assemble them) the
         static pairs: a file with an invalid row must be refused before the run directory
         is made, or the run would hold a config that the fixed one is refused against."""
-        from alignloop.models import resolve_model_path
+        from alignloop.models import check_model
         from alignloop.stages.slices import metric_problem
         from alignloop.tracking import check_trackers
 
@@ -157,7 +157,9 @@ class Loop:
             self._static = read_pairs_from_config(self.cfg.data)   # round 0 reuses them
 
         _ = self.pool
-        resolve_model_path(self.base)
+        check_model(self.base, "model.name")
+        if self.cfg.reference.model:
+            check_model(self.cfg.reference.model, "reference.model")
         _ = self.placement
         problem = metric_problem(self.cfg.loop.slices.metric, self.cfg.labeling.judges,
                                  self.cfg.loop.panel)

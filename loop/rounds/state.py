@@ -286,7 +286,7 @@ class Run:
         try:
             fn()
         except BaseException as e:
-            if isinstance(e, AlignloopError):
+            if isinstance(e, (AlignloopError, KeyboardInterrupt)):
                 # the CLI's one-line error then says where it stopped ("round 1, stage generate")
                 e.where = getattr(e, "where", None) or f"round {k}, stage {name}"
             # `status` then says it failed and why, not "running" (a killed process cannot
