@@ -162,6 +162,28 @@ def test_changed_config_refused_then_redone(baseline, tmp_path):
     assert "1" not in state["rounds"]                  # later rounds are forgotten
 
 
+def test_a_change_is_judged_by_the_rounds_that_read_it(baseline, tmp_path):
+    """Any changed key counted as "round 0 changed", so `--redo-from 1:judge` with another
+    selection strategy was refused, and a run paused with `wait: exit` could not go on with
+    `wait: block`. Now round 0 ignores keys only online rounds read, and how the loop waits
+    is no part of any round."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(baseline, run)
+
+    def check(*sets, redo=None):
+        Loop(load_config(TINY, [*FAST, *sets]), run).state.check_config(redo=redo)
+
+    check("labeling.human.wait=exit", "labeling.human.wait_timeout_s=5")     # nothing to redo
+    with pytest.raises(RunError, match=r"round 1 ran with a different config \(changed: "
+                                       r"labeling.selection.strategy\)"):
+        check("labeling.selection.strategy=max_min")
+    check("labeling.selection.strategy=max_min", redo=(1, "judge"))          # round 0 kept
+    with pytest.raises(RunError, match="round 0 ran with a different config"):
+        check("generation.temperature=0.5", redo=(1, "judge"))                # round 0 samples
+
+
 def _tree(run: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
 

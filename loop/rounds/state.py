@@ -72,7 +72,23 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 # training saves a resumable checkpoint, and where the run is tracked.
 NOT_FINGERPRINTED = frozenset({"loop.rounds", "train.save_every", "train.save_every_s",
                                "tracking.report_to", "tracking.project", "tracking.run_name",
-                               "tracking.dir", "tracking.mlflow_tracking_uri"})
+                               "tracking.dir", "tracking.mlflow_tracking_uri",
+                               # how the loop waits for people, not what it computes: a run
+                               # paused with `wait: exit` may go on with `wait: block`
+                               "labeling.human.wait", "labeling.human.wait_timeout_s"})
+# Keys that only the online rounds' stages read (slices, generate, judge, label, assemble):
+# a change to them does not make round 0 a different round. (`labeling.human.budget` is
+# not among them: round 0's report states it.)
+ONLINE_ONLY = ("labeling.selection.", "labeling.routing.", "labeling.aggregation.",
+               "labeling.calibrate", "labeling.human.votes_required", "labeling.human.max_votes",
+               "labeling.human.db", "labeling.human.lease_minutes", "labeling.human.gold_rate",
+               "labeling.human.min_labels", "loop.slices.", "loop.prompts_per_round",
+               "loop.replay_share", "loop.simulate_labels")
+
+
+def read_by_round(k: int, key: str) -> bool:
+    """Whether a config key can change what round k computes."""
+    return k > 0 or not key.startswith(ONLINE_ONLY)
 
 
 def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -202,9 +218,12 @@ class Run:
                 break
             recorded = rs.get("config_hash")
             if recorded and recorded != self.config_hash and rs["stages"]:
-                changed = changed_keys(old, self._flat) if old is not None else []
+                changed = ([c for c in changed_keys(old, self._flat) if read_by_round(int(k), c)]
+                           if old is not None else [])
                 if old is not None and not changed:
-                    continue   # the same config, recorded by an older alignloop
+                    # the same config as far as this round goes (recorded by an older
+                    # alignloop, or changed only in keys this round never reads)
+                    continue
                 shown = ", ".join(changed[:8]) + (" ..." if len(changed) > 8 else "")
                 raise RunError(
                     f"{self.dir}: round {k} ran with a different config (changed: "
