@@ -36,7 +36,7 @@ from typing import Any
 
 from alignloop.artifacts import iter_jsonl, read_parquet, write_parquet
 from alignloop.config import DataConfig
-from alignloop.errors import AlignloopError
+from alignloop.errors import AlignloopError, not_found
 from alignloop.pair_rows import FIELDS, InvalidRow, checked_messages, checked_text, parse_row
 from alignloop.records import PAIR_COLUMNS, Message, Pair
 
@@ -153,7 +153,7 @@ def _load_hf_dataset(spec: str, split: str, subset: str):
     builder, _, files = spec.partition(":")
     if builder in HF_BUILDERS and files:
         if not any(c in files for c in "*?[") and not Path(files).exists():
-            raise FileNotFoundError(f"pairs file not found: {files}")
+            raise not_found("pairs file", files)
         if "://" not in files and not Path(files).exists() and not glob.glob(files):
             raise FileNotFoundError(f"no pairs file matches: {files}")
         return datasets.load_dataset(builder, data_files={split: files}, split=split)
@@ -210,16 +210,17 @@ def _open_rows(path: str, split: str, subset: str) -> tuple[str, Iterator[tuple[
     if path.startswith("hf:"):
         ds = _load_hf_or_fail(path[3:], split, subset)
         return f"{path}[{split}]", (row for row in enumerate(ds, 1))
-    p = Path(path)
+    p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"pairs file not found: {path}")
+        raise not_found("pairs file", path)
     if p.is_dir():
         raise DataError(f"{path} is a directory; a pairs file is .jsonl, .json or .parquet "
                         "(a saved datasets directory is read as hf:PATH)")
     readers = {".jsonl": _jsonl_rows, ".json": json_rows, ".parquet": _parquet_rows}
     if p.suffix not in readers:
+        hint = f" (a CSV file is read as hf:csv:{path})" if p.suffix.lower() == ".csv" else ""
         raise DataError(f"{path}: unsupported file type '{p.suffix}'; expected .jsonl, .json, "
-                        ".parquet or an hf: source")
+                        f".parquet or an hf: source{hint}")
     return path, readers[p.suffix](p)
 
 
@@ -275,6 +276,7 @@ def read_pairs(path: str | Path, *, format: str = "auto", columns: dict[str, str
     name, rows = _open_rows(str(path), split, subset)
     pairs: list[Pair] = []
     seen: dict[str, Pair] = {}
+    repeats: list[tuple[str, str]] = []     # (first row, a later row with the same pair)
     skipped: Counter[str] = Counter()
     n_read = 0
     with closing(rows):
@@ -297,10 +299,19 @@ def read_pairs(path: str | Path, *, format: str = "auto", columns: dict[str, str
                 skipped[bad.reason] += 1
                 continue
             pair = replace(pair, origin=origin)
+            if other is not None:
+                repeats.append((other.origin, origin))
             seen.setdefault(pair.pair_id, pair)
             pairs.append(pair)
 
     report = LoadReport(n_read=n_read, n_valid=len(pairs), skipped=dict(skipped))
+    if repeats:   # kept (a pair given twice may be meant to weigh twice), but never silently
+        first, again = repeats[0]
+        n = len(repeats)
+        log.warning("%s: %d %s an earlier row's pair (e.g. %s repeats %s); each copy is "
+                    "trained on, so a repeated pair weighs more", name, n,
+                    "row repeats" if n == 1 else "rows repeat",
+                    again.removeprefix(f"{name} "), first.removeprefix(f"{name} "))
     if skipped:
         log.warning("%s: skipped %d of %d rows: %s", name, sum(skipped.values()), n_read,
                     ", ".join(f"{k} ({v})" for k, v in skipped.most_common()))

@@ -30,3 +30,13 @@ class HeldoutLeak(AlignloopError, RuntimeError):
 class TrainingDiverged(AlignloopError, ArithmeticError):
     """A training step's loss or gradient is not finite: the step is not applied and the
     policy is not saved (the last checkpoint, if any, stays as it was)."""
+
+
+def not_found(what: str, name: str) -> FileNotFoundError:
+    """"WHAT not found: NAME", saying where a relative NAME was looked for (the working
+    directory, not the config file's folder: a config names paths as the shell does)."""
+    from pathlib import Path
+
+    where = ("" if Path(name).expanduser().is_absolute()
+             else f" (relative paths are read from the working directory, {Path.cwd()})")
+    return FileNotFoundError(f"{what} not found: {name}{where}")

@@ -1,5 +1,5 @@
-"""What a run prints: alignloop's own log lines and one progress bar per long stage; the
-libraries underneath stay quiet unless asked (`-v`).
+"""What a run prints: one progress bar per long stage, warnings, errors and the command's
+result; alignloop's INFO lines and the libraries underneath only when asked (`-v`).
 
 Left alone, one quick run printed 124 lines of transformers "Loading weights" bars, a
 FutureWarning on every LoRA train and accelerate INFO lines and a "Removed shared tensor"
@@ -7,11 +7,11 @@ warning on every checkpoint save. `quiet_libraries` is the one place that turns 
 the command line calls it through `setup_logging`, and `Loop.run` calls it too, so the
 Python API is as quiet as the command:
 
-    verbosity   alignloop   libraries (transformers, accelerate, peft, hub, vLLM, ...)
-    -1  (-q)    WARNING     ERROR; no library bars; known-harmless warnings hidden
-     0          INFO        ERROR; no library bars; known-harmless warnings hidden
-     1  (-v)    INFO        INFO; their bars; every warning
-     2  (-vv)   DEBUG       DEBUG; their bars; every warning
+    verbosity   alignloop               libraries (transformers, accelerate, peft, hub, ...)
+    -1  (-q)    WARNING, no bars        ERROR; no library bars; known-harmless warnings hidden
+     0          WARNING, its bars       ERROR; no library bars; known-harmless warnings hidden
+     1  (-v)    INFO, its bars          INFO; their bars; every warning
+     2  (-vv)   DEBUG, its bars         DEBUG; their bars; every warning
 
 Only the warnings listed in `HARMLESS_WARNINGS` are hidden, never warnings as a whole.
 """
@@ -50,10 +50,13 @@ _library_verbosity: int | None = None      # the last `quiet_libraries` setting
 
 
 def setup_logging(verbosity: int = 0) -> None:
-    """The command line's logging: alignloop at WARNING (-1), INFO (0, 1) or DEBUG (2),
-    and `quiet_libraries(verbosity)`."""
-    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity < 2 else logging.DEBUG
+    """The command line's logging: alignloop at WARNING (-1, 0), INFO (1) or DEBUG (2), its
+    progress bars off at -1, and `quiet_libraries(verbosity)`."""
+    from alignloop import progress
+
+    level = logging.WARNING if verbosity < 1 else logging.INFO if verbosity < 2 else logging.DEBUG
     logging.basicConfig(level=level, format=LOG_FORMAT)
+    progress.show_bars(verbosity >= 0)
     quiet_libraries(verbosity)
 
 

@@ -19,13 +19,23 @@ from collections.abc import Iterable, Iterator
 
 from tqdm.std import tqdm as _std_tqdm
 
+_bars = True
+
+
+def show_bars(on: bool) -> None:
+    """Turn alignloop's progress bars on or off (off: `alignloop -q`)."""
+    global _bars
+    _bars = on
+
 
 def tqdm(*args, **kwargs):
     """`tqdm.auto.tqdm(*args, **kwargs)` when its stream (`file`, default stderr) is a
-    terminal or in a notebook; a `PlainProgress` otherwise."""
+    terminal or in a notebook; a `PlainProgress` otherwise. Disabled by `show_bars(False)`."""
     from tqdm.asyncio import tqdm as console_tqdm
     from tqdm.auto import tqdm as auto_tqdm
 
+    if not _bars:
+        kwargs["disable"] = True
     stream = kwargs.get("file") or sys.stderr
     if auto_tqdm is not console_tqdm or _is_terminal(stream):  # a notebook widget, or a terminal
         return auto_tqdm(*args, **kwargs)

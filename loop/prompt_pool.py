@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignloop.errors import AlignloopError
+from alignloop.errors import AlignloopError, not_found
 from alignloop.records import label_problem, messages_from_json, unit_interval
 
 BUILTIN_POOLS = {"builtin:demo-prompts": Path(__file__).parent / "demo" / "data" / "demo_prompts.jsonl"}
@@ -40,10 +40,15 @@ def read_prompt_rows(path: str | Path) -> list[dict]:
     from alignloop.artifacts import read_rows
 
     name = str(path)
-    p = BUILTIN_POOLS.get(name, Path(path))
+    p = BUILTIN_POOLS.get(name, Path(path).expanduser())
     if not p.exists():
-        raise FileNotFoundError(f"prompts file not found: {name}")
+        raise not_found("prompts file", name)
+    if p.is_file() and p.suffix not in (".jsonl", ".json", ".parquet"):
+        raise PromptError(f"{name}: unsupported file type {p.suffix!r}; a prompts file is "
+                          ".jsonl, .json or .parquet")
     rows = _json_list(p, name) if p.suffix == ".json" else read_rows(p, PromptError, name)
+    if not rows:
+        raise PromptError(f"{name}: holds no prompts")
     if p.suffix == ".parquet":
         rows = _decoded_round_prompts(rows)
     for n, row in enumerate(rows, start=1):
@@ -116,7 +121,10 @@ def _checked_prompt(prompt, where: str):
 
     if isinstance(prompt, str):
         prompt = messages_from_json(prompt) or prompt
-    if not prompt or not isinstance(prompt, (str, list)):
+    if prompt is not None and not isinstance(prompt, (str, list)):
+        raise PromptError(f"{where}: 'prompt' must be text or a list of {{role, content}} "
+                          f"messages, not {type(prompt).__name__} ({str(prompt)[:40]})")
+    if not prompt:
         raise PromptError(f"{where}: missing or empty 'prompt' (text or messages)")
     try:
         if isinstance(prompt, list):

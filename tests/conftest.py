@@ -132,3 +132,14 @@ def vllm_engine():
         yield session
     finally:
         session.close()
+
+
+@pytest.fixture(autouse=True)
+def _progress_bars_on():
+    """`main(["-q", ...])` in the test process turns alignloop's bars off for the process;
+    every test starts with them on, as a command without -q does."""
+    from alignloop import progress
+
+    progress.show_bars(True)
+    yield
+    progress.show_bars(True)

@@ -151,3 +151,15 @@ def test_model_dtype_float16_and_bad_devices_are_refused():
         with pytest.raises(ConfigError, match="'model.device': must be auto, cpu, cuda or cuda:N"):
             config_from_dict({"model": {"device": device}})
     assert config_from_dict({"model": {"device": "cuda:3"}}).model.device == "cuda:3"
+
+
+def test_a_key_given_twice_is_refused_and_an_empty_section_is_its_defaults(tmp_path):
+    from alignloop.config import ConfigError, TrainConfig, load_config
+
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("train:\n  beta: 0.1\n  beta: 0.5\n")
+    with pytest.raises(ConfigError, match=r"key 'beta' is given twice \(lines 2 and 3\)"):
+        load_config(dup)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("train:\nmodel:\n  name: builtin:tiny-random\n")
+    assert load_config(empty).train == TrainConfig()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 
 import pytest
 from alignloop.config import DataConfig
@@ -291,3 +292,44 @@ def test_bundled_static_pairs_load_and_match_the_generator():
     # The file is the generator's output: rerun `python -m alignloop.demo.pairs` after editing templates.
     assert [p.pair_id for p in pairs] == [p.pair_id for p in static_pairs()]
     assert static_pairs(n=10, seed=3) == static_pairs(n=10, seed=3)
+
+
+def test_repeated_rows_are_kept_and_said(tmp_path, caplog):
+    """A file with every pair twice trained on 16 pairs and said "skipped: none": the
+    copies weigh double without a word. They are still kept, and now said."""
+    row = {"prompt": "Hi", "chosen": "Hello there!", "rejected": "Go away."}
+    other = {"prompt": "Bye", "chosen": "Take care!", "rejected": "Finally."}
+    path = tmp_path / "dups.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (row, other, row)))
+    with caplog.at_level(logging.WARNING, logger="alignloop"):
+        pairs, report = read_pairs(path)
+    assert len(pairs) == 3 and report.skipped == {}
+    assert "1 row repeats an earlier row's pair (e.g. row 3 repeats row 1)" in caplog.text
+
+
+def test_a_missing_file_says_where_a_relative_path_was_read_and_tilde_is_home(
+        tmp_path, monkeypatch):
+    from alignloop.prompt_pool import read_prompt_rows
+
+    monkeypatch.chdir(tmp_path)
+    for read, what in ((read_pairs, "pairs file"), (read_prompt_rows, "prompts file")):
+        with pytest.raises(FileNotFoundError) as e:
+            read("data/mine.jsonl")
+        assert str(e.value) == (f"{what} not found: data/mine.jsonl (relative paths are read "
+                                f"from the working directory, {tmp_path})")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "p.jsonl").write_text(json.dumps(
+        {"prompt": "Hi", "chosen": "Hello there!", "rejected": "Go away."}) + "\n")
+    assert len(read_pairs("~/p.jsonl")[0]) == 1
+
+
+def test_prompt_file_errors_say_what_is_wrong(tmp_path):
+    from alignloop.prompt_pool import PromptError, read_prompt_rows
+
+    cases = {"p.csv": ("prompt\nHi\n", "unsupported file type '.csv'"),
+             "n.jsonl": ('{"prompt": 42}\n', "row 1: 'prompt' must be text or a list of {role, content} messages, not int (42)"),
+             "e.jsonl": ("", "e.jsonl: holds no prompts")}
+    for name, (text, want) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(PromptError, match=re.escape(want)):
+            read_prompt_rows(tmp_path / name)

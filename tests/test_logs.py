@@ -201,3 +201,25 @@ def test_datasets_bars_are_quiet_unless_verbose(tmp_path):
     quiet, verbose = out.stderr.split("==quiet==")
     assert "Generating train split" not in quiet and "Saving the dataset" not in quiet, quiet
     assert "Generating train split" in verbose and "Saving the dataset" in verbose, verbose
+
+
+def test_by_default_only_bars_warnings_and_the_result_and_q_drops_the_bars(tmp_path):
+    """The brief: every long stage shows progress, and nothing else is printed by default.
+    alignloop's INFO lines (the placement, pairs read, reference cache) came with every
+    command; they are -v's now, and -q leaves warnings, errors and the result."""
+    args = ["train", "configs/tiny.yaml", "--set", "train.max_steps=1", "--set", "data.limit=8"]
+
+    def train(out, *extra):
+        r = subprocess.run([sys.executable, "-m", "alignloop.cli", *args, "--out",
+                            str(tmp_path / out), *extra], cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        return r
+
+    r = train("default")
+    assert "INFO" not in r.stderr and "train: 1/1 steps (100%)" in r.stderr
+    assert r.stdout.startswith("trained 1 steps on 8 pairs")
+    r = train("verbose", "-v")
+    assert "INFO alignloop.placement" in r.stderr and "read 8 pairs" in r.stderr
+    r = train("quiet", "-q")
+    assert r.stderr == "" and r.stdout.startswith("trained 1 steps")

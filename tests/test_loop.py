@@ -350,3 +350,21 @@ def test_cluster_slices_group_prompts_by_topic():
     assert len({labels[f"p{i}"] for i in range(6)}) == 1
     assert len({labels[f"p{i}"] for i in range(6, 12)}) == 1
     assert labels["p0"] != labels["p6"]
+
+
+def test_a_judges_only_loop_with_an_uncertainty_strategy_is_warned(tmp_path, caplog):
+    """A new user's judges-only loop (no human budget) under the default `uncertainty`
+    strategy stopped at round 1 with no pair: every pick was one the judges could not
+    decide, and nobody else labels. Preflight says so, and writes nothing."""
+    import logging
+
+    cfg = load_config(TINY, [*FAST, "labeling.human.budget=0",
+                             "labeling.selection.strategy=uncertainty"])
+    with caplog.at_level(logging.WARNING, logger="alignloop"):
+        Loop(cfg, tmp_path / "run").preflight(2)
+    assert "a loop of judges alone wants max_min" in caplog.text
+    assert not (tmp_path / "run").exists()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="alignloop"):
+        Loop(load_config(TINY, FAST), tmp_path / "run").preflight(2)     # people label: fine
+    assert "judges alone" not in caplog.text

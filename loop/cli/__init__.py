@@ -29,11 +29,11 @@ def _add_verbosity_args(parser: argparse.ArgumentParser, default=0) -> None:
     before or after the command (`alignloop run CFG -q`). A command's parser leaves them
     unset when not given (SUPPRESS), so it keeps what was given before the command."""
     parser.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1,
-                        default=default, help="only the progress bars, warnings and errors "
-                             "(no INFO lines)")
+                        default=default, help="only warnings, errors and the result (no "
+                                              "progress bars)")
     parser.add_argument("-v", "--verbose", dest="verbosity", action="count", default=default,
-                        help="also the libraries' INFO lines, warnings and progress bars "
-                             "(-vv: debug)")
+                        help="also alignloop's INFO lines and the libraries' INFO lines, "
+                             "warnings and progress bars (-vv: debug)")
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in {id(p): p for p in action.choices.values()}.values():   # aliases once

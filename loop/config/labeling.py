@@ -149,7 +149,9 @@ class SelectionConfig:
     `double_thompson` (two ensemble draws each pick their best), `apl` (high-entropy prompts,
     then the largest implicit-reward gap), `bald` (most information about the judge ensemble:
     the mutual information between the label and the member), `bald_diverse` (`bald`, the
-    batch built greedily away from pairs the members already disagree on alike)."""
+    batch built greedily away from pairs the members already disagree on alike). The
+    uncertainty-seeking ones (`uncertainty`, `bald`, `bald_diverse`) pick pairs for people:
+    with `labeling.human.budget: 0` the judges alone label, and `max_min` suits them."""
     budget: int = 0
     """Most pairs selected per round (0: `pairs_per_prompt` for every prompt)."""
     pairs_per_prompt: int = 1

@@ -31,6 +31,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
+        if value is None:          # a section left empty in YAML (`train:`): its defaults
+            value = {}
         require(isinstance(value, dict), key, f"expected a mapping, got {type(value).__name__}")
         return _build(tp, value, key)
     if origin is Literal:
@@ -228,6 +230,23 @@ def config_from_dict(raw: dict[str, Any] | None, overrides: list[str] = ()) -> C
     return _build(Config, raw)
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the
+    last silently: `beta: 0.1` then `beta: 0.5` would train with 0.5 unseen)."""
+
+    def construct_mapping(self, node, deep=False):
+        lines: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str) and key in lines:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {lines[key]} and {line})",
+                    key_node.start_mark)
+            lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read a YAML config file (or only defaults when `path` is None) and apply overrides."""
     raw: dict[str, Any] = {}
@@ -236,7 +255,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         if not path.exists():
             raise FileNotFoundError(f"config file not found: {path}")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeys) or {}
         except yaml.YAMLError as e:
             raise ConfigError("<root>", f"{path} is not valid YAML ({yaml_problem(e)})") from None
         except (OSError, UnicodeDecodeError) as e:

@@ -165,6 +165,12 @@ class Loop:
                                  self.cfg.loop.panel)
         if rounds > 1 and problem:
             raise RunError(f"config key 'loop.slices.metric': {problem}")
+        sel, human = self.cfg.labeling.selection.strategy, self.cfg.labeling.human
+        if rounds > 1 and human.budget == 0 and sel in ("uncertainty", "bald", "bald_diverse"):
+            log.warning("labeling.selection.strategy %s picks the pairs the judges are least "
+                        "sure of, and with labeling.human.budget 0 no person labels them: the "
+                        "uncertain ones are dropped, and a round may end with no pair; a loop "
+                        "of judges alone wants max_min (or people: a budget)", sel)
         if self.cfg.labeling.human.budget > 0:
             _check_sqlite_folder(self.cfg.labeling.human.db)
             if not self.cfg.labeling.human.db:
