@@ -45,6 +45,11 @@ def groups_from_completions(rows: list[dict], source: str = "completions") -> li
         members.sort(key=lambda t: t[0] if t[1].get("sample_index") is None else t[1]["sample_index"])
         n, first = members[0]
         prompt = _prompt(first["prompt"], f"{source} row {n}")
+        for m, r in members[1:]:   # one prompt per prompt_id: another would be judged as this
+            if r["prompt"] != first["prompt"] and _prompt(r["prompt"], f"{source} row {m}") != prompt:
+                raise LabelingError(f"{source} row {m}: prompt_id {pid!r} has another prompt than "
+                                    f"row {n}; the samples of one prompt share its prompt_id, "
+                                    "and different prompts need different ids")
 
         def column(name, members=members):
             values = [_float(r.get(name), f"{source} row {m}", name) for m, r in members]

@@ -253,3 +253,12 @@ def test_a_judge_that_disagrees_with_people_is_set_aside_and_its_pairs_go_to_the
         assert all("j set aside: agreement with people" in r["reason"] for r in again)
     else:
         assert "auto" in decisions
+
+
+def test_two_prompts_under_one_prompt_id_are_refused_naming_the_rows():
+    rows = [{"prompt_id": "a", "prompt": "x", "text": "one"},
+            {"prompt_id": "a", "prompt": "x", "text": "two"},
+            {"prompt_id": "a", "prompt": "y", "text": "three"}]
+    with pytest.raises(LabelingError, match="c.jsonl row 3: prompt_id 'a' has another prompt "
+                                            "than row 1"):
+        groups_from_completions(rows, source="c.jsonl")

@@ -422,3 +422,20 @@ def test_plain_lora_merge_equals_peft_bit_for_bit(tiny, tokenizer, tmp_path):
     assert all(torch.equal(v, rs_peft.state_dict()[k]) for k, v in rs.state_dict().items())
     assert not torch.equal(rs.state_dict()["model.layers.0.self_attn.q_proj.weight"],
                            mine["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_prompts_cut_to_max_prompt_length_are_said(caplog):
+    """A 20,000-token prompt kept its last 128 tokens and the run said "skipped: none"."""
+    import logging
+
+    from alignloop.records import Pair
+    from alignloop.training.batching import encode_pairs
+
+    tokenizer = models.load_tokenizer(TINY)
+    pairs = [Pair(prompt="word " * 300, chosen="Hello", rejected="Go away"),
+             Pair(prompt="Short?", chosen="Hello", rejected="Go away")]
+    with caplog.at_level(logging.WARNING, logger="alignloop"):
+        encoded, skipped = encode_pairs(pairs, tokenizer, max_length=512, max_prompt_length=32,
+                                        progress=False)
+    assert len(encoded) == 2 and not skipped and len(encoded[0].prompt_ids) == 32
+    assert "1 of 2 prompts were longer than data.max_prompt_length (32 tokens)" in caplog.text

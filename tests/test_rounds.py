@@ -125,6 +125,24 @@ def test_a_held_out_prompt_reaching_generation_is_an_error(tmp_path):
                     previous_eval=values, used=set(), prompts_per_round=4, seed=0, round=1)
 
 
+def test_no_rankable_slice_says_why(tmp_path):
+    """The message said "4 slices ranked" when none could be: each had fewer evaluated
+    prompts than min_size."""
+    from alignloop.errors import RoundEnded
+    from alignloop.stages.slices import mine_slices
+
+    cfg = load_config(TINY)
+    pool = PromptPool(train=[PromptItem(f"t{i}", f"Train {i}?", s) for i, s in
+                             enumerate(("complaint", "order"))],
+                      eval=[PromptItem(f"e{i}", f"Held out {i}?", s) for i, s in
+                            enumerate(("complaint", "order"))])
+    values = [{"prompt_id": f"e{i}", "value": 0.0} for i in range(2)]
+    with pytest.raises(RoundEnded, match=r"none of the 2 slices could be ranked: each had fewer "
+                                         r"than loop.slices.min_size \(3\)"):
+        mine_slices(tmp_path, cfg=cfg.loop.slices.__class__(min_size=3, by="tag"), pool=pool,
+                    previous_eval=values, used=set(), prompts_per_round=4, seed=0, round=1)
+
+
 def test_a_run_made_before_the_restructure_resumes(tmp_path):
     """The fixture is a tiny run made by alignloop 50966ba (before loop/ became subpackages,
     with the old config key names), killed inside round 0's reference stage."""

@@ -68,8 +68,9 @@ def skip_reason(message: str) -> str:
 
 
 def encode_pair(pair: Pair, tokenizer, *, max_length: int, max_prompt_length: int,
-                truncation: str) -> tuple[tuple[int, ...], ...] | str:
-    """Token ids (prompt, chosen, rejected), or the reason the pair is invalid.
+                truncation: str, cut: list[int] | None = None) -> tuple[tuple[int, ...], ...] | str:
+    """Token ids (prompt, chosen, rejected), or the reason the pair is invalid. A prompt
+    cut to its last `max_prompt_length` tokens adds its full length to `cut`.
 
     The ids are `prompt_token_ids` / `response_token_ids` (alignloop.models), the
     same ones generation and log-prob scoring use."""
@@ -84,6 +85,8 @@ def encode_pair(pair: Pair, tokenizer, *, max_length: int, max_prompt_length: in
     if len(prompt) > max_prompt_length:
         if truncation == "error":
             return f"prompt has {len(prompt)} tokens, over max_prompt_length={max_prompt_length}"
+        if cut is not None:
+            cut.append(len(prompt))
         prompt = prompt[-max_prompt_length:]  # keep_end: the latest turns matter most
     longest = max(len(chosen), len(rejected))
     if len(prompt) + longest > max_length:
@@ -99,10 +102,10 @@ def encode_pairs(pairs: list[Pair], tokenizer, *, max_length: int, max_prompt_le
                  truncation: str = "keep_end", on_invalid: str = "error",
                  progress: bool = True) -> tuple[list[EncodedPair], dict[str, int]]:
     """Tokenise every pair; invalid ones raise (naming file and row) or are skipped and counted."""
-    encoded, skipped = [], Counter()
+    encoded, skipped, cut = [], Counter(), []
     for i, pair in enumerate(tqdm(pairs, desc="tokenize", disable=not progress or len(pairs) < 500)):
         result = encode_pair(pair, tokenizer, max_length=max_length,
-                             max_prompt_length=max_prompt_length, truncation=truncation)
+                             max_prompt_length=max_prompt_length, truncation=truncation, cut=cut)
         if isinstance(result, str):
             where = pair.origin or f"pair {i} (id {pair.pair_id})"
             if on_invalid == "error":
@@ -114,6 +117,11 @@ def encode_pairs(pairs: list[Pair], tokenizer, *, max_length: int, max_prompt_le
                                    float(pair.p_chosen), float(pair.weight)))
     if skipped:
         log.warning("skipped %d pairs at tokenisation: %s", sum(skipped.values()), dict(skipped))
+    if cut:      # kept, as data.truncation asks, but a prompt that lost most of itself is said
+        log.warning("%d of %d prompts were longer than data.max_prompt_length (%d tokens) and "
+                    "keep only their last %d tokens (the longest had %d; data.truncation: "
+                    "error refuses them instead)", len(cut), len(pairs), max_prompt_length,
+                    max_prompt_length, max(cut))
     if not encoded:
         raise TokenizationError("no pair is left to train on after tokenisation")
     return encoded, dict(skipped)

@@ -148,8 +148,14 @@ def mine_slices(rdir: Path, *, cfg: SlicesConfig, pool, previous_eval: list[dict
     write_prompt_items(rdir / A.PROMPTS, [replace(p, slice=slice_of.get(p.prompt_id, p.slice))
                                            for p in prompts])
     if not prompts:
-        raise RoundEnded("no failure slice was found in the previous round's evaluation "
-                         f"({len(stats)} slices ranked by {cfg.metric}; see {A.SLICES})")
+        n_ranked = sum(1 for s in stats if s.chosen or not s.why.startswith("not ranked"))
+        why = (f"{n_ranked} of {len(stats)} slices ranked by {cfg.metric}" if n_ranked else
+               f"none of the {len(stats)} slices could be ranked: each had fewer than "
+               f"loop.slices.min_size ({cfg.min_size}) evaluated prompts; more "
+               "loop.eval_prompts" + (", or fewer loop.slices.n_clusters," if by == "cluster"
+                                     else "") + " would give them more")
+        raise RoundEnded(f"no failure slice was found in the previous round's evaluation "
+                         f"({why}; see {A.SLICES})")
     return prompts
 
 
