@@ -51,7 +51,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"no run here: {run_dir} is not a folder")
+        raise FileNotFoundError(f"no run here: {run_dir / 'state.json'} not found")
     with run_lock(run_dir):        # never under a running loop, which may be reading them
         use = prune(run_dir, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
@@ -70,7 +70,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"no run here: {run_dir} is not a folder")
+        raise FileNotFoundError(f"no run here: {run_dir / 'state.json'} not found")
     with run_lock(run_dir):        # a running loop writes these reports itself
         if args.round is not None:
             path = write_round_report(run_dir, args.round)
