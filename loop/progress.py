@@ -81,6 +81,10 @@ class PlainProgress:
         if not done and (self._tenth() > self._line_tenth or now - self._line_t >= self.every_s):
             self._write_line(now)
 
+    def write_now(self) -> None:
+        """Write the line at once (a wait for people should show in a log when it starts)."""
+        self._write_line(time.monotonic())
+
     def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
         items = {**(ordered_dict or {}), **kwargs}
         self.postfix = " ".join(f"{k}={v}" for k, v in items.items())

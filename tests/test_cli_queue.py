@@ -133,9 +133,9 @@ def test_simulate_with_three_bots_labels_every_item(tmp_path, capsys, pairs_file
     assert "recorded 0 labels" in out
 
 
-def test_simulate_names_the_known_panels(tmp_path):
-    with pytest.raises(SystemExit, match=r"unknown panel 'nope'; known: demo"):
-        main(["-q", "queue", "simulate", *_at(tmp_path / "run"), "--panel", "nope"])
+def test_simulate_names_the_known_panels(tmp_path, capsys):
+    assert main(["-q", "queue", "simulate", *_at(tmp_path / "run"), "--panel", "nope"]) == 2
+    assert "unknown panel 'nope'; known: demo" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()      # refused before the queue is opened
 
 
@@ -159,6 +159,27 @@ def test_terminal_labeling(tmp_path, capsys, pairs_file):
         assert first.choice == first.display_order[0] and first.confidence == 3
         assert first.comment == "looks fine [bold]x[/bold]"
         assert (second.choice, second.confidence) == ("both_bad", 2)
+
+
+def test_terminal_labeling_says_why_it_stops(tmp_path, capsys, pairs_file):
+    """Piped answers that ended mid-item stopped without a word, and an annotator who had
+    voted on every open item read "Nothing to label right now"."""
+    run_dir = tmp_path / "run"
+    _run(capsys, "queue", "import", *_at(run_dir), str(pairs_file), "--votes-required", "2")
+    token = _run(capsys, "queue", "add-annotator", *_at(run_dir), "tty").strip()
+
+    def label(keys: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "alignloop.cli", "queue", "label",
+                               *_at(run_dir)], input=keys, capture_output=True, text=True,
+                              timeout=60, env={"ALIGNLOOP_TOKEN": token, "COLUMNS": "100",
+                                               "PATH": "/usr/bin"})
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    assert "input ended in the middle of an item, which is not recorded" in label("1\n")
+    out = label("1\n2\n\n" * 3)
+    assert "3 labels recorded" in out
+    assert "Nothing left that you may label: 3 items still wait for votes from other" in out
 
 
 def test_terminal_labeling_shows_escape_sequences_instead_of_sending_them(tmp_path, capsys):
@@ -235,8 +256,32 @@ def test_run_pauses_for_labels_with_its_own_exit_code_and_says_how_to_go_on(tmp_
             "rerun to resume.\nLabel them first") in err                  # 4 pairs, 2 votes
     assert f"alignloop queue serve --run-dir {run_dir}" in err
     assert f"alignloop queue label --run-dir {run_dir}" in err
+    assert f"alignloop queue add-annotator --run-dir {run_dir} NAME" in err
     assert "error" not in err
     assert main(["-q", "status", str(run_dir)]) == 0
     status = capsys.readouterr().out
     assert "label      waiting" in status and "failed" not in status, status
+    assert "counted when the run paused; `alignloop queue status` counts" in status
     assert main(argv) == 3                       # still short: paused again, nothing lost
+
+
+def test_queue_errors_exit_2_and_export_refuses_what_it_would_not_honour(tmp_path, capsys,
+                                                                        pairs_file):
+    """A bad token exited 1; `export --out x.csv` wrote JSONL, `--format hf --out hf.parquet`
+    made a folder of that name, a round the queue lacks wrote an empty file, and `--public`
+    without `--push-to-hub` was ignored, all with exit 0."""
+    run_dir = tmp_path / "run"
+    _run(capsys, "queue", "import", *_at(run_dir), str(pairs_file), "--round", "2")
+    assert main(["-q", "queue", "label", *_at(run_dir), "--token", "wrong"]) == 2
+    assert "that token is not valid" in capsys.readouterr().err
+    out = tmp_path / "exports"
+    for extra, want in ((["--out", str(out / "x.csv")], "writes .parquet or .jsonl, not .csv"),
+                        (["--format", "hf", "--out", str(out / "hf.parquet")],
+                         "the hf format writes a datasets folder"),
+                        (["--round", "7", "--out", str(out / "r7.jsonl")],
+                         "--round 7: the queue holds no item of that round (its rounds: 2)"),
+                        (["--out", str(out / "p.jsonl"), "--public"],
+                         "without --push-to-hub nothing is uploaded")):
+        assert main(["-q", "queue", "export", *_at(run_dir), *extra]) == 2, extra
+        assert want in capsys.readouterr().err, extra
+    assert not out.exists()

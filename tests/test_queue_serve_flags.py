@@ -127,3 +127,39 @@ def test_serve_refuses_a_bad_auth_failures_value(tmp_path, capsys, value, messag
     assert e.value.code == 2
     assert f"argument --auth-failures: {message}" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()          # refused: nothing created
+
+
+def test_serve_on_a_busy_port_is_an_error_and_port_0_prints_the_real_port(tmp_path):
+    """On a port in use uvicorn exited with 3 (`alignloop run`'s "paused") after the URL
+    line had named the other server; `--port 0` printed "http://127.0.0.1:0/"."""
+    cmd = [sys.executable, "-m", "alignloop.cli", "queue", "serve", "--run-dir", str(tmp_path),
+           "--log-level", "warning", "--no-access-log"]
+    env = {**os.environ, "ALIGNLOOP_QUEUE_SECRET": "s" * 32}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run([*cmd, "--port", str(port)], capture_output=True, text=True,
+                           timeout=60, env=env)
+    assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stdout, r.stderr)
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr
+    assert list(tmp_path.iterdir()) == []                  # refused before the queue
+    QueueStore.open(tmp_path).close()
+    proc = subprocess.Popen([*cmd, "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        shown = int(line.split("http://127.0.0.1:")[1].split("/")[0])
+        assert shown > 0, line
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{shown}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError(f"nothing answers on the port shown: {line}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

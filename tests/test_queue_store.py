@@ -514,3 +514,23 @@ def test_wait_shows_labels_over_their_target(capsys):
                line.endswith(", 14 items pending") for line in lines)
     assert lines[-1].startswith("round 3: human labels: 40/40 labels (100%)")
     assert not any("0label" in line for line in lines)
+
+
+def test_a_wait_says_it_started_and_that_it_ran_out(capsys, caplog):
+    """A `wait: block` that ran out went on without a word, and when stderr was a file it
+    had not even said that it was waiting."""
+    import logging
+
+    from alignloop.labeling.queue import stats
+
+    class Counts:                                   # nobody labels
+        def round_counts(self, round):
+            return 0, 8, 4
+
+    with caplog.at_level(logging.WARNING, logger="alignloop"):
+        assert stats.wait(Counts(), 1, 0, timeout_s=0.05, poll_s=0.01) == 0
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert lines and lines[0].startswith("round 1: human labels: 0/8 labels (0%)"), lines
+    assert ("round 1: the wait for human labels ran out after 0.05s with 0 of 8 labels (4 "
+            "items short of their votes)") in caplog.text
+    assert "--redo-from 1:label" in caplog.text

@@ -100,9 +100,9 @@ def test_export_hf_push_to_hub_calls_the_hub_boundary(run_dir, tmp_path, capsys,
     _run(capsys, "queue", "export", "--run-dir", str(run_dir), "--format", "hf", "--out",
          str(tmp_path / "hf"), "--round", "0", "--push-to-hub", "me/prefs")
     assert calls == [("me/prefs", {"private": True}, 2)]
-    with pytest.raises(SystemExit):
-        main(["-q", "queue", "export", "--run-dir", str(run_dir), "--out",
-              str(tmp_path / "x.jsonl"), "--push-to-hub", "me/prefs"])
+    assert main(["-q", "queue", "export", "--run-dir", str(run_dir), "--out",
+                 str(tmp_path / "x.jsonl"), "--push-to-hub", "me/prefs"]) == 2   # an error: 2
+    assert "--push-to-hub needs --format hf" in capsys.readouterr().err
     assert not (tmp_path / "x.jsonl").exists() and len(calls) == 1
 
 

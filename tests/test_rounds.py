@@ -211,3 +211,22 @@ def test_a_simulated_vote_depends_on_seed_annotator_and_item_only():
         assert {"a": x, "b": y}[ab] == {"a": y, "b": x}[ba]
     draws = [item_rng(s, "bot", "item-1").random() for s in (0, 0, 1)]
     assert draws[0] == draws[1] != draws[2]
+
+
+def test_a_round_without_pairs_says_whether_people_were_waited_for(tmp_path):
+    """"no labeled pair came out of this round (see candidates.parquet ...)" after a wait
+    that ran out: the votes people gave later were never used, and nothing said how."""
+    from alignloop.artifacts import write_parquet
+    from alignloop.errors import RoundEnded
+    from alignloop.stages.assemble import assemble_online
+
+    write_parquet(tmp_path / "candidates.parquet", [
+        {"item_id": f"i{n}", "selected": True, "decision": d}
+        for n, d in enumerate(("human", "human", "drop"))])
+    write_parquet(tmp_path / "labels.parquet", [{"item_id": "i0", "source": "judge"}])
+    with pytest.raises(RoundEnded) as e:
+        assemble_online(tmp_path, new=[], earlier=[], round=2, replay_share=0.5, seed=0)
+    assert str(e.value) == (
+        "no labeled pair came out of this round (0 selected pairs labeled by the judges, 1 "
+        "dropped (see candidates.parquet for why); 2 routed to people, who gave votes on 0); "
+        "once people have labeled them, rerun with --redo-from 2:label to use their votes")

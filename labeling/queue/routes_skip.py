@@ -8,7 +8,8 @@
                           item is labeled already; 422 invalid field. The item is not
                           offered to you again; it goes to someone else.
     GET  /api/guidelines  ?round=K: {guideline: {version, round, body} or null}, the
-                          guideline shown for that round's items (default: the queue's).
+                          guideline shown for that round's items (default: the queue's);
+                          its round is null when it is the queue's, for every round.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Skipped(BaseModel):
 
 class GuidelineOut(BaseModel):
     version: int
-    round: int
+    round: int | None          # null: the queue's guideline, for every round
     body: str
 
 
@@ -86,8 +87,8 @@ def api_guidelines(request: Request, web: Web, annotator: BearerAnnotator,
             given and not given[0].isdigit()):   # "0.0", "1e3", " 2": not coerced
         raise QueueError(f"round must be one whole number, got {given!r}", 422, "round")
     g = guidelines.current(web.store, round)
-    return {"guideline": None if g is None else {"version": g.version, "round": g.round,
-                                                 "body": g.body}}
+    return {"guideline": None if g is None else {
+        "version": g.version, "round": g.round if g.round >= 0 else None, "body": g.body}}
 
 
 @router.post("/label/skip", **PAGES["POST /label/skip"])

@@ -23,6 +23,7 @@ Undefined values (no pairable data) are None, so the result is JSON as it is.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -35,6 +36,8 @@ from alignloop.labeling.agreement import cohen_kappa, krippendorff_alpha
 from alignloop.labeling.handoff import HumanVote, QueueItem
 from alignloop.labeling.queue.leases import AVAILABLE
 from alignloop.records import Pair
+
+log = logging.getLogger(__name__)
 
 MIN_SHARED = 5
 VOTES = ("SELECT l.item_id, n.name, l.choice, i.round, l.confidence, l.display_order, "
@@ -256,12 +259,23 @@ def wait(store, round: int, min_labels: int, timeout_s: float, *, poll_s: float 
     with tqdm(desc=f"round {round}: human labels", total=max(target, have), initial=have, unit="label",
               bar_format="{desc}: {n_fmt}/{total_fmt} |{bar}| [{elapsed}{postfix}]",
               disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        announced = False
         while True:
             bar.total, bar.n = max(target, have), have
             bar.set_postfix_str(f"{pending} items pending", refresh=False)
+            if not announced and have < target:     # in a log too: the run waits for people
+                getattr(bar, "write_now", bar.refresh)()
+                announced = True
             bar.refresh()
             left = deadline - time.monotonic()
-            if have >= target or left <= 0:
+            if have >= target:
+                return have
+            if left <= 0:
+                log.warning("round %d: the wait for human labels ran out after %gs with %d of %d "
+                            "labels (%d items short of their votes); the round goes on with what "
+                            "it has, and labels given from now on count only if its labeling is "
+                            "redone (alignloop run ... --redo-from %d:label)", round, timeout_s,
+                            have, target, pending, round)
                 return have
             time.sleep(min(poll_s, left))
             have, target, pending = counts()

@@ -34,10 +34,11 @@ def label_in_terminal(store: QueueStore, me: AnnotatorAccount, *, limit: int | N
     while limit is None or done < limit:
         a = store.next_item(me.id, lease_seconds=lease_seconds, rng=rng)
         if a is None:
-            console.print("Nothing to label right now.")
+            console.print(_nothing_left(store))
             break
         shown_version = _show_guideline(console, store, a.item.round, shown_version)
         _show(console, me, store.labeled(me.id), a)
+        key = None
         try:
             key = Prompt.ask("1 = A, 2 = B, 3 = tie, 4 = both bad, s = skip, q = quit",
                              choices=[*KEYS, "s", "q"], console=console)
@@ -51,9 +52,13 @@ def label_in_terminal(store: QueueStore, me: AnnotatorAccount, *, limit: int | N
                                         choices=["1", "2", "3"], default="2", console=console))
             comment = Prompt.ask("comment (Enter for none)", default="", show_default=False,
                                  console=console)
-        except (EOFError, KeyboardInterrupt):
+        except (EOFError, KeyboardInterrupt) as e:
             store.release(me.id, a.lease_id)
             console.print()
+            if key is not None and isinstance(e, EOFError):   # piped answers out of step
+                console.print(Text("input ended in the middle of an item, which is not "
+                                   "recorded: each item reads a choice, a confidence and a "
+                                   "comment line", style="red"))
             break
         slot = KEYS[key]
         choice = a.display_order[slot] if isinstance(slot, int) else slot
@@ -66,6 +71,17 @@ def label_in_terminal(store: QueueStore, me: AnnotatorAccount, *, limit: int | N
             console.print(Text(visible(f"not recorded: {e}"), style="red"))
     console.print(f"{done} labels recorded this session.")
     return done
+
+
+def _nothing_left(store: QueueStore) -> str:
+    """Why no item was leased: the queue is done, or what is open waits for others (one
+    vote per person per item: an item whose annotators disagreed wants a new person)."""
+    open_items = store.read("SELECT COUNT(*) FROM items WHERE is_open = 1 AND gold IS NULL")[0][0]
+    if not open_items:
+        return "Nothing to label: every item has its votes."
+    return (f"Nothing left that you may label: {open_items} items still wait for votes from "
+            "other annotators (one vote per person per item; items whose votes disagree ask "
+            "for more, up to labeling.human.max_votes).")
 
 
 def _show_guideline(console, store: QueueStore, round: int, shown: int | None) -> int | None:

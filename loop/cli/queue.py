@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from alignloop.cli.argtypes import number, positive, round_number, whole
+from alignloop.errors import AlignloopError
 
 TOKEN_ENV = "ALIGNLOOP_TOKEN"
 
@@ -53,7 +54,6 @@ def _open(args: argparse.Namespace):
     """The queue store of `--run-dir`/`--db`. Only the commands that fill a queue
     (`import`, `add-annotator`) create one; for the others a missing queue is an error,
     never a new empty database in a surprising place."""
-    from alignloop.errors import AlignloopError
     from alignloop.labeling.queue.store import QueueStore
 
     target = _target(args)
@@ -69,7 +69,6 @@ def _open(args: argparse.Namespace):
 def _not_a_run_dir(value: str, what: str) -> None:
     """Refuse a positional argument that is in fact a run directory (a queue given in the
     old positional way, or arguments swapped)."""
-    from alignloop.errors import AlignloopError
 
     if (Path(value) / "queue.db").is_file():
         raise AlignloopError(f"{what} {value!r} is a run directory; give the queue as "
@@ -94,16 +93,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from alignloop.labeling.queue.app import SECRET_ENV, create_app, resolve_secret
     from alignloop.labeling.queue.store import resolve_url
 
+    port = _free_port(args.host, args.port)     # before anything is made or printed
     store = _open(args)   # creates or migrates the database before any worker starts
     url = resolve_url(_target(args))
     secret = resolve_secret(url)
-    shown = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}/"
+    shown = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{port}/"
     print(f"labeling queue at {shown}  (queue: {_target(args)}, {args.workers} worker(s))",
           flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}, not only loopback: put TLS in front and pass "
               "--secure-cookies", file=sys.stderr)
-    server = {"host": args.host, "port": args.port, "log_level": args.log_level,
+    server = {"host": args.host, "port": port, "log_level": args.log_level,
               "access_log": args.access_log, **_proxy_options(args)}
     if args.workers <= 1:
         app = create_app(store, secret=secret, **_app_options(args))
@@ -115,6 +115,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uvicorn.run("alignloop.labeling.queue.app:app_from_env", factory=True,
                 workers=args.workers, **server)
     return 0
+
+
+def _free_port(host: str, port: int) -> int:
+    """`port` (0: one the system picks) if it can be bound on `host` now, else an error
+    with exit 2: uvicorn's own bind failure exits with 3, which is `alignloop run`'s
+    "paused", after the URL line named a server that is someone else's."""
+    import socket
+
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise AlignloopError(f"--port {port}: cannot listen on {host}:{port} "
+                                 f"({e.strerror or e}); is another server using it?") from None
+        return probe.getsockname()[1]
 
 
 def _proxy_options(args: argparse.Namespace) -> dict:
@@ -150,17 +168,18 @@ def cmd_disable_annotator(args: argparse.Namespace) -> int:
 def cmd_label(args: argparse.Namespace) -> int:
     """Label in the terminal: the prompt and the two responses side by side (stacked when the
     terminal is narrow); keys 1 = A, 2 = B, 3 = tie, 4 = both bad, s = skip (with a reason),
-    q = quit; the round's guideline is shown first. Control
+    q = quit; then a confidence (1-3, Enter: 2) and a comment (Enter: none), so answers piped
+    in are three lines per item. The round's guideline is shown first. Control
     characters in the items are shown as escapes (\\x1b), never sent to the terminal."""
     from alignloop.labeling.queue.terminal import label_in_terminal
 
     token = args.token or os.environ.get(TOKEN_ENV)
     if not token:
-        raise SystemExit(f"error: no token: pass --token or set {TOKEN_ENV}")
+        raise AlignloopError(f"no token: pass --token or set {TOKEN_ENV}")
     store = _open(args)
     me = store.authenticate(token)
     if me is None:
-        raise SystemExit("error: that token is not valid")
+        raise AlignloopError("that token is not valid")
     label_in_terminal(store, me, limit=args.limit, lease_seconds=args.lease_seconds)
     return 0
 
@@ -178,10 +197,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from alignloop.labeling.queue.simulate import run_panel
 
     if args.panel not in PANELS:
-        raise SystemExit(f"error: unknown panel {args.panel!r}; known: {', '.join(sorted(PANELS))}")
+        raise AlignloopError(f"unknown panel {args.panel!r}; known: {', '.join(sorted(PANELS))}")
     store = _open(args) if (args.run_dir or args.db) else None
     if store is None and not (args.url and args.token):
-        raise SystemExit("error: give --run-dir or --db (bots are added there), or --url with "
+        raise AlignloopError("give --run-dir or --db (bots are added there), or --url with "
                          "one --token per bot")
     tokens = [(f"token-{i + 1}", t) for i, t in enumerate(args.token)]
     if store is not None and not tokens:

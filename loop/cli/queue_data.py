@@ -113,13 +113,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     from alignloop.outputs import check_new_output
 
     if args.push_to_hub and args.format != "hf":
-        raise SystemExit("error: --push-to-hub needs --format hf")
+        raise AlignloopError("--push-to-hub needs --format hf")
     out = Path(args.out)
     check_new_output(out, force=args.force)      # before the queue is opened
     if args.format != "hf" and out.is_dir():
         raise AlignloopError(f"--out {out}: is a directory; the {args.format} format writes "
                              "a .parquet or .jsonl file")
+    if args.format != "hf" and out.suffix not in (".parquet", ".jsonl"):
+        raise AlignloopError(f"--out {out}: the {args.format} format writes .parquet or "
+                             f".jsonl, not {out.suffix or 'a name without a suffix'}")
+    if args.format == "hf" and out.suffix in (".parquet", ".jsonl", ".json"):
+        raise AlignloopError(f"--out {out}: the hf format writes a datasets folder; give a "
+                             "folder name, not a file name")
+    if args.public and not args.push_to_hub:
+        raise AlignloopError("--public makes the --push-to-hub repository public; without "
+                             "--push-to-hub nothing is uploaded")
     store = _open(args)
+    rounds = [r[0] for r in store.read("SELECT DISTINCT round FROM items ORDER BY round")]
+    if args.round is not None and args.round not in rounds:
+        raise AlignloopError(f"--round {args.round}: the queue holds no item of that round "
+                             f"(its rounds: {', '.join(map(str, rounds)) or 'none'})")
     if args.format == "hf":
         from alignloop.cli.queue_team import export_hf
 

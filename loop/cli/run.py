@@ -23,7 +23,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         queue = "--db URL" if cfg.labeling.human.db else f"--run-dir {run_dir}"
         print(f"paused{' at ' + e.where if e.where else ''}: {e}.\nLabel them first, in the "
               f"browser (alignloop queue serve {queue}) or the terminal (alignloop queue "
-              f"label {queue}).", file=sys.stderr)
+              f"label {queue}); each person needs an account (alignloop queue add-annotator "
+              f"{queue} NAME prints their token).", file=sys.stderr)
         return PAUSED_EXIT
     if summary.get("stopped"):
         print(f"stopped: {summary['stopped']}")

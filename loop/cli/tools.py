@@ -28,7 +28,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.sets)
     data_path = args.pairs or cfg.data.path
     if not data_path:
-        raise SystemExit("error: no pairs given: pass --pairs FILE or set data.path in the config")
+        raise AlignloopError("no pairs given: pass --pairs FILE or set data.path in the config")
     cfg = replace(cfg, data=replace(cfg.data, path=str(data_path)))
     if args.reference:
         cfg = replace(cfg, reference=replace(cfg.reference, model=args.reference))

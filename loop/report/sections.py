@@ -163,7 +163,9 @@ def _degeneration(inp: RoundInputs) -> dict:
 
 def _implicit(inp: RoundInputs, beta: float, boot: dict) -> dict:
     if inp.heldout is None:
-        return missing(f"no {HELDOUT_PAIRS}")
+        return missing(f"no {HELDOUT_PAIRS}: no held-out pair was scored (round 0 holds back "
+                       "loop.heldout_pair_share of the static pairs, and only when there are "
+                       "at least loop.heldout_pair_min of them)")
     if not inp.heldout:
         return missing(f"{HELDOUT_PAIRS} is empty")
     return {"available": True, **metrics.implicit_reward(inp.heldout, beta, **boot)}

@@ -30,7 +30,7 @@ from typing import Any
 
 from alignloop.artifacts import RUN_STATE, atomic_write_json, file_sha256, round_dir
 from alignloop.config import Config, config_from_dict, dump_config, to_dict
-from alignloop.errors import AlignloopError, Paused
+from alignloop.errors import AlignloopError, Paused, RoundEnded
 from alignloop.logs import visible
 from alignloop.rounds.disk import disk_use
 from alignloop.rounds.disk import human_bytes as _human
@@ -311,7 +311,8 @@ class Run:
             # `status` then says it failed and why, not "running" (a killed process cannot
             # say so: its stage stays "running"); a rerun retries it as before
             status = ("stopped" if isinstance(e, KeyboardInterrupt) else
-                      "waiting" if isinstance(e, Paused) else "failed")
+                      "waiting" if isinstance(e, Paused) else
+                      "ended" if isinstance(e, RoundEnded) else "failed")
             rs["stages"][name] = {"status": status, "started": rs["stages"][name]["started"],
                                   "error": _one_line(e)}
             self.save()
@@ -422,7 +423,9 @@ def status_table(run_dir: str | Path, stage_names: StageNames) -> str:
                 continue
             lines.append(f"{k:>5}  {name:10} {shown:8} {secs:>8} {_human(size):>10}")
             if info.get("error"):
-                lines.append(f"{k:>5}  {name} {info['status']}: {visible(info['error'])}")
+                when = (" (counted when the run paused; `alignloop queue status` counts "
+                        "the labels since)" if info["status"] == "waiting" else "")
+                lines.append(f"{k:>5}  {name} {info['status']}: {visible(info['error'])}{when}")
         if rs.get("placement") or rs.get("generation") or rs.get("start"):
             lines.append(f"{k:>5}  {_round_setup(rs, Path(run_dir))}")
         gate = rs.get("gate")

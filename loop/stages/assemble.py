@@ -54,8 +54,7 @@ def assemble_online(rdir: Path, *, new: list[Pair], earlier: list[list[Pair]], r
     """This round's pairs: the new ones plus `replay_share` x as many from earlier rounds
     (uniformly, without repeats, seeded) -> pairs.parquet."""
     if not new:
-        raise RoundEnded("no labeled pair came out of this round (see candidates.parquet and "
-                         "labels.parquet for why)")
+        raise RoundEnded("no labeled pair came out of this round" + _why_none(rdir, round))
     seen = {p.pair_id for p in new}
     pool = []
     for pairs in earlier:
@@ -70,3 +69,27 @@ def assemble_online(rdir: Path, *, new: list[Pair], earlier: list[list[Pair]], r
     write_pairs(rdir / A.PAIRS, pairs)
     log.info("round %d: %d new pairs + %d replayed", round, len(new), len(replay))
     return pairs
+
+
+def _why_none(rdir: Path, round: int) -> str:
+    """Why a round has no labeled pair, from its candidates and labels: what the judges
+    decided, and whether the pairs routed to people got their votes (if not, the fix is
+    to label them and redo the round's labeling)."""
+    from collections import Counter
+
+    try:
+        decided = Counter(r["decision"] for r in A.read_parquet(rdir / A.CANDIDATES)
+                          if r["selected"])
+        voted = {r["item_id"] for r in A.read_parquet(rdir / A.LABELS) if r["source"] != "judge"}
+    except (OSError, KeyError):
+        return f" (see {A.CANDIDATES} and {A.LABELS} for why)"
+    parts = [f"{decided.get('auto', 0)} selected pairs labeled by the judges, "
+             f"{decided.get('drop', 0)} dropped (see {A.CANDIDATES} for why)"]
+    if decided.get("human", 0):
+        parts.append(f"{decided['human']} routed to people, who gave votes on {len(voted)}")
+    why = " (" + "; ".join(parts) + ")"
+    if decided.get("human", 0) and not voted:
+        why += (f"; once people have labeled them, rerun with --redo-from {round}:label to "
+                "use their votes")
+    return why
+
