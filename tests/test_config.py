@@ -163,3 +163,4 @@ def test_a_key_given_twice_is_refused_and_an_empty_section_is_its_defaults(tmp_p
     empty = tmp_path / "empty.yaml"
     empty.write_text("train:\nmodel:\n  name: builtin:tiny-random\n")
     assert load_config(empty).train == TrainConfig()
+    assert load_config(empty, ["train.max_steps=1"]).train.max_steps == 1

@@ -175,7 +175,8 @@ def test_a_change_is_judged_by_the_rounds_that_read_it(baseline, tmp_path):
     def check(*sets, redo=None):
         Loop(load_config(TINY, [*FAST, *sets]), run).state.check_config(redo=redo)
 
-    check("labeling.human.wait=exit", "labeling.human.wait_timeout_s=5")     # nothing to redo
+    check("labeling.human.wait=exit", "labeling.human.wait_timeout_s=5",     # nothing to redo
+          "labeling.human.lease_minutes=30")
     with pytest.raises(RunError, match=r"round 1 ran with a different config \(changed: "
                                        r"labeling.selection.strategy\)"):
         check("labeling.selection.strategy=max_min")

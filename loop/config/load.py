@@ -202,6 +202,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         node = out
         for i, part in enumerate(path[:-1]):
             child = node.setdefault(part, {})
+            if child is None:           # a section left empty in YAML (`train:`)
+                child = node[part] = {}
             if not isinstance(child, dict):
                 raise ConfigError(".".join(path[: i + 1]), "is not a section; cannot set a sub-key")
             node = child

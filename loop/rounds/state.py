@@ -75,13 +75,14 @@ NOT_FINGERPRINTED = frozenset({"loop.rounds", "train.save_every", "train.save_ev
                                "tracking.dir", "tracking.mlflow_tracking_uri",
                                # how the loop waits for people, not what it computes: a run
                                # paused with `wait: exit` may go on with `wait: block`
-                               "labeling.human.wait", "labeling.human.wait_timeout_s"})
+                               "labeling.human.wait", "labeling.human.wait_timeout_s",
+                               "labeling.human.lease_minutes"})
 # Keys that only the online rounds' stages read (slices, generate, judge, label, assemble):
 # a change to them does not make round 0 a different round. (`labeling.human.budget` is
 # not among them: round 0's report states it.)
 ONLINE_ONLY = ("labeling.selection.", "labeling.routing.", "labeling.aggregation.",
                "labeling.calibrate", "labeling.human.votes_required", "labeling.human.max_votes",
-               "labeling.human.db", "labeling.human.lease_minutes", "labeling.human.gold_rate",
+               "labeling.human.db", "labeling.human.gold_rate",
                "labeling.human.min_labels", "loop.slices.", "loop.prompts_per_round",
                "loop.replay_share", "loop.simulate_labels")
 
@@ -379,9 +380,8 @@ def run_lock(run_dir: Path, what: str = "run directory"):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunError(f"{run_dir}: another alignloop process is using this {what}; let "
-                           "it finish (or stop it: a rerun then resumes), then run again"
-                           ) from None
+            raise RunError(f"{run_dir}: another alignloop process is using this {what}; "
+                           "wait for it to end (or stop it), then try again") from None
         yield
     finally:
         os.close(fd)              # closing the folder's descriptor releases the lock
