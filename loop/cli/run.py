@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -48,12 +49,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     round keeps its adapter, so every policy still loads. Refused while a loop runs in that
     directory."""
     from alignloop.rounds.disk import human_bytes, prune
-    from alignloop.rounds.state import run_lock
 
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"no run here: {run_dir / 'state.json'} not found")
-    with run_lock(run_dir):        # never under a running loop, which may be reading them
+    with _held(args.run_dir) as run_dir:   # never under a running loop, which reads them
         use = prune(run_dir, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for cache in use.caches:
@@ -67,17 +64,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Render RUN_DIR/report.html (every headline metric across rounds, where the loop stopped
     or was gated) and, with --round, that round's report (report.json, report.md, report.html)."""
     from alignloop.report import write_round_report, write_run_report
-    from alignloop.rounds.state import run_lock
 
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"no run here: {run_dir / 'state.json'} not found")
-    with run_lock(run_dir):        # a running loop writes these reports itself
+    with _held(args.run_dir) as run_dir:   # a running loop writes these reports itself
         if args.round is not None:
             path = write_round_report(run_dir, args.round)
             print(f"round {args.round}: {path.parent / 'report.html'} (report.json, report.md)")
         print(f"run: {write_run_report(run_dir)}")
     return 0
+
+
+@contextmanager
+def _held(run_dir: str):
+    """The run directory as a Path, held against a loop running there (`run_lock`)."""
+    from alignloop.rounds.state import run_lock
+
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no run here: {path / 'state.json'} not found")
+    with run_lock(path):
+        yield path
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -248,11 +248,10 @@ class Run:
         checked, nor the reports, which `alignloop report` renders again, nor folders such
         as a policy, which later stages add to). A missing output is no error: its stage
         runs again. Writes nothing."""
+        stop = (redo[0], self.stage_names(redo[0]).index(redo[1])) if redo else None
         for k, rs in sorted(self.state["rounds"].items(), key=lambda t: int(t[0])):
-            order = self.stage_names(int(k))
-            for name in order:
-                if redo is not None and (int(k), order.index(name)) >= (
-                        redo[0], self.stage_names(redo[0]).index(redo[1])):
+            for i, name in enumerate(self.stage_names(int(k))):
+                if stop is not None and (int(k), i) >= stop:
                     return
                 info = rs["stages"].get(name, {})
                 if info.get("status") != "done" or name == "report":
@@ -368,7 +367,7 @@ _SERVED = {"full": "full weights", "merged": "merged weights", "adapter": "a LoR
 
 
 @contextmanager
-def run_lock(run_dir: Path, what: str = "run directory"):
+def run_lock(run_dir: Path):
     """Hold an exclusive lock on `run_dir` (an existing folder) while the block runs, or
     raise RunError when another process holds it: two processes in one run would both
     compute every stage and write over each other. The lock is the kernel's (flock on the
@@ -380,7 +379,7 @@ def run_lock(run_dir: Path, what: str = "run directory"):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunError(f"{run_dir}: another alignloop process is using this {what}; "
+            raise RunError(f"{run_dir}: another alignloop process is using this run directory; "
                            "wait for it to end (or stop it), then try again") from None
         yield
     finally:
@@ -414,15 +413,13 @@ def status_table(run_dir: str | Path, stage_names: StageNames) -> str:
                 continue
             size = sum(o["bytes"] for o in info.get("outputs", {}).values())
             secs = f"{info['seconds']:.1f}" if "seconds" in info else "-"
-            shown = info["status"]
-            if shown == "running" and not alive:
-                shown = "stopped"
-                lines.append(f"{k:>5}  {name:10} {shown:8} {secs:>8} {_human(size):>10}")
+            dead = info["status"] == "running" and not alive
+            shown = "stopped" if dead else info["status"]
+            lines.append(f"{k:>5}  {name:10} {shown:8} {secs:>8} {_human(size):>10}")
+            if dead:
                 lines.append(f"{k:>5}  {name} stopped: no process is running it (killed?); "
                              "rerun the command to resume")
-                continue
-            lines.append(f"{k:>5}  {name:10} {shown:8} {secs:>8} {_human(size):>10}")
-            if info.get("error"):
+            elif info.get("error"):
                 when = (" (counted when the run paused; `alignloop queue status` counts "
                         "the labels since)" if info["status"] == "waiting" else "")
                 lines.append(f"{k:>5}  {name} {info['status']}: {visible(info['error'])}{when}")
