@@ -86,10 +86,10 @@ SIZES = {
                "conditions": ("clean", "flip40"), "losses": ("sigmoid", "rdpo"),
                "train_prompts": 0, "heldout_prompts": 40, "eval_prompts": 0, "max_new_tokens": 32},
     # the noise levels and the disagreeing panel the target size leaves out, at its largest
-    # data size, hard vs soft labels (8 runs of about 12 min on 2 cores with bf16 units;
-    # seeds may be added): how the kept share falls with the flip rate, and what a panel
+    # data size, hard vs soft labels (8 runs per seed of about 9 min on 2 cores with bf16
+    # units; `--losses rdpo` adds 4, `--partial` tables the seeds each cell has): how the kept share falls with the flip rate, and what a panel
     # that disagrees systematically does
-    "conditions": {"model": MODEL, "pairs": (480,), "seeds": 1, "epochs": 1,
+    "conditions": {"model": MODEL, "pairs": (480,), "seeds": 3, "epochs": 1,
                    "conditions": ("clean", "flip20", "disagree", "flip40"),
                    "losses": ("sigmoid", "soft"), "train_prompts": 0, "heldout_prompts": 40,
                    "eval_prompts": 0, "max_new_tokens": 32},
@@ -280,23 +280,38 @@ def sweep(spec: dict, size: str, work: Path, cache: RunCache, conditions, losses
             bar.update(1)
 
 
-def finished_seeds(cache: RunCache, spec: dict, losses) -> dict[int, list[int]]:
-    """{data size: its seeds whose every condition and loss has finished}, sizes with none
-    left out: a partial table compares runs of the same seeds only, so its pairing holds.
-    A loss outside the size's own list (`--losses soft` on `target`) gets rows for the
-    seeds it finished by this rule, on its own."""
-    out = {n: [s for s in range(spec["seeds"])
-               if all(cache.has(n, s, c, loss) for c in spec["conditions"] for loss in losses)]
-           for n in spec["pairs"]}
-    return {n: s for n, s in out.items() if s}
+def cell_seeds(cache: RunCache, spec: dict, losses) -> dict[tuple[int, str, str], list[int]]:
+    """{(data size, condition, loss): seeds} of the finished runs a table may use, cells
+    with none left out: a noisy cell has the seeds at which it and its clean control (same
+    size, loss and seed) both finished, so its kept share stays paired; the clean cell has
+    the seeds its noisy cells use (a clean run with no noisy partner yet gets no row)."""
+    out: dict[tuple[int, str, str], list[int]] = {}
+    for n in spec["pairs"]:
+        for loss in losses:
+            clean: set[int] = set()
+            for cond in spec["conditions"]:
+                done = [s for s in range(spec["seeds"]) if cond != "clean"
+                        and cache.has(n, s, cond, loss) and cache.has(n, s, "clean", loss)]
+                if done:
+                    out[(n, cond, loss)] = done
+                    clean.update(done)
+            if clean:
+                out[(n, "clean", loss)] = sorted(clean)
+    return out
 
 
-def _seed_counts(seeds: dict[int, list[int]], spec: dict) -> str:
-    counts = {len(s) for s in seeds.values()}
-    if counts == {spec["seeds"]}:
+def _seed_counts(cells: dict[tuple, list[int]], spec: dict) -> str:
+    per_size: dict[int, set[int]] = {}
+    for (n, _, _), seeds in cells.items():
+        per_size.setdefault(n, set()).add(len(seeds))
+    if all(c == {spec["seeds"]} for c in per_size.values()):
         return f"{spec['seeds']} seed(s)"
-    return ("seeds " + ", ".join(f"{len(s)} at {n}" for n, s in sorted(seeds.items()))
-            + f" (of {spec['seeds']}: a partial table, `--partial`)")
+    partial = f"(of {spec['seeds']}: a partial table, `--partial`)"
+    if all(len(c) == 1 for c in per_size.values()):
+        return ("seeds " + ", ".join(f"{min(c)} at {n}" for n, c in sorted(per_size.items()))
+                + f" {partial}")
+    return ("seeds per row as in the seeds column: a row's seeds are those at which it and "
+            f"its clean control finished {partial}")
 
 
 def _extra_note(loss: str, done: dict[int, list[int]]) -> str:
@@ -418,27 +433,30 @@ def main(argv: list[str] | None = None) -> None:
               args.conditions or spec["conditions"], args.losses or losses)
     if args.conditions or args.losses:
         return
-    seeds = finished_seeds(cache, spec, losses) if args.partial else {
-        n: list(range(spec["seeds"])) for n in spec["pairs"]}
-    if not seeds:
-        raise SystemExit(f"label_noise: no data size of {args.size!r} has a finished seed "
-                         f"(every condition and loss) in {cache.path}")
-    extra = {loss: done for loss in LOSSES if loss not in losses
-             for done in [finished_seeds(cache, spec, (loss,))] if done}
-    sizes = sorted({*seeds, *(n for done in extra.values() for n in done)})
-    runs = {(n, c, loss): [cache.get(n, s, c, loss) for s in seeds[n]]
-            for n in seeds for c in spec["conditions"] for loss in losses}
-    runs.update({(n, c, loss): [cache.get(n, s, c, loss) for s in ss]
-                 for loss, done in extra.items() for n, ss in done.items() for c in spec["conditions"]})
-    rows = stats.summarise(runs, sizes, spec["conditions"], [*losses, *extra])
+    others = [loss for loss in LOSSES if loss not in losses]
+    if args.partial:        # every loss, each cell with the seeds it has finished
+        cells = cell_seeds(cache, spec, [*losses, *others])
+    else:                   # the sweep's own cells are complete; other losses where finished
+        cells = {(n, c, loss): list(range(spec["seeds"]))
+                 for n in spec["pairs"] for c in spec["conditions"] for loss in losses}
+        cells.update(cell_seeds(cache, spec, others))
+    if not cells:
+        raise SystemExit(f"label_noise: no data size of {args.size!r} has a finished pair of "
+                         f"clean and noisy runs in {cache.path}")
+    shown = [loss for loss in (*losses, *others) if any(k[2] == loss for k in cells)]
+    extra = {loss: {n: ss for (n, c, lo), ss in cells.items() if lo == loss and c == "clean"}
+             for loss in others if loss in shown}
+    sizes = sorted({n for n, _, _ in cells})
+    runs = {(n, c, loss): [{**cache.get(n, s, c, loss), "seed": s} for s in ss]
+            for (n, c, loss), ss in cells.items()}
+    rows = stats.summarise(runs, sizes, spec["conditions"], shown)
     top = max(spec["pairs"])
-    check = (stats.target_check(rows, top) if "flip40" in spec["conditions"] and top in seeds
-             else None)
+    check = stats.target_check(rows, top) if (top, "flip40", "sigmoid") in cells else None
     command = f"python benchmarks/label_noise.py --size {args.size}" + (
         " --partial" if args.partial else "")
     load = f"load average {load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     footer = (f"{args.size} size: {', '.join(map(str, sizes))} training pairs x {VOTES} "
-              f"votes, {_seed_counts(seeds, spec)}, {spec['epochs']} epochs of {PAIRS_PER_STEP} "
+              f"votes, {_seed_counts(cells, spec)}, {spec['epochs']} epochs of {PAIRS_PER_STEP} "
               f"pairs per step ({', '.join(str(steps(spec, n)) for n in sizes)} steps), "
               f"{spec['eval_prompts'] or 'all 91'} held-out prompts for reward and KL. "
               f"{''.join(_extra_note(loss, done) for loss, done in extra.items())}"
@@ -448,7 +466,7 @@ def main(argv: list[str] | None = None) -> None:
     estimate = full_estimate(cache, spec) if args.size == "quick" else ""
     md = stats.table(rows, check) + "\n" + footer + (f"\n{estimate}" if estimate else "")
     meta = {"size": args.size, **{k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()},
-            "losses": [*losses, *extra], "votes": VOTES, "machine": machine(), "date": today(),
+            "losses": shown, "votes": VOTES, "machine": machine(), "date": today(),
             "command": command}
     if check is not None:   # the keys benchmarks/summary.py reads
         meta.update(target_met=check["met"], best_robust=check["best_robust"],

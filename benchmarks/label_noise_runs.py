@@ -175,16 +175,19 @@ def provenance(run_dir: Path, work: Path) -> dict:
 
 
 def _but_sizes(spec: dict | None) -> dict | None:
-    return None if spec is None else {k: v for k, v in spec.items() if k != "pairs"}
+    """The settings a cached run depends on: all but the data sizes and the seed count (a
+    run depends on its own size and seed only)."""
+    return None if spec is None else {k: v for k, v in spec.items() if k not in ("pairs", "seeds")}
 
 
 class RunCache:
     """Measures of finished runs keyed "pairs/seed/condition/loss", in one JSON file that
     is re-read, updated and replaced under a lock, so several processes can run parts of
     one sweep (the lock file lives in the run directories). A file made for other size
-    settings is refused (delete it to start over), except for its list of data sizes: a
-    run depends on its own size only (the sizes are nested prefixes of one pair pool), so
-    sizes may be added to a size's sweep and its finished runs still count.
+    settings is refused (delete it to start over), except for its list of data sizes and its
+    number of seeds: a run depends on its own size and seed only (the sizes are nested
+    prefixes of one pair pool, a pair's votes come from its seed), so sizes and seeds may be
+    added to a size's sweep and its finished runs still count.
     Nothing is written before the candidates are sampled."""
 
     def __init__(self, path: Path, size: str, spec: dict, lock_dir: Path):

@@ -88,8 +88,10 @@ def summarise(runs: dict, sizes, conditions, losses) -> list[dict]:
                        "accuracy": (float(np.mean([r["accuracy"] for r in cell]))
                                     if all("accuracy" in r for r in cell) else None),
                        "kept": None}
-                if cond != "clean":
-                    row["kept"] = kept_share(matrix(runs[(n, "clean", loss)], "gains"), gain)
+                if cond != "clean":     # paired: the clean runs of this cell's seeds
+                    seeds = {r.get("seed") for r in cell}
+                    clean = [r for r in runs[(n, "clean", loss)] if r.get("seed") in seeds]
+                    row["kept"] = kept_share(matrix(clean, "gains"), gain)
                 rows.append(row)
     return rows
 

@@ -209,18 +209,19 @@ def test_run_cache_resumes_and_refuses_other_settings(tmp_path):
 
 
 
-def test_run_cache_takes_added_data_sizes_and_keeps_their_runs(tmp_path):
+def test_run_cache_takes_added_data_sizes_and_seeds_and_keeps_their_runs(tmp_path):
     spec = dict(ln.SIZES["smoke"])
     lr.RunCache(tmp_path / "r.json", "smoke", spec, tmp_path / "w").put(8, 0, "clean", "rdpo", {})
-    grown = lr.RunCache(tmp_path / "r.json", "smoke", {**spec, "pairs": (2, 4, 8)}, tmp_path / "w")
+    grown = lr.RunCache(tmp_path / "r.json", "smoke", {**spec, "pairs": (2, 4, 8), "seeds": 3},
+                        tmp_path / "w")
     assert grown.has(8, 0, "clean", "rdpo")
-    grown.put(2, 0, "clean", "rdpo", {})
+    grown.put(2, 2, "clean", "rdpo", {})
     stored = json.loads((tmp_path / "r.json").read_text())
-    assert stored["spec"]["pairs"] == [2, 4, 8] and set(stored["runs"]) == {
-        "8/0/clean/rdpo", "2/0/clean/rdpo"}
-    with pytest.raises(SystemExit, match="other 'smoke' settings"):    # not seeds, not epochs
-        lr.RunCache(tmp_path / "r.json", "smoke", {**spec, "pairs": (2, 4, 8), "seeds": 2},
-                    tmp_path / "w")
+    assert stored["spec"]["pairs"] == [2, 4, 8] and stored["spec"]["seeds"] == 3
+    assert set(stored["runs"]) == {"8/0/clean/rdpo", "2/2/clean/rdpo"}
+    with pytest.raises(SystemExit, match="other 'smoke' settings"):    # not the epochs
+        lr.RunCache(tmp_path / "r.json", "smoke", {**spec, "pairs": (2, 4, 8), "seeds": 3,
+                                                    "epochs": 2}, tmp_path / "w")
 
 
 def test_partial_tables_use_the_seeds_each_size_has_complete(tmp_path, capsys):
@@ -254,6 +255,41 @@ def test_partial_tables_use_the_seeds_each_size_has_complete(tmp_path, capsys):
         ln.main(["--size", "smoke", "--partial", "--losses", "rdpo", "--out", str(out),
                  "--work", str(work)])
     assert e.value.code == 2 and "--partial" in capsys.readouterr().err
+
+
+def test_partial_rows_take_each_cells_seeds_and_pair_kept_shares_by_seed(tmp_path, capsys):
+    """Seeds added for some cells only (`--conditions clean,flip40 --losses sigmoid` at seed
+    1): each row has the seeds at which it and its clean control finished, and a kept share
+    divides by the clean runs of the same seeds only."""
+    spec = {**ln.SIZES["smoke"], "pairs": (8,), "seeds": 3}
+    ids = [f"p{i}" for i in range(spec["eval_prompts"])]
+    out, work = tmp_path / "out", tmp_path / "work"
+    cache = lr.RunCache(out / "label_noise.cells_test.runs.json", "cells_test", spec,
+                        work / "cells_test")
+    gains = {(0, "clean", "sigmoid"): 0.4, (0, "flip40", "sigmoid"): 0.2,
+             (1, "clean", "sigmoid"): 0.2, (1, "flip40", "sigmoid"): 0.2,
+             (0, "clean", "rdpo"): 0.4, (0, "flip40", "rdpo"): 0.1,
+             (1, "clean", "rdpo"): 0.8}          # rdpo's seed 1 has no noisy partner yet
+    for (seed, cond, loss), g in gains.items():
+        cache.put(8, seed, cond, loss, {"prompt_ids": ids, "gains": [g] * 3, "kls": [1.0] * 3,
+                                        "flip_rate": 0.2})
+    ln.SIZES["cells_test"] = spec
+    try:
+        ln.main(["--size", "cells_test", "--partial", "--out", str(out), "--work", str(work),
+                 "--no-readme"])
+    finally:
+        del ln.SIZES["cells_test"]
+    capsys.readouterr()
+    rows = {(r["condition"], r["loss"]): r
+            for r in json.loads((out / "label_noise.cells_test.json").read_text())["results"]}
+    assert {k: r["seeds"] for k, r in rows.items()} == {
+        ("clean", "sigmoid"): 2, ("flip40", "sigmoid"): 2, ("clean", "rdpo"): 1,
+        ("flip40", "rdpo"): 1}
+    assert rows["flip40", "sigmoid"]["kept"]["value"] == pytest.approx(0.4 / 0.6)
+    assert rows["flip40", "rdpo"]["kept"]["value"] == pytest.approx(0.25)    # not 0.1 / 0.6
+    assert rows["clean", "rdpo"]["gain"]["value"] == pytest.approx(0.4)
+    md = (out / "label_noise.cells_test.md").read_text()
+    assert "seeds per row as in the seeds column" in md and "(of 3: a partial table" in md
 
 
 def test_a_loss_outside_the_sweep_gets_rows_where_it_finished(tmp_path, capsys):
