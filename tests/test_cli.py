@@ -126,6 +126,15 @@ def test_train_and_generate_refuse_unusable_out_paths_before_any_work(tmp_path):
     afile.write_text("x")
     out = run("train", "configs/tiny.yaml", "--out", str(afile), "--set", "data.limit=8")
     assert out.returncode == 2 and f"--out {afile}: is a file" in out.stderr, out.stderr
+    mine = tmp_path / "mine"                    # somebody's folder: not mixed into
+    mine.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt", "d.txt"):
+        (mine / name).write_text(name)
+    out = run("train", "configs/tiny.yaml", "--out", str(mine), "--set", "data.limit=8")
+    assert out.returncode == 2, out.stderr
+    assert (f"--out {mine}: holds other files (a.txt, b.txt, c.txt and 1 more) and no "
+            "training run; give an empty or new directory") in out.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["a.txt", "b.txt", "c.txt", "d.txt"]
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "Say hi"}) + "\n")
     for target, message in ((afile / "g.parquet", "is a file, not a directory"),

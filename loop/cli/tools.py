@@ -76,7 +76,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _check_train_out(out: Path, *, force: bool) -> None:
     """OUT must be a directory or not exist, and must not hold a finished training run (its
     policy/) unless --force: training again would replace that policy silently. A killed
-    run (a checkpoint, no policy/) is resumed as before."""
+    run (a checkpoint, no policy/) is resumed as before. A folder holding other things and
+    no training run's files is refused: the run would be mixed into it."""
     from alignloop.errors import AlignloopError
 
     if out.exists() and not out.is_dir():
@@ -85,11 +86,22 @@ def _check_train_out(out: Path, *, force: bool) -> None:
     if (out / "policy").exists() and not force:
         raise AlignloopError(f"--out {out}: holds a trained policy already; give another "
                              "directory, or --force to train again and replace it")
-    ours = any((out / name).exists() for name in ("policy", "checkpoint", "train_log.jsonl"))
+    ours = any((out / name).exists() for name in _TRAIN_OUTPUTS)
     if (out / "config.yaml").exists() and not ours:
         # the resolved config is written there at the end: it would replace the user's own
         raise AlignloopError(f"--out {out}: holds a config.yaml that is not a training run's; "
                              "move it out of the folder, or give another directory")
+    others = sorted(p.name for p in out.iterdir()) if out.is_dir() and not ours else []
+    if others:
+        # a training run's files would be mixed into a folder of other things
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise AlignloopError(f"--out {out}: holds other files ({shown}) and no training run; "
+                             "give an empty or new directory")
+
+
+# what `train` writes into OUT; any of them makes OUT a (possibly interrupted) training run
+_TRAIN_OUTPUTS = ("policy", "checkpoint", "train_log.jsonl", "train_timing.jsonl",
+                  "reference_logps.parquet", "tracking", "tracking.json")
 
 
 def _check_generate_out(out: Path, *, force: bool) -> None:
