@@ -305,3 +305,33 @@ def test_server_killed_mid_load_keeps_every_acknowledged_label(tmp_path):
     _check_no_label_lost_or_duplicated(store, acks, names)
     assert pending(store, 0) == 0
     store.close()
+
+
+def _next_204_waiting(url: str, token: str) -> str | None:
+    """POST /api/next expecting its 204: the X-Queue-Waiting-Items header."""
+    conn = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=10)
+    conn.request("POST", "/api/next", headers={"Authorization": f"Bearer {token}"})
+    r = conn.getresponse()
+    assert r.status == 204 and r.read() == b""
+    conn.close()
+    return r.getheader("X-Queue-Waiting-Items")
+
+
+def test_nothing_left_says_whether_items_wait_for_other_annotators(queue):
+    """A bare 204 could not tell "the queue is done" from "what is open waits for other
+    people's votes" (one vote per person per item)."""
+    store, url, tokens = queue
+    assert _next_204_waiting(url, tokens["ann"]) == "0"
+    store.submit(_items(1, votes=2))
+    status, item = _call(url, "POST", "/api/next", token=tokens["ann"])
+    assert status == 200
+    body = {"item_id": item["item_id"], "lease_id": item["lease_id"], "choice": "a",
+            "confidence": 2, "idempotency_key": "w1", "next": True}
+    status, answer = _call(url, "POST", "/api/labels", token=tokens["ann"], body=body)
+    assert status == 201 and answer["next"] is None and answer["waiting_items"] == 1
+    assert _next_204_waiting(url, tokens["ann"]) == "1"
+    status, item = _call(url, "POST", "/api/next", token=tokens["admin"])
+    status, answer = _call(url, "POST", "/api/labels", token=tokens["admin"],
+                           body={**body, "lease_id": item["lease_id"], "idempotency_key": "w2"})
+    assert status == 201 and answer["waiting_items"] == 0
+    assert _next_204_waiting(url, tokens["ann"]) == "0"

@@ -99,6 +99,7 @@ def test_sign_in_label_three_items_with_the_keyboard(browser, site):
         if n < 3:
             assert _labeled(page) == n and f"{n} labeled" in page.inner_text("#progress")
     assert page.locator("#done").is_visible() and _labeled(page) == 3
+    assert page.inner_text("#why") == "Nothing to label: every item has its votes."
     votes = {v.item_id: v for v in store.votes(0)}
     assert len(votes) == 3 and all(v.annotator == "ada" for v in votes.values())
     for (item_id, order, left_text), key in zip(shown, ["1", "2", "3"], strict=True):

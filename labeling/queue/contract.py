@@ -60,11 +60,13 @@ class Lease(BaseModel):
 
 
 class Recorded(BaseModel):
-    """201/200 of POST /api/labels; `next` only when the label asked for it."""
+    """201/200 of POST /api/labels; `next` only when the label asked for it, and
+    `waiting_items` only when that `next` is null (as the 204's header of POST /api/next)."""
 
     label_id: int
     created: bool
     next: Lease | None = None
+    waiting_items: int | None = None
 
 
 class Health(BaseModel):
@@ -105,6 +107,7 @@ _TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 _CSRF = {"type": "string", "description": "the CSRF token of the page the form is on "
                                           "(missing or wrong: 403)"}
 _STR = {"type": "string"}
+WAITING_HEADER = "X-Queue-Waiting-Items"   # on POST /api/next's 204: open items left to others
 
 
 def _form(*required: str, **fields: dict) -> dict:
@@ -123,7 +126,11 @@ _AUTH = {401: _json(Problem, "missing, unknown or disabled bearer token"),
 API = {
     "POST /api/next": {"responses": {
         200: _json(Lease, "an item leased to you (or the lease you hold, at the cap)"),
-        204: {"description": "nothing left for you to label"}, **_BODY, **_AUTH}},
+        204: {"description": "nothing left for you to label; the X-Queue-Waiting-Items "
+                     "header counts the open items that wait for other annotators' votes "
+                     "(0: the queue is done)",
+              "headers": {WAITING_HEADER: {"schema": {"type": "integer", "minimum": 0}}}},
+        **_BODY, **_AUTH}},
     "POST /api/labels": {"status_code": 201, "responses": {
         201: _json(Recorded, "a new label"),
         200: _json(Recorded, "a replay of an idempotency key already used: the label it "

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from alignloop.labeling.queue.contract import API
+from alignloop.labeling.queue.contract import API, WAITING_HEADER
 from alignloop.labeling.queue.deps import BearerAnnotator, Web
 from alignloop.labeling.queue.leases import MAX_COMMENT
+from alignloop.labeling.queue.stats import waiting_items
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -60,7 +61,11 @@ def _lease(a) -> dict | None:
 @router.post("/api/next", **API["POST /api/next"])
 async def api_next(web: Web, annotator: BearerAnnotator):
     lease = _lease(await web.call(web.next_item, annotator.id))
-    return Response(status_code=204) if lease is None else JSONResponse(lease)
+    if lease is not None:
+        return JSONResponse(lease)
+    # 204 has no body: a header says whether the queue is done (0) or items wait for others
+    waiting = await web.call(waiting_items, web.store)
+    return Response(status_code=204, headers={WAITING_HEADER: str(waiting)})
 
 
 @router.post("/api/labels", **API["POST /api/labels"])
@@ -72,4 +77,6 @@ async def api_labels(body: LabelIn, web: Web, annotator: BearerAnnotator):
     content = {"label_id": r.label_id, "created": r.created}
     if body.next:   # a label and the next lease: one request per label instead of two
         content["next"] = _lease(await web.call(web.next_item, annotator.id))
+        if content["next"] is None:
+            content["waiting_items"] = await web.call(waiting_items, web.store)
     return JSONResponse(status_code=201 if r.created else 200, content=content)

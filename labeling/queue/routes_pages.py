@@ -27,6 +27,7 @@ from alignloop.labeling.queue.deps import (
     new_session,
 )
 from alignloop.labeling.queue.skips import REASONS
+from alignloop.labeling.queue.stats import nothing_left, waiting_items
 from alignloop.labeling.queue.store import AnnotatorAccount, Assignment, QueueError
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
@@ -147,15 +148,15 @@ async def logout(request: Request, web: Web):
 
 def _show(web: QueueWeb, request: Request, session: dict, who: AnnotatorAccount,
           assignment: Assignment | None, labeled: int, note: str,
-          guide: dict | None = None) -> Response:
-    """The next item's page (or "done") for `who` (the store's account of the session:
-    its role picks the nav links), with the session's lease updated to match; `guide` is
-    the item's guideline (`guidelines.shown`)."""
+          guide: dict | None = None, why: str | None = None) -> Response:
+    """The next item's page (or "done", saying `why`) for `who` (the store's account of the
+    session: its role picks the nav links), with the session's lease updated to match;
+    `guide` is the item's guideline (`guidelines.shown`)."""
     common = {"csrf": web.sessions.csrf(session), "name": who.name,
               "role": who.role, "labeled": labeled,
               "note": NOTES.get(note, ""), "guide": guide, "skip_reasons": REASONS}
     if assignment is None:
-        response = _page(web, request, "done.html", **common)
+        response = _page(web, request, "done.html", **common, why=why)
         session = {k: v for k, v in session.items() if k != "lease"}
     else:
         it, order = assignment.item, assignment.display_order
@@ -184,13 +185,15 @@ async def label_page(request: Request, web: Web, note: str = ""):
         if session.get("lease"):   # a reload: hand back the item on screen before
             web.store.release(aid, session["lease"])
         assignment = web.next_item(aid)
-        return who, assignment, web.store.labeled(aid), guidelines.shown(web.store, assignment)
+        why = None if assignment else nothing_left(waiting_items(web.store))
+        return (who, assignment, web.store.labeled(aid), guidelines.shown(web.store, assignment),
+                why)
 
     got = await run_in_threadpool(work)
     if got is None:
         return _signed_out(web)
-    who, assignment, labeled, guide = got
-    return _show(web, request, session, who, assignment, labeled, note, guide)
+    who, assignment, labeled, guide, why = got
+    return _show(web, request, session, who, assignment, labeled, note, guide, why)
 
 
 def _refusal(web: QueueWeb, f: dict[str, str]) -> tuple[str, str] | None:

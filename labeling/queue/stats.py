@@ -279,3 +279,19 @@ def wait(store, round: int, min_labels: int, timeout_s: float, *, poll_s: float 
                 return have
             time.sleep(min(poll_s, left))
             have, target, pending = counts()
+
+
+def waiting_items(store) -> int:
+    """Open items that still want votes (gold items aside): 0 when the queue is done."""
+    return store.read("SELECT COUNT(*) FROM items WHERE is_open = 1 AND gold IS NULL")[0][0]
+
+
+def nothing_left(waiting: int) -> str:
+    """Why no item was leased to an annotator, given `waiting_items`: the queue is done, or
+    what is open waits for others (one vote per person per item: an item whose annotators
+    disagreed wants a new person)."""
+    if not waiting:
+        return "Nothing to label: every item has its votes."
+    return (f"Nothing left that you may label: {waiting} items still wait for votes from "
+            "other annotators (one vote per person per item; items whose votes disagree ask "
+            "for more, up to labeling.human.max_votes).")

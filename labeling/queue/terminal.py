@@ -15,6 +15,7 @@ import uuid
 
 from alignloop.labeling.queue import guidelines
 from alignloop.labeling.queue.skips import record_skip
+from alignloop.labeling.queue.stats import nothing_left, waiting_items
 from alignloop.labeling.queue.store import AnnotatorAccount, QueueError, QueueStore
 from alignloop.logs import visible
 
@@ -34,7 +35,7 @@ def label_in_terminal(store: QueueStore, me: AnnotatorAccount, *, limit: int | N
     while limit is None or done < limit:
         a = store.next_item(me.id, lease_seconds=lease_seconds, rng=rng)
         if a is None:
-            console.print(_nothing_left(store))
+            console.print(nothing_left(waiting_items(store)))
             break
         shown_version = _show_guideline(console, store, a.item.round, shown_version)
         _show(console, me, store.labeled(me.id), a)
@@ -71,17 +72,6 @@ def label_in_terminal(store: QueueStore, me: AnnotatorAccount, *, limit: int | N
             console.print(Text(visible(f"not recorded: {e}"), style="red"))
     console.print(f"{done} labels recorded this session.")
     return done
-
-
-def _nothing_left(store: QueueStore) -> str:
-    """Why no item was leased: the queue is done, or what is open waits for others (one
-    vote per person per item: an item whose annotators disagreed wants a new person)."""
-    open_items = store.read("SELECT COUNT(*) FROM items WHERE is_open = 1 AND gold IS NULL")[0][0]
-    if not open_items:
-        return "Nothing to label: every item has its votes."
-    return (f"Nothing left that you may label: {open_items} items still wait for votes from "
-            "other annotators (one vote per person per item; items whose votes disagree ask "
-            "for more, up to labeling.human.max_votes).")
 
 
 def _show_guideline(console, store: QueueStore, round: int, shown: int | None) -> int | None:
