@@ -285,3 +285,25 @@ def test_queue_errors_exit_2_and_export_refuses_what_it_would_not_honour(tmp_pat
         assert main(["-q", "queue", "export", *_at(run_dir), *extra]) == 2, extra
         assert want in capsys.readouterr().err, extra
     assert not out.exists()
+
+
+def test_dpo_export_keeps_the_item_id_as_pair_id_when_people_flip_a_pair(tmp_path, capsys,
+                                                                         pairs_file):
+    """An export's pair_id was derived from (prompt, chosen, rejected), so a pair people (or
+    an adjudication) turned round got a new id that joined to no vote of the raw export."""
+    run_dir = tmp_path / "run"
+    _run(capsys, "queue", "import", *_at(run_dir), str(pairs_file), "--votes-required", "1")
+    with QueueStore.open(run_dir) as store:
+        me = store.authenticate(store.add_annotator("ada"))
+        while (a := store.next_item(me.id)) is not None:       # prefers the rejected (b)
+            store.record_label(me.id, item_id=a.item.item_id, lease_id=a.lease_id,
+                               choice="b", confidence=3, idempotency_key=a.lease_id)
+    originals = {p.pair_id: p for p in read_pairs(pairs_file)[0]}
+    dest, raw = tmp_path / "dpo.parquet", tmp_path / "raw.jsonl"
+    _run(capsys, "queue", "export", *_at(run_dir), "--format", "dpo", "--out", str(dest))
+    _run(capsys, "queue", "export", *_at(run_dir), "--format", "raw", "--out", str(raw))
+    back = {p.pair_id: p for p in read_pairs_parquet(dest)}
+    assert back.keys() == originals.keys()
+    for pid, p in back.items():
+        assert (p.chosen, p.rejected) == (originals[pid].rejected, originals[pid].chosen)
+    assert {json.loads(line)["item_id"] for line in raw.read_text().splitlines()} == set(back)

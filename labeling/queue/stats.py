@@ -200,7 +200,9 @@ def export_pairs(rows: Sequence[dict], items: Sequence[QueueItem], *,
     `verdicts` (item_id -> adjudicated choice) as strong votes.
 
     chosen = the side the posterior favours, p_chosen = max(p, 1 - p), n_votes = a/b/tie
-    votes, source "human". Items without an a/b/tie vote or with p exactly 0.5 are left out.
+    votes, source "human", pair_id = the item's id (it stays when an adjudication flips the
+    sides, and joins the pair to its votes in the raw export). Items without an a/b/tie
+    vote or with p exactly 0.5 are left out.
     """
     from alignloop.labeling.aggregate import Vote, aggregate_votes
 
@@ -215,7 +217,7 @@ def export_pairs(rows: Sequence[dict], items: Sequence[QueueItem], *,
         chosen, rejected, p = ((it.a, it.b, post.p_a) if post.p_a > 0.5
                                else (it.b, it.a, 1.0 - post.p_a))
         pairs.append(Pair(it.prompt, chosen, rejected, p_chosen=p, n_votes=post.n_votes,
-                          source="human", slice=it.slice, round=it.round))
+                          source="human", slice=it.slice, round=it.round, pair_id=it.item_id))
     return pairs
 
 
