@@ -330,4 +330,21 @@ def test_a_tracker_that_cannot_start_stops_the_run_before_any_stage(tmp_path, mo
     with pytest.raises(TrackingError, match=r"tracking.report_to': wandb could not start: "
                                             r"api_key not configured"):
         Loop(cfg, tmp_path / "run").run()
-    assert not (tmp_path / "run" / "round_000").exists()
+    assert not (tmp_path / "run").exists()       # a refused new run leaves no directory
+
+
+def test_real_wandb_without_a_login_refuses_train_and_run_leaving_nothing(tmp_path):
+    """The real wandb, online with no API key (an empty HOME): `train` left OUT/tracking
+    and `run` a run directory with queue.db behind a refusal."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    env.update(HOME=str(tmp_path / "home"), WANDB_CONFIG_DIR=str(tmp_path / "home"))
+    for cmd, flag in (("train", "--out"), ("run", "--run-dir")):
+        target = tmp_path / cmd
+        out = subprocess.run([sys.executable, "-m", "alignloop.cli", cmd, "configs/tiny.yaml",
+                              flag, str(target), "--set", "tracking.report_to=[wandb]",
+                              "--set", "train.max_steps=1"], env=env, capture_output=True,
+                             text=True, timeout=300, stdin=subprocess.DEVNULL,
+                             cwd=Path(__file__).resolve().parents[1])
+        assert out.returncode == 2, out.stderr
+        assert "tracking.report_to': wandb could not start" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr and not target.exists()

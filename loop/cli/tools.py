@@ -45,7 +45,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_train_out(out, force=args.force)
     created = not out.exists()
-    tracker = open_tracker(cfg.tracking, out, config=to_dict(cfg))  # tracking.report_to
+    try:
+        tracker = open_tracker(cfg.tracking, out, config=to_dict(cfg))  # tracking.report_to
+    except BaseException:
+        if created:   # a tracker that cannot start (no wandb login): leave no new folder
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     try:
         result = train_dpo(pairs, out_dir=out, policy=cfg.model.name,
                            reference=cfg.reference.model, model_cfg=cfg.model,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -88,16 +89,21 @@ class Loop:
         self.state.check_new_dir()               # every check before any write
         self.state.check_config(redo=redo)
         self.state.check_outputs(redo=redo)
-        self.preflight(n, static_pairs=redo is not None and redo[0] == 0
-                       or not self.state.is_done(0, "assemble"))
         fresh = not self.dir.is_dir()
-        self.state.begin(redo)
-        if fresh:
-            held.enter_context(run_lock(self.dir))
+        try:
+            self.preflight(n, static_pairs=redo is not None and redo[0] == 0
+                           or not self.state.is_done(0, "assemble"))
+            _ = self.tracker    # a tracker that cannot start (no wandb login) fails here
+        except BaseException:
+            if fresh:           # what the checks began (queue.db, tracking/): a refused run
+                shutil.rmtree(self.dir, ignore_errors=True)      # leaves no directory
+            raise
         from alignloop.generation.vllm import engine_session
 
         try:
-            _ = self.tracker        # a tracker that cannot start fails before any stage runs
+            self.state.begin(redo)
+            if fresh:
+                held.enter_context(run_lock(self.dir))
             with engine_session():  # one vLLM engine for the run, if it samples with vLLM
                 summary = self.run_rounds(n)
         except BaseException:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -137,6 +138,7 @@ def open_tracker(cfg, run_dir: str | Path, *, config: dict) -> Tracker | None:
     where = Path(cfg.dir) if cfg.dir else run_dir / "tracking"
     run_name = cfg.run_name or run_dir.resolve().name
     backends: dict[str, Backend] = {}
+    made = not where.exists()           # removed again when a tracker cannot start
     for name in cfg.report_to:
         old = state.get(name, {})
         try:
@@ -145,6 +147,8 @@ def open_tracker(cfg, run_dir: str | Path, *, config: dict) -> Tracker | None:
                                         resume=old.get("ids", {}), config=config)
         except Exception as e:  # noqa: BLE001 (a login or server a tracker wants: one line)
             Tracker(backends, state, path, run_dir).close(failed=True)
+            if made:
+                shutil.rmtree(where, ignore_errors=True)
             why = " ".join(str(e).split())[:300] or type(e).__name__
             raise TrackingError(f"config key 'tracking.report_to': {name} could not start: "
                                 f"{why}") from None
