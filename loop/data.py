@@ -279,11 +279,14 @@ def read_pairs(path: str | Path, *, format: str = "auto", columns: dict[str, str
     repeats: list[tuple[str, str]] = []     # (first row, a later row with the same pair)
     skipped: Counter[str] = Counter()
     n_read = 0
+    present: set = set()      # the columns the rows read have, for the mapping's typo check
     with closing(rows):
         for n, row in rows:
             if limit and len(pairs) >= limit:
                 break
             n_read += 1
+            if isinstance(row, dict):
+                present.update(row)
             origin = f"{name} row {n}"
             try:
                 pair = parse_row(row, format, columns)
@@ -304,6 +307,11 @@ def read_pairs(path: str | Path, *, format: str = "auto", columns: dict[str, str
             seen.setdefault(pair.pair_id, pair)
             pairs.append(pair)
 
+    absent = [f for f, col in columns.items() if col not in present and present]
+    if absent:   # a mapped column in no row: a typo, or the wrong file
+        f = absent[0]
+        raise DataError(f"{name}: no row has the column '{columns[f]}' that data.columns maps "
+                        f"'{f}' to (columns seen: {sorted(present)[:8]})")
     report = LoadReport(n_read=n_read, n_valid=len(pairs), skipped=dict(skipped))
     if repeats:   # kept (a pair given twice may be meant to weigh twice), but never silently
         first, again = repeats[0]

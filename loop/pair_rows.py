@@ -31,8 +31,9 @@ def _field(row: dict, name: str, columns: dict[str, str], required: bool) -> Any
     """The row's value for our field `name` (None when absent and optional)."""
     col = columns.get(name, name)
     value = row.get(col)
-    # A column named in the mapping must exist even for an optional field (catches typos).
-    if value is None and (required or (name in columns and col not in row)):
+    # An optional field may be missing from a row, even when mapped (JSONL rows may leave
+    # it out); a mapped column that no row of the file has is `read_pairs`' typo check.
+    if value is None and required:
         where = f" (column '{col}')" if col != name else ""
         raise InvalidRow("missing field", f"missing field '{name}'{where}")
     return value

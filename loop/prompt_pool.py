@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from alignloop.errors import AlignloopError, not_found
 from alignloop.records import label_problem, messages_from_json, unit_interval
+
+log = logging.getLogger(__name__)
 
 BUILTIN_POOLS = {"builtin:demo-prompts": Path(__file__).parent / "demo" / "data" / "demo_prompts.jsonl"}
 
@@ -133,6 +136,11 @@ def _checked_prompt(prompt, where: str):
             check_text(prompt, "prompt")
     except DataError as e:
         raise PromptError(f"{where}: {e}") from None
+    texts = [prompt] if isinstance(prompt, str) else [str(m.get("content", "")) for m in prompt]
+    for text in texts:
+        if "\x00" in text:   # no queue database can store it: found here, not at round 1's label
+            raise PromptError(f"{where}: 'prompt' contains a NUL character (U+0000) at "
+                              f"position {text.index(chr(0))}")
     return prompt
 
 
@@ -170,6 +178,15 @@ def load_pool(path: str | Path, eval_share: float = 0.25) -> PromptPool:
         split = r.get("split") or ("eval" if unit_interval(pid) < eval_share else "train")
         item = PromptItem(pid, r["prompt"], str(r.get("slice") or ""))
         (held if split == "eval" else train).append(item)
+    held_text = {json.dumps(it.prompt, sort_keys=True): it.prompt_id for it in held}
+    leaking = [(it.prompt_id, held_text[key]) for it in train
+               if (key := json.dumps(it.prompt, sort_keys=True)) in held_text]
+    if leaking:   # trained on, a copy of a held-out prompt would leak into its evaluation
+        shown = ", ".join(f"{t} (= {h})" for t, h in leaking[:3])
+        log.warning("%s: left out %d training prompts whose text is a held-out prompt's: %s%s",
+                    path, len(leaking), shown, " ..." if len(leaking) > 3 else "")
+        left_out = {t for t, _ in leaking}
+        train = [it for it in train if it.prompt_id not in left_out]
     if not train or not held:
         raise PromptError(f"{path}: the pool needs both training and held-out prompts "
                           f"(got {len(train)} train, {len(held)} eval)")

@@ -1,6 +1,7 @@
 """The `alignloop` command: train end to end, and one-line errors that name the key, file and row."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,16 +105,33 @@ def test_invalid_pairs_are_refused_before_the_run_starts(tmp_path):
 
 
 def test_a_failed_stage_names_its_round_and_stage(tmp_path):
-    # every pair is longer than data.max_length: found when round 0 tokenises them
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text(json.dumps({"prompt": "Hi " * 40, "chosen": "Hello!", "rejected": "Go."}) + "\n")
-    out = run("run", "configs/tiny.yaml", "--run-dir", str(tmp_path / "r"), "--set", f"data.path={pairs}",
-              "--set", "data.max_length=16", "--set", "data.max_prompt_length=8",
-              "--set", "data.truncation=error", "--set", "loop.rounds=1")
+    out = run("run", "configs/tiny.yaml", "--run-dir", str(tmp_path / "r"),
+              "--set", "train.learning_rate=1e30", "--set", "loop.rounds=1",
+              "--set", "train.max_steps=3")
     assert out.returncode == 2, out.stderr
     line = out.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: round 0, stage reference: "), line
-    assert "pairs.parquet row 1: prompt has" in line and "Traceback" not in out.stderr
+    assert line.startswith("error: round 0, stage train: training diverged"), line
+    assert "Traceback" not in out.stderr
+
+
+def test_a_static_pair_too_long_is_refused_naming_its_row_before_the_run_exists(tmp_path):
+    """Found in round 0's reference stage, it named the run's own pairs.parquet after the
+    run directory was made, and neither a fixed file nor data.on_invalid=skip (the
+    error's own advice) could then go on: both counted as a changed round 0."""
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go."},
+            {"prompt": "Hi " * 40, "chosen": "Hello!", "rejected": "Go."}]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ("run", "configs/tiny.yaml", "--run-dir", str(tmp_path / "r"), "--set",
+            f"data.path={pairs}", "--set", "data.max_length=64", "--set",
+            "data.max_prompt_length=48", "--set", "data.truncation=error", "--set", "loop.rounds=1")
+    out = run(*args)
+    assert out.returncode == 2, out.stderr
+    line = out.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"error: {re.escape(str(pairs))} row 2: prompt has \d+ tokens, over "
+                        r"max_prompt_length=48 \(set data.on_invalid=skip to drop such rows\)",
+                        line), line
+    assert not (tmp_path / "r").exists() and "Traceback" not in out.stderr
 
 
 def test_train_and_generate_refuse_unusable_out_paths_before_any_work(tmp_path):

@@ -97,8 +97,17 @@ def test_column_mapping(tmp_path):
     (pair,), _ = read_pairs(path, columns=columns)
     assert (pair.prompt, pair.chosen, pair.rejected, pair.p_chosen, pair.slice) == (
         "Say hi.", "Hi!", "No.", 0.9, "easy")
-    with pytest.raises(DataError, match=r"mapped.jsonl row 1: missing field 'weight' \(column 'w'\)"):
+    with pytest.raises(DataError, match=r"mapped.jsonl: no row has the column 'w' that "
+                                         r"data.columns maps 'weight' to \(columns seen: "
+                                         r"\['bad', 'good', 'group', 'prob', 'question'\]\)"):
         read_pairs(path, columns={**columns, "weight": "w"})
+    # a mapped optional column some rows leave out (JSONL) is read as missing there
+    sparse = write_jsonl(tmp_path / "sparse.jsonl", [
+        {"question": "Say hi.", "good": "Hi!", "bad": "No.", "prob": 0.9},
+        {"question": "Say bye.", "good": "Bye!", "bad": "No."}])
+    no_slice = {k: v for k, v in columns.items() if k != "slice"}
+    first, second = read_pairs(sparse, columns=no_slice)[0]
+    assert (first.p_chosen, second.p_chosen) == (0.9, 1.0)
     with pytest.raises(ValueError, match="unknown field"):
         read_pairs(path, columns={"answer": "good"})
 

@@ -195,6 +195,68 @@ def test_tiny_loop_with_a_memory_queue_and_apl_selection(tmp_path):
     labels = A.read_parquet(tmp_path / "round_001" / A.LABELS)
     assert {lab["annotator"] for lab in labels if lab["source"] == "human"} == {"ann", "bob"}
     assert not (tmp_path / "queue.db").exists()
+    # run_round makes run's checks: a changed config is refused, a skipped round too
+    changed = load_config(TINY, [*FAST, "labeling.selection.strategy=apl", "train.beta=0.9",
+                                 "loop.simulate_labels=false", "labeling.human.wait=exit"])
+    before = _tree(tmp_path)
+    with pytest.raises(RunError, match=r"round 0 ran with a different config \(changed: "
+                                       r"train.beta\)"):
+        Loop(changed, tmp_path, queue=queue).run_round(2)
+    with pytest.raises(RunError, match=r"round 2 is not done in .*: run_round\(3\) runs "
+                                       r"round 3 only; run\(rounds=4\)"):
+        Loop(cfg, tmp_path, queue=queue).run_round(3)
+    assert _tree(tmp_path) == before and not (tmp_path / "round_003").exists()
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_python_api_refuses_wrong_arguments_before_writing(tmp_path):
+    """Loop(dict), a run directory that is a file, run(rounds=0) and run_round under
+    another process's lock: each a clear error, and nothing written."""
+    import fcntl
+    import os
+
+    from alignloop.config import config_from_dict
+
+    cfg = load_config(TINY, FAST)
+    with pytest.raises(TypeError, match="Loop takes a Config, got dict: build one with "
+                                        "alignloop.config.load_config"):
+        Loop({"model": {"name": "builtin:tiny-random"}}, tmp_path / "r")
+    with pytest.raises(TypeError, match="Loop takes the run directory as a path, got NoneType"):
+        Loop(cfg, None)
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for where in (afile, afile / "sub"):
+        with pytest.raises(RunError, match=f"run directory {where}: {afile} is a file"):
+            Loop(cfg, where)
+    assert afile.read_text() == "mine"
+    for bad in (0, -5, "2", True):
+        with pytest.raises(RunError, match=r"rounds must be a whole number >= 1"):
+            Loop(cfg, tmp_path / "r").run(rounds=bad)
+    with pytest.raises(RunError, match=r"round 0 is not done in .*: run_round\(2\)"):
+        Loop(cfg, tmp_path / "r").run_round(2)
+    assert not (tmp_path / "r").exists()
+    held = tmp_path / "held"
+    held.mkdir()
+    fd = os.open(held, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)       # another process's run_lock
+        with pytest.raises(RunError, match="another alignloop process"):
+            Loop(cfg, held).run_round(0)
+    finally:
+        os.close(fd)
+    assert list(held.iterdir()) == []
+    for bad, match in (("train.beta=0.2", "overrides must be a list"),
+                       ({"train.beta": 0.2}, "overrides must be a list"),
+                       (("train.beta", 0.2), "overrides must be a list")):
+        with pytest.raises(TypeError, match=match):
+            load_config(TINY, bad)
+    with pytest.raises(TypeError, match="load_config takes the path of a YAML file, got dict; "
+                                        "for a mapping use config_from_dict"):
+        load_config({"train": {"beta": 0.2}})
+    assert config_from_dict({"train": {"beta": 0.2}}, ["train.beta=0.3"]).train.beta == 0.3
 
 
 def test_a_simulated_vote_depends_on_seed_annotator_and_item_only():

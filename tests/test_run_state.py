@@ -257,3 +257,32 @@ def test_a_rounds_prompts_file_read_back_gives_its_prompts(tmp_path):
     A.write_parquet(tmp_path / "own.parquet", own)
     assert [p.prompt for p in read_prompts(tmp_path / "own.parquet")] == ['"quoted"',
                                                                          "plain text"]
+
+
+def test_a_training_copy_of_a_held_out_prompt_is_left_out_and_said(tmp_path, caplog):
+    """The split was checked by prompt_id only: a copy of a held-out prompt under another
+    id was generated for, trained on, and still evaluated as held out."""
+    rows = [{"prompt_id": "d0", "prompt": "Where is my gift card?", "split": "eval"},
+            {"prompt_id": "d1", "prompt": [{"role": "user", "content": "Refund?"}],
+             "split": "eval"},
+            {"prompt_id": "t0", "prompt": "Hello there", "split": "train"},
+            {"prompt_id": "dtrain", "prompt": "Where is my gift card?", "split": "train"},
+            {"prompt_id": "ctrain", "prompt": [{"role": "user", "content": "Refund?"}],
+             "split": "train"}]
+    with caplog.at_level("WARNING", logger="alignloop"):
+        pool = load_pool(_pool_file(tmp_path, rows))
+    assert [it.prompt_id for it in pool.train] == ["t0"]
+    assert [it.prompt_id for it in pool.eval] == ["d0", "d1"]
+    assert "left out 2 training prompts whose text is a held-out prompt's: dtrain (= d0), " \
+           "ctrain (= d1)" in caplog.text
+
+
+def test_a_nul_in_a_prompt_is_refused_naming_the_row(tmp_path):
+    # no queue database stores NUL: it failed at round 1's label stage, naming a queue item
+    for prompt in ("bad\x00prompt", [{"role": "user", "content": "bad\x00prompt"}]):
+        path = _pool_file(tmp_path, [{"prompt": "fine", "split": "eval"},
+                                     {"prompt": prompt, "split": "train"}])
+        for read in (read_prompts, load_pool):
+            with pytest.raises(PromptError, match=r"pool.jsonl row 2: 'prompt' contains a NUL "
+                                                  r"character \(U\+0000\) at position 3"):
+                read(path)

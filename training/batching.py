@@ -98,6 +98,23 @@ def encode_pair(pair: Pair, tokenizer, *, max_length: int, max_prompt_length: in
     return prompt, chosen, rejected
 
 
+def _invalid(pair: Pair, i: int, reason: str) -> TokenizationError:
+    where = pair.origin or f"pair {i} (id {pair.pair_id})"
+    return TokenizationError(f"{where}: {reason} (set data.on_invalid=skip to drop such rows)")
+
+
+def check_encodable(pairs: list[Pair], tokenizer, *, max_length: int, max_prompt_length: int,
+                    truncation: str = "keep_end") -> None:
+    """Raise for the first pair `encode_pairs` would refuse under on_invalid=error, with the
+    same message, and say nothing else (a check before the run: the stage that encodes
+    them later gives the warnings)."""
+    for i, pair in enumerate(pairs):
+        result = encode_pair(pair, tokenizer, max_length=max_length,
+                             max_prompt_length=max_prompt_length, truncation=truncation)
+        if isinstance(result, str):
+            raise _invalid(pair, i, result)
+
+
 def encode_pairs(pairs: list[Pair], tokenizer, *, max_length: int, max_prompt_length: int,
                  truncation: str = "keep_end", on_invalid: str = "error",
                  progress: bool = True) -> tuple[list[EncodedPair], dict[str, int]]:
@@ -107,9 +124,8 @@ def encode_pairs(pairs: list[Pair], tokenizer, *, max_length: int, max_prompt_le
         result = encode_pair(pair, tokenizer, max_length=max_length,
                              max_prompt_length=max_prompt_length, truncation=truncation, cut=cut)
         if isinstance(result, str):
-            where = pair.origin or f"pair {i} (id {pair.pair_id})"
             if on_invalid == "error":
-                raise TokenizationError(f"{where}: {result} (set data.on_invalid=skip to drop such rows)")
+                raise _invalid(pair, i, result)
             skipped[skip_reason(result)] += 1
             continue
         prompt, chosen, rejected = result

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import re
 import types
 import typing
@@ -226,8 +227,19 @@ def _deepcopy(d: Any) -> Any:
     return {k: _deepcopy(v) for k, v in d.items()} if isinstance(d, dict) else d
 
 
+def _check_overrides(overrides) -> None:
+    """Overrides are a list of "key.sub=value" strings (as the CLI's --set gives them): a
+    lone string or a dict would otherwise be read character by character or key by key."""
+    if isinstance(overrides, str | bytes | dict) or not all(isinstance(o, str) for o in overrides):
+        raise TypeError('overrides must be a list of "key.sub=value" strings, e.g. '
+                        f'["train.beta=0.2"], got {overrides!r}'[:300])
+
+
 def config_from_dict(raw: dict[str, Any] | None, overrides: list[str] = ()) -> Config:
     """Build a `Config` from a mapping plus overrides; errors name the key."""
+    if raw is not None and not isinstance(raw, dict):
+        raise TypeError(f"config_from_dict takes a mapping, got {type(raw).__name__}")
+    _check_overrides(overrides)
     raw = apply_overrides(migrate(raw or {}), [_renamed_override(o) for o in overrides])
     return _build(Config, raw)
 
@@ -251,6 +263,11 @@ class _UniqueKeys(yaml.SafeLoader):
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read a YAML config file (or only defaults when `path` is None) and apply overrides."""
+    if path is not None and not isinstance(path, str | os.PathLike):
+        hint = "; for a mapping use config_from_dict" if isinstance(path, dict) else ""
+        raise TypeError(f"load_config takes the path of a YAML file, got "
+                        f"{type(path).__name__}{hint}")
+    _check_overrides(overrides)
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)

@@ -51,6 +51,16 @@ class Loop:
     `labeling.human.db`) with any `alignloop.labeling.handoff.LabelQueue`."""
 
     def __init__(self, cfg: Config, run_dir: str | Path, *, queue=None):
+        import os
+
+        if not isinstance(cfg, Config):
+            raise TypeError(f"Loop takes a Config, got {type(cfg).__name__}: build one with "
+                            "alignloop.config.load_config(path) or config_from_dict(mapping)")
+        if not isinstance(run_dir, str | os.PathLike):
+            raise TypeError(f"Loop takes the run directory as a path, got {type(run_dir).__name__}")
+        for d in (Path(run_dir), *Path(run_dir).parents):
+            if d.exists() and not d.is_dir():   # checked first: mkdir would raise a traceback
+                raise RunError(f"run directory {run_dir}: {d} is a file, not a directory")
         self.cfg = cfg
         self.state = Run(run_dir, cfg, stage_names=stage_names)
         self.dir = self.state.dir
@@ -67,6 +77,9 @@ class Loop:
         """Run (or resume) rounds 0..rounds-1; returns a summary. `verbosity` is that of the
         libraries underneath (`alignloop.logs.quiet_libraries`): 0 keeps them quiet, as the
         command does without -v; None leaves their logging as it is."""
+        if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int)
+                                   or rounds < 1):
+            raise RunError(f"rounds must be a whole number >= 1 (as loop.rounds), got {rounds!r}")
         if verbosity is not None:
             from alignloop.logs import quiet_libraries
 
@@ -121,7 +134,7 @@ class Loop:
             stopped = self.state.round_state(k).get("ended")
             if not stopped:
                 try:
-                    self.run_round(k)
+                    self._round(k)
                 except RoundEnded as e:
                     stopped = self.state.end_round(k, str(e))
                     log.warning("round %d ended: %s", k, e)
@@ -135,7 +148,19 @@ class Loop:
                 break
         return summary
 
-    def run_round(self, k: int) -> None:
+    def run_round(self, k: int, *, verbosity: int | None = 0) -> dict:
+        """Run (or resume) round k, once rounds 0..k-1 are done, with every check and
+        guard of `run` (the run lock, the config and output checks, the trackers, the
+        reports): `run(rounds=k + 1)`, which finds the earlier rounds done."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise RunError(f"run_round takes a round number >= 0, got {k!r}")
+        undone = [j for j in range(k) if not self.state.round_done(j)]
+        if undone:
+            raise RunError(f"round {undone[0]} is not done in {self.dir}: run_round({k}) runs "
+                           f"round {k} only; run(rounds={k + 1}) runs the rounds before it too")
+        return self.run(rounds=k + 1, verbosity=verbosity)
+
+    def _round(self, k: int) -> None:
         self.state.round_state(k).update({"start": self.policy(k - 1),
                                           "reference": self.reference(k),
                                           "policy": str(self.rdir(k) / A.POLICY),
@@ -164,6 +189,8 @@ class Loop:
 
         _ = self.pool
         check_model(self.base, "model.name")
+        if static_pairs and self.cfg.data.on_invalid == "error":
+            self._check_static_tokens()
         if self.cfg.reference.model:
             check_model(self.cfg.reference.model, "reference.model")
         _ = self.placement
@@ -186,6 +213,18 @@ class Loop:
             except Exception as e:  # noqa: BLE001 (any driver error: name the database)
                 target = self.cfg.labeling.human.db or str(self.dir / "queue.db")
                 raise RunError(f"cannot open the queue database {target}: {e}") from None
+
+    def _check_static_tokens(self) -> None:
+        """A static pair too long for data.max_length (or one the chat template cannot
+        split) is found here, naming the user's file and row, and not in round 0's
+        reference stage, after the run directory and its pairs.parquet were made."""
+        from alignloop.models import load_tokenizer
+        from alignloop.training.batching import check_encodable
+
+        d = self.cfg.data
+        check_encodable(self._static[0], load_tokenizer(self.base, d.chat_template),
+                        max_length=d.max_length, max_prompt_length=d.max_prompt_length,
+                        truncation=d.truncation)
 
     # ------------------------------------------------------------------ round 0 and online data
 
@@ -452,7 +491,7 @@ def _check_sqlite_folder(db: str) -> None:
                        "directory (its queue.db is made there)")
 
 
-# One table of stages: the state machine (`state.Run`) and `run_round` both read it.
+# One table of stages: the state machine (`state.Run`) and `_round` both read it.
 ROUND0 = (
     Stage("assemble", Loop.assemble_static, (A.PAIRS, A.HELDOUT_PAIRS)),
     Stage("reference", Loop.refresh_reference, (A.REFERENCE_LOGPS,)),
