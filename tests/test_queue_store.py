@@ -534,3 +534,14 @@ def test_a_wait_says_it_started_and_that_it_ran_out(capsys, caplog):
     assert ("round 1: the wait for human labels ran out after 0.05s with 0 of 8 labels (4 "
             "items short of their votes)") in caplog.text
     assert "--redo-from 1:label" in caplog.text
+
+
+def test_next_item_for_an_unknown_annotator_id_is_a_queue_error(store):
+    # a driver script's wrong id gave the driver's raw FOREIGN KEY error with its SQL
+    store.submit([QueueItem("x1", 0, "Say hi.", "Hi!", "Go.")])
+    for _ in range(2):      # and the store still works afterwards
+        with pytest.raises(QueueError, match="no annotator has the id 424242") as e:
+            store.next_item(424242)
+        assert (e.value.status, e.value.field) == (404, "annotator")
+    me = store.authenticate(store.add_annotator("ada"))
+    assert store.next_item(me.id).item.item_id == "x1"

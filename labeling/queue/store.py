@@ -336,7 +336,13 @@ class QueueStore:
                                      first_attempt=attempt == 0)
 
         for attempt in range(_ATTEMPTS):
-            got = self._write(partial(tx, attempt=attempt), one_call=True)
+            try:
+                got = self._write(partial(tx, attempt=attempt), one_call=True)
+            except IntegrityError:   # the lease's annotator: a driver script's wrong id
+                if not self.read("SELECT 1 FROM annotators WHERE id = :a", {"a": annotator_id}):
+                    raise QueueError(f"no annotator has the id {annotator_id!r}", 404,
+                                     "annotator") from None
+                raise
             if got is not False:
                 return got
         return None
