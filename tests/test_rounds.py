@@ -292,3 +292,30 @@ def test_a_round_without_pairs_says_whether_people_were_waited_for(tmp_path):
         "no labeled pair came out of this round (0 selected pairs labeled by the judges, 1 "
         "dropped (see candidates.parquet for why); 2 routed to people, who gave votes on 0); "
         "once people have labeled them, rerun with --redo-from 2:label to use their votes")
+
+
+def test_an_edited_held_out_prompt_is_refused_before_the_next_round(tmp_path):
+    """Only the pool's path was part of the config: held-out prompts edited between rounds
+    were evaluated as they now read, and the drift figures compared other prompts."""
+    from alignloop.prompt_pool import load_pool
+    from alignloop.stages.evaluate import eval_items
+
+    pool = tmp_path / "pool.jsonl"
+    shutil.copy(ROOT / "loop" / "demo" / "data" / "demo_prompts.jsonl", pool)
+    sets = [*FAST, f"loop.prompts={pool}", "labeling.human.budget=0",
+            "labeling.selection.strategy=max_min"]
+    Loop(load_config(TINY, sets), tmp_path / "run").run(rounds=1)
+    first = eval_items(load_pool(pool), 6)[0].prompt_id
+    original = pool.read_text()
+    edited = [json.loads(line) for line in original.splitlines()]
+    for row in edited:
+        if row["prompt_id"] == first:
+            row["prompt"] = "EDITED: a different question about cats"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in edited))
+    before = _tree(tmp_path / "run")
+    with pytest.raises(RunError, match=rf"the held-out prompts round 0 evaluated have changed "
+                                       rf"\(1 edited \({first}\)\); every round is compared"):
+        Loop(load_config(TINY, sets), tmp_path / "run").run(rounds=2)
+    assert _tree(tmp_path / "run") == before
+    pool.write_text(original)              # restored: the run may go on
+    Loop(load_config(TINY, sets), tmp_path / "run")._check_heldout_unchanged()

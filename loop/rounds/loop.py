@@ -106,6 +106,8 @@ class Loop:
         try:
             self.preflight(n, static_pairs=redo is not None and redo[0] == 0
                            or not self.state.is_done(0, "assemble"))
+            if redo is None or redo[0] > 0:
+                self._check_heldout_unchanged()
             _ = self.tracker    # a tracker that cannot start (no wandb login) fails here
         except BaseException:
             if fresh:           # what the checks began (queue.db, tracking/): a refused run
@@ -213,6 +215,34 @@ class Loop:
             except Exception as e:  # noqa: BLE001 (any driver error: name the database)
                 target = self.cfg.labeling.human.db or str(self.dir / "queue.db")
                 raise RunError(f"cannot open the queue database {target}: {e}") from None
+
+    def _check_heldout_unchanged(self) -> None:
+        """The held-out prompts round 0 evaluated are the ones evaluated now: their text
+        and the set (an added prompt may enter the first `loop.eval_prompts`). Every round's
+        drift figures compare rounds on the same prompts; an edited pool would make them
+        compare others without a word."""
+        import json
+
+        from alignloop.evaluation import read_samples
+        from alignloop.stages.evaluate import eval_items
+
+        rows = read_samples(self.rdir(0)) if self.state.is_done(0, "eval") else None
+        if not rows:
+            return
+        was = {r["prompt_id"]: json.loads(r["prompt"]) for r in rows if r["model"] == "policy"}
+        now = {it.prompt_id: it.prompt
+               for it in eval_items(self.pool, self.cfg.loop.eval_prompts)}
+        if was == now:
+            return
+        edited = sorted(i for i in was.keys() & now.keys() if was[i] != now[i])
+        what = [f"{len(edited)} edited ({', '.join(edited[:3])}{' ...' if len(edited) > 3 else ''})"
+                if edited else "",
+                f"{len(now.keys() - was.keys())} new to it" if now.keys() - was.keys() else "",
+                f"{len(was.keys() - now.keys())} gone" if was.keys() - now.keys() else ""]
+        raise RunError(f"loop.prompts {self.cfg.loop.prompts}: the held-out prompts round 0 "
+                       f"evaluated have changed ({'; '.join(w for w in what if w)}); every "
+                       "round is compared on the same prompts, so restore them, or start a "
+                       "new run directory")
 
     def _check_static_tokens(self) -> None:
         """A static pair too long for data.max_length (or one the chat template cannot
