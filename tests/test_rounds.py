@@ -298,6 +298,7 @@ def test_an_edited_held_out_prompt_is_refused_before_the_next_round(tmp_path):
     """Only the pool's path was part of the config: held-out prompts edited between rounds
     were evaluated as they now read, and the drift figures compared other prompts."""
     from alignloop.prompt_pool import load_pool
+    from alignloop.rounds.preflight import check_heldout_unchanged
     from alignloop.stages.evaluate import eval_items
 
     pool = tmp_path / "pool.jsonl"
@@ -318,4 +319,4 @@ def test_an_edited_held_out_prompt_is_refused_before_the_next_round(tmp_path):
         Loop(load_config(TINY, sets), tmp_path / "run").run(rounds=2)
     assert _tree(tmp_path / "run") == before
     pool.write_text(original)              # restored: the run may go on
-    Loop(load_config(TINY, sets), tmp_path / "run")._check_heldout_unchanged()
+    check_heldout_unchanged(Loop(load_config(TINY, sets), tmp_path / "run"))

@@ -107,7 +107,9 @@ class Loop:
             self.preflight(n, static_pairs=redo is not None and redo[0] == 0
                            or not self.state.is_done(0, "assemble"))
             if redo is None or redo[0] > 0:
-                self._check_heldout_unchanged()
+                from alignloop.rounds.preflight import check_heldout_unchanged
+
+                check_heldout_unchanged(self)
             _ = self.tracker    # a tracker that cannot start (no wandb login) fails here
         except BaseException:
             if fresh:           # what the checks began (queue.db, tracking/): a refused run
@@ -174,87 +176,10 @@ class Loop:
         self.track_round(k)
 
     def preflight(self, rounds: int, *, static_pairs: bool = True) -> None:
-        """Fail before any work on what would fail later: the prompt pool, the starting
-        model, the device and precision, the failure-slice metric, the queue database, the
-        experiment trackers' packages, and (`static_pairs`: round 0 will assemble them) the
-        static pairs: a file with an invalid row must be refused before the run directory
-        is made, or the run would hold a config that the fixed one is refused against."""
-        from alignloop.models import check_model
-        from alignloop.stages.slices import metric_problem
-        from alignloop.tracking import check_trackers
+        """Fail before any work on what would fail later (`alignloop.rounds.preflight`)."""
+        from alignloop.rounds import preflight
 
-        check_trackers(self.cfg.tracking.report_to)
-        if static_pairs:
-            from alignloop.data import read_pairs_from_config
-
-            self._static = read_pairs_from_config(self.cfg.data)   # round 0 reuses them
-
-        _ = self.pool
-        check_model(self.base, "model.name")
-        if static_pairs and self.cfg.data.on_invalid == "error":
-            self._check_static_tokens()
-        if self.cfg.reference.model:
-            check_model(self.cfg.reference.model, "reference.model")
-        _ = self.placement
-        problem = metric_problem(self.cfg.loop.slices.metric, self.cfg.labeling.judges,
-                                 self.cfg.loop.panel)
-        if rounds > 1 and problem:
-            raise RunError(f"config key 'loop.slices.metric': {problem}")
-        sel, human = self.cfg.labeling.selection.strategy, self.cfg.labeling.human
-        if rounds > 1 and human.budget == 0 and sel in ("uncertainty", "bald", "bald_diverse"):
-            log.warning("labeling.selection.strategy %s picks the pairs the judges are least "
-                        "sure of, and with labeling.human.budget 0 no person labels them: the "
-                        "uncertain ones are dropped, and a round may end with no pair; a loop "
-                        "of judges alone wants max_min (or people: a budget)", sel)
-        if self.cfg.labeling.human.budget > 0:
-            _check_sqlite_folder(self.cfg.labeling.human.db)
-            if not self.cfg.labeling.human.db:
-                self.dir.mkdir(parents=True, exist_ok=True)     # the last check: queue.db
-            try:
-                _ = self.queue
-            except Exception as e:  # noqa: BLE001 (any driver error: name the database)
-                target = self.cfg.labeling.human.db or str(self.dir / "queue.db")
-                raise RunError(f"cannot open the queue database {target}: {e}") from None
-
-    def _check_heldout_unchanged(self) -> None:
-        """The held-out prompts round 0 evaluated are the ones evaluated now: their text
-        and the set (an added prompt may enter the first `loop.eval_prompts`). Every round's
-        drift figures compare rounds on the same prompts; an edited pool would make them
-        compare others without a word."""
-        import json
-
-        from alignloop.evaluation import read_samples
-        from alignloop.stages.evaluate import eval_items
-
-        rows = read_samples(self.rdir(0)) if self.state.is_done(0, "eval") else None
-        if not rows:
-            return
-        was = {r["prompt_id"]: json.loads(r["prompt"]) for r in rows if r["model"] == "policy"}
-        now = {it.prompt_id: it.prompt
-               for it in eval_items(self.pool, self.cfg.loop.eval_prompts)}
-        if was == now:
-            return
-        edited = sorted(i for i in was.keys() & now.keys() if was[i] != now[i])
-        what = [f"{len(edited)} edited ({', '.join(edited[:3])}{' ...' if len(edited) > 3 else ''})"
-                if edited else "",
-                f"{len(now.keys() - was.keys())} new to it" if now.keys() - was.keys() else "",
-                f"{len(was.keys() - now.keys())} gone" if was.keys() - now.keys() else ""]
-        raise RunError(f"loop.prompts {self.cfg.loop.prompts}: the held-out prompts round 0 "
-                       f"evaluated have changed ({'; '.join(w for w in what if w)}); every "
-                       "round is compared on the same prompts, so restore them, or start a "
-                       "new run directory")
-
-    def _check_static_tokens(self) -> None:
-        """A static pair too long for data.max_length (or one the chat template cannot
-        split) is found here, naming the user's file and row, and not in round 0's
-        reference stage, after the run directory and its pairs.parquet were made."""
-        from alignloop.models import load_tokenizer
-        from alignloop.training.batching import check_encodable
-
-        d = self.cfg.data
-        check_encodable(self._static[0], load_tokenizer(self.base, d.chat_template),
-                        max_length=d.max_length, max_prompt_length=d.max_prompt_length,
-                        truncation=d.truncation)
+        preflight.check_run(self, rounds, static_pairs=static_pairs)
 
     # ------------------------------------------------------------------ round 0 and online data
 
@@ -501,24 +426,6 @@ class Loop:
         simulate_round(self.queue, self.dir, panel=self.cfg.loop.panel,
                        seed=self.cfg.loop.seed + k, encoder=self.panel.encoder,
                        gold_rate=self.cfg.labeling.human.gold_rate)
-
-
-def _check_sqlite_folder(db: str) -> None:
-    """An SQLite URL in `labeling.human.db` names a file in a folder that exists: the queue
-    would otherwise create every missing folder of a mistyped path (`sqlite:////nonexistent/
-    dir/q.db` made /nonexistent/dir)."""
-    if not db.startswith("sqlite:"):
-        return
-    from sqlalchemy.engine import make_url
-
-    try:
-        path = make_url(db).database
-    except Exception as e:  # noqa: BLE001 (sqlalchemy's ArgumentError: name the key)
-        raise RunError(f"config key 'labeling.human.db': not a database URL ({e})") from None
-    if path and path != ":memory:" and not Path(path).parent.is_dir():
-        raise RunError(f"cannot open the queue database {db}: {Path(path).parent} is not a "
-                       "folder (config key 'labeling.human.db'); create it, or give a run "
-                       "directory (its queue.db is made there)")
 
 
 # One table of stages: the state machine (`state.Run`) and `_round` both read it.
