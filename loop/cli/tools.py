@@ -45,19 +45,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_train_out(out, force=args.force)
     created = not out.exists()
+    tracker = None
     try:
         tracker = open_tracker(cfg.tracking, out, config=to_dict(cfg))  # tracking.report_to
-    except BaseException:
-        if created:   # a tracker that cannot start (no wandb login): leave no new folder
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    try:
         result = train_dpo(pairs, out_dir=out, policy=cfg.model.name,
                            reference=cfg.reference.model, model_cfg=cfg.model,
                            data_cfg=cfg.data, train_cfg=cfg.train, placement=placement,
                            on_log=tracker and tracker.step_logger(None), restart=args.force)
     except AlignloopError:
-        if created:   # refused inside the trainer (e.g. a pair too long): leave no new folder
+        # a tracker that cannot start (no wandb login), or a refusal inside the trainer (a
+        # pair too long): leave no new folder
+        if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
     finally:
