@@ -33,29 +33,50 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow" -q
 
-# Every benchmark, then the README's results tables. SIZE=quick (default) is a quick pass
-# (about an hour on 2 cores); SIZE=full gives the figures in the README (several hours).
-# Each writes benchmarks/results/NAME.{json,md} (and plots) and its README section.
-# The README's long sweeps (label_noise at the target size, the reward-KL frontier over 5
-# seeds) keep their runs in benchmarks/results/ and run only what is missing from them:
-# with every run saved, they rewrite their tables and plots in seconds.
+# Every benchmark, then the README's summary table (benchmarks/summary.py).
+# SIZE=quick (default): a quick pass of each benchmark that has one, written to
+#   benchmarks/results/NAME.quick.* (of the README's tables only the two quick ones,
+#   dpo_throughput.quick and label_noise.quick, are rewritten).
+# SIZE=full: exactly the commands whose results the README's tables show (their footers
+#   name them), several hours on 2 cores. The long sweeps (label_noise, the reward-KL
+#   frontier) keep their runs in benchmarks/results/ and run only what is missing from
+#   them: with every run saved, they rewrite their tables and plots in seconds. The demo
+#   table needs a finished `make demo` in runs/demo.
+B := $(BIN)/python benchmarks
 bench: $(STAMP)
-	$(BIN)/python benchmarks/dpo_throughput.py --size $(SIZE)
-	$(BIN)/python benchmarks/dpo_passes.py
-	$(BIN)/python benchmarks/generation_throughput.py --size $(SIZE)
-	$(BIN)/python benchmarks/label_efficiency.py --size $(SIZE)
-	$(BIN)/python benchmarks/queue_load.py --size $(SIZE)
-	$(BIN)/python benchmarks/hybrid_vs_offline.py --size $(SIZE)
-	$(BIN)/python benchmarks/label_noise.py --size $(SIZE)
-	$(BIN)/python benchmarks/label_noise.py --size target
-	$(BIN)/python benchmarks/flip_rate_estimates.py --size target
-	$(BIN)/python benchmarks/reward_kl_frontier.py --size full --seeds 5 --betas 0.03,0.1,0.3 \
+ifeq ($(SIZE),full)
+	$(B)/dpo_throughput.py --size full
+	$(B)/dpo_passes.py
+	$(B)/generation_throughput.py --size full --in-flight 64,128
+	$(B)/label_efficiency.py --size full
+	$(B)/queue_load.py --size full
+	$(B)/hybrid_vs_offline.py --size full
+	$(B)/label_noise.py --size target
+	$(B)/label_noise.py --size conditions
+	$(B)/flip_rate_estimates.py --size target
+	$(B)/reward_kl_frontier.py --size full --seeds 5 --betas 0.03,0.1,0.3 \
 		--saved benchmarks/results/reward_kl_frontier.json
-	$(BIN)/python benchmarks/demo_eos.py --size $(SIZE)
-	if [ -f runs/demo/state.json ]; then $(BIN)/python benchmarks/demo_figures.py runs/demo; fi
-	$(BIN)/python benchmarks/demo_seeds.py
-	$(BIN)/python benchmarks/gate_replay.py --seeds 0,1,2
-	$(BIN)/python benchmarks/summary.py
+	$(B)/demo_eos.py --size full --threads 1
+	if [ -f runs/demo/state.json ]; then $(B)/demo_figures.py runs/demo; fi
+	$(B)/demo_seeds.py --seeds 0,1,2,3,4
+	$(B)/gate_replay.py --seeds 0,1,2,3,4 --confidence 0.8,0.9,0.95
+	$(B)/demo_seeds.py --seeds 5,6,7,8,9 --set loop.gate.slice_confidence=0.9 \
+		--runs runs/demo_seeds_c09 --name demo_seeds_c09
+	$(B)/gate_replay.py --seeds 5,6,7,8,9 --confidence 0.8,0.95 \
+		--runs runs/demo_seeds_c09 --name gate_replay_c09
+else ifeq ($(SIZE),quick)
+	$(B)/dpo_throughput.py --size quick
+	$(B)/generation_throughput.py --size quick
+	$(B)/label_efficiency.py --size quick
+	$(B)/queue_load.py --size quick
+	$(B)/hybrid_vs_offline.py --size quick
+	$(B)/label_noise.py --size quick
+	$(B)/reward_kl_frontier.py --size quick
+	$(B)/demo_eos.py --size quick
+else
+	$(error SIZE must be quick or full, not '$(SIZE)')
+endif
+	$(B)/summary.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check loop generation labeling training tests benchmarks scripts

@@ -120,6 +120,14 @@ def render(table: dict, seeds: list[int], own: float) -> str:
     return "\n".join(lines)
 
 
+def rerun_command(seeds: str, confidence: str, runs: Path, name: str) -> str:
+    """The command that rewrites this very table: runs and name too, where not the defaults
+    (`runs` relative to the repository where it lies in it)."""
+    command = f"python benchmarks/gate_replay.py --seeds {seeds} --confidence {confidence}"
+    command += f" --runs {runs}" if runs != Path("runs/demo_seeds") else ""
+    return command + (f" --name {name}" if name != "gate_replay" else "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=Path, default=HERE.parent / "runs" / "demo_seeds",
@@ -165,9 +173,9 @@ def main() -> None:
             "rolled_back": sum(g == "rolled back" for r in rows for g in r["gates"]),
             "gain": gain and gain["value"], "gain_lo": gain and gain["lo"],
             "gain_hi": gain and gain["hi"]}}
-    command = f"python benchmarks/gate_replay.py --seeds {args.seeds} --confidence {args.confidence}"
     where = args.runs.resolve()
     where = where.relative_to(HERE.parent) if where.is_relative_to(HERE.parent) else where
+    command = rerun_command(args.seeds, args.confidence, where, args.name)
     md = render(table, seeds, own) + f"\n{machine()}; {today()}; runs in `{where}`; `{command}`."
     meta = {"machine": machine(), "date": today(), "runs": str(where), "command": command}
     write_results(args.name, meta, {str(c): t for c, t in table.items()}, md)

@@ -54,3 +54,12 @@ def test_bad_arguments_are_refused_by_name(monkeypatch, capsys, tmp_path):
             gr.main()
         assert e.value.code == 2 and named in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_footer_command_names_runs_and_name_where_not_the_defaults():
+    from pathlib import Path
+
+    plain = gr.rerun_command("0,1", "0.9", Path("runs/demo_seeds"), "gate_replay")
+    assert plain == "python benchmarks/gate_replay.py --seeds 0,1 --confidence 0.9"
+    other = gr.rerun_command("5,6", "0.8", Path("runs/demo_seeds_c09"), "gate_replay_c09")
+    assert other.endswith("--confidence 0.8 --runs runs/demo_seeds_c09 --name gate_replay_c09")
