@@ -15,6 +15,7 @@ from alignloop.report.metrics import (
     label_stats,
     length_stats,
     paired_change,
+    wilson,
     win_rate,
     win_rates_by_slice,
 )
@@ -140,9 +141,24 @@ def test_win_rate_with_ties_and_slices():
     assert out["by_slice"]["a"]["value"] == pytest.approx(0.5)
     assert out["by_slice"]["b"]["value"] == pytest.approx(2.5 / 3)
     assert out["by_slice"]["b"]["n"] == 3
-    # a sure winner has a degenerate interval at 1
+    # a sure winner: the bootstrap alone gives "1 - 1"; the Wilson interval over its 10
+    # prompts does not (lower bound n / (n + z^2) = 0.722), nor over 5 prompts (0.566):
+    # with no spread to read a design effect from, the prompts count, not the comparisons
     sure = win_rate([0.9] * 10, groups=list("abcdefghij"), n_boot=200)
-    assert sure["value"] == sure["lo"] == sure["hi"] == 1.0
+    assert sure["value"] == sure["hi"] == 1.0 and sure["lo"] == pytest.approx(0.7225, abs=1e-3)
+    fewer = win_rate([0.9] * 10, groups=list("aabbccddee"), n_boot=200)
+    assert fewer["lo"] == pytest.approx(0.5655, abs=1e-3)
+    # where the bootstrap is the wider, it stays: a 50/50 split over 4 prompts
+    split = win_rate([0.9, 0.1] * 2, groups=list("abcd"), n_boot=400)
+    boot = estimate([1.0, 0.0] * 2, groups=list("abcd"), n_boot=400)
+    assert split["lo"] == min(boot["lo"], wilson(0.5, 4)[0])
+    assert wilson(0.5, 4)[0] == pytest.approx(0.15, abs=0.01)
+    # many samples per prompt that disagree within it: the comparisons carry information
+    # (effective n near the 96 comparisons, not the 24 prompts), so the interval stays narrow
+    rng = np.random.default_rng(0)
+    many = win_rate(np.where(rng.random(96) < 0.34, 0.9, 0.1), groups=np.repeat(np.arange(24), 4),
+                    n_boot=400)
+    assert many["hi"] - many["lo"] < wilson(many["value"], 40)[1] - wilson(many["value"], 40)[0]
 
 
 def test_intransitive_triples_hand_made():
@@ -198,7 +214,8 @@ def test_label_stats_hand_made():
         {"item_id": "i1", "prompt_id": "p", "a": "A", "b": "B", "p_a": 0.9, "selected": True, "decision": "auto"},
         {"item_id": "i2", "prompt_id": "p", "a": "A", "b": "C", "p_a": 0.8, "selected": True, "decision": "human"},
         {"item_id": "i3", "prompt_id": "q", "a": "D", "b": "E", "p_a": 0.3, "selected": True, "decision": "human"},
-        {"item_id": "i4", "prompt_id": "q", "a": "D", "b": "F", "p_a": 0.5, "selected": True, "decision": "drop"},
+        {"item_id": "i4", "prompt_id": "q", "a": "D", "b": "F", "p_a": 0.5, "selected": True, "decision": "drop",
+         "reason": "uncertain: p_a=0.50 within 0.25 of 0.5; human budget (4) spent"},
         {"item_id": "i5", "prompt_id": "q", "a": "E", "b": "F", "p_a": 0.6, "selected": False, "decision": "drop"},
     ]
 
@@ -219,6 +236,13 @@ def test_label_stats_hand_made():
     assert out["judge_human"]["items"] == 2 and out["judge_human"]["agreement"] == 0.5
     # kappa: p_o = 0.5, p_e = P_judge(a) P_human(a) + P_judge(b) P_human(b) = .5 * 1 + .5 * 0
     assert out["judge_human"]["kappa"] == pytest.approx(0.0)
+    assert out["drop_reasons"] == {"human budget (4) spent": 1}     # i5 was not selected
+    # each judge on its own: one that agrees on i2 and i3, one that disagrees on both
+    for c, good, bad in zip(cands, (0.9, 0.8, 0.7, 0.5, 0.6), (0.1, 0.2, 0.3, 0.5, 0.4),
+                            strict=True):
+        c["p_a:good"], c["p_a:bad"] = good, bad
+    by_judge = label_stats(labels, cands, pairs, human_budget=4)["judge_human"]["by_judge"]
+    assert by_judge == {"bad": {"items": 2, "agreement": 0.0}, "good": {"items": 2, "agreement": 1.0}}
     # alpha: o_aa = 1 (i2) + 2 (i3), o_ab = o_ba = 1; D_o = 2/5, D_e = 2*4*1/(5*4) = 2/5 -> 0
     assert out["human_alpha"] == pytest.approx(0.0)
     assert out["gold_accuracy"] == 0.5 and out["gold_votes"] == 2

@@ -336,12 +336,12 @@ def test_missing_values_carry_no_unit(run):
 def test_judge_human_agreement_on_no_items_says_why(run):
     r0 = _report(run, 0)
     assert r0["labels"]["judge_human"] == {"items": 0, "agreement": None, "kappa": None,
-                                           "reason": "no human votes this round"}
+                                           "reason": "no human votes this round", "by_judge": {}}
     assert _report(run, 1)["labels"]["judge_human"]["reason"] is None
     why = "— (no item had both a judge verdict and a human majority: no human votes this round)"
     md = (run / "round_000/report/report.md").read_text()
     html = (run / "round_000/report/report.html").read_text()
-    assert f"| judge agrees with human majority | {why} |" in md
+    assert f"| judges agree with the human majority (items sent to people) | {why} |" in md
     assert f"<td>{why}</td>" in html
     assert "of 0 items" not in md and "of 0 items" not in html
 
@@ -484,3 +484,55 @@ def test_run_report_in_chromium(run):
     assert headings == ["Run status", "Trends across rounds", "Headline metrics by round", "Alerts"]
     assert _not_blank(png) > 20
     assert len(facts["images"]) == 5 and all(facts["images"])
+
+
+def test_the_report_says_what_it_compares_with_and_what_the_gate_decides(tmp_path):
+    from alignloop.report.alerts import gate_verdict
+
+    run = make_fake_run(tmp_path, rounds=2, regress_slice="bad_news")
+    (run / "round_001/slices.json").write_text(json.dumps({"chosen": ["bad_news"], "slices": []}))
+    fit = {"temperature": 0.6, "ece_before": 0.2, "ece_after": 0.1, "n": 16, "note": ""}
+    (run / "round_001/calibration.json").write_text(json.dumps({"this_round": {"python": fit}}))
+    cfg = config_from_dict({"labeling": {"human": {"budget": 12}}, "report": {"n_boot": 200},
+                            "loop": {"gate": {"max_kl_to_base": 0.3, "max_slice_drop": 0.1,
+                                              "action": "rollback"}}})
+    report = build_round_report(load_round(run, 1), cfg)
+    validate_report(report)
+    ctx = report["context"]
+    assert (ctx["previous"], ctx["reference"], ctx["reference_mode"]) == (
+        "round 0's policy", "round 0's policy", "previous")
+    assert ctx["targeted_slices"] == ["bad_news"]
+    # the gate as the loop records it in state.json, with the thresholds it used
+    verdict = gate_verdict(report, cfg.loop.gate, min_slice_samples=cfg.report.min_slice_samples)
+    assert report["gate"] == {"max_kl_to_base": 0.3, "max_slice_drop": 0.1, "slice_confidence": 0.0,
+                              "action": "rollback", **verdict,
+                              "kl_to_base": report["kl_to_base"]["k1"]["sequence"]["value"]}
+    assert verdict["tripped"] and "KL to base" in verdict["reason"]
+    assert report["labels"]["calibration"] == {"python": fit}
+    md = render_markdown(report)
+    assert "> Previous: round 0's policy. Reference (the DPO log-ratio's): round 0's policy" in md
+    assert "New pairs this round were sampled on the failure slices: bad\\_news." in md
+    assert "of a budget of 0.3 nats/response" in md and "Verdict: tripped" in md
+    assert "python: T 0.6, ECE 0.2 → 0.1 (16 pairs)" in md
+    assert "| bad_news (targeted) |" in md
+    alert = next(a for a in report["alerts"] if a["kind"] == "slice_regression")
+    assert "below the alert line 0.45" in alert["message"] and "bootstrap p = " in alert["message"]
+    # the training row says it is the last step's batch
+    assert report["train"]["pairs_per_step"] == 8 and report["train"]["epoch"] == 1.0
+    assert "(batch of 8 pairs)" in md
+    # round 0 compares with nothing before it; reference.mode base names the base model
+    r0 = build_round_report(load_round(run, 0), cfg)["context"]
+    assert (r0["previous"], r0["reference"], r0["targeted_slices"]) == (
+        "none (round 0)", "the base model", None)
+    base_cfg = config_from_dict({"labeling": {"human": {"budget": 12}}, "report": {"n_boot": 100},
+                                 "reference": {"mode": "base"}})
+    assert build_round_report(load_round(run, 1), base_cfg)["context"]["reference"] == "the base model"
+    html = render_round_html(report, {}, [])
+    assert "Verdict: tripped" in html and "Previous: round 0&#x27;s policy" in html
+
+
+def test_a_damaged_calibration_file_is_named(tmp_path):
+    run = make_fake_run(tmp_path, rounds=2)
+    (run / "round_001/calibration.json").write_text("{not json")
+    with pytest.raises(Exception, match="calibration.json: not readable JSON"):
+        load_round(run, 1)

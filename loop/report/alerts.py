@@ -167,8 +167,14 @@ def _check_slices(report: dict, t: ReportConfig, c: Checks) -> None:
         if d["n"] < t.min_slice_samples:
             _skip_small_slice(d, t, c)
         elif d["drop"] > t.alert_slice_drop:
-            c.alert("slice_regression", d["message"], d["value"],
-                    NO_DROP[d["measure"]] - t.alert_slice_drop, d["slice"], drop=d["drop"])
+            line = NO_DROP[d["measure"]] - t.alert_slice_drop
+            past = (f"below the alert line {line:.2f}" if d["measure"] == "win_rate"
+                    else f"more than report.alert_slice_drop = {t.alert_slice_drop:g}")
+            p = ("no p-value" if d["p"] is None
+                 else f"one-sided bootstrap p = {d['p']:.3g} (the share of resamples in "
+                 "which it did not fall)")
+            c.alert("slice_regression", f"{d['message']}: {past}; {p}", d["value"], line,
+                    d["slice"], drop=d["drop"])
 
 
 def _check_base(report: dict, t: ReportConfig, c: Checks) -> None:

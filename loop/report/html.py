@@ -27,12 +27,16 @@ from pathlib import Path
 from alignloop.report.lookup import get_path
 from alignloop.report.markdown import (
     IMPLICIT_HEADER,
+    INTERVALS_NOTE,
     KL_HEADER,
     KL_K1_NOTE,
     LATENT_REWARD_NOTE,
     LENGTH_HEADER,
+    SLICE_HEADER,
     TRAIN_HEADER,
+    context_lines,
     fmt,
+    gate_line,
     headline_rows,
     implicit_rows,
     interval,
@@ -159,9 +163,11 @@ def render_round_html(report: dict, figures: dict[str, bytes], examples: list[di
     notes = "".join(f'<p class="note">{escape(n)}</p>' for n in report.get("notes", []))
     body = [
         f"<h1>Round {k} drift report</h1>",
-        f'<p class="note">report.json schema v{report["schema_version"]}. Intervals: bootstrap '
-        "95% percentile intervals over prompts. Win rates count ties as half.</p>",
-        _section("summary", "Summary", _alerts(report["alerts"]), _skipped(report), notes,
+        f'<p class="note">report.json schema v{report["schema_version"]}. '
+        f"{escape(INTERVALS_NOTE)}</p>",
+        "".join(f"<p>{escape(line)}</p>" for line in context_lines(report)),
+        _section("summary", "Summary", _alerts(report["alerts"]), _skipped(report),
+                 f"<p>{escape(gate_line(report))}</p>" if gate_line(report) else "", notes,
                  _table(("metric", "value", "95% interval", "n / why missing"),
                         headline_rows(report)), _notes(KL_K1_NOTE, LATENT_REWARD_NOTE)),
         _section("training", "Training", _reason(tr), _img(figures, "training", "training curves"),
@@ -177,8 +183,7 @@ def render_round_html(report: dict, figures: dict[str, bytes], examples: list[di
         _section("slices", "Per slice", _reason(report["latent_reward"]),
                  _img(figures, "latent_reward", "latent reward per slice, this round vs previous"),
                  _notes(LATENT_REWARD_NOTE) if get_path(report, "latent_reward", "available") else "",
-                 _table(("slice", "win vs previous", "win vs base", "latent reward (previous)",
-                         "latent reward (now)", "change"), slice_rows(report))),
+                 _table(SLICE_HEADER, slice_rows(report))),
         _section("length", "Length and degeneration", _reason(report["length"]),
                  _img(figures, "length", "length histograms"),
                  _table(LENGTH_HEADER, length_rows(report)) if length_rows(report) else "",
@@ -274,6 +279,15 @@ def _run_metrics(done: dict[int, dict]) -> tuple[str, str]:
     return _table(header, rows), _notes(f"¹ {KL_K1_NOTE}", f"² {LATENT_REWARD_NOTE}")
 
 
+TRENDS_NOTE = (
+    "Read across rounds with care: some lines join figures measured against something that "
+    "changes each round. KL to the reference and the win rate against the previous policy "
+    "compare each round with its own reference and starting policy (with reference.mode "
+    "previous, the policy before it), and every round's win rates come from the judges as "
+    "refit with that round's labels. KL to the base model and the latent reward are measured "
+    "against the same things in every round.")
+
+
 def render_run_html(run_dir: Path, reports: dict[int, tuple[dict | None, str]],
                     state: dict | None) -> str:
     from alignloop.report.plots import run_figures
@@ -287,7 +301,9 @@ def render_run_html(run_dir: Path, reports: dict[int, tuple[dict | None, str]],
         gate = get_path(rs, "gate") or {}
         status_rows.append((k, _stage_cell(rs) or "—",
                             f"tripped: {gate.get('reason', '')} → {gate.get('action', '')}"
-                            if gate.get("tripped") else ("passed" if gate else "—"),
+                            if gate.get("tripped") else ("passed" if gate else "—")
+                            + (f" (held back as not significant: {gate['held']})"
+                               if gate.get("held") else ""),
                             _report_link(k, how)))
     alerts = [f"Round {k}: {a['kind']}: {a['message']}" for k, r in sorted(done.items())
               for a in r.get("alerts", [])]
@@ -302,7 +318,7 @@ def render_run_html(run_dir: Path, reports: dict[int, tuple[dict | None, str]],
                  "" if figures else '<p class="note">No round has evaluation results yet.</p>',
                  _notes("KL is the k1 estimate (¹) and the latent reward exists only for the demo "
                         "and simulated tasks (²): see the notes under the table of headline "
-                        "metrics below.") if figures else "",
+                        "metrics below.", TRENDS_NOTE) if figures else "",
                  '<div class="grid">' + "".join((
                      _img(figures, "kl", "KL to base and to reference by round"),
                      _img(figures, "win_rates", "win rates by round"),

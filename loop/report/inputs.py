@@ -50,6 +50,8 @@ class RoundInputs:
     candidates: list[dict] | None = None
     pairs: list[dict] | None = None
     train_log: list[dict] | None = None
+    targeted_slices: list[str] | None = None    # slices.json "chosen": where round k sampled
+    calibration: dict | None = None             # calibration.json "this_round": {judge: fit}
     inputs: dict = field(default_factory=dict)  # report.json "inputs": paths from report/
 
     def rows(self, model: str) -> list[dict]:
@@ -115,10 +117,28 @@ def _read_round_files(inp: RoundInputs) -> None:
         path = rdir / f"{name}.parquet"
         setattr(inp, name, read_parquet(path) if path.exists() else None)
         inp.inputs[name] = _rel(path)
+    for name, f in (("slices", "slices.json"), ("calibration", "calibration.json")):
+        path = rdir / f
+        data = _json_file(path) if path.exists() else None
+        inp.inputs[name] = _rel(path)
+        if name == "slices" and isinstance(data, dict):
+            inp.targeted_slices = [str(x) for x in data.get("chosen") or []]
+        elif name == "calibration" and isinstance(data, dict):
+            inp.calibration = data.get("this_round")
     log = rdir / "train_log.jsonl"
     if log.exists():
         inp.train_log = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     inp.inputs["train_log"] = _rel(log)
+
+
+def _json_file(path: Path):
+    """A round's JSON file (NaN allowed, as Python writes it); a damaged one is a named
+    error, never a report quietly missing its section."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AlignloopError(f"{path}: not readable JSON ({e}); the round's report needs it. "
+                             "Restore the file, or redo the round") from None
 
 
 def _read_base(inp: RoundInputs, run_dir: str | Path) -> None:

@@ -51,6 +51,44 @@ LATENT_REWARD_NOTE = (
     "the right way. A real task has none, and its latent-reward rows stay empty.")
 
 
+INTERVALS_NOTE = (
+    "Intervals are bootstrap 95% percentile intervals over prompts; a win rate's is widened "
+    "to the Wilson score interval over its prompts where that is wider (the bootstrap alone "
+    "gives 1 – 1 when every comparison went one way); the implicit reward's are over "
+    "held-out pairs. Win rates count ties as half.")
+
+
+def context_lines(report: dict) -> list[str]:
+    """What the figures compare with, in sentences (reports from before this was written
+    have no context: none)."""
+    c = report.get("context")
+    if not c:
+        return []
+    out = [f"Previous: {c['previous']}. Reference (the DPO log-ratio's): {c['reference']} "
+           f"(reference.mode: {c['reference_mode']})."]
+    if c["targeted_slices"] is not None:
+        out.append("New pairs this round were sampled on the failure slices: "
+                   + (", ".join(c["targeted_slices"]) or "none") + ".")
+    return out + [c["judges"]]
+
+
+def gate_line(report: dict) -> str | None:
+    """The loop's gate on this round in one sentence (None for reports without it)."""
+    g = report.get("gate")
+    if not g:
+        return None
+    kl = ("off" if g["max_kl_to_base"] <= 0 else
+          f"KL(policy ‖ base) {fmt(g['kl_to_base'])} of a budget of {g['max_kl_to_base']:g} "
+          "nats/response")
+    drop = ("off" if g["max_slice_drop"] <= 0 else
+            f"a slice may fall by at most {g['max_slice_drop']:g}"
+            + (f", counted when significant at confidence {g['slice_confidence']:g}"
+               if g["slice_confidence"] > 0 else ""))
+    verdict = (f"tripped ({g['reason']}): action {g['action']}" if g["tripped"] else "passed")
+    held = f"; held back as not significant: {g['held']}" if g["held"] else ""
+    return f"Loop gate (loop.gate): {kl}; {drop}. Verdict: {verdict}{held}."
+
+
 def length_ratio_line(length: dict) -> str:
     """Mean policy length against the previous round's and the base model's."""
     return (f"Mean length vs previous round: {with_unit(length['ratio_vs_previous'], 'x')}; "
@@ -95,6 +133,8 @@ def headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
     add("Latent reward, this policy", "latent_reward", "models", "policy", "overall")
     add("Latent reward, previous policy", "latent_reward", "models", "previous", "overall",
         why=get_path(report, "latent_reward", "previous_reason"))
+    add("Latent reward change vs previous (paired by prompt)", "latent_reward",
+        "change_vs_previous", "overall", why=get_path(report, "latent_reward", "previous_reason"))
     add("Ends by EOS, this policy (not cut at the length limit)", "length", "ends_by_eos",
         "policy")
     add("Ends by EOS, base model", "length", "ends_by_eos", "base",
@@ -105,20 +145,26 @@ def headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
 
 
 def slice_rows(report: dict) -> list[tuple[str, ...]]:
-    """Per slice: win rate vs previous, vs base, latent reward previous -> now, change."""
+    """Per slice: win rate vs previous, vs base, latent reward previous -> now, and its
+    change paired by prompt with its interval (the plain difference of the two means in
+    reports from before the paired change)."""
     wp = get_path(report, "win_rate_vs_previous", "by_slice") or {}
     wb = get_path(report, "win_rate_vs_base", "by_slice") or {}
     lr_now = get_path(report, "latent_reward", "models", "policy", "by_slice") or {}
     lr_prev = get_path(report, "latent_reward", "models", "previous", "by_slice")
     delta = get_path(report, "latent_reward", "delta_vs_previous", "by_slice") or {}
+    paired = get_path(report, "latent_reward", "change_vs_previous", "by_slice") or {}
+    targeted = set(get_path(report, "context", "targeted_slices") or [])
     out = []
     for s in sorted(set(wp) | set(wb) | set(lr_now)):
         def win(d, s=s):
             e = d.get(s)
             return f"{fmt(e['value'])} ({interval(e)}, n={e['n']})" if e else "—"
-        out.append((s or "(none)", win(wp), win(wb),
-                    fmt(get_path(lr_prev, s, "value")), fmt(get_path(lr_now, s, "value")),
-                    fmt(delta.get(s))))
+        change = (f"{fmt(paired[s]['value'])} ({interval(paired[s])}, n={paired[s]['n']})"
+                  if s in paired else fmt(delta.get(s)))
+        out.append((s + (" (targeted)" if s in targeted else "") if s else "(none)", win(wp),
+                    win(wb), fmt(get_path(lr_prev, s, "value")), fmt(get_path(lr_now, s, "value")),
+                    change))
     return out
 
 
@@ -127,7 +173,10 @@ KL_HEADER = ("KL(policy ‖ q)", "estimator", "nats/response", "95% interval", "
 LENGTH_HEADER = ("model", "responses", "mean tokens", "ends by EOS", "hits length limit",
                  "distinct-2", "repeated 3-grams")
 IMPLICIT_HEADER = ("log-prob change of", "vs base", "95% interval", "vs reference", "95% interval")
-TRAIN_HEADER = ("steps", "final loss", "margin", "accuracy", "step log")
+SLICE_HEADER = ("slice", "win vs previous", "win vs base", "latent reward (previous)",
+                "latent reward (now)", "change (paired by prompt)")
+TRAIN_HEADER = ("steps", "epochs", "last step: loss", "reward margin (β·log-ratio)",
+                "reward accuracy", "step log")
 
 
 def kl_rows(report: dict) -> list[tuple[str, ...]]:
@@ -159,8 +208,10 @@ def implicit_rows(ir: dict) -> list[tuple[str, ...]]:
 
 
 def train_row(tr: dict) -> tuple[str, ...]:
-    f = tr["final"]
-    return (fmt(tr["steps"]), fmt(f["loss"], 4), fmt(f["margin"], 4), fmt(f["accuracy"]))
+    """The last step's figures: one batch (`pairs_per_step` pairs, said in the accuracy)."""
+    f, n = tr["final"], tr.get("pairs_per_step")
+    return (fmt(tr["steps"]), fmt(tr.get("epoch")), fmt(f["loss"], 4), fmt(f["margin"], 4),
+            fmt(f["accuracy"]) + (f" (batch of {n} pairs)" if n else ""))
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|])")
@@ -182,14 +233,18 @@ def _table(header: tuple[str, ...], rows) -> list[str]:
 def render_markdown(report: dict, figures: dict | None = None) -> str:
     k = report["round"]
     md = [f"# Round {k} drift report", "",
-          f"Schema v{report['schema_version']}. Intervals are bootstrap 95% percentile "
-          "intervals over prompts. Plots: [report.html](report.html).", ""]
+          f"Schema v{report['schema_version']}. {INTERVALS_NOTE} Plots: "
+          "[report.html](report.html).", ""]
+    md += [f"> {md_text(line)}" for line in context_lines(report)]
+    md += [""] if context_lines(report) else []
     md += ["## Alerts", ""]
     md += [f"- **{a['kind']}**: {md_text(a['message'])}" for a in report["alerts"]] or ["None."]
     if skipped_lines(report):
         md += ["", "Checks skipped (they could not alert; **bold**: the number is past the "
                    "threshold):", ""]
         md += [f"- **{line}**" if warn else f"- {line}" for warn, line in skipped_lines(report)]
+    if gate_line(report):
+        md += ["", md_text(gate_line(report))]
     if report.get("notes"):
         md += [""] + [f"> {n}" for n in report["notes"]]
     md += ["", "## Headline", ""] + _table(("metric", "value", "95% interval", "n"),
@@ -201,9 +256,7 @@ def render_markdown(report: dict, figures: dict | None = None) -> str:
                         if report[k].get("available"))]
     rows = slice_rows(report)
     if rows:
-        md += ["", "## Per slice", ""] + _table(
-            ("slice", "win vs previous", "win vs base", "latent reward (previous)",
-             "latent reward (now)", "change"), rows)
+        md += ["", "## Per slice", ""] + _table(SLICE_HEADER, rows)
     length = report["length"]
     if length.get("available"):
         md += ["", "## Length and degeneration", ""]
@@ -240,12 +293,18 @@ def label_rows(labels: dict) -> list[tuple[str, str]]:
                                             labels["labels_by_source"].items()) or "—"),
         ("candidate pairs / selected", f"{labels['candidates']} / {labels['selected']}"),
         ("routing", ", ".join(f"{k}: {v}" for k, v in labels["decisions"].items()) or "—"),
+        ("dropped, by reason", ", ".join(f"{k}: {v}" for k, v in
+                                         (labels.get("drop_reasons") or {}).items()) or "—"),
         ("share routed to people", pct(labels["routed_share"])),
         ("human budget used", f"{pct(labels['budget_used'])} of {labels['human_budget']}"),
         ("human votes / items / annotators",
          f"{labels['human_votes']} / {labels['human_items']} / {labels['annotators']}"),
-        ("judge agrees with human majority", judge_human_agreement(jh)),
+        ("judges agree with the human majority (items sent to people)",
+         judge_human_agreement(jh)),
+        ("… each judge", ", ".join(f"{name}: {pct(a['agreement'])} of {a['items']}"
+                                   for name, a in (jh.get("by_judge") or {}).items()) or "—"),
         ("judge-human Cohen's kappa", fmt(jh["kappa"])),
+        ("judge calibration on this round's labels", calibration_text(labels.get("calibration"))),
         ("annotators' Krippendorff's alpha", fmt(labels["human_alpha"])),
         ("gold accuracy", f"{pct(labels['gold_accuracy'])} ({labels['gold_votes']} gold votes)"),
         ("intransitive triples, labels", f"{tri['labels']['intransitive']} of "
@@ -253,6 +312,15 @@ def label_rows(labels: dict) -> list[tuple[str, str]]:
         ("intransitive triples, judge", f"{tri['judge']['intransitive']} of "
          f"{tri['judge']['triples']} ({pct(tri['judge']['share'])})"),
     ]
+
+
+def calibration_text(fits: dict | None) -> str:
+    """"python: T 0.61, ECE 0.22 → 0.17 (16 pairs)" per judge, with the fit's note."""
+    if not fits:
+        return "—"
+    return "; ".join(f"{name}: T {fmt(f['temperature'])}, ECE {fmt(f['ece_before'])} → "
+                     f"{fmt(f['ece_after'])} ({f['n']} pairs)" + (f" ({f['note']})" if f["note"] else "")
+                     for name, f in fits.items())
 
 
 def label_lines(labels: dict) -> list[str]:

@@ -6,7 +6,11 @@ the same prompt are correlated, so the bootstrap resamples *clusters* (prompts)
 when `groups` is given, and single rows otherwise. A ratio statistic
 sum(num) / sum(den) is resampled as a ratio (the per-token KL, a win rate over
 clusters of unequal size). NaN means undefined (no data, or fewer than two
-clusters for an interval); the report writes it as null.
+clusters for an interval); the report writes it as null. A win rate's interval is
+widened to the Wilson score interval at its effective number of comparisons where that
+is wider: the percentile bootstrap undercovers a proportion at small n, and gives "1 – 1"
+when every comparison went one way (Brown, Cai & DasGupta 2001, "Interval Estimation for
+a Binomial Proportion", recommend Wilson's at small n).
 """
 
 from __future__ import annotations
@@ -125,7 +129,8 @@ def outcomes(p_a: Sequence[float], tie: Sequence[bool] | None = None) -> np.ndar
 
 def win_rate(p_a: Sequence[float], tie: Sequence[bool] | None = None, groups: Sequence | None = None,
              *, n_boot: int = 1000, seed: int = 0, null: float | None = None) -> dict:
-    """Share of comparisons this side wins, ties counted as half, with a bootstrap interval.
+    """Share of comparisons this side wins, ties counted as half, with a bootstrap interval
+    over prompts widened to the Wilson interval at its `effective_n` where that is wider.
 
     Also `wins`, `ties`, `losses` and `mean_p`, the judge's mean probability (ties as 0.5):
     the soft win rate. Comparisons without a judge verdict (NaN, no tie) are left out.
@@ -137,9 +142,33 @@ def win_rate(p_a: Sequence[float], tie: Sequence[bool] | None = None, groups: Se
     p = np.where(o == 0.5, 0.5, np.asarray(p_a, dtype=np.float64)[keep])
     g = None if groups is None else np.asarray(groups, dtype=object)[keep]
     est = estimate(o, groups=g, n_boot=n_boot, seed=seed, null=null)
+    if math.isfinite(est["lo"]):
+        lo, hi = wilson(est["value"], effective_n(est, o.size, _cluster_index(o.size, g)))
+        est.update(lo=min(est["lo"], lo), hi=max(est["hi"], hi))
     est.update(wins=int((o == 1).sum()), ties=int((o == 0.5).sum()), losses=int((o == 0).sum()),
                mean_p=float(p.mean()) if p.size else math.nan)
     return est
+
+
+def effective_n(est: dict, rows: int, clusters: np.ndarray) -> float:
+    """The number of independent comparisons a clustered win rate is worth (Kish's design
+    effect): p(1 - p) over its bootstrap variance (read from the interval's width), between
+    the number of prompts and of comparisons; the prompts when every comparison went one
+    way, since the bootstrap then has no spread to read."""
+    prompts = int(clusters.max()) + 1
+    p = est["value"]
+    var = ((est["hi"] - est["lo"]) / (2 * 1.959964)) ** 2
+    if p * (1 - p) == 0 or var == 0:
+        return float(prompts)
+    return float(min(max(p * (1 - p) / var, prompts), rows))
+
+
+def wilson(p: float, n: float, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of a proportion `p` over `n` independent
+    trials (`effective_n` for a clustered win rate)."""
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def win_rates_by_slice(rows: Iterable[dict], *, n_boot: int = 1000, seed: int = 0,
@@ -355,6 +384,11 @@ def label_stats(labels: Sequence[dict], candidates: Sequence[dict], pairs: Seque
       the share where the judge ensemble's p_a (candidates table; else the judges' mean
       label) is on the same side, and Cohen's kappa of the two (a/b) codings; `reason`
       says why there is no such item (None when there are some).
+      These are the items the labeler routed to people (for uncertainty: the judge's
+      least certain pairs), judged as the judge stood when it chose them. `by_judge`: the
+      same share for each judge of the ensemble (candidates' `p_a:NAME` columns).
+    - drop_reasons: of the selected candidates dropped, how many for each reason (the
+      last clause of the candidates table's `reason`, e.g. "human budget (16) spent").
     - human_alpha: Krippendorff's alpha (nominal a/b/tie/both_bad) over human votes.
     - gold_accuracy: share of human votes equal to the `gold` answer, when labels have
       a `gold` column (NaN otherwise).
@@ -381,6 +415,16 @@ def label_stats(labels: Sequence[dict], candidates: Sequence[dict], pairs: Seque
     for lab in labels:
         if lab.get("source") == "human":
             units[lab["item_id"]][lab.get("annotator", "")] = lab.get("choice")
+    by_judge = {}
+    for col in sorted({k for c in candidates for k in c if k.startswith("p_a:")}):
+        sides = {c["item_id"]: "a" if c[col] > 0.5 else "b" for c in candidates
+                 if c["item_id"] in majority and c.get(col) is not None
+                 and math.isfinite(c[col]) and c[col] != 0.5}
+        by_judge[col[len("p_a:"):]] = {
+            "items": len(sides), "agreement": (sum(majority[i] == sides[i] for i in sides)
+                                               / len(sides) if sides else math.nan)}
+    dropped = Counter(str(c.get("reason") or "no reason given").split("; ")[-1]
+                      for c in selected if c.get("decision") == "drop")
     gold = [lab for lab in labels if lab.get("source") == "human" and lab.get("gold") is not None]
     routed = decisions.get("human", 0)
     return {
@@ -398,7 +442,9 @@ def label_stats(labels: Sequence[dict], candidates: Sequence[dict], pairs: Seque
                                       if shared else math.nan),
                         "kappa": cohen_kappa({i: judge_side[i] for i in shared},
                                              {i: majority[i] for i in shared}),
-                        "reason": _no_judge_human(shared, human_items, majority)},
+                        "reason": _no_judge_human(shared, human_items, majority),
+                        "by_judge": by_judge},
+        "drop_reasons": dict(dropped),
         "human_alpha": krippendorff_alpha(units),
         "gold_accuracy": (sum(lab.get("choice") == lab["gold"] for lab in gold) / len(gold)
                           if gold else math.nan),

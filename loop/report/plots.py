@@ -67,11 +67,16 @@ def _training(log: list[dict]) -> bytes | None:
         return None
     fig, axes = _figure(9, 2.6, 3)
     steps = [r.get("step", i + 1) for i, r in enumerate(log)]
-    for ax, key, title in zip(axes, ("loss", "rewards/margin", "rewards/accuracy"),
-                              ("loss", "reward margin", "reward accuracy"), strict=True):
+    for ax, key, title, unit in zip(
+            axes, ("loss", "rewards/margin", "rewards/accuracy"),
+            ("DPO loss", "reward margin", "reward accuracy"),
+            ("loss of the step's batch", "β·log-ratio, chosen − rejected", "share of the batch"),
+            strict=True):
         ax.plot(steps, [r.get(key) for r in log], marker="." if len(log) < 40 else None)
         ax.set_title(title)
-        ax.set_xlabel("step")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(unit)
+        ax.xaxis.get_major_locator().set_params(integer=True)
     return _png(fig)
 
 
@@ -89,13 +94,27 @@ def _kl(report: dict) -> bytes | None:
             for est in ("k1", "k3"):
                 _errorbars(ax, [y], [sec[est][unit]], color=COLORS[name],
                            label=None)
-                labels.append(f"‖ {name} ({est})")
+                labels.append(f"{name} ({est})")
                 y += 1
         ax.set_yticks(range(len(labels)), labels)
         ax.axvline(0, color="black", lw=0.5)
         ax.set_title(f"KL(policy ‖ q), {title}")
+        budget = get_path(report, "gate", "max_kl_to_base") or 0
+        note = ""
+        if unit == "sequence" and budget > 0:
+            ax.axvline(budget, color="#d93025", lw=1, ls="--")
+            note = f"\nred line: the gate's budget for KL to base, {budget:g}"
+        ax.set_xlabel(f"{title}; bars: 95% interval over prompts{note}")
+        ax.set_ylabel("q (estimator)")
         ax.invert_yaxis()
     return _png(fig)
+
+
+def _who(report: dict, name: str) -> str:
+    """"previous (round 1's policy)": a model's legend entry, naming the previous policy
+    where the report says which it is."""
+    prev = get_path(report, "context", "previous")
+    return f"{name} ({prev})" if name == "previous" and prev else name
 
 
 def _label(name: str) -> str:
@@ -116,7 +135,7 @@ def _win_rates(report: dict) -> bytes | None:
     for i, (name, sec) in enumerate(secs):
         ests = [sec["overall"]] + [sec["by_slice"].get(s) for s in slices]
         _errorbars(ax, [r + 0.15 * (i - 0.5) for r in range(len(rows))], ests,
-                   color=COLORS[name], label=f"vs {name}")
+                   color=COLORS[name], label=f"vs {_who(report, name)}")
     ax.axvline(0.5, color="black", lw=0.7, ls="--")
     ax.set_yticks(range(len(rows)), [_label(s) for s in rows])
     ax.set_xlim(-0.03, 1.03)
@@ -141,10 +160,12 @@ def _latent(report: dict) -> bytes | None:
         if pts:
             ax.bar([p[0] for p in pts], [p[1][0] for p in pts], width,
                    yerr=[[p[1][1] for p in pts], [p[1][2] for p in pts]], capsize=2,
-                   color=COLORS[name], label="this round" if name == "policy" else name)
+                   color=COLORS[name], label="this round" if name == "policy"
+                   else _who(report, name))
     ax.set_xticks(range(len(slices)), [_label(s) for s in slices], rotation=20, ha="right")
     ax.axhline(0, color="black", lw=0.5)
-    ax.set_ylabel("mean latent reward")
+    ax.set_ylabel("mean latent reward (95% interval)")
+    ax.set_xlabel("slice")
     _legend_below(fig, ax)
     return _png(fig)
 
@@ -174,6 +195,7 @@ def _labels(report: dict) -> bytes | None:
         items = sorted(lab[key].items())
         ax.bar([k for k, _ in items], [v for _, v in items], color="#1f77b4")
         ax.set_title(title)
+        ax.set_ylabel("pairs")
     return _png(fig)
 
 

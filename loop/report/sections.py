@@ -30,9 +30,16 @@ policy this round started from (`alignloop.report.inputs.previous_round`).
     degeneration    {models {name: {n, distinct_2, repeated_3gram_rate}}}
     implicit_reward {beta, n, accuracy, margin, logp_change_vs_base {chosen, rejected},
                      logp_change_vs_reference {...}, likelihood_displacement, by_slice}
-    labels          `metrics.label_stats` (sources, routing, budget, agreement and why
-                     it is missing, gold, intransitivity)
-    train           {steps, final {loss, margin, accuracy, ...}, log: "../train_log.jsonl"}
+    labels          `metrics.label_stats` (sources, routing and why pairs were dropped,
+                     budget, agreement overall and per judge and why it is missing, gold,
+                     intransitivity), and `calibration`: each judge's fit on this round's
+                     labels (calibration.json "this_round": temperature, ECE before/after)
+    train           {steps, pairs_per_step, epoch, final {loss, margin, accuracy, ...}: the
+                     last step's batch, log: "../train_log.jsonl"}
+    context         {previous, reference, reference_mode, targeted_slices, judges}: what
+                     the figures compare with, in words ("round 1's policy")
+    gate            the loop's gate on this report: its thresholds (loop.gate), KL to the
+                     base, and the verdict state.json records (tripped, reason, action, held)
     alerts          [{kind, message, value, threshold, slice, drop}] (`alerts.check_report`)
     skipped_checks  [{kind, reason, slice, measure, n, value, would_alert}]: the alert
                      checks that did not run (off, a number missing, a slice with fewer
@@ -49,6 +56,7 @@ from alignloop.evaluation import COMPARISONS, HELDOUT_PAIRS, SAMPLES
 from alignloop.report import metrics
 from alignloop.report.alerts import check_report
 from alignloop.report.inputs import RoundInputs
+from alignloop.report.lookup import get_path
 
 SCHEMA_VERSION = 2
 
@@ -176,6 +184,13 @@ def _labels(inp: RoundInputs, human_budget: int) -> dict:
         return missing("no labels.parquet, candidates.parquet or pairs.parquet in the round")
     out = metrics.label_stats(inp.labels or [], inp.candidates or [], inp.pairs or [],
                               human_budget=human_budget)
+    if inp.calibration:
+        out["calibration"] = {name: {"temperature": fit.get("temperature"),
+                                     "ece_before": fit.get("ece_before"),
+                                     "ece_after": fit.get("ece_after"), "n": int(fit.get("n", 0)),
+                                     "note": str(fit.get("note") or "")}
+                              for name, fit in sorted(inp.calibration.items())
+                              if isinstance(fit, dict)}
     if inp.labels is None:
         out["note"] = ("no labels.parquet: round 0 trains on static pairs only" if inp.k == 0
                        else "no labels.parquet")
@@ -187,6 +202,7 @@ def _train(inp: RoundInputs) -> dict:
         return missing("no train_log.jsonl (training has not run)")
     last = inp.train_log[-1]
     return {"available": True, "steps": int(last.get("step", len(inp.train_log))),
+            "pairs_per_step": last.get("pairs"), "epoch": last.get("epoch"),
             "final": {"loss": last.get("loss"), "margin": last.get("rewards/margin"),
                       "accuracy": last.get("rewards/accuracy"),
                       "rewards_chosen": last.get("rewards/chosen"),
@@ -218,6 +234,44 @@ def _previous_note(inp: RoundInputs) -> list[str]:
             f"'previous' in this report is {start}"]
 
 
+def _model_name(round_: int | None) -> str:
+    return "the base model" if round_ is None else f"round {round_}'s policy"
+
+
+def _context(inp: RoundInputs, cfg) -> dict:
+    """What this round's figures compare with, in words, and which judge made which figure."""
+    mode = cfg.reference.mode
+    if inp.k == 0:
+        reference = (f"{cfg.reference.model} (reference.model)" if cfg.reference.model
+                     else "the base model")
+    elif mode == "previous":
+        reference = _model_name(inp.previous_round)
+    elif mode == "base":
+        reference = "the base model"
+    else:
+        reference = (f"an average of the earlier policies (reference.mode ema, weight "
+                     f"{cfg.reference.ema_weight:g})")
+    judges = ("Win rates and the slice checks on them: the judges refit and calibrated with "
+              f"the labels of rounds 0-{inp.k} (the ones that will route round {inp.k + 1}'s "
+              "pairs). Judge-human agreement (Labels): the judges as they routed this round's "
+              "pairs (fitted on earlier rounds' labels), on the items they sent to people, "
+              "which for uncertainty routing are the pairs they were least sure of.")
+    return {"previous": "none (round 0)" if inp.k == 0 else _model_name(inp.previous_round),
+            "reference": reference, "reference_mode": mode,
+            "targeted_slices": inp.targeted_slices if inp.k > 0 else None, "judges": judges}
+
+
+def _gate(report: dict, cfg) -> dict:
+    """The loop's gate on this report, as `Loop.check_gates` records it in state.json."""
+    from alignloop.report.alerts import gate_verdict
+
+    g = cfg.loop.gate
+    return {"max_kl_to_base": g.max_kl_to_base, "max_slice_drop": g.max_slice_drop,
+            "slice_confidence": g.slice_confidence, "action": g.action,
+            "kl_to_base": get_path(report, "kl_to_base", "k1", "sequence", "value"),
+            **gate_verdict(report, g, min_slice_samples=cfg.report.min_slice_samples)}
+
+
 def build_round_report(inp: RoundInputs, cfg, notes: list[str] = ()) -> dict:
     """The report.json object of a round (validated against the schema by the writer)."""
     from alignloop.config import to_dict
@@ -240,6 +294,8 @@ def build_round_report(inp: RoundInputs, cfg, notes: list[str] = ()) -> dict:
         "train": _train(inp),
     }
     report = _clean(report)
+    report["context"] = _clean(_context(inp, cfg))
+    report["gate"] = _clean(_gate(report, cfg))
     checks = check_report(report, rc)
     report["alerts"], report["skipped_checks"] = _clean(checks.alerts), _clean(checks.skipped)
     return report
