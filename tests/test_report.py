@@ -384,7 +384,7 @@ def test_latent_reward_legends_do_not_cover_the_plot(run, monkeypatch):
     figs = {**_figures(monkeypatch, lambda p: p.run_figures(reports)),
             **_figures(monkeypatch, lambda p: p.round_figures(reports[1], []))}
     across_rounds = next(t for t in figs if t.startswith("Latent reward per slice"))
-    for title in (across_rounds, "mean latent reward"):
+    for title in (across_rounds, "mean latent reward (95% interval)"):
         fig = figs[title]
         FigureCanvasAgg(fig).draw()                               # lays the figure out
         renderer = fig.canvas.get_renderer()

@@ -48,7 +48,11 @@ LATENT_REWARD_NOTE = (
     "demo task and other simulated tasks (alignloop.demo.panel: the simulated annotators' mean "
     "utility, rewarding a warm tone and staying on topic and penalising answers over 30 words). "
     "Judges and annotators never see it; it shows whether their preferences moved the policy "
-    "the right way. A real task has none, and its latent-reward rows stay empty.")
+    "the right way by that utility's measure. It scores sentiment, length and the embedding "
+    "similarity of the response to the user's message, not whether an answer is true or "
+    "helpful: a warm, short reply near the topic scores well even when it answers something "
+    "else, so read the examples too. A real task has none, and its latent-reward rows stay "
+    "empty.")
 
 
 INTERVALS_NOTE = (
