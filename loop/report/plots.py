@@ -233,6 +233,8 @@ def _trend(reports: dict[int, dict], series: dict[str, tuple], title: str, ylabe
 
 
 def run_figures(reports: dict[int, dict]) -> dict[str, bytes]:
+    floors = [get_path(r, "thresholds", "agreement_floor") for r in reports.values()]
+    floor = next((f for f in reversed(floors) if isinstance(f, (int, float)) and f > 0), None)
     figs = {
         "kl": _trend(reports, {"KL to base": (COLORS["base"], ("kl_to_base", "k1", "sequence")),
                                "KL to reference": (COLORS["reference"],
@@ -259,6 +261,7 @@ def run_figures(reports: dict[int, dict]) -> dict[str, bytes]:
     figs["agreement"] = _trend(reports, {
         "annotators' alpha": ("#9467bd", ("labels", "human_alpha")),
         "judge-human kappa": ("#8c564b", ("labels", "judge_human", "kappa")),
-        "judge = human majority": ("#17becf", ("labels", "judge_human", "agreement"))},
-        "Label agreement", "agreement")
+        "share judge = human majority": ("#17becf", ("labels", "judge_human", "agreement"))},
+        "Label agreement (dashed: the alerts' floor)", "α, κ (chance 0); share (chance ½)",
+        hline=floor)
     return {k: v for k, v in figs.items() if v is not None}
