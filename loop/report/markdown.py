@@ -141,6 +141,8 @@ def headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
         "change_vs_previous", "overall", why=get_path(report, "latent_reward", "previous_reason"))
     add("Ends by EOS, this policy (not cut at the length limit)", "length", "ends_by_eos",
         "policy")
+    add("Ends by EOS, previous policy", "length", "ends_by_eos", "previous",
+        why=get_path(report, "latent_reward", "previous_reason") or "no previous policy")
     add("Ends by EOS, base model", "length", "ends_by_eos", "base",
         why="no base-model samples")
     add("Implicit-reward accuracy (held-out pairs)", "implicit_reward", "accuracy")
