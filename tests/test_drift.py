@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 from alignloop.config.report import ReportConfig
 from alignloop.report.alerts import alerts, check_report
+from alignloop.report.label_stats import intransitive_triples, label_stats
 from alignloop.report.metrics import (
     degeneration,
     estimate,
     implicit_reward,
-    intransitive_triples,
     kl_estimate,
-    label_stats,
     length_stats,
     paired_change,
     wilson,

@@ -30,7 +30,7 @@ policy this round started from (`alignloop.report.inputs.previous_round`).
     degeneration    {models {name: {n, distinct_2, repeated_3gram_rate}}}
     implicit_reward {beta, n, accuracy, margin, logp_change_vs_base {chosen, rejected},
                      logp_change_vs_reference {...}, likelihood_displacement, by_slice}
-    labels          `metrics.label_stats` (sources, routing and why pairs were dropped,
+    labels          `label_stats.label_stats` (sources, routing and why pairs were dropped,
                      budget, agreement overall and per judge and why it is missing, gold,
                      intransitivity), and `calibration`: each judge's fit on this round's
                      labels (calibration.json "this_round": temperature, ECE before/after)
@@ -56,6 +56,7 @@ from alignloop.evaluation import COMPARISONS, HELDOUT_PAIRS, SAMPLES
 from alignloop.report import metrics
 from alignloop.report.alerts import check_report
 from alignloop.report.inputs import RoundInputs
+from alignloop.report.label_stats import label_stats
 from alignloop.report.lookup import get_path
 
 SCHEMA_VERSION = 2
@@ -182,7 +183,7 @@ def _implicit(inp: RoundInputs, beta: float, boot: dict) -> dict:
 def _labels(inp: RoundInputs, human_budget: int) -> dict:
     if inp.labels is None and inp.candidates is None and inp.pairs is None:
         return missing("no labels.parquet, candidates.parquet or pairs.parquet in the round")
-    out = metrics.label_stats(inp.labels or [], inp.candidates or [], inp.pairs or [],
+    out = label_stats(inp.labels or [], inp.candidates or [], inp.pairs or [],
                               human_budget=human_budget)
     if inp.calibration:
         out["calibration"] = {name: {"temperature": fit.get("temperature"),
