@@ -384,7 +384,7 @@ def test_latent_reward_legends_do_not_cover_the_plot(run, monkeypatch):
     figs = {**_figures(monkeypatch, lambda p: p.run_figures(reports)),
             **_figures(monkeypatch, lambda p: p.round_figures(reports[1], []))}
     across_rounds = next(t for t in figs if t.startswith("Latent reward per slice"))
-    for title in (across_rounds, "mean latent reward (95% interval)"):
+    for title in (across_rounds, "mean latent reward"):
         fig = figs[title]
         FigureCanvasAgg(fig).draw()                               # lays the figure out
         renderer = fig.canvas.get_renderer()
@@ -502,17 +502,26 @@ def test_the_report_says_what_it_compares_with_and_what_the_gate_decides(tmp_pat
     assert (ctx["previous"], ctx["reference"], ctx["reference_mode"]) == (
         "round 0's policy", "round 0's policy", "previous")
     assert ctx["targeted_slices"] == ["bad_news"]
-    # the gate as the loop records it in state.json, with the thresholds it used
+    # the gate as the loop will record it in state.json, with the thresholds it used
     verdict = gate_verdict(report, cfg.loop.gate, min_slice_samples=cfg.report.min_slice_samples)
     assert report["gate"] == {"max_kl_to_base": 0.3, "max_slice_drop": 0.1, "slice_confidence": 0.0,
-                              "action": "rollback", **verdict,
+                              "on_trip": "rollback", "min_slice_samples": 8, "slice_checks": 6,
+                              "recorded": False, **verdict,
                               "kl_to_base": report["kl_to_base"]["k1"]["sequence"]["value"]}
     assert verdict["tripped"] and "KL to base" in verdict["reason"]
+    # once the loop has recorded a verdict, the report shows that one
+    state = json.loads((run / "state.json").read_text())
+    state["rounds"]["1"]["gate"] = {"tripped": False, "reason": "", "action": "", "held": "x"}
+    (run / "state.json").write_text(json.dumps(state))
+    recorded = build_round_report(load_round(run, 1), cfg)["gate"]
+    assert recorded["recorded"] and not recorded["tripped"] and recorded["held"] == "x"
+    assert "as state.json records it" in render_markdown({**report, "gate": recorded})
     assert report["labels"]["calibration"] == {"python": fit}
     md = render_markdown(report)
     assert "> Previous: round 0's policy. Reference (the DPO log-ratio's): round 0's policy" in md
     assert "New pairs this round were sampled on the failure slices: bad\\_news." in md
-    assert "of a budget of 0.3 nats/response" in md and "Verdict: tripped" in md
+    assert "of a budget of 0.3 nats/response" in md
+    assert "Verdict (as the loop will record it): tripped" in md and ", so rollback" in md
     assert "python: T 0.6, ECE 0.2 → 0.1 (16 pairs)" in md
     assert "| bad_news (targeted) |" in md
     alert = next(a for a in report["alerts"] if a["kind"] == "slice_regression")
@@ -528,7 +537,7 @@ def test_the_report_says_what_it_compares_with_and_what_the_gate_decides(tmp_pat
                                  "reference": {"mode": "base"}})
     assert build_round_report(load_round(run, 1), base_cfg)["context"]["reference"] == "the base model"
     html = render_round_html(report, {}, [])
-    assert "Verdict: tripped" in html and "Previous: round 0&#x27;s policy" in html
+    assert "tripped (KL to base" in html and "Previous: round 0&#x27;s policy" in html
 
 
 def test_a_damaged_calibration_file_is_named(tmp_path):

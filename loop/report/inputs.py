@@ -52,6 +52,7 @@ class RoundInputs:
     train_log: list[dict] | None = None
     targeted_slices: list[str] | None = None    # slices.json "chosen": where round k sampled
     calibration: dict | None = None             # calibration.json "this_round": {judge: fit}
+    gate_record: dict | None = None             # state.json's gate verdict on round k, once made
     inputs: dict = field(default_factory=dict)  # report.json "inputs": paths from report/
 
     def rows(self, model: str) -> list[dict]:
@@ -96,6 +97,11 @@ def load_round(run_dir: str | Path, k: int, *,
     inp = RoundInputs(k, rdir, read_samples(rdir), read_comparisons(rdir),
                       read_heldout_pairs(rdir), previous_round=previous)
     _read_round_files(inp)
+    state = Path(run_dir) / STATE_FILE
+    if state.exists():
+        from alignloop.rounds.state import read_state
+
+        inp.gate_record = read_state(state)["rounds"].get(str(k), {}).get("gate")
     _read_base(inp, run_dir)
     _read_previous(inp, run_dir)
     return inp

@@ -57,9 +57,10 @@ LATENT_REWARD_NOTE = (
 
 INTERVALS_NOTE = (
     "Intervals are bootstrap 95% percentile intervals over prompts; a win rate's is widened "
-    "to the Wilson score interval over its prompts where that is wider (the bootstrap alone "
-    "gives 1 – 1 when every comparison went one way); the implicit reward's are over "
-    "held-out pairs. Win rates count ties as half.")
+    "to the Wilson score interval at its effective number of comparisons (between its "
+    "prompts and its comparisons) where that is wider: the bootstrap alone gives 1 – 1 when "
+    "every comparison went one way. The implicit reward's are over held-out pairs. Win rates "
+    "count ties as half.")
 
 
 def context_lines(report: dict) -> list[str]:
@@ -84,13 +85,18 @@ def gate_line(report: dict) -> str | None:
     kl = ("off" if g["max_kl_to_base"] <= 0 else
           f"KL(policy ‖ base) {fmt(g['kl_to_base'])} of a budget of {g['max_kl_to_base']:g} "
           "nats/response")
-    drop = ("off" if g["max_slice_drop"] <= 0 else
-            f"a slice may fall by at most {g['max_slice_drop']:g}"
-            + (f", counted when significant at confidence {g['slice_confidence']:g}"
-               if g["slice_confidence"] > 0 else ""))
-    verdict = (f"tripped ({g['reason']}): action {g['action']}" if g["tripped"] else "passed")
+    m, c = g["slice_checks"], g["slice_confidence"]
+    drop = ("slice falls off" if g["max_slice_drop"] <= 0 else
+            f"a slice with at least {g['min_slice_samples']} samples may fall by at most "
+            f"{g['max_slice_drop']:g}" + (
+                f", a larger fall counted only when its p-value is below (1 − {c:g}) / {m} "
+                f"= {(1 - c) / max(m, 1):.3g} (Bonferroni over the {m} slice checks)"
+                if c > 0 else ""))
+    verdict = (f"tripped ({g['reason']}), so {g['action']}" if g["tripped"] else "passed")
     held = f"; held back as not significant: {g['held']}" if g["held"] else ""
-    return f"Loop gate (loop.gate): {kl}; {drop}. Verdict: {verdict}{held}."
+    source = "as state.json records it" if g["recorded"] else "as the loop will record it"
+    return (f"Loop gate (loop.gate, on a trip: {g['on_trip']}): {kl}; {drop}. Verdict "
+            f"({source}): {verdict}{held}.")
 
 
 def length_ratio_line(length: dict) -> str:
@@ -241,8 +247,8 @@ def render_markdown(report: dict, figures: dict | None = None) -> str:
     md = [f"# Round {k} drift report", "",
           f"Schema v{report['schema_version']}. {INTERVALS_NOTE} Plots: "
           "[report.html](report.html).", ""]
-    md += [f"> {md_text(line)}" for line in context_lines(report)]
-    md += [""] if context_lines(report) else []
+    md += ["\n>\n".join(f"> {md_text(line)}" for line in context_lines(report)), ""]
+    md = md if context_lines(report) else md[:-2]
     md += ["## Alerts", ""]
     md += [f"- **{a['kind']}**: {md_text(a['message'])}" for a in report["alerts"]] or ["None."]
     if skipped_lines(report):
@@ -307,10 +313,11 @@ def label_rows(labels: dict) -> list[tuple[str, str]]:
          f"{labels['human_votes']} / {labels['human_items']} / {labels['annotators']}"),
         ("judges agree with the human majority (items sent to people)",
          judge_human_agreement(jh)),
-        ("… each judge", ", ".join(f"{name}: {pct(a['agreement'])} of {a['items']}"
+        ("… each judge", ", ".join(judge_share(name, a)
                                    for name, a in (jh.get("by_judge") or {}).items()) or "—"),
         ("judge-human Cohen's kappa", fmt(jh["kappa"])),
-        ("judge calibration on this round's labels", calibration_text(labels.get("calibration"))),
+        ("judge calibration fitted on this round's labels (used from the next round; ECE on "
+         "the same items)", calibration_text(labels.get("calibration"))),
         ("annotators' Krippendorff's alpha", fmt(labels["human_alpha"])),
         ("gold accuracy", f"{pct(labels['gold_accuracy'])} ({labels['gold_votes']} gold votes)"),
         ("intransitive triples, labels", f"{tri['labels']['intransitive']} of "
@@ -318,6 +325,14 @@ def label_rows(labels: dict) -> list[tuple[str, str]]:
         ("intransitive triples, judge", f"{tri['judge']['intransitive']} of "
          f"{tri['judge']['triples']} ({pct(tri['judge']['share'])})"),
     ]
+
+
+def judge_share(name: str, a: dict) -> str:
+    """"python: 69% of 16", flagged when below chance, or why there is no share."""
+    if not a["items"]:
+        return f"{name}: — (no verdict on these items)"
+    return (f"{name}: {pct(a['agreement'])} of {a['items']}"
+            + (" (below chance)" if a["agreement"] < 0.5 else ""))
 
 
 def calibration_text(fits: dict | None) -> str:

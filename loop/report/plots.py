@@ -102,9 +102,13 @@ def _kl(report: dict) -> bytes | None:
         budget = get_path(report, "gate", "max_kl_to_base") or 0
         note = ""
         if unit == "sequence" and budget > 0:
-            ax.axvline(budget, color="#d93025", lw=1, ls="--")
-            note = f"\nred line: the gate's budget for KL to base, {budget:g}"
-        ax.set_xlabel(f"{title}; bars: 95% interval over prompts{note}")
+            rows = [i for i, lab in enumerate(labels) if lab.startswith("base")]
+            if rows:                          # the budget is on KL to base: drawn on its rows
+                ax.vlines(budget, min(rows) - 0.4, max(rows) + 0.4, color="#d93025", lw=1,
+                          ls="--")
+                ax.set_xlim(right=max(ax.get_xlim()[1], budget * 1.08))
+                note = f"\nred: the gate's budget, {budget:g}"
+        ax.set_xlabel(f"{title} (95% intervals){note}")
         ax.set_ylabel("q (estimator)")
         ax.invert_yaxis()
     return _png(fig)
@@ -164,8 +168,8 @@ def _latent(report: dict) -> bytes | None:
                    else _who(report, name))
     ax.set_xticks(range(len(slices)), [_label(s) for s in slices], rotation=20, ha="right")
     ax.axhline(0, color="black", lw=0.5)
-    ax.set_ylabel("mean latent reward (95% interval)")
-    ax.set_xlabel("slice")
+    ax.set_ylabel("mean latent reward")
+    ax.set_xlabel("slice (bars: 95% intervals over prompts)")
     _legend_below(fig, ax)
     return _png(fig)
 
@@ -196,6 +200,7 @@ def _labels(report: dict) -> bytes | None:
         ax.bar([k for k, _ in items], [v for _, v in items], color="#1f77b4")
         ax.set_title(title)
         ax.set_ylabel("pairs")
+        ax.yaxis.get_major_locator().set_params(integer=True)
     return _png(fig)
 
 
@@ -262,6 +267,5 @@ def run_figures(reports: dict[int, dict]) -> dict[str, bytes]:
         "annotators' alpha": ("#9467bd", ("labels", "human_alpha")),
         "judge-human kappa": ("#8c564b", ("labels", "judge_human", "kappa")),
         "share judge = human majority": ("#17becf", ("labels", "judge_human", "agreement"))},
-        "Label agreement (dashed: the alerts' floor)", "α, κ (chance 0); share (chance ½)",
-        hline=floor)
+        "Label agreement (chance: α, κ 0, share ½; dashed: floor)", "agreement", hline=floor)
     return {k: v for k, v in figs.items() if v is not None}

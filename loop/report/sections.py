@@ -38,8 +38,10 @@ policy this round started from (`alignloop.report.inputs.previous_round`).
                      last step's batch, log: "../train_log.jsonl"}
     context         {previous, reference, reference_mode, targeted_slices, judges}: what
                      the figures compare with, in words ("round 1's policy")
-    gate            the loop's gate on this report: its thresholds (loop.gate), KL to the
-                     base, and the verdict state.json records (tripped, reason, action, held)
+    gate            the loop's gate on this report: its thresholds (loop.gate, on_trip its
+                     action), the slice checks it counts, KL to the base, and its verdict
+                     (tripped, reason, action, held): state.json's once the loop recorded
+                     it (recorded: true), else what `gate_verdict` gives
     alerts          [{kind, message, value, threshold, slice, drop}] (`alerts.check_report`)
     skipped_checks  [{kind, reason, slice, measure, n, value, would_alert}]: the alert
                      checks that did not run (off, a number missing, a slice with fewer
@@ -252,25 +254,36 @@ def _context(inp: RoundInputs, cfg) -> dict:
     else:
         reference = (f"an average of the earlier policies (reference.mode ema, weight "
                      f"{cfg.reference.ema_weight:g})")
-    judges = ("Win rates and the slice checks on them: the judges refit and calibrated with "
-              f"the labels of rounds 0-{inp.k} (the ones that will route round {inp.k + 1}'s "
-              "pairs). Judge-human agreement (Labels): the judges as they routed this round's "
-              "pairs (fitted on earlier rounds' labels), on the items they sent to people, "
-              "which for uncertainty routing are the pairs they were least sure of.")
+    if inp.k == 0:
+        judges = ("Win rates: the judges as configured, fitted and calibrated on no labels yet "
+                  "(round 0 trains on the static pairs and labels nothing).")
+    else:
+        history = "round 1" if inp.k == 1 else f"rounds 1-{inp.k}"
+        judges = ("Win rates and the slice checks on them: the judges refit and calibrated "
+                  f"with the labels of {history} (the ones that will route round {inp.k + 1}'s "
+                  "pairs). Judge-human agreement (Labels): the judges as they routed this "
+                  "round's pairs (fitted on earlier rounds' labels), on the items they sent to "
+                  "people, which for uncertainty routing are the pairs they were least sure of.")
     return {"previous": "none (round 0)" if inp.k == 0 else _model_name(inp.previous_round),
             "reference": reference, "reference_mode": mode,
             "targeted_slices": inp.targeted_slices if inp.k > 0 else None, "judges": judges}
 
 
-def _gate(report: dict, cfg) -> dict:
-    """The loop's gate on this report, as `Loop.check_gates` records it in state.json."""
-    from alignloop.report.alerts import gate_verdict
+def _gate(report: dict, inp: RoundInputs, cfg) -> dict:
+    """The loop's gate on this report: its thresholds, and its verdict as state.json records
+    it (`Loop.check_gates`, after the report stage), or as `gate_verdict` gives it before
+    the loop has recorded one (`recorded` says which)."""
+    from alignloop.report.alerts import gate_verdict, slice_drops
 
-    g = cfg.loop.gate
+    g, m = cfg.loop.gate, cfg.report.min_slice_samples
+    verdict = inp.gate_record or gate_verdict(report, g, min_slice_samples=m)
     return {"max_kl_to_base": g.max_kl_to_base, "max_slice_drop": g.max_slice_drop,
-            "slice_confidence": g.slice_confidence, "action": g.action,
+            "slice_confidence": g.slice_confidence, "on_trip": g.action,
+            "min_slice_samples": m, "slice_checks": len(slice_drops(report, min_samples=m)),
             "kl_to_base": get_path(report, "kl_to_base", "k1", "sequence", "value"),
-            **gate_verdict(report, g, min_slice_samples=cfg.report.min_slice_samples)}
+            "recorded": inp.gate_record is not None,
+            **{key: verdict.get(key, "" if key != "tripped" else False)
+               for key in ("tripped", "reason", "action", "held")}}
 
 
 def build_round_report(inp: RoundInputs, cfg, notes: list[str] = ()) -> dict:
@@ -296,7 +309,7 @@ def build_round_report(inp: RoundInputs, cfg, notes: list[str] = ()) -> dict:
     }
     report = _clean(report)
     report["context"] = _clean(_context(inp, cfg))
-    report["gate"] = _clean(_gate(report, cfg))
+    report["gate"] = _clean(_gate(report, inp, cfg))
     checks = check_report(report, rc)
     report["alerts"], report["skipped_checks"] = _clean(checks.alerts), _clean(checks.skipped)
     return report
