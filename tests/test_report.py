@@ -545,3 +545,18 @@ def test_a_damaged_calibration_file_is_named(tmp_path):
     (run / "round_001/calibration.json").write_text("{not json")
     with pytest.raises(Exception, match="calibration.json: not readable JSON"):
         load_round(run, 1)
+
+
+def test_examples_mark_a_response_cut_at_the_length_limit(tmp_path):
+    from alignloop.report.sections import CUT, pick_examples
+
+    run = make_fake_run(tmp_path, rounds=2, length_scale=2.0)     # some policy samples cut
+    inp = load_round(run, 1)
+    examples = pick_examples(inp, 30, 0)
+    ends = {(r["prompt_id"], r["model"]): r["finish_reason"] for r in inp.samples
+            if r["sample_index"] == 0}
+    cut = [e for e in examples if ends[(e["prompt_id"], "policy")] == "length"]
+    ended = [e for e in examples if ends[(e["prompt_id"], "policy")] == "stop"]
+    assert cut and ended                                   # the fake run has both kinds
+    assert all(e["current"].endswith(CUT) for e in cut)
+    assert not any(e["current"].endswith(CUT) for e in ended)

@@ -27,11 +27,6 @@ def pct(x) -> str:
     return "—" if x is None else f"{100 * x:.0f}%"
 
 
-def with_unit(x, unit: str, digits: int = 3) -> str:
-    """`fmt(x)` followed by its unit ("1.13x"); a missing value is "—" alone, never "—x"."""
-    return "—" if x is None else f"{fmt(x, digits)}{unit}"
-
-
 def interval(e: dict | None) -> str:
     if not e or e.get("lo") is None or e.get("hi") is None:
         return "—"
@@ -101,8 +96,11 @@ def gate_line(report: dict) -> str | None:
 
 def length_ratio_line(length: dict) -> str:
     """Mean policy length against the previous round's and the base model's."""
-    return (f"Mean length vs previous round: {with_unit(length['ratio_vs_previous'], 'x')}; "
-            f"vs base: {with_unit(length['ratio_vs_base'], 'x')}.")
+    def ratio(x) -> str:
+        return "—" if x is None else f"{x:.2f}x"
+
+    return (f"Mean length vs previous round: {ratio(length['ratio_vs_previous'])}; "
+            f"vs base: {ratio(length['ratio_vs_base'])}.")
 
 
 def judge_human_agreement(jh: dict) -> str:

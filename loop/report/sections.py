@@ -315,6 +315,14 @@ def build_round_report(inp: RoundInputs, cfg, notes: list[str] = ()) -> dict:
     return report
 
 
+CUT = " [… cut at the length limit]"
+
+
+def _shown(sample: dict) -> str:
+    """A sample's text as an example shows it: marked when it did not end by itself."""
+    return sample["text"] + (CUT if sample.get("finish_reason") == "length" else "")
+
+
 def pick_examples(inp: RoundInputs, n: int, seed: int) -> list[dict]:
     """Up to `n` held-out prompts (round-robin over slices, seeded): this round's policy
     response next to the previous policy's (none: the base model's), with the judge's
@@ -342,7 +350,7 @@ def pick_examples(inp: RoundInputs, n: int, seed: int) -> list[dict]:
                 key = (r["prompt_id"], r["sample_index"])
                 o, c = theirs.get(key), verdict.get(key)
                 out.append({"prompt_id": r["prompt_id"], "slice": r["slice"], "prompt": r["prompt"],
-                            "current": r["text"], "other": o["text"] if o else None,
+                            "current": _shown(r), "other": _shown(o) if o else None,
                             "other_label": label, "p_a": c["p_a"] if c else None,
                             "tie": bool(c["tie"]) if c else None,
                             "latent_current": r.get("latent_reward"),
