@@ -230,6 +230,9 @@ def test_label_stats_hand_made():
     assert out["decisions"] == {"auto": 1, "human": 2, "drop": 1} and out["selected"] == 4
     assert out["routed_share"] == 0.5 and out["budget_used"] == 0.5
     assert out["pairs_by_source"] == {"judge": 1, "human": 1}
+    assert out["pairs_by_round"] == {}                           # these pairs name no round
+    replayed = [{**pairs[0], "round": 0}, {**pairs[1], "round": 2}, {**pairs[1], "round": 2}]
+    assert label_stats(labels, cands, replayed)["pairs_by_round"] == {"0": 1, "2": 2}
     assert (out["human_votes"], out["human_items"], out["annotators"]) == (5, 2, 3)
     # i2: majority a, judge 0.8 -> a (agree); i3: majority a, judge 0.3 -> b (disagree)
     assert out["judge_human"]["items"] == 2 and out["judge_human"]["agreement"] == 0.5

@@ -70,7 +70,9 @@ def label_stats(labels: Sequence[dict], candidates: Sequence[dict], pairs: Seque
                 human_budget: int = 0) -> dict:
     """Where this round's labels came from and how far to trust them.
 
-    - pairs_by_source / labels_by_source: pairs trained on, and raw label rows, by source.
+    - pairs_by_source / labels_by_source: pairs trained on, and raw label rows, by source;
+      pairs_by_round: the pairs trained on by the round that labeled them (earlier rounds'
+      pairs are replayed, e.g. round 0's static pairs).
     - decisions, routed_share: of the selected candidates, how many went auto / human /
       drop, and the share sent to people; budget_used = human-routed / `human_budget`.
     - judge_human: on items with a human majority (more a than b votes or the reverse),
@@ -122,6 +124,8 @@ def label_stats(labels: Sequence[dict], candidates: Sequence[dict], pairs: Seque
     routed = decisions.get("human", 0)
     return {
         "pairs_by_source": dict(Counter(p.get("source", "") for p in pairs)),
+        "pairs_by_round": {str(r): n for r, n in sorted(Counter(
+            p["round"] for p in pairs if p.get("round") is not None).items())},
         "labels_by_source": dict(Counter(lab.get("source", "") for lab in labels)),
         "human_votes": sum(1 for lab in labels if lab.get("source") == "human"),
         "human_items": len(human_items),

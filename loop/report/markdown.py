@@ -299,6 +299,9 @@ def label_rows(labels: dict) -> list[tuple[str, str]]:
     return [
         ("pairs trained on, by source", ", ".join(f"{k}: {v}" for k, v in
                                                   labels["pairs_by_source"].items()) or "—"),
+        ("pairs trained on, by the round that labeled them",
+         ", ".join(f"round {k}: {v}" for k, v in (labels.get("pairs_by_round") or {}).items())
+         or "—"),
         ("label rows, by source", ", ".join(f"{k}: {v}" for k, v in
                                             labels["labels_by_source"].items()) or "—"),
         ("candidate pairs / selected", f"{labels['candidates']} / {labels['selected']}"),
