@@ -236,6 +236,8 @@ def test_label_stats_hand_made():
     assert (out["human_votes"], out["human_items"], out["annotators"]) == (5, 2, 3)
     # i2: majority a, judge 0.8 -> a (agree); i3: majority a, judge 0.3 -> b (disagree)
     assert out["judge_human"]["items"] == 2 and out["judge_human"]["agreement"] == 0.5
+    assert (out["judge_human"]["agreement_lo"], out["judge_human"]["agreement_hi"]) == \
+        pytest.approx(wilson(0.5, 2))                            # 0.095 - 0.905 for 1 of 2
     # kappa: p_o = 0.5, p_e = P_judge(a) P_human(a) + P_judge(b) P_human(b) = .5 * 1 + .5 * 0
     assert out["judge_human"]["kappa"] == pytest.approx(0.0)
     assert out["drop_reasons"] == {"human budget (4) spent": 1}     # i5 was not selected

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from itertools import combinations
 
 import numpy as np
+from alignloop.report.metrics import wilson
 
 
 def intransitive_triples(prefs: Iterable[tuple]) -> dict:
@@ -77,7 +78,7 @@ def label_stats(labels: Sequence[dict], candidates: Sequence[dict], pairs: Seque
       drop, and the share sent to people; budget_used = human-routed / `human_budget`.
     - judge_human: on items with a human majority (more a than b votes or the reverse),
       the share where the judge ensemble's p_a (candidates table; else the judges' mean
-      label) is on the same side, and Cohen's kappa of the two (a/b) codings; `reason`
+      label) is on the same side (with its 95% Wilson interval over the items), and Cohen's kappa of the two (a/b) codings; `reason`
       says why there is no such item (None when there are some).
       These are the items the labeler routed to people (for uncertainty: the judge's
       least certain pairs), judged as the judge stood when it chose them. `by_judge`: the
@@ -118,6 +119,9 @@ def label_stats(labels: Sequence[dict], candidates: Sequence[dict], pairs: Seque
         by_judge[col[len("p_a:"):]] = {
             "items": len(sides), "agreement": (sum(majority[i] == sides[i] for i in sides)
                                                / len(sides) if sides else math.nan)}
+    agree = (sum(majority[i] == judge_side[i] for i in shared) / len(shared)
+             if shared else math.nan)
+    lo, hi = wilson(agree, len(shared)) if shared else (math.nan, math.nan)
     dropped = Counter(str(c.get("reason") or "no reason given").split("; ")[-1]
                       for c in selected if c.get("decision") == "drop")
     gold = [lab for lab in labels if lab.get("source") == "human" and lab.get("gold") is not None]
@@ -135,8 +139,7 @@ def label_stats(labels: Sequence[dict], candidates: Sequence[dict], pairs: Seque
         "human_budget": int(human_budget),
         "budget_used": routed / human_budget if human_budget else math.nan,
         "judge_human": {"items": len(shared),
-                        "agreement": (sum(majority[i] == judge_side[i] for i in shared) / len(shared)
-                                      if shared else math.nan),
+                        "agreement": agree, "agreement_lo": lo, "agreement_hi": hi,
                         "kappa": cohen_kappa({i: judge_side[i] for i in shared},
                                              {i: majority[i] for i in shared}),
                         "reason": _no_judge_human(shared, human_items, majority),

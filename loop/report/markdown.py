@@ -108,7 +108,9 @@ def judge_human_agreement(jh: dict) -> str:
     if not jh["items"]:
         why = jh.get("reason") or "undefined"
         return f"— (no item had both a judge verdict and a human majority: {why})"
-    return f"{pct(jh['agreement'])} of {jh['items']} items"
+    ci = (f" (95% CI {pct(jh['agreement_lo'])} – {pct(jh['agreement_hi'])})"
+          if jh.get("agreement_lo") is not None else "")
+    return f"{pct(jh['agreement'])} of {jh['items']} items{ci}"
 
 
 def skipped_lines(report: dict) -> list[tuple[bool, str]]:
