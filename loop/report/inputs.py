@@ -81,27 +81,33 @@ def previous_round(run_dir: str | Path, k: int) -> int | None:
     whose gate tripped with action "rollback" in RUN_DIR/state.json (no state.json: k - 1).
     None when round k started from the base model (round 0, or every earlier round
     rolled back)."""
-    from alignloop.rounds.state import read_state, start_round
+    from alignloop.rounds.state import start_round
+
+    return start_round(_state_rounds(run_dir), k)
+
+
+def _state_rounds(run_dir: str | Path) -> dict:
+    """RUN_DIR/state.json's "rounds" ({} when there is no state.json)."""
+    from alignloop.rounds.state import read_state
 
     path = Path(run_dir) / STATE_FILE
-    return start_round(read_state(path)["rounds"] if path.exists() else {}, k)
+    return read_state(path)["rounds"] if path.exists() else {}
 
 
 def load_round(run_dir: str | Path, k: int, *,
                previous: int | None | Literal["state"] = "state") -> RoundInputs:
     """Read round k's artifacts. `previous`: the round whose policy round k started from
     (None: the base model); "state" (default) asks `previous_round`, i.e. state.json."""
+    from alignloop.rounds.state import start_round
+
+    rounds = _state_rounds(run_dir)                    # state.json, read once
     if previous == "state":
-        previous = previous_round(run_dir, k)
+        previous = start_round(rounds, k)
     rdir = round_dir(run_dir, k)
     inp = RoundInputs(k, rdir, read_samples(rdir), read_comparisons(rdir),
-                      read_heldout_pairs(rdir), previous_round=previous)
+                      read_heldout_pairs(rdir), previous_round=previous,
+                      gate_record=rounds.get(str(k), {}).get("gate"))
     _read_round_files(inp)
-    state = Path(run_dir) / STATE_FILE
-    if state.exists():
-        from alignloop.rounds.state import read_state
-
-        inp.gate_record = read_state(state)["rounds"].get(str(k), {}).get("gate")
     _read_base(inp, run_dir)
     _read_previous(inp, run_dir)
     return inp

@@ -56,6 +56,13 @@ def _human_majority(labels: Sequence[dict]) -> dict[str, str]:
     return {i: ("a" if c["a"] > c["b"] else "b") for i, c in votes.items() if c["a"] != c["b"]}
 
 
+def _sides(p_a: dict, majority: dict[str, str]) -> dict[str, str]:
+    """{item: "a" | "b"}: the side a judge's p_a picks, on the items with a human majority
+    (a missing, NaN or exactly 0.5 p_a picks none)."""
+    return {i: "a" if p > 0.5 else "b" for i, p in p_a.items()
+            if i in majority and p is not None and math.isfinite(p) and p != 0.5}
+
+
 def _no_judge_human(shared: list, human_items: set, majority: dict) -> str | None:
     """Why no item has both a judge verdict and a human majority (None when some do)."""
     if shared:
@@ -104,8 +111,7 @@ def label_stats(labels: Sequence[dict], candidates: Sequence[dict], pairs: Seque
                 per_item[lab["item_id"]].append(lab["p_a"])
         judge_p = {i: float(np.mean(ps)) for i, ps in per_item.items()}
     majority = _human_majority(labels)
-    judge_side = {i: ("a" if p > 0.5 else "b") for i, p in judge_p.items()
-                  if i in majority and p is not None and math.isfinite(p) and p != 0.5}
+    judge_side = _sides(judge_p, majority)
     shared = [i for i in majority if i in judge_side]
     units: dict[str, dict[str, str]] = defaultdict(dict)
     for lab in labels:
@@ -113,9 +119,7 @@ def label_stats(labels: Sequence[dict], candidates: Sequence[dict], pairs: Seque
             units[lab["item_id"]][lab.get("annotator", "")] = lab.get("choice")
     by_judge = {}
     for col in sorted({k for c in candidates for k in c if k.startswith("p_a:")}):
-        sides = {c["item_id"]: "a" if c[col] > 0.5 else "b" for c in candidates
-                 if c["item_id"] in majority and c.get(col) is not None
-                 and math.isfinite(c[col]) and c[col] != 0.5}
+        sides = _sides({c["item_id"]: c.get(col) for c in candidates}, majority)
         by_judge[col[len("p_a:"):]] = {
             "items": len(sides), "agreement": (sum(majority[i] == sides[i] for i in sides)
                                                / len(sides) if sides else math.nan)}

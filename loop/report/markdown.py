@@ -247,8 +247,9 @@ def render_markdown(report: dict, figures: dict | None = None) -> str:
     md = [f"# Round {k} drift report", "",
           f"Schema v{report['schema_version']}. {INTERVALS_NOTE} Plots: "
           "[report.html](report.html).", ""]
-    md += ["\n>\n".join(f"> {md_text(line)}" for line in context_lines(report)), ""]
-    md = md if context_lines(report) else md[:-2]
+    context = context_lines(report)
+    if context:
+        md += ["\n>\n".join(f"> {md_text(line)}" for line in context), ""]
     md += ["## Alerts", ""]
     md += [f"- **{a['kind']}**: {md_text(a['message'])}" for a in report["alerts"]] or ["None."]
     if skipped_lines(report):
