@@ -21,7 +21,10 @@ values, or no expected disagreement (every pairable value the same).
 Cohen's kappa (Cohen 1960) compares two coders on the items both labeled:
 kappa = (p_o - p_e) / (1 - p_e), with p_o the share of items they agree on and
 p_e = sum_c P_A(c) P_B(c) the agreement expected from their label frequencies;
-NaN when no item is shared or p_e = 1.
+NaN when no item is shared or p_e = 1. Its interval (`cohen_kappa_interval`) is a
+percentile bootstrap over the shared items (Efron & Tibshirani 1993, ch. 13), seeded,
+so the same codings give the same interval; resamples where kappa is undefined (every
+drawn item coded alike by both) are left out.
 """
 
 from __future__ import annotations
@@ -138,3 +141,32 @@ def cohen_kappa(a: Mapping[Hashable, Hashable], b: Mapping[Hashable, Hashable]) 
     if 1.0 - p_e < 1e-12:
         return math.nan
     return (p_o - p_e) / (1.0 - p_e)
+
+
+def cohen_kappa_interval(a: Mapping[Hashable, Hashable], b: Mapping[Hashable, Hashable],
+                         level: float = 0.95, draws: int = 2000, seed: int = 0
+                         ) -> tuple[float, float]:
+    """(lo, hi): the `level` percentile bootstrap interval of `cohen_kappa(a, b)` over the
+    items both coded (see module); (NaN, NaN) with fewer than 2 shared items, or when
+    kappa is undefined in most resamples."""
+    va, vb = _shared(a, b)
+    n = len(va)
+    if n < 2:
+        return math.nan, math.nan
+    codes = {v: i for i, v in enumerate(dict.fromkeys(va + vb))}
+    xa = np.array([codes[v] for v in va])
+    xb = np.array([codes[v] for v in vb])
+    idx = np.random.default_rng(seed).integers(n, size=(draws, n))
+    ra, rb = xa[idx], xb[idx]
+    p_o = (ra == rb).mean(axis=1)
+    k = np.arange(len(codes))
+    fa = (ra[:, :, None] == k).mean(axis=1)
+    fb = (rb[:, :, None] == k).mean(axis=1)
+    p_e = (fa * fb).sum(axis=1)
+    ok = 1.0 - p_e >= 1e-12
+    if ok.sum() < draws / 2:
+        return math.nan, math.nan
+    kappa = (p_o[ok] - p_e[ok]) / (1.0 - p_e[ok])
+    tail = (1.0 - level) / 2 * 100
+    lo, hi = np.percentile(kappa, [tail, 100 - tail])
+    return float(lo), float(hi)

@@ -4,7 +4,12 @@ import math
 
 import pytest
 from alignloop.labeling import LabelingError
-from alignloop.labeling.agreement import cohen_kappa, krippendorff_alpha, percent_agreement
+from alignloop.labeling.agreement import (
+    cohen_kappa,
+    cohen_kappa_interval,
+    krippendorff_alpha,
+    percent_agreement,
+)
 
 N = None   # missing
 
@@ -104,3 +109,29 @@ def test_cohen_kappa_identical_and_undefined():
     assert math.isnan(cohen_kappa({1: "a", 2: "a"}, {1: "a", 2: "a"}))   # p_e = 1
     # systematic disagreement on a balanced set: p_o = 0, p_e = 0.5, kappa = -1
     assert cohen_kappa({1: "a", 2: "b"}, {1: "b", 2: "a"}) == pytest.approx(-1.0)
+
+
+def test_cohen_kappa_interval_brackets_kappa_and_narrows_with_items():
+    pairs = [("a", "a")] * 20 + [("a", "b")] * 5 + [("b", "a")] * 10 + [("b", "b")] * 15
+    a = {i: x for i, (x, _) in enumerate(pairs)}
+    b = {i: y for i, (_, y) in enumerate(pairs)}
+    lo, hi = cohen_kappa_interval(a, b)
+    assert lo < 0.4 < hi
+    # large-sample standard error of this kappa (Fleiss, Cohen & Everitt 1969) is about
+    # 0.125 at 50 items, so the 95% interval is about 0.5 wide
+    assert 0.35 < hi - lo < 0.65
+    assert cohen_kappa_interval(a, b) == (lo, hi)                 # seeded: the same twice
+    # four times the items: about half the width
+    a4 = {(k, i): x for k in range(4) for i, x in a.items()}
+    b4 = {(k, i): y for k in range(4) for i, y in b.items()}
+    lo4, hi4 = cohen_kappa_interval(a4, b4)
+    assert 0.4 < (hi4 - lo4) / (hi - lo) < 0.6
+    # an inverted coder: the whole interval below zero
+    flipped = {i: {"a": "b", "b": "a"}[y] for i, y in b.items()}
+    assert cohen_kappa_interval(a, flipped)[1] < 0
+
+
+def test_cohen_kappa_interval_undefined():
+    assert all(math.isnan(x) for x in cohen_kappa_interval({1: "a"}, {1: "a"}))   # one item
+    same = {i: "a" for i in range(10)}
+    assert all(math.isnan(x) for x in cohen_kappa_interval(same, dict(same)))      # p_e = 1

@@ -240,6 +240,9 @@ def test_label_stats_hand_made():
         pytest.approx(wilson(0.5, 2))                            # 0.095 - 0.905 for 1 of 2
     # kappa: p_o = 0.5, p_e = P_judge(a) P_human(a) + P_judge(b) P_human(b) = .5 * 1 + .5 * 0
     assert out["judge_human"]["kappa"] == pytest.approx(0.0)
+    # its bootstrap over the two items: people say "a" on both, so a resample's kappa is
+    # 0 whenever defined (it is not when the judge says "a" on both draws, p_e = 1)
+    assert (out["judge_human"]["kappa_lo"], out["judge_human"]["kappa_hi"]) == (0.0, 0.0)
     assert out["drop_reasons"] == {"human budget (4) spent": 1}     # i5 was not selected
     # each judge on its own: one that agrees on i2 and i3, one that disagrees on both
     for c, good, bad in zip(cands, (0.9, 0.8, 0.7, 0.5, 0.6), (0.1, 0.2, 0.3, 0.5, 0.4),
@@ -274,12 +277,25 @@ def test_alerts_fire_only_beyond_thresholds():
                      "annotator_agreement", "judge_agreement"]
     regress = alerts(_report(slice_win=0.4), cfg)[0]
     assert regress["slice"] == "s" and regress["drop"] == pytest.approx(0.1)
+    assert "latent" not in regress["message"]          # the report has no paired change
+    both = _report(slice_win=0.4)
+    both["latent_reward"]["change_vs_previous"] = {"by_slice": {"s": {
+        "value": 0.0786, "lo": -0.209, "hi": 0.433, "n": 14, "p_not_below": 0.68}}}
+    assert alerts(both, cfg)[0]["message"].endswith(
+        "; its mean latent reward changed by +0.0786 (95% CI -0.209 to +0.433) from the "
+        "previous policy's, paired by prompt")
     # no previous round: the length ratio falls back to the base model's
     assert alerts(_report(ratio_prev=None, ratio_base=2.0), cfg)[0]["kind"] == "length_blowup"
     # too few samples in the slice; thresholds at 0 turn alerts off
     assert alerts(_report(slice_win=0.1, delta=-1, n=5), cfg) == []
     off = ReportConfig(alert_kl_to_reference=0, length_blowup=0, alert_slice_drop=0, agreement_floor=0)
     assert alerts(_report(kl=9, ratio_prev=9, slice_win=0, delta=-9, alpha=-1, kappa=-1), off) == []
+    # the judge's kappa alert quotes its interval when the report has one
+    with_ci = _report(kappa=0.2)
+    with_ci["labels"]["judge_human"].update(kappa_lo=-0.31, kappa_hi=0.62, items=16)
+    (judge,) = [a for a in alerts(with_ci, cfg) if a["kind"] == "judge_agreement"]
+    assert judge["message"] == ("judge-human Cohen's kappa 0.20 (95% CI -0.31 to 0.62 over 16 "
+                                "items) is below the floor 0.4")
     # missing numbers never alert
     assert alerts({"length": {}, "labels": {"human_alpha": None}}, cfg) == []
 

@@ -337,7 +337,8 @@ def test_judge_human_agreement_on_no_items_says_why(run):
     r0 = _report(run, 0)
     assert r0["labels"]["judge_human"] == {"items": 0, "agreement": None, "kappa": None,
                                            "reason": "no human votes this round", "by_judge": {},
-                                           "agreement_lo": None, "agreement_hi": None}
+                                           "agreement_lo": None, "agreement_hi": None,
+                                           "kappa_lo": None, "kappa_hi": None}
     assert _report(run, 1)["labels"]["judge_human"]["reason"] is None
     why = "— (no item had both a judge verdict and a human majority: no human votes this round)"
     md = (run / "round_000/report/report.md").read_text()

@@ -173,8 +173,22 @@ def _check_slices(report: dict, t: ReportConfig, c: Checks) -> None:
             p = ("no p-value" if d["p"] is None
                  else f"one-sided bootstrap p = {d['p']:.3g} (the share of resamples in "
                  "which it did not fall)")
-            c.alert("slice_regression", f"{d['message']}: {past}; {p}", d["value"], line,
+            latent = _latent_beside(report, d["slice"]) if d["measure"] == "win_rate" else ""
+            c.alert("slice_regression", f"{d['message']}: {past}; {p}{latent}", d["value"], line,
                     d["slice"], drop=d["drop"])
+
+
+def _latent_beside(report: dict, name: str) -> str:
+    """"; its latent reward changed by +0.079 (95% CI -0.21 to 0.43) ..." beside a slice's
+    win-rate fall, so the judge's verdict can be read against the latent measure; "" where
+    the report has no paired latent change for the slice."""
+    e = get_path(report, "latent_reward", "change_vs_previous", "by_slice", name) or {}
+    v, lo, hi = e.get("value"), e.get("lo"), e.get("hi")
+    if _bad(v):
+        return ""
+    ci = "" if _bad(lo) or _bad(hi) else f" (95% CI {lo:+.3g} to {hi:+.3g})"
+    return (f"; its mean latent reward changed by {v:+.3g}{ci} from the previous policy's, "
+            "paired by prompt")
 
 
 def _check_base(report: dict, t: ReportConfig, c: Checks) -> None:
@@ -223,8 +237,17 @@ def _check_agreement(report: dict, t: ReportConfig, c: Checks) -> None:
         elif _bad(value):
             c.skip(kind, f"no {name}: {_why_no_agreement(labels, kind)}")
         elif value < t.agreement_floor:
-            c.alert(kind, f"{name} {value:.2f} is below the floor {t.agreement_floor:g}", value,
-                    t.agreement_floor)
+            c.alert(kind, f"{name} {value:.2f}{_kappa_ci(labels) if kind == 'judge_agreement' else ''}"
+                    f" is below the floor {t.agreement_floor:g}", value, t.agreement_floor)
+
+
+def _kappa_ci(labels: dict) -> str:
+    """" (95% CI -0.71 to 0.30 over 16 items)" for the judge-human kappa, "" without one."""
+    jh = labels.get("judge_human") or {}
+    lo, hi = jh.get("kappa_lo"), jh.get("kappa_hi")
+    if _bad(lo) or _bad(hi):
+        return ""
+    return f" (95% CI {lo:.2f} to {hi:.2f} over {jh.get('items')} items)"
 
 
 def check_report(report: dict, thresholds: ReportConfig) -> Checks:

@@ -85,7 +85,8 @@ def label_stats(labels: Sequence[dict], candidates: Sequence[dict], pairs: Seque
       drop, and the share sent to people; budget_used = human-routed / `human_budget`.
     - judge_human: on items with a human majority (more a than b votes or the reverse),
       the share where the judge ensemble's p_a (candidates table; else the judges' mean
-      label) is on the same side (with its 95% Wilson interval over the items), and Cohen's kappa of the two (a/b) codings; `reason`
+      label) is on the same side (with its 95% Wilson interval over the items), and Cohen's kappa of the two (a/b) codings, with its 95% bootstrap interval over the
+      items (kappa_lo/kappa_hi; NaN where resamples leave it undefined); `reason`
       says why there is no such item (None when there are some).
       These are the items the labeler routed to people (for uncertainty: the judge's
       least certain pairs), judged as the judge stood when it chose them. `by_judge`: the
@@ -98,7 +99,7 @@ def label_stats(labels: Sequence[dict], candidates: Sequence[dict], pairs: Seque
     - intransitivity: `intransitive_triples` over the labeled pairs (chosen beats rejected
       with p_chosen) and over the judge's view of every candidate pair.
     """
-    from alignloop.labeling.agreement import cohen_kappa, krippendorff_alpha
+    from alignloop.labeling.agreement import cohen_kappa, cohen_kappa_interval, krippendorff_alpha
 
     selected = [c for c in candidates if c.get("selected")]
     decisions = Counter(c.get("decision", "") for c in selected)
@@ -126,6 +127,9 @@ def label_stats(labels: Sequence[dict], candidates: Sequence[dict], pairs: Seque
     agree = (sum(majority[i] == judge_side[i] for i in shared) / len(shared)
              if shared else math.nan)
     lo, hi = wilson(agree, len(shared)) if shared else (math.nan, math.nan)
+    judge_coded = {i: judge_side[i] for i in shared}
+    human_coded = {i: majority[i] for i in shared}
+    kappa_lo, kappa_hi = cohen_kappa_interval(judge_coded, human_coded)
     dropped = Counter(str(c.get("reason") or "no reason given").split("; ")[-1]
                       for c in selected if c.get("decision") == "drop")
     gold = [lab for lab in labels if lab.get("source") == "human" and lab.get("gold") is not None]
@@ -144,8 +148,8 @@ def label_stats(labels: Sequence[dict], candidates: Sequence[dict], pairs: Seque
         "budget_used": routed / human_budget if human_budget else math.nan,
         "judge_human": {"items": len(shared),
                         "agreement": agree, "agreement_lo": lo, "agreement_hi": hi,
-                        "kappa": cohen_kappa({i: judge_side[i] for i in shared},
-                                             {i: majority[i] for i in shared}),
+                        "kappa": cohen_kappa(judge_coded, human_coded),
+                        "kappa_lo": kappa_lo, "kappa_hi": kappa_hi,
                         "reason": _no_judge_human(shared, human_items, majority),
                         "by_judge": by_judge},
         "drop_reasons": dict(dropped),

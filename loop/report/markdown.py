@@ -6,6 +6,7 @@ the same numbers in the same order.
 
 from __future__ import annotations
 
+import math
 import re
 
 from alignloop.report.lookup import get_path
@@ -319,7 +320,7 @@ def label_rows(labels: dict) -> list[tuple[str, str]]:
          judge_human_agreement(jh)),
         ("… each judge", ", ".join(judge_share(name, a)
                                    for name, a in (jh.get("by_judge") or {}).items()) or "—"),
-        ("judge-human Cohen's kappa", fmt(jh["kappa"])),
+        ("judge-human Cohen's kappa", kappa_text(jh)),
         ("judge calibration fitted on this round's labels (used from the next round; ECE on "
          "the same items)", calibration_text(labels.get("calibration"))),
         ("annotators' Krippendorff's alpha", fmt(labels["human_alpha"])),
@@ -329,6 +330,15 @@ def label_rows(labels: dict) -> list[tuple[str, str]]:
         ("intransitive triples, judge", f"{tri['judge']['intransitive']} of "
          f"{tri['judge']['triples']} ({pct(tri['judge']['share'])})"),
     ]
+
+
+def kappa_text(jh: dict) -> str:
+    """"0.12 (95% CI -0.35 – 0.58, bootstrap over the items)", or the bare kappa when it
+    has no interval (older reports, or too few items)."""
+    lo, hi = jh.get("kappa_lo"), jh.get("kappa_hi")
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return fmt(jh["kappa"])
+    return f"{fmt(jh['kappa'])} (95% CI {fmt(lo)} – {fmt(hi)}, bootstrap over the items)"
 
 
 def judge_share(name: str, a: dict) -> str:
