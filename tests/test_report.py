@@ -397,6 +397,18 @@ def test_latent_reward_legends_do_not_cover_the_plot(run, monkeypatch):
         assert legend.y1 <= ax.get_tightbbox(renderer).y0 + 1, title   # below the x labels
 
 
+def test_latent_reward_per_slice_points_are_spread_apart_at_each_round(run, monkeypatch):
+    reports = {k: _report(run, k) for k in (0, 1)}
+    fig = next(f for t, f in _figures(monkeypatch, lambda p: p.run_figures(reports)).items()
+               if t.startswith("Latent reward per slice"))
+    lines = [c.lines[0] for c in fig.axes[0].containers]    # each series' data line
+    assert len(lines) >= 3                                  # overall and the slices
+    for k in (0, 1):
+        xs = sorted(float(ln.get_xdata()[k]) for ln in lines)
+        assert len(set(xs)) == len(xs), xs                  # no two series on one x
+        assert k - 0.2 <= xs[0] and xs[-1] <= k + 0.2, xs   # and all beside their round
+
+
 def test_alert_messages_from_data_are_shown_as_written_in_markdown():
     # a slice name comes from a user's prompt file: in report.md and the model card it
     # must not become a link, an image, a heading or a table cell

@@ -214,16 +214,20 @@ def round_figures(report: dict, train_log: list[dict]) -> dict[str, bytes]:
 
 
 def _trend(reports: dict[int, dict], series: dict[str, tuple], title: str, ylabel: str, *,
-           hline: float | None = None) -> bytes | None:
-    """One line per series; a series is (color, [path into the report to an estimate])."""
+           hline: float | None = None, dodge: float = 0.0) -> bytes | None:
+    """One line per series; a series is (color, [path into the report to an estimate]).
+    `dodge` > 0 spreads the series' points sideways (at most that far from the round in
+    all) so that many series' intervals at one round do not hide each other."""
     ks = sorted(reports)
     fig, axes = _figure(6, 3.4)
     ax, drawn = axes[0], False
-    for label, (color, path) in series.items():
+    step = dodge / max(len(series) - 1, 1)
+    for i, (label, (color, path)) in enumerate(series.items()):
         ests = [get_path(reports[k], *path) for k in ks]
         ests = [{"value": e} if isinstance(e, (int, float)) else e for e in ests]
+        xs = [k + (i - (len(series) - 1) / 2) * step for k in ks]
         if any(_err(e) for e in ests):
-            _errorbars(ax, ks, ests, color=color, label=label, horizontal=False)
+            _errorbars(ax, xs, ests, color=color, label=label, horizontal=False)
             drawn = True
     if not drawn:
         return None
@@ -262,7 +266,7 @@ def run_figures(reports: dict[int, dict]) -> dict[str, bytes]:
         "overall": ("black", ("latent_reward", "models", "policy", "overall")),
         **{_label(s): (cmap[i % len(cmap)], ("latent_reward", "models", "policy", "by_slice", s))
            for i, s in enumerate(slices)}}, "Latent reward per slice (simulated ground truth)",
-        "mean latent reward")
+        "mean latent reward", dodge=0.4)
     figs["agreement"] = _trend(reports, {
         "annotators' alpha": ("#9467bd", ("labels", "human_alpha")),
         "judge-human kappa": ("#8c564b", ("labels", "judge_human", "kappa")),
