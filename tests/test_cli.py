@@ -1,6 +1,7 @@
 """The `alignloop` command: train end to end, and one-line errors that name the key, file and row."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -220,10 +221,15 @@ def test_ctrl_c_and_a_closed_pipe_end_in_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == (
         "interrupted at round 1, stage train; rerun the same command to resume")
 
+    # The reader is gone before the command writes (as `head` is after its line). Closing
+    # the read end before the child starts makes that certain: the docs (26 KB) fit a pipe's
+    # 64 KB buffer, so a reader that closes after reading a little can lose the race on a
+    # loaded machine, the whole text already written and the command ending 0.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
     p = subprocess.Popen([sys.executable, "-m", "alignloop.cli", "config", "--docs"], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
-    p.stdout.read(10)
-    p.stdout.close()                             # as `head` does after its line
+                         stdout=write_end, stderr=subprocess.PIPE)
+    os.close(write_end)
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 1 and "Traceback" not in err, err
 
