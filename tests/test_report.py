@@ -409,6 +409,25 @@ def test_latent_reward_per_slice_points_are_spread_apart_at_each_round(run, monk
         assert k - 0.2 <= xs[0] and xs[-1] <= k + 0.2, xs   # and all beside their round
 
 
+def test_agreement_trend_draws_the_judge_intervals(monkeypatch):
+    def report(kappa, lo, hi):
+        return {"labels": {"human_alpha": 0.5, "judge_human": {
+            "kappa": kappa, "kappa_lo": lo, "kappa_hi": hi,
+            "agreement": 0.7, "agreement_lo": 0.44, "agreement_hi": 0.86}}}
+
+    reports = {1: report(0.74, 0.38, 1.0), 2: report(0.38, -0.09, 0.85)}
+    fig = next(f for t, f in _figures(monkeypatch, lambda p: p.run_figures(reports)).items()
+               if t.startswith("Label agreement"))
+    bars = {c.get_label(): c for c in fig.axes[0].containers}
+    assert set(bars) == {"annotators' alpha", "judge-human kappa", "share judge = human majority"}
+    (segments,) = bars["judge-human kappa"].lines[2]          # the vertical bars
+    spans = sorted(y for seg in segments.get_segments() for y in sorted(seg[:, 1]))
+    assert spans == pytest.approx(sorted([-0.09, 0.85, 0.38, 1.0]))
+    (share,) = bars["share judge = human majority"].lines[2]
+    assert all(tuple(sorted(seg[:, 1])) == pytest.approx((0.44, 0.86))
+               for seg in share.get_segments())
+
+
 def test_alert_messages_from_data_are_shown_as_written_in_markdown():
     # a slice name comes from a user's prompt file: in report.md and the model card it
     # must not become a link, an image, a heading or a table cell

@@ -267,9 +267,20 @@ def run_figures(reports: dict[int, dict]) -> dict[str, bytes]:
         **{_label(s): (cmap[i % len(cmap)], ("latent_reward", "models", "policy", "by_slice", s))
            for i, s in enumerate(slices)}}, "Latent reward per slice (simulated ground truth)",
         "mean latent reward", dodge=0.4)
-    figs["agreement"] = _trend(reports, {
-        "annotators' alpha": ("#9467bd", ("labels", "human_alpha")),
-        "judge-human kappa": ("#8c564b", ("labels", "judge_human", "kappa")),
-        "share judge = human majority": ("#17becf", ("labels", "judge_human", "agreement"))},
-        "Label agreement (chance: α, κ 0, share ½; dashed: floor)", "agreement", hline=floor)
+    figs["agreement"] = _trend({k: _agreement(r) for k, r in reports.items()}, {
+        "annotators' alpha": ("#9467bd", ("alpha",)),
+        "judge-human kappa": ("#8c564b", ("kappa",)),
+        "share judge = human majority": ("#17becf", ("share",))},
+        "Label agreement (chance: α, κ 0, share ½; dashed: floor)", "agreement", hline=floor,
+        dodge=0.1)
     return {k: v for k, v in figs.items() if v is not None}
+
+
+def _agreement(report: dict) -> dict:
+    """A round's agreement figures as estimates: the judge-human kappa and share with their
+    95% intervals where the report has them (bootstrap and Wilson), alpha without one."""
+    jh = get_path(report, "labels", "judge_human") or {}
+    return {"alpha": {"value": get_path(report, "labels", "human_alpha")},
+            "kappa": {"value": jh.get("kappa"), "lo": jh.get("kappa_lo"), "hi": jh.get("kappa_hi")},
+            "share": {"value": jh.get("agreement"), "lo": jh.get("agreement_lo"),
+                      "hi": jh.get("agreement_hi")}}
