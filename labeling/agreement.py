@@ -156,13 +156,16 @@ def cohen_kappa_interval(a: Mapping[Hashable, Hashable], b: Mapping[Hashable, Ha
     codes = {v: i for i, v in enumerate(dict.fromkeys(va + vb))}
     xa = np.array([codes[v] for v in va])
     xb = np.array([codes[v] for v in vb])
-    idx = np.random.default_rng(seed).integers(n, size=(draws, n))
-    ra, rb = xa[idx], xb[idx]
-    p_o = (ra == rb).mean(axis=1)
-    k = np.arange(len(codes))
-    fa = (ra[:, :, None] == k).mean(axis=1)
-    fb = (rb[:, :, None] == k).mean(axis=1)
-    p_e = (fa * fb).sum(axis=1)
+    rng = np.random.default_rng(seed)
+    p_o, p_e = np.empty(draws), np.empty(draws)
+    chunk = max(1, 2_000_000 // n)                  # resamples at a time: bounded memory
+    for start in range(0, draws, chunk):
+        idx = rng.integers(n, size=(min(chunk, draws - start), n))
+        ra, rb = xa[idx], xb[idx]
+        rows = slice(start, start + len(idx))
+        p_o[rows] = (ra == rb).mean(axis=1)
+        p_e[rows] = sum((ra == c).mean(axis=1) * (rb == c).mean(axis=1)
+                        for c in range(len(codes)))
     ok = 1.0 - p_e >= 1e-12
     if ok.sum() < draws / 2:
         return math.nan, math.nan
