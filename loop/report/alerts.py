@@ -237,8 +237,9 @@ def _check_agreement(report: dict, t: ReportConfig, c: Checks) -> None:
         elif _bad(value):
             c.skip(kind, f"no {name}: {_why_no_agreement(labels, kind)}")
         elif value < t.agreement_floor:
-            c.alert(kind, f"{name} {value:.2f}{_kappa_ci(labels) if kind == 'judge_agreement' else ''}"
-                    f" is below the floor {t.agreement_floor:g}", value, t.agreement_floor)
+            ci = _kappa_ci(labels) if kind == "judge_agreement" else ""
+            c.alert(kind, f"{name} {value:.2f}{ci} is below the floor {t.agreement_floor:g}",
+                    value, t.agreement_floor)
 
 
 def _kappa_ci(labels: dict) -> str:

@@ -85,8 +85,9 @@ def label_stats(labels: Sequence[dict], candidates: Sequence[dict], pairs: Seque
       drop, and the share sent to people; budget_used = human-routed / `human_budget`.
     - judge_human: on items with a human majority (more a than b votes or the reverse),
       the share where the judge ensemble's p_a (candidates table; else the judges' mean
-      label) is on the same side (with its 95% Wilson interval over the items), and Cohen's kappa of the two (a/b) codings, with its 95% bootstrap interval over the
-      items (kappa_lo/kappa_hi; NaN where resamples leave it undefined); `reason`
+      label) is on the same side (agreement_lo/hi: its 95% Wilson interval over the
+      items), and Cohen's kappa of the two (a/b) codings (kappa_lo/hi: its 95% bootstrap
+      interval over the items, NaN where resamples leave it undefined); `reason`
       says why there is no such item (None when there are some).
       These are the items the labeler routed to people (for uncertainty: the judge's
       least certain pairs), judged as the judge stood when it chose them. `by_judge`: the
