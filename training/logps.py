@@ -14,9 +14,9 @@ dialogue data) would otherwise pay for it for nothing.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from alignloop.attention import scoring_attention
 from alignloop.training.batching import PackedBatch
+from alignloop.training.token_logps import token_logps
 from torch import nn
 
 
@@ -39,9 +39,9 @@ class PairScorer(nn.Module):
         logits = self.model.get_output_embeddings()(hidden)                                # (N, V)
         # The log-softmax over the vocabulary and the sums in float32, whatever the precision.
         with torch.autocast(logits.device.type, enabled=False):
-            token_logps = -F.cross_entropy(logits.float(), targets, reduction="none")     # (N,)
-            sums = torch.zeros(n_segments, dtype=torch.float32, device=token_logps.device)
-            return sums.index_add(0, segment, token_logps)
+            logps = token_logps(logits, targets)                                           # (N,)
+            sums = torch.zeros(n_segments, dtype=torch.float32, device=logps.device)
+            return sums.index_add(0, segment, logps)
 
 
 def score_batch(scorer: nn.Module, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
