@@ -7,13 +7,18 @@ forward, loss, backward, clipping and AdamW) runs the benchmark's 64 pairs as 8 
 short run pays; passes 1-2 are the steady state of a long one. Each precision runs in its
 own process, one after the other.
 
-    python benchmarks/dpo_passes.py [--precisions fp32,bf16-mixed] [--passes 3]
+Each pass also records the process's system CPU time and minor page faults
+(`getrusage`): a pass that grows the heap pays a page fault, and the kernel's zeroing,
+for every 4 KiB it touches first, which no choice of precision shortens.
+
+    python benchmarks/dpo_passes.py [--precisions fp32,bf16-mixed] [--passes 3] [--name STEM]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -21,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import machine, today, write_results  # noqa: E402
+from common import machine, plain_name, today, write_results  # noqa: E402
 from dpo_throughput import MAX_LENGTH, MODEL, cpu_flags  # noqa: E402
 
 PAIRS, BATCH = 64, 8
@@ -35,9 +40,10 @@ def worker(precision: str, passes: int) -> dict:
     pairs = read_pairs("builtin:demo-pairs", limit=PAIRS)[0]
     step, _ = trainer_steps(MODEL, pairs, batch=BATCH, max_length=MAX_LENGTH, precision=precision)
     batches = [list(range(i, i + BATCH)) for i in range(0, PAIRS, BATCH)]
-    steps, tokens = [], 0
+    steps, system_s, faults, tokens = [], [], [], 0
     for k in range(passes):
         seconds = []
+        before = resource.getrusage(resource.RUSAGE_SELF)
         for idx in batches:
             t0 = time.perf_counter()
             out = step(idx)
@@ -45,19 +51,27 @@ def worker(precision: str, passes: int) -> dict:
             if k == 0:
                 tokens += out["tokens"]
         steps.append(seconds)
-    return {"precision": precision, "step_s": steps, "tokens_per_pass": tokens}
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        system_s.append(after.ru_stime - before.ru_stime)
+        faults.append(after.ru_minflt - before.ru_minflt)
+    return {"precision": precision, "step_s": steps, "tokens_per_pass": tokens,
+            "system_s": system_s, "minor_faults": faults}
 
 
 def table(rows: list[dict], meta: dict) -> str:
     passes = len(rows[0]["step_s"])
     lines = ["| precision | " + " | ".join(f"pass {k} (s)" for k in range(passes))
-             + " | tokens/s, pass 0 | tokens/s, last pass |",
-             "|---|" + "---|" * (passes + 2)]
+             + " | tokens/s, pass 0 | tokens/s, last pass | system s per pass "
+               "| minor page faults per pass |",
+             "|---|" + "---|" * (passes + 4)]
     for r in rows:
         totals = [sum(p) for p in r["step_s"]]
+        # results from before the fault columns have none
+        system = " / ".join(f"{x:.1f}" for x in r.get("system_s", ())) or "-"
+        faults = " / ".join(f"{x:,}" for x in r.get("minor_faults", ())) or "-"
         lines.append(f"| {r['precision']} | " + " | ".join(f"{t:.1f}" for t in totals)
                      + f" | {r['tokens_per_pass'] / totals[0]:.0f} | "
-                       f"{r['tokens_per_pass'] / totals[-1]:.0f} |")
+                       f"{r['tokens_per_pass'] / totals[-1]:.0f} | {system} | {faults} |")
     by = {r["precision"]: [sum(p) for p in r["step_s"]] for r in rows}
     if "fp32" in by and "bf16-mixed" in by:
         lines += ["", f"bf16-mixed against fp32: {by['fp32'][0] / by['bf16-mixed'][0]:.2f}x in "
@@ -72,8 +86,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--precisions", default="fp32,bf16-mixed")
     ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--name", default="dpo_passes",
+                    help="results file stem and README block (e.g. another CPU's: "
+                         "dpo_passes.xeon_amx); default %(default)s")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    plain_name(ap, args.name)
     if args.worker:
         print(json.dumps(worker(args.worker, args.passes)))
         return
@@ -85,9 +103,10 @@ def main() -> None:
                              capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     meta = {"machine": machine(), "cpu": cpu_flags(), "date": today(),
-            "command": "python benchmarks/dpo_passes.py"}
+            "command": "python benchmarks/dpo_passes.py"
+                       + (f" --name {args.name}" if args.name != "dpo_passes" else "")}
     md = table(rows, meta)
-    write_results("dpo_passes", meta, rows, md)
+    write_results(args.name, meta, rows, md)
     print(md)
 
 

@@ -30,7 +30,7 @@ from alignloop.config import DataConfig, LoraConfig, ModelConfig, TrainConfig, t
 from alignloop.models import load_model, load_tokenizer
 from alignloop.placement import Placement, placement_for
 from alignloop.records import Pair
-from alignloop.training.allocator import keep_freed_memory
+from alignloop.training.allocator import keep_freed_memory, release_freed_memory
 from alignloop.training.batching import EncodedPair, PackedBatch, collate, encode_pairs, plan_steps
 from alignloop.training.checkpoints import (
     CheckpointSchedule,
@@ -218,11 +218,16 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
     # 4. Save the policy; the mid-run checkpoint is no longer needed.
     policy_dir = _save_trained(accelerator, run.scorer, tokenizer, out_dir / "policy", base=policy)
     remove_checkpoint(accelerator, out_dir)
-    return TrainResult(policy_dir=policy_dir, steps=run.total, metrics=metrics,
-                       reference_hash=ref.reference_hash, reference_reused=ref.reused,
-                       skipped=skipped, n_pairs=len(encoded),
-                       reference_seconds=reference_seconds, train_seconds=train_seconds,
-                       placement=placement.to_dict())
+    result = TrainResult(policy_dir=policy_dir, steps=run.total, metrics=metrics,
+                         reference_hash=ref.reference_hash, reference_reused=ref.reused,
+                         skipped=skipped, n_pairs=len(encoded),
+                         reference_seconds=reference_seconds, train_seconds=train_seconds,
+                         placement=placement.to_dict())
+    # The heap kept the training's peak (allocator.py); the stages after it do not need it.
+    del run, model
+    gc.collect()
+    release_freed_memory()
+    return result
 
 
 def _reference_pass(accelerator, model, model_hash: str, encoded: list[EncodedPair], *,
