@@ -356,9 +356,15 @@ def main() -> None:
     ap.add_argument("--no-profile", action="store_true", help="skip the op-class profile")
     ap.add_argument("--table-only", action="store_true",
                     help="re-render the table and README section from the saved results")
+    ap.add_argument("--name", help="results file stem for a full pass kept beside the record "
+                                   "(e.g. another CPU's: dpo_throughput.xeon_amx); it updates the "
+                                   "README block of that name, if there is one")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    stem = "dpo_throughput" if args.size == "full" else "dpo_throughput.quick"
+    from common import plain_name
+
+    stem = (plain_name(ap, args.name) if args.name
+            else "dpo_throughput" if args.size == "full" else "dpo_throughput.quick")
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
@@ -411,7 +417,10 @@ def main() -> None:
             "cpu_flags": cpu_flags(),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
             "date": date.today().isoformat(), "profile": profile,
-            "command": f"python benchmarks/dpo_throughput.py --size {args.size}"}
+            "command": f"python benchmarks/dpo_throughput.py --size {args.size}"
+                       + (f" --name {args.name}" if args.name else "")
+                       + (f" --only {args.only} (other rows kept from the run before)"
+                          if args.only else "")}
     RESULTS.mkdir(exist_ok=True)
     # A full pass is the record (results/dpo_throughput.*); a quick pass writes beside it.
     # Each updates its own README block.

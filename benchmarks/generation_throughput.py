@@ -42,7 +42,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import results_name, today, write_results  # noqa: E402
+from common import plain_name, results_name, today, write_results  # noqa: E402
 from dpo_throughput import cpu_flags, matmul_peak_gflops  # noqa: E402
 
 MODEL = os.environ.get("BENCH_MODEL", "builtin:smollm2-135m-instruct")
@@ -222,7 +222,12 @@ def main() -> None:
     ap.add_argument("--in-flight", default="64",
                     help="hf: sequences decoded together; a comma list runs each hf setting per count")
     ap.add_argument("--tokens", type=int, help="override the size's new tokens per sample")
+    ap.add_argument("--name", help="results file stem for a full pass kept beside the record "
+                                   "(e.g. another CPU's: generation_throughput.xeon_amx); it "
+                                   "updates the README block of that name, if there is one")
     args = ap.parse_args()
+    if args.name:
+        plain_name(ap, args.name)
     names = [s for s in args.only.split(",") if s] or list(SETTINGS)
     unknown = sorted(set(names) - set(SETTINGS))
     if unknown:
@@ -261,7 +266,7 @@ def write(args, size: dict, rows: list[dict], peaks: dict, ceilings: dict, final
     only = (f" --prompts {args.prompts}" if args.prompts else "") + (
         f" --tokens {args.tokens}" if args.tokens else "") + (
         f" --in-flight {args.in_flight}" if args.in_flight != "64" else "") + (
-        f" --only {args.only}" if args.only else "")
+        f" --only {args.only}" if args.only else "") + (f" --name {args.name}" if args.name else "")
     meta = {"prompts": size["prompts"], "n": size["n"], "new_tokens": size["tokens"],
             "rounds": args.rounds, "in_flight": args.in_flight, "matmul_peak_gflops": peaks,
             "ceiling_tokens_per_s": ceilings, "cpu": cpu_flags(),
@@ -270,7 +275,8 @@ def write(args, size: dict, rows: list[dict], peaks: dict, ceilings: dict, final
     md = table(rows, meta)
     # a run of some settings, or of another workload, never replaces the full run's results
     partial = bool(args.only or args.prompts or args.tokens)
-    name = results_name("generation_throughput", args.size) + (".partial" if partial else "")
+    name = (args.name or results_name("generation_throughput", args.size)) + (
+        ".partial" if partial else "")
     write_results(name, meta, rows, md, readme=final and args.size == "full" and not partial)
     return md
 

@@ -194,6 +194,8 @@ BENCHMARKS: dict[str, tuple[str, Callable]] = {
                        _demo_seeds),
     "dpo_throughput": ("DPO training throughput vs TRL", _dpo),
     "generation_throughput": ("Generation throughput", _generation),
+    "dpo_throughput.xeon_amx": ("DPO training throughput vs TRL on a CPU with AMX", _dpo),
+    "generation_throughput.xeon_amx": ("Generation throughput on a CPU with AMX", _generation),
     "label_efficiency": ("Label efficiency of pair selection", _label_efficiency),
     "queue_load": ("Labeling queue load", _queue),
     "queue_load.epyc_zen1": ("Labeling queue load on a slower CPU", _queue),

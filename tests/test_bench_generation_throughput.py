@@ -23,7 +23,7 @@ ROW = {"setting": "hf-bf16", "backend": "hf", "dtype": "bfloat16", "start_s": 0.
 
 def _args(**kw):
     base = {"size": "full", "only": "", "prompts": None, "tokens": None, "in_flight": "64",
-            "rounds": 3}
+            "rounds": 3, "name": None}
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -32,6 +32,10 @@ def _args(**kw):
     ({"only": "hf-bf16"}, "generation_throughput.partial", False),
     ({"prompts": 4}, "generation_throughput.partial", False),
     ({"size": "quick"}, "generation_throughput.quick", False),
+    # another CPU's full run: its own file and README block, beside the record
+    ({"name": "generation_throughput.xeon_amx"}, "generation_throughput.xeon_amx", True),
+    ({"name": "generation_throughput.xeon_amx", "only": "hf-bf16"},
+     "generation_throughput.xeon_amx.partial", False),
 ])
 def test_a_run_of_some_settings_never_replaces_the_full_results(monkeypatch, kw, name, readme):
     written = []

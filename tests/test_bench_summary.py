@@ -63,6 +63,9 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
     (["demo_figures.py", "no-such-run"], "run: no-such-run/state.json does not exist"),
     (["demo_figures.py", "runs/demo", "extra"], "unrecognized arguments: extra"),
     (["summary.py", "--size", "full"], "unrecognized arguments: --size full"),
+    (["dpo_throughput.py", "--size", "full", "--name", "../x"], "--name: '../x' is not a plain"),
+    (["generation_throughput.py", "--name", "a/b"], "--name: 'a/b' is not a plain"),
+    (["dpo_passes.py", "--name", ".hidden"], "--name: '.hidden' is not a plain"),
 ])
 def test_bad_benchmark_arguments_are_refused_by_name_and_write_nothing(args, message):
     results = BENCH / "results"
