@@ -150,7 +150,8 @@ def test_processes_started_by_a_quiet_run_hide_the_harmless_warnings_only():
 
 
 def test_a_train_prints_plain_progress_and_no_library_noise_unless_verbose(tmp_path):
-    # LoRA and a mid-run checkpoint: the FutureWarning and accelerate's save lines
+    # LoRA and a mid-run checkpoint: accelerate's save lines (the warning filters themselves
+    # are tested above with warnings raised on purpose)
     args = ["train", "configs/tiny.yaml", "--set", "train.max_steps=2", "--set", "data.limit=8",
             "--set", "model.lora.enabled=true", "--set", "train.save_every=1"]
 
@@ -169,7 +170,9 @@ def test_a_train_prints_plain_progress_and_no_library_noise_unless_verbose(tmp_p
     assert any(x.startswith("train: 2/2 steps (100%)") for x in lines), err
 
     err = train("--out", str(tmp_path / "verbose"), "-v")
-    assert "INFO accelerate" in err and "FutureWarning" in err
+    # (not a FutureWarning too: which deprecations a library trips over depends on its
+    # version; peft 0.22 stopped tripping the one this test once saw)
+    assert "INFO accelerate" in err
     assert "[transformers]" in err                         # transformers' own INFO lines
 
 
