@@ -45,8 +45,8 @@ def keep_freed_memory() -> bool:
 
 
 def release_freed_memory() -> bool:
-    """Give the heap's free memory back to the kernel (`malloc_trim`), e.g. once training
-    is done; True when there was tuning to undo the effect of."""
+    """Give the heap's free memory back to the kernel (`malloc_trim`) once training is
+    done; True when it did (the tuning was in force), False otherwise."""
     if not _done:
         return False
     _libc().malloc_trim(0)

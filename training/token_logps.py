@@ -4,8 +4,8 @@
 but autograd runs it as whole-tensor passes over the (N, V) logits, V = 49k for SmolLM2:
 a float32 copy, the log-softmax (kept for the backward pass), a zero-filled gradient, the
 log-softmax's backward and a cast back to the logits' dtype. Memory traffic, not
-arithmetic, sets their speed, and in bf16-mixed they cost more than the projection's
-matmuls.
+arithmetic, sets their speed: in bf16-mixed on an AMX Xeon, over 700 rows, they took
+0.16 s beside the projection's 0.22 s of matmuls.
 
 `token_logps` computes the same in row blocks that fit in a core's cache: the forward
 pass keeps only the logsumexp per row (float32) beside the logits it was given, and the
