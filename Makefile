@@ -48,6 +48,7 @@ ifeq ($(SIZE),full)
 	$(B)/dpo_throughput.py --size full
 	$(B)/dpo_passes.py
 	$(B)/generation_throughput.py --size full --in-flight 64,128
+	$(B)/eval_sampling.py
 	$(B)/label_efficiency.py --size full
 	$(B)/queue_load.py --size full
 	$(B)/hybrid_vs_offline.py --size full

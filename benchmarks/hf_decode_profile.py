@@ -138,7 +138,7 @@ def compare_prefill(gen, items, params, repeats: int, ceiling: float) -> None:
                   f"{ms['transformers']:.1f} ms/prompt: {ms['transformers'] / ms['llama']:.2f}x "
                   f"(median of {repeats}, {len(batches)} batches each)")
     old = copy.copy(gen)
-    old._admit = lambda cache, new, enc, _: HFGenerator._admit(old, cache, new, enc, old._prefill)
+    old._admit = lambda cache, prompts, _: HFGenerator._admit(old, cache, prompts, old._prefill)
     runs = {"llama": (gen, defaultdict(float), []), "transformers": (old, defaultdict(float), [])}
     for g, wall, _ in runs.values():
         timed_phases(g, wall)

@@ -116,6 +116,18 @@ class Generator(Protocol):
         ...
 
 
+def sample_each(generator: Generator,
+                calls: list[tuple[list[PromptItem], SamplingParams]]) -> list[list[Completion]]:
+    """Several sample calls on one generator, one list of Completions per call: together
+    where the backend decodes them as one batch (`hf`: `HFGenerator.sample_each`), else one
+    call after the other. Either way each sample depends on its own call's settings and
+    seed only."""
+    together = getattr(generator, "sample_each", None)
+    if together is not None:
+        return together(calls)
+    return [generator.sample(prompts, params) for prompts, params in calls]
+
+
 BACKENDS = {"hf": "alignloop.generation.hf:HFGenerator",
             "vllm": "alignloop.generation.vllm:VLLMGenerator",
             "openai": "alignloop.generation.openai:OpenAIGenerator"}

@@ -61,8 +61,10 @@ at most while rows grow."""
 
 @dataclass
 class _Running:
-    """A sample in flight: its prompt's index in the call, its index k, its generator."""
+    """A sample in flight: its call (in `sample_each`), its prompt's index in that call, its
+    index k, its generator."""
 
+    call: int
     prompt: int
     k: int
     seed: int
@@ -98,46 +100,59 @@ class HFGenerator:
         self.decoder = "llama" if supports(self.model) else "model"
         self._llama: tuple[tuple, tuple, LlamaStep] | None = None   # see `_llama_step`
 
-    @torch.inference_mode()
     def sample(self, prompts: list[PromptItem], params: SamplingParams) -> list[Completion]:
-        if not prompts:
+        return self.sample_each([(prompts, params)])[0]
+
+    @torch.inference_mode()
+    def sample_each(self, calls: list[tuple[list[PromptItem], SamplingParams]]) -> list[list[Completion]]:
+        """Several `sample` calls decoded as one continuous batch: per call, what
+        `sample(prompts, params)` returns, each sample drawn with its own call's settings
+        from its own seeded generator (so the same tokens up to float rounding of the batch
+        shape). One batch instead of one per call: the long samples that end a call share
+        their steps with the next call's, and a prompt used by several calls is prefilled
+        once. The evaluation draws its tempered and temperature-1 samples of a policy this
+        way (`generation.sample_each`)."""
+        if not calls or any(not prompts for prompts, _ in calls):
             raise GenerationError("no prompts to generate from")
-        budget = self.context - params.max_new_tokens
-        encoded = [encode_prompt(self.tokenizer, p, budget, self.truncation) for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-        pending = deque((i, k) for i in order for k in range(params.n))
+        encoded = [[encode_prompt(self.tokenizer, p, self.context - params.max_new_tokens,
+                                  self.truncation) for p in prompts] for prompts, params in calls]
+        jobs = [(c, i) for c, enc in enumerate(encoded) for i in range(len(enc))]
+        order = sorted(jobs, key=lambda j: -len(encoded[j[0]][j[1]]))   # longest first, stable
+        pending = deque((c, i, k) for c, i in order for k in range(calls[c][1].n))
         slots = max(1, min(self.max_batch_sequences, len(pending)))
-        refill_at = max(params.n, slots // 8)
-        max_len = max(map(len, encoded)) + params.max_new_tokens
+        refill_at = max(max(params.n for _, params in calls), slots // 8)
+        max_len = max(len(e) + params.max_new_tokens
+                      for enc, (_, params) in zip(encoded, calls, strict=True) for e in enc)
         llama = self._llama_step(max_len) if self.decoder == "llama" else None
         cache = SlotCache(self.model.config.num_hidden_layers, slots, max_len, self.device,
                           chunk=WINDOW_CHUNK if llama and llama.window_attention else None)
         step, prefill = (llama, llama.prefill) if llama else (self._forward, self._prefill)
         running: list[_Running] = []          # row r of the cache is running[r]
         logits = None                         # (rows, V) fp32: each row's next-token logits
-        done: dict[tuple[int, int], Completion] = {}
+        done: dict[tuple[int, int, int], Completion] = {}
         bar = tqdm(total=len(pending), desc="generate", unit="sample", disable=not self.progress)
         while pending or running:
             free = slots - len(running)
             if pending and (free >= refill_at or not running or free >= len(pending)):
                 new = [pending.popleft() for _ in range(min(free, len(pending)))]
-                fresh = self._admit(cache, new, encoded, prefill)
+                fresh = self._admit(cache, [encoded[c][i] for c, i, _ in new], prefill)
                 logits = fresh if logits is None else torch.cat([logits, fresh])
-                running += [_Running(i, k, sd, torch.Generator().manual_seed(sd))
-                            for (i, k), sd in zip(new, self._seeds(new, prompts, params), strict=True)]
-            tokens = self._draw(logits, running, params)
-            reasons = [self._finish_reason(s, params) for s in running]
+                running += [_Running(c, i, k, sd, torch.Generator().manual_seed(sd))
+                            for (c, i, k), sd in zip(new, self._seeds(new, calls), strict=True)]
+            tokens = self._draw(logits, running, calls)
+            reasons = [self._finish_reason(s, calls[s.call][1]) for s in running]
             ended = [r for r, why in enumerate(reasons) if why]
             for r in ended:
                 s = running[r]
-                done[s.prompt, s.k] = self._completion(s, reasons[r], prompts, params)
+                done[s.call, s.prompt, s.k] = self._completion(s, reasons[r], *calls[s.call])
             bar.update(len(ended))
             keep = self._compact(cache, running, ended)
             running = [running[r] for r in keep]
             cache.rows = len(running)
             logits = self._decode(step, cache, tokens[keep]) if running else None
         bar.close()
-        return [done[i, k] for i in range(len(prompts)) for k in range(params.n)]
+        return [[done[c, i, k] for i in range(len(prompts)) for k in range(params.n)]
+                for c, (prompts, params) in enumerate(calls)]
 
     def _llama_step(self, max_len: int) -> LlamaStep:
         """The model's `LlamaStep`, kept across calls while every weight is the same tensor,
@@ -154,19 +169,20 @@ class HFGenerator:
         return kept[2]
 
     @staticmethod
-    def _seeds(new, prompts, params) -> list[int]:
-        return [sample_seed(params.seed, prompts[i].prompt_id, k) for i, k in new]
+    def _seeds(new, calls) -> list[int]:
+        return [sample_seed(calls[c][1].seed, calls[c][0][i].prompt_id, k) for c, i, k in new]
 
-    def _admit(self, cache: SlotCache, new, encoded, prefill) -> torch.Tensor:
-        """Prefill the prompts of `new` samples (each distinct prompt once) and write each
-        sample's prompt KV into the next free row; their first logits (len(new), V)."""
-        distinct = list(dict.fromkeys(i for i, _ in new))
-        logits, kv = prefill([encoded[i] for i in distinct])
-        row_of = {i: b for b, i in enumerate(distinct)}
-        for j, (i, _) in enumerate(new):
-            cache.put(cache.rows + j, kv[row_of[i]], len(encoded[i]))
-        cache.rows += len(new)
-        return logits[[row_of[i] for i, _ in new]]
+    def _admit(self, cache: SlotCache, prompts: list[list[int]], prefill) -> torch.Tensor:
+        """Prefill the prompt token ids of new samples (each distinct prompt once) and write
+        each sample's prompt KV into the next free row; their first logits (len(prompts), V)."""
+        distinct = list(dict.fromkeys(map(tuple, prompts)))
+        logits, kv = prefill([list(p) for p in distinct])
+        row_of = {p: b for b, p in enumerate(distinct)}
+        rows = [row_of[tuple(p)] for p in prompts]
+        for j, (p, b) in enumerate(zip(prompts, rows, strict=True)):
+            cache.put(cache.rows + j, kv[b], len(p))
+        cache.rows += len(prompts)
+        return logits[rows]
 
     def _prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, list[list[tuple]]]:
         """The prompts' forward by transformers (any architecture), left-padded in one batch:
@@ -187,20 +203,36 @@ class HFGenerator:
               for b, p in enumerate(prompts)]
         return out.logits[:, -1].float(), kv
 
-    def _draw(self, logits: torch.Tensor, running: list[_Running], params) -> torch.Tensor:
-        """Each row's next token (rows,), appended with its policy log-prob to its sample."""
+    def _draw(self, logits: torch.Tensor, running: list[_Running], calls) -> torch.Tensor:
+        """Each row's next token (rows,), drawn with its call's settings, appended with its
+        policy log-prob to its sample."""
         lse = torch.logsumexp(logits, -1, keepdim=True)               # (rows, 1)
-        if params.temperature == 0:
-            tokens = logits.argmax(-1)
+        by_call: dict[int, list[int]] = {}
+        for r, s in enumerate(running):
+            by_call.setdefault(s.call, []).append(r)
+        if len(by_call) == 1:
+            tokens = self._pick(logits, lse, running, calls[running[0].call][1])
         else:
-            u = torch.cat([torch.rand(1, generator=s.rng) for s in running]).to(logits.device)
-            tokens = draw_tokens(logits, u, params.temperature, params.top_k, params.top_p, lse)
+            tokens = torch.empty(len(running), dtype=torch.long, device=logits.device)
+            for c, rows in by_call.items():
+                at = torch.tensor(rows, device=logits.device)
+                tokens[at] = self._pick(logits[at], lse[at], [running[r] for r in rows],
+                                        calls[c][1])
         logp = logits.gather(1, tokens[:, None])[:, 0] - lse[:, 0]
         host = torch.stack([tokens.double(), logp.double()]).tolist()   # one sync
         for s, tok, lp in zip(running, host[0], host[1], strict=True):
             s.tokens.append(int(tok))   # an end token too: the policy chose it (as vLLM records)
             s.logps.append(lp)
         return tokens
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, lse: torch.Tensor, running: list[_Running], params) -> torch.Tensor:
+        """The next token of rows that share sampling settings: greedy, or one uniform per
+        row from its own generator through `draw_tokens`."""
+        if params.temperature == 0:
+            return logits.argmax(-1)
+        u = torch.cat([torch.rand(1, generator=s.rng) for s in running]).to(logits.device)
+        return draw_tokens(logits, u, params.temperature, params.top_k, params.top_p, lse)
 
     def _finish_reason(self, s: _Running, params) -> str:
         """"stop" (an end token or a stop string), "length", or "" while it runs."""

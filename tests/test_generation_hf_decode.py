@@ -72,7 +72,7 @@ def _cache_after_prefill(gen, n: int):
     new = [(i, k) for i in range(len(PROMPTS)) for k in range(n)]
     cache = SlotCache(gen.model.config.num_hidden_layers, len(new), max(map(len, encoded)) + 4, "cpu")
     with torch.inference_mode():
-        logits = gen._admit(cache, new, encoded, gen._prefill)
+        logits = gen._admit(cache, [encoded[i] for i, _ in new], gen._prefill)
     return cache, logits
 
 

@@ -131,7 +131,7 @@ def _step_errors(g32, g16, steps: int) -> dict[str, float]:
                               "cpu", chunk=8 if name == "window" else None)
             step = LlamaStep(g.model, cache.max_len)
             step.window_attention = name == "window"
-            runs[name] = (step, cache, g._admit(cache, new, enc, step.prefill))
+            runs[name] = (step, cache, g._admit(cache, [enc[i] for i, _ in new], step.prefill))
         tokens = runs["fp32"][2].argmax(-1)
         err = {"flash": 0.0, "window": 0.0}
         for _ in range(steps):

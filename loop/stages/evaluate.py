@@ -120,7 +120,7 @@ def sample_heldout(g: GenerationConfig, items: list, *, policy: str, base: str, 
     same every round, so rounds differ only by their policy. One sampler at a time, the
     policy's last: `keep[policy]` is set to its model when it is the one scoring would
     load (an `hf` sampler whose weights have the scoring dtype)."""
-    from alignloop.generation import SamplingParams, generator_for
+    from alignloop.generation import SamplingParams, generator_for, sample_each
     from alignloop.placement import Placement
 
     scoring_weights = (placement or Placement()).weights_dtype
@@ -138,9 +138,10 @@ def sample_heldout(g: GenerationConfig, items: list, *, policy: str, base: str, 
     draws = []
     for model_ref, names in runs:
         generator = generator_for(g, model_ref, chat_template=chat_template, placement=placement)
-        for name, untempered in names:
-            draws += [(name, by_id[c.prompt_id], c)
-                      for c in generator.sample(items, params(untempered))]
+        # the policy's tempered and temperature-1 draws as one batch where the backend can
+        drawn = sample_each(generator, [(items, params(untempered)) for _, untempered in names])
+        for (name, _), completions in zip(names, drawn, strict=True):
+            draws += [(name, by_id[c.prompt_id], c) for c in completions]
         model = getattr(generator, "model", None)
         if (keep is not None and model_ref == policy and generator.name == "hf"
                 and next(model.parameters()).dtype == scoring_weights):
