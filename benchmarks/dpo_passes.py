@@ -11,16 +11,23 @@ Each pass also records the process's system CPU time and minor page faults
 (`getrusage`): a pass that grows the heap pays a page fault, and the kernel's zeroing,
 for every 4 KiB it touches first, which no choice of precision shortens.
 
-    python benchmarks/dpo_passes.py [--precisions fp32,bf16-mixed] [--passes 3] [--name STEM]
+`--compile` adds each precision with `train.compile` (alignloop.training.compile), run
+twice in an empty inductor cache of its own: first compiling everything in pass 0, then
+from the cache the first run left (what every later run on the machine pays).
+
+    python benchmarks/dpo_passes.py [--precisions fp32,bf16-mixed] [--passes 3] [--compile]
+        [--name STEM]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,15 +37,20 @@ from common import machine, plain_name, today, write_results  # noqa: E402
 from dpo_throughput import MAX_LENGTH, MODEL, cpu_flags  # noqa: E402
 
 PAIRS, BATCH = 64, 8
+FIRST, CACHED = " compiled, first compile", " compiled, cached"
+"""Row labels of `--compile`: an empty inductor cache, then the cache the first run left."""
 
 
-def worker(precision: str, passes: int) -> dict:
-    """Seconds per step of every pass (in this process)."""
+def worker(setting: str, passes: int) -> dict:
+    """Seconds per step of every pass (in this process). `setting`: a precision, or a
+    precision + "+compile" (`train.compile`)."""
     from alignloop.data import read_pairs
     from dpo_step_profile import trainer_steps
 
+    precision, _, compiled = setting.partition("+")
     pairs = read_pairs("builtin:demo-pairs", limit=PAIRS)[0]
-    step, _ = trainer_steps(MODEL, pairs, batch=BATCH, max_length=MAX_LENGTH, precision=precision)
+    step, _ = trainer_steps(MODEL, pairs, batch=BATCH, max_length=MAX_LENGTH, precision=precision,
+                            compiled=compiled == "compile")
     batches = [list(range(i, i + BATCH)) for i in range(0, PAIRS, BATCH)]
     steps, system_s, faults, tokens = [], [], [], 0
     for k in range(passes):
@@ -54,8 +66,17 @@ def worker(precision: str, passes: int) -> dict:
         after = resource.getrusage(resource.RUSAGE_SELF)
         system_s.append(after.ru_stime - before.ru_stime)
         faults.append(after.ru_minflt - before.ru_minflt)
-    return {"precision": precision, "step_s": steps, "tokens_per_pass": tokens,
+    return {"precision": setting, "step_s": steps, "tokens_per_pass": tokens,
             "system_s": system_s, "minor_faults": faults}
+
+
+def _run(setting: str, passes: int, inductor_cache: str = "") -> dict:
+    """One worker process; `inductor_cache`: its TORCHINDUCTOR_CACHE_DIR."""
+    print(f"running {setting} ...", file=sys.stderr, flush=True)
+    env = {**os.environ, **({"TORCHINDUCTOR_CACHE_DIR": inductor_cache} if inductor_cache else {})}
+    out = subprocess.run([sys.executable, __file__, "--worker", setting, "--passes", str(passes)],
+                         capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def table(rows: list[dict], meta: dict) -> str:
@@ -73,9 +94,12 @@ def table(rows: list[dict], meta: dict) -> str:
                      + f" | {r['tokens_per_pass'] / totals[0]:.0f} | "
                        f"{r['tokens_per_pass'] / totals[-1]:.0f} | {system} | {faults} |")
     by = {r["precision"]: [sum(p) for p in r["step_s"]] for r in rows}
-    if "fp32" in by and "bf16-mixed" in by:
-        lines += ["", f"bf16-mixed against fp32: {by['fp32'][0] / by['bf16-mixed'][0]:.2f}x in "
-                      f"pass 0, {by['fp32'][-1] / by['bf16-mixed'][-1]:.2f}x in the last pass."]
+    ratios = [("bf16-mixed", "fp32"), (f"bf16-mixed{CACHED}", f"fp32{CACHED}"),
+              (f"bf16-mixed{CACHED}", "fp32"), (f"bf16-mixed{FIRST}", "fp32"),
+              (f"bf16-mixed{CACHED}", "bf16-mixed"), (f"fp32{CACHED}", "fp32")]
+    said = [f"{a} against {b}: {by[b][0] / by[a][0]:.2f}x in pass 0, "
+            f"{by[b][-1] / by[a][-1]:.2f}x in the last pass." for a, b in ratios if a in by and b in by]
+    lines += [""] + [f"- {s}" if len(said) > 1 else s for s in said] if said else []
     lines.append(f"{PAIRS} pairs as {PAIRS // BATCH} batches of {BATCH}, max length {MAX_LENGTH}, "
                  f"full fine-tune; {meta['machine']} ({meta['cpu']}); {meta['date']}; "
                  f"`{meta['command']}`.")
@@ -89,21 +113,29 @@ def main() -> None:
     ap.add_argument("--name", default="dpo_passes",
                     help="results file stem and README block (e.g. another CPU's: "
                          "dpo_passes.xeon_amx); default %(default)s")
+    ap.add_argument("--compile", action="store_true",
+                    help="also each precision with train.compile, twice: with an empty inductor "
+                         "cache (pass 0 pays the whole compile), then with the cache it left")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     plain_name(ap, args.name)
+    precisions = args.precisions.split(",")
+    bad = [p for p in precisions if p not in ("fp32", "bf16-mixed", "bf16")]
+    if bad:
+        ap.error(f"argument --precisions: unknown {bad}; valid: fp32, bf16-mixed, bf16")
     if args.worker:
         print(json.dumps(worker(args.worker, args.passes)))
         return
-    rows = []
-    for precision in args.precisions.split(","):
-        print(f"running {precision} ...", file=sys.stderr, flush=True)
-        out = subprocess.run([sys.executable, __file__, "--worker", precision,
-                              "--passes", str(args.passes)],
-                             capture_output=True, text=True, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    rows = [_run(p, args.passes) for p in precisions]
+    if args.compile:
+        for p in precisions:
+            with tempfile.TemporaryDirectory(prefix="inductor-") as cache:
+                rows += [{**_run(f"{p}+compile", args.passes, cache), "precision": p + label}
+                         for label in (FIRST, CACHED)]
     meta = {"machine": machine(), "cpu": cpu_flags(), "date": today(),
             "command": "python benchmarks/dpo_passes.py"
+                       + (f" --precisions {args.precisions}" if args.precisions != "fp32,bf16-mixed" else "")
+                       + (" --compile" if args.compile else "")
                        + (f" --name {args.name}" if args.name != "dpo_passes" else "")}
     md = table(rows, meta)
     write_results(args.name, meta, rows, md)

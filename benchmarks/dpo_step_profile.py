@@ -60,7 +60,7 @@ def _classify(ev, vocab: int) -> str:
 
 
 def trainer_steps(model_name: str, pairs, *, batch: int, max_length: int, precision: str = "fp32",
-                  lora: dict | None = None) -> tuple:
+                  lora: dict | None = None, compiled: bool = False) -> tuple:
     """(step, vocabulary size): `step(indices)` runs one optimizer step of the trainer on the
     pairs at `indices` (one micro-batch), with reference log-probs computed once up front."""
     from alignloop.config import config_from_dict
@@ -74,7 +74,7 @@ def trainer_steps(model_name: str, pairs, *, batch: int, max_length: int, precis
         "model": {"name": model_name, "precision": precision,
                   "lora": {"enabled": bool(lora), **(lora or {})}},
         "data": {"max_length": max_length, "max_prompt_length": max_length - 1},
-        "train": {"batch_size": batch, "max_steps": 3, "learning_rate": 1e-5},
+        "train": {"batch_size": batch, "max_steps": 3, "learning_rate": 1e-5, "compile": compiled},
     })
     placement = resolve_placement("cpu", precision)
     tok = load_tokenizer(model_name)
@@ -88,7 +88,7 @@ def trainer_steps(model_name: str, pairs, *, batch: int, max_length: int, precis
                                                placement=placement, progress=False)
     ref = ReferenceLogps(chosen.float(), rejected.float(), "", False)
     run = _build_run(accelerator, model, [p.length for p in encoded], cfg.model.lora, cfg.train,
-                     placement)
+                     placement, compiled=compiled)
 
     def step(indices: list[int]) -> dict:
         return _optimizer_step(run, [indices], encoded, ref, pad_id, cfg.train)

@@ -127,7 +127,8 @@ def cpu_flags() -> str:
 
 
 def work_alignloop(lora: bool, steps: int, n_pairs: int, checkpointing: bool = False,
-                   precision: str = "fp32", fused_attention: bool = False) -> dict:
+                   precision: str = "fp32", fused_attention: bool = False,
+                   compiled: bool = False) -> dict:
     from alignloop import attention
     from alignloop.config import config_from_dict
     from alignloop.data import read_pairs
@@ -141,7 +142,7 @@ def work_alignloop(lora: bool, steps: int, n_pairs: int, checkpointing: bool = F
         "model": {"name": MODEL, "precision": precision, "lora": {"enabled": lora, **LORA}},
         "data": {"max_length": MAX_LENGTH, "max_prompt_length": MAX_LENGTH - 1},
         "train": {"batch_size": BATCH, "max_steps": steps, "learning_rate": 1e-5,
-                  "gradient_checkpointing": checkpointing},
+                  "gradient_checkpointing": checkpointing, "compile": compiled},
     })
     with tempfile.TemporaryDirectory() as out:
         r = train_dpo(pairs, out_dir=out, policy=MODEL, model_cfg=cfg.model, data_cfg=cfg.data,
@@ -217,6 +218,10 @@ def worker(spec: dict) -> dict:
                                                    precision="bf16-mixed"),
           "alignloop-bf16-fused": lambda: work_alignloop(spec["lora"], spec["steps"], spec["pairs"],
                                                          precision="bf16-mixed", fused_attention=True),
+          "alignloop-compiled": lambda: work_alignloop(spec["lora"], spec["steps"], spec["pairs"],
+                                                       compiled=True),
+          "alignloop-bf16-compiled": lambda: work_alignloop(spec["lora"], spec["steps"], spec["pairs"],
+                                                            precision="bf16-mixed", compiled=True),
           "alignloop-gc": lambda: work_alignloop(spec["lora"], spec["steps"], spec["pairs"], True),
           "trl-default": lambda: work_trl(spec["lora"], spec["steps"], spec["pairs"], {}),
           "trl-default-fp32": lambda: work_trl(spec["lora"], spec["steps"], spec["pairs"],
@@ -234,7 +239,10 @@ def run_setting(spec: dict, timeout: float) -> dict:
     cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
     t = time.perf_counter()
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        with tempfile.TemporaryDirectory(prefix="inductor-") as cache:
+            env = {**os.environ, **({"TORCHINDUCTOR_CACHE_DIR": cache}
+                                    if spec["setting"] in COMPILED else {})}
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {**spec, "timed_out_s": timeout, "error": f"no step finished within {timeout:.0f} s"}
     if p.returncode != 0:
@@ -244,6 +252,7 @@ def run_setting(spec: dict, timeout: float) -> dict:
 
 
 PRECISION = {"alignloop-bf16": "bf16-mixed", "alignloop-bf16-fused": "bf16-mixed, fused attention",
+             "alignloop-compiled": "fp32, compiled", "alignloop-bf16-compiled": "bf16-mixed, compiled",
              "trl-default": "bf16 autocast"}
 
 
@@ -315,6 +324,14 @@ def table(results: list[dict], meta: dict) -> str:
                  f"first; * = epoch time extrapolated from it (plus the reference pass). A bf16 "
                  f"setting with no step within the limit (model load and reference pass included) "
                  f"shows the ceiling of its tokens/s: the bf16 peak over FLOPs per token.")
+    firsts = [f"{'LoRA' if r['lora'] else 'full'} {r['setting']} {r['step_s'][0]:.1f} s (eager "
+              f"{by[r['lora'], eager]['step_s'][0]:.1f} s)"
+              for r in results if r["setting"] in COMPILED and r.get("step_s")
+              for eager in [r["setting"].removesuffix("-compiled")]
+              if by.get((r["lora"], eager), {}).get("step_s")]
+    if firsts:
+        lines += ["", "The compiled rows' first step, dropped above, compiles with an empty inductor "
+                      "cache: " + "; ".join(firsts) + "."]
     if meta.get("profile"):
         from dpo_step_profile import table as profile_table
 
@@ -329,9 +346,12 @@ def update_readme(text: str, key: str = "dpo_throughput") -> None:
     update(text, key)
 
 
-SETTINGS = ["alignloop", "alignloop-bf16", "alignloop-bf16-fused", "alignloop-gc", "trl-fastest",
-            "trl-default-fp32", "trl-default"]
-BF16_SETTINGS = ("alignloop-bf16", "alignloop-bf16-fused", "trl-default")
+SETTINGS = ["alignloop", "alignloop-bf16", "alignloop-bf16-fused", "alignloop-compiled",
+            "alignloop-bf16-compiled", "alignloop-gc", "trl-fastest", "trl-default-fp32", "trl-default"]
+BF16_SETTINGS = ("alignloop-bf16", "alignloop-bf16-fused", "alignloop-bf16-compiled", "trl-default")
+COMPILED = ("alignloop-compiled", "alignloop-bf16-compiled")
+"""`train.compile` rows: each worker gets an empty inductor cache, so its first step (dropped
+from tokens/s, as every row's is) pays the whole compile; the table's footer gives it."""
 
 
 def plan(size: str) -> tuple[int, list[str], dict[str, int], float]:

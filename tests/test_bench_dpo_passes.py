@@ -40,3 +40,26 @@ def test_name_must_be_a_plain_file_name(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         dpo_passes.main()
     assert "not a plain file name" in capsys.readouterr().err
+
+
+def test_compiled_rows_get_their_ratios_against_eager_and_compiled_fp32():
+    rows = [_row("fp32", [60.0, 50.0]), _row("bf16-mixed", [30.0, 25.0]),
+            _row("fp32" + dpo_passes.FIRST, [80.0, 40.0]), _row("fp32" + dpo_passes.CACHED, [45.0, 40.0]),
+            _row("bf16-mixed" + dpo_passes.FIRST, [50.0, 20.0]),
+            _row("bf16-mixed" + dpo_passes.CACHED, [24.0, 20.0])]
+    md = dpo_passes.table(rows, META)
+    assert "- bf16-mixed against fp32: 2.00x in pass 0, 2.00x in the last pass." in md
+    assert ("- bf16-mixed compiled, cached against fp32 compiled, cached: 1.88x in pass 0, "
+            "2.00x in the last pass.") in md
+    assert "- bf16-mixed compiled, cached against fp32: 2.50x in pass 0, 2.50x in the last pass." in md
+    assert "- bf16-mixed compiled, first compile against fp32: 1.20x in pass 0" in md
+    assert "- bf16-mixed compiled, cached against bf16-mixed: 1.25x in pass 0" in md
+    assert "| bf16-mixed compiled, first compile | 50.0 | 20.0 |" in md
+
+
+def test_an_unknown_precision_is_refused_before_any_worker_runs(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["dpo_passes.py", "--precisions", "fp32,fp8"])
+    monkeypatch.setattr(dpo_passes, "_run", lambda *a: pytest.fail("ran"))
+    with pytest.raises(SystemExit):
+        dpo_passes.main()
+    assert "argument --precisions: unknown ['fp8']" in capsys.readouterr().err

@@ -39,6 +39,7 @@ from alignloop.training.checkpoints import (
     remove_checkpoint,
     save_checkpoint,
 )
+from alignloop.training.compile import compile_layers, resolve_compile
 from alignloop.training.logps import PairScorer, score_batch
 from alignloop.training.losses import (
     LENGTH_AVERAGED,
@@ -122,13 +123,15 @@ def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
 
 
 def run_fingerprint(encoded: list[EncodedPair], cfg: TrainConfig, model: ModelConfig,
-                    start_hash: str, precision: str = "fp32") -> str:
+                    start_hash: str, precision: str = "fp32", compiled: bool = False) -> str:
     h = hashlib.sha256()
     train = {k: v for k, v in to_dict(cfg).items() if k not in CHECKPOINT_CADENCE}
     if train["loss"] != "simpo":   # SimPO's margin means nothing to the other losses, and
         del train["simpo_gamma"]   # leaving it out lets older checkpoints resume
-    # fp32 adds nothing, so checkpoints written before precisions existed still resume.
-    extra = [] if precision == "fp32" else [precision]
+    # What counts is whether this run compiles (`auto` decides per machine), not the setting.
+    del train["compile"]
+    # fp32 and eager add nothing, so checkpoints written before either existed still resume.
+    extra = ([] if precision == "fp32" else [precision]) + (["compiled"] if compiled else [])
     h.update(json.dumps([train, to_dict(model.lora), start_hash, *extra],
                         sort_keys=True).encode())
     for p in encoded:
@@ -170,9 +173,10 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
     """
     from accelerate.utils import set_seed
 
+    placement = placement or placement_for(model_cfg)
+    compiled = resolve_compile(train_cfg.compile, placement)   # refuses `true` it cannot do
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    placement = placement or placement_for(model_cfg)
     accelerator = make_accelerator(placement)
     set_seed(train_cfg.seed)
     show = progress and accelerator.is_main_process
@@ -189,7 +193,8 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
     start_hash = weights_hash(model)
     # A checkpoint OUT holds must be this run's, known before the reference pass writes
     # anything (with `restart`, one of another run is deleted and training starts over).
-    fingerprint = run_fingerprint(encoded, train_cfg, model_cfg, start_hash, placement.precision)
+    fingerprint = run_fingerprint(encoded, train_cfg, model_cfg, start_hash, placement.precision,
+                                  compiled)
     if accelerator.is_main_process:
         check_checkpoint(out_dir, fingerprint=fingerprint, discard=restart)
     accelerator.wait_for_everyone()
@@ -206,7 +211,7 @@ def train_dpo(pairs: list[Pair], *, out_dir: str | Path, policy: str, reference:
     # 2. Build the trainable policy, its optimiser and the whole run's data order,
     #    then continue from OUT/checkpoint if an identical run left one.
     run = _build_run(accelerator, model, [p.length for p in encoded], model_cfg.lora, train_cfg,
-                     placement)
+                     placement, compiled=compiled)
     start = _resume(accelerator, out_dir, fingerprint=fingerprint, total=run.total)
 
     # 3. The step loop.
@@ -264,12 +269,15 @@ class _Run:
 
 
 def _build_run(accelerator, model, lengths: list[int], lora: LoraConfig,
-               cfg: TrainConfig, placement: Placement) -> _Run:
-    """The trainable policy (LoRA if enabled), AdamW, the data order and the LR schedule,
-    prepared by accelerate; the scheduler is registered so checkpoints carry it."""
+               cfg: TrainConfig, placement: Placement, *, compiled: bool = False) -> _Run:
+    """The trainable policy (LoRA if enabled; its decoder layers compiled if `compiled`,
+    `resolve_compile`), AdamW, the data order and the LR schedule, prepared by accelerate;
+    the scheduler is registered so checkpoints carry it."""
     if lora.enabled:
         model = apply_lora(model, lora, seed=cfg.seed)
     model.config.use_cache = False
+    if compiled:
+        compile_layers(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora.enabled:

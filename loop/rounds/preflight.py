@@ -24,6 +24,7 @@ def check_run(loop, rounds: int, *, static_pairs: bool = True) -> None:
     from alignloop.models import check_model
     from alignloop.stages.slices import metric_problem
     from alignloop.tracking import check_trackers
+    from alignloop.training.compile import check_compile
 
     check_trackers(loop.cfg.tracking.report_to)
     if static_pairs:
@@ -37,7 +38,7 @@ def check_run(loop, rounds: int, *, static_pairs: bool = True) -> None:
         check_static_tokens(loop)
     if loop.cfg.reference.model:
         check_model(loop.cfg.reference.model, "reference.model")
-    _ = loop.placement
+    check_compile(loop.cfg.train.compile, loop.placement.device)   # `true` without g++
     problem = metric_problem(loop.cfg.loop.slices.metric, loop.cfg.labeling.judges,
                              loop.cfg.loop.panel)
     if rounds > 1 and problem:
