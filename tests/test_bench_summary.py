@@ -131,3 +131,16 @@ def test_a_result_measured_on_several_machines_names_each_with_its_seeds():
                                      "seed 3: AMD EPYC, 2 cores; 2026-12-05")
     meta["measured"] = meta["measured"][1:]       # one machine: the plain machine column
     assert summary.machine(meta) == "AMD EPYC, 2 cores"
+
+
+def test_compiled_rows_are_held_to_the_same_targets_against_both_fp32s():
+    by = {"alignloop": {"tokens_per_s": 269.0}, "alignloop-compiled": {"tokens_per_s": 317.0},
+          "alignloop-bf16-compiled": {"tokens_per_s": 693.0, "mfu_bf16": 0.26}}
+    got = {t: (m, ok) for t, m, ok in summary._dpo_compiled("full", by, full=True)}
+    assert got == {
+        "full: bf16-mixed with train.compile >= 2x alignloop compiled fp32 tokens/s": ("2.19x", True),
+        "full: bf16-mixed with train.compile >= 2x alignloop eager fp32 tokens/s": ("2.58x", True),
+        "full fine-tune bf16-mixed with train.compile MFU >= 30% of the bf16 peak": ("26%", False)}
+    slow = {**by, "alignloop-compiled": {"tokens_per_s": 400.0}}
+    assert ("1.73x", False) in [(m, ok) for _, m, ok in summary._dpo_compiled("LoRA", slow, full=False)]
+    assert summary._dpo_compiled("full", {"alignloop": {"tokens_per_s": 1.0}}, full=True) == []
