@@ -59,8 +59,8 @@ def test_a_model_without_named_layers_is_refused():
 
 
 def test_compile_must_be_a_boolean():
-    with pytest.raises(ConfigError, match="train.compile"):
-        config_from_dict({"train": {"compile": "yes"}})
+    with pytest.raises(ConfigError, match="'train.compile': expected true/false or 'auto', got 'maybe'"):
+        config_from_dict({"train": {"compile": "maybe"}})
     assert config_from_dict({}).train.compile is False
 
 

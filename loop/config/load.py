@@ -22,6 +22,12 @@ from alignloop.config.schema import Config
 log = logging.getLogger("alignloop.config")
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if tp is bool:
+        return "true/false"
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
