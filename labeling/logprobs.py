@@ -59,28 +59,38 @@ def score_token_sequences(model, seqs: Sequence[tuple[Sequence[int], Sequence[in
             width = max(len(seqs[n][0]) + len(seqs[n][1]) for n in idx)
             ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
+            predicts = torch.zeros((len(idx), width), dtype=torch.bool)  # position -> next token
             for row, n in enumerate(idx):
                 full = list(seqs[n][0]) + list(seqs[n][1])
                 ids[row, :len(full)] = torch.tensor(full)
                 mask[row, :len(full)] = 1
+                predicts[row, len(seqs[n][0]) - 1:len(full) - 1] = True
             # The decoder runs over whole sequences; the output projection (a 49k-wide
-            # matmul for SmolLM2) only over the positions that predict response tokens.
+            # matmul for SmolLM2) only over the positions that predict response tokens,
+            # all rows of the batch in one matmul.
             with autocast(), scoring_attention(model):
                 hidden = model.get_decoder()(input_ids=ids.to(model.device),
                                              attention_mask=mask.to(model.device),
                                              use_cache=False).last_hidden_state      # (B, T, H)
-            head = model.get_output_embeddings()
-            for row, n in enumerate(idx):
-                p_len, r_len = len(seqs[n][0]), len(seqs[n][1])
-                if r_len == 0:
-                    continue
-                h = hidden[row, p_len - 1:p_len + r_len - 1]                            # (R, H)
-                with autocast():
-                    logits = head(h)                                                    # (R, V)
-                lp = logits.float().log_softmax(-1).cpu()  # outside autocast: float32
-                targets = ids[row, p_len:p_len + r_len]                                 # (R,)
-                out[n] = float(lp.gather(-1, targets[:, None]).sum())
+                logits = model.get_output_embeddings()(hidden[predicts.to(model.device)])  # (R, V)
+            targets = ids[:, 1:][predicts[:, :-1]].to(model.device)                     # (R,)
+            lp = _target_logps(logits, targets).cpu().double()
+            rows = torch.arange(len(idx))[:, None].expand_as(predicts)[predicts]
+            sums = torch.zeros(len(idx), dtype=torch.float64).index_add_(0, rows, lp)
+            out[idx] = sums.numpy()
     return out
+
+
+def _target_logps(logits, targets):
+    """log softmax(logits)[i, targets[i]] per row in float32, the logsumexp taken over row
+    blocks (1 MiB of float32 each, so the float32 copy of a block stays in cache; 1.2-1.3x
+    one log-softmax per sequence over 48 demo samples in bf16 on an AMX Xeon)."""
+    import torch
+
+    step = max(1, (1 << 18) // max(logits.shape[1], 1))
+    lse = torch.cat([torch.logsumexp(block.float(), dim=-1) for block in logits.split(step)]
+                    or [logits.new_zeros(0, dtype=torch.float32)])
+    return logits.gather(1, targets[:, None]).squeeze(1).float() - lse
 
 
 def with_logprobs(groups: list, *, policy: str, reference: str, chat_template: str = "auto",

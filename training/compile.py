@@ -11,8 +11,11 @@ bf16-mixed ran 1.31x eager's tokens/s for a full fine-tune and 1.60x with LoRA
 
 Each decoder layer (the model's `_no_split_modules`, e.g. LlamaDecoderLayer) is compiled
 with dynamic shapes, so packed batches of every length share one graph; the embedding,
-the LM head and the log-probs (`token_logps`) stay eager. The first step pays the
-compile: 24-53 s on 2 cores the first time, 1-2 s once inductor's on-disk cache
+the LM head and the log-probs (`token_logps`) stay eager. Every layer shares that graph
+too: with LoRA the trainer makes the frozen embedding's output require grad
+(`_build_run`), else the first layer's input would differ from the others' and compile a
+second graph (cold first step 60 s -> 40 s, LoRA, bf16, 2 cores). The first step pays the
+compile: 24-40 s on 2 cores the first time, 1-2 s once inductor's on-disk cache
 (TORCHINDUCTOR_CACHE_DIR, by default under the system's temporary folder) holds the
 graphs. The reference pass, sampling and evaluation stay eager, so a compiled policy's
 first-step log-probs differ from its reference's by the rounding of fused kernels

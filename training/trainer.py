@@ -280,8 +280,10 @@ def _build_run(accelerator, model, lengths: list[int], lora: LoraConfig,
         compile_layers(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if lora.enabled:
-            model.enable_input_require_grads()  # frozen embeddings: checkpointed layers still need grads
+    if lora.enabled and (compiled or cfg.gradient_checkpointing):
+        # frozen embeddings: checkpointed layers still need grads; a compiled first layer
+        # would otherwise get an input without grad and compile a second graph for it
+        model.enable_input_require_grads()
     model.train()
     scorer = PairScorer(model)
     params = [p for p in scorer.parameters() if p.requires_grad]
