@@ -4,8 +4,8 @@ float32 and in bf16, across row blocks, without touching the logits it was given
 import pytest
 import torch
 import torch.nn.functional as F
-from alignloop.training import token_logps as module
-from alignloop.training.token_logps import token_logps
+from alignloop import token_logps as module
+from alignloop.token_logps import token_logps
 
 
 def _case(n: int, v: int, dtype: torch.dtype, seed: int = 0):

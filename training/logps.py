@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 from alignloop.attention import scoring_attention
+from alignloop.token_logps import token_logps
 from alignloop.training.batching import PackedBatch
-from alignloop.training.token_logps import token_logps
 from torch import nn
 
 

@@ -31,7 +31,7 @@ speeding them up (demo rounds 1-2: 23.2k scored tokens -> 18.8k, one policy load
 
 In bf16-mixed on a 2-core AMX Xeon (the demo's round-2 eval, 39 s): sampling 16 s,
 scoring 19 s (three models; a batch's response positions go through the output
-projection as one matmul, `score_token_sequences`, 1.31x one projection per sequence),
+projection as one matmul, `score_token_sequences`, 1.31x one per sequence),
 sentence embeddings 5 s.
 """
 

@@ -11,6 +11,11 @@ arithmetic, sets their speed: in bf16-mixed on an AMX Xeon, over 700 rows, they 
 pass keeps only the logsumexp per row (float32) beside the logits it was given, and the
 backward pass writes each block's gradient, (onehot - softmax) * grad, straight into the
 logits' dtype. The sums stay in float32 whatever the logits' dtype.
+
+A core module because two subpackages use it: the trainer's `PairScorer` (training) and
+the evaluation's and apl's sequence scoring (`alignloop.labeling.logprobs`, forward only:
+1.31x a projection and log-softmax per sequence over 48 demo samples in bf16-mixed on an
+AMX Xeon, 1.02x in fp32).
 """
 
 from __future__ import annotations
