@@ -19,11 +19,18 @@ time into classes:
     elementwise   every other aten op (norms, activations, adds, copies, casts, indexing)
     other         time in profiler frames that are not aten ops (autograd bookkeeping)
 
+A compiled step (`--compile`, `train.compile`) runs inductor's fused C++ kernels, which the
+profiler names `graph_N_cpp_fused_<the ops fused>` (with inductor's kernel profiling on):
+one that fuses a softmax is attention, every other one elementwise; the matmuls inductor
+leaves to ATen stay `aten::mm`.
+
 Self times on the calling thread are wall time of the op (intra-op threads included),
 so the classes add up to about the profiled step's wall time (the profiler's own
-overhead included; the step is also timed without it).
+overhead included; the step is also timed without it). The matmuls' own rate is also
+reported: their FLOPs (2MKN per matmul, from the recorded shapes) over their self time,
+which says how far the matmuls alone stop short of the measured peak.
 
-    python benchmarks/dpo_step_profile.py [--precision fp32|bf16-mixed] [--lora]
+    python benchmarks/dpo_step_profile.py [--precision fp32|bf16-mixed] [--lora] [--compile]
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ def _classify(ev, vocab: int) -> str:
         parent = parent.cpu_parent
     if name.startswith("Optimizer.") or name.startswith("aten::_foreach"):
         return "optimizer"
+    if name.startswith("graph_") and "_cpp_fused_" in name:   # an inductor kernel
+        return "attention" if "softmax" in name else "elementwise"
     if not name.startswith("aten::"):
         return "other"
     if any(vocab in (shape or ()) for shape in (ev.input_shapes or ())):
@@ -57,6 +66,23 @@ def _classify(ev, vocab: int) -> str:
     if name in MATMUL_ATTENTION or "scaled_dot_product" in name or "flash_attention" in name or "efficient_attention" in name:
         return "attention"
     return "elementwise"
+
+
+def _matmul_flops(ev) -> float:
+    """FLOPs of one matmul event from its recorded input shapes (0 when they are missing):
+    mm (M, K) x (K, N) and addmm (bias, M, K, K, N): 2MKN; baddbmm (bias, B, M, K, B, K, N):
+    2BMKN."""
+    shapes = [s for s in (ev.input_shapes or ()) if s]
+    if ev.name == "aten::mm" and len(shapes) >= 2 and len(shapes[0]) == 2:
+        (m, k), n = shapes[0], shapes[1][-1]
+        return 2.0 * m * k * n
+    if ev.name == "aten::addmm" and len(shapes) >= 3 and len(shapes[1]) == 2:
+        (m, k), n = shapes[1], shapes[2][-1]
+        return 2.0 * m * k * n
+    if ev.name == "aten::baddbmm" and len(shapes) >= 3 and len(shapes[1]) == 3:
+        (b, m, k), n = shapes[1], shapes[2][-1]
+        return 2.0 * b * m * k * n
+    return 0.0
 
 
 def trainer_steps(model_name: str, pairs, *, batch: int, max_length: int, precision: str = "fp32",
@@ -97,12 +123,16 @@ def trainer_steps(model_name: str, pairs, *, batch: int, max_length: int, precis
 
 
 def profile_step(model_name: str, pairs, *, batch: int, max_length: int, precision: str = "fp32",
-                 lora: dict | None = None) -> dict:
+                 lora: dict | None = None, compiled: bool = False) -> dict:
     """Seconds per op class of one optimizer step of `batch` pairs (see module docstring)."""
     from torch.profiler import ProfilerActivity, profile
 
+    if compiled:   # name each fused kernel in the profile (see the module docstring)
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True
     train_step, vocab = trainer_steps(model_name, pairs[:batch], batch=batch, max_length=max_length,
-                                      precision=precision, lora=lora)
+                                      precision=precision, lora=lora, compiled=compiled)
     batch_indices = list(range(len(pairs[:batch])))
 
     def step():
@@ -119,26 +149,37 @@ def profile_step(model_name: str, pairs, *, batch: int, max_length: int, precisi
         step()
         profiled = time.perf_counter() - t0
     seconds = dict.fromkeys(CLASSES, 0.0)
+    matmul_flops = 0.0
     for ev in prof.events():
-        seconds[_classify(ev, vocab)] += ev.self_cpu_time_total / 1e6
+        kind = _classify(ev, vocab)
+        seconds[kind] += ev.self_cpu_time_total / 1e6
+        if kind == "matmuls":
+            matmul_flops += _matmul_flops(ev)
     total = sum(seconds.values())
-    return {"precision": precision, "lora": bool(lora), "pairs": len(batch_indices), "tokens": tokens,
+    rate = matmul_flops / seconds["matmuls"] / 1e9 if seconds["matmuls"] else 0.0
+    return {"precision": precision, "lora": bool(lora), "compiled": compiled,
+            "pairs": len(batch_indices), "tokens": tokens, "matmul_gflops": rate,
             "step_s": plain, "profiled_step_s": profiled, "seconds": seconds,
             "share": {k: v / total for k, v in seconds.items()} if total else {}}
 
 
-def table(profiles: list[dict]) -> str:
-    """Markdown: one row per profiled step, one column per op class (seconds and share)."""
-    head = "| step | step (s) | profiled (s) | " + " | ".join(CLASSES) + " |"
-    lines = [head, "|" + "---|" * (3 + len(CLASSES))]
+def table(profiles: list[dict], peaks: dict[str, float] | None = None) -> str:
+    """Markdown: one row per profiled step, one column per op class (seconds and share), and
+    the matmuls' own rate (against the matmul peak of the step's precision, when given)."""
+    head = "| step | step (s) | profiled (s) | " + " | ".join(CLASSES) + " | matmul rate |"
+    lines = [head, "|" + "---|" * (4 + len(CLASSES))]
     for p in profiles:
         if "error" in p:
-            lines.append(f"| {p.get('name', '?')} | error: {p['error'][:60]} |" + " |" * len(CLASSES))
+            lines.append(f"| {p.get('name', '?')} | error: {p['error'][:60]} |" + " |" * (len(CLASSES) + 1))
             continue
-        mode = "LoRA" if p["lora"] else "full"
+        mode = ("LoRA" if p["lora"] else "full") + (", compiled" if p.get("compiled") else "")
         cells = " | ".join(f"{p['seconds'][k]:.2f} s ({100 * p['share'][k]:.0f}%)" for k in CLASSES)
+        rate = p.get("matmul_gflops")
+        peak = (peaks or {}).get("fp32" if p["precision"] == "fp32" else "bf16")
+        rate_cell = "-" if not rate else f"{rate:.0f} GFLOP/s" + (f" ({100 * rate / peak:.0f}% of peak)"
+                                                               if peak else "")
         lines.append(f"| {mode}, {p['precision']}, {p['pairs']} pairs ({p['tokens']} tokens) | "
-                     f"{p['step_s']:.2f} | {p['profiled_step_s']:.2f} | {cells} |")
+                     f"{p['step_s']:.2f} | {p['profiled_step_s']:.2f} | {cells} | {rate_cell} |")
     return "\n".join(lines)
 
 
@@ -153,10 +194,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16-mixed"])
     ap.add_argument("--lora", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="train.compile: true")
     args = ap.parse_args()
     pairs = read_pairs("builtin:demo-pairs", limit=BATCH)[0]
     p = profile_step(MODEL, pairs, batch=BATCH, max_length=MAX_LENGTH, precision=args.precision,
-                     lora=LORA if args.lora else None)
+                     lora=LORA if args.lora else None, compiled=args.compile)
     print(json.dumps(p, indent=2))
     print(table([p]))
 

@@ -212,7 +212,8 @@ def worker(spec: dict) -> dict:
 
         pairs = read_pairs("builtin:demo-pairs", limit=BATCH)[0]
         return profile_step(MODEL, pairs, batch=BATCH, max_length=MAX_LENGTH,
-                            precision=spec["precision"], lora=LORA if spec["lora"] else None)
+                            precision=spec["precision"], lora=LORA if spec["lora"] else None,
+                            compiled=spec.get("compiled", False))
     fn = {"alignloop": lambda: work_alignloop(spec["lora"], spec["steps"], spec["pairs"]),
           "alignloop-bf16": lambda: work_alignloop(spec["lora"], spec["steps"], spec["pairs"],
                                                    precision="bf16-mixed"),
@@ -336,7 +337,14 @@ def table(results: list[dict], meta: dict) -> str:
         from dpo_step_profile import table as profile_table
 
         lines += ["", "Time of one alignloop step by op class (torch.profiler, self time; "
-                  "benchmarks/dpo_step_profile.py):", "", profile_table(meta["profile"])]
+                  "benchmarks/dpo_step_profile.py; matmul rate: the matmuls' FLOPs over their "
+                  "time, against the peak of the step's precision):", "",
+                  profile_table(meta["profile"], {"fp32": meta["matmul_peak_gflops"],
+                                                  "bf16": meta.get("bf16_matmul_peak_gflops")})]
+        dates = sorted({p["date"] for p in meta["profile"] if p.get("date")} - {meta.get("date")})
+        if dates:
+            lines.append(f"(profiled on {', '.join(dates)} with `--profile-only`: the code of "
+                         f"that day, the rows above are the run's)")
     return "\n".join(lines)
 
 
@@ -352,6 +360,17 @@ BF16_SETTINGS = ("alignloop-bf16", "alignloop-bf16-fused", "alignloop-bf16-compi
 COMPILED = ("alignloop-compiled", "alignloop-bf16-compiled")
 """`train.compile` rows: each worker gets an empty inductor cache, so its first step (dropped
 from tokens/s, as every row's is) pays the whole compile; the table's footer gives it."""
+
+
+PROFILED = (("fp32", False), ("bf16-mixed", False), ("bf16-mixed", True))
+"""(precision, compiled) of the profiled full fine-tune steps."""
+
+
+def profile_steps() -> list[dict]:
+    """One op-class profile per `PROFILED` step, each in its own process."""
+    return [{**run_setting({"setting": "profile", "lora": False, "precision": precision,
+                            "compiled": compiled}, timeout=900), "date": date.today().isoformat()}
+            for precision, compiled in PROFILED]
 
 
 def plan(size: str) -> tuple[int, list[str], dict[str, int], float]:
@@ -374,6 +393,8 @@ def main() -> None:
                     help="seconds allowed to a bf16 setting before reporting its ceiling "
                          "(default: 90 quick, 600 full)")
     ap.add_argument("--no-profile", action="store_true", help="skip the op-class profile")
+    ap.add_argument("--profile-only", action="store_true",
+                    help="rerun only the op-class profile; keep the saved rows")
     ap.add_argument("--table-only", action="store_true",
                     help="re-render the table and README section from the saved results")
     ap.add_argument("--name", help="results file stem for a full pass kept beside the record "
@@ -387,6 +408,15 @@ def main() -> None:
             else "dpo_throughput" if args.size == "full" else "dpo_throughput.quick")
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if args.profile_only:
+        saved = json.loads((RESULTS / f"{stem}.json").read_text())
+        saved["meta"]["profile"] = profile_steps()
+        (RESULTS / f"{stem}.json").write_text(json.dumps(saved, indent=2))
+        md = table(saved["results"], saved["meta"])
+        (RESULTS / f"{stem}.md").write_text(md + "\n")
+        update_readme(md, stem)
+        print(md)
         return
     if args.table_only:
         saved = json.loads((RESULTS / f"{stem}.json").read_text())
@@ -427,9 +457,7 @@ def main() -> None:
             print(json.dumps(r), flush=True)
             results.append(r)
     results.sort(key=lambda r: (r["lora"], SETTINGS.index(r["setting"])))
-    profile = [] if args.no_profile else [
-        run_setting({"setting": "profile", "lora": False, "precision": precision}, timeout=900)
-        for precision in ("fp32", "bf16-mixed")]
+    profile = [] if args.no_profile else profile_steps()
     load = [round(x, 2) for x in os.getloadavg()]  # others' work on the same cores slows every row
     meta = {"pairs": n_pairs, "batch": BATCH, "load_avg_start": load_start, "load_avg_end": load,
             "matmul_peak_gflops": peaks["fp32"],

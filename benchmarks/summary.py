@@ -211,8 +211,8 @@ BENCHMARKS: dict[str, tuple[str, Callable]] = {
     "demo_seeds": ("The demo over several seeds", _demo_seeds),
     "demo_seeds_c09": ("The demo over new seeds with the significance gate (c = 0.9, the demo's)",
                        _demo_seeds),
-    "demo_seeds.xeon_amx": ("The demo over several seeds on a CPU with AMX (the demo as of "
-                            "2026-12-07)", _demo_seeds),
+    "demo_seeds.xeon_amx": ("The demo over several seeds on a CPU with AMX (commit 2d7f9a9, "
+                            "inductor cache warm)", _demo_seeds),
     "dpo_throughput": ("DPO training throughput vs TRL", _dpo),
     "generation_throughput": ("Generation throughput", _generation),
     "dpo_throughput.xeon_amx": ("DPO training throughput vs TRL on a CPU with AMX", _dpo),

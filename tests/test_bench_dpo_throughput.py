@@ -47,3 +47,38 @@ def test_only_compiled_settings_get_a_fresh_inductor_cache(monkeypatch):
     compiled = [seen["alignloop-bf16-compiled"], seen["alignloop-compiled"]]
     assert all(c and "inductor-" in c for c in compiled) and compiled[0] != compiled[1]
     assert not any(Path(c).exists() for c in compiled)            # removed after the run
+
+
+def _event(name, shapes=(), parent=None, self_us=0):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(name=name, input_shapes=list(shapes), cpu_parent=parent,
+                           self_cpu_time_total=self_us)
+
+
+def test_the_step_profile_sorts_inductor_kernels_and_counts_matmul_flops():
+    import dpo_step_profile as P
+
+    vocab = 49152
+    assert P._classify(_event("graph_1_cpp_fused__softmax__unsafe_view_masked_fill_3"), vocab) == "attention"
+    assert P._classify(_event("graph_1_cpp_fused__to_copy_mul_silu_7"), vocab) == "elementwise"
+    assert P._classify(_event("## Call CompiledFxGraph fabc"), vocab) == "other"
+    assert P._classify(_event("aten::mm", [[1208, 576], [576, 1536]]), vocab) == "matmuls"
+    assert P._classify(_event("aten::mm", [[300, 576], [576, vocab]]), vocab) == "LM head"
+    assert P._matmul_flops(_event("aten::mm", [[1208, 576], [576, 1536]])) == 2.0 * 1208 * 576 * 1536
+    assert P._matmul_flops(_event("aten::addmm", [[1536], [1208, 576], [576, 1536]])) == 2.0 * 1208 * 576 * 1536
+    assert P._matmul_flops(_event("aten::baddbmm", [[4, 8, 8], [4, 8, 16], [4, 16, 8]])) == 2.0 * 4 * 8 * 16 * 8
+    assert P._matmul_flops(_event("aten::mm", [])) == 0.0   # no shapes recorded: no FLOPs claimed
+
+
+def test_the_profile_table_states_the_matmul_rate_against_its_precisions_peak():
+    import dpo_step_profile as P
+
+    seconds = dict.fromkeys(P.CLASSES, 0.1)
+    row = {"precision": "bf16-mixed", "lora": False, "compiled": True, "pairs": 8, "tokens": 1208,
+           "step_s": 2.0, "profiled_step_s": 2.1, "seconds": seconds,
+           "share": dict.fromkeys(P.CLASSES, 1 / len(P.CLASSES)), "matmul_gflops": 600.0}
+    md = P.table([row, {**row, "precision": "fp32", "compiled": False, "matmul_gflops": 185.0}], PEAKS)
+    assert "| full, compiled, bf16-mixed, 8 pairs (1208 tokens) | 2.00 | 2.10 |" in md
+    assert "600 GFLOP/s (25% of peak) |" in md
+    assert "185 GFLOP/s (50% of peak) |" in md
