@@ -84,9 +84,11 @@ SWEEP_KEYS = ("budget", "steps", "eval_prompts", "max_new_tokens")
 
 def saved_points(path: Path, size: dict) -> dict[int, list[dict]]:
     """{seed: points} measured before, from a results file of the same sweep (perhaps written
-    on another machine), each point tagged with the machine and date that measured it. A seed
-    is taken only when the file has every beta of this sweep for it; points of other betas
-    are left out. A file of another sweep is refused (ValueError) by the setting that differs."""
+    on another machine), each point tagged with the machine and date that measured it. Every
+    beta of this sweep the file has for a seed is taken (a file is written only once all its
+    runs finished, so each one it has is whole); points of other betas are left out, and
+    the betas it lacks run here (`missing_betas`). A file of another sweep is refused
+    (ValueError) by the setting that differs."""
     try:
         saved = json.loads(path.read_text())
         meta, points = saved["meta"], saved["results"]["points"]
@@ -101,8 +103,36 @@ def saved_points(path: Path, size: dict) -> dict[int, list[dict]]:
         if p["beta"] in size["betas"]:
             by_seed.setdefault(p["seed"], []).append(
                 {**p, "measured": p.get("measured", f"{meta['machine']}; {meta['date']}")})
-    return {seed: ps for seed, ps in by_seed.items()
-            if {p["beta"] for p in ps} == set(size["betas"])}
+    return by_seed
+
+
+def merge_saved(files: list[dict[int, list[dict]]]) -> dict[int, list[dict]]:
+    """Several files' saved points as one: for each (seed, beta) the first file that has it."""
+    merged: dict[int, list[dict]] = {}
+    for saved in files:
+        for seed, points in saved.items():
+            have = {p["beta"] for p in merged.get(seed, [])}
+            merged.setdefault(seed, []).extend(p for p in points if p["beta"] not in have)
+    return merged
+
+
+def missing_betas(size: dict, saved: list[dict]) -> list[float]:
+    """The betas of this sweep that a seed's saved points lack, in sweep order."""
+    have = {p["beta"] for p in saved}
+    return [b for b in size["betas"] if b not in have]
+
+
+def collect_points(size: dict, saved: dict[int, list[dict]], run) -> list[dict]:
+    """Every seed's points: the saved ones, and `run(seed, size)` for the betas they lack
+    (not called when none is missing), in the order a whole run gives (beta, arm, steps)."""
+    points = []
+    for seed in range(size["seeds"]):
+        have = saved.get(seed, [])
+        todo = missing_betas(size, have)
+        ran = run(seed, {**size, "betas": todo}) if todo else []
+        points += sorted(have + ran, key=lambda p: (size["betas"].index(p["beta"]),
+                                                    list(ARMS).index(p["arm"]), p["steps"]))
+    return points
 
 
 def provenance(points: list[dict]) -> list[dict]:
@@ -308,10 +338,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, help="override the size's number of seeds")
     ap.add_argument("--betas", help="override the size's beta sweep, comma-separated (e.g. 0.1,0.3)")
     ap.add_argument("--no-readme", action="store_true", help="write results/ only")
-    ap.add_argument("--saved", type=Path, metavar="RESULTS_JSON",
-                    help="take the seeds this results file of the same sweep measured (e.g. "
-                         "on another machine) instead of running them; the others run here, "
-                         "and the table says which machine measured which seeds")
+    ap.add_argument("--saved", type=Path, metavar="RESULTS_JSON", action="append", default=[],
+                    help="take the (seed, beta) runs this results file of the same sweep "
+                         "measured (e.g. on another machine, or before a beta was added) "
+                         "instead of running them; the others run here, and the table says "
+                         "which machine measured which seeds. May be given more than once "
+                         "(the first file that has a run wins)")
     args = ap.parse_args()
     if args.seeds is not None and args.seeds < 1:
         ap.error(f"--seeds: must be >= 1, got {args.seeds}")
@@ -321,12 +353,12 @@ def main() -> None:
     from alignloop.errors import AlignloopError
 
     try:
-        saved = saved_points(args.saved, size) if args.saved else {}
+        saved = merge_saved([saved_points(path, size) for path in args.saved])
     except ValueError as e:
         ap.error(f"--saved: {e}")
     try:
-        points = [p for seed in range(size["seeds"])
-                  for p in saved.get(seed) or run_points(seed, size, args.size, list(ARMS))]
+        points = collect_points(size, saved, lambda seed, sz: run_points(seed, sz, args.size,
+                                                                         list(ARMS)))
     except AlignloopError as e:   # e.g. a kept run directory made with another config
         raise SystemExit(f"error: {e}") from None
     failing = failing_slices(points, demo_raw()["train"]["beta"])
@@ -335,7 +367,7 @@ def main() -> None:
     command = " ".join(["python benchmarks/reward_kl_frontier.py", f"--size {args.size}"]
                        + ([f"--seeds {args.seeds}"] if args.seeds else [])
                        + ([f"--betas {args.betas}"] if args.betas else [])
-                       + ([f"--saved {args.saved}"] if args.saved else []))
+                       + [f"--saved {path}" for path in args.saved])
     where = provenance(points)
     md = table(rows, comparisons, command, measured_text(where))
     name = results_name("reward_kl_frontier", args.size)

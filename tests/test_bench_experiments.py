@@ -138,17 +138,30 @@ def _saved_file(tmp_path, points, **meta):
     return path
 
 
-def test_saved_seeds_join_a_sweep_only_whole_and_say_where_they_were_measured(tmp_path):
+def test_saved_runs_join_a_sweep_by_seed_and_beta_and_say_where_they_were_measured(tmp_path):
     import reward_kl_frontier as fr
 
     size = dict(fr.SIZES["full"], betas=[0.1, 0.3])
     points = (_frontier_points("offline", [(0.1, 8, 1.0, 0.5), (0.3, 8, 0.8, 0.4)], seeds=(0,))
               + _frontier_points("offline", [(0.1, 8, 1.0, 0.5), (1.0, 8, 0.5, 0.3)], seeds=(1,)))
     saved = fr.saved_points(_saved_file(tmp_path, points), size)
-    # seed 1 lacks beta 0.3: it is not taken (it runs again); seed 0's beta-1.0 point would
-    # be left out too, as it is not in this sweep
-    assert sorted(saved) == [0] and {p["beta"] for p in saved[0]} == {0.1, 0.3}
+    # seed 1 lacks beta 0.3: its beta-0.1 runs are taken and only 0.3 runs here; its
+    # beta-1.0 point is left out, as 1.0 is not in this sweep
+    assert sorted(saved) == [0, 1] and {p["beta"] for p in saved[0]} == {0.1, 0.3}
+    assert {p["beta"] for p in saved[1]} == {0.1}
+    assert fr.missing_betas(size, saved[0]) == [] and fr.missing_betas(size, saved[1]) == [0.3]
+    assert fr.missing_betas(size, []) == [0.1, 0.3]
     assert {p["measured"] for p in saved[0]} == {"Intel Xeon, 2 cores; 2026-12-04"}
+
+    # a second file adds what the first lacks, and never replaces what the first has
+    later = [{**p, "kl": 9.0} for p in _frontier_points("offline", [(0.1, 8, 1.0, 0.5), (0.3, 8, 0.7, 0.6)],
+                                                         seeds=(1,))]
+    other = tmp_path / "other"
+    other.mkdir()
+    merged = fr.merge_saved([saved, fr.saved_points(_saved_file(other, later, date="2026-12-08"), size)])
+    assert fr.missing_betas(size, merged[1]) == []
+    assert [p["kl"] for p in merged[1] if p["beta"] == 0.1] == [p["kl"] for p in saved[1]]
+    assert {p["measured"] for p in merged[1] if p["beta"] == 0.3} == {"Intel Xeon, 2 cores; 2026-12-08"}
 
     here = [{**p, "seed": 3, "measured": "AMD EPYC, 2 cores; 2026-12-05"} for p in saved[0]]
     where = fr.provenance(saved[0] + [{**p, "seed": s} for s in (1, 2) for p in saved[0]] + here)
@@ -168,3 +181,24 @@ def test_a_saved_result_of_another_sweep_is_refused_by_the_setting_that_differs(
     (tmp_path / "junk.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="junk.json: not a reward_kl_frontier results file"):
         fr.saved_points(tmp_path / "junk.json", size)
+
+
+def test_a_sweep_runs_only_the_betas_its_saved_seeds_lack():
+    import reward_kl_frontier as fr
+
+    size = dict(fr.SIZES["full"], seeds=3, betas=[0.1, 0.3, 1.0])
+    saved = {0: _frontier_points("offline", [(0.1, 8, 1.0, 0.5), (0.3, 8, 0.8, 0.4), (1.0, 8, 0.5, 0.3)],
+                                 seeds=(0,)),
+             1: _frontier_points("hybrid", [(0.3, 8, 0.8, 0.4)], seeds=(1,))}
+    calls = []
+
+    def run(seed, sz):
+        calls.append((seed, sz["betas"]))
+        return [p for b in sz["betas"] for p in
+                _frontier_points("hybrid", [(b, 16, 2.0, 0.6)], seeds=(seed,))
+                + _frontier_points("offline", [(b, 8, 1.0, 0.5)], seeds=(seed,))]
+
+    points = fr.collect_points(size, saved, run)
+    assert calls == [(1, [0.1, 1.0]), (2, [0.1, 0.3, 1.0])]      # seed 0 is whole: not run
+    seed1 = [(p["beta"], p["arm"]) for p in points if p["seed"] == 1]
+    assert seed1 == [(0.1, "offline"), (0.1, "hybrid"), (0.3, "hybrid"), (1.0, "offline"), (1.0, "hybrid")]
