@@ -373,6 +373,18 @@ def profile_steps() -> list[dict]:
             for precision, compiled in PROFILED]
 
 
+def publish(stem: str, results: list[dict], meta: dict, *, write_json: bool = True) -> None:
+    """Write results/STEM.json (unless only re-rendering) and STEM.md, update the README block
+    of that name, and print the table."""
+    RESULTS.mkdir(exist_ok=True)
+    if write_json:
+        (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    md = table(results, meta)
+    (RESULTS / f"{stem}.md").write_text(md + "\n")
+    update_readme(md, stem)
+    print(md)
+
+
 def plan(size: str) -> tuple[int, list[str], dict[str, int], float]:
     """(pairs, settings, steps per setting, default bf16 time limit) of a run size. `quick`
     keeps the four settings the targets compare, on 8 pairs in 2 steps of 4 (about 15
@@ -409,21 +421,11 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
-    if args.profile_only:
+    if args.profile_only or args.table_only:
         saved = json.loads((RESULTS / f"{stem}.json").read_text())
-        saved["meta"]["profile"] = profile_steps()
-        (RESULTS / f"{stem}.json").write_text(json.dumps(saved, indent=2))
-        md = table(saved["results"], saved["meta"])
-        (RESULTS / f"{stem}.md").write_text(md + "\n")
-        update_readme(md, stem)
-        print(md)
-        return
-    if args.table_only:
-        saved = json.loads((RESULTS / f"{stem}.json").read_text())
-        md = table(saved["results"], saved["meta"])
-        (RESULTS / f"{stem}.md").write_text(md + "\n")
-        update_readme(md, stem)
-        print(md)
+        if args.profile_only:
+            saved["meta"]["profile"] = profile_steps()
+        publish(stem, saved["results"], saved["meta"], write_json=args.profile_only)
         return
 
     if args.size == "quick" and "BENCH_BATCH" not in os.environ:
@@ -469,14 +471,9 @@ def main() -> None:
                        + (f" --name {args.name}" if args.name else "")
                        + (f" --only {args.only} (other rows kept from the run before)"
                           if args.only else "")}
-    RESULTS.mkdir(exist_ok=True)
     # A full pass is the record (results/dpo_throughput.*); a quick pass writes beside it.
     # Each updates its own README block.
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    md = table(results, meta)
-    (RESULTS / f"{stem}.md").write_text(md + "\n")
-    update_readme(md, stem)
-    print(md)
+    publish(stem, results, meta)
 
 
 if __name__ == "__main__":
