@@ -136,3 +136,33 @@ def test_arguments_the_matmul_path_does_not_compute_go_to_the_fused_path(monkeyp
         out, _ = attention.packed_attention(module, q, k, v, mask, scaling=0.25, **extra)
     assert isinstance(out, str) is bool(extra)     # "fused": the fused path answered
     assert len(fused) == (1 if extra else 0)
+
+
+def test_the_additive_mask_gives_the_bool_masks_answer_on_both_paths(monkeypatch):
+    q, k, v, mask = _inputs()
+    model = torch.nn.Linear(2, 2)                      # fp32 parameters on the CPU
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        additive = attention.additive_mask(model, mask)
+        assert additive.dtype == torch.bfloat16
+        assert torch.equal(attention._matmul_attention(q, k, v, additive, 0.25),
+                           attention._matmul_attention(q, k, v, mask, 0.25))
+        monkeypatch.setattr(attention, "MATMUL_SCORES", 0)       # the fused kernel
+        module = torch.nn.Module()
+        module.training, module.num_key_value_groups = False, 3
+        fused_add, _ = attention.packed_attention(module, q, k, v, additive, scaling=0.25)
+        fused_bool, _ = attention.packed_attention(module, q, k, v, mask, scaling=0.25)
+    assert torch.equal(fused_add, fused_bool)
+    assert attention.additive_mask(model, mask).dtype == torch.float32   # no autocast: fp32
+    assert torch.equal(attention.additive_mask(model, mask) == 0, mask)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
+def test_a_model_with_eager_attention_scores_a_packed_batch_as_sdpa_does(batch, precision):
+    model = load_model(TINY)
+    with torch.no_grad(), Placement("cpu", precision).autocast():
+        ours = score_batch(PairScorer(model), batch)
+        model.config._attn_implementation = "eager"    # the model's own attention adds the mask
+        eager = score_batch(PairScorer(model), batch)
+    tokens = torch.cat([batch.n_chosen, batch.n_rejected]).max()
+    for a, b in zip(ours, eager, strict=True):
+        assert ((a - b).abs() / tokens).max() <= (1e-5 if precision == "fp32" else 0.05)
