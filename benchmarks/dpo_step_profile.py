@@ -12,8 +12,10 @@ time into classes:
     attention     the fused attention kernels (scaled_dot_product_* and their backward), and
                   the ops of the packed batches' matmul attention (alignloop.attention):
                   aten::bmm (it is the only batched matmul of a step but for the rotary
-                  embedding's tiny one), the attention softmax and the mask fill, forward and
-                  backward
+                  embedding's tiny one) and the attention softmax, forward and backward (the
+                  packed mask is added to the scores since 2026-12-08: in an eager step that
+                  add is an aten::add, counted as elementwise; a boolean mask's fill counted
+                  as attention)
     optimizer     AdamW's step and zero_grad (torch labels them `Optimizer.*`) and the
                   `_foreach_*` ops of gradient clipping
     elementwise   every other aten op (norms, activations, adds, copies, casts, indexing)
