@@ -40,6 +40,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import torch
+from alignloop.attention import additive_mask
 from alignloop.generation import (
     Completion,
     GenerationError,
@@ -261,9 +262,11 @@ class HFGenerator:
         return step(cache, tokens)
 
     def _forward(self, cache: SlotCache, tokens: torch.Tensor) -> torch.Tensor:
-        """A decode step by the transformers forward (any architecture)."""
+        """A decode step by the transformers forward (any architecture). The mask goes in
+        additive: a model with its own `eager` attention adds it to its scores."""
         positions, mask = cache.begin_step()
-        out = self.model(input_ids=tokens[:, None].to(self.device), attention_mask=mask,
+        out = self.model(input_ids=tokens[:, None].to(self.device),
+                         attention_mask=additive_mask(self.model, mask),
                          position_ids=positions, use_cache=True, **{self.cache_kw: cache})
         cache.end_step()
         return out.logits[:, -1].float()

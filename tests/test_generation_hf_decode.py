@@ -94,6 +94,20 @@ def test_one_step_equals_the_transformers_forward_on_rows_of_different_lengths(g
         assert (again - gen._forward(theirs_cache, tokens)).abs().max() <= 1e-5
 
 
+def test_the_transformers_forward_is_right_with_a_models_own_eager_attention(gen):
+    """A model whose attention is `eager` adds the mask to its scores: the decode step by
+    the transformers forward must hand it an additive mask (a boolean one reads as 0/1)."""
+    cache, logits = _cache_after_prefill(gen, 2)
+    tokens = logits.argmax(-1)
+    eager = copy.copy(gen)
+    eager.model = copy.deepcopy(gen.model)
+    eager.model.config._attn_implementation = "eager"
+    with torch.inference_mode():
+        ours = LlamaStep(gen.model, cache.max_len)(copy.deepcopy(cache), tokens)
+        theirs = eager._forward(cache, tokens)
+    assert (ours - theirs).abs().max() <= 1e-5
+
+
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
 def test_sample_calls_equal_the_transformers_forwards(gen, temperature):
     assert gen.decoder == "llama"
