@@ -40,7 +40,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import torch
-from alignloop.attention import additive_mask
+from alignloop.attention import decoder_mask
 from alignloop.generation import (
     Completion,
     GenerationError,
@@ -197,8 +197,13 @@ class HFGenerator:
             mask[b, P - len(p):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        # A cache built without the config keeps every position of every layer: the one
+        # transformers builds keeps only the window of a sliding-window layer, and the slot
+        # cache needs each prompt's keys and values whole.
+        from transformers import DynamicCache
+
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         use_cache=True, logits_to_keep=1)
+                         use_cache=True, logits_to_keep=1, **{self.cache_kw: DynamicCache()})
         layers = getattr(out, self.cache_kw).layers
         kv = [[(lay.keys[b, :, P - len(p):], lay.values[b, :, P - len(p):]) for lay in layers]
               for b, p in enumerate(prompts)]
@@ -263,10 +268,12 @@ class HFGenerator:
 
     def _forward(self, cache: SlotCache, tokens: torch.Tensor) -> torch.Tensor:
         """A decode step by the transformers forward (any architecture). The mask goes in
-        additive: a model with its own `eager` attention adds it to its scores."""
+        as `decoder_mask` makes it: additive (a model with its own `eager` attention adds it to
+        its scores) and cut to the window for sliding-window layers (column = position)."""
         positions, mask = cache.begin_step()
+        columns = torch.arange(mask.shape[-1], device=mask.device).expand(len(positions), -1)
         out = self.model(input_ids=tokens[:, None].to(self.device),
-                         attention_mask=additive_mask(self.model, mask),
+                         attention_mask=decoder_mask(self.model, mask, positions, columns),
                          position_ids=positions, use_cache=True, **{self.cache_kw: cache})
         cache.end_step()
         return out.logits[:, -1].float()

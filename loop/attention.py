@@ -109,6 +109,41 @@ def additive_mask(model, mask: torch.Tensor) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
+def sliding_window(model) -> int | None:
+    """The window, in tokens, of `model`'s sliding-window attention layers (a query sees the
+    keys less than that many positions behind it), or None when no layer has one."""
+    cfg = getattr(model, "config", None)
+    window = getattr(cfg, "sliding_window", None)
+    if not window:
+        return None
+    types = getattr(cfg, "layer_types", None)
+    if types is not None:
+        return window if "sliding_attention" in types else None
+    return None if getattr(cfg, "use_sliding_window", True) is False else window
+
+
+def decoder_mask(model, mask: torch.Tensor, query_positions: torch.Tensor,
+                 key_positions: torch.Tensor):
+    """What a decoder should get as `attention_mask` for a batch with its own mask (B, 1, L, S)
+    bool, True = may attend: the additive mask (`additive_mask`). For a model with
+    sliding-window layers, when the batch reaches past the window, those layers get the mask
+    cut to the window as well (query position - key position < window, from the positions,
+    (B, L) and (B, S), so a packed batch's rejected response is measured from its own
+    prompt): a model with layer types gets a dict by type, {"full_attention": ...,
+    "sliding_attention": ...}, which transformers passes to each layer as it is; one without
+    (every layer slides) gets the windowed mask. A custom mask is otherwise handed to every
+    layer unchanged, and a sliding layer would see past its window."""
+    window = sliding_window(model)
+    full = additive_mask(model, mask)
+    if window is None or int(query_positions.max() - key_positions.min()) < window:
+        return full
+    near = (query_positions[:, None, :, None] - key_positions[:, None, None, :]) < window
+    windowed = additive_mask(model, mask & near)
+    if getattr(model.config, "layer_types", None) is not None:
+        return {"full_attention": full, "sliding_attention": windowed}
+    return windowed
+
+
 def _register() -> None:
     global _registered
     if not _registered:

@@ -43,6 +43,48 @@ def test_prefix_shared_equals_unshared(model):
         assert rejected[i].item() == pytest.approx(_unshared_logp(model, p.prompt_ids, p.rejected_ids), abs=1e-5)
 
 
+def _tiny(kind: str):
+    """A tiny random model of another architecture (attention implementation after ':')."""
+    import transformers as T
+
+    name, _, impl = kind.partition(":")
+    common = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=128)
+    cfg = {
+        "llama": lambda: T.LlamaConfig(num_key_value_heads=2, tie_word_embeddings=True, **common),
+        "qwen2": lambda: T.Qwen2Config(num_key_value_heads=2, **common),
+        "gpt2": lambda: T.GPT2Config(vocab_size=512, n_embd=64, n_layer=2, n_head=4),
+        "phi3": lambda: T.Phi3Config(num_key_value_heads=2, pad_token_id=0, **common),
+        "gemma2": lambda: T.Gemma2Config(num_key_value_heads=2, head_dim=16, **common),
+        # sliding windows shorter than the pairs: every layer (Mistral), one of two (Gemma 3),
+        # the layers from max_window_layers on (Qwen2)
+        "mistral-window": lambda: T.MistralConfig(num_key_value_heads=2, sliding_window=4, **common),
+        "gemma3-window": lambda: T.Gemma3TextConfig(
+            num_key_value_heads=2, head_dim=16, sliding_window=5,
+            layer_types=["sliding_attention", "full_attention"], **common),
+        "qwen2-window": lambda: T.Qwen2Config(num_key_value_heads=2, use_sliding_window=True,
+                                              sliding_window=6, max_window_layers=1, **common),
+    }[name]()
+    cfg._attn_implementation = impl or "sdpa"
+    torch.manual_seed(0)
+    return T.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("kind", ["llama:eager", "qwen2", "gpt2", "phi3", "gemma2:eager",
+                                  "mistral-window", "gemma3-window", "gemma3-window:eager",
+                                  "qwen2-window"])
+@torch.no_grad()
+def test_prefix_shared_equals_unshared_across_architectures(kind):
+    """Packed scoring hands every model the mask it reads right: additive (a model's own
+    eager attention adds it to its scores) and cut to each sliding layer's window."""
+    model = _tiny(kind)
+    pairs = _pairs([(7, 3, 5), (20, 9, 2), (4, 1, 12), (1, 6, 6)])
+    chosen, rejected = score_batch(PairScorer(model), collate(pairs, pad_id=0))
+    for i, p in enumerate(pairs):
+        assert chosen[i].item() == pytest.approx(_unshared_logp(model, p.prompt_ids, p.chosen_ids), abs=1e-4)
+        assert rejected[i].item() == pytest.approx(_unshared_logp(model, p.prompt_ids, p.rejected_ids), abs=1e-4)
+
+
 def test_prefix_shared_gradients_match_unshared(model):
     pairs = _pairs([(9, 4, 6), (3, 7, 2)])
     model.zero_grad()

@@ -164,3 +164,30 @@ def test_a_stop_string_ends_without_an_end_token(gen):
     assert not set(c.token_ids) & gen.stop_ids
     assert c.text == decode(free.token_ids[:j]) and stop not in c.text
     assert c.token_logprobs == pytest.approx(free.token_logprobs[:j + 1], abs=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["mistral", "gemma3"])
+def test_a_sliding_window_model_decodes_within_its_window(kind):
+    """A model whose layers attend within a sliding window (here 6 tokens, shorter than the
+    prompts) takes the transformers-forward decode step; each step's mask must be cut to the
+    window, layer type by layer type, or the samples' log-probs differ from a forward pass."""
+    import transformers as T
+
+    gen = make_generator("hf", TINY, progress=False)
+    common = dict(vocab_size=gen.model.config.vocab_size, hidden_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                  max_position_embeddings=256, sliding_window=6)
+    cfg = (T.MistralConfig(**common) if kind == "mistral" else T.Gemma3TextConfig(
+        head_dim=16, layer_types=["sliding_attention", "full_attention"], **common))
+    torch.manual_seed(0)
+    gen.model = T.AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        for p in gen.model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)                    # outputs that vary from token to token
+    gen.decoder, gen.context = "model", 256
+    out = gen.sample(PROMPTS[:2], SamplingParams(n=2, max_new_tokens=8, seed=3, temperature=0.8))
+    assert max(len(c.token_ids) for c in out) == 8
+    for c in out:
+        item = next(p for p in PROMPTS if p.prompt_id == c.prompt_id)
+        assert list(c.token_logprobs) == pytest.approx(_rescored(gen, item, c.token_ids), abs=1e-4)

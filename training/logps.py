@@ -14,7 +14,7 @@ dialogue data) would otherwise pay for it for nothing.
 from __future__ import annotations
 
 import torch
-from alignloop.attention import additive_mask, scoring_attention
+from alignloop.attention import decoder_mask, scoring_attention
 from alignloop.token_logps import token_logps
 from alignloop.training.batching import PackedBatch
 from torch import nn
@@ -34,7 +34,8 @@ class PairScorer(nn.Module):
         decoder = self.model.get_decoder()
         with scoring_attention(self.model):
             hidden = decoder(input_ids=input_ids, position_ids=position_ids,
-                             attention_mask=additive_mask(self.model, attention_mask),
+                             attention_mask=decoder_mask(self.model, attention_mask,
+                                                         position_ids, position_ids),
                              use_cache=False).last_hidden_state                             # (B, L, H)
         hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, gather_index)       # (N, H)
         logits = self.model.get_output_embeddings()(hidden)                                # (N, V)
