@@ -134,14 +134,13 @@ def decoder_mask(model, mask: torch.Tensor, query_positions: torch.Tensor,
     (every layer slides) gets the windowed mask. A custom mask is otherwise handed to every
     layer unchanged, and a sliding layer would see past its window."""
     window = sliding_window(model)
-    full = additive_mask(model, mask)
     if window is None or int(query_positions.max() - key_positions.min()) < window:
-        return full
+        return additive_mask(model, mask)
     near = (query_positions[:, None, :, None] - key_positions[:, None, None, :]) < window
     windowed = additive_mask(model, mask & near)
     if getattr(model.config, "layer_types", None) is not None:
-        return {"full_attention": full, "sliding_attention": windowed}
-    return windowed
+        return {"full_attention": additive_mask(model, mask), "sliding_attention": windowed}
+    return windowed      # every layer slides: the full mask would go unused
 
 
 def _register() -> None:
